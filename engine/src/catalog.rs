@@ -1,0 +1,292 @@
+//! The item catalog as readers see it: dense arrays indexed by an internal item number, so that
+//! soft retrieval scans embeddings at memory bandwidth instead of reading RocksDB per behaviour.
+//!
+//! Rows live in chunks of [`CHUNK_ROWS`] behind `Arc`s. An upsert copies only the chunks it
+//! touches, and a reader's snapshot keeps the chunks it saw.
+//!
+//! Embeddings are stored as int8 with one scale per item (`x ≈ q * scale`, symmetric,
+//! `scale = max|x| / 127`). Cosine similarity is computed on the int8 vectors with an exact i32
+//! dot product; the scales cancel, so only each vector's inverse norm is kept beside it.
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::records::ItemRecord;
+use crate::types::{Item, SemId};
+
+pub const CHUNK_ROWS: usize = 1024;
+
+#[derive(Clone)]
+struct Chunk {
+    ids: Vec<u64>,
+    category: Vec<u32>,
+    semid: Vec<Option<SemId>>,
+    semid_gen: Vec<u64>,
+    stub: Vec<bool>,
+    has_emb: Vec<bool>,
+    scale: Vec<f32>,
+    inv_norm: Vec<f32>,
+    emb: Vec<i8>,
+}
+
+impl Chunk {
+    fn new(dim: usize) -> Chunk {
+        Chunk {
+            ids: vec![0; CHUNK_ROWS],
+            category: vec![0; CHUNK_ROWS],
+            semid: vec![None; CHUNK_ROWS],
+            semid_gen: vec![0; CHUNK_ROWS],
+            stub: vec![true; CHUNK_ROWS],
+            has_emb: vec![false; CHUNK_ROWS],
+            scale: vec![0.0; CHUNK_ROWS],
+            inv_norm: vec![0.0; CHUNK_ROWS],
+            emb: vec![0; CHUNK_ROWS * dim],
+        }
+    }
+}
+
+/// A quantised query vector.
+#[derive(Debug, Clone)]
+pub struct QueryVec {
+    pub q: Vec<i8>,
+    pub inv_norm: f32,
+}
+
+/// Quantise to int8 with one symmetric scale. The caller checks finiteness.
+pub fn quantize(x: &[f32]) -> (f32, Vec<i8>) {
+    let max = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if max == 0.0 {
+        return (0.0, vec![0; x.len()]);
+    }
+    let scale = max / 127.0;
+    let q = x
+        .iter()
+        .map(|&v| (v / scale).round().clamp(-127.0, 127.0) as i8)
+        .collect();
+    (scale, q)
+}
+
+pub fn inv_norm(q: &[i8]) -> f32 {
+    let ss: i64 = q.iter().map(|&v| i64::from(v) * i64::from(v)).sum();
+    if ss == 0 {
+        0.0
+    } else {
+        (1.0 / (ss as f64).sqrt()) as f32
+    }
+}
+
+/// Exact int8 dot product.
+#[inline]
+pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+    // Chunks of 16 with i16 products summed into i32 lanes vectorise well.
+    let mut acc = [0i32; 16];
+    let (ca, ra) = a.as_chunks::<16>();
+    let (cb, rb) = b.as_chunks::<16>();
+    for (x, y) in ca.iter().zip(cb) {
+        for l in 0..16 {
+            acc[l] += i32::from(x[l]) * i32::from(y[l]);
+        }
+    }
+    let mut s: i32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += i32::from(*x) * i32::from(*y);
+    }
+    s
+}
+
+/// Check and quantise a caller's embedding.
+pub fn query_vec(x: &[f32], dim: usize) -> Result<QueryVec> {
+    if dim == 0 {
+        return Err(Error::invalid("this database stores no embeddings"));
+    }
+    if x.len() != dim {
+        return Err(Error::invalid(format!(
+            "embedding has {} values, the database's dimension is {dim}",
+            x.len()
+        )));
+    }
+    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+        return Err(Error::invalid(format!("embedding value {i} is not finite")));
+    }
+    let (_, q) = quantize(x);
+    let inv_norm = inv_norm(&q);
+    Ok(QueryVec { q, inv_norm })
+}
+
+#[derive(Clone)]
+pub struct Catalog {
+    dim: usize,
+    chunks: Vec<Arc<Chunk>>,
+    len: u32,
+    by_id: imbl::HashMap<u64, u32>,
+    /// Bumped each time an upsert changes the SemID of an item that was already stored (see
+    /// docs/ARCHITECTURE.md, "Prefix index freshness").
+    semid_gen: u64,
+}
+
+impl Catalog {
+    pub fn new(dim: usize) -> Catalog {
+        Catalog {
+            dim,
+            chunks: Vec::new(),
+            len: 0,
+            by_id: imbl::HashMap::new(),
+            semid_gen: 0,
+        }
+    }
+
+    /// Rows, stubs included.
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    pub fn semid_gen(&self) -> u64 {
+        self.semid_gen
+    }
+
+    pub fn lookup(&self, id: u64) -> Option<u32> {
+        self.by_id.get(&id).copied()
+    }
+
+    fn at(&self, row: u32) -> (&Chunk, usize) {
+        let r = row as usize;
+        (&self.chunks[r / CHUNK_ROWS], r % CHUNK_ROWS)
+    }
+
+    pub fn id(&self, row: u32) -> u64 {
+        let (c, i) = self.at(row);
+        c.ids[i]
+    }
+
+    pub fn semid(&self, row: u32) -> Option<SemId> {
+        let (c, i) = self.at(row);
+        c.semid[i]
+    }
+
+    pub fn semid_changed_gen(&self, row: u32) -> u64 {
+        let (c, i) = self.at(row);
+        c.semid_gen[i]
+    }
+
+    pub fn is_stub(&self, row: u32) -> bool {
+        let (c, i) = self.at(row);
+        c.stub[i]
+    }
+
+    /// The item's quantised embedding and inverse norm, if it has one.
+    #[inline]
+    pub fn embedding(&self, row: u32) -> Option<(&[i8], f32)> {
+        let (c, i) = self.at(row);
+        c.has_emb[i].then(|| (&c.emb[i * self.dim..(i + 1) * self.dim], c.inv_norm[i]))
+    }
+
+    /// Cosine between a query and an item, `None` when the item has no embedding.
+    #[inline]
+    pub fn cosine(&self, q: &QueryVec, row: u32) -> Option<f32> {
+        self.embedding(row)
+            .map(|(e, inv)| dot_i8(&q.q, e) as f32 * q.inv_norm * inv)
+    }
+
+    /// Number the next new item would get.
+    pub fn next_internal(&self) -> u32 {
+        self.len
+    }
+
+    pub fn item(&self, row: u32) -> Item {
+        let (c, i) = self.at(row);
+        Item {
+            id: c.ids[i],
+            category: c.category[i],
+            semid: c.semid[i],
+            embedding: c.has_emb[i].then(|| {
+                c.emb[i * self.dim..(i + 1) * self.dim]
+                    .iter()
+                    .map(|&q| f32::from(q) * c.scale[i])
+                    .collect()
+            }),
+        }
+    }
+
+    /// Store `rec` for item `id` at row `rec.internal` (a new row must be the next one).
+    pub fn put(&mut self, id: u64, rec: &ItemRecord) -> std::result::Result<(), String> {
+        let row = rec.internal;
+        if row > self.len {
+            return Err(format!("item {id} has internal number {row}, next is {}", self.len));
+        }
+        if let Some((_, q)) = &rec.embedding {
+            if q.len() != self.dim {
+                return Err(format!(
+                    "item {id} embedding has {} values, dimension is {}",
+                    q.len(),
+                    self.dim
+                ));
+            }
+        }
+        if row == self.len {
+            if self.len as usize % CHUNK_ROWS == 0 {
+                self.chunks.push(Arc::new(Chunk::new(self.dim)));
+            }
+            self.len += 1;
+        }
+        let r = row as usize;
+        let dim = self.dim;
+        let c = Arc::make_mut(&mut self.chunks[r / CHUNK_ROWS]);
+        let i = r % CHUNK_ROWS;
+        c.ids[i] = id;
+        c.category[i] = rec.category;
+        c.semid[i] = rec.semid;
+        c.semid_gen[i] = rec.semid_gen;
+        c.stub[i] = rec.stub;
+        match &rec.embedding {
+            Some((scale, q)) => {
+                c.has_emb[i] = true;
+                c.scale[i] = *scale;
+                c.inv_norm[i] = inv_norm(q);
+                c.emb[i * dim..(i + 1) * dim].copy_from_slice(q);
+            }
+            None => {
+                c.has_emb[i] = false;
+                c.scale[i] = 0.0;
+                c.inv_norm[i] = 0.0;
+                c.emb[i * dim..(i + 1) * dim].fill(0);
+            }
+        }
+        self.semid_gen = self.semid_gen.max(rec.semid_gen);
+        self.by_id.insert(id, row);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantised_cosine_is_close_to_exact() {
+        let a: Vec<f32> = (0..128).map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0).collect();
+        let b: Vec<f32> = (0..128).map(|i| ((i * 53 % 97) as f32 - 40.0) / 7.0).collect();
+        let exact = a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>()
+            / (a.iter().map(|x| x * x).sum::<f32>().sqrt() * b.iter().map(|x| x * x).sum::<f32>().sqrt());
+        let qa = query_vec(&a, 128).unwrap();
+        let qb = query_vec(&b, 128).unwrap();
+        let approx = dot_i8(&qa.q, &qb.q) as f32 * qa.inv_norm * qb.inv_norm;
+        assert!((exact - approx).abs() < 0.01, "{exact} vs {approx}");
+    }
+
+    #[test]
+    fn copy_on_write_keeps_old_snapshots() {
+        let mut c = Catalog::new(4);
+        let rec = |internal, cat| ItemRecord { internal, category: cat, semid: None, semid_gen: 0, embedding: Some((1.0, vec![1, 2, 3, 4])), stub: false };
+        for i in 0..3000 {
+            c.put(100 + i as u64, &rec(i, 1)).unwrap();
+        }
+        let old = c.clone();
+        c.put(100, &rec(0, 9)).unwrap();
+        assert_eq!(old.item(0).category, 1);
+        assert_eq!(c.item(0).category, 9);
+        assert_eq!(c.lookup(2099), Some(1999));
+        assert!(c.put(1, &rec(5000, 0)).is_err());
+        assert!(query_vec(&[f32::NAN, 0.0, 0.0, 0.0], 4).is_err());
+        assert!(query_vec(&[1.0], 4).is_err());
+    }
+}

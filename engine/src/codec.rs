@@ -1,0 +1,374 @@
+//! Byte-level building blocks shared by every on-disk structure: a bounds-checked reader,
+//! LEB128 varints, fixed-width bit packing, and checksummed (optionally zstd-compressed) chunks.
+//!
+//! Every decoder here returns [`DecodeError`] on bad input; none panics, loops without bound or
+//! allocates more than its caller's stated limit.
+
+use std::cell::RefCell;
+
+use crate::error::{corrupt, DecodeError, DecodeResult};
+
+/// Cursor over a byte slice. Every read is bounds-checked.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Reader { buf, pos: 0 }
+    }
+
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    pub fn bytes(&mut self, n: usize) -> DecodeResult<&'a [u8]> {
+        if n > self.remaining() {
+            corrupt!(
+                "needs {n} bytes at offset {}, {} remain",
+                self.pos,
+                self.remaining()
+            );
+        }
+        let out = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    pub fn array<const N: usize>(&mut self) -> DecodeResult<[u8; N]> {
+        let b = self.bytes(N)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(b);
+        Ok(out)
+    }
+
+    pub fn u8(&mut self) -> DecodeResult<u8> {
+        Ok(self.array::<1>()?[0])
+    }
+    pub fn u16(&mut self) -> DecodeResult<u16> {
+        Ok(u16::from_le_bytes(self.array()?))
+    }
+    pub fn u32(&mut self) -> DecodeResult<u32> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    pub fn u64(&mut self) -> DecodeResult<u64> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    pub fn i64(&mut self) -> DecodeResult<i64> {
+        Ok(i64::from_le_bytes(self.array()?))
+    }
+    pub fn f32(&mut self) -> DecodeResult<f32> {
+        Ok(f32::from_le_bytes(self.array()?))
+    }
+
+    pub fn varint(&mut self) -> DecodeResult<u64> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            let byte = self.u8()?;
+            let bits = u64::from(byte & 0x7f);
+            if i == 9 && byte > 1 {
+                corrupt!("varint overflows 64 bits at offset {}", self.pos - 1);
+            }
+            value |= bits << (7 * i);
+            if byte & 0x80 == 0 {
+                return Ok(value);
+            }
+        }
+        corrupt!("varint longer than 10 bytes at offset {}", self.pos)
+    }
+
+    /// Fails unless every byte has been consumed: trailing garbage is corruption too.
+    pub fn finish(&self) -> DecodeResult<()> {
+        if self.remaining() != 0 {
+            corrupt!("{} unexpected trailing bytes", self.remaining());
+        }
+        Ok(())
+    }
+}
+
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// Read a little-endian u32 at `off` from a slice known to be long enough (checked by callers
+/// through fixed-size headers whose lengths were validated).
+pub fn le_u32(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+}
+
+pub fn le_u64(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+}
+
+/// Split `record` into body and trailing CRC32C and check it.
+pub fn split_crc<'a>(record: &'a [u8], what: &str) -> DecodeResult<&'a [u8]> {
+    if record.len() < 4 {
+        corrupt!("{what}: {} bytes is too short for a checksum", record.len());
+    }
+    let (body, tail) = record.split_at(record.len() - 4);
+    let stored = u32::from_le_bytes(tail.try_into().unwrap());
+    let actual = crc32c::crc32c(body);
+    if stored != actual {
+        corrupt!("{what}: checksum mismatch (stored {stored:08x}, computed {actual:08x})");
+    }
+    Ok(body)
+}
+
+/// Append the CRC32C of everything in `out` from `start` on.
+pub fn push_crc(out: &mut Vec<u8>, start: usize) {
+    let crc = crc32c::crc32c(&out[start..]);
+    out.extend_from_slice(&crc.to_le_bytes());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bit packing
+
+/// Bits needed to store values `0..n` (at least 1 when n > 1, 0 when every value is 0).
+pub fn bits_for(max_value: u64) -> u8 {
+    (64 - max_value.leading_zeros()) as u8
+}
+
+/// Pack `values` at `width` bits each, little-endian bit order. Values must fit in `width` bits.
+pub fn bitpack(values: &[u32], width: u8, out: &mut Vec<u8>) {
+    debug_assert!(width <= 32);
+    if width == 0 {
+        return;
+    }
+    let mut acc: u64 = 0;
+    let mut bits: u32 = 0;
+    for &v in values {
+        debug_assert!(width == 32 || v < (1u32 << width));
+        acc |= u64::from(v) << bits;
+        bits += u32::from(width);
+        while bits >= 8 {
+            out.push(acc as u8);
+            acc >>= 8;
+            bits -= 8;
+        }
+    }
+    if bits > 0 {
+        out.push(acc as u8);
+    }
+}
+
+pub fn bitpacked_len(n: usize, width: u8) -> usize {
+    (n * usize::from(width)).div_ceil(8)
+}
+
+/// Unpack `n` values of `width` bits. `bytes` must be exactly [`bitpacked_len`] long.
+pub fn bitunpack(bytes: &[u8], width: u8, n: usize, out: &mut Vec<u32>) -> DecodeResult<()> {
+    if width > 32 {
+        corrupt!("bit width {width} exceeds 32");
+    }
+    if bytes.len() != bitpacked_len(n, width) {
+        corrupt!(
+            "bit-packed length {} does not match {n} values of {width} bits",
+            bytes.len()
+        );
+    }
+    out.reserve(n);
+    if width == 0 {
+        out.extend(std::iter::repeat_n(0, n));
+        return Ok(());
+    }
+    let mask: u64 = if width == 32 {
+        u32::MAX as u64
+    } else {
+        (1u64 << width) - 1
+    };
+    let mut acc: u64 = 0;
+    let mut bits: u32 = 0;
+    let mut iter = bytes.iter();
+    for _ in 0..n {
+        while bits < u32::from(width) {
+            // The length check above guarantees enough bytes.
+            acc |= u64::from(*iter.next().unwrap_or(&0)) << bits;
+            bits += 8;
+        }
+        out.push((acc & mask) as u32);
+        acc >>= width;
+        bits -= u32::from(width);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chunks: the unit of compression and checksumming inside segment files.
+//
+// layout: codec u8 | raw_len u32 | stored_len u32 | crc32c u32 | payload[stored_len]
+// The CRC covers the first 9 header bytes and the payload.
+
+pub const CHUNK_HEADER_LEN: usize = 13;
+pub const CODEC_RAW: u8 = 0;
+pub const CODEC_ZSTD: u8 = 1;
+
+thread_local! {
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+fn zstd_compress(raw: &[u8], level: i32) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.as_ref().map(|(l, _)| *l) != Some(level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        slot.as_mut()?.1.compress(raw).ok()
+    })
+}
+
+fn zstd_decompress(payload: &[u8], raw_len: usize, out: &mut Vec<u8>) -> DecodeResult<()> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(
+                zstd::bulk::Decompressor::new()
+                    .map_err(|e| DecodeError::corrupt(format!("zstd context: {e}")))?,
+            );
+        }
+        let d = slot.as_mut().unwrap();
+        out.clear();
+        out.reserve_exact(raw_len);
+        let n = d
+            .decompress_to_buffer(payload, out)
+            .map_err(|e| DecodeError::corrupt(format!("zstd: {e}")))?;
+        if n != raw_len {
+            corrupt!("zstd produced {n} bytes, header says {raw_len}");
+        }
+        Ok(())
+    })
+}
+
+/// Append a chunk holding `raw`, compressed with zstd at `level` when that makes it smaller.
+pub fn write_chunk(out: &mut Vec<u8>, raw: &[u8], level: i32) {
+    let start = out.len();
+    let compressed = zstd_compress(raw, level).filter(|c| c.len() < raw.len());
+    let (codec, payload): (u8, &[u8]) = match &compressed {
+        Some(c) => (CODEC_ZSTD, c),
+        None => (CODEC_RAW, raw),
+    };
+    out.push(codec);
+    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    let mut crc = crc32c::crc32c(&out[start..start + 9]);
+    crc = crc32c::crc32c_append(crc, payload);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Decode the chunk that starts `bytes` (which must hold exactly one chunk) into `out`.
+/// `max_raw_len` bounds the decompressed size a hostile header can ask for.
+pub fn read_chunk(bytes: &[u8], max_raw_len: usize, out: &mut Vec<u8>) -> DecodeResult<()> {
+    let mut r = Reader::new(bytes);
+    let codec = r.u8()?;
+    let raw_len = r.u32()? as usize;
+    let stored_len = r.u32()? as usize;
+    let crc = r.u32()?;
+    let payload = r.bytes(stored_len)?;
+    r.finish()?;
+    let mut actual = crc32c::crc32c(&bytes[..9]);
+    actual = crc32c::crc32c_append(actual, payload);
+    if actual != crc {
+        corrupt!("chunk checksum mismatch (stored {crc:08x}, computed {actual:08x})");
+    }
+    if raw_len > max_raw_len {
+        corrupt!("chunk claims {raw_len} raw bytes, limit is {max_raw_len}");
+    }
+    match codec {
+        CODEC_RAW => {
+            if stored_len != raw_len {
+                corrupt!("raw chunk stores {stored_len} bytes but claims {raw_len}");
+            }
+            out.clear();
+            out.extend_from_slice(payload);
+            Ok(())
+        }
+        CODEC_ZSTD => zstd_decompress(payload, raw_len, out),
+        other => corrupt!("unknown chunk codec {other}"),
+    }
+}
+
+/// Length of the chunk at the start of `bytes`, from its header, without checking it.
+pub fn chunk_len(bytes: &[u8]) -> DecodeResult<usize> {
+    let mut r = Reader::new(bytes);
+    r.u8()?;
+    r.u32()?;
+    let stored = r.u32()? as usize;
+    Ok(CHUNK_HEADER_LEN + stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn varint_round_trip(values in proptest::collection::vec(any::<u64>(), 0..200)) {
+            let mut buf = Vec::new();
+            for &v in &values { put_varint(&mut buf, v); }
+            let mut r = Reader::new(&buf);
+            for &v in &values { prop_assert_eq!(r.varint().unwrap(), v); }
+            prop_assert!(r.finish().is_ok());
+        }
+
+        #[test]
+        fn bitpack_round_trip(width in 0u8..=32, seed in any::<u64>(), n in 0usize..600) {
+            let mask = if width == 32 { u32::MAX } else { (1u32 << width).wrapping_sub(1) };
+            let mut x = seed | 1;
+            let values: Vec<u32> = (0..n).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; (x as u32) & mask }).collect();
+            let mut packed = Vec::new();
+            bitpack(&values, width, &mut packed);
+            prop_assert_eq!(packed.len(), bitpacked_len(n, width));
+            let mut out = Vec::new();
+            bitunpack(&packed, width, n, &mut out).unwrap();
+            prop_assert_eq!(out, values);
+        }
+
+        #[test]
+        fn chunk_round_trip(raw in proptest::collection::vec(any::<u8>(), 0..3000), repeat in 1usize..4) {
+            let raw: Vec<u8> = raw.iter().cycle().take(raw.len() * repeat).copied().collect();
+            let mut buf = Vec::new();
+            write_chunk(&mut buf, &raw, 3);
+            prop_assert_eq!(chunk_len(&buf).unwrap(), buf.len());
+            let mut out = Vec::new();
+            read_chunk(&buf, raw.len(), &mut out).unwrap();
+            prop_assert_eq!(out, raw);
+        }
+
+        #[test]
+        fn chunk_rejects_any_flipped_byte(raw in proptest::collection::vec(any::<u8>(), 1..500), pos in any::<usize>(), bit in 0u8..8) {
+            let mut buf = Vec::new();
+            write_chunk(&mut buf, &raw, 3);
+            let pos = pos % buf.len();
+            buf[pos] ^= 1 << bit;
+            let mut out = Vec::new();
+            prop_assert!(read_chunk(&buf, 1 << 20, &mut out).is_err());
+        }
+    }
+
+    #[test]
+    fn varint_rejects_overlong() {
+        let buf = [0xffu8; 11];
+        assert!(Reader::new(&buf).varint().is_err());
+        let buf = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02];
+        assert!(Reader::new(&buf).varint().is_err());
+    }
+
+    #[test]
+    fn chunk_bounds_raw_len() {
+        let mut buf = Vec::new();
+        write_chunk(&mut buf, &vec![7u8; 10_000], 3);
+        let mut out = Vec::new();
+        assert!(read_chunk(&buf, 9_999, &mut out).is_err());
+    }
+}

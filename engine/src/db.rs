@@ -1,0 +1,717 @@
+//! [`Db`]: opening and recovery, the write path, deletion, snapshots, statistics and checks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use parking_lot::{Condvar, Mutex};
+
+use crate::catalog::{quantize, Catalog};
+use crate::entry::Ev;
+use crate::error::{DecodeError, Error, Result};
+use crate::prefix::PrefixLayout;
+use crate::records::{self, Config, ItemRecord, Manifest};
+use crate::segment::{parse_segment_file_name, segment_file_name, Segment};
+use crate::snapshot::{ReadConfig, Snapshot};
+use crate::state::{merge_pending, EntryRef, PendingEv, SegState, State, UserState};
+use crate::store::{Batch, Cf, Store};
+use crate::types::{AppendOptions, AppendOutcome, Durability, Event, Item, Options};
+use crate::view::Retention;
+
+const CONFIG_KEY: &[u8] = b"config";
+const MANIFEST_KEY: &[u8] = b"manifest";
+const MAX_SOURCE_NAME: usize = 1024;
+
+pub(crate) struct Inner {
+    pub path: PathBuf,
+    pub seg_dir: PathBuf,
+    pub store: Store,
+    pub state: ArcSwap<State>,
+    /// Serialises writers (appends, upserts, deletes, compaction commits). Holds the last
+    /// applied sequence number of every append source.
+    pub writer: Mutex<HashMap<String, u64>>,
+    /// One compaction at a time.
+    pub compaction: Mutex<()>,
+    pub opts: Options,
+    pub read: ReadConfig,
+    bg: Mutex<BgSignal>,
+    bg_cv: Condvar,
+    pub last_bg_error: Mutex<Option<String>>,
+    /// A user was deleted since the last compaction started.
+    pub users_deleted: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Default)]
+struct BgSignal {
+    stop: bool,
+    kick: bool,
+}
+
+/// An open Siren database. Cheap to share across threads (`&Db` is `Sync`); writes are
+/// serialised, reads never block and each sees a consistent [`Snapshot`].
+pub struct Db {
+    inner: Arc<Inner>,
+    bg: Option<JoinHandle<()>>,
+}
+
+/// Bytes of live segment entries, by part.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ColumnBytes {
+    pub time: u64,
+    pub item: u64,
+    pub action: u64,
+    pub domain: u64,
+    /// Per-user item dictionaries.
+    pub dict: u64,
+    /// SemID prefix directories and bitmaps.
+    pub index: u64,
+    /// Entry headers and block indexes.
+    pub meta: u64,
+}
+
+impl ColumnBytes {
+    pub fn total(&self) -> u64 {
+        self.time + self.item + self.action + self.domain + self.dict + self.index + self.meta
+    }
+}
+
+/// RocksDB's on-disk bytes (SST files) per column family.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RocksBytes {
+    pub pending: u64,
+    pub users: u64,
+    pub items: u64,
+    pub meta: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    pub users: u64,
+    /// Events stored (compacted and pending), before read-time retention.
+    pub events: u64,
+    pub pending_events: u64,
+    /// Catalog rows, including stubs for items only seen in events.
+    pub items: u64,
+    pub segments: u64,
+    pub segment_file_bytes: u64,
+    pub live: ColumnBytes,
+    /// Segment bytes no live user references (freed by later compactions).
+    pub garbage_bytes: u64,
+    pub rocksdb: RocksBytes,
+    pub last_background_error: Option<String>,
+}
+
+/// What [`Db::verify`] found.
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    pub segments: usize,
+    pub entries: usize,
+    pub records: usize,
+    pub problems: Vec<Error>,
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+fn config_of(o: &Options) -> Config {
+    Config {
+        embedding_dim: o.embedding_dim,
+        semid_levels: o.semid_levels,
+        semid_codebook_size: o.semid_codebook_size,
+    }
+}
+
+impl Db {
+    /// Open (or create) the database at `path`.
+    pub fn open(path: impl AsRef<Path>, opts: Options) -> Result<Db> {
+        opts.validate()?;
+        let layout = PrefixLayout::new(opts.semid_levels, opts.semid_codebook_size);
+        if !layout.fits() {
+            return Err(Error::invalid(format!(
+                "{} SemID levels of {} codes do not fit the 56-bit prefix key",
+                opts.semid_levels, opts.semid_codebook_size
+            )));
+        }
+        let path = path.as_ref().to_path_buf();
+        let rocks_dir = path.join("rocksdb");
+        let seg_dir = path.join("segments");
+        if !rocks_dir.exists() {
+            if !opts.create_if_missing {
+                return Err(Error::NotFound(path));
+            }
+            fs::create_dir_all(&rocks_dir).map_err(|e| Error::io(&rocks_dir, e))?;
+        }
+        fs::create_dir_all(&seg_dir).map_err(|e| Error::io(&seg_dir, e))?;
+        let store = Store::open(&rocks_dir)?;
+        let corrupt = |block: &str, e: DecodeError| e.at(&rocks_dir, block);
+
+        // Config: fixed at creation.
+        let want = config_of(&opts);
+        match store.get(Cf::Meta, CONFIG_KEY)? {
+            Some(b) => {
+                let have = records::decode_config(&b).map_err(|e| corrupt("config", e))?;
+                let check = |field, a: u32, b: u32| {
+                    if a != b {
+                        Err(Error::OptionsMismatch {
+                            field,
+                            stored: a.to_string(),
+                            requested: b.to_string(),
+                        })
+                    } else {
+                        Ok(())
+                    }
+                };
+                check("embedding_dim", have.embedding_dim, want.embedding_dim)?;
+                check("semid_levels", have.semid_levels.into(), want.semid_levels.into())?;
+                check(
+                    "semid_codebook_size",
+                    have.semid_codebook_size,
+                    want.semid_codebook_size,
+                )?;
+            }
+            None => {
+                let mut b = Batch::default();
+                b.put(Cf::Meta, CONFIG_KEY, records::encode_config(&want));
+                store.write(b, Durability::Sync)?;
+            }
+        }
+
+        // Manifest and segment files. Files the manifest does not list are leftovers of a
+        // compaction that crashed before its commit (or after it, before deleting them).
+        let manifest = match store.get(Cf::Meta, MANIFEST_KEY)? {
+            Some(b) => records::decode_manifest(&b).map_err(|e| corrupt("manifest", e))?,
+            None => Manifest {
+                next_segment_id: 1,
+                ..Manifest::default()
+            },
+        };
+        let listed: BTreeMap<u64, bool> = manifest
+            .segments
+            .iter()
+            .map(|s| (s.id, s.needs_erase))
+            .collect();
+        for dent in fs::read_dir(&seg_dir).map_err(|e| Error::io(&seg_dir, e))? {
+            let dent = dent.map_err(|e| Error::io(&seg_dir, e))?;
+            let name = dent.file_name().to_string_lossy().into_owned();
+            let keep = parse_segment_file_name(&name).is_some_and(|id| listed.contains_key(&id));
+            if !keep {
+                fs::remove_file(dent.path()).map_err(|e| Error::io(dent.path(), e))?;
+            }
+        }
+        let mut segments = BTreeMap::new();
+        for s in &manifest.segments {
+            let p = seg_dir.join(segment_file_name(s.id));
+            if !p.exists() {
+                return Err(DecodeError::corrupt("segment file listed in the manifest is missing")
+                    .at(&p, "file"));
+            }
+            let seg = Arc::new(Segment::open(&p, s.id)?);
+            if seg.file_len() != s.file_len {
+                return Err(DecodeError::corrupt(format!(
+                    "file is {} bytes, the manifest says {}",
+                    seg.file_len(),
+                    s.file_len
+                ))
+                .at(&p, "file"));
+            }
+            segments.insert(
+                s.id,
+                SegState {
+                    segment: seg,
+                    needs_erase: s.needs_erase,
+                    live_users: 0,
+                    live_bytes: 0,
+                },
+            );
+        }
+
+        // Catalog: rows must be dense 0..n.
+        let mut recs: Vec<(u64, ItemRecord)> = Vec::new();
+        store.scan(Cf::Items, |k, v| {
+            let id = records::parse_u64_key(k, "item").map_err(|e| corrupt("items", e))?;
+            let rec = records::decode_item(v).map_err(|e| corrupt(&format!("item {id}"), e))?;
+            recs.push((id, rec));
+            Ok(())
+        })?;
+        recs.sort_by_key(|(_, r)| r.internal);
+        let mut catalog = Catalog::new(opts.embedding_dim as usize);
+        for (id, rec) in &recs {
+            catalog
+                .put(*id, rec)
+                .map_err(|d| corrupt(&format!("item {id}"), DecodeError::Corrupt(d)))?;
+        }
+
+        // Users with compacted entries.
+        let mut users: imbl::HashMap<u64, Arc<UserState>> = imbl::HashMap::new();
+        store.scan(Cf::Users, |k, v| {
+            let user = records::parse_u64_key(k, "user").map_err(|e| corrupt("users", e))?;
+            let block = format!("location of user {user}");
+            let loc = records::decode_location(v).map_err(|e| corrupt(&block, e))?;
+            let Some(ss) = segments.get_mut(&loc.segment) else {
+                return Err(corrupt(&block, DecodeError::corrupt(format!("segment {} is not live", loc.segment))));
+            };
+            let Some(record) = ss.segment.find(user) else {
+                return Err(corrupt(&block, DecodeError::corrupt(format!("segment {} has no entry for the user", loc.segment))));
+            };
+            let r = ss.segment.record(record);
+            if (r.offset, r.len, r.n_events) != (loc.offset, loc.len, loc.n_events) {
+                return Err(corrupt(&block, DecodeError::corrupt("location disagrees with the segment directory")));
+            }
+            ss.live_users += 1;
+            ss.live_bytes += u64::from(r.len);
+            users.insert(
+                user,
+                Arc::new(UserState {
+                    entry: Some(EntryRef {
+                        segment: ss.segment.clone(),
+                        record,
+                    }),
+                    pending: Arc::new([]),
+                    born: 0,
+                }),
+            );
+            Ok(())
+        })?;
+
+        // Pending events, in (user, sequence) order: arrival order per user.
+        let mut max_seq = manifest.compacted_seq;
+        let mut pending_users = imbl::OrdSet::new();
+        let mut pending_events = 0u64;
+        let mut cur: Option<(u64, Vec<PendingEv>)> = None;
+        let flush_user = |users: &mut imbl::HashMap<u64, Arc<UserState>>,
+                              (user, evs): (u64, Vec<PendingEv>)| {
+            let mut us = users.get(&user).map(|u| (**u).clone()).unwrap_or(UserState {
+                entry: None,
+                pending: Arc::new([]),
+                born: 0,
+            });
+            us.pending = evs.into();
+            users.insert(user, Arc::new(us));
+        };
+        store.scan(Cf::Pending, |k, v| {
+            let (user, seq) = records::parse_pending_key(k).map_err(|e| corrupt("pending", e))?;
+            let evs = records::decode_pending(v)
+                .map_err(|e| corrupt(&format!("pending record user={user} seq={seq}"), e))?;
+            max_seq = max_seq.max(seq);
+            pending_events += evs.len() as u64;
+            pending_users.insert(user);
+            match &mut cur {
+                Some((u, acc)) if *u == user => {
+                    *acc = merge_pending(acc, &evs, seq).to_vec();
+                }
+                _ => {
+                    if let Some(done) = cur.take() {
+                        flush_user(&mut users, done);
+                    }
+                    cur = Some((user, merge_pending(&[], &evs, seq).to_vec()));
+                }
+            }
+            Ok(())
+        })?;
+        if let Some(done) = cur.take() {
+            flush_user(&mut users, done);
+        }
+
+        let mut sources = HashMap::new();
+        store.scan(Cf::Sources, |k, v| {
+            let name = String::from_utf8_lossy(k).into_owned();
+            let last = records::decode_source(v)
+                .map_err(|e| corrupt(&format!("source {name}"), e))?;
+            sources.insert(name, last);
+            Ok(())
+        })?;
+
+        let state = State {
+            users,
+            pending_users,
+            pending_events,
+            catalog,
+            segments: Arc::new(segments),
+            next_segment_id: manifest.next_segment_id,
+            compacted_seq: manifest.compacted_seq,
+            next_seq: max_seq + 1,
+        };
+        let read = ReadConfig {
+            retention: Retention {
+                max_events: opts.max_events_per_user as usize,
+                max_age_ms: opts.max_event_age_ms,
+            },
+            layout,
+            dim: opts.embedding_dim as usize,
+            codebook_size: opts.semid_codebook_size,
+        };
+        let inner = Arc::new(Inner {
+            path,
+            seg_dir,
+            store,
+            state: ArcSwap::from_pointee(state),
+            writer: Mutex::new(sources),
+            compaction: Mutex::new(()),
+            opts,
+            read,
+            bg: Mutex::new(BgSignal::default()),
+            bg_cv: Condvar::new(),
+            last_bg_error: Mutex::new(None),
+            users_deleted: std::sync::atomic::AtomicBool::new(false),
+        });
+        let bg = inner.opts.auto_compact.clone().map(|ac| {
+            let inner = inner.clone();
+            std::thread::Builder::new()
+                .name("siren-compactor".into())
+                .spawn(move || background_compactor(inner, ac.interval))
+                .expect("spawning the compaction thread")
+        });
+        Ok(Db { inner, bg })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.inner.opts
+    }
+
+    /// A consistent read view of the whole database at this moment.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::new(self.inner.state.load_full(), self.inner.read)
+    }
+
+    /// Append events (any number of users). On return the batch is stored with the requested
+    /// durability, atomically: after a crash either the whole batch is there or none of it.
+    pub fn append(&self, events: &[Event], opts: &AppendOptions) -> Result<AppendOutcome> {
+        if events.len() > self.inner.opts.max_batch_events {
+            return Err(Error::invalid(format!(
+                "batch of {} events exceeds max_batch_events = {}",
+                events.len(),
+                self.inner.opts.max_batch_events
+            )));
+        }
+        if let Some((name, _)) = &opts.source {
+            if name.is_empty() || name.len() > MAX_SOURCE_NAME {
+                return Err(Error::invalid(format!(
+                    "source name must be 1 to {MAX_SOURCE_NAME} bytes"
+                )));
+            }
+        }
+        let mut by_user: BTreeMap<u64, Vec<Ev>> = BTreeMap::new();
+        for e in events {
+            by_user.entry(e.user).or_default().push(Ev {
+                ts: e.ts,
+                item: e.item,
+                action: e.action,
+                domain: e.domain,
+            });
+        }
+        let inner = &self.inner;
+        let mut sources = inner.writer.lock();
+        if let Some((name, seq)) = &opts.source {
+            if let Some(&last) = sources.get(name) {
+                if *seq <= last {
+                    return Ok(AppendOutcome::Duplicate { last_applied: last });
+                }
+            }
+        }
+        let st = inner.state.load_full();
+        let seq = st.next_seq;
+        let mut batch = Batch::default();
+        for (user, evs) in &by_user {
+            batch.put(
+                Cf::Pending,
+                records::pending_key(*user, seq),
+                records::encode_pending(evs),
+            );
+        }
+        if let Some((name, s)) = &opts.source {
+            batch.put(Cf::Sources, name.as_bytes(), records::encode_source(*s));
+        }
+        inner.store.write(batch, opts.durability)?;
+
+        let mut next = (*st).clone();
+        for (user, evs) in &by_user {
+            let us = match st.users.get(user) {
+                Some(u) => UserState {
+                    entry: u.entry.clone(),
+                    pending: merge_pending(&u.pending, evs, seq),
+                    born: u.born,
+                },
+                None => UserState {
+                    entry: None,
+                    pending: merge_pending(&[], evs, seq),
+                    born: seq,
+                },
+            };
+            next.users.insert(*user, Arc::new(us));
+            next.pending_users.insert(*user);
+        }
+        next.pending_events += events.len() as u64;
+        next.next_seq = seq + 1;
+        let pending_now = next.pending_events;
+        inner.state.store(Arc::new(next));
+        if let Some((name, s)) = &opts.source {
+            sources.insert(name.clone(), *s);
+        }
+        drop(sources);
+        if let Some(ac) = &inner.opts.auto_compact {
+            if pending_now >= ac.pending_events {
+                inner.kick_background();
+            }
+        }
+        Ok(AppendOutcome::Applied {
+            events: events.len(),
+        })
+    }
+
+    /// Last applied sequence number of an append source.
+    pub fn source_position(&self, source: &str) -> Option<u64> {
+        self.inner.writer.lock().get(source).copied()
+    }
+
+    /// Insert or replace catalog items. Within one call a later item with the same id wins.
+    pub fn upsert_items(&self, items: &[Item], durability: Durability) -> Result<()> {
+        let inner = &self.inner;
+        let cfg = inner.read;
+        for it in items {
+            if let Some(s) = &it.semid {
+                cfg.check_semid(s)?;
+            }
+            if let Some(e) = &it.embedding {
+                crate::catalog::query_vec(e, cfg.dim)
+                    .map_err(|err| Error::invalid(format!("item {}: {err}", it.id)))?;
+            }
+        }
+        let _w = inner.writer.lock();
+        let st = inner.state.load_full();
+        let mut catalog = st.catalog.clone();
+        let bumped = catalog.semid_gen() + 1;
+        let mut batch = Batch::default();
+        for it in items {
+            let existing = catalog.lookup(it.id);
+            let semid_gen = match existing {
+                Some(row) if catalog.semid(row) != it.semid => bumped,
+                Some(row) => catalog.semid_changed_gen(row),
+                None => 0,
+            };
+            let rec = ItemRecord {
+                internal: existing.unwrap_or(catalog.next_internal()),
+                category: it.category,
+                semid: it.semid,
+                semid_gen,
+                embedding: it.embedding.as_deref().map(quantize),
+                stub: false,
+            };
+            catalog.put(it.id, &rec).map_err(Error::invalid)?;
+            batch.put(Cf::Items, it.id.to_be_bytes(), records::encode_item(&rec));
+        }
+        inner.store.write(batch, durability)?;
+        let mut next = (*st).clone();
+        next.catalog = catalog;
+        inner.state.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// Delete a user. Reads stop seeing it at once; its bytes leave the segment files at the next
+    /// compaction and RocksDB's files when that compaction compacts RocksDB's ranges.
+    /// Returns whether the user existed.
+    pub fn delete_user(&self, user: u64, durability: Durability) -> Result<bool> {
+        let inner = &self.inner;
+        let _w = inner.writer.lock();
+        let st = inner.state.load_full();
+        let Some(us) = st.users.get(&user).cloned() else {
+            return Ok(false);
+        };
+        let mut segments = (*st.segments).clone();
+        // Every segment that holds a copy of this user, live or superseded, must be rewritten.
+        for ss in segments.values_mut() {
+            if ss.segment.find(user).is_some() {
+                ss.needs_erase = true;
+            }
+        }
+        if let Some(e) = &us.entry {
+            let ss = segments.get_mut(&e.segment.id).expect("live entry in a live segment");
+            ss.live_users -= 1;
+            ss.live_bytes -= u64::from(e.segment.record(e.record).len);
+        }
+        let mut next = (*st).clone();
+        next.segments = Arc::new(segments);
+        next.users.remove(&user);
+        next.pending_users.remove(&user);
+        next.pending_events -= us.pending.len() as u64;
+
+        let mut batch = Batch::default();
+        batch.delete_range(
+            Cf::Pending,
+            records::pending_key(user, 0).to_vec(),
+            records::pending_key(user, u64::MAX).to_vec(),
+        );
+        batch.delete(Cf::Pending, records::pending_key(user, u64::MAX).to_vec());
+        batch.delete(Cf::Users, records::user_key(user).to_vec());
+        batch.put(Cf::Meta, MANIFEST_KEY, records::encode_manifest(&next.manifest()));
+        inner.store.write(batch, durability)?;
+        inner.state.store(Arc::new(next));
+        inner
+            .users_deleted
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(true)
+    }
+
+    /// Make every write so far durable, including `Unlogged` ones.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.store.flush()
+    }
+
+    /// Fold pending events into new segment files, rewrite segments that hold deleted users or
+    /// too much garbage, and rebuild prefix indexes whose SemIDs changed.
+    pub fn compact(&self) -> Result<crate::compaction::CompactionStats> {
+        crate::compaction::compact(&self.inner)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let st = self.inner.state.load_full();
+        let mut live = ColumnBytes::default();
+        let mut events = st.pending_events;
+        for us in st.users.values() {
+            if let Some(e) = &us.entry {
+                let r = e.segment.record(e.record);
+                events += u64::from(r.n_events);
+                let s = r.sizes;
+                live.time += u64::from(s.time);
+                live.item += u64::from(s.item);
+                live.action += u64::from(s.action);
+                live.domain += u64::from(s.domain);
+                live.dict += u64::from(s.dict);
+                live.index += u64::from(s.index);
+                live.meta += u64::from(s.meta);
+            }
+        }
+        let segment_file_bytes: u64 = st.segments.values().map(|s| s.segment.file_len()).sum();
+        let entry_bytes: u64 = st.segments.values().map(|s| s.entry_bytes()).sum();
+        let store = &self.inner.store;
+        Stats {
+            users: st.users.len() as u64,
+            events,
+            pending_events: st.pending_events,
+            items: u64::from(st.catalog.len()),
+            segments: st.segments.len() as u64,
+            segment_file_bytes,
+            live,
+            garbage_bytes: entry_bytes.saturating_sub(live.total()),
+            rocksdb: RocksBytes {
+                pending: store.sst_bytes(Cf::Pending),
+                users: store.sst_bytes(Cf::Users),
+                items: store.sst_bytes(Cf::Items),
+                meta: store.sst_bytes(Cf::Meta),
+            },
+            last_background_error: self.inner.last_bg_error.lock().clone(),
+        }
+    }
+
+    /// Check every checksum of every segment file and every record Siren keeps in RocksDB.
+    pub fn verify(&self) -> VerifyReport {
+        let st = self.inner.state.load_full();
+        let mut report = VerifyReport::default();
+        for ss in st.segments.values() {
+            report.segments += 1;
+            report.entries += ss.segment.len();
+            report.problems.extend(ss.segment.verify());
+        }
+        let rocks = self.inner.store.path().to_path_buf();
+        let store = &self.inner.store;
+        for cf in crate::store::Cf::ALL {
+            let mut problems = Vec::new();
+            let res = store.scan(cf, |k, v| {
+                report.records += 1;
+                let res = match cf {
+                    Cf::Meta if k == CONFIG_KEY => records::decode_config(v).map(drop),
+                    Cf::Meta if k == MANIFEST_KEY => records::decode_manifest(v).map(drop),
+                    Cf::Meta => Err(DecodeError::corrupt("unknown meta key")),
+                    Cf::Pending => records::parse_pending_key(k)
+                        .and_then(|_| records::decode_pending(v).map(drop)),
+                    Cf::Users => records::parse_u64_key(k, "user")
+                        .and_then(|_| records::decode_location(v).map(drop)),
+                    Cf::Items => records::parse_u64_key(k, "item")
+                        .and_then(|_| records::decode_item(v).map(drop)),
+                    Cf::Sources => records::decode_source(v).map(drop),
+                };
+                if let Err(e) = res {
+                    problems.push(e.at(&rocks, format!("{} record {:02x?}", cf.name(), k)));
+                }
+                Ok(())
+            });
+            report.problems.extend(problems);
+            if let Err(e) = res {
+                report.problems.push(e);
+            }
+        }
+        report
+    }
+
+    /// Total segment and RocksDB bytes on disk under the database directory.
+    pub fn disk_bytes(&self) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            let Ok(rd) = fs::read_dir(p) else { return 0 };
+            rd.flatten()
+                .map(|d| match d.metadata() {
+                    Ok(m) if m.is_dir() => walk(&d.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        }
+        walk(&self.inner.path)
+    }
+}
+
+impl Inner {
+    fn kick_background(&self) {
+        self.bg.lock().kick = true;
+        self.bg_cv.notify_one();
+    }
+}
+
+/// Compacts when an append pushes the pending count past the threshold (a kick), and on every
+/// interval when anything is pending.
+fn background_compactor(inner: Arc<Inner>, interval: Duration) {
+    loop {
+        let mut sig = inner.bg.lock();
+        if !sig.stop && !sig.kick {
+            inner.bg_cv.wait_for(&mut sig, interval);
+        }
+        if sig.stop {
+            return;
+        }
+        sig.kick = false;
+        drop(sig);
+        let pending = inner.state.load().pending_events;
+        if pending == 0 {
+            continue;
+        }
+        match crate::compaction::compact(&inner) {
+            Ok(_) => *inner.last_bg_error.lock() = None,
+            Err(e) => {
+                tracing::error!(error = %e, "background compaction failed");
+                *inner.last_bg_error.lock() = Some(e.to_string());
+            }
+        }
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Some(h) = self.bg.take() {
+            self.inner.bg.lock().stop = true;
+            self.inner.bg_cv.notify_one();
+            let _ = h.join();
+        }
+        // Leave no write-ahead log behind a clean close: its records are in SST files, which
+        // RocksDB checks block by block.
+        let _ = self.inner.store.flush();
+    }
+}

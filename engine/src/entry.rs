@@ -1,0 +1,605 @@
+//! A user entry: one user's whole retained sequence inside a segment file, as column blocks, an
+//! item dictionary and a SemID prefix index. See `docs/FORMAT.md` for the byte layout.
+
+use std::collections::HashMap;
+
+use crate::codec::{chunk_len, le_u32, read_chunk, write_chunk, Reader};
+use crate::columns::{self, Dict};
+use crate::error::{corrupt, DecodeError, DecodeResult};
+use crate::prefix::{PrefixIndex, PrefixIndexBuilder, PrefixLayout, DIR_ENTRY_LEN};
+use crate::types::SemId;
+
+pub const ENTRY_MAGIC: &[u8; 4] = b"SUSR";
+pub const ENTRY_VERSION: u16 = 1;
+pub const ENTRY_HEADER_LEN: usize = 88;
+pub const BLOCK_META_LEN: usize = 36;
+
+/// An event without its user, as a user entry stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ev {
+    pub ts: i64,
+    pub item: u64,
+    pub action: u8,
+    pub domain: u16,
+}
+
+/// Bytes an entry spends on each part; kept in the segment directory for statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EntrySizes {
+    pub time: u32,
+    pub item: u32,
+    pub action: u32,
+    pub domain: u32,
+    pub dict: u32,
+    /// Prefix directory and bitmaps.
+    pub index: u32,
+    /// Header and block index.
+    pub meta: u32,
+}
+
+impl EntrySizes {
+    pub fn total(&self) -> u64 {
+        [
+            self.time,
+            self.item,
+            self.action,
+            self.domain,
+            self.dict,
+            self.index,
+            self.meta,
+        ]
+        .iter()
+        .map(|&v| u64::from(v))
+        .sum()
+    }
+}
+
+pub struct EntryParams {
+    pub block_events: u32,
+    pub zstd_level: i32,
+    pub layout: PrefixLayout,
+    pub semid_gen: u64,
+}
+
+/// Encode `events` (sorted by time) of `user`. `resolve` gives each distinct item's internal
+/// catalog number and SemID.
+pub fn build_entry(
+    user: u64,
+    events: &[Ev],
+    params: &EntryParams,
+    mut resolve: impl FnMut(u64) -> (u32, Option<SemId>),
+) -> (Vec<u8>, EntrySizes) {
+    debug_assert!(events.windows(2).all(|w| w[0].ts <= w[1].ts));
+    // Dictionary of distinct items, ascending.
+    let mut ids: Vec<u64> = events.iter().map(|e| e.item).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let slot: HashMap<u64, u32> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| (id, i as u32))
+        .collect();
+    let resolved: Vec<(u32, Option<SemId>)> = ids.iter().map(|&id| resolve(id)).collect();
+    let internal: Vec<u32> = resolved.iter().map(|r| r.0).collect();
+    let idx: Vec<u32> = events.iter().map(|e| slot[&e.item]).collect();
+
+    let mut index = PrefixIndexBuilder::default();
+    for (pos, &i) in idx.iter().enumerate() {
+        if let Some(s) = &resolved[i as usize].1 {
+            index.add(&params.layout, pos as u32, s);
+        }
+    }
+    let (index_dir, bitmaps, index_count) = index.finish();
+
+    let mut sizes = EntrySizes::default();
+    let mut dict_raw = Vec::new();
+    columns::encode_dict(&ids, &internal, &mut dict_raw);
+    let mut dict = Vec::new();
+    write_chunk(&mut dict, &dict_raw, params.zstd_level);
+    sizes.dict = dict.len() as u32;
+
+    let be = params.block_events as usize;
+    let mut block_index = Vec::new();
+    let mut cols = Vec::new();
+    let mut raw = Vec::new();
+    for (b, block) in events.chunks(be).enumerate() {
+        let off = cols.len() as u32;
+        let mut lens = [0u32; 4];
+        let start = b * be;
+        for (c, len) in lens.iter_mut().enumerate() {
+            raw.clear();
+            match c {
+                0 => {
+                    let ts: Vec<i64> = block.iter().map(|e| e.ts).collect();
+                    columns::encode_time(&ts, &mut raw)
+                }
+                1 => columns::encode_items(&idx[start..start + block.len()], ids.len(), &mut raw),
+                2 => {
+                    let a: Vec<u8> = block.iter().map(|e| e.action).collect();
+                    columns::encode_actions(&a, &mut raw)
+                }
+                _ => {
+                    let d: Vec<u16> = block.iter().map(|e| e.domain).collect();
+                    columns::encode_domains(&d, &mut raw)
+                }
+            }
+            let before = cols.len();
+            write_chunk(&mut cols, &raw, params.zstd_level);
+            *len = (cols.len() - before) as u32;
+        }
+        sizes.time += lens[0];
+        sizes.item += lens[1];
+        sizes.action += lens[2];
+        sizes.domain += lens[3];
+        block_index.extend_from_slice(&block[0].ts.to_le_bytes());
+        block_index.extend_from_slice(&block[block.len() - 1].ts.to_le_bytes());
+        block_index.extend_from_slice(&off.to_le_bytes());
+        for l in lens {
+            block_index.extend_from_slice(&l.to_le_bytes());
+        }
+    }
+
+    let mut out = Vec::with_capacity(
+        ENTRY_HEADER_LEN
+            + block_index.len()
+            + dict.len()
+            + cols.len()
+            + index_dir.len()
+            + bitmaps.len(),
+    );
+    out.extend_from_slice(ENTRY_MAGIC);
+    out.extend_from_slice(&ENTRY_VERSION.to_le_bytes());
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&user.to_le_bytes());
+    out.extend_from_slice(&(events.len() as u32).to_le_bytes());
+    out.extend_from_slice(&params.block_events.to_le_bytes());
+    out.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+    out.extend_from_slice(&index_count.to_le_bytes());
+    out.extend_from_slice(&events.first().map_or(0, |e| e.ts).to_le_bytes());
+    out.extend_from_slice(&events.last().map_or(0, |e| e.ts).to_le_bytes());
+    out.extend_from_slice(&params.semid_gen.to_le_bytes());
+    out.push(params.layout.levels);
+    out.push(params.layout.code_bits);
+    out.extend_from_slice(&0u16.to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&block_index).to_le_bytes());
+    out.extend_from_slice(&(dict.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(cols.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&index_dir).to_le_bytes());
+    out.extend_from_slice(&(bitmaps.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&bitmaps).to_le_bytes());
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    debug_assert_eq!(out.len(), ENTRY_HEADER_LEN);
+    out.extend_from_slice(&block_index);
+    out.extend_from_slice(&dict);
+    out.extend_from_slice(&cols);
+    out.extend_from_slice(&index_dir);
+    out.extend_from_slice(&bitmaps);
+    sizes.index = (index_dir.len() + bitmaps.len()) as u32;
+    sizes.meta = (ENTRY_HEADER_LEN + block_index.len()) as u32;
+    (out, sizes)
+}
+
+/// The fixed header of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryHeader {
+    pub user: u64,
+    pub n_events: u32,
+    pub block_events: u32,
+    pub n_dict: u32,
+    pub index_count: u32,
+    pub first_ts: i64,
+    pub last_ts: i64,
+    pub semid_gen: u64,
+    pub layout: PrefixLayout,
+    pub block_index_crc: u32,
+    pub dict_len: u32,
+    pub columns_len: u32,
+    pub index_dir_crc: u32,
+    pub bitmaps_len: u32,
+    pub bitmaps_crc: u32,
+    pub header_crc: u32,
+}
+
+impl EntryHeader {
+    pub fn n_blocks(&self) -> usize {
+        (self.n_events as usize).div_ceil(self.block_events.max(1) as usize)
+    }
+}
+
+/// Which columns of a block to decode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cols {
+    pub time: bool,
+    pub item: bool,
+    pub action: bool,
+    pub domain: bool,
+}
+
+impl Cols {
+    pub const ALL: Cols = Cols {
+        time: true,
+        item: true,
+        action: true,
+        domain: true,
+    };
+    pub const NONE: Cols = Cols {
+        time: false,
+        item: false,
+        action: false,
+        domain: false,
+    };
+    pub const TIME: Cols = Cols {
+        time: true,
+        item: false,
+        action: false,
+        domain: false,
+    };
+    pub const ITEM: Cols = Cols {
+        time: false,
+        item: true,
+        action: false,
+        domain: false,
+    };
+}
+
+/// Decoded columns of one block (only the requested ones are filled).
+#[derive(Debug, Clone, Default)]
+pub struct Block {
+    pub ts: Vec<i64>,
+    pub item: Vec<u32>,
+    pub action: Vec<u8>,
+    pub domain: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BlockMeta {
+    pub first_ts: i64,
+    pub last_ts: i64,
+    col_off: u32,
+    lens: [u32; 4],
+}
+
+/// A user entry read in place.
+#[derive(Clone, Copy)]
+pub struct EntryView<'a> {
+    pub header: EntryHeader,
+    block_index: &'a [u8],
+    dict: &'a [u8],
+    columns: &'a [u8],
+    index_dir: &'a [u8],
+    bitmaps: &'a [u8],
+}
+
+impl<'a> EntryView<'a> {
+    /// Parse and check the header and the block index; other sections are checked when read.
+    pub fn parse(bytes: &'a [u8]) -> DecodeResult<Self> {
+        if bytes.len() < ENTRY_HEADER_LEN {
+            corrupt!("entry of {} bytes is shorter than its header", bytes.len());
+        }
+        let crc = le_u32(bytes, ENTRY_HEADER_LEN - 4);
+        let actual = crc32c::crc32c(&bytes[..ENTRY_HEADER_LEN - 4]);
+        if crc != actual {
+            corrupt!("entry header checksum mismatch (stored {crc:08x}, computed {actual:08x})");
+        }
+        let mut r = Reader::new(&bytes[..ENTRY_HEADER_LEN]);
+        if r.bytes(4)? != ENTRY_MAGIC {
+            corrupt!("bad entry magic");
+        }
+        let version = r.u16()?;
+        if version != ENTRY_VERSION {
+            return Err(DecodeError::Version {
+                what: "user entry",
+                found: u32::from(version),
+                supported: u32::from(ENTRY_VERSION),
+            });
+        }
+        let _flags = r.u16()?;
+        let h = EntryHeader {
+            user: r.u64()?,
+            n_events: r.u32()?,
+            block_events: r.u32()?,
+            n_dict: r.u32()?,
+            index_count: r.u32()?,
+            first_ts: r.i64()?,
+            last_ts: r.i64()?,
+            semid_gen: r.u64()?,
+            layout: PrefixLayout {
+                levels: r.u8()?,
+                code_bits: r.u8()?,
+            },
+            block_index_crc: {
+                r.u16()?;
+                r.u32()?
+            },
+            dict_len: r.u32()?,
+            columns_len: r.u32()?,
+            index_dir_crc: r.u32()?,
+            bitmaps_len: r.u32()?,
+            bitmaps_crc: r.u32()?,
+            header_crc: crc,
+        };
+        if h.block_events == 0 || h.block_events > 1 << 20 {
+            corrupt!("block size {} out of range", h.block_events);
+        }
+        if h.n_dict > h.n_events || (h.n_events > 0 && h.n_dict == 0) {
+            corrupt!("{} dictionary entries for {} events", h.n_dict, h.n_events);
+        }
+        if h.first_ts > h.last_ts {
+            corrupt!("first timestamp after last");
+        }
+        let block_index_len = h.n_blocks() * BLOCK_META_LEN;
+        let mut r = Reader::new(&bytes[ENTRY_HEADER_LEN..]);
+        let view = EntryView {
+            header: h,
+            block_index: r.bytes(block_index_len)?,
+            dict: r.bytes(h.dict_len as usize)?,
+            columns: r.bytes(h.columns_len as usize)?,
+            index_dir: r.bytes((h.index_count as usize).saturating_mul(DIR_ENTRY_LEN))?,
+            bitmaps: r.bytes(h.bitmaps_len as usize)?,
+        };
+        r.finish()?;
+        if crc32c::crc32c(view.block_index) != h.block_index_crc {
+            corrupt!("block index checksum mismatch");
+        }
+        Ok(view)
+    }
+
+    pub fn n_events(&self) -> usize {
+        self.header.n_events as usize
+    }
+
+    pub fn n_blocks(&self) -> usize {
+        self.header.n_blocks()
+    }
+
+    pub fn block_events(&self) -> usize {
+        self.header.block_events as usize
+    }
+
+    /// Number of events in block `b`.
+    pub fn block_len(&self, b: usize) -> usize {
+        let be = self.block_events();
+        (self.n_events() - b * be).min(be)
+    }
+
+    pub fn block_meta(&self, b: usize) -> BlockMeta {
+        let o = b * BLOCK_META_LEN;
+        let m = &self.block_index[o..o + BLOCK_META_LEN];
+        BlockMeta {
+            first_ts: i64::from_le_bytes(m[0..8].try_into().unwrap()),
+            last_ts: i64::from_le_bytes(m[8..16].try_into().unwrap()),
+            col_off: le_u32(m, 16),
+            lens: [le_u32(m, 20), le_u32(m, 24), le_u32(m, 28), le_u32(m, 32)],
+        }
+    }
+
+    fn column_chunk(&self, b: usize, c: usize) -> DecodeResult<&'a [u8]> {
+        let m = self.block_meta(b);
+        let start = m.col_off as usize + m.lens[..c].iter().map(|&l| l as usize).sum::<usize>();
+        let len = m.lens[c] as usize;
+        match self.columns.get(start..start.saturating_add(len)) {
+            Some(s) => Ok(s),
+            None => corrupt!("column {c} of block {b} lies outside the column section"),
+        }
+    }
+
+    /// Decode the requested columns of block `b` into `out`.
+    pub fn decode_block(
+        &self,
+        b: usize,
+        cols: Cols,
+        out: &mut Block,
+        scratch: &mut Vec<u8>,
+    ) -> DecodeResult<()> {
+        let n = self.block_len(b);
+        let n_dict = self.header.n_dict as usize;
+        let wrap = |c: &str, e: DecodeError| match e {
+            DecodeError::Corrupt(d) => DecodeError::Corrupt(format!("block {b} {c} column: {d}")),
+            v => v,
+        };
+        if cols.time {
+            read_chunk(self.column_chunk(b, 0)?, 8 + 10 * n, scratch).map_err(|e| wrap("time", e))?;
+            columns::decode_time(scratch, n, &mut out.ts).map_err(|e| wrap("time", e))?;
+            let m = self.block_meta(b);
+            if out.ts.first() != Some(&m.first_ts) || out.ts.last() != Some(&m.last_ts) {
+                corrupt!("block {b} time column disagrees with the block index");
+            }
+        }
+        if cols.item {
+            read_chunk(self.column_chunk(b, 1)?, 1 + 4 * n, scratch).map_err(|e| wrap("item", e))?;
+            columns::decode_items(scratch, n, n_dict, &mut out.item).map_err(|e| wrap("item", e))?;
+        }
+        if cols.action {
+            read_chunk(self.column_chunk(b, 2)?, n, scratch).map_err(|e| wrap("action", e))?;
+            columns::decode_actions(scratch, n, &mut out.action).map_err(|e| wrap("action", e))?;
+        }
+        if cols.domain {
+            read_chunk(self.column_chunk(b, 3)?, 2 * n, scratch).map_err(|e| wrap("domain", e))?;
+            columns::decode_domains(scratch, n, &mut out.domain)
+                .map_err(|e| wrap("domain", e))?;
+        }
+        Ok(())
+    }
+
+    pub fn dict(&self) -> DecodeResult<Dict> {
+        let n = self.header.n_dict as usize;
+        let mut raw = Vec::new();
+        read_chunk(self.dict, 20 * n, &mut raw)
+            .map_err(|e| DecodeError::Corrupt(format!("item dictionary: {e}")))?;
+        columns::decode_dict(&raw, n)
+            .map_err(|e| DecodeError::Corrupt(format!("item dictionary: {e}")))
+    }
+
+    /// Check the prefix index's checksums (the index is large, so callers do this once per entry
+    /// and remember it; see `Segment::verified_index`).
+    pub fn verify_index_checksums(&self) -> DecodeResult<()> {
+        if crc32c::crc32c(self.index_dir) != self.header.index_dir_crc {
+            corrupt!("prefix directory checksum mismatch");
+        }
+        if crc32c::crc32c(self.bitmaps) != self.header.bitmaps_crc {
+            corrupt!("prefix bitmaps checksum mismatch");
+        }
+        Ok(())
+    }
+
+    /// The prefix index, without checking its checksums.
+    pub fn index(&self) -> DecodeResult<PrefixIndex<'a>> {
+        PrefixIndex::new(self.index_dir, self.header.index_count, self.bitmaps)
+    }
+
+    /// Block holding the first event with `ts >= t` lies at or after the returned block; every
+    /// block before it ends before `t`.
+    pub fn first_block_reaching(&self, t: i64) -> usize {
+        let (mut lo, mut hi) = (0, self.n_blocks());
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.block_meta(mid).last_ts < t {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
+    }
+
+    /// Check everything: every section's checksum, every block decodes and agrees with the block
+    /// index, time is sorted across blocks, and the index is well formed. Used by `verify`.
+    pub fn validate(&self) -> DecodeResult<()> {
+        let h = &self.header;
+        let dict = self.dict()?;
+        let mut prev_ts = i64::MIN;
+        let mut block = Block::default();
+        let mut scratch = Vec::new();
+        let mut used = vec![false; dict.len()];
+        let mut expect_off = 0u32;
+        for b in 0..self.n_blocks() {
+            let m = self.block_meta(b);
+            if m.col_off != expect_off {
+                corrupt!("block {b} columns start at {}, expected {expect_off}", m.col_off);
+            }
+            expect_off = m.lens.iter().fold(expect_off, |a, &l| a.saturating_add(l));
+            for (c, &len) in m.lens.iter().enumerate() {
+                let chunk = self.column_chunk(b, c)?;
+                if chunk_len(chunk)? != len as usize {
+                    corrupt!("block {b} column {c} length disagrees with its chunk");
+                }
+            }
+            self.decode_block(b, Cols::ALL, &mut block, &mut scratch)?;
+            if block.ts[0] < prev_ts {
+                corrupt!("block {b} starts before the previous block ends");
+            }
+            prev_ts = *block.ts.last().unwrap();
+            for &i in &block.item {
+                used[i as usize] = true;
+            }
+        }
+        if expect_off != h.columns_len {
+            corrupt!("column section has {} bytes, blocks use {expect_off}", h.columns_len);
+        }
+        if used.iter().any(|u| !u) {
+            corrupt!("item dictionary holds items the sequence never uses");
+        }
+        if self.n_events() > 0
+            && (self.block_meta(0).first_ts != h.first_ts
+                || self.block_meta(self.n_blocks() - 1).last_ts != h.last_ts)
+        {
+            corrupt!("header time range disagrees with the blocks");
+        }
+        self.verify_index_checksums()?;
+        self.index()?.validate(h.n_events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn params(block_events: u32) -> EntryParams {
+        EntryParams {
+            block_events,
+            zstd_level: 3,
+            layout: PrefixLayout::new(3, 16),
+            semid_gen: 7,
+        }
+    }
+
+    fn semid_of(item: u64) -> Option<SemId> {
+        (item % 5 != 0).then(|| SemId::new(&[(item % 3) as u16, (item % 7) as u16, (item % 16) as u16]).unwrap())
+    }
+
+    fn decode_all(v: &EntryView<'_>) -> Vec<Ev> {
+        let dict = v.dict().unwrap();
+        let mut out = Vec::new();
+        let mut b = Block::default();
+        let mut s = Vec::new();
+        for i in 0..v.n_blocks() {
+            v.decode_block(i, Cols::ALL, &mut b, &mut s).unwrap();
+            for j in 0..b.ts.len() {
+                out.push(Ev { ts: b.ts[j], item: dict.ids[b.item[j] as usize], action: b.action[j], domain: b.domain[j] });
+            }
+        }
+        out
+    }
+
+    fn events_strategy() -> impl Strategy<Value = Vec<Ev>> {
+        proptest::collection::vec((0i64..5_000, 0u64..300, any::<u8>(), 0u16..4), 0..700).prop_map(|v| {
+            let mut evs: Vec<Ev> = v.into_iter().map(|(ts, item, action, domain)| Ev { ts, item, action, domain }).collect();
+            evs.sort_by_key(|e| e.ts);
+            evs
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn entry_round_trip(evs in events_strategy(), be in 16u32..200) {
+            let (bytes, sizes) = build_entry(42, &evs, &params(be), |id| ((id * 3) as u32, semid_of(id)));
+            prop_assert_eq!(sizes.total(), bytes.len() as u64);
+            let v = EntryView::parse(&bytes).unwrap();
+            v.validate().unwrap();
+            prop_assert_eq!(v.header.user, 42);
+            prop_assert_eq!(decode_all(&v), evs.clone());
+            let dict = v.dict().unwrap();
+            for (i, id) in dict.ids.iter().enumerate() { prop_assert_eq!(dict.internal[i], (*id * 3) as u32); }
+            let idx = v.index().unwrap();
+            if let Some(e) = evs.iter().find(|e| semid_of(e.item).is_some()) {
+                let s = semid_of(e.item).unwrap();
+                let got: Vec<u32> = idx.find(v.header.layout.key(&s, 3)).unwrap().unwrap().iter().collect();
+                let want: Vec<u32> = evs.iter().enumerate().filter(|(_, x)| semid_of(x.item) == Some(s)).map(|(p, _)| p as u32).collect();
+                prop_assert_eq!(got, want);
+            }
+        }
+
+        #[test]
+        fn every_flipped_byte_is_detected(evs in events_strategy(), pos in any::<usize>(), bit in 0u8..8) {
+            prop_assume!(!evs.is_empty());
+            let (mut bytes, _) = build_entry(1, &evs, &params(64), |id| (id as u32, semid_of(id)));
+            let pos = pos % bytes.len();
+            bytes[pos] ^= 1 << bit;
+            let detected = match EntryView::parse(&bytes) { Err(_) => true, Ok(v) => v.validate().is_err() };
+            prop_assert!(detected, "flip at {} of {} not detected", pos, bytes.len());
+        }
+    }
+
+    #[test]
+    fn hundred_thousand_events_and_equal_timestamps() {
+        let evs: Vec<Ev> = (0..100_000u64).map(|i| Ev { ts: (i / 10) as i64, item: i % 1237, action: (i % 4) as u8, domain: (i % 3) as u16 }).collect();
+        let (bytes, _) = build_entry(9, &evs, &params(1024), |id| (id as u32, semid_of(id)));
+        let v = EntryView::parse(&bytes).unwrap();
+        v.validate().unwrap();
+        assert_eq!(v.n_blocks(), 98);
+        assert_eq!(decode_all(&v), evs);
+        assert_eq!(v.first_block_reaching(5_000), 48);
+    }
+
+    #[test]
+    fn one_event() {
+        let evs = [Ev { ts: -5, item: u64::MAX, action: 255, domain: u16::MAX }];
+        let (bytes, _) = build_entry(u64::MAX, &evs, &params(16), |_| (u32::MAX, None));
+        let v = EntryView::parse(&bytes).unwrap();
+        v.validate().unwrap();
+        assert_eq!(decode_all(&v), evs);
+        assert!(v.index().unwrap().is_empty());
+    }
+}

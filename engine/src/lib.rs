@@ -1,0 +1,75 @@
+//! # siren-engine
+//!
+//! An embedded storage engine for lifelong user-behaviour sequences, with the General Search
+//! Unit (GSU) of a two-stage recommender built in:
+//!
+//! - per-user sequences in a custom column store (delta/bit-packed columns, zstd blocks) in
+//!   immutable, memory-mapped segment files;
+//! - per-user roaring-bitmap indexes on Semantic-ID prefixes, so that hard retrieval
+//!   ([`Snapshot::retrieve_hard`]) is a storage query;
+//! - int8 catalog embeddings in dense arrays for soft retrieval ([`Snapshot::retrieve_soft`]);
+//! - reads bounded by time (`as_of`), so training sees what serving would have seen;
+//! - RocksDB for the durable write path, the item catalog and the manifest.
+//!
+//! ```no_run
+//! use siren_engine::{AppendOptions, Db, Event, Item, Options, ReadRange, SemId, Durability};
+//! # fn main() -> siren_engine::Result<()> {
+//! let db = Db::open("/tmp/siren-example", Options { embedding_dim: 4, ..Options::default() })?;
+//! db.upsert_items(&[Item { id: 7, category: 1, semid: Some(SemId::new(&[1, 2, 3])?),
+//!                          embedding: Some(vec![0.1, 0.2, 0.3, 0.4]) }], Durability::Sync)?;
+//! db.append(&[Event { user: 1, ts: 1_000, item: 7, action: 1, domain: 0 }], &AppendOptions::default())?;
+//! let snap = db.snapshot();
+//! let hits = snap.retrieve_hard(1, &SemId::new(&[1, 2, 9])?, 50, None)?;
+//! assert_eq!(hits[0].depth, 2);
+//! let recent = snap.read(1, ReadRange { last: Some(50), ..ReadRange::as_of(2_000) })?;
+//! # Ok(()) }
+//! ```
+//!
+//! See `docs/ARCHITECTURE.md` for the write and read paths and `docs/FORMAT.md` for the bytes.
+
+mod catalog;
+mod compaction;
+mod db;
+mod error;
+mod retrieve;
+mod snapshot;
+mod state;
+mod store;
+mod types;
+mod view;
+
+mod codec;
+mod columns;
+mod entry;
+mod prefix;
+mod records;
+mod segment;
+
+pub use compaction::CompactionStats;
+pub use db::{ColumnBytes, Db, RocksBytes, Stats, VerifyReport};
+pub use error::{DecodeError, Error, Result};
+pub use retrieve::{HardHit, SoftHit};
+pub use snapshot::Snapshot;
+pub use types::{
+    AppendOptions, AppendOutcome, AutoCompact, Durability, Event, Item, Options, ReadRange, SemId,
+    MAX_SEMID_LEVELS,
+};
+
+/// The storage format's decoders and encoders, public for the fuzz targets and for tools that
+/// inspect files. Not a stable API.
+#[doc(hidden)]
+pub mod format {
+    pub use crate::catalog::{dot_i8, quantize};
+    pub use crate::codec::{read_chunk, write_chunk, Reader};
+    pub use crate::columns::{
+        decode_actions, decode_dict, decode_domains, decode_items, decode_time, encode_actions,
+        encode_dict, encode_domains, encode_items, encode_time, Dict,
+    };
+    pub use crate::entry::{build_entry, Block, Cols, EntryParams, EntryView, Ev};
+    pub use crate::prefix::{decode_bitmap, PrefixIndex, PrefixIndexBuilder, PrefixLayout};
+    pub use crate::records::{
+        decode_config, decode_item, decode_location, decode_manifest, decode_pending,
+        decode_source,
+    };
+    pub use crate::segment::{Segment, SegmentWriter};
+}

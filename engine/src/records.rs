@@ -1,0 +1,389 @@
+//! Records Siren keeps in RocksDB. Each value is framed as
+//! `magic[4] | version u8 | body | crc32c u32` (the CRC covers magic, version and body), so a
+//! damaged value is caught by Siren even where RocksDB's own block checksums are not consulted.
+
+use crate::codec::{push_crc, split_crc, Reader};
+use crate::entry::Ev;
+use crate::error::{corrupt, DecodeError, DecodeResult};
+use crate::types::{SemId, MAX_SEMID_LEVELS};
+
+pub const RECORD_VERSION: u8 = 1;
+
+fn frame(magic: &[u8; 4], body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(magic);
+    out.push(RECORD_VERSION);
+    body(&mut out);
+    push_crc(&mut out, 0);
+    out
+}
+
+fn unframe<'a>(bytes: &'a [u8], magic: &[u8; 4], what: &'static str) -> DecodeResult<Reader<'a>> {
+    let body = split_crc(bytes, what)?;
+    let mut r = Reader::new(body);
+    if r.bytes(4)? != magic {
+        corrupt!("{what}: bad magic");
+    }
+    let version = r.u8()?;
+    if version != RECORD_VERSION {
+        return Err(DecodeError::Version {
+            what,
+            found: u32::from(version),
+            supported: u32::from(RECORD_VERSION),
+        });
+    }
+    Ok(r)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Keys
+
+pub fn user_key(user: u64) -> [u8; 8] {
+    user.to_be_bytes()
+}
+
+pub fn pending_key(user: u64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&user.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+pub fn parse_pending_key(k: &[u8]) -> DecodeResult<(u64, u64)> {
+    if k.len() != 16 {
+        corrupt!("pending key of {} bytes", k.len());
+    }
+    Ok((
+        u64::from_be_bytes(k[..8].try_into().unwrap()),
+        u64::from_be_bytes(k[8..].try_into().unwrap()),
+    ))
+}
+
+pub fn parse_u64_key(k: &[u8], what: &str) -> DecodeResult<u64> {
+    match <[u8; 8]>::try_from(k) {
+        Ok(b) => Ok(u64::from_be_bytes(b)),
+        Err(_) => corrupt!("{what} key of {} bytes", k.len()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pending events: one record per (user, append batch).
+
+const EV_LEN: usize = 19;
+
+pub fn encode_pending(events: &[Ev]) -> Vec<u8> {
+    frame(b"SPND", |out| {
+        out.extend_from_slice(&(events.len() as u32).to_le_bytes());
+        for e in events {
+            out.extend_from_slice(&e.ts.to_le_bytes());
+            out.extend_from_slice(&e.item.to_le_bytes());
+            out.push(e.action);
+            out.extend_from_slice(&e.domain.to_le_bytes());
+        }
+    })
+}
+
+pub fn decode_pending(bytes: &[u8]) -> DecodeResult<Vec<Ev>> {
+    let mut r = unframe(bytes, b"SPND", "pending record")?;
+    let n = r.u32()? as usize;
+    if n.checked_mul(EV_LEN) != Some(r.remaining()) {
+        corrupt!("pending record claims {n} events in {} bytes", r.remaining());
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(Ev {
+            ts: r.i64()?,
+            item: r.u64()?,
+            action: r.u8()?,
+            domain: r.u16()?,
+        });
+    }
+    r.finish()?;
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// User location: where a user's compacted entry lives.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub segment: u64,
+    pub offset: u64,
+    pub len: u32,
+    pub n_events: u32,
+}
+
+pub fn encode_location(l: &Location) -> Vec<u8> {
+    frame(b"SLOC", |out| {
+        out.extend_from_slice(&l.segment.to_le_bytes());
+        out.extend_from_slice(&l.offset.to_le_bytes());
+        out.extend_from_slice(&l.len.to_le_bytes());
+        out.extend_from_slice(&l.n_events.to_le_bytes());
+    })
+}
+
+pub fn decode_location(bytes: &[u8]) -> DecodeResult<Location> {
+    let mut r = unframe(bytes, b"SLOC", "user location")?;
+    let l = Location {
+        segment: r.u64()?,
+        offset: r.u64()?,
+        len: r.u32()?,
+        n_events: r.u32()?,
+    };
+    r.finish()?;
+    Ok(l)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Catalog items.
+
+/// An item as stored: embedding already quantised.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemRecord {
+    pub internal: u32,
+    pub category: u32,
+    pub semid: Option<SemId>,
+    /// Catalog SemID generation at which this item's SemID last changed (0: never changed since
+    /// the item was first stored).
+    pub semid_gen: u64,
+    /// Quantised embedding and its scale (`value = q * scale`).
+    pub embedding: Option<(f32, Vec<i8>)>,
+    /// The item is only known from events; nobody upserted it.
+    pub stub: bool,
+}
+
+pub fn encode_item(it: &ItemRecord) -> Vec<u8> {
+    frame(b"SITM", |out| {
+        let flags = u8::from(it.semid.is_some())
+            | (u8::from(it.embedding.is_some()) << 1)
+            | (u8::from(it.stub) << 2);
+        out.push(flags);
+        out.extend_from_slice(&it.internal.to_le_bytes());
+        out.extend_from_slice(&it.category.to_le_bytes());
+        out.extend_from_slice(&it.semid_gen.to_le_bytes());
+        if let Some(s) = &it.semid {
+            out.push(s.levels() as u8);
+            for c in s.codes() {
+                out.extend_from_slice(&c.to_le_bytes());
+            }
+        }
+        if let Some((scale, q)) = &it.embedding {
+            out.extend_from_slice(&(q.len() as u32).to_le_bytes());
+            out.extend_from_slice(&scale.to_le_bytes());
+            out.extend(q.iter().map(|&v| v as u8));
+        }
+    })
+}
+
+pub fn decode_item(bytes: &[u8]) -> DecodeResult<ItemRecord> {
+    let mut r = unframe(bytes, b"SITM", "item record")?;
+    let flags = r.u8()?;
+    if flags > 7 {
+        corrupt!("item record flags {flags:#x}");
+    }
+    let internal = r.u32()?;
+    let category = r.u32()?;
+    let semid_gen = r.u64()?;
+    let semid = if flags & 1 != 0 {
+        let n = r.u8()? as usize;
+        if n == 0 || n > MAX_SEMID_LEVELS {
+            corrupt!("item SemID of {n} levels");
+        }
+        let mut codes = [0u16; MAX_SEMID_LEVELS];
+        for c in codes.iter_mut().take(n) {
+            *c = r.u16()?;
+        }
+        Some(SemId::new(&codes[..n]).map_err(|e| DecodeError::corrupt(e.to_string()))?)
+    } else {
+        None
+    };
+    let embedding = if flags & 2 != 0 {
+        let dim = r.u32()? as usize;
+        let scale = r.f32()?;
+        if !scale.is_finite() || scale < 0.0 {
+            corrupt!("item embedding scale {scale}");
+        }
+        let q = r.bytes(dim)?.iter().map(|&b| b as i8).collect();
+        Some((scale, q))
+    } else {
+        None
+    };
+    r.finish()?;
+    Ok(ItemRecord {
+        internal,
+        category,
+        semid,
+        semid_gen,
+        embedding,
+        stub: flags & 4 != 0,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Manifest: the live segment files.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentInfo {
+    pub id: u64,
+    pub file_len: u64,
+    /// A deleted user's bytes are in this file: the next compaction must rewrite it.
+    pub needs_erase: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Manifest {
+    pub next_segment_id: u64,
+    /// Highest append sequence number folded into segments.
+    pub compacted_seq: u64,
+    pub segments: Vec<SegmentInfo>,
+}
+
+pub fn encode_manifest(m: &Manifest) -> Vec<u8> {
+    frame(b"SMAN", |out| {
+        out.extend_from_slice(&m.next_segment_id.to_le_bytes());
+        out.extend_from_slice(&m.compacted_seq.to_le_bytes());
+        out.extend_from_slice(&(m.segments.len() as u32).to_le_bytes());
+        for s in &m.segments {
+            out.extend_from_slice(&s.id.to_le_bytes());
+            out.extend_from_slice(&s.file_len.to_le_bytes());
+            out.push(u8::from(s.needs_erase));
+        }
+    })
+}
+
+pub fn decode_manifest(bytes: &[u8]) -> DecodeResult<Manifest> {
+    let mut r = unframe(bytes, b"SMAN", "manifest")?;
+    let next_segment_id = r.u64()?;
+    let compacted_seq = r.u64()?;
+    let n = r.u32()? as usize;
+    if n.checked_mul(17) != Some(r.remaining()) {
+        corrupt!("manifest claims {n} segments in {} bytes", r.remaining());
+    }
+    let mut segments = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = r.u64()?;
+        let file_len = r.u64()?;
+        let needs_erase = match r.u8()? {
+            0 => false,
+            1 => true,
+            f => corrupt!("manifest segment flag {f}"),
+        };
+        if id >= next_segment_id {
+            corrupt!("segment {id} is not below the next segment id {next_segment_id}");
+        }
+        segments.push(SegmentInfo {
+            id,
+            file_len,
+            needs_erase,
+        });
+    }
+    r.finish()?;
+    Ok(Manifest {
+        next_segment_id,
+        compacted_seq,
+        segments,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Config: the settings fixed at creation.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Config {
+    pub embedding_dim: u32,
+    pub semid_levels: u8,
+    pub semid_codebook_size: u32,
+}
+
+pub fn encode_config(c: &Config) -> Vec<u8> {
+    frame(b"SCFG", |out| {
+        out.extend_from_slice(&c.embedding_dim.to_le_bytes());
+        out.push(c.semid_levels);
+        out.extend_from_slice(&c.semid_codebook_size.to_le_bytes());
+    })
+}
+
+pub fn decode_config(bytes: &[u8]) -> DecodeResult<Config> {
+    let mut r = unframe(bytes, b"SCFG", "config")?;
+    let c = Config {
+        embedding_dim: r.u32()?,
+        semid_levels: r.u8()?,
+        semid_codebook_size: r.u32()?,
+    };
+    r.finish()?;
+    Ok(c)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sources: last applied sequence number per append source.
+
+pub fn encode_source(last_seq: u64) -> Vec<u8> {
+    frame(b"SSRC", |out| out.extend_from_slice(&last_seq.to_le_bytes()))
+}
+
+pub fn decode_source(bytes: &[u8]) -> DecodeResult<u64> {
+    let mut r = unframe(bytes, b"SSRC", "source record")?;
+    let v = r.u64()?;
+    r.finish()?;
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn all_records() -> Vec<Vec<u8>> {
+        vec![
+            encode_pending(&[Ev { ts: -1, item: 9, action: 2, domain: 3 }, Ev { ts: 5, item: u64::MAX, action: 0, domain: 0 }]),
+            encode_location(&Location { segment: 3, offset: 28, len: 100, n_events: 7 }),
+            encode_item(&ItemRecord { internal: 4, category: 2, semid: Some(SemId::new(&[1, 2, 3]).unwrap()), semid_gen: 9, embedding: Some((0.5, vec![1, -2, 127])), stub: false }),
+            encode_item(&ItemRecord { internal: 5, category: 0, semid: None, semid_gen: 0, embedding: None, stub: true }),
+            encode_manifest(&Manifest { next_segment_id: 9, compacted_seq: 77, segments: vec![SegmentInfo { id: 3, file_len: 1000, needs_erase: true }] }),
+            encode_config(&Config { embedding_dim: 128, semid_levels: 3, semid_codebook_size: 256 }),
+            encode_source(41),
+        ]
+    }
+
+    fn decode_any(i: usize, b: &[u8]) -> bool {
+        match i {
+            0 => decode_pending(b).is_ok(),
+            1 => decode_location(b).is_ok(),
+            2 | 3 => decode_item(b).is_ok(),
+            4 => decode_manifest(b).is_ok(),
+            5 => decode_config(b).is_ok(),
+            _ => decode_source(b).is_ok(),
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        for (i, r) in all_records().iter().enumerate() {
+            assert!(decode_any(i, r), "record {i}");
+        }
+        let it = ItemRecord { internal: 4, category: 2, semid: Some(SemId::new(&[1, 2, 3]).unwrap()), semid_gen: 9, embedding: Some((0.5, vec![1, -2, 127])), stub: false };
+        assert_eq!(decode_item(&encode_item(&it)).unwrap(), it);
+        let m = Manifest { next_segment_id: 9, compacted_seq: 77, segments: vec![SegmentInfo { id: 3, file_len: 1000, needs_erase: true }] };
+        assert_eq!(decode_manifest(&encode_manifest(&m)).unwrap(), m);
+    }
+
+    #[test]
+    fn every_flipped_bit_is_detected() {
+        for (i, r) in all_records().iter().enumerate() {
+            for pos in 0..r.len() {
+                for bit in 0..8 {
+                    let mut b = r.clone();
+                    b[pos] ^= 1 << bit;
+                    assert!(!decode_any(i, &b), "record {i} flip {pos}.{bit}");
+                }
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(b in proptest::collection::vec(any::<u8>(), 0..100)) {
+            for i in 0..7 { let _ = decode_any(i, &b); }
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! [`Snapshot`]: the read API. A snapshot sees the database exactly as it was when taken, for as
+//! long as it is held, whatever writers and compactions do meanwhile.
+
+use std::sync::Arc;
+
+use crate::catalog::query_vec;
+use crate::error::{Error, Result};
+use crate::prefix::PrefixLayout;
+use crate::retrieve::{self, HardHit, SoftHit};
+use crate::state::State;
+use crate::types::{Event, Item, ReadRange, SemId};
+use crate::view::{Retention, UserView};
+
+/// Settings every read needs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadConfig {
+    pub retention: Retention,
+    pub layout: PrefixLayout,
+    pub dim: usize,
+    pub codebook_size: u32,
+}
+
+impl ReadConfig {
+    pub fn check_semid(&self, s: &SemId) -> Result<()> {
+        if s.levels() != usize::from(self.layout.levels) {
+            return Err(Error::invalid(format!(
+                "SemID {s:?} has {} levels, the database uses {}",
+                s.levels(),
+                self.layout.levels
+            )));
+        }
+        if let Some(c) = s.codes().iter().find(|&&c| u32::from(c) >= self.codebook_size) {
+            return Err(Error::invalid(format!(
+                "SemID code {c} is outside the codebook of {}",
+                self.codebook_size
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn check_k(k: usize) -> Result<()> {
+    if k == 0 {
+        return Err(Error::invalid("k must be at least 1"));
+    }
+    Ok(())
+}
+
+#[derive(Clone)]
+pub struct Snapshot {
+    state: Arc<State>,
+    cfg: ReadConfig,
+}
+
+impl Snapshot {
+    pub(crate) fn new(state: Arc<State>, cfg: ReadConfig) -> Self {
+        Snapshot { state, cfg }
+    }
+
+    fn view(&self, user: u64, as_of: Option<i64>) -> Result<Option<UserView<'_>>> {
+        UserView::open(&self.state, user, self.cfg.retention, as_of)
+    }
+
+    /// A user's events within `range`, oldest first. An unknown user has no events.
+    pub fn read(&self, user: u64, range: ReadRange) -> Result<Vec<Event>> {
+        let Some(mut v) = self.view(user, range.as_of)? else {
+            return Ok(Vec::new());
+        };
+        Ok(v.read(range.since, range.last)?
+            .into_iter()
+            .map(|e| Event {
+                user,
+                ts: e.ts,
+                item: e.item,
+                action: e.action,
+                domain: e.domain,
+            })
+            .collect())
+    }
+
+    /// Number of events of `user` visible before `as_of` (all retained events without it).
+    pub fn user_len(&self, user: u64, as_of: Option<i64>) -> Result<usize> {
+        Ok(self.view(user, as_of)?.map_or(0, |v| v.len()))
+    }
+
+    /// The `k` behaviours (before `as_of`) whose item SemID shares the longest prefix with
+    /// `target`: longer prefixes first, most recent first within a prefix length. Behaviours
+    /// sharing no prefix are not returned.
+    pub fn retrieve_hard(
+        &self,
+        user: u64,
+        target: &SemId,
+        k: usize,
+        as_of: Option<i64>,
+    ) -> Result<Vec<HardHit>> {
+        Ok(self
+            .retrieve_hard_batch(user, std::slice::from_ref(target), k, as_of)?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    /// [`Snapshot::retrieve_hard`] for many targets against one user; the user's data is read
+    /// once.
+    pub fn retrieve_hard_batch(
+        &self,
+        user: u64,
+        targets: &[SemId],
+        k: usize,
+        as_of: Option<i64>,
+    ) -> Result<Vec<Vec<HardHit>>> {
+        check_k(k)?;
+        for t in targets {
+            self.cfg.check_semid(t)?;
+        }
+        match self.view(user, as_of)? {
+            Some(mut v) if !v.is_empty() => {
+                retrieve::hard(&mut v, &self.state.catalog, self.cfg.layout, targets, k)
+            }
+            _ => Ok(vec![Vec::new(); targets.len()]),
+        }
+    }
+
+    /// The `k` behaviours (before `as_of`) whose item embedding has the highest cosine with
+    /// `target`, most recent first on equal similarity. Behaviours whose item has no embedding
+    /// are not returned.
+    pub fn retrieve_soft(
+        &self,
+        user: u64,
+        target: &[f32],
+        k: usize,
+        as_of: Option<i64>,
+    ) -> Result<Vec<SoftHit>> {
+        Ok(self
+            .retrieve_soft_batch(user, &[target], k, as_of)?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    /// [`Snapshot::retrieve_soft`] for many targets against one user; the user's data is read
+    /// once and each embedding is loaded once for all targets.
+    pub fn retrieve_soft_batch<T: AsRef<[f32]>>(
+        &self,
+        user: u64,
+        targets: &[T],
+        k: usize,
+        as_of: Option<i64>,
+    ) -> Result<Vec<Vec<SoftHit>>> {
+        check_k(k)?;
+        let qs = targets
+            .iter()
+            .map(|t| query_vec(t.as_ref(), self.cfg.dim))
+            .collect::<Result<Vec<_>>>()?;
+        match self.view(user, as_of)? {
+            Some(mut v) if !v.is_empty() => retrieve::soft(&mut v, &self.state.catalog, &qs, k),
+            _ => Ok(vec![Vec::new(); targets.len()]),
+        }
+    }
+
+    /// A catalog item (its embedding dequantised), if the catalog holds it. Items known only
+    /// from events (stubs) are not returned.
+    pub fn item(&self, id: u64) -> Option<Item> {
+        let c = &self.state.catalog;
+        c.lookup(id)
+            .filter(|&r| !c.is_stub(r))
+            .map(|r| c.item(r))
+    }
+
+    /// All users with events, ascending.
+    pub fn users(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.state.users.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    pub fn user_count(&self) -> usize {
+        self.state.users.len()
+    }
+}

@@ -1,0 +1,378 @@
+//! One user's sequence as a reader sees it: the compacted entry (S) and the pending events (P)
+//! merged into one sequence ordered by time, equal times in arrival order (S arrived before P),
+//! with retention applied and bounded by `as_of`.
+//!
+//! Nothing is materialised: positions are translated between the merged sequence and S or P,
+//! and S's blocks are decoded on demand and remembered for the life of the view.
+
+use crate::catalog::Catalog;
+use crate::columns::Dict;
+use crate::entry::{Block, Cols, EntryView, Ev};
+use crate::error::{Error, Result};
+use crate::segment::Segment;
+use crate::state::{PendingEv, State, UserState};
+
+/// What a user keeps (see [`crate::Options::max_events_per_user`] and `max_event_age_ms`).
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_events: usize,
+    pub max_age_ms: Option<i64>,
+}
+
+struct SegPart<'s> {
+    segment: &'s Segment,
+    record: usize,
+    view: EntryView<'s>,
+    blocks: Vec<Option<(Cols, Block)>>,
+    dict: Option<Dict>,
+    scratch: Vec<u8>,
+}
+
+impl SegPart<'_> {
+    fn ensure_block(&mut self, b: usize, cols: Cols) -> Result<()> {
+        let slot = &mut self.blocks[b];
+        let have = slot.as_ref().map(|(c, _)| *c);
+        let need = Cols {
+            time: cols.time && !have.is_some_and(|c| c.time),
+            item: cols.item && !have.is_some_and(|c| c.item),
+            action: cols.action && !have.is_some_and(|c| c.action),
+            domain: cols.domain && !have.is_some_and(|c| c.domain),
+        };
+        if !(need.time || need.item || need.action || need.domain) {
+            return Ok(());
+        }
+        let (mut c, mut block) = slot.take().unwrap_or((Cols::NONE, Block::default()));
+        if let Err(e) = self.view.decode_block(b, need, &mut block, &mut self.scratch) {
+            return Err(self.segment.corruption(self.record, e));
+        }
+        c.time |= need.time;
+        c.item |= need.item;
+        c.action |= need.action;
+        c.domain |= need.domain;
+        *slot = Some((c, block));
+        Ok(())
+    }
+
+    fn block_ref(&self, b: usize) -> &Block {
+        &self.blocks[b].as_ref().expect("block decoded by ensure_block").1
+    }
+
+    fn ensure_dict(&mut self) -> Result<()> {
+        if self.dict.is_none() {
+            let d = self
+                .view
+                .dict()
+                .map_err(|e| self.segment.corruption(self.record, e))?;
+            self.dict = Some(d);
+        }
+        Ok(())
+    }
+
+    fn dict_ref(&self) -> &Dict {
+        self.dict.as_ref().expect("dictionary decoded by ensure_dict")
+    }
+}
+
+pub struct UserView<'s> {
+    pub user: u64,
+    seg: Option<SegPart<'s>>,
+    pending: &'s [PendingEv],
+    /// Visible S positions `[s0, s1)` and P positions `[p0, p1)`; `(s0, p0)` is where retention
+    /// starts the sequence, `(s1, p1)` where `as_of` ends it.
+    pub s0: usize,
+    pub s1: usize,
+    pub p0: usize,
+    pub p1: usize,
+}
+
+impl<'s> UserView<'s> {
+    /// The view of `user`, or `None` if the user has no events.
+    pub fn open(
+        state: &'s State,
+        user: u64,
+        retention: Retention,
+        as_of: Option<i64>,
+    ) -> Result<Option<UserView<'s>>> {
+        let Some(us) = state.users.get(&user) else {
+            return Ok(None);
+        };
+        Self::of(us, user, retention, as_of).map(Some)
+    }
+
+    pub fn of(
+        us: &'s UserState,
+        user: u64,
+        retention: Retention,
+        as_of: Option<i64>,
+    ) -> Result<UserView<'s>> {
+        let seg = match &us.entry {
+            Some(e) => {
+                let view = e.segment.entry(e.record)?;
+                Some(SegPart {
+                    segment: &e.segment,
+                    record: e.record,
+                    blocks: vec![None; view.n_blocks()],
+                    view,
+                    dict: None,
+                    scratch: Vec::new(),
+                })
+            }
+            None => None,
+        };
+        let mut v = UserView {
+            user,
+            seg,
+            pending: &us.pending,
+            s0: 0,
+            s1: 0,
+            p0: 0,
+            p1: 0,
+        };
+        let (ns, np) = (v.seg_len(), v.pending.len());
+        if ns + np == 0 {
+            return Ok(v);
+        }
+        // Retention: drop the oldest beyond the cap, and those too old relative to the newest.
+        let (mut s0, mut p0) = v.split((ns + np).saturating_sub(retention.max_events))?;
+        if let Some(age) = retention.max_age_ms {
+            let newest = v.newest_ts();
+            let cutoff = newest.saturating_sub(age);
+            s0 = s0.max(v.seg_count_lt(cutoff)?);
+            p0 = p0.max(v.pend_count_lt(cutoff));
+        }
+        let (s1, p1) = match as_of {
+            Some(t) => (v.seg_count_lt(t)?, v.pend_count_lt(t)),
+            None => (ns, np),
+        };
+        v.s0 = s0;
+        v.p0 = p0;
+        v.s1 = s1.max(s0);
+        v.p1 = p1.max(p0);
+        Ok(v)
+    }
+
+    pub fn seg_len(&self) -> usize {
+        self.seg.as_ref().map_or(0, |s| s.view.n_events())
+    }
+
+    pub fn pending(&self) -> &'s [PendingEv] {
+        self.pending
+    }
+
+    /// Number of visible events.
+    pub fn len(&self) -> usize {
+        (self.s1 - self.s0) + (self.p1 - self.p0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn newest_ts(&self) -> i64 {
+        let s = self.seg.as_ref().map(|s| s.view.header.last_ts);
+        let p = self.pending.last().map(|p| p.ev.ts);
+        s.into_iter().chain(p).max().unwrap_or(i64::MIN)
+    }
+
+    fn err(&self, e: crate::error::DecodeError) -> Error {
+        let s = self.seg.as_ref().expect("segment errors come from a segment part");
+        s.segment.corruption(s.record, e)
+    }
+
+    /// The entry (for the prefix index and its header).
+    pub fn entry(&self) -> Option<(&'s Segment, usize, EntryView<'s>)> {
+        self.seg.as_ref().map(|s| (s.segment, s.record, s.view))
+    }
+
+    /// Decoded block `b` with at least the columns `cols`.
+    pub fn block(&mut self, b: usize, cols: Cols) -> Result<&Block> {
+        let seg = self.seg.as_mut().expect("block of a user without an entry");
+        seg.ensure_block(b, cols)?;
+        Ok(seg.block_ref(b))
+    }
+
+    fn block_events(&self) -> usize {
+        self.seg.as_ref().map_or(1, |s| s.view.block_events())
+    }
+
+    pub fn dict(&mut self) -> Result<&Dict> {
+        let seg = self.seg.as_mut().expect("dictionary of a user without an entry");
+        seg.ensure_dict()?;
+        Ok(seg.dict_ref())
+    }
+
+    pub fn seg_ts(&mut self, i: usize) -> Result<i64> {
+        let be = self.block_events();
+        Ok(self.block(i / be, Cols::TIME)?.ts[i % be])
+    }
+
+    /// Number of S events with `ts < t`.
+    pub fn seg_count_lt(&mut self, t: i64) -> Result<usize> {
+        let Some(seg) = &self.seg else { return Ok(0) };
+        let b = seg.view.first_block_reaching(t);
+        if b == seg.view.n_blocks() {
+            return Ok(seg.view.n_events());
+        }
+        let be = seg.view.block_events();
+        let ts = &self.block(b, Cols::TIME)?.ts;
+        Ok(b * be + ts.partition_point(|&x| x < t))
+    }
+
+    pub fn pend_count_lt(&self, t: i64) -> usize {
+        self.pending.partition_point(|p| p.ev.ts < t)
+    }
+
+    /// How many of the first `m` merged events come from S and from P.
+    pub fn split(&mut self, m: usize) -> Result<(usize, usize)> {
+        let (ns, np) = (self.seg_len(), self.pending.len());
+        debug_assert!(m <= ns + np);
+        if np == 0 || ns == 0 {
+            return Ok((m.min(ns), m - m.min(ns)));
+        }
+        let last_s = self.seg.as_ref().unwrap().view.header.last_ts;
+        if self.pending[0].ev.ts >= last_s {
+            // The usual case: pending events are newer, so the sequence is S then P.
+            let i = m.min(ns);
+            return Ok((i, m - i));
+        }
+        // Largest i such that S[i-1] is among the first m: its merged rank is
+        // (i-1) + |{P with ts < S[i-1].ts}| (S comes first on equal times).
+        let (mut lo, mut hi) = (m.saturating_sub(np), m.min(ns));
+        while lo < hi {
+            let mid = (lo + hi).div_ceil(2);
+            let t = self.seg_ts(mid - 1)?;
+            if (mid - 1) + self.pend_count_lt(t) < m {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        Ok((lo, m - lo))
+    }
+
+    /// Position in the retained sequence (0 = oldest kept) of S event `i` (`s0 <= i < s1`).
+    pub fn seg_position(&mut self, i: usize) -> Result<usize> {
+        if self.pending.is_empty() {
+            return Ok(i - self.s0);
+        }
+        let t = self.seg_ts(i)?;
+        Ok((i - self.s0) + self.pend_count_lt(t).saturating_sub(self.p0))
+    }
+
+    /// Position in the retained sequence of P event `j` (`p0 <= j < p1`).
+    pub fn pending_position(&mut self, j: usize) -> Result<usize> {
+        let t = self.pending[j].ev.ts;
+        let le = match t.checked_add(1) {
+            Some(t1) => self.seg_count_lt(t1)?,
+            None => self.seg_len(),
+        };
+        Ok((j - self.p0) + le.saturating_sub(self.s0))
+    }
+
+    /// S event `i`.
+    pub fn seg_event(&mut self, i: usize) -> Result<Ev> {
+        let be = self.block_events();
+        let (ts, idx, action, domain) = {
+            let b = self.block(i / be, Cols::ALL)?;
+            let o = i % be;
+            (b.ts[o], b.item[o], b.action[o], b.domain[o])
+        };
+        let item = self.dict()?.ids[idx as usize];
+        Ok(Ev {
+            ts,
+            item,
+            action,
+            domain,
+        })
+    }
+
+    /// Dictionary indexes of the visible S events, in order.
+    pub fn visible_seg_items(&mut self) -> Result<Vec<u32>> {
+        let mut out = Vec::with_capacity(self.s1 - self.s0);
+        if self.s1 == self.s0 {
+            return Ok(out);
+        }
+        let be = self.block_events();
+        for b in self.s0 / be..=(self.s1 - 1) / be {
+            let lo = self.s0.max(b * be) - b * be;
+            let hi = self.s1.min((b + 1) * be) - b * be;
+            out.extend_from_slice(&self.block(b, Cols::ITEM)?.item[lo..hi]);
+        }
+        Ok(out)
+    }
+
+    /// Catalog rows of the dictionary entries, checking that the catalog knows each item.
+    pub fn dict_rows(&mut self, catalog: &Catalog) -> Result<Vec<u32>> {
+        let dict = self.dict()?;
+        let mut rows = Vec::with_capacity(dict.len());
+        for (i, &row) in dict.internal.iter().enumerate() {
+            if row >= catalog.len() || catalog.id(row) != dict.ids[i] {
+                let e = crate::error::DecodeError::corrupt(format!(
+                    "dictionary maps item {} to catalog row {row}, which holds another item",
+                    dict.ids[i]
+                ));
+                return Err(self.err(e));
+            }
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
+    /// Whether the entry's prefix index still matches the catalog's SemIDs: no item of this
+    /// user changed its SemID after the entry was written.
+    pub fn index_is_fresh(&mut self, catalog: &Catalog) -> Result<bool> {
+        let Some(seg) = &self.seg else { return Ok(true) };
+        let gen = seg.view.header.semid_gen;
+        if gen >= catalog.semid_gen() {
+            return Ok(true);
+        }
+        let rows = self.dict_rows(catalog)?;
+        Ok(rows.iter().all(|&r| catalog.semid_changed_gen(r) <= gen))
+    }
+
+    /// The visible events with `ts >= since`, at most the `last` most recent, oldest first.
+    pub fn read(&mut self, since: Option<i64>, last: Option<usize>) -> Result<Vec<Ev>> {
+        let (mut a_s, mut a_p) = (self.s0, self.p0);
+        if let Some(t) = since {
+            a_s = a_s.max(self.seg_count_lt(t)?.min(self.s1));
+            a_p = a_p.max(self.pend_count_lt(t).min(self.p1));
+        }
+        if let Some(n) = last {
+            let len = (self.s1 - a_s) + (self.p1 - a_p);
+            if n < len {
+                let (b_s, b_p) = self.split(self.s1 + self.p1 - n)?;
+                a_s = a_s.max(b_s);
+                a_p = a_p.max(b_p);
+            }
+        }
+        let mut out = Vec::with_capacity((self.s1 - a_s) + (self.p1 - a_p));
+        let pending = self.pending;
+        let mut j = a_p;
+        if a_s < self.s1 {
+            let seg = self.seg.as_mut().expect("visible S events imply an entry");
+            seg.ensure_dict()?;
+            let be = seg.view.block_events();
+            for b in a_s / be..=(self.s1 - 1) / be {
+                seg.ensure_block(b, Cols::ALL)?;
+                let (blk, ids) = (seg.block_ref(b), &seg.dict_ref().ids);
+                let lo = a_s.max(b * be) - b * be;
+                let hi = self.s1.min((b + 1) * be) - b * be;
+                for o in lo..hi {
+                    let ts = blk.ts[o];
+                    while j < self.p1 && pending[j].ev.ts < ts {
+                        out.push(pending[j].ev);
+                        j += 1;
+                    }
+                    out.push(Ev {
+                        ts,
+                        item: ids[blk.item[o] as usize],
+                        action: blk.action[o],
+                        domain: blk.domain[o],
+                    });
+                }
+            }
+        }
+        out.extend(pending[j..self.p1].iter().map(|p| p.ev));
+        Ok(out)
+    }
+}
