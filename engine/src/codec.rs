@@ -164,39 +164,58 @@ pub fn bitpacked_len(n: usize, width: u8) -> usize {
     (n * usize::from(width)).div_ceil(8)
 }
 
-/// Unpack `n` values of `width` bits. `bytes` must be exactly [`bitpacked_len`] long.
+/// Value `i` of a bit-packed array of `width`-bit values. `bytes` must hold at least
+/// `bitpacked_len(i + 1, width)` bytes.
+#[inline]
+pub fn bit_get(bytes: &[u8], width: u8, i: usize) -> u32 {
+    if width == 0 {
+        return 0;
+    }
+    let bit = i * usize::from(width);
+    let byte = bit / 8;
+    let shift = bit % 8;
+    let word = if byte + 8 <= bytes.len() {
+        u64::from_le_bytes(bytes[byte..byte + 8].try_into().unwrap())
+    } else {
+        let mut b = [0u8; 8];
+        let tail = &bytes[byte..];
+        b[..tail.len()].copy_from_slice(tail);
+        u64::from_le_bytes(b)
+    };
+    let mask = if width == 32 { u32::MAX as u64 } else { (1u64 << width) - 1 };
+    ((word >> shift) & mask) as u32
+}
+
+/// Unpack `n` values of `width` bits into `out` (replacing its contents). `bytes` must be
+/// exactly `bitpacked_len(n, width)` long.
 pub fn bitunpack(bytes: &[u8], width: u8, n: usize, out: &mut Vec<u32>) -> DecodeResult<()> {
     if width > 32 {
         corrupt!("bit width {width} exceeds 32");
     }
     if bytes.len() != bitpacked_len(n, width) {
-        corrupt!(
-            "bit-packed length {} does not match {n} values of {width} bits",
-            bytes.len()
-        );
+        corrupt!("{} bytes cannot hold {n} values of {width} bits", bytes.len());
     }
-    out.reserve(n);
-    if width == 0 {
-        out.extend(std::iter::repeat_n(0, n));
+    out.clear();
+    out.resize(n, 0);
+    if width == 0 || n == 0 {
         return Ok(());
     }
-    let mask: u64 = if width == 32 {
-        u32::MAX as u64
-    } else {
-        (1u64 << width) - 1
-    };
-    let mut acc: u64 = 0;
-    let mut bits: u32 = 0;
-    let mut iter = bytes.iter();
-    for _ in 0..n {
-        while bits < u32::from(width) {
-            // The length check above guarantees enough bytes.
-            acc |= u64::from(*iter.next().unwrap_or(&0)) << bits;
-            bits += 8;
+    let w = usize::from(width);
+    let mask = if width == 32 { u32::MAX as u64 } else { (1u64 << width) - 1 };
+    // Eight values of w bits take exactly w bytes, so each group of eight starts on a byte
+    // boundary; one unaligned 8-byte load per value, from a copy padded so no load runs past.
+    let mut padded = [0u8; 32 + 8];
+    let groups = n / 8;
+    for (g, dst) in out[..groups * 8].chunks_exact_mut(8).enumerate() {
+        padded[..w].copy_from_slice(&bytes[g * w..g * w + w]);
+        for (j, d) in dst.iter_mut().enumerate() {
+            let bit = j * w;
+            let word = u64::from_le_bytes(padded[bit / 8..bit / 8 + 8].try_into().unwrap());
+            *d = ((word >> (bit % 8)) & mask) as u32;
         }
-        out.push((acc & mask) as u32);
-        acc >>= width;
-        bits -= u32::from(width);
+    }
+    for i in groups * 8..n {
+        out[i] = bit_get(bytes, width, i);
     }
     Ok(())
 }
@@ -210,6 +229,8 @@ pub fn bitunpack(bytes: &[u8], width: u8, n: usize, out: &mut Vec<u32>) -> Decod
 pub const CHUNK_HEADER_LEN: usize = 13;
 pub const CODEC_RAW: u8 = 0;
 pub const CODEC_ZSTD: u8 = 1;
+/// Smallest saving, in bytes, for which a chunk is stored compressed.
+pub const MIN_ZSTD_SAVING: usize = 64;
 
 thread_local! {
     static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
@@ -248,10 +269,14 @@ fn zstd_decompress(payload: &[u8], raw_len: usize, out: &mut Vec<u8>) -> DecodeR
     })
 }
 
-/// Append a chunk holding `raw`, compressed with zstd at `level` when that makes it smaller.
+/// Append a chunk holding `raw`, compressed with zstd at `level` when that saves at least an
+/// eighth and at least [`MIN_ZSTD_SAVING`] bytes. Below that, reading raw bytes in place is worth
+/// more than the space: a zstd frame costs microseconds of table set-up to decode, whatever its
+/// size.
 pub fn write_chunk(out: &mut Vec<u8>, raw: &[u8], level: i32) {
     let start = out.len();
-    let compressed = zstd_compress(raw, level).filter(|c| c.len() < raw.len());
+    let keep_if = raw.len() - (raw.len() / 8).max(MIN_ZSTD_SAVING).min(raw.len());
+    let compressed = zstd_compress(raw, level).filter(|c| c.len() < keep_if);
     let (codec, payload): (u8, &[u8]) = match &compressed {
         Some(c) => (CODEC_ZSTD, c),
         None => (CODEC_RAW, raw),
@@ -265,9 +290,14 @@ pub fn write_chunk(out: &mut Vec<u8>, raw: &[u8], level: i32) {
     out.extend_from_slice(payload);
 }
 
-/// Decode the chunk that starts `bytes` (which must hold exactly one chunk) into `out`.
-/// `max_raw_len` bounds the decompressed size a hostile header can ask for.
-pub fn read_chunk(bytes: &[u8], max_raw_len: usize, out: &mut Vec<u8>) -> DecodeResult<()> {
+/// Check the chunk that is `bytes` (exactly one chunk) and return its raw contents: the stored
+/// bytes themselves when uncompressed, else decompressed into `scratch`. `max_raw_len` bounds
+/// the size a damaged header can ask for.
+pub fn read_chunk<'a>(
+    bytes: &'a [u8],
+    max_raw_len: usize,
+    scratch: &'a mut Vec<u8>,
+) -> DecodeResult<&'a [u8]> {
     let mut r = Reader::new(bytes);
     let codec = r.u8()?;
     let raw_len = r.u32()? as usize;
@@ -288,13 +318,24 @@ pub fn read_chunk(bytes: &[u8], max_raw_len: usize, out: &mut Vec<u8>) -> Decode
             if stored_len != raw_len {
                 corrupt!("raw chunk stores {stored_len} bytes but claims {raw_len}");
             }
-            out.clear();
-            out.extend_from_slice(payload);
-            Ok(())
+            Ok(payload)
         }
-        CODEC_ZSTD => zstd_decompress(payload, raw_len, out),
+        CODEC_ZSTD => {
+            zstd_decompress(payload, raw_len, scratch)?;
+            Ok(scratch)
+        }
         other => corrupt!("unknown chunk codec {other}"),
     }
+}
+
+/// The stored bytes of a raw (uncompressed) chunk, checked, or `None` if it is compressed.
+pub fn raw_chunk_payload(bytes: &[u8]) -> DecodeResult<Option<&[u8]>> {
+    if bytes.first() != Some(&CODEC_RAW) {
+        return Ok(None);
+    }
+    let mut unused = Vec::new();
+    let len = read_chunk(bytes, usize::MAX, &mut unused)?.len();
+    Ok(Some(&bytes[CHUNK_HEADER_LEN..CHUNK_HEADER_LEN + len]))
 }
 
 /// Length of the chunk at the start of `bytes`, from its header, without checking it.
@@ -340,9 +381,8 @@ mod tests {
             let mut buf = Vec::new();
             write_chunk(&mut buf, &raw, 3);
             prop_assert_eq!(chunk_len(&buf).unwrap(), buf.len());
-            let mut out = Vec::new();
-            read_chunk(&buf, raw.len(), &mut out).unwrap();
-            prop_assert_eq!(out, raw);
+            let mut scratch = Vec::new();
+            prop_assert_eq!(read_chunk(&buf, raw.len(), &mut scratch).unwrap(), &raw[..]);
         }
 
         #[test]
@@ -351,8 +391,8 @@ mod tests {
             write_chunk(&mut buf, &raw, 3);
             let pos = pos % buf.len();
             buf[pos] ^= 1 << bit;
-            let mut out = Vec::new();
-            prop_assert!(read_chunk(&buf, 1 << 20, &mut out).is_err());
+            let mut scratch = Vec::new();
+            prop_assert!(read_chunk(&buf, 1 << 20, &mut scratch).is_err());
         }
     }
 
@@ -368,7 +408,7 @@ mod tests {
     fn chunk_bounds_raw_len() {
         let mut buf = Vec::new();
         write_chunk(&mut buf, &vec![7u8; 10_000], 3);
-        let mut out = Vec::new();
-        assert!(read_chunk(&buf, 9_999, &mut out).is_err());
+        let mut scratch = Vec::new();
+        assert!(read_chunk(&buf, 9_999, &mut scratch).is_err());
     }
 }

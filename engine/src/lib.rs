@@ -59,14 +59,15 @@ pub use types::{
 /// inspect files. Not a stable API.
 #[doc(hidden)]
 pub mod format {
-    pub use crate::catalog::{dot_i8, quantize};
-    pub use crate::codec::{read_chunk, write_chunk, Reader};
+    pub use crate::catalog::{dot_i8, inv_norm, quantize};
+    pub use crate::codec::{bitpack, bitunpack, read_chunk, write_chunk, Reader};
     pub use crate::columns::{
-        decode_actions, decode_dict, decode_domains, decode_items, decode_time, encode_actions,
-        encode_dict, encode_domains, encode_items, encode_time, Dict,
+        decode_time, encode_dict, encode_packed, encode_time, DictView, Packed,
     };
     pub use crate::entry::{build_entry, Block, Cols, EntryParams, EntryView, Ev};
-    pub use crate::prefix::{decode_bitmap, PrefixIndex, PrefixIndexBuilder, PrefixLayout};
+    pub use crate::prefix::{
+        decode_bitmap, IndexCache, PrefixIndex, PrefixIndexBuilder, PrefixLayout,
+    };
     pub use crate::records::{
         decode_config, decode_item, decode_location, decode_manifest, decode_pending,
         decode_source,

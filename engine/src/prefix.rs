@@ -2,19 +2,21 @@
 //! levels 1-2, ..., the full SemID), a roaring bitmap of the sequence positions whose item has
 //! that prefix.
 //!
-//! On disk it is a sorted directory of fixed 16-byte entries `(key u64, offset u32, len u32)`
-//! followed by the bitmaps in roaring's portable serialisation. A lookup binary-searches the
-//! directory in place (memory-mapped) and deserialises only the bitmap it needs.
+//! On disk the (key, bitmap) pairs, in key order, are cut into chunks of about
+//! [`INDEX_CHUNK_TARGET`] raw bytes, each zstd-compressed when that pays and checksummed, behind
+//! a sparse directory of each chunk's first key. A lookup binary-searches the sparse directory in
+//! place, decodes one chunk, binary-searches its entries and deserialises one bitmap. Most keys
+//! of a lifelong history are full SemIDs with a handful of positions, so per-key overhead
+//! (directory entry, roaring header) dominates the raw size; compressing it in chunks roughly
+//! halves the index for a few microseconds per lookup.
 
 use std::collections::BTreeMap;
 
 use roaring::RoaringBitmap;
 
-use crate::codec::{bits_for, le_u32, le_u64};
-use crate::error::{corrupt, DecodeResult};
+use crate::codec::{bits_for, le_u32, le_u64, read_chunk, write_chunk};
+use crate::error::{corrupt, DecodeError, DecodeResult};
 use crate::types::SemId;
-
-pub const DIR_ENTRY_LEN: usize = 16;
 
 /// How SemID prefixes map to 64-bit directory keys: the depth in the top 8 bits, then the codes,
 /// `code_bits` each, most significant first. Keys therefore sort by depth, then by codes.
@@ -48,15 +50,33 @@ impl PrefixLayout {
     }
 }
 
+/// Raw bytes per index chunk before compression.
+pub const INDEX_CHUNK_TARGET: usize = 4096;
+/// Sparse directory entry: first key u64, chunk offset u32.
+pub const SPARSE_ENTRY_LEN: usize = 12;
+/// Entry inside a chunk: key u64, bitmap offset u32, bitmap length u32.
+pub const DIR_ENTRY_LEN: usize = 16;
+/// Largest raw chunk a reader accepts (a chunk holds at least one bitmap, and a bitmap of
+/// positions below 2^32 is at most about 2^29 bytes in the worst case; entries are capped far
+/// below by `max_events_per_user`).
+const MAX_CHUNK_RAW: usize = 1 << 28;
+
 /// Collects positions per prefix while a user's sequence is written.
 #[derive(Default)]
 pub struct PrefixIndexBuilder {
     maps: BTreeMap<u64, RoaringBitmap>,
 }
 
+/// A serialised index: the sparse directory and the chunk area.
+pub struct BuiltIndex {
+    pub sparse: Vec<u8>,
+    pub chunks: Vec<u8>,
+    pub n_chunks: u32,
+}
+
 impl PrefixIndexBuilder {
     /// Record that position `pos` holds an item with `semid`. Positions must be added in
-    /// increasing order (roaring's `push` is then O(1)).
+    /// increasing order (roaring then appends).
     pub fn add(&mut self, layout: &PrefixLayout, pos: u32, semid: &SemId) {
         let depth = semid.levels().min(usize::from(layout.levels));
         for d in 1..=depth {
@@ -67,22 +87,48 @@ impl PrefixIndexBuilder {
         }
     }
 
-    /// Serialise: returns (directory bytes, bitmap bytes, entry count).
-    pub fn finish(self) -> (Vec<u8>, Vec<u8>, u32) {
-        let mut dir = Vec::with_capacity(self.maps.len() * DIR_ENTRY_LEN);
-        let mut bitmaps = Vec::new();
+    pub fn finish(self, zstd_level: i32) -> BuiltIndex {
+        let mut out = BuiltIndex {
+            sparse: Vec::new(),
+            chunks: Vec::new(),
+            n_chunks: 0,
+        };
+        let mut keys: Vec<u64> = Vec::new();
+        let mut bitmaps: Vec<u8> = Vec::new();
+        let mut spans: Vec<(u32, u32)> = Vec::new();
+        let mut flush = |keys: &mut Vec<u64>, bitmaps: &mut Vec<u8>, spans: &mut Vec<(u32, u32)>| {
+            if keys.is_empty() {
+                return;
+            }
+            let mut raw = Vec::with_capacity(4 + keys.len() * DIR_ENTRY_LEN + bitmaps.len());
+            raw.extend_from_slice(&(keys.len() as u32).to_le_bytes());
+            for (k, (off, len)) in keys.iter().zip(spans.iter()) {
+                raw.extend_from_slice(&k.to_le_bytes());
+                raw.extend_from_slice(&off.to_le_bytes());
+                raw.extend_from_slice(&len.to_le_bytes());
+            }
+            raw.extend_from_slice(bitmaps);
+            out.sparse.extend_from_slice(&keys[0].to_le_bytes());
+            out.sparse.extend_from_slice(&(out.chunks.len() as u32).to_le_bytes());
+            write_chunk(&mut out.chunks, &raw, zstd_level);
+            out.n_chunks += 1;
+            keys.clear();
+            bitmaps.clear();
+            spans.clear();
+        };
         for (key, mut bm) in self.maps {
             bm.optimize();
             let off = bitmaps.len() as u32;
             bm.serialize_into(&mut bitmaps)
                 .expect("writing to a Vec cannot fail");
-            let len = bitmaps.len() as u32 - off;
-            dir.extend_from_slice(&key.to_le_bytes());
-            dir.extend_from_slice(&off.to_le_bytes());
-            dir.extend_from_slice(&len.to_le_bytes());
+            spans.push((off, bitmaps.len() as u32 - off));
+            keys.push(key);
+            if bitmaps.len() + keys.len() * DIR_ENTRY_LEN >= INDEX_CHUNK_TARGET {
+                flush(&mut keys, &mut bitmaps, &mut spans);
+            }
         }
-        let n = (dir.len() / DIR_ENTRY_LEN) as u32;
-        (dir, bitmaps, n)
+        flush(&mut keys, &mut bitmaps, &mut spans);
+        out
     }
 }
 
@@ -123,99 +169,185 @@ pub fn decode_bitmap(bytes: &[u8]) -> DecodeResult<RoaringBitmap> {
     Ok(bm)
 }
 
+/// One decoded index chunk.
+pub struct IndexChunk {
+    raw: Vec<u8>,
+    n: usize,
+}
+
+impl IndexChunk {
+    fn parse(raw: Vec<u8>) -> DecodeResult<IndexChunk> {
+        if raw.len() < 4 {
+            corrupt!("index chunk of {} bytes", raw.len());
+        }
+        let n = le_u32(&raw, 0) as usize;
+        if n == 0 || n.saturating_mul(DIR_ENTRY_LEN).saturating_add(4) > raw.len() {
+            corrupt!("index chunk claims {n} entries in {} bytes", raw.len());
+        }
+        Ok(IndexChunk { raw, n })
+    }
+
+    fn key(&self, i: usize) -> u64 {
+        le_u64(&self.raw, 4 + i * DIR_ENTRY_LEN)
+    }
+
+    fn bitmap_bytes(&self, i: usize) -> DecodeResult<&[u8]> {
+        let o = 4 + i * DIR_ENTRY_LEN;
+        let base = 4 + self.n * DIR_ENTRY_LEN;
+        let off = le_u32(&self.raw, o + 8) as usize;
+        let len = le_u32(&self.raw, o + 12) as usize;
+        match self.raw.get(base + off..(base + off).saturating_add(len)) {
+            Some(b) => Ok(b),
+            None => corrupt!("bitmap {i} of an index chunk lies outside it"),
+        }
+    }
+
+    fn find(&self, key: u64) -> Option<usize> {
+        let (mut lo, mut hi) = (0, self.n);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match self.key(mid).cmp(&key) {
+                std::cmp::Ordering::Equal => return Some(mid),
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+            }
+        }
+        None
+    }
+}
+
 /// A prefix index read in place.
 #[derive(Clone, Copy)]
 pub struct PrefixIndex<'a> {
-    dir: &'a [u8],
-    bitmaps: &'a [u8],
+    sparse: &'a [u8],
+    chunks: &'a [u8],
 }
 
 impl<'a> PrefixIndex<'a> {
-    pub fn new(dir: &'a [u8], count: u32, bitmaps: &'a [u8]) -> DecodeResult<Self> {
-        if dir.len() != count as usize * DIR_ENTRY_LEN {
-            corrupt!(
-                "prefix directory of {} bytes for {count} entries",
-                dir.len()
-            );
+    /// `sparse` must already be checked against its checksum.
+    pub fn new(sparse: &'a [u8], n_chunks: u32, chunks: &'a [u8]) -> DecodeResult<Self> {
+        if sparse.len() != n_chunks as usize * SPARSE_ENTRY_LEN {
+            corrupt!("sparse index directory of {} bytes for {n_chunks} chunks", sparse.len());
         }
-        Ok(PrefixIndex { dir, bitmaps })
+        Ok(PrefixIndex { sparse, chunks })
     }
 
-    pub fn len(&self) -> usize {
-        self.dir.len() / DIR_ENTRY_LEN
+    pub fn n_chunks(&self) -> usize {
+        self.sparse.len() / SPARSE_ENTRY_LEN
     }
 
     pub fn is_empty(&self) -> bool {
-        self.dir.is_empty()
+        self.sparse.is_empty()
     }
 
-    fn entry(&self, i: usize) -> (u64, u32, u32) {
-        let o = i * DIR_ENTRY_LEN;
-        (
-            le_u64(self.dir, o),
-            le_u32(self.dir, o + 8),
-            le_u32(self.dir, o + 12),
-        )
+    fn first_key(&self, c: usize) -> u64 {
+        le_u64(self.sparse, c * SPARSE_ENTRY_LEN)
     }
 
-    fn bitmap_at(&self, i: usize) -> DecodeResult<RoaringBitmap> {
-        let (key, off, len) = self.entry(i);
-        let (off, len) = (off as usize, len as usize);
-        match self.bitmaps.get(off..off.saturating_add(len)) {
-            Some(b) => decode_bitmap(b),
-            None => corrupt!("bitmap of key {key:016x} at {off}+{len} is outside the index"),
+    fn chunk_bytes(&self, c: usize) -> DecodeResult<&'a [u8]> {
+        let start = le_u32(self.sparse, c * SPARSE_ENTRY_LEN + 8) as usize;
+        let end = if c + 1 < self.n_chunks() {
+            le_u32(self.sparse, (c + 1) * SPARSE_ENTRY_LEN + 8) as usize
+        } else {
+            self.chunks.len()
+        };
+        match self.chunks.get(start..end) {
+            Some(b) if start <= end => Ok(b),
+            _ => corrupt!("index chunk {c} spans {start}..{end} outside the index"),
         }
     }
 
-    /// The bitmap of `key`, if the user has any position with that prefix.
-    pub fn find(&self, key: u64) -> DecodeResult<Option<RoaringBitmap>> {
-        let (mut lo, mut hi) = (0usize, self.len());
+    /// Decode chunk `c`.
+    pub fn chunk(&self, c: usize) -> DecodeResult<IndexChunk> {
+        let mut scratch = Vec::new();
+        let raw = read_chunk(self.chunk_bytes(c)?, MAX_CHUNK_RAW, &mut scratch)
+            .map_err(|e| DecodeError::Corrupt(format!("index chunk {c}: {e}")))?
+            .to_vec();
+        IndexChunk::parse(raw)
+    }
+
+    /// Which chunk would hold `key`.
+    fn chunk_for(&self, key: u64) -> Option<usize> {
+        let n = self.n_chunks();
+        // Last chunk whose first key is <= key.
+        let (mut lo, mut hi) = (0, n);
         while lo < hi {
             let mid = (lo + hi) / 2;
-            let k = self.entry(mid).0;
-            if k == key {
-                return self.bitmap_at(mid).map(Some);
-            }
-            if k < key {
+            if self.first_key(mid) <= key {
                 lo = mid + 1;
             } else {
                 hi = mid;
             }
         }
-        Ok(None)
+        lo.checked_sub(1)
     }
 
-    /// Check the whole index: keys strictly ascending, bitmaps contiguous and well-formed,
-    /// positions below `n_events`.
+    /// The bitmap of `key`, if the user has any position with that prefix. `cache` keeps decoded
+    /// chunks across lookups of one query.
+    pub fn find(&self, key: u64, cache: &mut IndexCache) -> DecodeResult<Option<RoaringBitmap>> {
+        let Some(c) = self.chunk_for(key) else {
+            return Ok(None);
+        };
+        if !cache.chunks.iter().any(|(i, _)| *i == c) {
+            let chunk = self.chunk(c)?;
+            cache.chunks.push((c, chunk));
+        }
+        let chunk = &cache.chunks.iter().find(|(i, _)| *i == c).unwrap().1;
+        match chunk.find(key) {
+            Some(i) => decode_bitmap(chunk.bitmap_bytes(i)?).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Check the whole index: every chunk decodes, keys ascend strictly across chunks and match
+    /// the sparse directory, bitmaps tile each chunk and hold positions below `n_events`.
     pub fn validate(&self, n_events: u32) -> DecodeResult<()> {
-        let mut expect_off = 0usize;
         let mut prev_key = None;
-        for i in 0..self.len() {
-            let (key, off, len) = self.entry(i);
-            if prev_key.is_some_and(|p| p >= key) {
-                corrupt!("prefix directory keys not ascending at entry {i}");
+        let mut expect_start = 0usize;
+        for c in 0..self.n_chunks() {
+            let start = le_u32(self.sparse, c * SPARSE_ENTRY_LEN + 8) as usize;
+            if start != expect_start {
+                corrupt!("index chunk {c} starts at {start}, expected {expect_start}");
             }
-            prev_key = Some(key);
-            if off as usize != expect_off {
-                corrupt!("prefix bitmap {i} starts at {off}, expected {expect_off}");
+            let bytes = self.chunk_bytes(c)?;
+            expect_start += crate::codec::chunk_len(bytes)?;
+            let chunk = self.chunk(c)?;
+            if chunk.key(0) != self.first_key(c) {
+                corrupt!("index chunk {c} first key disagrees with the sparse directory");
             }
-            expect_off += len as usize;
-            let bm = self.bitmap_at(i)?;
-            if bm.is_empty() {
-                corrupt!("prefix bitmap {i} is empty");
+            let mut expect_off = 0usize;
+            for i in 0..chunk.n {
+                let key = chunk.key(i);
+                if prev_key.is_some_and(|p| p >= key) {
+                    corrupt!("index keys not ascending in chunk {c} entry {i}");
+                }
+                prev_key = Some(key);
+                let o = 4 + i * DIR_ENTRY_LEN;
+                let off = le_u32(&chunk.raw, o + 8) as usize;
+                if off != expect_off {
+                    corrupt!("bitmap {i} of chunk {c} starts at {off}, expected {expect_off}");
+                }
+                let bm = decode_bitmap(chunk.bitmap_bytes(i)?)?;
+                expect_off += le_u32(&chunk.raw, o + 12) as usize;
+                if bm.is_empty() || bm.max().is_some_and(|m| m >= n_events) {
+                    corrupt!("bitmap {i} of chunk {c} is empty or holds a position beyond {n_events}");
+                }
             }
-            if bm.max().is_some_and(|m| m >= n_events) {
-                corrupt!("prefix bitmap {i} holds a position beyond {n_events} events");
+            if 4 + chunk.n * DIR_ENTRY_LEN + expect_off != chunk.raw.len() {
+                corrupt!("index chunk {c} has trailing bytes");
             }
         }
-        if expect_off != self.bitmaps.len() {
-            corrupt!(
-                "prefix bitmaps use {expect_off} of {} bytes",
-                self.bitmaps.len()
-            );
+        if expect_start != self.chunks.len() {
+            corrupt!("index chunks use {expect_start} of {} bytes", self.chunks.len());
         }
         Ok(())
     }
+}
+
+/// Decoded index chunks kept for the duration of one query.
+#[derive(Default)]
+pub struct IndexCache {
+    chunks: Vec<(usize, IndexChunk)>,
 }
 
 #[cfg(test)]
@@ -239,20 +371,21 @@ mod tests {
 
     proptest! {
         #[test]
-        fn index_round_trip(semids in proptest::collection::vec((0u16..4, 0u16..4, 0u16..4), 0..500)) {
-            let layout = PrefixLayout::new(3, 4);
+        fn index_round_trip(semids in proptest::collection::vec((0u16..4, 0u16..64, 0u16..64), 0..3000)) {
+            let layout = PrefixLayout::new(3, 64);
             let mut b = PrefixIndexBuilder::default();
-            let ids: Vec<SemId> = semids.iter().map(|&(a, b, c)| SemId::new(&[a, b, c]).unwrap()).collect();
+            let ids: Vec<SemId> = semids.iter().map(|&(a, b, c)| SemId::new(&[a, b % 8, c]).unwrap()).collect();
             for (p, s) in ids.iter().enumerate() { b.add(&layout, p as u32, s); }
-            let (dir, bm, n) = b.finish();
-            let idx = PrefixIndex::new(&dir, n, &bm).unwrap();
+            let built = b.finish(3);
+            let idx = PrefixIndex::new(&built.sparse, built.n_chunks, &built.chunks).unwrap();
             idx.validate(ids.len() as u32).unwrap();
+            let mut cache = IndexCache::default();
             for target in ids.iter().take(20) {
                 for d in 1..=3 {
                     let expect: Vec<u32> = ids.iter().enumerate()
                         .filter(|(_, s)| s.common_prefix(target) >= d)
                         .map(|(p, _)| p as u32).collect();
-                    let got: Vec<u32> = idx.find(layout.key(target, d)).unwrap().unwrap().iter().collect();
+                    let got: Vec<u32> = idx.find(layout.key(target, d), &mut cache).unwrap().unwrap().iter().collect();
                     prop_assert_eq!(got, expect);
                 }
             }
@@ -262,6 +395,23 @@ mod tests {
         fn decode_bitmap_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = decode_bitmap(&bytes);
         }
+    }
+
+    #[test]
+    fn missing_keys_and_empty_index() {
+        let layout = PrefixLayout::new(2, 8);
+        let mut b = PrefixIndexBuilder::default();
+        b.add(&layout, 0, &SemId::new(&[3, 4]).unwrap());
+        let built = b.finish(3);
+        let idx = PrefixIndex::new(&built.sparse, built.n_chunks, &built.chunks).unwrap();
+        let mut cache = IndexCache::default();
+        assert!(idx.find(layout.key(&SemId::new(&[1, 1]).unwrap(), 1), &mut cache).unwrap().is_none());
+        assert!(idx.find(layout.key(&SemId::new(&[7, 7]).unwrap(), 2), &mut cache).unwrap().is_none());
+        let empty = PrefixIndexBuilder::default().finish(3);
+        let idx = PrefixIndex::new(&empty.sparse, empty.n_chunks, &empty.chunks).unwrap();
+        assert!(idx.is_empty());
+        assert!(idx.find(5, &mut cache).unwrap().is_none());
+        idx.validate(0).unwrap();
     }
 
     #[test]

@@ -7,7 +7,7 @@ use roaring::RoaringBitmap;
 use crate::catalog::{dot_i8, Catalog, QueryVec};
 use crate::entry::Ev;
 use crate::error::Result;
-use crate::prefix::PrefixLayout;
+use crate::prefix::{IndexCache, PrefixLayout};
 use crate::types::{Event, SemId};
 use crate::view::UserView;
 
@@ -109,19 +109,19 @@ pub fn hard(
     let mut index = None;
     let mut stale_rows = None;
     if s1 > s0 {
-        if view.index_is_fresh(catalog)? {
-            let (segment, record, _) = view.entry().expect("visible S events imply an entry");
-            let entry = segment.entry_with_index(record)?;
+        if view.index_is_fresh()? {
+            let (segment, record, entry) = view.entry().expect("visible S events imply an entry");
             let idx = entry.index().map_err(|e| segment.corruption(record, e))?;
             index = Some((segment, record, idx));
         } else {
             // SemIDs changed since this entry was written: score from the catalog until the
             // next compaction rebuilds the index.
-            let rows = view.dict_rows(catalog)?;
+            let rows = view.dict_rows()?;
             let items = view.visible_seg_items()?;
             stale_rows = Some(items.iter().map(|&i| rows[i as usize]).collect::<Vec<u32>>());
         }
     }
+    let mut cache = IndexCache::default();
     let mut out = Vec::with_capacity(targets.len());
     for t in targets {
         let mut seg: Vec<(u8, usize)> = Vec::new();
@@ -129,7 +129,7 @@ pub fn hard(
             let mut deeper: Option<RoaringBitmap> = None;
             'depths: for d in (1..=levels).rev() {
                 let bm = idx
-                    .find(layout.key(t, d))
+                    .find(layout.key(t, d), &mut cache)
                     .map_err(|e| segment.corruption(*record, e))?;
                 if let Some(bm) = &bm {
                     let mut it = bm.iter();
@@ -194,7 +194,7 @@ pub fn soft(
     let mut seg_cands: Vec<Vec<(f32, usize)>> = vec![Vec::new(); nt];
     let (s0, s1) = (view.s0, view.s1);
     if s1 > s0 {
-        let rows = view.dict_rows(catalog)?;
+        let rows = view.dict_rows()?;
         let items = view.visible_seg_items()?;
         let nd = rows.len();
         let mut count = vec![0u32; nd];

@@ -4,7 +4,6 @@
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
 
 use memmap2::Mmap;
 
@@ -196,8 +195,6 @@ pub struct Segment {
     mmap: Mmap,
     dir_offset: usize,
     count: usize,
-    /// Per directory record: 0 = prefix index not yet checked, 1 = checked and good.
-    index_checked: Box<[AtomicU8]>,
 }
 
 impl std::fmt::Debug for Segment {
@@ -228,7 +225,6 @@ impl Segment {
         Ok(Segment {
             id: expected_id,
             path: path.to_path_buf(),
-            index_checked: (0..count).map(|_| AtomicU8::new(0)).collect(),
             mmap,
             dir_offset,
             count,
@@ -373,17 +369,6 @@ impl Segment {
         if view.header.user != r.user || view.header.header_crc != r.header_crc {
             return Err(DecodeError::corrupt("entry header disagrees with the directory")
                 .at(&self.path, self.block_name(i)));
-        }
-        Ok(view)
-    }
-
-    /// The entry of record `i` with its prefix index checksums checked (once per process).
-    pub fn entry_with_index(&self, i: usize) -> Result<EntryView<'_>> {
-        let view = self.entry(i)?;
-        if self.index_checked[i].load(Ordering::Acquire) == 0 {
-            view.verify_index_checksums()
-                .map_err(|e| e.at(&self.path, format!("{} prefix index", self.block_name(i))))?;
-            self.index_checked[i].store(1, Ordering::Release);
         }
         Ok(view)
     }

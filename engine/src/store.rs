@@ -6,8 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use rocksdb::{
-    ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, IteratorMode, WriteBatch,
-    WriteOptions, DB,
+    BottommostLevelCompaction, ColumnFamilyDescriptor, CompactOptions, DBCompressionType,
+    DBRecoveryMode, IteratorMode, WriteBatch, WriteOptions, DB,
 };
 
 use crate::error::{Error, Result};
@@ -174,14 +174,16 @@ impl Store {
             .map_err(|e| map_err(&self.path, "syncing the WAL", e))
     }
 
-    /// Run RocksDB's own compaction over a column family, so that deleted keys are physically
-    /// dropped from its files.
+    /// Run RocksDB's own compaction over a whole column family, bottommost level included, so
+    /// that deleted keys and their tombstones are physically dropped from its files.
     pub fn compact_cf(&self, cf: Cf) -> Result<()> {
         self.db
             .flush_cf(self.cf(cf))
             .map_err(|e| map_err(&self.path, "flushing", e))?;
+        let mut co = CompactOptions::default();
+        co.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
         self.db
-            .compact_range_cf(self.cf(cf), None::<&[u8]>, None::<&[u8]>);
+            .compact_range_cf_opt(self.cf(cf), None::<&[u8]>, None::<&[u8]>, &co);
         Ok(())
     }
 

@@ -6,7 +6,7 @@
 //! and S's blocks are decoded on demand and remembered for the life of the view.
 
 use crate::catalog::Catalog;
-use crate::columns::Dict;
+use crate::columns::{DictView, Packed};
 use crate::entry::{Block, Cols, EntryView, Ev};
 use crate::error::{Error, Result};
 use crate::segment::Segment;
@@ -24,11 +24,14 @@ struct SegPart<'s> {
     record: usize,
     view: EntryView<'s>,
     blocks: Vec<Option<(Cols, Block)>>,
-    dict: Option<Dict>,
+    /// Per block, the item, action and domain columns read in place (raw chunks only); the
+    /// outer `None` means not yet looked at.
+    in_place: Vec<Option<[Option<Packed<'s>>; 3]>>,
+    dict: Option<DictView<'s>>,
     scratch: Vec<u8>,
 }
 
-impl SegPart<'_> {
+impl<'s> SegPart<'s> {
     fn ensure_block(&mut self, b: usize, cols: Cols) -> Result<()> {
         let slot = &mut self.blocks[b];
         let have = slot.as_ref().map(|(c, _)| *c);
@@ -53,11 +56,50 @@ impl SegPart<'_> {
         Ok(())
     }
 
+    /// Item, action and domain of position `o` of block `b`, read in place where the chunks
+    /// are raw, else from the decoded block.
+    fn small_columns(&mut self, b: usize, o: usize) -> Result<(u32, u8, u16)> {
+        if self.in_place[b].is_none() {
+            let mut cols = [None; 3];
+            for (c, slot) in cols.iter_mut().enumerate() {
+                *slot = self
+                    .view
+                    .packed_in_place(b, c + 1)
+                    .map_err(|e| self.segment.corruption(self.record, e))?;
+            }
+            self.in_place[b] = Some(cols);
+        }
+        let cols = self.in_place[b].unwrap();
+        let need = Cols {
+            time: false,
+            item: cols[0].is_none(),
+            action: cols[1].is_none(),
+            domain: cols[2].is_none(),
+        };
+        if need.item || need.action || need.domain {
+            self.ensure_block(b, need)?;
+        }
+        let blk = self.blocks[b].as_ref().map(|(_, blk)| blk);
+        let item = match cols[0] {
+            Some(p) => p.get(o),
+            None => blk.unwrap().item[o],
+        };
+        if item >= self.view.header.n_dict {
+            let e = crate::error::DecodeError::corrupt(format!(
+                "block {b} item column points outside the dictionary"
+            ));
+            return Err(self.segment.corruption(self.record, e));
+        }
+        let action = cols[1].map_or_else(|| blk.unwrap().action[o], |p| p.get(o) as u8);
+        let domain = cols[2].map_or_else(|| blk.unwrap().domain[o], |p| p.get(o) as u16);
+        Ok((item, action, domain))
+    }
+
     fn block_ref(&self, b: usize) -> &Block {
         &self.blocks[b].as_ref().expect("block decoded by ensure_block").1
     }
 
-    fn ensure_dict(&mut self) -> Result<()> {
+    fn dict(&mut self) -> Result<DictView<'s>> {
         if self.dict.is_none() {
             let d = self
                 .view
@@ -65,16 +107,13 @@ impl SegPart<'_> {
                 .map_err(|e| self.segment.corruption(self.record, e))?;
             self.dict = Some(d);
         }
-        Ok(())
-    }
-
-    fn dict_ref(&self) -> &Dict {
-        self.dict.as_ref().expect("dictionary decoded by ensure_dict")
+        Ok(self.dict.unwrap())
     }
 }
 
 pub struct UserView<'s> {
     pub user: u64,
+    catalog: &'s Catalog,
     seg: Option<SegPart<'s>>,
     pending: &'s [PendingEv],
     /// Visible S positions `[s0, s1)` and P positions `[p0, p1)`; `(s0, p0)` is where retention
@@ -96,11 +135,12 @@ impl<'s> UserView<'s> {
         let Some(us) = state.users.get(&user) else {
             return Ok(None);
         };
-        Self::of(us, user, retention, as_of).map(Some)
+        Self::of(us, &state.catalog, user, retention, as_of).map(Some)
     }
 
     pub fn of(
         us: &'s UserState,
+        catalog: &'s Catalog,
         user: u64,
         retention: Retention,
         as_of: Option<i64>,
@@ -112,6 +152,7 @@ impl<'s> UserView<'s> {
                     segment: &e.segment,
                     record: e.record,
                     blocks: vec![None; view.n_blocks()],
+                    in_place: vec![None; view.n_blocks()],
                     view,
                     dict: None,
                     scratch: Vec::new(),
@@ -121,6 +162,7 @@ impl<'s> UserView<'s> {
         };
         let mut v = UserView {
             user,
+            catalog,
             seg,
             pending: &us.pending,
             s0: 0,
@@ -195,10 +237,11 @@ impl<'s> UserView<'s> {
         self.seg.as_ref().map_or(1, |s| s.view.block_events())
     }
 
-    pub fn dict(&mut self) -> Result<&Dict> {
-        let seg = self.seg.as_mut().expect("dictionary of a user without an entry");
-        seg.ensure_dict()?;
-        Ok(seg.dict_ref())
+    pub fn dict(&mut self) -> Result<DictView<'s>> {
+        self.seg
+            .as_mut()
+            .expect("dictionary of a user without an entry")
+            .dict()
     }
 
     pub fn seg_ts(&mut self, i: usize) -> Result<i64> {
@@ -269,18 +312,30 @@ impl<'s> UserView<'s> {
         Ok((j - self.p0) + le.saturating_sub(self.s0))
     }
 
-    /// S event `i`.
+    /// Item id of catalog row `row` taken from this user's dictionary.
+    fn item_id(&self, row: u32) -> Result<u64> {
+        if row >= self.catalog.len() {
+            let e = crate::error::DecodeError::corrupt(format!(
+                "dictionary names catalog row {row}, the catalog has {}",
+                self.catalog.len()
+            ));
+            return Err(self.err(e));
+        }
+        Ok(self.catalog.id(row))
+    }
+
+    /// S event `i`. Only the time column of its block is decoded; the others are read in
+    /// place when stored raw.
     pub fn seg_event(&mut self, i: usize) -> Result<Ev> {
         let be = self.block_events();
-        let (ts, idx, action, domain) = {
-            let b = self.block(i / be, Cols::ALL)?;
-            let o = i % be;
-            (b.ts[o], b.item[o], b.action[o], b.domain[o])
-        };
-        let item = self.dict()?.ids[idx as usize];
+        let (b, o) = (i / be, i % be);
+        let ts = self.block(b, Cols::TIME)?.ts[o];
+        let seg = self.seg.as_mut().expect("S event of a user without an entry");
+        let (idx, action, domain) = seg.small_columns(b, o)?;
+        let row = self.dict()?.get(idx as usize);
         Ok(Ev {
             ts,
-            item,
+            item: self.item_id(row)?,
             action,
             domain,
         })
@@ -301,33 +356,27 @@ impl<'s> UserView<'s> {
         Ok(out)
     }
 
-    /// Catalog rows of the dictionary entries, checking that the catalog knows each item.
-    pub fn dict_rows(&mut self, catalog: &Catalog) -> Result<Vec<u32>> {
-        let dict = self.dict()?;
-        let mut rows = Vec::with_capacity(dict.len());
-        for (i, &row) in dict.internal.iter().enumerate() {
-            if row >= catalog.len() || catalog.id(row) != dict.ids[i] {
-                let e = crate::error::DecodeError::corrupt(format!(
-                    "dictionary maps item {} to catalog row {row}, which holds another item",
-                    dict.ids[i]
-                ));
-                return Err(self.err(e));
-            }
-            rows.push(row);
+    /// Catalog rows of the dictionary entries, checked to exist.
+    pub fn dict_rows(&mut self) -> Result<Vec<u32>> {
+        let rows = self.dict()?.to_vec();
+        if let Some(&bad) = rows.iter().find(|&&r| r >= self.catalog.len()) {
+            self.item_id(bad)?;
         }
         Ok(rows)
     }
 
     /// Whether the entry's prefix index still matches the catalog's SemIDs: no item of this
     /// user changed its SemID after the entry was written.
-    pub fn index_is_fresh(&mut self, catalog: &Catalog) -> Result<bool> {
+    pub fn index_is_fresh(&mut self) -> Result<bool> {
         let Some(seg) = &self.seg else { return Ok(true) };
         let gen = seg.view.header.semid_gen;
-        if gen >= catalog.semid_gen() {
+        if gen >= self.catalog.semid_gen() {
             return Ok(true);
         }
-        let rows = self.dict_rows(catalog)?;
-        Ok(rows.iter().all(|&r| catalog.semid_changed_gen(r) <= gen))
+        let rows = self.dict_rows()?;
+        Ok(rows
+            .iter()
+            .all(|&r| self.catalog.semid_changed_gen(r) <= gen))
     }
 
     /// The visible events with `ts >= since`, at most the `last` most recent, oldest first.
@@ -349,12 +398,13 @@ impl<'s> UserView<'s> {
         let pending = self.pending;
         let mut j = a_p;
         if a_s < self.s1 {
+            let catalog = self.catalog;
             let seg = self.seg.as_mut().expect("visible S events imply an entry");
-            seg.ensure_dict()?;
+            let dict = seg.dict()?;
             let be = seg.view.block_events();
             for b in a_s / be..=(self.s1 - 1) / be {
                 seg.ensure_block(b, Cols::ALL)?;
-                let (blk, ids) = (seg.block_ref(b), &seg.dict_ref().ids);
+                let blk = seg.block_ref(b);
                 let lo = a_s.max(b * be) - b * be;
                 let hi = self.s1.min((b + 1) * be) - b * be;
                 for o in lo..hi {
@@ -363,9 +413,17 @@ impl<'s> UserView<'s> {
                         out.push(pending[j].ev);
                         j += 1;
                     }
+                    let row = dict.get(blk.item[o] as usize);
+                    if row >= catalog.len() {
+                        let e = crate::error::DecodeError::corrupt(format!(
+                            "dictionary names catalog row {row}, the catalog has {}",
+                            catalog.len()
+                        ));
+                        return Err(seg.segment.corruption(seg.record, e));
+                    }
                     out.push(Ev {
                         ts,
-                        item: ids[blk.item[o] as usize],
+                        item: catalog.id(row),
                         action: blk.action[o],
                         domain: blk.domain[o],
                     });

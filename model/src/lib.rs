@@ -1,3 +1,4 @@
-//! Siren's model crate. It will hold Semantic IDs (residual k-means), the ESU, the baselines,
-//! the trainer and the evaluator. Until then it only re-exports the engine it builds on.
-pub use siren_engine as engine;
+//! Siren's model crate. So far it holds the synthetic data generator that the demo and the
+//! benchmarks use; Semantic IDs, the ESU, the baselines, the trainer and the evaluator follow.
+
+pub mod synth;
