@@ -41,22 +41,46 @@ fn engine(c: &mut Criterion) {
     let (semid, emb) = (t.semid.unwrap(), t.embedding.clone().unwrap());
     let k = 50;
     // Same answers from both, up to int8 rounding in soft.
-    let got: Vec<(usize, u8)> = snap.retrieve_hard(user, &semid, k, None).unwrap().iter().map(|h| (h.position as usize, h.depth)).collect();
+    let got: Vec<(usize, u8)> = snap
+        .retrieve_hard(user, &semid, k, None)
+        .unwrap()
+        .iter()
+        .map(|h| (h.position as usize, h.depth))
+        .collect();
     assert_eq!(got, naive.hard_scan(&history, &semid, k));
 
     let mut g = c.benchmark_group("100k_events");
-    g.bench_function("read_whole_history", |b| b.iter(|| black_box(snap.read(user, ReadRange::all()).unwrap())));
-    g.bench_function("hard/siren", |b| b.iter(|| black_box(snap.retrieve_hard(user, &semid, k, None).unwrap())));
-    g.bench_function("hard/linear_scan_of_decoded", |b| b.iter(|| black_box(naive.hard_scan(&history, &semid, k))));
+    g.bench_function("read_whole_history", |b| {
+        b.iter(|| black_box(snap.read(user, ReadRange::all()).unwrap()))
+    });
+    g.bench_function("hard/siren", |b| {
+        b.iter(|| black_box(snap.retrieve_hard(user, &semid, k, None).unwrap()))
+    });
+    g.bench_function("hard/linear_scan_of_decoded", |b| {
+        b.iter(|| black_box(naive.hard_scan(&history, &semid, k)))
+    });
     let mid = history[50_000].ts;
-    g.bench_function("hard/siren_as_of_middle", |b| b.iter(|| black_box(snap.retrieve_hard(user, &semid, k, Some(mid)).unwrap())));
-    g.bench_function("soft/siren", |b| b.iter(|| black_box(snap.retrieve_soft(user, &emb, k, None).unwrap())));
-    g.bench_function("soft/linear_scan_of_decoded", |b| b.iter(|| black_box(naive.soft_scan(&history, &emb, k))));
+    g.bench_function("hard/siren_as_of_middle", |b| {
+        b.iter(|| black_box(snap.retrieve_hard(user, &semid, k, Some(mid)).unwrap()))
+    });
+    g.bench_function("soft/siren", |b| {
+        b.iter(|| black_box(snap.retrieve_soft(user, &emb, k, None).unwrap()))
+    });
+    g.bench_function("soft/linear_scan_of_decoded", |b| {
+        b.iter(|| black_box(naive.soft_scan(&history, &emb, k)))
+    });
     let semids: Vec<_> = targets.iter().map(|t| t.semid.unwrap()).collect();
-    let embs: Vec<_> = targets.iter().map(|t| t.embedding.clone().unwrap()).collect();
+    let embs: Vec<_> = targets
+        .iter()
+        .map(|t| t.embedding.clone().unwrap())
+        .collect();
     g.sample_size(20);
-    g.bench_function("hard_batch_100/siren", |b| b.iter(|| black_box(snap.retrieve_hard_batch(user, &semids, k, None).unwrap())));
-    g.bench_function("soft_batch_100/siren", |b| b.iter(|| black_box(snap.retrieve_soft_batch(user, &embs, k, None).unwrap())));
+    g.bench_function("hard_batch_100/siren", |b| {
+        b.iter(|| black_box(snap.retrieve_hard_batch(user, &semids, k, None).unwrap()))
+    });
+    g.bench_function("soft_batch_100/siren", |b| {
+        b.iter(|| black_box(snap.retrieve_soft_batch(user, &embs, k, None).unwrap()))
+    });
     g.finish();
 }
 

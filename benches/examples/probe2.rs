@@ -9,9 +9,15 @@ fn main() {
     let e = f.catalog.items[997].embedding.clone().unwrap();
     for _ in 0..20 {
         match which.as_str() {
-            "read" => { snap.read(u, ReadRange::all()).unwrap(); }
-            "hard" => { snap.retrieve_hard(u, &s, 50, None).unwrap(); }
-            "soft" => { snap.retrieve_soft(u, &e, 50, None).unwrap(); }
+            "read" => {
+                snap.read(u, ReadRange::all()).unwrap();
+            }
+            "hard" => {
+                snap.retrieve_hard(u, &s, 50, None).unwrap();
+            }
+            "soft" => {
+                snap.retrieve_soft(u, &e, 50, None).unwrap();
+            }
             _ => {}
         }
     }

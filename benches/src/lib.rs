@@ -34,14 +34,21 @@ pub fn fixture(users: usize, events_per_user: usize, items: usize, dim: usize) -
     };
     let catalog = synth::catalog(&cfg);
     for chunk in catalog.items.chunks(10_000) {
-        db.upsert_items(chunk, Durability::Buffered).expect("upsert");
+        db.upsert_items(chunk, Durability::Buffered)
+            .expect("upsert");
     }
     let ids: Vec<u64> = (1..=users as u64).collect();
     for &u in &ids {
         let h = synth::history(&catalog, cfg.seed, u, events_per_user, 1_600_000_000_000);
         for c in h.chunks(50_000) {
-            db.append(c, &AppendOptions { durability: Durability::Buffered, source: None })
-                .expect("append");
+            db.append(
+                c,
+                &AppendOptions {
+                    durability: Durability::Buffered,
+                    source: None,
+                },
+            )
+            .expect("append");
         }
     }
     db.compact().expect("compact");
@@ -64,7 +71,11 @@ pub struct NaiveCatalog {
 impl NaiveCatalog {
     pub fn new(cat: &synth::Catalog) -> Self {
         NaiveCatalog {
-            semid: cat.items.iter().filter_map(|i| Some((i.id, i.semid?))).collect(),
+            semid: cat
+                .items
+                .iter()
+                .filter_map(|i| Some((i.id, i.semid?)))
+                .collect(),
             emb: cat
                 .items
                 .iter()

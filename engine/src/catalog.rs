@@ -211,7 +211,10 @@ impl Catalog {
     pub fn put(&mut self, id: u64, rec: &ItemRecord) -> std::result::Result<(), String> {
         let row = rec.internal;
         if row > self.len {
-            return Err(format!("item {id} has internal number {row}, next is {}", self.len));
+            return Err(format!(
+                "item {id} has internal number {row}, next is {}",
+                self.len
+            ));
         }
         if let Some((_, q)) = &rec.embedding {
             if q.len() != self.dim {
@@ -263,10 +266,15 @@ mod tests {
 
     #[test]
     fn quantised_cosine_is_close_to_exact() {
-        let a: Vec<f32> = (0..128).map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0).collect();
-        let b: Vec<f32> = (0..128).map(|i| ((i * 53 % 97) as f32 - 40.0) / 7.0).collect();
+        let a: Vec<f32> = (0..128)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 13.0)
+            .collect();
+        let b: Vec<f32> = (0..128)
+            .map(|i| ((i * 53 % 97) as f32 - 40.0) / 7.0)
+            .collect();
         let exact = a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>()
-            / (a.iter().map(|x| x * x).sum::<f32>().sqrt() * b.iter().map(|x| x * x).sum::<f32>().sqrt());
+            / (a.iter().map(|x| x * x).sum::<f32>().sqrt()
+                * b.iter().map(|x| x * x).sum::<f32>().sqrt());
         let qa = query_vec(&a, 128).unwrap();
         let qb = query_vec(&b, 128).unwrap();
         let approx = dot_i8(&qa.q, &qb.q) as f32 * qa.inv_norm * qb.inv_norm;
@@ -276,7 +284,14 @@ mod tests {
     #[test]
     fn copy_on_write_keeps_old_snapshots() {
         let mut c = Catalog::new(4);
-        let rec = |internal, cat| ItemRecord { internal, category: cat, semid: None, semid_gen: 0, embedding: Some((1.0, vec![1, 2, 3, 4])), stub: false };
+        let rec = |internal, cat| ItemRecord {
+            internal,
+            category: cat,
+            semid: None,
+            semid_gen: 0,
+            embedding: Some((1.0, vec![1, 2, 3, 4])),
+            stub: false,
+        };
         for i in 0..3000 {
             c.put(100 + i as u64, &rec(i, 1)).unwrap();
         }

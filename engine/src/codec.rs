@@ -182,7 +182,11 @@ pub fn bit_get(bytes: &[u8], width: u8, i: usize) -> u32 {
         b[..tail.len()].copy_from_slice(tail);
         u64::from_le_bytes(b)
     };
-    let mask = if width == 32 { u32::MAX as u64 } else { (1u64 << width) - 1 };
+    let mask = if width == 32 {
+        u32::MAX as u64
+    } else {
+        (1u64 << width) - 1
+    };
     ((word >> shift) & mask) as u32
 }
 
@@ -193,7 +197,10 @@ pub fn bitunpack(bytes: &[u8], width: u8, n: usize, out: &mut Vec<u32>) -> Decod
         corrupt!("bit width {width} exceeds 32");
     }
     if bytes.len() != bitpacked_len(n, width) {
-        corrupt!("{} bytes cannot hold {n} values of {width} bits", bytes.len());
+        corrupt!(
+            "{} bytes cannot hold {n} values of {width} bits",
+            bytes.len()
+        );
     }
     out.clear();
     out.resize(n, 0);
@@ -201,7 +208,11 @@ pub fn bitunpack(bytes: &[u8], width: u8, n: usize, out: &mut Vec<u32>) -> Decod
         return Ok(());
     }
     let w = usize::from(width);
-    let mask = if width == 32 { u32::MAX as u64 } else { (1u64 << width) - 1 };
+    let mask = if width == 32 {
+        u32::MAX as u64
+    } else {
+        (1u64 << width) - 1
+    };
     // Eight values of w bits take exactly w bytes, so each group of eight starts on a byte
     // boundary; one unaligned 8-byte load per value, from a copy padded so no load runs past.
     let mut padded = [0u8; 32 + 8];

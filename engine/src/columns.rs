@@ -31,7 +31,10 @@ impl<'a> Packed<'a> {
             corrupt!("bit width {width} exceeds {max_width}");
         }
         if data.len() != bitpacked_len(n, width) {
-            corrupt!("{} bytes cannot hold {n} values of {width} bits", data.len());
+            corrupt!(
+                "{} bytes cannot hold {n} values of {width} bits",
+                data.len()
+            );
         }
         Ok(Packed { width, data, n })
     }
@@ -60,8 +63,14 @@ pub fn encode_packed(values: &[u32], out: &mut Vec<u8>) {
 pub fn encode_time(ts: &[i64], out: &mut Vec<u8>) {
     let Some(&first) = ts.first() else { return };
     out.extend_from_slice(&first.to_le_bytes());
-    let deltas: Vec<u64> = ts.windows(2).map(|w| w[1].wrapping_sub(w[0]) as u64).collect();
-    debug_assert!(ts.windows(2).all(|w| w[0] <= w[1]), "time column must be sorted");
+    let deltas: Vec<u64> = ts
+        .windows(2)
+        .map(|w| w[1].wrapping_sub(w[0]) as u64)
+        .collect();
+    debug_assert!(
+        ts.windows(2).all(|w| w[0] <= w[1]),
+        "time column must be sorted"
+    );
     // Bytes for width w: packed low bits, plus (index u16 + varint of the high bits) for each
     // delta that does not fit.
     let mut best = (usize::MAX, 0u8);
@@ -77,7 +86,11 @@ pub fn encode_time(ts: &[i64], out: &mut Vec<u8>) {
         }
     }
     let w = best.1;
-    let mask = if w == 32 { u32::MAX as u64 } else { (1u64 << w) - 1 };
+    let mask = if w == 32 {
+        u32::MAX as u64
+    } else {
+        (1u64 << w) - 1
+    };
     let lows: Vec<u32> = deltas.iter().map(|&d| (d & mask) as u32).collect();
     let exceptions: Vec<(usize, u64)> = deltas
         .iter()
@@ -130,7 +143,11 @@ pub fn decode_time(raw: &[u8], n: usize, out: &mut Vec<i64>) -> DecodeResult<()>
     out.reserve(n);
     out.push(first);
     let mut t = first;
-    let mut next_exc = if n_exc > 0 { Some(read_exception(&mut exceptions, &mut prev_idx, n - 1, w)?) } else { None };
+    let mut next_exc = if n_exc > 0 {
+        Some(read_exception(&mut exceptions, &mut prev_idx, n - 1, w)?)
+    } else {
+        None
+    };
     let mut seen = 0;
     for (i, &low) in lows.iter().enumerate() {
         let mut d = u64::from(low);
@@ -138,7 +155,11 @@ pub fn decode_time(raw: &[u8], n: usize, out: &mut Vec<i64>) -> DecodeResult<()>
             if ei == i {
                 d |= high << w;
                 seen += 1;
-                next_exc = if seen < n_exc { Some(read_exception(&mut exceptions, &mut prev_idx, n - 1, w)?) } else { None };
+                next_exc = if seen < n_exc {
+                    Some(read_exception(&mut exceptions, &mut prev_idx, n - 1, w)?)
+                } else {
+                    None
+                };
             }
         }
         t = match t.checked_add_unsigned(d) {
@@ -203,7 +224,10 @@ impl<'a> DictView<'a> {
     /// Parse and check the block structure (not that values ascend: see [`DictView::validate`]).
     pub fn parse(raw: &'a [u8], n: usize) -> DecodeResult<Self> {
         let blocks = n.div_ceil(DICT_BLOCK);
-        let Some(meta_len) = blocks.checked_mul(DICT_BLOCK_META).filter(|&l| l <= raw.len()) else {
+        let Some(meta_len) = blocks
+            .checked_mul(DICT_BLOCK_META)
+            .filter(|&l| l <= raw.len())
+        else {
             corrupt!("dictionary of {} bytes cannot hold {n} entries", raw.len());
         };
         let (meta, data) = raw.split_at(meta_len);
@@ -219,7 +243,10 @@ impl<'a> DictView<'a> {
             expect += bitpacked_len(len, w);
         }
         if expect != data.len() {
-            corrupt!("dictionary data is {} bytes, blocks need {expect}", data.len());
+            corrupt!(
+                "dictionary data is {} bytes, blocks need {expect}",
+                data.len()
+            );
         }
         Ok(DictView { n, meta, data })
     }
@@ -269,12 +296,27 @@ mod tests {
     fn sorted_ts() -> impl Strategy<Value = Vec<i64>> {
         prop_oneof![
             // Realistic millisecond gaps with rare long breaks and equal timestamps.
-            (any::<i32>(), proptest::collection::vec(prop_oneof![8 => 0u64..200_000, 1 => Just(0u64), 1 => 0u64..(1u64 << 40)], 0..1500)).prop_map(|(s, gaps)| {
-                let mut t = i64::from(s) * 1000;
-                gaps.into_iter().map(|g| { t += g as i64; t }).collect()
-            }),
+            (
+                any::<i32>(),
+                proptest::collection::vec(
+                    prop_oneof![8 => 0u64..200_000, 1 => Just(0u64), 1 => 0u64..(1u64 << 40)],
+                    0..1500
+                )
+            )
+                .prop_map(|(s, gaps)| {
+                    let mut t = i64::from(s) * 1000;
+                    gaps.into_iter()
+                        .map(|g| {
+                            t += g as i64;
+                            t
+                        })
+                        .collect()
+                }),
             // Extremes: the whole i64 range, sorted.
-            proptest::collection::vec(any::<i64>(), 0..300).prop_map(|mut v| { v.sort(); v }),
+            proptest::collection::vec(any::<i64>(), 0..300).prop_map(|mut v| {
+                v.sort();
+                v
+            }),
             // All equal.
             (any::<i64>(), 0usize..2000).prop_map(|(t, n)| vec![t; n]),
         ]
@@ -354,6 +396,10 @@ mod tests {
         }
         let mut raw = Vec::new();
         encode_time(&ts, &mut raw);
-        assert!(raw.len() < 8 + 3 + 999 * 10 / 8 + 10, "one long gap must not widen every delta: {} bytes", raw.len());
+        assert!(
+            raw.len() < 8 + 3 + 999 * 10 / 8 + 10,
+            "one long gap must not widen every delta: {} bytes",
+            raw.len()
+        );
     }
 }

@@ -93,9 +93,7 @@ pub(crate) fn compact(inner: &Inner) -> Result<CompactionStats> {
     let rewrite: BTreeSet<u64> = s0
         .segments
         .values()
-        .filter(|s| {
-            s.needs_erase || (s.live_bytes as f64) < min_live * s.entry_bytes() as f64
-        })
+        .filter(|s| s.needs_erase || (s.live_bytes as f64) < min_live * s.entry_bytes() as f64)
         .map(|s| s.segment.id)
         .collect();
     for (&u, us) in s0.users.iter() {
@@ -203,8 +201,12 @@ pub(crate) fn compact(inner: &Inner) -> Result<CompactionStats> {
                 let ns = segments.get_mut(&seg_id).unwrap();
                 ns.live_users += 1;
                 ns.live_bytes += u64::from(rec.len);
-                let remaining: Vec<PendingEv> =
-                    cur.pending.iter().copied().filter(|p| p.seq > upto).collect();
+                let remaining: Vec<PendingEv> = cur
+                    .pending
+                    .iter()
+                    .copied()
+                    .filter(|p| p.seq > upto)
+                    .collect();
                 next.pending_events -= (cur.pending.len() - remaining.len()) as u64;
                 if remaining.is_empty() {
                     next.pending_users.remove(&u);
@@ -273,9 +275,11 @@ pub(crate) fn compact(inner: &Inner) -> Result<CompactionStats> {
     if !dead.is_empty() {
         sync_dir(&inner.seg_dir)?;
     }
+    // The folded-in pending records were range-deleted; compact that range so RocksDB drops
+    // them now rather than whenever its own compaction gets there (and so that deleted users'
+    // records leave RocksDB's files).
+    inner.store.compact_cf(Cf::Pending)?;
     if erased || deleted_before {
-        // Deleted users' pending records and locations leave RocksDB's files too.
-        inner.store.compact_cf(Cf::Pending)?;
         inner.store.compact_cf(Cf::Users)?;
     }
     Ok(stats)

@@ -120,6 +120,26 @@ impl VerifyReport {
     }
 }
 
+/// The settings fixed when a database was created (see [`Db::created_with`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CreatedWith {
+    pub embedding_dim: u32,
+    pub semid_levels: u8,
+    pub semid_codebook_size: u32,
+}
+
+impl CreatedWith {
+    /// `opts` with these settings.
+    pub fn apply(&self, opts: Options) -> Options {
+        Options {
+            embedding_dim: self.embedding_dim,
+            semid_levels: self.semid_levels,
+            semid_codebook_size: self.semid_codebook_size,
+            ..opts
+        }
+    }
+}
+
 fn config_of(o: &Options) -> Config {
     Config {
         embedding_dim: o.embedding_dim,
@@ -169,7 +189,11 @@ impl Db {
                     }
                 };
                 check("embedding_dim", have.embedding_dim, want.embedding_dim)?;
-                check("semid_levels", have.semid_levels.into(), want.semid_levels.into())?;
+                check(
+                    "semid_levels",
+                    have.semid_levels.into(),
+                    want.semid_levels.into(),
+                )?;
                 check(
                     "semid_codebook_size",
                     have.semid_codebook_size,
@@ -209,8 +233,10 @@ impl Db {
         for s in &manifest.segments {
             let p = seg_dir.join(segment_file_name(s.id));
             if !p.exists() {
-                return Err(DecodeError::corrupt("segment file listed in the manifest is missing")
-                    .at(&p, "file"));
+                return Err(
+                    DecodeError::corrupt("segment file listed in the manifest is missing")
+                        .at(&p, "file"),
+                );
             }
             let seg = Arc::new(Segment::open(&p, s.id)?);
             if seg.file_len() != s.file_len {
@@ -255,14 +281,26 @@ impl Db {
             let block = format!("location of user {user}");
             let loc = records::decode_location(v).map_err(|e| corrupt(&block, e))?;
             let Some(ss) = segments.get_mut(&loc.segment) else {
-                return Err(corrupt(&block, DecodeError::corrupt(format!("segment {} is not live", loc.segment))));
+                return Err(corrupt(
+                    &block,
+                    DecodeError::corrupt(format!("segment {} is not live", loc.segment)),
+                ));
             };
             let Some(record) = ss.segment.find(user) else {
-                return Err(corrupt(&block, DecodeError::corrupt(format!("segment {} has no entry for the user", loc.segment))));
+                return Err(corrupt(
+                    &block,
+                    DecodeError::corrupt(format!(
+                        "segment {} has no entry for the user",
+                        loc.segment
+                    )),
+                ));
             };
             let r = ss.segment.record(record);
             if (r.offset, r.len, r.n_events) != (loc.offset, loc.len, loc.n_events) {
-                return Err(corrupt(&block, DecodeError::corrupt("location disagrees with the segment directory")));
+                return Err(corrupt(
+                    &block,
+                    DecodeError::corrupt("location disagrees with the segment directory"),
+                ));
             }
             ss.live_users += 1;
             ss.live_bytes += u64::from(r.len);
@@ -286,12 +324,15 @@ impl Db {
         let mut pending_events = 0u64;
         let mut cur: Option<(u64, Vec<PendingEv>)> = None;
         let flush_user = |users: &mut imbl::HashMap<u64, Arc<UserState>>,
-                              (user, evs): (u64, Vec<PendingEv>)| {
-            let mut us = users.get(&user).map(|u| (**u).clone()).unwrap_or(UserState {
-                entry: None,
-                pending: Arc::new([]),
-                born: 0,
-            });
+                          (user, evs): (u64, Vec<PendingEv>)| {
+            let mut us = users
+                .get(&user)
+                .map(|u| (**u).clone())
+                .unwrap_or(UserState {
+                    entry: None,
+                    pending: Arc::new([]),
+                    born: 0,
+                });
             us.pending = evs.into();
             users.insert(user, Arc::new(us));
         };
@@ -322,8 +363,8 @@ impl Db {
         let mut sources = HashMap::new();
         store.scan(Cf::Sources, |k, v| {
             let name = String::from_utf8_lossy(k).into_owned();
-            let last = records::decode_source(v)
-                .map_err(|e| corrupt(&format!("source {name}"), e))?;
+            let last =
+                records::decode_source(v).map_err(|e| corrupt(&format!("source {name}"), e))?;
             sources.insert(name, last);
             Ok(())
         })?;
@@ -369,6 +410,25 @@ impl Db {
                 .expect("spawning the compaction thread")
         });
         Ok(Db { inner, bg })
+    }
+
+    /// The settings an existing database was created with, so that tools can open it without
+    /// knowing them. The database must not be open elsewhere.
+    pub fn created_with(path: impl AsRef<Path>) -> Result<CreatedWith> {
+        let rocks_dir = path.as_ref().join("rocksdb");
+        if !rocks_dir.exists() {
+            return Err(Error::NotFound(path.as_ref().to_path_buf()));
+        }
+        let store = Store::open(&rocks_dir)?;
+        let Some(b) = store.get(Cf::Meta, CONFIG_KEY)? else {
+            return Err(DecodeError::corrupt("no config record").at(&rocks_dir, "config"));
+        };
+        let c = records::decode_config(&b).map_err(|e| e.at(&rocks_dir, "config"))?;
+        Ok(CreatedWith {
+            embedding_dim: c.embedding_dim,
+            semid_levels: c.semid_levels,
+            semid_codebook_size: c.semid_codebook_size,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -535,7 +595,9 @@ impl Db {
             }
         }
         if let Some(e) = &us.entry {
-            let ss = segments.get_mut(&e.segment.id).expect("live entry in a live segment");
+            let ss = segments
+                .get_mut(&e.segment.id)
+                .expect("live entry in a live segment");
             ss.live_users -= 1;
             ss.live_bytes -= u64::from(e.segment.record(e.record).len);
         }
@@ -553,7 +615,11 @@ impl Db {
         );
         batch.delete(Cf::Pending, records::pending_key(user, u64::MAX).to_vec());
         batch.delete(Cf::Users, records::user_key(user).to_vec());
-        batch.put(Cf::Meta, MANIFEST_KEY, records::encode_manifest(&next.manifest()));
+        batch.put(
+            Cf::Meta,
+            MANIFEST_KEY,
+            records::encode_manifest(&next.manifest()),
+        );
         inner.store.write(batch, durability)?;
         inner.state.store(Arc::new(next));
         inner

@@ -463,7 +463,11 @@ impl<'a> EntryView<'a> {
 
     /// The prefix index (its sparse directory checked at parse, each chunk when read).
     pub fn index(&self) -> DecodeResult<PrefixIndex<'a>> {
-        PrefixIndex::new(self.index_sparse, self.header.index_chunks, self.index_chunks)
+        PrefixIndex::new(
+            self.index_sparse,
+            self.header.index_chunks,
+            self.index_chunks,
+        )
     }
 
     /// Block holding the first event with `ts >= t` lies at or after the returned block; every
@@ -496,7 +500,10 @@ impl<'a> EntryView<'a> {
         for b in 0..self.n_blocks() {
             let m = self.block_meta(b);
             if m.col_off != expect_off {
-                corrupt!("block {b} columns start at {}, expected {expect_off}", m.col_off);
+                corrupt!(
+                    "block {b} columns start at {}, expected {expect_off}",
+                    m.col_off
+                );
             }
             expect_off = m.lens.iter().fold(expect_off, |a, &l| a.saturating_add(l));
             for (c, &len) in m.lens.iter().enumerate() {
@@ -515,7 +522,10 @@ impl<'a> EntryView<'a> {
             }
         }
         if expect_off != h.columns_len {
-            corrupt!("column section has {} bytes, blocks use {expect_off}", h.columns_len);
+            corrupt!(
+                "column section has {} bytes, blocks use {expect_off}",
+                h.columns_len
+            );
         }
         if used.iter().any(|u| !u) {
             corrupt!("item dictionary holds items the sequence never uses");
@@ -545,7 +555,9 @@ mod tests {
     }
 
     fn semid_of(item: u64) -> Option<SemId> {
-        (item % 5 != 0).then(|| SemId::new(&[(item % 3) as u16, (item % 7) as u16, (item % 16) as u16]).unwrap())
+        (item % 5 != 0).then(|| {
+            SemId::new(&[(item % 3) as u16, (item % 7) as u16, (item % 16) as u16]).unwrap()
+        })
     }
 
     /// Items are resolved to internal number `id * 3`.
@@ -557,18 +569,33 @@ mod tests {
         for i in 0..v.n_blocks() {
             v.decode_block(i, Cols::ALL, &mut b, &mut s).unwrap();
             for j in 0..b.ts.len() {
-                out.push(Ev { ts: b.ts[j], item: u64::from(dict.get(b.item[j] as usize) / 3), action: b.action[j], domain: b.domain[j] });
+                out.push(Ev {
+                    ts: b.ts[j],
+                    item: u64::from(dict.get(b.item[j] as usize) / 3),
+                    action: b.action[j],
+                    domain: b.domain[j],
+                });
             }
         }
         out
     }
 
     fn events_strategy() -> impl Strategy<Value = Vec<Ev>> {
-        proptest::collection::vec((0i64..5_000, 0u64..300, any::<u8>(), 0u16..4), 0..700).prop_map(|v| {
-            let mut evs: Vec<Ev> = v.into_iter().map(|(ts, item, action, domain)| Ev { ts, item, action, domain }).collect();
-            evs.sort_by_key(|e| e.ts);
-            evs
-        })
+        proptest::collection::vec((0i64..5_000, 0u64..300, any::<u8>(), 0u16..4), 0..700).prop_map(
+            |v| {
+                let mut evs: Vec<Ev> = v
+                    .into_iter()
+                    .map(|(ts, item, action, domain)| Ev {
+                        ts,
+                        item,
+                        action,
+                        domain,
+                    })
+                    .collect();
+                evs.sort_by_key(|e| e.ts);
+                evs
+            },
+        )
     }
 
     proptest! {
@@ -603,7 +630,14 @@ mod tests {
 
     #[test]
     fn hundred_thousand_events_and_equal_timestamps() {
-        let evs: Vec<Ev> = (0..100_000u64).map(|i| Ev { ts: (i / 10) as i64, item: i % 1237, action: (i % 4) as u8, domain: (i % 3) as u16 }).collect();
+        let evs: Vec<Ev> = (0..100_000u64)
+            .map(|i| Ev {
+                ts: (i / 10) as i64,
+                item: i % 1237,
+                action: (i % 4) as u8,
+                domain: (i % 3) as u16,
+            })
+            .collect();
         let (bytes, _) = build_entry(9, &evs, &params(1024), |id| ((id * 3) as u32, semid_of(id)));
         let v = EntryView::parse(&bytes).unwrap();
         v.validate().unwrap();
@@ -614,7 +648,12 @@ mod tests {
 
     #[test]
     fn one_event() {
-        let evs = [Ev { ts: -5, item: 5, action: 255, domain: u16::MAX }];
+        let evs = [Ev {
+            ts: -5,
+            item: 5,
+            action: 255,
+            domain: u16::MAX,
+        }];
         let (bytes, _) = build_entry(u64::MAX, &evs, &params(16), |_| (15, None));
         let v = EntryView::parse(&bytes).unwrap();
         v.validate().unwrap();

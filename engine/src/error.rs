@@ -53,7 +53,10 @@ pub enum Error {
 
     /// RocksDB reported an error that is not corruption (I/O, busy, lock held, ...).
     #[error("RocksDB error while {context}: {message}")]
-    Store { context: &'static str, message: String },
+    Store {
+        context: &'static str,
+        message: String,
+    },
 
     /// The database directory does not exist and `create_if_missing` is off.
     #[error("no database at {0}")]

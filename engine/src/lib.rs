@@ -46,7 +46,7 @@ mod records;
 mod segment;
 
 pub use compaction::CompactionStats;
-pub use db::{ColumnBytes, Db, RocksBytes, Stats, VerifyReport};
+pub use db::{ColumnBytes, CreatedWith, Db, RocksBytes, Stats, VerifyReport};
 pub use error::{DecodeError, Error, Result};
 pub use retrieve::{HardHit, SoftHit};
 pub use snapshot::Snapshot;
@@ -69,8 +69,7 @@ pub mod format {
         decode_bitmap, IndexCache, PrefixIndex, PrefixIndexBuilder, PrefixLayout,
     };
     pub use crate::records::{
-        decode_config, decode_item, decode_location, decode_manifest, decode_pending,
-        decode_source,
+        decode_config, decode_item, decode_location, decode_manifest, decode_pending, decode_source,
     };
     pub use crate::segment::{Segment, SegmentWriter};
 }

@@ -96,26 +96,28 @@ impl PrefixIndexBuilder {
         let mut keys: Vec<u64> = Vec::new();
         let mut bitmaps: Vec<u8> = Vec::new();
         let mut spans: Vec<(u32, u32)> = Vec::new();
-        let mut flush = |keys: &mut Vec<u64>, bitmaps: &mut Vec<u8>, spans: &mut Vec<(u32, u32)>| {
-            if keys.is_empty() {
-                return;
-            }
-            let mut raw = Vec::with_capacity(4 + keys.len() * DIR_ENTRY_LEN + bitmaps.len());
-            raw.extend_from_slice(&(keys.len() as u32).to_le_bytes());
-            for (k, (off, len)) in keys.iter().zip(spans.iter()) {
-                raw.extend_from_slice(&k.to_le_bytes());
-                raw.extend_from_slice(&off.to_le_bytes());
-                raw.extend_from_slice(&len.to_le_bytes());
-            }
-            raw.extend_from_slice(bitmaps);
-            out.sparse.extend_from_slice(&keys[0].to_le_bytes());
-            out.sparse.extend_from_slice(&(out.chunks.len() as u32).to_le_bytes());
-            write_chunk(&mut out.chunks, &raw, zstd_level);
-            out.n_chunks += 1;
-            keys.clear();
-            bitmaps.clear();
-            spans.clear();
-        };
+        let mut flush =
+            |keys: &mut Vec<u64>, bitmaps: &mut Vec<u8>, spans: &mut Vec<(u32, u32)>| {
+                if keys.is_empty() {
+                    return;
+                }
+                let mut raw = Vec::with_capacity(4 + keys.len() * DIR_ENTRY_LEN + bitmaps.len());
+                raw.extend_from_slice(&(keys.len() as u32).to_le_bytes());
+                for (k, (off, len)) in keys.iter().zip(spans.iter()) {
+                    raw.extend_from_slice(&k.to_le_bytes());
+                    raw.extend_from_slice(&off.to_le_bytes());
+                    raw.extend_from_slice(&len.to_le_bytes());
+                }
+                raw.extend_from_slice(bitmaps);
+                out.sparse.extend_from_slice(&keys[0].to_le_bytes());
+                out.sparse
+                    .extend_from_slice(&(out.chunks.len() as u32).to_le_bytes());
+                write_chunk(&mut out.chunks, &raw, zstd_level);
+                out.n_chunks += 1;
+                keys.clear();
+                bitmaps.clear();
+                spans.clear();
+            };
         for (key, mut bm) in self.maps {
             bm.optimize();
             let off = bitmaps.len() as u32;
@@ -227,7 +229,10 @@ impl<'a> PrefixIndex<'a> {
     /// `sparse` must already be checked against its checksum.
     pub fn new(sparse: &'a [u8], n_chunks: u32, chunks: &'a [u8]) -> DecodeResult<Self> {
         if sparse.len() != n_chunks as usize * SPARSE_ENTRY_LEN {
-            corrupt!("sparse index directory of {} bytes for {n_chunks} chunks", sparse.len());
+            corrupt!(
+                "sparse index directory of {} bytes for {n_chunks} chunks",
+                sparse.len()
+            );
         }
         Ok(PrefixIndex { sparse, chunks })
     }
@@ -330,7 +335,9 @@ impl<'a> PrefixIndex<'a> {
                 let bm = decode_bitmap(chunk.bitmap_bytes(i)?)?;
                 expect_off += le_u32(&chunk.raw, o + 12) as usize;
                 if bm.is_empty() || bm.max().is_some_and(|m| m >= n_events) {
-                    corrupt!("bitmap {i} of chunk {c} is empty or holds a position beyond {n_events}");
+                    corrupt!(
+                        "bitmap {i} of chunk {c} is empty or holds a position beyond {n_events}"
+                    );
                 }
             }
             if 4 + chunk.n * DIR_ENTRY_LEN + expect_off != chunk.raw.len() {
@@ -338,7 +345,10 @@ impl<'a> PrefixIndex<'a> {
             }
         }
         if expect_start != self.chunks.len() {
-            corrupt!("index chunks use {expect_start} of {} bytes", self.chunks.len());
+            corrupt!(
+                "index chunks use {expect_start} of {} bytes",
+                self.chunks.len()
+            );
         }
         Ok(())
     }
@@ -405,8 +415,14 @@ mod tests {
         let built = b.finish(3);
         let idx = PrefixIndex::new(&built.sparse, built.n_chunks, &built.chunks).unwrap();
         let mut cache = IndexCache::default();
-        assert!(idx.find(layout.key(&SemId::new(&[1, 1]).unwrap(), 1), &mut cache).unwrap().is_none());
-        assert!(idx.find(layout.key(&SemId::new(&[7, 7]).unwrap(), 2), &mut cache).unwrap().is_none());
+        assert!(idx
+            .find(layout.key(&SemId::new(&[1, 1]).unwrap(), 1), &mut cache)
+            .unwrap()
+            .is_none());
+        assert!(idx
+            .find(layout.key(&SemId::new(&[7, 7]).unwrap(), 2), &mut cache)
+            .unwrap()
+            .is_none());
         let empty = PrefixIndexBuilder::default().finish(3);
         let idx = PrefixIndex::new(&empty.sparse, empty.n_chunks, &empty.chunks).unwrap();
         assert!(idx.is_empty());

@@ -87,7 +87,10 @@ pub fn decode_pending(bytes: &[u8]) -> DecodeResult<Vec<Ev>> {
     let mut r = unframe(bytes, b"SPND", "pending record")?;
     let n = r.u32()? as usize;
     if n.checked_mul(EV_LEN) != Some(r.remaining()) {
-        corrupt!("pending record claims {n} events in {} bytes", r.remaining());
+        corrupt!(
+            "pending record claims {n} events in {} bytes",
+            r.remaining()
+        );
     }
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
@@ -318,7 +321,9 @@ pub fn decode_config(bytes: &[u8]) -> DecodeResult<Config> {
 // Sources: last applied sequence number per append source.
 
 pub fn encode_source(last_seq: u64) -> Vec<u8> {
-    frame(b"SSRC", |out| out.extend_from_slice(&last_seq.to_le_bytes()))
+    frame(b"SSRC", |out| {
+        out.extend_from_slice(&last_seq.to_le_bytes())
+    })
 }
 
 pub fn decode_source(bytes: &[u8]) -> DecodeResult<u64> {
@@ -335,12 +340,56 @@ mod tests {
 
     fn all_records() -> Vec<Vec<u8>> {
         vec![
-            encode_pending(&[Ev { ts: -1, item: 9, action: 2, domain: 3 }, Ev { ts: 5, item: u64::MAX, action: 0, domain: 0 }]),
-            encode_location(&Location { segment: 3, offset: 28, len: 100, n_events: 7 }),
-            encode_item(&ItemRecord { internal: 4, category: 2, semid: Some(SemId::new(&[1, 2, 3]).unwrap()), semid_gen: 9, embedding: Some((0.5, vec![1, -2, 127])), stub: false }),
-            encode_item(&ItemRecord { internal: 5, category: 0, semid: None, semid_gen: 0, embedding: None, stub: true }),
-            encode_manifest(&Manifest { next_segment_id: 9, compacted_seq: 77, segments: vec![SegmentInfo { id: 3, file_len: 1000, needs_erase: true }] }),
-            encode_config(&Config { embedding_dim: 128, semid_levels: 3, semid_codebook_size: 256 }),
+            encode_pending(&[
+                Ev {
+                    ts: -1,
+                    item: 9,
+                    action: 2,
+                    domain: 3,
+                },
+                Ev {
+                    ts: 5,
+                    item: u64::MAX,
+                    action: 0,
+                    domain: 0,
+                },
+            ]),
+            encode_location(&Location {
+                segment: 3,
+                offset: 28,
+                len: 100,
+                n_events: 7,
+            }),
+            encode_item(&ItemRecord {
+                internal: 4,
+                category: 2,
+                semid: Some(SemId::new(&[1, 2, 3]).unwrap()),
+                semid_gen: 9,
+                embedding: Some((0.5, vec![1, -2, 127])),
+                stub: false,
+            }),
+            encode_item(&ItemRecord {
+                internal: 5,
+                category: 0,
+                semid: None,
+                semid_gen: 0,
+                embedding: None,
+                stub: true,
+            }),
+            encode_manifest(&Manifest {
+                next_segment_id: 9,
+                compacted_seq: 77,
+                segments: vec![SegmentInfo {
+                    id: 3,
+                    file_len: 1000,
+                    needs_erase: true,
+                }],
+            }),
+            encode_config(&Config {
+                embedding_dim: 128,
+                semid_levels: 3,
+                semid_codebook_size: 256,
+            }),
             encode_source(41),
         ]
     }
@@ -361,9 +410,24 @@ mod tests {
         for (i, r) in all_records().iter().enumerate() {
             assert!(decode_any(i, r), "record {i}");
         }
-        let it = ItemRecord { internal: 4, category: 2, semid: Some(SemId::new(&[1, 2, 3]).unwrap()), semid_gen: 9, embedding: Some((0.5, vec![1, -2, 127])), stub: false };
+        let it = ItemRecord {
+            internal: 4,
+            category: 2,
+            semid: Some(SemId::new(&[1, 2, 3]).unwrap()),
+            semid_gen: 9,
+            embedding: Some((0.5, vec![1, -2, 127])),
+            stub: false,
+        };
         assert_eq!(decode_item(&encode_item(&it)).unwrap(), it);
-        let m = Manifest { next_segment_id: 9, compacted_seq: 77, segments: vec![SegmentInfo { id: 3, file_len: 1000, needs_erase: true }] };
+        let m = Manifest {
+            next_segment_id: 9,
+            compacted_seq: 77,
+            segments: vec![SegmentInfo {
+                id: 3,
+                file_len: 1000,
+                needs_erase: true,
+            }],
+        };
         assert_eq!(decode_manifest(&encode_manifest(&m)).unwrap(), m);
     }
 

@@ -118,7 +118,12 @@ pub fn hard(
             // next compaction rebuilds the index.
             let rows = view.dict_rows()?;
             let items = view.visible_seg_items()?;
-            stale_rows = Some(items.iter().map(|&i| rows[i as usize]).collect::<Vec<u32>>());
+            stale_rows = Some(
+                items
+                    .iter()
+                    .map(|&i| rows[i as usize])
+                    .collect::<Vec<u32>>(),
+            );
         }
     }
     let mut cache = IndexCache::default();
@@ -170,10 +175,12 @@ pub fn hard(
             }
         }
         best_first(&mut pend, k);
-        out.push(finish(view, seg, pend, k, |event, position, depth| HardHit {
-            event,
-            position,
-            depth,
+        out.push(finish(view, seg, pend, k, |event, position, depth| {
+            HardHit {
+                event,
+                position,
+                depth,
+            }
         })?);
     }
     Ok(out)
@@ -291,11 +298,17 @@ pub fn soft(
         }
         best_first(&mut pend, k);
         let seg = std::mem::take(&mut seg_cands[t]);
-        out.push(finish(view, seg, pend, k, |event, position, similarity| SoftHit {
-            event,
-            position,
-            similarity,
-        })?);
+        out.push(finish(
+            view,
+            seg,
+            pend,
+            k,
+            |event, position, similarity| SoftHit {
+                event,
+                position,
+                similarity,
+            },
+        )?);
     }
     Ok(out)
 }

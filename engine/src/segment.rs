@@ -130,7 +130,13 @@ impl SegmentWriter {
     }
 
     /// Add a user's entry. Users must be added in ascending order.
-    pub fn add(&mut self, user: u64, entry: &[u8], sizes: EntrySizes, n_events: u32) -> Result<DirRecord> {
+    pub fn add(
+        &mut self,
+        user: u64,
+        entry: &[u8],
+        sizes: EntrySizes,
+        n_events: u32,
+    ) -> Result<DirRecord> {
         assert!(
             self.records.last().is_none_or(|r| r.user < user),
             "segment users must be added in ascending order"
@@ -214,8 +220,9 @@ impl Segment {
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
         if len < (HEADER_LEN + FOOTER_LEN) as u64 {
-            return Err(DecodeError::corrupt(format!("file of {len} bytes is too short"))
-                .at(path, "file"));
+            return Err(
+                DecodeError::corrupt(format!("file of {len} bytes is too short")).at(path, "file"),
+            );
         }
         // SAFETY: segment files are immutable once renamed into place, and Siren never writes
         // to them again; the mapping is read-only. See the struct documentation.
@@ -367,8 +374,10 @@ impl Segment {
         let bytes = &self.mmap[r.offset as usize..r.offset as usize + r.len as usize];
         let view = EntryView::parse(bytes).map_err(|e| e.at(&self.path, self.block_name(i)))?;
         if view.header.user != r.user || view.header.header_crc != r.header_crc {
-            return Err(DecodeError::corrupt("entry header disagrees with the directory")
-                .at(&self.path, self.block_name(i)));
+            return Err(
+                DecodeError::corrupt("entry header disagrees with the directory")
+                    .at(&self.path, self.block_name(i)),
+            );
         }
         Ok(view)
     }
@@ -403,14 +412,26 @@ impl Segment {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entry::{build_entry, Ev, EntryParams};
+    use crate::entry::{build_entry, EntryParams, Ev};
     use crate::prefix::PrefixLayout;
 
     fn write_segment(dir: &Path, id: u64, users: &[u64]) -> PathBuf {
         let mut w = SegmentWriter::create(dir, id).unwrap();
-        let p = EntryParams { block_events: 32, zstd_level: 1, layout: PrefixLayout::new(2, 8), semid_gen: 0 };
+        let p = EntryParams {
+            block_events: 32,
+            zstd_level: 1,
+            layout: PrefixLayout::new(2, 8),
+            semid_gen: 0,
+        };
         for &u in users {
-            let evs: Vec<Ev> = (0..100).map(|i| Ev { ts: i * 10, item: (u + i as u64) % 17, action: 1, domain: 0 }).collect();
+            let evs: Vec<Ev> = (0..100)
+                .map(|i| Ev {
+                    ts: i * 10,
+                    item: (u + i as u64) % 17,
+                    action: 1,
+                    domain: 0,
+                })
+                .collect();
             let (bytes, sizes) = build_entry(u, &evs, &p, |id| (id as u32, None));
             w.add(u, &bytes, sizes, evs.len() as u32).unwrap();
         }
@@ -421,7 +442,10 @@ mod tests {
     fn write_open_find() {
         let dir = tempfile::tempdir().unwrap();
         let path = write_segment(dir.path(), 5, &[1, 7, 9]);
-        assert_eq!(parse_segment_file_name(path.file_name().unwrap().to_str().unwrap()), Some(5));
+        assert_eq!(
+            parse_segment_file_name(path.file_name().unwrap().to_str().unwrap()),
+            Some(5)
+        );
         let seg = Segment::open(&path, 5).unwrap();
         assert_eq!(seg.len(), 3);
         assert_eq!(seg.find(7), Some(1));

@@ -29,7 +29,11 @@ impl ReadConfig {
                 self.layout.levels
             )));
         }
-        if let Some(c) = s.codes().iter().find(|&&c| u32::from(c) >= self.codebook_size) {
+        if let Some(c) = s
+            .codes()
+            .iter()
+            .find(|&&c| u32::from(c) >= self.codebook_size)
+        {
             return Err(Error::invalid(format!(
                 "SemID code {c} is outside the codebook of {}",
                 self.codebook_size
@@ -160,9 +164,7 @@ impl Snapshot {
     /// from events (stubs) are not returned.
     pub fn item(&self, id: u64) -> Option<Item> {
         let c = &self.state.catalog;
-        c.lookup(id)
-            .filter(|&r| !c.is_stub(r))
-            .map(|r| c.item(r))
+        c.lookup(id).filter(|&r| !c.is_stub(r)).map(|r| c.item(r))
     }
 
     /// All users with events, ascending.

@@ -109,8 +109,8 @@ impl Store {
         let cfs = Cf::ALL
             .iter()
             .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options()));
-        let db = DB::open_cf_descriptors(&opts, path, cfs)
-            .map_err(|e| map_err(path, "opening", e))?;
+        let db =
+            DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| map_err(path, "opening", e))?;
         Ok(Store {
             db,
             path: path.to_path_buf(),

@@ -45,7 +45,10 @@ impl<'s> SegPart<'s> {
             return Ok(());
         }
         let (mut c, mut block) = slot.take().unwrap_or((Cols::NONE, Block::default()));
-        if let Err(e) = self.view.decode_block(b, need, &mut block, &mut self.scratch) {
+        if let Err(e) = self
+            .view
+            .decode_block(b, need, &mut block, &mut self.scratch)
+        {
             return Err(self.segment.corruption(self.record, e));
         }
         c.time |= need.time;
@@ -96,7 +99,10 @@ impl<'s> SegPart<'s> {
     }
 
     fn block_ref(&self, b: usize) -> &Block {
-        &self.blocks[b].as_ref().expect("block decoded by ensure_block").1
+        &self.blocks[b]
+            .as_ref()
+            .expect("block decoded by ensure_block")
+            .1
     }
 
     fn dict(&mut self) -> Result<DictView<'s>> {
@@ -217,7 +223,10 @@ impl<'s> UserView<'s> {
     }
 
     fn err(&self, e: crate::error::DecodeError) -> Error {
-        let s = self.seg.as_ref().expect("segment errors come from a segment part");
+        let s = self
+            .seg
+            .as_ref()
+            .expect("segment errors come from a segment part");
         s.segment.corruption(s.record, e)
     }
 
@@ -330,7 +339,10 @@ impl<'s> UserView<'s> {
         let be = self.block_events();
         let (b, o) = (i / be, i % be);
         let ts = self.block(b, Cols::TIME)?.ts[o];
-        let seg = self.seg.as_mut().expect("S event of a user without an entry");
+        let seg = self
+            .seg
+            .as_mut()
+            .expect("S event of a user without an entry");
         let (idx, action, domain) = seg.small_columns(b, o)?;
         let row = self.dict()?.get(idx as usize);
         Ok(Ev {
@@ -368,7 +380,9 @@ impl<'s> UserView<'s> {
     /// Whether the entry's prefix index still matches the catalog's SemIDs: no item of this
     /// user changed its SemID after the entry was written.
     pub fn index_is_fresh(&mut self) -> Result<bool> {
-        let Some(seg) = &self.seg else { return Ok(true) };
+        let Some(seg) = &self.seg else {
+            return Ok(true);
+        };
         let gen = seg.view.header.semid_gen;
         if gen >= self.catalog.semid_gen() {
             return Ok(true);

@@ -46,13 +46,28 @@ fn build(dir: &Path) -> Answers {
     db.upsert_items(&items, Durability::Sync).unwrap();
     let ids: Vec<u64> = items.iter().map(|i| i.id).collect();
     for u in 0..8 {
-        db.append(&zipf_events(&mut r, u, 400, &ids, 0), &AppendOptions::default()).unwrap();
+        db.append(
+            &zipf_events(&mut r, u, 400, &ids, 0),
+            &AppendOptions::default(),
+        )
+        .unwrap();
     }
     db.compact().unwrap();
     for u in 5..12 {
-        db.append(&zipf_events(&mut r, u, 50, &ids, 60_000_000), &AppendOptions::default()).unwrap();
+        db.append(
+            &zipf_events(&mut r, u, 50, &ids, 60_000_000),
+            &AppendOptions::default(),
+        )
+        .unwrap();
     }
-    db.append(&[], &AppendOptions { durability: Durability::Sync, source: Some(("src".into(), 3)) }).unwrap();
+    db.append(
+        &[],
+        &AppendOptions {
+            durability: Durability::Sync,
+            source: Some(("src".into(), 3)),
+        },
+    )
+    .unwrap();
     let a = answers(&db).unwrap();
     assert!(db.verify().is_ok());
     a
@@ -92,7 +107,13 @@ enum Outcome {
 }
 
 fn attempt(dir: &Path, expect: &Answers) -> Outcome {
-    let db = match Db::open(dir, Options { create_if_missing: false, ..opts() }) {
+    let db = match Db::open(
+        dir,
+        Options {
+            create_if_missing: false,
+            ..opts()
+        },
+    ) {
         Ok(db) => db,
         Err(Error::InvalidArgument(m)) => panic!("open reported damage as a caller error: {m}"),
         Err(_) => return Outcome::Detected,
@@ -146,14 +167,21 @@ fn flipped_bytes_are_detected_or_harmless() {
             let outcome = catch_unwind(AssertUnwindSafe(|| attempt(&copy, &expect)))
                 .unwrap_or_else(|_| panic!("panic with {name} byte {pos} flipped"));
             if is_segment {
-                assert_eq!(outcome, Outcome::Detected, "flip at {pos} of segment {name} went unnoticed");
+                assert_eq!(
+                    outcome,
+                    Outcome::Detected,
+                    "flip at {pos} of segment {name} went unnoticed"
+                );
             }
             let kind = if is_segment {
                 "segment".to_string()
             } else if name.ends_with(".sst") {
                 "rocksdb table (.sst)".to_string()
             } else {
-                format!("rocksdb {}", name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-'))
+                format!(
+                    "rocksdb {}",
+                    name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-')
+                )
             };
             let e = summary.entry(kind).or_default();
             e.0 += 1;
@@ -164,8 +192,14 @@ fn flipped_bytes_are_detected_or_harmless() {
     for (kind, (tries, detected)) in &summary {
         eprintln!("{kind}: {tries} flips, {detected} detected, the rest harmless");
     }
-    assert!(summary.get("segment").is_some_and(|s| s.0 > 0), "no segment file was tested");
-    assert!(summary.contains_key("rocksdb table (.sst)"), "no RocksDB table was tested");
+    assert!(
+        summary.get("segment").is_some_and(|s| s.0 > 0),
+        "no segment file was tested"
+    );
+    assert!(
+        summary.contains_key("rocksdb table (.sst)"),
+        "no RocksDB table was tested"
+    );
 }
 
 #[test]
@@ -176,10 +210,18 @@ fn missing_and_truncated_segment_files_are_reported() {
     let seg = files(&pristine.join("segments")).pop().unwrap();
     let bytes = fs::read(&seg).unwrap();
     fs::write(&seg, &bytes[..bytes.len() / 2]).unwrap();
-    let e = Db::open(&pristine, opts()).err().expect("truncated segment must not open");
+    let e = Db::open(&pristine, opts())
+        .err()
+        .expect("truncated segment must not open");
     assert!(e.is_corruption(), "{e}");
-    assert!(e.to_string().contains(&seg.file_name().unwrap().to_string_lossy().to_string()), "error names the file: {e}");
+    assert!(
+        e.to_string()
+            .contains(&seg.file_name().unwrap().to_string_lossy().to_string()),
+        "error names the file: {e}"
+    );
     fs::remove_file(&seg).unwrap();
-    let e = Db::open(&pristine, opts()).err().expect("missing segment must not open");
+    let e = Db::open(&pristine, opts())
+        .err()
+        .expect("missing segment must not open");
     assert!(e.is_corruption(), "{e}");
 }

@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
-use siren_engine::{AppendOptions, AutoCompact, Db, Durability, Event, Item, Options, ReadRange, SemId};
+use siren_engine::{
+    AppendOptions, AutoCompact, Db, Durability, Event, Item, Options, ReadRange, SemId,
+};
 
 const EVENTS_PER_USER: u64 = 3;
 
@@ -26,7 +28,10 @@ fn options() -> Options {
         semid_codebook_size: 8,
         block_events: 32,
         // Background compaction too, so kills also land inside it.
-        auto_compact: Some(AutoCompact { pending_events: 400, interval: Duration::from_millis(30) }),
+        auto_compact: Some(AutoCompact {
+            pending_events: 400,
+            interval: Duration::from_millis(30),
+        }),
         ..Options::default()
     }
 }
@@ -68,7 +73,10 @@ fn catalog() -> Vec<Item> {
 #[test]
 #[ignore = "child process of kill_minus_nine_loses_no_acknowledged_event; does nothing on its own"]
 fn crash_child_writer() {
-    let (Ok(dir), Ok(start)) = (std::env::var("SIREN_CRASH_DIR"), std::env::var("SIREN_CRASH_START")) else {
+    let (Ok(dir), Ok(start)) = (
+        std::env::var("SIREN_CRASH_DIR"),
+        std::env::var("SIREN_CRASH_START"),
+    ) else {
         eprintln!("crash_child_writer only runs as the child of kill_minus_nine_loses_no_acknowledged_event");
         return;
     };
@@ -79,8 +87,19 @@ fn crash_child_writer() {
     // libtest printed "test crash_child_writer ... " without a newline: end that line first.
     writeln!(out.lock(), "\nready").unwrap();
     loop {
-        let durability = if b % 3 == 0 { Durability::Sync } else { Durability::Buffered };
-        db.append(&batch(b), &AppendOptions { durability, source: None }).unwrap();
+        let durability = if b % 3 == 0 {
+            Durability::Sync
+        } else {
+            Durability::Buffered
+        };
+        db.append(
+            &batch(b),
+            &AppendOptions {
+                durability,
+                source: None,
+            },
+        )
+        .unwrap();
         {
             let mut o = out.lock();
             writeln!(o, "ack {b}").unwrap();
@@ -95,20 +114,32 @@ fn crash_child_writer() {
 
 /// Check the database holds exactly batches `0..n` for some `n` in `lo..=hi`; return `n`.
 fn verify(dir: &std::path::Path, lo: u64, hi: u64, round: usize) -> u64 {
-    let db = Db::open(dir, Options { auto_compact: None, ..options() }).unwrap();
+    let db = Db::open(
+        dir,
+        Options {
+            auto_compact: None,
+            ..options()
+        },
+    )
+    .unwrap();
     let snap = db.snapshot();
     // Which batches are there, judged by user 0..7 and 100..111 together.
     let mut per_user: std::collections::BTreeMap<u64, Vec<Event>> = Default::default();
     for u in snap.users() {
         per_user.insert(u, snap.read(u, ReadRange::all()).unwrap());
     }
-    let present: std::collections::BTreeSet<u64> = per_user.values().flatten().map(|e| e.item / 10).collect();
+    let present: std::collections::BTreeSet<u64> =
+        per_user.values().flatten().map(|e| e.item / 10).collect();
     let n = present.iter().next_back().map_or(0, |m| m + 1);
     assert!(
         (lo..=hi).contains(&n),
         "round {round}: batches 0..{n} present, acknowledged 0..{lo}, at most one more in flight"
     );
-    assert_eq!(present.len() as u64, n, "round {round}: a batch below {n} is missing");
+    assert_eq!(
+        present.len() as u64,
+        n,
+        "round {round}: a batch below {n} is missing"
+    );
     // Exactly the events of batches 0..n, each once, in (time, arrival) order.
     let mut expect: std::collections::BTreeMap<u64, Vec<Event>> = Default::default();
     for b in 0..n {
@@ -122,8 +153,10 @@ fn verify(dir: &std::path::Path, lo: u64, hi: u64, round: usize) -> u64 {
     assert_eq!(per_user, expect, "round {round}: sequences differ");
     // Every query still answers.
     for &u in per_user.keys() {
-        snap.retrieve_hard(u, &SemId::new(&[1, 2]).unwrap(), 10, None).unwrap();
-        snap.retrieve_soft(u, &[1.0, 0.0, 0.0, 1.0], 10, Some(500)).unwrap();
+        snap.retrieve_hard(u, &SemId::new(&[1, 2]).unwrap(), 10, None)
+            .unwrap();
+        snap.retrieve_soft(u, &[1.0, 0.0, 0.0, 1.0], 10, Some(500))
+            .unwrap();
     }
     let report = db.verify();
     assert!(report.is_ok(), "round {round}: {:?}", report.problems);
@@ -132,7 +165,10 @@ fn verify(dir: &std::path::Path, lo: u64, hi: u64, round: usize) -> u64 {
 
 #[test]
 fn kill_minus_nine_loses_no_acknowledged_event() {
-    let kills: usize = std::env::var("SIREN_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let kills: usize = std::env::var("SIREN_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let dir = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut rng = common::rng(0xc0ffee);
@@ -140,7 +176,13 @@ fn kill_minus_nine_loses_no_acknowledged_event() {
     let mut acked_total = 0usize;
     for round in 0..kills {
         let mut child = Command::new(&exe)
-            .args(["--ignored", "--exact", "crash_child_writer", "--nocapture", "--test-threads=1"])
+            .args([
+                "--ignored",
+                "--exact",
+                "crash_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("SIREN_CRASH_DIR", dir.path())
             .env("SIREN_CRASH_START", next.to_string())
             .stdout(Stdio::piped())
@@ -161,7 +203,11 @@ fn kill_minus_nine_loses_no_acknowledged_event() {
             })
         };
         // Mostly kill while it writes; sometimes while it is still opening (during recovery).
-        let delay = if round % 5 == 4 { rng.random_range(0..40) } else { rng.random_range(60..400) };
+        let delay = if round % 5 == 4 {
+            rng.random_range(0..40)
+        } else {
+            rng.random_range(60..400)
+        };
         std::thread::sleep(Duration::from_millis(delay));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
@@ -174,6 +220,9 @@ fn kill_minus_nine_loses_no_acknowledged_event() {
         let acked_end = next + acks.len() as u64;
         next = verify(dir.path(), acked_end, acked_end + 1, round);
     }
-    assert!(acked_total > kills, "the writer made too little progress to test anything ({acked_total} acks)");
+    assert!(
+        acked_total > kills,
+        "the writer made too little progress to test anything ({acked_total} acks)"
+    );
     eprintln!("{kills} kills, {acked_total} acknowledged batches, {next} batches stored");
 }

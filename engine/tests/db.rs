@@ -12,7 +12,13 @@ use siren_engine::{
 };
 
 fn ev(user: u64, ts: i64, item: u64) -> Event {
-    Event { user, ts, item, action: 1, domain: 0 }
+    Event {
+        user,
+        ts,
+        item,
+        action: 1,
+        domain: 0,
+    }
 }
 
 fn opts() -> Options {
@@ -32,15 +38,30 @@ fn empty_one_and_equal_timestamps() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path(), opts()).unwrap();
     assert!(read_all(&db, 1).is_empty(), "unknown user reads as empty");
-    assert!(db.snapshot().retrieve_hard(1, &SemId::new(&[1, 2, 3]).unwrap(), 5, None).unwrap().is_empty());
-    assert!(db.snapshot().retrieve_soft(1, &[1.0; 8], 5, None).unwrap().is_empty());
-    assert_eq!(db.append(&[], &AppendOptions::default()).unwrap(), AppendOutcome::Applied { events: 0 });
+    assert!(db
+        .snapshot()
+        .retrieve_hard(1, &SemId::new(&[1, 2, 3]).unwrap(), 5, None)
+        .unwrap()
+        .is_empty());
+    assert!(db
+        .snapshot()
+        .retrieve_soft(1, &[1.0; 8], 5, None)
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        db.append(&[], &AppendOptions::default()).unwrap(),
+        AppendOutcome::Applied { events: 0 }
+    );
 
     append(&db, &[ev(1, 10, 5)]);
     assert_eq!(read_all(&db, 1), vec![ev(1, 10, 5)]);
     let same: Vec<Event> = (0..5).map(|i| ev(2, 100, i)).collect();
     append(&db, &same);
-    assert_eq!(read_all(&db, 2), same, "equal timestamps keep arrival order");
+    assert_eq!(
+        read_all(&db, 2),
+        same,
+        "equal timestamps keep arrival order"
+    );
     db.compact().unwrap();
     assert_eq!(read_all(&db, 1), vec![ev(1, 10, 5)]);
     assert_eq!(read_all(&db, 2), same);
@@ -64,7 +85,12 @@ fn out_of_order_appends_are_placed_by_time() {
     let got: Vec<u64> = read_all(&db, 1).iter().map(|e| e.item).collect();
     assert_eq!(got, vec![0, 1, 2, 3, 4]);
     let snap = db.snapshot();
-    let as_of: Vec<u64> = snap.read(1, ReadRange::as_of(30)).unwrap().iter().map(|e| e.item).collect();
+    let as_of: Vec<u64> = snap
+        .read(1, ReadRange::as_of(30))
+        .unwrap()
+        .iter()
+        .map(|e| e.item)
+        .collect();
     assert_eq!(as_of, vec![0, 1, 2], "as_of is exclusive");
     db.compact().unwrap();
     let got: Vec<u64> = read_all(&db, 1).iter().map(|e| e.item).collect();
@@ -74,14 +100,32 @@ fn out_of_order_appends_are_placed_by_time() {
 #[test]
 fn retention_drops_oldest_first() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(dir.path(), Options { max_events_per_user: 3, ..opts() }).unwrap();
-    append(&db, &(0..5).map(|i| ev(1, i * 10, i as u64)).collect::<Vec<_>>());
+    let db = Db::open(
+        dir.path(),
+        Options {
+            max_events_per_user: 3,
+            ..opts()
+        },
+    )
+    .unwrap();
+    append(
+        &db,
+        &(0..5).map(|i| ev(1, i * 10, i as u64)).collect::<Vec<_>>(),
+    );
     let items = |db: &Db| read_all(db, 1).iter().map(|e| e.item).collect::<Vec<_>>();
     assert_eq!(items(&db), vec![2, 3, 4]);
     db.compact().unwrap();
-    assert_eq!(db.stats().events, 3, "compaction drops what retention hides");
+    assert_eq!(
+        db.stats().events,
+        3,
+        "compaction drops what retention hides"
+    );
     append(&db, &[ev(1, 15, 9)]);
-    assert_eq!(items(&db), vec![2, 3, 4], "a late event older than the kept ones is dropped");
+    assert_eq!(
+        items(&db),
+        vec![2, 3, 4],
+        "a late event older than the kept ones is dropped"
+    );
     append(&db, &[ev(1, 35, 8)]);
     assert_eq!(items(&db), vec![3, 8, 4]);
 }
@@ -92,20 +136,54 @@ fn source_sequence_numbers_make_appends_idempotent() {
     let o = opts();
     {
         let db = Db::open(dir.path(), o.clone()).unwrap();
-        let a = AppendOptions { durability: Durability::Sync, source: Some(("kafka/p0".into(), 7)) };
-        assert_eq!(db.append(&[ev(1, 1, 1)], &a).unwrap(), AppendOutcome::Applied { events: 1 });
-        assert_eq!(db.append(&[ev(1, 1, 1)], &a).unwrap(), AppendOutcome::Duplicate { last_applied: 7 });
-        let older = AppendOptions { source: Some(("kafka/p0".into(), 3)), ..a.clone() };
-        assert_eq!(db.append(&[ev(1, 2, 2)], &older).unwrap(), AppendOutcome::Duplicate { last_applied: 7 });
-        let other = AppendOptions { source: Some(("kafka/p1".into(), 3)), ..a.clone() };
-        assert_eq!(db.append(&[ev(1, 3, 3)], &other).unwrap(), AppendOutcome::Applied { events: 1 });
+        let a = AppendOptions {
+            durability: Durability::Sync,
+            source: Some(("kafka/p0".into(), 7)),
+        };
+        assert_eq!(
+            db.append(&[ev(1, 1, 1)], &a).unwrap(),
+            AppendOutcome::Applied { events: 1 }
+        );
+        assert_eq!(
+            db.append(&[ev(1, 1, 1)], &a).unwrap(),
+            AppendOutcome::Duplicate { last_applied: 7 }
+        );
+        let older = AppendOptions {
+            source: Some(("kafka/p0".into(), 3)),
+            ..a.clone()
+        };
+        assert_eq!(
+            db.append(&[ev(1, 2, 2)], &older).unwrap(),
+            AppendOutcome::Duplicate { last_applied: 7 }
+        );
+        let other = AppendOptions {
+            source: Some(("kafka/p1".into(), 3)),
+            ..a.clone()
+        };
+        assert_eq!(
+            db.append(&[ev(1, 3, 3)], &other).unwrap(),
+            AppendOutcome::Applied { events: 1 }
+        );
         assert_eq!(db.source_position("kafka/p0"), Some(7));
-        let bad = AppendOptions { source: Some((String::new(), 1)), ..a };
-        assert!(matches!(db.append(&[ev(1, 1, 1)], &bad), Err(Error::InvalidArgument(_))));
+        let bad = AppendOptions {
+            source: Some((String::new(), 1)),
+            ..a
+        };
+        assert!(matches!(
+            db.append(&[ev(1, 1, 1)], &bad),
+            Err(Error::InvalidArgument(_))
+        ));
     }
     let db = Db::open(dir.path(), o).unwrap();
-    let a = AppendOptions { durability: Durability::Sync, source: Some(("kafka/p0".into(), 7)) };
-    assert_eq!(db.append(&[ev(1, 1, 1)], &a).unwrap(), AppendOutcome::Duplicate { last_applied: 7 }, "after reopen");
+    let a = AppendOptions {
+        durability: Durability::Sync,
+        source: Some(("kafka/p0".into(), 7)),
+    };
+    assert_eq!(
+        db.append(&[ev(1, 1, 1)], &a).unwrap(),
+        AppendOutcome::Duplicate { last_applied: 7 },
+        "after reopen"
+    );
     assert_eq!(read_all(&db, 1).len(), 2);
 }
 
@@ -145,7 +223,10 @@ fn deleted_user_is_gone_after_compaction() {
         append(&db, &[ev(victim, 20_000_000, marker_item)]);
         assert!(db.delete_user(victim, Durability::Sync).unwrap());
         assert!(!db.delete_user(victim, Durability::Sync).unwrap());
-        assert!(read_all(&db, victim).is_empty(), "reads stop seeing a deleted user at once");
+        assert!(
+            read_all(&db, victim).is_empty(),
+            "reads stop seeing a deleted user at once"
+        );
         assert!(!db.snapshot().users().contains(&victim));
         db.compact().unwrap();
         assert_eq!(read_all(&db, 7).len(), 500, "other users are untouched");
@@ -189,12 +270,27 @@ fn stats_count_users_events_and_bytes_per_column() {
         append(&db, &zipf_events(&mut r, u, 1000, &ids, 0));
     }
     let s = db.stats();
-    assert_eq!((s.users, s.events, s.pending_events, s.items), (20, 20_000, 20_000, 300));
+    assert_eq!(
+        (s.users, s.events, s.pending_events, s.items),
+        (20, 20_000, 20_000, 300)
+    );
     db.compact().unwrap();
     let s = db.stats();
-    assert_eq!((s.users, s.events, s.pending_events, s.segments), (20, 20_000, 0, 1));
+    assert_eq!(
+        (s.users, s.events, s.pending_events, s.segments),
+        (20, 20_000, 0, 1)
+    );
     let l = s.live;
-    assert!(l.time > 0 && l.item > 0 && l.action > 0 && l.domain > 0 && l.dict > 0 && l.index > 0 && l.meta > 0, "{l:?}");
+    assert!(
+        l.time > 0
+            && l.item > 0
+            && l.action > 0
+            && l.domain > 0
+            && l.dict > 0
+            && l.index > 0
+            && l.meta > 0,
+        "{l:?}"
+    );
     assert!(l.total() < s.segment_file_bytes);
     assert_eq!(s.garbage_bytes, 0);
     assert!(db.verify().is_ok());
@@ -203,30 +299,119 @@ fn stats_count_users_events_and_bytes_per_column() {
 #[test]
 fn bad_arguments_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(dir.path(), Options { max_batch_events: 10, ..opts() }).unwrap();
-    let item = |semid: Option<SemId>, emb: Option<Vec<f32>>| Item { id: 1, category: 0, semid, embedding: emb };
-    let inval = |r: siren_engine::Result<()>| assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
+    let db = Db::open(
+        dir.path(),
+        Options {
+            max_batch_events: 10,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let item = |semid: Option<SemId>, emb: Option<Vec<f32>>| Item {
+        id: 1,
+        category: 0,
+        semid,
+        embedding: emb,
+    };
+    let inval =
+        |r: siren_engine::Result<()>| assert!(matches!(r, Err(Error::InvalidArgument(_))), "{r:?}");
     inval(db.upsert_items(&[item(None, Some(vec![1.0; 7]))], Durability::Sync));
     inval(db.upsert_items(&[item(None, Some(vec![f32::NAN; 8]))], Durability::Sync));
-    inval(db.upsert_items(&[item(None, Some(vec![f32::INFINITY; 8]))], Durability::Sync));
-    inval(db.upsert_items(&[item(Some(SemId::new(&[1, 2]).unwrap()), None)], Durability::Sync));
-    inval(db.upsert_items(&[item(Some(SemId::new(&[1, 2, 16]).unwrap()), None)], Durability::Sync));
+    inval(db.upsert_items(
+        &[item(None, Some(vec![f32::INFINITY; 8]))],
+        Durability::Sync,
+    ));
+    inval(db.upsert_items(
+        &[item(Some(SemId::new(&[1, 2]).unwrap()), None)],
+        Durability::Sync,
+    ));
+    inval(db.upsert_items(
+        &[item(Some(SemId::new(&[1, 2, 16]).unwrap()), None)],
+        Durability::Sync,
+    ));
     assert!(SemId::new(&[]).is_err() && SemId::new(&[0; 7]).is_err());
     let snap = db.snapshot();
-    assert!(matches!(snap.retrieve_hard(1, &SemId::new(&[1, 2, 3]).unwrap(), 0, None), Err(Error::InvalidArgument(_))));
-    assert!(matches!(snap.retrieve_soft(1, &[1.0; 3], 5, None), Err(Error::InvalidArgument(_))));
-    assert!(matches!(snap.retrieve_soft(1, &[f32::NAN; 8], 5, None), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        snap.retrieve_hard(1, &SemId::new(&[1, 2, 3]).unwrap(), 0, None),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        snap.retrieve_soft(1, &[1.0; 3], 5, None),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        snap.retrieve_soft(1, &[f32::NAN; 8], 5, None),
+        Err(Error::InvalidArgument(_))
+    ));
     let big: Vec<Event> = (0..11).map(|i| ev(1, i, 1)).collect();
-    assert!(matches!(db.append(&big, &AppendOptions::default()), Err(Error::InvalidArgument(_))));
-    assert!(read_all(&db, 1).is_empty(), "a refused batch stores nothing");
+    assert!(matches!(
+        db.append(&big, &AppendOptions::default()),
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(
+        read_all(&db, 1).is_empty(),
+        "a refused batch stores nothing"
+    );
     drop(db);
-    let e = Db::open(dir.path(), Options { embedding_dim: 16, ..opts() }).err().unwrap();
-    assert!(matches!(e, Error::OptionsMismatch { field: "embedding_dim", .. }), "{e}");
-    let e = Db::open(dir.path(), Options { semid_codebook_size: 8, ..opts() }).err().unwrap();
-    assert!(matches!(e, Error::OptionsMismatch { field: "semid_codebook_size", .. }), "{e}");
+    let e = Db::open(
+        dir.path(),
+        Options {
+            embedding_dim: 16,
+            ..opts()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(
+        matches!(
+            e,
+            Error::OptionsMismatch {
+                field: "embedding_dim",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let e = Db::open(
+        dir.path(),
+        Options {
+            semid_codebook_size: 8,
+            ..opts()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(
+        matches!(
+            e,
+            Error::OptionsMismatch {
+                field: "semid_codebook_size",
+                ..
+            }
+        ),
+        "{e}"
+    );
     let missing = dir.path().join("nope");
-    assert!(matches!(Db::open(&missing, Options { create_if_missing: false, ..opts() }), Err(Error::NotFound(_))));
-    assert!(matches!(Db::open(dir.path(), Options { block_events: 3, ..opts() }), Err(Error::InvalidArgument(_))));
+    assert!(matches!(
+        Db::open(
+            &missing,
+            Options {
+                create_if_missing: false,
+                ..opts()
+            }
+        ),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        Db::open(
+            dir.path(),
+            Options {
+                block_events: 3,
+                ..opts()
+            }
+        ),
+        Err(Error::InvalidArgument(_))
+    ));
 }
 
 #[test]
@@ -234,15 +419,28 @@ fn items_round_trip_and_upsert_replaces() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path(), opts()).unwrap();
     let emb = vec![0.5, -1.0, 0.25, 0.0, 0.125, 1.0, -0.5, 0.75];
-    let it = Item { id: 42, category: 3, semid: Some(SemId::new(&[1, 2, 3]).unwrap()), embedding: Some(emb.clone()) };
+    let it = Item {
+        id: 42,
+        category: 3,
+        semid: Some(SemId::new(&[1, 2, 3]).unwrap()),
+        embedding: Some(emb.clone()),
+    };
     db.upsert_items(&[it.clone()], Durability::Sync).unwrap();
     let got = db.snapshot().item(42).unwrap();
     assert_eq!((got.id, got.category, got.semid), (42, 3, it.semid));
     let back = got.embedding.unwrap();
     for (a, b) in back.iter().zip(&emb) {
-        assert!((a - b).abs() <= 1.0 / 127.0 + 1e-6, "int8 quantisation error bound");
+        assert!(
+            (a - b).abs() <= 1.0 / 127.0 + 1e-6,
+            "int8 quantisation error bound"
+        );
     }
-    let it2 = Item { category: 4, semid: None, embedding: None, ..it };
+    let it2 = Item {
+        category: 4,
+        semid: None,
+        embedding: None,
+        ..it
+    };
     db.upsert_items(&[it2.clone()], Durability::Sync).unwrap();
     drop(db);
     let db = Db::open(dir.path(), opts()).unwrap();
@@ -255,7 +453,10 @@ fn unlogged_writes_survive_flush_and_clean_close() {
     let dir = tempfile::tempdir().unwrap();
     {
         let db = Db::open(dir.path(), opts()).unwrap();
-        let a = AppendOptions { durability: Durability::Unlogged, source: None };
+        let a = AppendOptions {
+            durability: Durability::Unlogged,
+            source: None,
+        };
         db.append(&[ev(1, 1, 1)], &a).unwrap();
         db.flush().unwrap();
         db.append(&[ev(1, 2, 2)], &a).unwrap();
@@ -267,7 +468,16 @@ fn unlogged_writes_survive_flush_and_clean_close() {
 #[test]
 fn snapshots_are_consistent_under_concurrent_writes_and_compaction() {
     let dir = tempfile::tempdir().unwrap();
-    let db = Arc::new(Db::open(dir.path(), Options { block_events: 16, ..opts() }).unwrap());
+    let db = Arc::new(
+        Db::open(
+            dir.path(),
+            Options {
+                block_events: 16,
+                ..opts()
+            },
+        )
+        .unwrap(),
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
         let (db, stop) = (db.clone(), stop.clone());
@@ -275,7 +485,14 @@ fn snapshots_are_consistent_under_concurrent_writes_and_compaction() {
             // Batch b gives each of users 1..=3 one event at time b.
             for b in 0..600i64 {
                 let batch: Vec<Event> = (1..=3).map(|u| ev(u, b, b as u64)).collect();
-                db.append(&batch, &AppendOptions { durability: Durability::Buffered, source: None }).unwrap();
+                db.append(
+                    &batch,
+                    &AppendOptions {
+                        durability: Durability::Buffered,
+                        source: None,
+                    },
+                )
+                .unwrap();
                 if b % 97 == 0 {
                     db.compact().unwrap();
                 }
@@ -291,7 +508,9 @@ fn snapshots_are_consistent_under_concurrent_writes_and_compaction() {
                 let mut rounds = 0;
                 while !stop.load(Ordering::Acquire) || rounds < 5 {
                     let snap = db.snapshot();
-                    let seqs: Vec<Vec<Event>> = (1..=3).map(|u| snap.read(u, ReadRange::all()).unwrap()).collect();
+                    let seqs: Vec<Vec<Event>> = (1..=3)
+                        .map(|u| snap.read(u, ReadRange::all()).unwrap())
+                        .collect();
                     // A batch is visible to all its users or to none.
                     assert!(seqs.iter().all(|s| s.len() == seqs[0].len()), "torn batch");
                     assert!(seqs[0].len() >= last, "a later snapshot sees less");
@@ -319,7 +538,10 @@ fn snapshots_are_consistent_under_concurrent_writes_and_compaction() {
 fn background_compaction_and_segment_garbage_collection() {
     let dir = tempfile::tempdir().unwrap();
     let o = Options {
-        auto_compact: Some(AutoCompact { pending_events: 2_000, interval: std::time::Duration::from_millis(50) }),
+        auto_compact: Some(AutoCompact {
+            pending_events: 2_000,
+            interval: std::time::Duration::from_millis(50),
+        }),
         segment_target_bytes: 16 << 10,
         ..opts()
     };
@@ -328,19 +550,30 @@ fn background_compaction_and_segment_garbage_collection() {
     let items: Vec<u64> = (1..500).collect();
     for round in 0..6 {
         for u in 0..30 {
-            append(&db, &zipf_events(&mut r, u, 200, &items, round * 100_000_000));
+            append(
+                &db,
+                &zipf_events(&mut r, u, 200, &items, round * 100_000_000),
+            );
         }
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while db.stats().pending_events > 0 {
-        assert!(std::time::Instant::now() < deadline, "background compaction did not run");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "background compaction did not run"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let s = db.stats();
     assert_eq!(s.events, 30 * 1200);
     assert!(s.segments > 1, "segment_target_bytes splits output");
     // Repeated rewrites of every user must not let garbage grow without bound.
-    assert!(s.garbage_bytes <= s.live.total(), "garbage {} vs live {}", s.garbage_bytes, s.live.total());
+    assert!(
+        s.garbage_bytes <= s.live.total(),
+        "garbage {} vs live {}",
+        s.garbage_bytes,
+        s.live.total()
+    );
     assert!(s.last_background_error.is_none());
     assert!(db.verify().is_ok());
 }

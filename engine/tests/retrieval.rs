@@ -16,7 +16,11 @@ fn check_all(db: &Db, model: &Model, users: &[u64], seed: u64, what: &str) {
     let items: Vec<_> = model.items.values().cloned().collect();
     for &u in users {
         let full = model.visible(u, None);
-        assert_eq!(snap.read(u, ReadRange::all()).unwrap(), full, "{what}: read user {u}");
+        assert_eq!(
+            snap.read(u, ReadRange::all()).unwrap(),
+            full,
+            "{what}: read user {u}"
+        );
         let mut cut_points = vec![None, Some(i64::MIN), Some(i64::MAX)];
         for _ in 0..4 {
             if !full.is_empty() {
@@ -26,30 +30,59 @@ fn check_all(db: &Db, model: &Model, users: &[u64], seed: u64, what: &str) {
         }
         for as_of in cut_points {
             let vis = model.visible(u, as_of);
-            assert_eq!(snap.user_len(u, as_of).unwrap(), vis.len(), "{what}: len user {u} as_of {as_of:?}");
+            assert_eq!(
+                snap.user_len(u, as_of).unwrap(),
+                vis.len(),
+                "{what}: len user {u} as_of {as_of:?}"
+            );
             let last = r.random_range(1..50);
             let since = full.get(full.len() / 3).map(|e| e.ts);
-            let range = ReadRange { since, as_of, last: Some(last) };
-            let mut want: Vec<Event> = vis.iter().copied().filter(|e| since.is_none_or(|s| e.ts >= s)).collect();
+            let range = ReadRange {
+                since,
+                as_of,
+                last: Some(last),
+            };
+            let mut want: Vec<Event> = vis
+                .iter()
+                .copied()
+                .filter(|e| since.is_none_or(|s| e.ts >= s))
+                .collect();
             want.drain(..want.len().saturating_sub(last));
-            assert_eq!(snap.read(u, range).unwrap(), want, "{what}: ranged read user {u}");
+            assert_eq!(
+                snap.read(u, range).unwrap(),
+                want,
+                "{what}: ranged read user {u}"
+            );
 
             let k = [1, 5, 50, 10_000][r.random_range(0..4)];
-            let targets: Vec<_> = (0..6).map(|_| items[r.random_range(0..items.len())].clone()).collect();
+            let targets: Vec<_> = (0..6)
+                .map(|_| items[r.random_range(0..items.len())].clone())
+                .collect();
             let semids: Vec<SemId> = targets.iter().filter_map(|t| t.semid).collect();
             let batch = snap.retrieve_hard_batch(u, &semids, k, as_of).unwrap();
             for (s, got) in semids.iter().zip(&batch) {
                 let want = model.hard(u, s, k, as_of);
                 let got: Vec<_> = got.iter().map(|h| (h.event, h.position, h.depth)).collect();
-                assert_eq!(got, want, "{what}: hard user {u} target {s:?} k {k} as_of {as_of:?}");
-                let single: Vec<_> = snap.retrieve_hard(u, s, k, as_of).unwrap().iter().map(|h| (h.event, h.position, h.depth)).collect();
+                assert_eq!(
+                    got, want,
+                    "{what}: hard user {u} target {s:?} k {k} as_of {as_of:?}"
+                );
+                let single: Vec<_> = snap
+                    .retrieve_hard(u, s, k, as_of)
+                    .unwrap()
+                    .iter()
+                    .map(|h| (h.event, h.position, h.depth))
+                    .collect();
                 assert_eq!(single, want, "{what}: single hard");
             }
             let embs: Vec<Vec<f32>> = targets.iter().filter_map(|t| t.embedding.clone()).collect();
             let batch = snap.retrieve_soft_batch(u, &embs, k, as_of).unwrap();
             for (e, got) in embs.iter().zip(&batch) {
                 let want = model.soft(u, e, k, as_of);
-                let got: Vec<_> = got.iter().map(|h| (h.event, h.position, h.similarity)).collect();
+                let got: Vec<_> = got
+                    .iter()
+                    .map(|h| (h.event, h.position, h.similarity))
+                    .collect();
                 assert_eq!(got, want, "{what}: soft user {u} k {k} as_of {as_of:?}");
             }
         }
@@ -61,7 +94,13 @@ fn scenario(seed: u64, opts: Options) {
     let db = Db::open(dir.path(), opts.clone()).unwrap();
     let mut model = Model::new(&opts);
     let mut r = rng(seed);
-    let items = catalog(&mut r, 400, DIM, opts.semid_levels as usize, opts.semid_codebook_size as u16);
+    let items = catalog(
+        &mut r,
+        400,
+        DIM,
+        opts.semid_levels as usize,
+        opts.semid_codebook_size as u16,
+    );
     // Most of the catalog first; the rest arrives after the events that use it.
     let (early, late) = items.split_at(350);
     db.upsert_items(early, Durability::Sync).unwrap();
@@ -78,7 +117,14 @@ fn scenario(seed: u64, opts: Options) {
     all.shuffle(&mut r);
     let (first, second) = all.split_at(all.len() * 2 / 3);
     for chunk in first.chunks(257) {
-        db.append(chunk, &AppendOptions { durability: Durability::Buffered, source: None }).unwrap();
+        db.append(
+            chunk,
+            &AppendOptions {
+                durability: Durability::Buffered,
+                source: None,
+            },
+        )
+        .unwrap();
         model.append(chunk);
     }
     check_all(&db, &model, &users, seed, "pending only");
@@ -90,7 +136,13 @@ fn scenario(seed: u64, opts: Options) {
         db.append(chunk, &AppendOptions::default()).unwrap();
         model.append(chunk);
     }
-    check_all(&db, &model, &users, seed + 2, "compacted + pending, late items");
+    check_all(
+        &db,
+        &model,
+        &users,
+        seed + 2,
+        "compacted + pending, late items",
+    );
     // Change SemIDs of some items after they were indexed: reads must use the new ones.
     let mut changed: Vec<_> = items.iter().step_by(5).cloned().collect();
     for it in &mut changed {
@@ -129,7 +181,11 @@ fn agrees_with_brute_force_with_retention() {
 
 #[test]
 fn hundred_thousand_event_user() {
-    let opts = Options { embedding_dim: DIM as u32, auto_compact: None, ..Options::default() };
+    let opts = Options {
+        embedding_dim: DIM as u32,
+        auto_compact: None,
+        ..Options::default()
+    };
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path(), opts.clone()).unwrap();
     let mut model = Model::new(&opts);
@@ -148,5 +204,9 @@ fn hundred_thousand_event_user() {
     db.append(&tail, &AppendOptions::default()).unwrap();
     model.append(&tail);
     check_all(&db, &model, &[5], 7, "100k user");
-    assert_eq!(db.snapshot().user_len(5, None).unwrap(), 100_000, "cap of 100,000 keeps the newest");
+    assert_eq!(
+        db.snapshot().user_len(5, None).unwrap(),
+        100_000,
+        "cap of 100,000 keeps the newest"
+    );
 }

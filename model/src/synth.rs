@@ -136,7 +136,11 @@ mod tests {
 
     #[test]
     fn deterministic_and_clustered() {
-        let cfg = SynthConfig { items: 2_000, dim: 16, ..SynthConfig::default() };
+        let cfg = SynthConfig {
+            items: 2_000,
+            dim: 16,
+            ..SynthConfig::default()
+        };
         let a = catalog(&cfg);
         let b = catalog(&cfg);
         assert_eq!(a.items, b.items);
@@ -145,7 +149,12 @@ mod tests {
         assert!(h1.windows(2).all(|w| w[0].ts < w[1].ts));
         // Interest clusters dominate the history.
         let mut counts = vec![0usize; a.by_cluster.len()];
-        let pos: std::collections::HashMap<u64, usize> = a.items.iter().enumerate().map(|(i, it)| (it.id, i)).collect();
+        let pos: std::collections::HashMap<u64, usize> = a
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| (it.id, i))
+            .collect();
         for e in &h1 {
             counts[a.cluster[pos[&e.item]]] += 1;
         }

@@ -66,7 +66,9 @@ impl Model {
 
     /// Retained sequence.
     pub fn retained(&self, user: u64) -> Vec<Event> {
-        let Some(v) = self.users.get(&user) else { return Vec::new() };
+        let Some(v) = self.users.get(&user) else {
+            return Vec::new();
+        };
         let mut evs: Vec<Event> = v.iter().map(|(_, e)| *e).collect();
         if let (Some(age), Some(newest)) = (self.max_age, evs.iter().map(|e| e.ts).max()) {
             let cutoff = newest.saturating_sub(age);
@@ -85,7 +87,13 @@ impl Model {
         v
     }
 
-    pub fn hard(&self, user: u64, target: &SemId, k: usize, as_of: Option<i64>) -> Vec<(Event, u32, u8)> {
+    pub fn hard(
+        &self,
+        user: u64,
+        target: &SemId,
+        k: usize,
+        as_of: Option<i64>,
+    ) -> Vec<(Event, u32, u8)> {
         let mut hits: Vec<(Event, u32, u8)> = self
             .visible(user, as_of)
             .into_iter()
@@ -101,7 +109,13 @@ impl Model {
         hits
     }
 
-    pub fn soft(&self, user: u64, target: &[f32], k: usize, as_of: Option<i64>) -> Vec<(Event, u32, f32)> {
+    pub fn soft(
+        &self,
+        user: u64,
+        target: &[f32],
+        k: usize,
+        as_of: Option<i64>,
+    ) -> Vec<(Event, u32, f32)> {
         let (_, tq) = quantize(target);
         let tinv = inv_norm(&tq);
         let mut hits: Vec<(Event, u32, f32)> = self
@@ -156,7 +170,11 @@ pub fn zipf_events(rng: &mut StdRng, user: u64, n: usize, items: &[u64], t0: i64
     let mut t = t0;
     (0..n)
         .map(|_| {
-            t += if rng.random_bool(0.1) { 0 } else { rng.random_range(1..120_000) };
+            t += if rng.random_bool(0.1) {
+                0
+            } else {
+                rng.random_range(1..120_000)
+            };
             let r = zipf.sample(rng) as usize - 1;
             Event {
                 user,
