@@ -15,7 +15,7 @@ fn engine(c: &mut Criterion) {
     let n = s.events as f64;
     let l = s.live;
     eprintln!(
-        "bytes/event ({} users x {} events): segments {:.2} (time {:.2}, item {:.2}, action {:.2}, domain {:.2}, dict {:.2}, prefix index {:.2}, headers {:.2}); whole directory {:.2}",
+        "bytes/event ({} users x {} events): segments {:.2} (time {:.2}, item {:.2}, action {:.2}, domain {:.2}, dict {:.2}, prefix index {:.2}, headers {:.2}); whole directory {:.2}, of which the catalog (RocksDB items) {:.2}",
         f.users.len(),
         f.events_per_user,
         s.segment_file_bytes as f64 / n,
@@ -27,6 +27,7 @@ fn engine(c: &mut Criterion) {
         l.index as f64 / n,
         l.meta as f64 / n,
         f.db.disk_bytes() as f64 / n,
+        s.rocksdb.items as f64 / n,
     );
     let naive = NaiveCatalog::new(&f.catalog);
     let user = f.users[0];

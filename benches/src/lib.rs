@@ -52,6 +52,7 @@ pub fn fixture(users: usize, events_per_user: usize, items: usize, dim: usize) -
         }
     }
     db.compact().expect("compact");
+    db.flush().expect("flush");
     Fixture {
         dir,
         db,

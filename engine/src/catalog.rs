@@ -226,7 +226,7 @@ impl Catalog {
             }
         }
         if row == self.len {
-            if self.len as usize % CHUNK_ROWS == 0 {
+            if (self.len as usize).is_multiple_of(CHUNK_ROWS) {
                 self.chunks.push(Arc::new(Chunk::new(self.dim)));
             }
             self.len += 1;

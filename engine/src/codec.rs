@@ -225,8 +225,8 @@ pub fn bitunpack(bytes: &[u8], width: u8, n: usize, out: &mut Vec<u32>) -> Decod
             *d = ((word >> (bit % 8)) & mask) as u32;
         }
     }
-    for i in groups * 8..n {
-        out[i] = bit_get(bytes, width, i);
+    for (i, d) in out.iter_mut().enumerate().skip(groups * 8) {
+        *d = bit_get(bytes, width, i);
     }
     Ok(())
 }

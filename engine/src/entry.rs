@@ -555,7 +555,7 @@ mod tests {
     }
 
     fn semid_of(item: u64) -> Option<SemId> {
-        (item % 5 != 0).then(|| {
+        (!item.is_multiple_of(5)).then(|| {
             SemId::new(&[(item % 3) as u16, (item % 7) as u16, (item % 16) as u16]).unwrap()
         })
     }

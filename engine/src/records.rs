@@ -338,7 +338,38 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn sample_item() -> ItemRecord {
+        ItemRecord {
+            internal: 4,
+            category: 2,
+            semid: Some(SemId::new(&[1, 2, 3]).unwrap()),
+            semid_gen: 9,
+            embedding: Some((0.5, vec![1, -2, 127])),
+            stub: false,
+        }
+    }
+
+    fn sample_manifest() -> Manifest {
+        Manifest {
+            next_segment_id: 9,
+            compacted_seq: 77,
+            segments: vec![SegmentInfo {
+                id: 3,
+                file_len: 1000,
+                needs_erase: true,
+            }],
+        }
+    }
+
     fn all_records() -> Vec<Vec<u8>> {
+        let stub = ItemRecord {
+            internal: 5,
+            category: 0,
+            semid: None,
+            semid_gen: 0,
+            embedding: None,
+            stub: true,
+        };
         vec![
             encode_pending(&[
                 Ev {
@@ -360,31 +391,9 @@ mod tests {
                 len: 100,
                 n_events: 7,
             }),
-            encode_item(&ItemRecord {
-                internal: 4,
-                category: 2,
-                semid: Some(SemId::new(&[1, 2, 3]).unwrap()),
-                semid_gen: 9,
-                embedding: Some((0.5, vec![1, -2, 127])),
-                stub: false,
-            }),
-            encode_item(&ItemRecord {
-                internal: 5,
-                category: 0,
-                semid: None,
-                semid_gen: 0,
-                embedding: None,
-                stub: true,
-            }),
-            encode_manifest(&Manifest {
-                next_segment_id: 9,
-                compacted_seq: 77,
-                segments: vec![SegmentInfo {
-                    id: 3,
-                    file_len: 1000,
-                    needs_erase: true,
-                }],
-            }),
+            encode_item(&sample_item()),
+            encode_item(&stub),
+            encode_manifest(&sample_manifest()),
             encode_config(&Config {
                 embedding_dim: 128,
                 semid_levels: 3,
@@ -410,25 +419,14 @@ mod tests {
         for (i, r) in all_records().iter().enumerate() {
             assert!(decode_any(i, r), "record {i}");
         }
-        let it = ItemRecord {
-            internal: 4,
-            category: 2,
-            semid: Some(SemId::new(&[1, 2, 3]).unwrap()),
-            semid_gen: 9,
-            embedding: Some((0.5, vec![1, -2, 127])),
-            stub: false,
-        };
-        assert_eq!(decode_item(&encode_item(&it)).unwrap(), it);
-        let m = Manifest {
-            next_segment_id: 9,
-            compacted_seq: 77,
-            segments: vec![SegmentInfo {
-                id: 3,
-                file_len: 1000,
-                needs_erase: true,
-            }],
-        };
-        assert_eq!(decode_manifest(&encode_manifest(&m)).unwrap(), m);
+        assert_eq!(
+            decode_item(&encode_item(&sample_item())).unwrap(),
+            sample_item()
+        );
+        assert_eq!(
+            decode_manifest(&encode_manifest(&sample_manifest())).unwrap(),
+            sample_manifest()
+        );
     }
 
     #[test]

@@ -87,7 +87,7 @@ fn crash_child_writer() {
     // libtest printed "test crash_child_writer ... " without a newline: end that line first.
     writeln!(out.lock(), "\nready").unwrap();
     loop {
-        let durability = if b % 3 == 0 {
+        let durability = if b.is_multiple_of(3) {
             Durability::Sync
         } else {
             Durability::Buffered

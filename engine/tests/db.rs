@@ -425,7 +425,8 @@ fn items_round_trip_and_upsert_replaces() {
         semid: Some(SemId::new(&[1, 2, 3]).unwrap()),
         embedding: Some(emb.clone()),
     };
-    db.upsert_items(&[it.clone()], Durability::Sync).unwrap();
+    db.upsert_items(std::slice::from_ref(&it), Durability::Sync)
+        .unwrap();
     let got = db.snapshot().item(42).unwrap();
     assert_eq!((got.id, got.category, got.semid), (42, 3, it.semid));
     let back = got.embedding.unwrap();
@@ -441,7 +442,8 @@ fn items_round_trip_and_upsert_replaces() {
         embedding: None,
         ..it
     };
-    db.upsert_items(&[it2.clone()], Durability::Sync).unwrap();
+    db.upsert_items(std::slice::from_ref(&it2), Durability::Sync)
+        .unwrap();
     drop(db);
     let db = Db::open(dir.path(), opts()).unwrap();
     assert_eq!(db.snapshot().item(42), Some(it2));
