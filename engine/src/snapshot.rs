@@ -167,6 +167,12 @@ impl Snapshot {
         c.lookup(id).filter(|&r| !c.is_stub(r)).map(|r| c.item(r))
     }
 
+    /// Every catalog item (stubs excluded), in the order they were first stored.
+    pub fn items(&self) -> impl Iterator<Item = Item> + '_ {
+        let c = &self.state.catalog;
+        (0..c.len()).filter(|&r| !c.is_stub(r)).map(|r| c.item(r))
+    }
+
     /// All users with events, ascending.
     pub fn users(&self) -> Vec<u64> {
         let mut v: Vec<u64> = self.state.users.keys().copied().collect();

@@ -1,13 +1,21 @@
-//! Seeded, deterministic synthetic data: a catalog with clustered embeddings and SemIDs, and
-//! lifelong user histories with Zipf item popularity and per-user long-term interests.
+//! Seeded, deterministic synthetic data.
 //!
-//! SemIDs here follow the generator's own cluster tree (level 1 = cluster, level 2 =
-//! sub-cluster, deeper levels = hashed codes), not a fitted codebook.
+//! - [`catalog`] and [`history`]: a catalog with clustered embeddings and SemIDs, and lifelong
+//!   histories with Zipf popularity and per-user interests (the demo and the benchmarks use them).
+//!   SemIDs here follow the generator's own cluster tree (level 1 = cluster, level 2 =
+//!   sub-cluster, deeper levels = hashed codes), not a fitted codebook.
+//! - [`Planted`]: a labelled dataset whose clicks depend on interests that only appear far back
+//!   in a user's history (beyond the last [`RECENT_WINDOW`] events) as well as on recent ones,
+//!   with the true click probabilities kept so that the best achievable AUC (the ceiling) is
+//!   known.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal, Zipf};
-use siren_engine::{Event, Item, SemId};
+use siren_engine::{AppendOptions, Db, Durability, Event, Item, SemId};
+
+use crate::data::{Impression, Splits};
+use crate::error::Result;
 
 #[derive(Debug, Clone)]
 pub struct SynthConfig {
@@ -130,6 +138,277 @@ pub fn history(cat: &Catalog, seed: u64, user: u64, n: usize, t0: i64) -> Vec<Ev
     out
 }
 
+/// Events at the end of a history that show only the user's current interests.
+pub const RECENT_WINDOW: usize = 200;
+
+/// Settings of a [`Planted`] dataset.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct PlantedConfig {
+    pub items: usize,
+    pub dim: usize,
+    pub clusters: usize,
+    pub users: usize,
+    /// History lengths are log-uniform between these.
+    pub min_events: usize,
+    pub max_events: usize,
+    pub impressions_per_user: usize,
+    pub seed: u64,
+    /// Logit weights of the click model: long-term interest, current interest, item quality,
+    /// and the bias (subtracted).
+    pub w_long: f64,
+    pub w_current: f64,
+    pub w_quality: f64,
+    pub bias: f64,
+}
+
+impl Default for PlantedConfig {
+    fn default() -> Self {
+        PlantedConfig {
+            items: 50_000,
+            dim: 64,
+            clusters: 64,
+            users: 1_000,
+            min_events: 1_000,
+            max_events: 100_000,
+            impressions_per_user: 40,
+            seed: 11,
+            w_long: 2.0,
+            w_current: 1.5,
+            w_quality: 0.6,
+            bias: 1.6,
+        }
+    }
+}
+
+/// One user's hidden profile.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    /// Clusters the user engaged with long ago (only outside the recent window).
+    pub long_term: [usize; 2],
+    /// Clusters of the recent window.
+    pub current: [usize; 2],
+    pub n_events: usize,
+    pub t0: i64,
+}
+
+/// A labelled impression with its true click probability.
+#[derive(Debug, Clone, Copy)]
+pub struct Truth {
+    pub impression: Impression,
+    pub p: f64,
+}
+
+/// A dataset with planted long-term and recent interests.
+pub struct Planted {
+    pub cfg: PlantedConfig,
+    pub catalog: Catalog,
+    /// Latent quality of each item (a standard normal), part of the click model.
+    pub quality: Vec<f64>,
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl Planted {
+    pub fn new(cfg: PlantedConfig) -> Planted {
+        let catalog = catalog(&SynthConfig {
+            items: cfg.items,
+            dim: cfg.dim,
+            clusters: cfg.clusters,
+            seed: cfg.seed,
+            ..SynthConfig::default()
+        });
+        let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x51_7cc1_b727_220a);
+        let normal = Normal::new(0.0f64, 1.0).unwrap();
+        let quality = (0..cfg.items).map(|_| normal.sample(&mut rng)).collect();
+        Planted {
+            cfg,
+            catalog,
+            quality,
+        }
+    }
+
+    fn user_rng(&self, user: u64, salt: u64) -> StdRng {
+        StdRng::seed_from_u64(
+            self.cfg.seed
+                ^ user.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ salt.wrapping_mul(0xD6E8_FEB8_6659_FD93),
+        )
+    }
+
+    pub fn profile(&self, user: u64) -> Profile {
+        let mut rng = self.user_rng(user, 1);
+        let k = self.catalog.by_cluster.len();
+        let mut pick = |avoid: &[usize]| loop {
+            let c = rng.random_range(0..k);
+            if !avoid.contains(&c) {
+                return c;
+            }
+        };
+        let a = pick(&[]);
+        let b = pick(&[a]);
+        let c = pick(&[a, b]);
+        let d = pick(&[a, b, c]);
+        let (lo, hi) = (
+            self.cfg.min_events as f64,
+            self.cfg.max_events.max(self.cfg.min_events) as f64,
+        );
+        let mut rng = self.user_rng(user, 2);
+        let n = (lo.ln() + rng.random::<f64>() * (hi.ln() - lo.ln()))
+            .exp()
+            .round() as usize;
+        Profile {
+            long_term: [a, b],
+            current: [c, d],
+            n_events: n.max(RECENT_WINDOW + 50),
+            t0: 1_500_000_000_000 + rng.random_range(0..30 * 86_400_000),
+        }
+    }
+
+    fn draw_item(&self, rng: &mut StdRng, cluster: Option<usize>) -> usize {
+        let members = cluster
+            .map(|c| &self.catalog.by_cluster[c])
+            .filter(|m| !m.is_empty());
+        match members {
+            Some(m) => m[Zipf::new(m.len() as f64, 1.05).unwrap().sample(rng) as usize - 1],
+            None => {
+                Zipf::new(self.catalog.items.len() as f64, 1.05)
+                    .unwrap()
+                    .sample(rng) as usize
+                    - 1
+            }
+        }
+        .min(self.catalog.items.len() - 1)
+    }
+
+    /// The user's events: before the recent window, 60% from the long-term clusters; inside it,
+    /// 60% from the current clusters; the rest from the whole catalog.
+    pub fn history(&self, user: u64) -> Vec<Event> {
+        let p = self.profile(user);
+        let mut rng = self.user_rng(user, 3);
+        let mut t = p.t0;
+        let mut out = Vec::with_capacity(p.n_events);
+        for i in 0..p.n_events {
+            t += if rng.random_bool(0.02) {
+                rng.random_range(3_600_000..86_400_000)
+            } else {
+                rng.random_range(5_000..600_000)
+            };
+            let recent = i >= p.n_events - RECENT_WINDOW;
+            let own = if recent { p.current } else { p.long_term };
+            let cluster = rng.random_bool(0.6).then(|| own[rng.random_range(0..2)]);
+            let idx = self.draw_item(&mut rng, cluster);
+            out.push(Event {
+                user,
+                ts: t,
+                item: self.catalog.items[idx].id,
+                action: u8::from(rng.random_bool(0.2)),
+                domain: 0,
+            });
+        }
+        out
+    }
+
+    /// True click probability of item `idx` for a user.
+    pub fn click_probability(&self, p: &Profile, idx: usize) -> f64 {
+        let c = self.catalog.cluster[idx];
+        let x = self.cfg.w_long * f64::from(u8::from(p.long_term.contains(&c)))
+            + self.cfg.w_current * f64::from(u8::from(p.current.contains(&c)))
+            + self.cfg.w_quality * self.quality[idx]
+            - self.cfg.bias;
+        sigmoid(x)
+    }
+
+    /// Impressions at times inside the recent window (between its events), targets drawn a
+    /// third each from the long-term clusters, the current clusters and the whole catalog.
+    pub fn impressions(&self, user: u64, history: &[Event]) -> Vec<Truth> {
+        let p = self.profile(user);
+        let mut rng = self.user_rng(user, 4);
+        let window = &history[history.len() - RECENT_WINDOW / 2..];
+        (0..self.cfg.impressions_per_user)
+            .map(|_| {
+                let e = window[rng.random_range(0..window.len())];
+                let ts = e.ts + 1;
+                let cluster = match rng.random_range(0..3) {
+                    0 => Some(p.long_term[rng.random_range(0..2)]),
+                    1 => Some(p.current[rng.random_range(0..2)]),
+                    _ => None,
+                };
+                let idx = self.draw_item(&mut rng, cluster);
+                let prob = self.click_probability(&p, idx);
+                Truth {
+                    impression: Impression {
+                        user,
+                        item: self.catalog.items[idx].id,
+                        ts,
+                        label: if rng.random_bool(prob) { 1.0 } else { 0.0 },
+                    },
+                    p: prob,
+                }
+            })
+            .collect()
+    }
+
+    /// Users are numbered from 1.
+    pub fn users(&self) -> impl Iterator<Item = u64> {
+        1..=self.cfg.users as u64
+    }
+
+    /// Load the catalog (SemIDs when given, one per item in catalog order) and every user's
+    /// history into `db`; return the impressions split by time (the latest 20% test, the
+    /// latest 10% of the rest validation) with their true probabilities.
+    pub fn import(&self, db: &Db, semids: Option<&[SemId]>) -> Result<(Splits, Vec<Truth>)> {
+        let items: Vec<Item> = self
+            .catalog
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| Item {
+                semid: semids.map(|s| s[i]),
+                ..it.clone()
+            })
+            .collect();
+        for chunk in items.chunks(10_000) {
+            db.upsert_items(chunk, Durability::Buffered)?;
+        }
+        let opts = AppendOptions {
+            durability: Durability::Buffered,
+            source: None,
+        };
+        let mut truths = Vec::new();
+        let mut pending = Vec::new();
+        for u in self.users() {
+            let h = self.history(u);
+            truths.extend(self.impressions(u, &h));
+            pending.extend(h);
+            if pending.len() >= 200_000 {
+                db.append(&pending, &opts)?;
+                pending.clear();
+            }
+        }
+        db.append(&pending, &opts)?;
+        db.flush()?;
+        Ok((split_by_time(&truths, 0.8, 0.1), truths))
+    }
+}
+
+/// Split impressions by time: those at or after the `test_from` quantile of times test, the
+/// latest `valid_share` of the rest validation.
+pub fn split_by_time(truths: &[Truth], test_from: f64, valid_share: f64) -> Splits {
+    let mut all: Vec<Impression> = truths.iter().map(|t| t.impression).collect();
+    all.sort_by_key(|i| (i.ts, i.user, i.item));
+    let cut = (all.len() as f64 * test_from) as usize;
+    let test = all.split_off(cut);
+    let n_valid = (all.len() as f64 * valid_share) as usize;
+    let valid = all.split_off(all.len() - n_valid);
+    Splits {
+        train: all,
+        valid,
+        test,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -160,5 +439,89 @@ mod tests {
         }
         counts.sort_unstable_by(|x, y| y.cmp(x));
         assert!(counts[..3].iter().sum::<usize>() > 300, "{counts:?}");
+    }
+
+    fn small() -> Planted {
+        Planted::new(PlantedConfig {
+            items: 3_000,
+            dim: 16,
+            clusters: 16,
+            users: 30,
+            min_events: 400,
+            max_events: 3_000,
+            impressions_per_user: 20,
+            ..PlantedConfig::default()
+        })
+    }
+
+    #[test]
+    fn long_term_interests_live_beyond_the_recent_window() {
+        let p = small();
+        let pos: std::collections::HashMap<u64, usize> = p
+            .catalog
+            .items
+            .iter()
+            .enumerate()
+            .map(|(i, it)| (it.id, i))
+            .collect();
+        for u in p.users().take(10) {
+            let prof = p.profile(u);
+            let h = p.history(u);
+            assert_eq!(h.len(), prof.n_events);
+            assert!(h.windows(2).all(|w| w[0].ts < w[1].ts));
+            let in_long = |e: &Event| prof.long_term.contains(&p.catalog.cluster[pos[&e.item]]);
+            let old = &h[..h.len() - RECENT_WINDOW];
+            let old_share = old.iter().filter(|e| in_long(e)).count() as f64 / old.len() as f64;
+            assert!(
+                old_share > 0.5,
+                "long-term clusters dominate the old part: {old_share}"
+            );
+            let (mut n_long, mut n) = (0, 0);
+            for t in p.impressions(u, &h) {
+                // The last 50 events before an impression show long-term interests only by the
+                // chance of the popularity draws.
+                let before: Vec<&Event> = h.iter().filter(|e| e.ts < t.impression.ts).collect();
+                n_long += before[before.len() - 50..]
+                    .iter()
+                    .filter(|e| in_long(e))
+                    .count();
+                n += 50;
+                assert!(t.impression.ts > h[h.len() - RECENT_WINDOW].ts);
+            }
+            let recent_share = n_long as f64 / n as f64;
+            assert!(
+                recent_share < 0.15,
+                "long-term share in the last 50: {recent_share}"
+            );
+        }
+    }
+
+    #[test]
+    fn labels_follow_the_click_model_and_split_by_time() {
+        let p = small();
+        let mut truths = Vec::new();
+        for u in p.users() {
+            truths.extend(p.impressions(u, &p.history(u)));
+        }
+        let mean_p: f64 = truths.iter().map(|t| t.p).sum::<f64>() / truths.len() as f64;
+        let mean_y: f64 = truths
+            .iter()
+            .map(|t| f64::from(t.impression.label))
+            .sum::<f64>()
+            / truths.len() as f64;
+        assert!((mean_p - mean_y).abs() < 0.05, "{mean_p} vs {mean_y}");
+        let s = split_by_time(&truths, 0.8, 0.1);
+        assert_eq!(s.train.len() + s.valid.len() + s.test.len(), truths.len());
+        assert!(
+            s.train.last().unwrap().ts <= s.valid[0].ts
+                && s.valid.last().unwrap().ts <= s.test[0].ts
+        );
+        // Deterministic.
+        let again: Vec<f64> = p
+            .users()
+            .flat_map(|u| p.impressions(u, &p.history(u)))
+            .map(|t| t.p)
+            .collect();
+        assert_eq!(again, truths.iter().map(|t| t.p).collect::<Vec<_>>());
     }
 }

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod demo;
 mod inspect;
+mod model_cli;
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +34,18 @@ enum Command {
         /// Database directory.
         path: PathBuf,
     },
+    /// Import a dataset into a new dataset directory (database, SemIDs, impressions).
+    #[command(subcommand)]
+    Import(model_cli::ImportCommand),
+    /// Semantic IDs.
+    #[command(subcommand)]
+    Semid(model_cli::SemidCommand),
+    /// Train one model on a dataset directory and write a checkpoint.
+    Train(model_cli::TrainArgs),
+    /// Score a dataset's test split with checkpoints; write predictions, report.json, report.png.
+    Eval(model_cli::EvalArgs),
+    /// Train several models with several seeds and print the table of GAUC and AUC.
+    Compare(model_cli::CompareArgs),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +54,13 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(&args),
         Command::Inspect { path } => inspect::inspect(&path),
         Command::Verify { path } => inspect::verify(&path),
+        Command::Import(cmd) => model_cli::import(cmd),
+        Command::Semid(model_cli::SemidCommand::Fit { db, out, semid }) => {
+            model_cli::semid_fit(&db, &out, &semid)
+        }
+        Command::Train(a) => model_cli::train_cmd(&a),
+        Command::Eval(a) => model_cli::eval(&a.data, &a.checkpoint, &a.out, a.threads),
+        Command::Compare(a) => model_cli::compare(&a.data, &a.models, &a.seeds, &a.train, &a.out),
     };
     match result {
         Ok(code) => code,

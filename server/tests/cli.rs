@@ -70,3 +70,103 @@ fn demo_inspect_verify() {
     let (ok, out) = siren(&["demo", "--dir", other.to_str().unwrap()]);
     assert!(!ok && out.contains("not a Siren database"), "{out}");
 }
+
+#[test]
+fn import_train_eval_compare() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("synthetic");
+    let d = data.to_str().unwrap();
+    let (ok, out) = siren(&[
+        "import",
+        "synthetic",
+        "--out",
+        d,
+        "--users",
+        "30",
+        "--items",
+        "1500",
+        "--min-events",
+        "300",
+        "--max-events",
+        "900",
+        "--impressions-per-user",
+        "12",
+        "--dim",
+        "16",
+        "--codebook",
+        "16",
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("imported synthetic") && out.contains("ceiling"),
+        "{out}"
+    );
+    // Importing over a non-empty directory is refused.
+    let (ok, out) = siren(&["import", "synthetic", "--out", d, "--users", "2"]);
+    assert!(!ok && out.contains("not empty"), "{out}");
+
+    let ck = tmp.path().join("ck");
+    let (ok, out) = siren(&[
+        "train",
+        "--data",
+        d,
+        "--model",
+        "siren-hard",
+        "--epochs",
+        "1",
+        "--out",
+        ck.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    assert!(ck.join("model.safetensors").exists() && ck.join("config.json").exists());
+
+    let rep = tmp.path().join("report");
+    let (ok, out) = siren(&[
+        "eval",
+        "--data",
+        d,
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--out",
+        rep.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let preds = std::fs::read_to_string(rep.join("predictions-ck.csv")).unwrap();
+    assert!(preds.starts_with("user,item,timestamp,label,score\n"));
+    let test_rows = std::fs::read_to_string(data.join("impressions.csv"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("test,"))
+        .count();
+    assert_eq!(preds.lines().count(), test_rows + 1);
+    assert!(rep.join("report.json").exists() && rep.join("report.png").exists());
+
+    let cmp = tmp.path().join("cmp");
+    let (ok, out) = siren(&[
+        "compare",
+        "--data",
+        d,
+        "--models",
+        "no-seq,din",
+        "--seeds",
+        "1,2",
+        "--epochs",
+        "1",
+        "--out",
+        cmp.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let md = std::fs::read_to_string(cmp.join("compare.md")).unwrap();
+    assert!(md.contains("| no-seq |") && md.contains("| din |"), "{md}");
+    assert!(cmp.join("compare.png").exists() && cmp.join("predictions/din-seed2.csv").exists());
+    let (ok, out) = siren(&[
+        "train",
+        "--data",
+        d,
+        "--model",
+        "nope",
+        "--out",
+        ck.to_str().unwrap(),
+    ]);
+    assert!(!ok && out.contains("unknown model"), "{out}");
+}

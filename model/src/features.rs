@@ -1,0 +1,517 @@
+//! Training and serving samples read from the engine.
+//!
+//! For each labelled impression `(user, item, ts, label)` the behaviour sequences come from the
+//! engine with `as_of = ts`, through the same calls serving uses (`read` for the recent
+//! behaviours, `retrieve_soft` / `retrieve_hard` for the General Search Unit), so no sample can
+//! see an event at or after its own time. Item-side features (category, SemID, embedding) come
+//! from an [`ItemTable`] built once from the catalog; each token keeps only what belongs to the
+//! event (its item's row, action, age) and to the pair (cosine with the target, shared SemID
+//! depth).
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use siren_engine::{Event, ReadRange, SemId, Snapshot};
+
+use crate::data::Impression;
+use crate::error::{ModelError, Result};
+
+/// Which behaviours a sequence holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum SeqKind {
+    /// The most recent behaviours, newest first.
+    Recent,
+    /// GSU by cosine between multimodal embeddings (the engine's soft retrieval).
+    Soft,
+    /// GSU by SemID prefix (the engine's hard retrieval through its prefix bitmaps).
+    Hard,
+    /// Behaviours with the target's category, newest first (SIM's hard search).
+    Category,
+}
+
+impl SeqKind {
+    pub const ALL: [SeqKind; 4] = [
+        SeqKind::Recent,
+        SeqKind::Soft,
+        SeqKind::Hard,
+        SeqKind::Category,
+    ];
+}
+
+/// The catalog as features need it: dense rows, L2-normalised f32 embeddings.
+pub struct ItemTable {
+    pub ids: Vec<u64>,
+    index: HashMap<u64, u32>,
+    pub category: Vec<u32>,
+    pub semid: Vec<Option<SemId>>,
+    pub dim: usize,
+    /// Row-major, unit length (zero rows for items without an embedding).
+    pub emb: Vec<f32>,
+    pub has_emb: Vec<bool>,
+}
+
+impl ItemTable {
+    pub fn from_snapshot(snap: &Snapshot, dim: usize) -> ItemTable {
+        let mut t = ItemTable {
+            ids: Vec::new(),
+            index: HashMap::new(),
+            category: Vec::new(),
+            semid: Vec::new(),
+            dim,
+            emb: Vec::new(),
+            has_emb: Vec::new(),
+        };
+        for it in snap.items() {
+            t.index.insert(it.id, t.ids.len() as u32);
+            t.ids.push(it.id);
+            t.category.push(it.category);
+            t.semid.push(it.semid);
+            match it.embedding.filter(|e| e.len() == dim) {
+                Some(e) => {
+                    let n = e.iter().map(|x| x * x).sum::<f32>().sqrt();
+                    let inv = if n > 0.0 { 1.0 / n } else { 0.0 };
+                    t.emb.extend(e.iter().map(|x| x * inv));
+                    t.has_emb.push(n > 0.0);
+                }
+                None => {
+                    t.emb.extend(std::iter::repeat_n(0.0, dim));
+                    t.has_emb.push(false);
+                }
+            }
+        }
+        t
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn row(&self, id: u64) -> Option<u32> {
+        self.index.get(&id).copied()
+    }
+
+    pub fn embedding(&self, row: u32) -> &[f32] {
+        let r = row as usize;
+        &self.emb[r * self.dim..(r + 1) * self.dim]
+    }
+
+    /// Cosine between two items, `None` if either has no embedding.
+    pub fn cosine(&self, a: u32, b: u32) -> Option<f32> {
+        (self.has_emb[a as usize] && self.has_emb[b as usize]).then(|| {
+            self.embedding(a)
+                .iter()
+                .zip(self.embedding(b))
+                .map(|(x, y)| x * y)
+                .sum()
+        })
+    }
+
+    /// SemID levels shared by two items (0 when either has none).
+    pub fn depth(&self, a: u32, b: u32) -> u8 {
+        match (&self.semid[a as usize], &self.semid[b as usize]) {
+            (Some(x), Some(y)) => x.common_prefix(y) as u8,
+            _ => 0,
+        }
+    }
+}
+
+/// Row value of a token whose item the catalog does not know.
+pub const NO_ROW: u32 = u32::MAX;
+
+/// One behaviour in a sample's sequence.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Token {
+    /// Row in the [`ItemTable`], or [`NO_ROW`].
+    pub row: u32,
+    pub action: u8,
+    /// Seconds from the behaviour to the impression, rounded up: always at least 1.
+    pub age_s: u32,
+    /// Cosine of the behaviour's item with the target (NaN when unknown).
+    pub sim: f32,
+    /// SemID levels shared with the target.
+    pub depth: u8,
+}
+
+impl Token {
+    pub const PAD: Token = Token {
+        row: NO_ROW,
+        action: 0,
+        age_s: 0,
+        sim: f32::NAN,
+        depth: 0,
+    };
+}
+
+/// Samples with their sequences, padded to fixed lengths.
+pub struct SampleSet {
+    pub impressions: Vec<Impression>,
+    pub target_row: Vec<u32>,
+    /// Per kind: its length and `n × len` tokens (padding is [`Token::PAD`] after the real ones).
+    pub seqs: Vec<(SeqKind, usize, Vec<Token>)>,
+    pub lens: Vec<Vec<u16>>,
+}
+
+impl SampleSet {
+    pub fn len(&self) -> usize {
+        self.impressions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.impressions.is_empty()
+    }
+
+    /// Tokens of sequence `kind` of sample `i`, padding included.
+    pub fn seq(&self, kind: SeqKind, i: usize) -> Option<&[Token]> {
+        self.seqs
+            .iter()
+            .find(|(k, _, _)| *k == kind)
+            .map(|(_, len, t)| &t[i * len..(i + 1) * len])
+    }
+
+    pub fn seq_len(&self, kind: SeqKind) -> Option<usize> {
+        self.seqs.iter().find(|(k, _, _)| *k == kind).map(|s| s.1)
+    }
+}
+
+fn token(items: &ItemTable, target: u32, imp: &Impression, e: &Event) -> Result<Token> {
+    if e.ts >= imp.ts {
+        return Err(ModelError::invalid(format!(
+            "the engine returned an event at {} for an impression at {} (as_of violated)",
+            e.ts, imp.ts
+        )));
+    }
+    let row = items.row(e.item).unwrap_or(NO_ROW);
+    let age_ms = imp.ts - e.ts;
+    let (sim, depth) = if row == NO_ROW || target == NO_ROW {
+        (f32::NAN, 0)
+    } else {
+        (
+            items.cosine(row, target).unwrap_or(f32::NAN),
+            items.depth(row, target),
+        )
+    };
+    Ok(Token {
+        row,
+        action: e.action,
+        age_s: ((age_ms + 999) / 1000).min(i64::from(u32::MAX)) as u32,
+        sim,
+        depth,
+    })
+}
+
+/// The behaviours of one sequence of one sample, from the engine.
+fn sequence(
+    snap: &Snapshot,
+    items: &ItemTable,
+    imp: &Impression,
+    target: u32,
+    kind: SeqKind,
+    len: usize,
+    user_history: &mut Option<Vec<Event>>,
+) -> Result<Vec<Token>> {
+    let as_of = Some(imp.ts);
+    let events: Vec<Event> = match kind {
+        SeqKind::Recent => {
+            let mut v = snap.read(
+                imp.user,
+                ReadRange {
+                    last: Some(len),
+                    as_of,
+                    since: None,
+                },
+            )?;
+            v.reverse();
+            v
+        }
+        SeqKind::Soft => {
+            if target == NO_ROW || !items.has_emb[target as usize] {
+                Vec::new()
+            } else {
+                snap.retrieve_soft(imp.user, items.embedding(target), len, as_of)?
+                    .into_iter()
+                    .map(|h| h.event)
+                    .collect()
+            }
+        }
+        SeqKind::Hard => match (target != NO_ROW)
+            .then(|| items.semid[target as usize])
+            .flatten()
+        {
+            Some(s) => snap
+                .retrieve_hard(imp.user, &s, len, as_of)?
+                .into_iter()
+                .map(|h| h.event)
+                .collect(),
+            None => Vec::new(),
+        },
+        SeqKind::Category => {
+            // The engine has no category index: SIM's category search scans the user's history
+            // (read once per user, as of the user's latest impression, then cut at this one's).
+            if target == NO_ROW {
+                Vec::new()
+            } else {
+                let hist = user_history
+                    .as_ref()
+                    .expect("history read for category search");
+                let cut = hist.partition_point(|e| e.ts < imp.ts);
+                let cat = items.category[target as usize];
+                hist[..cut]
+                    .iter()
+                    .rev()
+                    .filter(|e| {
+                        items
+                            .row(e.item)
+                            .is_some_and(|r| items.category[r as usize] == cat)
+                    })
+                    .take(len)
+                    .copied()
+                    .collect()
+            }
+        }
+    };
+    events
+        .iter()
+        .map(|e| token(items, target, imp, e))
+        .collect()
+}
+
+/// Build the sequences `spec` (kind, length) for each impression. Impressions are processed
+/// per user on `threads` threads; the result is in the order of `imps` and does not depend on
+/// the thread count.
+pub fn build_samples(
+    snap: &Snapshot,
+    items: &ItemTable,
+    imps: &[Impression],
+    spec: &[(SeqKind, usize)],
+    threads: usize,
+) -> Result<SampleSet> {
+    let n = imps.len();
+    // Group by user so that a user's history is read at most once (for category search).
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by_key(|&i| (imps[i].user, imps[i].ts));
+    let threads = threads.clamp(1, 64);
+    let chunk = order.len().div_ceil(threads).max(1);
+    // Split at user boundaries.
+    let mut parts: Vec<&[usize]> = Vec::new();
+    let mut rest: &[usize] = &order;
+    while !rest.is_empty() {
+        let mut end = chunk.min(rest.len());
+        while end < rest.len() && imps[rest[end]].user == imps[rest[end - 1]].user {
+            end += 1;
+        }
+        let (a, b) = rest.split_at(end);
+        parts.push(a);
+        rest = b;
+    }
+    // Per thread: (impression index, one token list per sequence of `spec`).
+    type Part = Vec<(usize, Vec<Vec<Token>>)>;
+    let results: Vec<Result<Part>> = std::thread::scope(|s| {
+        let handles: Vec<_> = parts
+            .iter()
+            .map(|part| {
+                s.spawn(move || -> Result<Part> {
+                    let mut out = Vec::with_capacity(part.len());
+                    let mut current_user = None;
+                    let mut history: Option<Vec<Event>> = None;
+                    for &i in *part {
+                        let imp = &imps[i];
+                        if spec.iter().any(|(k, _)| *k == SeqKind::Category)
+                            && current_user != Some(imp.user)
+                        {
+                            let latest = part
+                                .iter()
+                                .filter(|&&j| imps[j].user == imp.user)
+                                .map(|&j| imps[j].ts)
+                                .max()
+                                .unwrap_or(imp.ts);
+                            history = Some(snap.read(imp.user, ReadRange::as_of(latest))?);
+                            current_user = Some(imp.user);
+                        }
+                        let target = items.row(imp.item).unwrap_or(NO_ROW);
+                        let mut seqs = Vec::with_capacity(spec.len());
+                        for &(kind, len) in spec {
+                            seqs.push(sequence(snap, items, imp, target, kind, len, &mut history)?);
+                        }
+                        out.push((i, seqs));
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("sample builder thread panicked"))
+            .collect()
+    });
+    let mut seqs: Vec<(SeqKind, usize, Vec<Token>)> = spec
+        .iter()
+        .map(|&(k, len)| (k, len, vec![Token::PAD; n * len]))
+        .collect();
+    let mut lens = vec![vec![0u16; n]; spec.len()];
+    for r in results {
+        for (i, per_kind) in r? {
+            for (s, toks) in per_kind.into_iter().enumerate() {
+                let len = seqs[s].1;
+                lens[s][i] = toks.len() as u16;
+                seqs[s].2[i * len..i * len + toks.len()].copy_from_slice(&toks);
+            }
+        }
+    }
+    Ok(SampleSet {
+        impressions: imps.to_vec(),
+        target_row: imps
+            .iter()
+            .map(|imp| items.row(imp.item).unwrap_or(NO_ROW))
+            .collect(),
+        seqs,
+        lens,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use siren_engine::{AppendOptions, Db, Durability, Item, Options};
+
+    /// A small database where many events share timestamps with impressions.
+    fn fixture() -> (tempfile::TempDir, Db, Vec<Impression>) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(
+            dir.path(),
+            Options {
+                embedding_dim: 4,
+                semid_levels: 2,
+                semid_codebook_size: 4,
+                auto_compact: None,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        let items: Vec<Item> = (0..20u64)
+            .map(|i| Item {
+                id: i,
+                category: (i % 3) as u32,
+                semid: Some(SemId::new(&[(i % 4) as u16, (i / 4 % 4) as u16]).unwrap()),
+                embedding: Some(vec![(i % 4) as f32 + 0.5, 1.0, (i % 3) as f32, -1.0]),
+            })
+            .collect();
+        db.upsert_items(&items, Durability::Sync).unwrap();
+        let mut evs = Vec::new();
+        for u in 1..=3u64 {
+            for k in 0..300i64 {
+                // Several events per timestamp, some exactly at impression times.
+                evs.push(Event {
+                    user: u,
+                    ts: (k / 3) * 1000,
+                    item: ((k * 7 + u as i64) % 20) as u64,
+                    action: (k % 2) as u8,
+                    domain: 0,
+                });
+            }
+        }
+        db.append(&evs, &AppendOptions::default()).unwrap();
+        db.compact().unwrap();
+        // Some later events stay pending so reads merge both.
+        let late: Vec<Event> = (0..30)
+            .map(|k| Event {
+                user: 2,
+                ts: 100_000 + k * 500,
+                item: (k % 20) as u64,
+                action: 1,
+                domain: 0,
+            })
+            .collect();
+        db.append(&late, &AppendOptions::default()).unwrap();
+        let imps = (1..=3u64)
+            .flat_map(|u| {
+                (0..15).map(move |j| Impression {
+                    user: u,
+                    item: (j * 3 % 20) as u64,
+                    ts: 10_000 + j * 7_000,
+                    label: (j % 2) as f32,
+                })
+            })
+            .collect();
+        (dir, db, imps)
+    }
+
+    #[test]
+    fn no_sample_sees_an_event_at_or_after_its_time() {
+        let (_dir, db, imps) = fixture();
+        let snap = db.snapshot();
+        let items = ItemTable::from_snapshot(&snap, 4);
+        let spec: Vec<(SeqKind, usize)> = SeqKind::ALL.iter().map(|&k| (k, 12)).collect();
+        let set = build_samples(&snap, &items, &imps, &spec, 2).unwrap();
+        let (mut at, mut after) = (0, 0);
+        for (i, imp) in imps.iter().enumerate() {
+            // Everything the engine holds for this user, brute force.
+            let all = snap.read(imp.user, ReadRange::all()).unwrap();
+            let earlier: Vec<&Event> = all.iter().filter(|e| e.ts < imp.ts).collect();
+            at += all.iter().filter(|e| e.ts == imp.ts).count();
+            after += all.iter().filter(|e| e.ts > imp.ts).count();
+            for &(kind, len) in &spec {
+                let toks = set.seq(kind, i).unwrap();
+                let real = set.lens[spec.iter().position(|s| s.0 == kind).unwrap()][i] as usize;
+                assert!(real <= len);
+                for t in &toks[..real] {
+                    assert!(t.age_s >= 1, "{kind:?} token at or after the impression");
+                }
+                assert!(toks[real..].iter().all(|t| t.row == NO_ROW));
+                if kind == SeqKind::Recent {
+                    // Exactly the newest `len` strictly earlier events, newest first.
+                    let want: Vec<u32> = earlier
+                        .iter()
+                        .rev()
+                        .take(len)
+                        .map(|e| items.row(e.item).unwrap())
+                        .collect();
+                    let got: Vec<u32> = toks[..real].iter().map(|t| t.row).collect();
+                    assert_eq!(got, want);
+                }
+            }
+        }
+        assert!(
+            at > 0 && after > 0,
+            "the fixture must hold events at and after impression times"
+        );
+    }
+
+    #[test]
+    fn results_do_not_depend_on_thread_count() {
+        let (_dir, db, imps) = fixture();
+        let snap = db.snapshot();
+        let items = ItemTable::from_snapshot(&snap, 4);
+        let spec = [
+            (SeqKind::Soft, 8),
+            (SeqKind::Hard, 8),
+            (SeqKind::Category, 5),
+            (SeqKind::Recent, 10),
+        ];
+        let a = build_samples(&snap, &items, &imps, &spec, 1).unwrap();
+        let b = build_samples(&snap, &items, &imps, &spec, 3).unwrap();
+        for (x, y) in a.seqs.iter().zip(&b.seqs) {
+            assert_eq!(x.0, y.0);
+            let same = x.2.iter().zip(&y.2).all(|(p, q)| {
+                p.row == q.row
+                    && p.age_s == q.age_s
+                    && p.depth == q.depth
+                    && (p.sim == q.sim || (p.sim.is_nan() && q.sim.is_nan()))
+            });
+            assert!(same);
+        }
+        assert_eq!(a.lens, b.lens);
+        // Category search returns only the target's category; hard search only shared prefixes.
+        for (i, &t) in a.target_row.iter().enumerate() {
+            for tok in &a.seq(SeqKind::Category, i).unwrap()[..a.lens[2][i] as usize] {
+                assert_eq!(items.category[tok.row as usize], items.category[t as usize]);
+            }
+            for tok in &a.seq(SeqKind::Hard, i).unwrap()[..a.lens[1][i] as usize] {
+                assert!(tok.depth >= 1);
+            }
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! Building blocks shared by the models.
+
+use std::cell::RefCell;
+
+use candle_core::{DType, Device, Module, Result, Tensor, Var, D};
+use candle_nn::{Embedding, LayerNorm, Linear, VarMap};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Normal};
+
+/// Creates every trainable tensor from one seeded generator, in code order, and registers it in a
+/// `VarMap` (for the optimiser and for safetensors). candle's own initialisers draw from a
+/// thread-local generator, which would make training depend on more than the seed.
+pub struct Params {
+    varmap: VarMap,
+    rng: RefCell<StdRng>,
+    dev: Device,
+}
+
+enum Init {
+    Normal(f64),
+    Uniform(f64),
+    Const(f32),
+}
+
+impl Params {
+    pub fn new(seed: u64, dev: &Device) -> Params {
+        Params {
+            varmap: VarMap::new(),
+            rng: RefCell::new(StdRng::seed_from_u64(seed)),
+            dev: dev.clone(),
+        }
+    }
+
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.dev
+    }
+
+    fn var(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let mut rng = self.rng.borrow_mut();
+        let data: Vec<f32> = match init {
+            Init::Normal(std) => {
+                let d = Normal::new(0.0, std).expect("positive std");
+                (0..n).map(|_| d.sample(&mut *rng) as f32).collect()
+            }
+            Init::Uniform(b) => (0..n).map(|_| rng.random_range(-b..b) as f32).collect(),
+            Init::Const(c) => vec![c; n],
+        };
+        let var = Var::from_tensor(&Tensor::from_vec(data, shape, &self.dev)?)?;
+        let t = var.as_tensor().clone();
+        let mut map = self.varmap.data().lock().expect("varmap lock");
+        assert!(
+            map.insert(name.to_string(), var).is_none(),
+            "parameter {name} created twice"
+        );
+        Ok(t)
+    }
+
+    pub fn embedding(&self, name: &str, rows: usize, dim: usize) -> Result<Embedding> {
+        let w = self.var(
+            &format!("{name}.weight"),
+            &[rows.max(1), dim],
+            Init::Normal(0.05),
+        )?;
+        Ok(Embedding::new(w, dim))
+    }
+
+    pub fn linear(&self, name: &str, inp: usize, out: usize) -> Result<Linear> {
+        let bound = 1.0 / (inp as f64).sqrt();
+        let w = self.var(&format!("{name}.weight"), &[out, inp], Init::Uniform(bound))?;
+        let b = self.var(&format!("{name}.bias"), &[out], Init::Const(0.0))?;
+        Ok(Linear::new(w, Some(b)))
+    }
+
+    pub fn linear_no_bias(&self, name: &str, inp: usize, out: usize) -> Result<Linear> {
+        let bound = 1.0 / (inp as f64).sqrt();
+        let w = self.var(&format!("{name}.weight"), &[out, inp], Init::Uniform(bound))?;
+        Ok(Linear::new(w, None))
+    }
+
+    pub fn layer_norm(&self, name: &str, dim: usize) -> Result<LayerNorm> {
+        let w = self.var(&format!("{name}.weight"), &[dim], Init::Const(1.0))?;
+        let b = self.var(&format!("{name}.bias"), &[dim], Init::Const(0.0))?;
+        Ok(LayerNorm::new(w, b, 1e-5))
+    }
+
+    pub fn scalar(&self, name: &str, value: f32) -> Result<Tensor> {
+        self.var(name, &[1], Init::Const(value))
+    }
+
+    pub fn vector(&self, name: &str, dim: usize) -> Result<Tensor> {
+        self.var(name, &[dim], Init::Normal(0.05))
+    }
+}
+
+/// Linear layers with ReLU between them; the last has no activation.
+pub struct Mlp {
+    layers: Vec<Linear>,
+}
+
+impl Mlp {
+    pub fn new(p: &Params, name: &str, sizes: &[usize]) -> Result<Mlp> {
+        let layers = sizes
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| p.linear(&format!("{name}.{i}"), w[0], w[1]))
+            .collect::<Result<_>>()?;
+        Ok(Mlp { layers })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.clone();
+        for (i, l) in self.layers.iter().enumerate() {
+            x = l.forward(&x)?;
+            if i + 1 < self.layers.len() {
+                x = x.relu()?;
+            }
+        }
+        Ok(x)
+    }
+}
+
+/// Softmax over the last dimension of `logits` `[B, T]` restricted to `mask` (1 = valid);
+/// rows with no valid position get all-zero weights.
+pub fn masked_softmax(logits: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let bias = ((mask - 1.0)? * 1e9)?;
+    let w = candle_nn::ops::softmax_last_dim(&(logits + bias)?)?;
+    w * mask
+}
+
+/// Mean of `x` `[B, T, d]` over valid positions (zeros for rows with none).
+pub fn masked_mean(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    let sum = x.broadcast_mul(&mask.unsqueeze(2)?)?.sum(1)?;
+    let count = mask.sum_keepdim(1)?.clamp(1.0, f64::MAX)?;
+    sum.broadcast_div(&count)
+}
+
+/// DIN's target attention: an MLP scores each behaviour from `[q, k, q - k, q * k]`; the pooled
+/// interest is the softmax-weighted sum of the behaviours.
+pub struct TargetAttention {
+    mlp: Mlp,
+}
+
+impl TargetAttention {
+    pub fn new(p: &Params, name: &str, dim: usize) -> Result<Self> {
+        Ok(TargetAttention {
+            mlp: Mlp::new(p, name, &[4 * dim, 32, 1])?,
+        })
+    }
+
+    /// `q` `[B, d]`, `keys` `[B, T, d]`, `mask` `[B, T]` -> `[B, d]`.
+    pub fn pool(&self, q: &Tensor, keys: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (_b, t, _d) = keys.dims3()?;
+        let q = q.unsqueeze(1)?.repeat((1, t, 1))?;
+        let feats = Tensor::cat(&[&q, keys, &(&q - keys)?, &(&q * keys)?], 2)?;
+        let logits = self.mlp.forward(&feats)?.squeeze(2)?;
+        let w = masked_softmax(&logits, mask)?;
+        w.unsqueeze(1)?.matmul(keys)?.squeeze(1)
+    }
+}
+
+/// A pre-norm transformer layer with multi-head self-attention and a ReLU feed-forward block.
+pub struct TransformerLayer {
+    ln1: LayerNorm,
+    qkv: Linear,
+    out: Linear,
+    ln2: LayerNorm,
+    ff1: Linear,
+    ff2: Linear,
+    heads: usize,
+}
+
+impl TransformerLayer {
+    pub fn new(p: &Params, name: &str, dim: usize, heads: usize) -> Result<Self> {
+        Ok(TransformerLayer {
+            ln1: p.layer_norm(&format!("{name}.ln1"), dim)?,
+            qkv: p.linear(&format!("{name}.qkv"), dim, 3 * dim)?,
+            out: p.linear(&format!("{name}.out"), dim, dim)?,
+            ln2: p.layer_norm(&format!("{name}.ln2"), dim)?,
+            ff1: p.linear(&format!("{name}.ff1"), dim, 2 * dim)?,
+            ff2: p.linear(&format!("{name}.ff2"), 2 * dim, dim)?,
+            heads,
+        })
+    }
+
+    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        x.reshape((b, t, self.heads, d / self.heads))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    fn attend(&self, x: &Tensor, key_bias: &Tensor, only_first: bool) -> Result<Tensor> {
+        let (b, t, d) = x.dims3()?;
+        let h = self.ln1.forward(x)?;
+        let qkv = self.qkv.forward(&h)?;
+        let q_all = qkv.narrow(2, 0, d)?;
+        let q = if only_first {
+            q_all.narrow(1, 0, 1)?
+        } else {
+            q_all
+        };
+        let tq = q.dim(1)?;
+        let q = self.split_heads(&q)?;
+        let k = self.split_heads(&qkv.narrow(2, d, d)?)?;
+        let v = self.split_heads(&qkv.narrow(2, 2 * d, d)?)?;
+        let scale = 1.0 / ((d / self.heads) as f64).sqrt();
+        let scores =
+            (q.matmul(&k.transpose(2, 3)?.contiguous()?)? * scale)?.broadcast_add(key_bias)?;
+        let att = candle_nn::ops::softmax_last_dim(&scores)?;
+        let ctx = att.matmul(&v)?.transpose(1, 2)?.reshape((b, tq, d))?;
+        let x_q = if only_first {
+            x.narrow(1, 0, 1)?
+        } else {
+            x.clone()
+        };
+        let _ = t;
+        x_q + self.out.forward(&ctx)?
+    }
+
+    fn feed_forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = self.ln2.forward(x)?;
+        x + self.ff2.forward(&self.ff1.forward(&h)?.relu()?)?
+    }
+
+    /// `x` `[B, T, d]`, `key_bias` `[B, 1, 1, T]` (0 for valid keys, -1e9 for padding).
+    pub fn forward(&self, x: &Tensor, key_bias: &Tensor) -> Result<Tensor> {
+        self.feed_forward(&self.attend(x, key_bias, false)?)
+    }
+
+    /// Like [`TransformerLayer::forward`] but only for position 0 (the target): `[B, d]`.
+    /// The last layer needs nothing else, which saves most of its work.
+    pub fn forward_first(&self, x: &Tensor, key_bias: &Tensor) -> Result<Tensor> {
+        self.feed_forward(&self.attend(x, key_bias, true)?)?
+            .squeeze(1)
+    }
+}
+
+/// `[B, T]` mask to the additive attention bias `[B, 1, 1, T]`.
+pub fn key_bias(mask: &Tensor) -> Result<Tensor> {
+    ((mask - 1.0)? * 1e9)?.unsqueeze(1)?.unsqueeze(1)
+}
+
+/// Sum over the prefix-level dimension of per-level embeddings: `ids` `[.., L]` -> `[.., d]`.
+pub fn sum_levels(tables: &[Embedding], ids: &Tensor) -> Result<Tensor> {
+    let last = ids.rank() - 1;
+    let mut acc: Option<Tensor> = None;
+    for (l, table) in tables.iter().enumerate() {
+        let e = table.forward(&ids.narrow(last, l, 1)?.squeeze(last)?)?;
+        acc = Some(match acc {
+            Some(a) => (a + e)?,
+            None => e,
+        });
+    }
+    acc.ok_or_else(|| candle_core::Error::Msg("no SemID levels".into()))
+}
+
+pub fn ones(b: usize, dev: &Device) -> Result<Tensor> {
+    Tensor::ones((b, 1), DType::F32, dev)
+}
+
+/// Logits `[B, 1]` to `[B]`.
+pub fn flat(x: Tensor) -> Result<Tensor> {
+    x.squeeze(D::Minus1)
+}

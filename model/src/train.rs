@@ -1,0 +1,400 @@
+//! One trainer for every model: AdamW on binary cross-entropy, shuffled mini-batches, early
+//! stopping on validation GAUC, checkpoints as safetensors plus a JSON config.
+//!
+//! Training is deterministic for a given seed and thread count: parameters are initialised from
+//! the seed ([`Params`]), batches are shuffled from the seed, and candle's CPU kernels reduce in a
+//! fixed order for a fixed number of threads.
+
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use crate::batch::{make_batch, RowIndex, Vocabs};
+use crate::data::Splits;
+use crate::error::{ModelError, Result};
+use crate::features::{build_samples, ItemTable, SampleSet, SeqKind};
+use crate::metrics::Metrics;
+use crate::models::layers::Params;
+use crate::models::{build, Dims, ModelConfig, Scorer};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+    /// Stop after this many epochs without a better validation GAUC.
+    pub patience: usize,
+    /// Show a progress bar on the terminal.
+    pub progress: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 5,
+            batch_size: 256,
+            lr: 2e-3,
+            weight_decay: 1e-4,
+            seed: 1,
+            patience: 1,
+            progress: false,
+        }
+    }
+}
+
+/// Samples of every split with their sequences, the vocabularies built from the training part,
+/// and the catalog rows they refer to. Built once and shared by every model that reads a subset
+/// of its sequences.
+pub struct Prepared {
+    pub items: ItemTable,
+    pub vocabs: Vocabs,
+    pub rows: RowIndex,
+    pub train: SampleSet,
+    pub valid: SampleSet,
+    pub test: SampleSet,
+    pub levels: usize,
+}
+
+impl Prepared {
+    /// Read every split's sequences `spec` from `snap` (with `as_of` = each impression's time).
+    pub fn build(
+        snap: &siren_engine::Snapshot,
+        items: ItemTable,
+        splits: &Splits,
+        spec: &[(SeqKind, usize)],
+        levels: usize,
+        threads: usize,
+    ) -> Result<Prepared> {
+        let train = build_samples(snap, &items, &splits.train, spec, threads)?;
+        let valid = build_samples(snap, &items, &splits.valid, spec, threads)?;
+        let test = build_samples(snap, &items, &splits.test, spec, threads)?;
+        let vocabs = Vocabs::from_train(&train, &items, levels);
+        let rows = RowIndex::new(&vocabs, &items);
+        Ok(Prepared {
+            items,
+            vocabs,
+            rows,
+            train,
+            valid,
+            test,
+            levels,
+        })
+    }
+
+    /// Samples of `imps` (as the test split) with vocabularies fixed by a checkpoint.
+    pub fn for_scoring(
+        snap: &siren_engine::Snapshot,
+        items: ItemTable,
+        imps: &[crate::data::Impression],
+        spec: &[(SeqKind, usize)],
+        vocabs: Vocabs,
+        levels: usize,
+        threads: usize,
+    ) -> Result<Prepared> {
+        let test = build_samples(snap, &items, imps, spec, threads)?;
+        let empty = build_samples(snap, &items, &[], spec, 1)?;
+        let empty2 = build_samples(snap, &items, &[], spec, 1)?;
+        let rows = RowIndex::new(&vocabs, &items);
+        Ok(Prepared {
+            items,
+            vocabs,
+            rows,
+            train: empty,
+            valid: empty2,
+            test,
+            levels,
+        })
+    }
+
+    pub fn dims(&self) -> Dims {
+        Dims::new(&self.vocabs, self.items.dim)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochLog {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub valid: Metrics,
+    pub seconds: f64,
+    pub train_samples_per_s: f64,
+}
+
+/// A trained model with what it needs to score.
+pub struct Trained {
+    pub cfg: ModelConfig,
+    pub train_cfg: TrainConfig,
+    pub dims: Dims,
+    pub params: Params,
+    pub model: Box<dyn Scorer>,
+    pub history: Vec<EpochLog>,
+    pub best_epoch: usize,
+}
+
+fn kinds(cfg: &ModelConfig) -> Vec<SeqKind> {
+    cfg.sequences().into_iter().map(|(k, _)| k).collect()
+}
+
+fn check_sequences(cfg: &ModelConfig, data: &Prepared) -> Result<()> {
+    for (kind, len) in cfg.sequences() {
+        match data.train.seq_len(kind) {
+            Some(have) if have == len => {}
+            other => {
+                return Err(ModelError::invalid(format!(
+                    "model {} needs {kind:?} sequences of {len}, the prepared data has {other:?}",
+                    cfg.name()
+                )))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// pCTR for every sample of `set`.
+pub fn predict(
+    model: &dyn Scorer,
+    cfg: &ModelConfig,
+    data: &Prepared,
+    set: &SampleSet,
+    batch_size: usize,
+) -> Result<Vec<f32>> {
+    let dev = Device::Cpu;
+    let ks = kinds(cfg);
+    let mut out = Vec::with_capacity(set.len());
+    let idx: Vec<usize> = (0..set.len()).collect();
+    for chunk in idx.chunks(batch_size.max(1)) {
+        let b = make_batch(set, chunk, &data.vocabs, &data.rows, &data.items, &ks, &dev)?;
+        let p = candle_nn::ops::sigmoid(&model.logits(&b)?)?;
+        out.extend(p.to_vec1::<f32>()?);
+    }
+    Ok(out)
+}
+
+pub fn evaluate(
+    model: &dyn Scorer,
+    cfg: &ModelConfig,
+    data: &Prepared,
+    set: &SampleSet,
+) -> Result<(Metrics, Vec<f32>)> {
+    let p = predict(model, cfg, data, set, 1024)?;
+    let users: Vec<u64> = set.impressions.iter().map(|i| i.user).collect();
+    let labels: Vec<f32> = set.impressions.iter().map(|i| i.label).collect();
+    Ok((Metrics::compute(&users, &p, &labels), p))
+}
+
+pub fn train(cfg: &ModelConfig, tcfg: &TrainConfig, data: &Prepared) -> Result<Trained> {
+    check_sequences(cfg, data)?;
+    if data.train.is_empty() {
+        return Err(ModelError::invalid("no training samples"));
+    }
+    let dev = Device::Cpu;
+    let dims = data.dims();
+    let params = Params::new(tcfg.seed, &dev);
+    let model = build(cfg, &dims, &params)?;
+    let vars = params.varmap().all_vars();
+    let mut opt = AdamW::new(
+        vars.clone(),
+        ParamsAdamW {
+            lr: tcfg.lr,
+            weight_decay: tcfg.weight_decay,
+            ..ParamsAdamW::default()
+        },
+    )?;
+    let ks = kinds(cfg);
+    let mut rng = StdRng::seed_from_u64(tcfg.seed ^ 0x7261_696e);
+    let mut order: Vec<usize> = (0..data.train.len()).collect();
+    let mut history = Vec::new();
+    let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
+    for epoch in 1..=tcfg.epochs {
+        let start = Instant::now();
+        order.shuffle(&mut rng);
+        let bar = progress_bar(
+            tcfg.progress,
+            order.len(),
+            &format!("{} epoch {epoch}", cfg.name()),
+        );
+        let mut loss_sum = 0.0;
+        let mut batches = 0usize;
+        for chunk in order.chunks(tcfg.batch_size.max(1)) {
+            let b = make_batch(
+                &data.train,
+                chunk,
+                &data.vocabs,
+                &data.rows,
+                &data.items,
+                &ks,
+                &dev,
+            )?;
+            let logits = model.logits(&b)?;
+            let loss = candle_nn::loss::binary_cross_entropy_with_logit(&logits, &b.label)?;
+            opt.backward_step(&loss)?;
+            loss_sum += f64::from(loss.to_scalar::<f32>()?);
+            batches += 1;
+            bar.inc(chunk.len() as u64);
+        }
+        let train_secs = start.elapsed().as_secs_f64();
+        bar.finish_and_clear();
+        let (valid, _) = evaluate(model.as_ref(), cfg, data, &data.valid)?;
+        let log = EpochLog {
+            epoch,
+            train_loss: loss_sum / batches.max(1) as f64,
+            valid: valid.clone(),
+            seconds: start.elapsed().as_secs_f64(),
+            train_samples_per_s: order.len() as f64 / train_secs.max(1e-9),
+        };
+        if tcfg.progress {
+            eprintln!(
+                "{} epoch {epoch}: loss {:.4}, valid GAUC {}, AUC {}, {:.0} samples/s",
+                cfg.name(),
+                log.train_loss,
+                fmt_opt(valid.gauc),
+                fmt_opt(valid.auc),
+                log.train_samples_per_s
+            );
+        }
+        history.push(log);
+        let score = valid.gauc.or(valid.auc).unwrap_or(f64::NEG_INFINITY);
+        if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
+            let snapshot = vars
+                .iter()
+                .map(|v| v.as_tensor().copy())
+                .collect::<candle_core::Result<_>>()?;
+            best = Some((score, epoch, snapshot));
+        } else if epoch - best.as_ref().map_or(0, |b| b.1) > tcfg.patience {
+            break;
+        }
+    }
+    let (_, best_epoch, weights) = best.expect("at least one epoch ran");
+    for (v, w) in vars.iter().zip(&weights) {
+        v.set(w)?;
+    }
+    Ok(Trained {
+        cfg: cfg.clone(),
+        train_cfg: tcfg.clone(),
+        dims,
+        params,
+        model,
+        history,
+        best_epoch,
+    })
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or("n/a".into(), |x| format!("{x:.4}"))
+}
+
+fn progress_bar(show: bool, len: usize, msg: &str) -> indicatif::ProgressBar {
+    if !show {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} samples, {per_sec}, eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(msg.to_string());
+    bar
+}
+
+/// What a checkpoint's `config.json` holds besides the weights.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointConfig {
+    pub format_version: u32,
+    pub model: ModelConfig,
+    pub train: TrainConfig,
+    pub dims: Dims,
+    pub vocabs: Vocabs,
+    pub levels: usize,
+    pub best_epoch: usize,
+    pub history: Vec<EpochLog>,
+    /// CRC32C of `model.safetensors`.
+    pub weights_crc32c: u32,
+}
+
+pub const CHECKPOINT_VERSION: u32 = 1;
+
+impl Trained {
+    /// Write `dir/model.safetensors` and `dir/config.json`.
+    pub fn save(&self, dir: &Path, vocabs: &Vocabs, levels: usize) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+        let weights = dir.join("model.safetensors");
+        self.params.varmap().save(&weights)?;
+        let bytes = std::fs::read(&weights).map_err(|e| ModelError::io(&weights, e))?;
+        let cfg = CheckpointConfig {
+            format_version: CHECKPOINT_VERSION,
+            model: self.cfg.clone(),
+            train: self.train_cfg.clone(),
+            dims: self.dims.clone(),
+            vocabs: vocabs.clone(),
+            levels,
+            best_epoch: self.best_epoch,
+            history: self.history.clone(),
+            weights_crc32c: crc32c::crc32c(&bytes),
+        };
+        let path = dir.join("config.json");
+        let json = serde_json::to_vec_pretty(&cfg).expect("config serialises");
+        std::fs::write(&path, json).map_err(|e| ModelError::io(&path, e))
+    }
+}
+
+/// A checkpoint loaded back: the model and its vocabularies.
+pub struct Loaded {
+    pub cfg: CheckpointConfig,
+    pub params: Params,
+    pub model: Box<dyn Scorer>,
+}
+
+pub fn load_checkpoint(dir: &Path) -> Result<Loaded> {
+    let path = dir.join("config.json");
+    let bytes = std::fs::read(&path).map_err(|e| ModelError::io(&path, e))?;
+    let version: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| ModelError::DataCorruption {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+    let found = version
+        .get("format_version")
+        .and_then(|v| v.as_u64())
+        .unwrap_or(0) as u32;
+    if found != CHECKPOINT_VERSION {
+        return Err(ModelError::UnsupportedVersion {
+            path,
+            what: "checkpoint config",
+            found,
+            supported: CHECKPOINT_VERSION,
+        });
+    }
+    let mut cfg: CheckpointConfig =
+        serde_json::from_value(version).map_err(|e| ModelError::DataCorruption {
+            path: path.clone(),
+            detail: e.to_string(),
+        })?;
+    cfg.vocabs.rebuild();
+    let weights = dir.join("model.safetensors");
+    let wbytes = std::fs::read(&weights).map_err(|e| ModelError::io(&weights, e))?;
+    if crc32c::crc32c(&wbytes) != cfg.weights_crc32c {
+        return Err(ModelError::DataCorruption {
+            path: weights,
+            detail: "checksum mismatch".into(),
+        });
+    }
+    let params = Params::new(0, &Device::Cpu);
+    let model = build(&cfg.model, &cfg.dims, &params)?;
+    let mut vm = params.varmap().clone();
+    vm.load(&weights).map_err(|e| ModelError::DataCorruption {
+        path: weights.clone(),
+        detail: e.to_string(),
+    })?;
+    Ok(Loaded { cfg, params, model })
+}
