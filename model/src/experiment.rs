@@ -25,7 +25,7 @@ use crate::metrics::{gauc, Metrics};
 use crate::models::ModelConfig;
 use crate::semid::{Codebook, CodebookReport, RqKmeansConfig};
 use crate::synth::{Planted, PlantedConfig};
-use crate::train::{evaluate, predict, train, EpochLog, Prepared, TrainConfig};
+use crate::train::{evaluate, train, EpochLog, Prepared, TrainConfig};
 
 pub const DATASET_VERSION: u32 = 1;
 
@@ -104,6 +104,14 @@ impl DatasetDir {
                 ..Options::default()
             },
         )?)
+    }
+
+    /// The database, metadata and impressions of an imported dataset.
+    pub fn open(&self) -> Result<(Db, DatasetMeta, Splits)> {
+        let meta = self.read_meta()?;
+        let db = self.open_db(&meta)?;
+        let splits = self.read_splits()?;
+        Ok((db, meta, splits))
     }
 
     pub fn read_meta(&self) -> Result<DatasetMeta> {
@@ -325,9 +333,7 @@ pub fn prepare(
     models: &[ModelConfig],
     threads: usize,
 ) -> Result<(Db, DatasetMeta, Prepared)> {
-    let meta = dir.read_meta()?;
-    let db = dir.open_db(&meta)?;
-    let splits = dir.read_splits()?;
+    let (db, meta, splits) = dir.open()?;
     let snap = db.snapshot();
     let items = ItemTable::from_snapshot(&snap, meta.embedding_dim);
     let spec = sequences_for(models);
@@ -501,9 +507,7 @@ pub fn score_test(
     loaded: &crate::train::Loaded,
     threads: usize,
 ) -> Result<(Vec<Impression>, Vec<f32>, Metrics)> {
-    let meta = dir.read_meta()?;
-    let db = dir.open_db(&meta)?;
-    let splits = dir.read_splits()?;
+    let (db, meta, splits) = dir.open()?;
     let snap = db.snapshot();
     let items = ItemTable::from_snapshot(&snap, meta.embedding_dim);
     let data = Prepared::for_scoring(
@@ -515,15 +519,6 @@ pub fn score_test(
         loaded.cfg.levels,
         threads,
     )?;
-    let scores = predict(
-        loaded.model.as_ref(),
-        &loaded.cfg.model,
-        &data,
-        &data.test,
-        1024,
-    )?;
-    let users: Vec<u64> = splits.test.iter().map(|i| i.user).collect();
-    let labels: Vec<f32> = splits.test.iter().map(|i| i.label).collect();
-    let m = Metrics::compute(&users, &scores, &labels);
+    let (m, scores) = evaluate(loaded.model.as_ref(), &loaded.cfg.model, &data, &data.test)?;
     Ok((splits.test, scores, m))
 }
