@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -43,6 +44,8 @@ pub(crate) struct Inner {
     pub last_bg_error: Mutex<Option<String>>,
     /// A user was deleted since the last compaction started.
     pub users_deleted: std::sync::atomic::AtomicBool,
+    /// Compactions that changed something, since open.
+    pub compactions: AtomicU64,
 }
 
 #[derive(Default)]
@@ -103,6 +106,26 @@ pub struct Stats {
     pub garbage_bytes: u64,
     pub rocksdb: RocksBytes,
     pub last_background_error: Option<String>,
+    /// Compactions that changed something since the database was opened.
+    pub compactions: u64,
+}
+
+/// Counts that cost O(1) to read, for frequent polling (metrics); [`Db::stats`] walks every
+/// user.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub users: u64,
+    pub pending_events: u64,
+    pub items: u64,
+    pub segments: u64,
+    pub compactions: u64,
+}
+
+/// What [`Db::checkpoint`] copied.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckpointStats {
+    pub segments: u64,
+    pub segment_bytes: u64,
 }
 
 /// What [`Db::verify`] found.
@@ -401,6 +424,7 @@ impl Db {
             bg_cv: Condvar::new(),
             last_bg_error: Mutex::new(None),
             users_deleted: std::sync::atomic::AtomicBool::new(false),
+            compactions: AtomicU64::new(0),
         });
         let bg = inner.opts.auto_compact.clone().map(|ac| {
             let inner = inner.clone();
@@ -636,7 +660,47 @@ impl Db {
     /// Fold pending events into new segment files, rewrite segments that hold deleted users or
     /// too much garbage, and rebuild prefix indexes whose SemIDs changed.
     pub fn compact(&self) -> Result<crate::compaction::CompactionStats> {
-        crate::compaction::compact(&self.inner)
+        self.inner.compact()
+    }
+
+    /// A consistent copy of the database in the new directory `dest`, which [`Db::open`] opens
+    /// like the original. It holds every write acknowledged before the call (`Unlogged` ones
+    /// included). Segment files are immutable, so they are hard-linked when `dest` is on the
+    /// same file system (costing no space until the original rewrites them) and copied
+    /// otherwise; RocksDB's files likewise. Writers and readers go on meanwhile; compaction
+    /// waits until the copy is complete.
+    pub fn checkpoint(&self, dest: impl AsRef<Path>) -> Result<CheckpointStats> {
+        let dest = dest.as_ref();
+        if dest.exists() {
+            return Err(Error::invalid(format!(
+                "checkpoint destination {} already exists",
+                dest.display()
+            )));
+        }
+        let inner = &self.inner;
+        // No compaction may add or remove segment files until they are all linked, so the
+        // manifest in the RocksDB checkpoint names exactly the files copied below.
+        let _one = inner.compaction.lock();
+        let segments = inner.state.load_full().segments.clone();
+        let seg_dest = dest.join("segments");
+        fs::create_dir_all(&seg_dest).map_err(|e| Error::io(&seg_dest, e))?;
+        inner.store.checkpoint(&dest.join("rocksdb"))?;
+        let mut stats = CheckpointStats::default();
+        for ss in segments.values() {
+            let name = segment_file_name(ss.segment.id);
+            let (from, to) = (inner.seg_dir.join(&name), seg_dest.join(&name));
+            if fs::hard_link(&from, &to).is_err() {
+                fs::copy(&from, &to).map_err(|e| Error::io(&to, e))?;
+                fs::File::open(&to)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| Error::io(&to, e))?;
+            }
+            stats.segments += 1;
+            stats.segment_bytes += ss.segment.file_len();
+        }
+        crate::segment::sync_dir(&seg_dest)?;
+        crate::segment::sync_dir(dest)?;
+        Ok(stats)
     }
 
     pub fn stats(&self) -> Stats {
@@ -676,6 +740,18 @@ impl Db {
                 meta: store.sst_bytes(Cf::Meta),
             },
             last_background_error: self.inner.last_bg_error.lock().clone(),
+            compactions: self.inner.compactions.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn counters(&self) -> Counters {
+        let st = self.inner.state.load();
+        Counters {
+            users: st.users.len() as u64,
+            pending_events: st.pending_events,
+            items: u64::from(st.catalog.len()),
+            segments: st.segments.len() as u64,
+            compactions: self.inner.compactions.load(Ordering::Relaxed),
         }
     }
 
@@ -736,6 +812,14 @@ impl Db {
 }
 
 impl Inner {
+    fn compact(&self) -> Result<crate::compaction::CompactionStats> {
+        let stats = crate::compaction::compact(self)?;
+        if stats.users_written > 0 || stats.segments_removed > 0 {
+            self.compactions.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(stats)
+    }
+
     fn kick_background(&self) {
         self.bg.lock().kick = true;
         self.bg_cv.notify_one();
@@ -759,7 +843,7 @@ fn background_compactor(inner: Arc<Inner>, interval: Duration) {
         if pending == 0 {
             continue;
         }
-        match crate::compaction::compact(&inner) {
+        match inner.compact() {
             Ok(_) => *inner.last_bg_error.lock() = None,
             Err(e) => {
                 tracing::error!(error = %e, "background compaction failed");

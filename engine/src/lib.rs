@@ -46,7 +46,9 @@ mod records;
 mod segment;
 
 pub use compaction::CompactionStats;
-pub use db::{ColumnBytes, CreatedWith, Db, RocksBytes, Stats, VerifyReport};
+pub use db::{
+    CheckpointStats, ColumnBytes, Counters, CreatedWith, Db, RocksBytes, Stats, VerifyReport,
+};
 pub use error::{DecodeError, Error, Result};
 pub use retrieve::{HardHit, SoftHit};
 pub use snapshot::Snapshot;

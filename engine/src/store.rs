@@ -187,6 +187,15 @@ impl Store {
         Ok(())
     }
 
+    /// A consistent copy of the whole store in the new directory `dest` (RocksDB's checkpoint:
+    /// SST files hard-linked, memtables flushed first, so `Unlogged` writes are included).
+    pub fn checkpoint(&self, dest: &Path) -> Result<()> {
+        let cp = rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .map_err(|e| map_err(&self.path, "preparing a checkpoint", e))?;
+        cp.create_checkpoint(dest)
+            .map_err(|e| map_err(&self.path, "writing a checkpoint", e))
+    }
+
     /// Bytes of SST files of a column family.
     pub fn sst_bytes(&self, cf: Cf) -> u64 {
         self.db

@@ -583,3 +583,50 @@ fn background_compaction_and_segment_garbage_collection() {
     assert!(s.last_background_error.is_none());
     assert!(db.verify().is_ok());
 }
+
+#[test]
+fn checkpoint_is_a_consistent_openable_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), opts()).unwrap();
+    let mut r = rng(5);
+    let items = catalog(&mut r, 200, 8, 3, 16);
+    db.upsert_items(&items, Durability::Sync).unwrap();
+    let ids: Vec<u64> = items.iter().map(|i| i.id).collect();
+    for u in 1..=5 {
+        append(&db, &zipf_events(&mut r, u, 700, &ids, 0));
+    }
+    db.compact().unwrap();
+    // Pending events too, some of them unlogged.
+    append(&db, &zipf_events(&mut r, 2, 50, &ids, 10_000_000));
+    db.append(
+        &zipf_events(&mut r, 6, 40, &ids, 0),
+        &AppendOptions {
+            durability: Durability::Unlogged,
+            source: None,
+        },
+    )
+    .unwrap();
+    let before: Vec<Vec<Event>> = (1..=6).map(|u| read_all(&db, u)).collect();
+    let dest = tempfile::tempdir().unwrap();
+    let cp = dest.path().join("cp");
+    let stats = db.checkpoint(&cp).unwrap();
+    assert_eq!(stats.segments, db.stats().segments);
+    assert!(
+        db.checkpoint(&cp).is_err(),
+        "an existing destination is refused"
+    );
+    // The original goes on changing.
+    append(&db, &zipf_events(&mut r, 1, 30, &ids, 20_000_000));
+    db.delete_user(3, Durability::Sync).unwrap();
+    db.compact().unwrap();
+    assert_ne!(read_all(&db, 1), before[0]);
+
+    let copy = Db::open(&cp, opts()).unwrap();
+    for u in 1..=6u64 {
+        assert_eq!(read_all(&copy, u), before[u as usize - 1], "user {u}");
+    }
+    assert_eq!(copy.snapshot().items().count(), 200);
+    assert!(copy.verify().is_ok());
+    copy.compact().unwrap();
+    assert_eq!(read_all(&copy, 2), before[1]);
+}

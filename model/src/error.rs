@@ -37,6 +37,10 @@ pub enum ModelError {
 
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+
+    /// Scoring was asked of a ranker that has no model loaded.
+    #[error("no model is loaded")]
+    NoModel,
 }
 
 impl ModelError {

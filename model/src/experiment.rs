@@ -23,7 +23,7 @@ use crate::error::{ModelError, Result};
 use crate::features::{ItemTable, SeqKind};
 use crate::metrics::{gauc, Metrics};
 use crate::models::ModelConfig;
-use crate::semid::{Codebook, CodebookReport, RqKmeansConfig};
+use crate::semid::{unit_length, Codebook, CodebookReport, RqKmeansConfig};
 use crate::synth::{Planted, PlantedConfig};
 use crate::train::{evaluate, train, EpochLog, Prepared, TrainConfig};
 
@@ -195,9 +195,7 @@ pub fn fit_semids(db: &Db, cfg: &RqKmeansConfig) -> Result<(Codebook, CodebookRe
     let dim = items[0].embedding.as_ref().map_or(0, Vec::len);
     let mut x = Vec::with_capacity(items.len() * dim);
     for it in &items {
-        let e = it.embedding.as_ref().expect("filtered");
-        let n = e.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-        x.extend(e.iter().map(|v| v / n));
+        x.extend(unit_length(it.embedding.as_ref().expect("filtered")));
     }
     let codebook = Codebook::fit(&x, dim, cfg)?;
     let semids = codebook.assign_all(&x);

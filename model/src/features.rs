@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use siren_engine::{Event, ReadRange, SemId, Snapshot};
+use siren_engine::{Event, Item, ReadRange, SemId, Snapshot};
 
 use crate::data::Impression;
 use crate::error::{ModelError, Result};
@@ -52,6 +52,12 @@ pub struct ItemTable {
 
 impl ItemTable {
     pub fn from_snapshot(snap: &Snapshot, dim: usize) -> ItemTable {
+        ItemTable::from_items(snap.items(), dim)
+    }
+
+    /// A table of just these items (the serving path builds one per request from the
+    /// candidates and the behaviours retrieved for them). Repeated ids keep their first row.
+    pub fn from_items(items: impl IntoIterator<Item = Item>, dim: usize) -> ItemTable {
         let mut t = ItemTable {
             ids: Vec::new(),
             index: HashMap::new(),
@@ -61,7 +67,10 @@ impl ItemTable {
             emb: Vec::new(),
             has_emb: Vec::new(),
         };
-        for it in snap.items() {
+        for it in items {
+            if t.index.contains_key(&it.id) {
+                continue;
+            }
             t.index.insert(it.id, t.ids.len() as u32);
             t.ids.push(it.id);
             t.category.push(it.category);
@@ -177,7 +186,7 @@ impl SampleSet {
     }
 }
 
-fn token(items: &ItemTable, target: u32, imp: &Impression, e: &Event) -> Result<Token> {
+pub(crate) fn token(items: &ItemTable, target: u32, imp: &Impression, e: &Event) -> Result<Token> {
     if e.ts >= imp.ts {
         return Err(ModelError::invalid(format!(
             "the engine returned an event at {} for an impression at {} (as_of violated)",
@@ -347,21 +356,36 @@ pub fn build_samples(
             .map(|h| h.join().expect("sample builder thread panicked"))
             .collect()
     });
+    let mut all = Vec::with_capacity(n);
+    for r in results {
+        all.extend(r?);
+    }
+    Ok(assemble(items, imps, spec, all))
+}
+
+/// Pad each impression's token lists (`(impression index, one list per sequence of spec)`) to
+/// the lengths of `spec`.
+pub(crate) fn assemble(
+    items: &ItemTable,
+    imps: &[Impression],
+    spec: &[(SeqKind, usize)],
+    per_impression: Vec<(usize, Vec<Vec<Token>>)>,
+) -> SampleSet {
+    let n = imps.len();
     let mut seqs: Vec<(SeqKind, usize, Vec<Token>)> = spec
         .iter()
         .map(|&(k, len)| (k, len, vec![Token::PAD; n * len]))
         .collect();
     let mut lens = vec![vec![0u16; n]; spec.len()];
-    for r in results {
-        for (i, per_kind) in r? {
-            for (s, toks) in per_kind.into_iter().enumerate() {
-                let len = seqs[s].1;
-                lens[s][i] = toks.len() as u16;
-                seqs[s].2[i * len..i * len + toks.len()].copy_from_slice(&toks);
-            }
+    for (i, per_kind) in per_impression {
+        for (s, toks) in per_kind.into_iter().enumerate() {
+            let len = seqs[s].1;
+            let toks = &toks[..toks.len().min(len)];
+            lens[s][i] = toks.len() as u16;
+            seqs[s].2[i * len..i * len + toks.len()].copy_from_slice(toks);
         }
     }
-    Ok(SampleSet {
+    SampleSet {
         impressions: imps.to_vec(),
         target_row: imps
             .iter()
@@ -369,16 +393,17 @@ pub fn build_samples(
             .collect(),
         seqs,
         lens,
-    })
+    }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use siren_engine::{AppendOptions, Db, Durability, Item, Options};
 
-    /// A small database where many events share timestamps with impressions.
-    fn fixture() -> (tempfile::TempDir, Db, Vec<Impression>) {
+    /// A small database where many events share timestamps with impressions: items 0..20 in 3
+    /// categories, users 1..=3 with 300 compacted events each, user 2 with 30 pending ones.
+    pub(crate) fn fixture() -> (tempfile::TempDir, Db, Vec<Impression>) {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(
             dir.path(),

@@ -4,9 +4,11 @@
 //! Semantic IDs by residual k-means ([`semid`]), datasets imported into the engine
 //! ([`data`], [`synth`]), training samples read through the same retrieval calls serving uses
 //! ([`features`]), the SIREN ESU and its baselines ([`models`]), the trainer ([`train`]) and the
-//! evaluator ([`metrics`], [`report`]).
+//! evaluator ([`metrics`], [`report`]), and in-database scoring of candidates for serving
+//! ([`ranker`]).
 
 pub mod batch;
+pub mod candidates;
 pub mod data;
 pub mod error;
 pub mod experiment;
@@ -14,9 +16,11 @@ pub mod features;
 pub mod metrics;
 pub mod models;
 pub mod plot;
+pub mod ranker;
 pub mod report;
 pub mod semid;
 pub mod synth;
 pub mod train;
 
 pub use error::{ModelError, Result};
+pub use ranker::{CandidateScore, Gsu, Ranker, ScoreOptions, Scored, ServedModel};

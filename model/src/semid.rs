@@ -67,6 +67,13 @@ const MAX_THREADS: usize = 8;
 /// shows it where the mass is; Lloyd's iterations on every point do the rest.
 const SEED_POINTS_PER_CODE: usize = 40;
 
+/// `e` scaled to unit length (zero stays zero). Siren fits and assigns SemIDs on unit-length
+/// embeddings because its similarity is the cosine.
+pub fn unit_length(e: &[f32]) -> impl Iterator<Item = f32> + '_ {
+    let n = e.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+    e.iter().map(move |v| v / n)
+}
+
 /// How to fit a [`Codebook`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RqKmeansConfig {

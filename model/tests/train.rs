@@ -1,58 +1,11 @@
 //! Every model trains on a small planted dataset read through the engine; training is
 //! deterministic; checkpoints round-trip.
 
-use siren_engine::{Db, Options};
-use siren_model::features::{ItemTable, SeqKind};
+mod common;
+
+use common::{cfg, small};
 use siren_model::models::ModelConfig;
-use siren_model::synth::{Planted, PlantedConfig};
-use siren_model::train::{evaluate, load_checkpoint, predict, train, Prepared, TrainConfig};
-
-fn small() -> (tempfile::TempDir, Prepared) {
-    let planted = Planted::new(PlantedConfig {
-        items: 1_500,
-        dim: 16,
-        clusters: 12,
-        users: 60,
-        min_events: 300,
-        max_events: 1_500,
-        impressions_per_user: 24,
-        ..PlantedConfig::default()
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(
-        dir.path(),
-        Options {
-            embedding_dim: 16,
-            auto_compact: None,
-            ..Options::default()
-        },
-    )
-    .unwrap();
-    // Planted SemIDs stand in for a fitted codebook here.
-    let semids: Vec<_> = planted
-        .catalog
-        .items
-        .iter()
-        .map(|i| i.semid.unwrap())
-        .collect();
-    let (splits, _) = planted.import(&db, Some(&semids)).unwrap();
-    db.compact().unwrap();
-    let snap = db.snapshot();
-    let items = ItemTable::from_snapshot(&snap, 16);
-    let spec: Vec<(SeqKind, usize)> = SeqKind::ALL.iter().map(|&k| (k, 16)).collect();
-    let data = Prepared::build(&snap, items, &splits, &spec, 3, 2).unwrap();
-    (dir, data)
-}
-
-fn cfg(name: &str) -> ModelConfig {
-    ModelConfig {
-        dim: 16,
-        recent: 16,
-        retrieved: 16,
-        layers: 1,
-        ..ModelConfig::named(name).unwrap()
-    }
-}
+use siren_model::train::{evaluate, load_checkpoint, predict, train, TrainConfig};
 
 #[test]
 fn every_model_trains_deterministically_and_round_trips() {

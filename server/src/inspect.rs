@@ -1,6 +1,6 @@
 //! `siren inspect` and `siren verify`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use siren_engine::{Db, Options, Stats};
@@ -57,29 +57,78 @@ pub fn print_stats(s: &Stats) {
     );
 }
 
+/// What a path given to `inspect` or `verify` holds: a database directory, a dataset
+/// directory (`db/`, `codebook.bin`) or a demo folder (`data/`, `model/`).
+struct Layout {
+    db: PathBuf,
+    codebook: Option<PathBuf>,
+    model: Option<PathBuf>,
+}
+
+fn resolve(path: &Path) -> Result<Layout, Box<dyn std::error::Error>> {
+    let is_db = |p: &Path| p.join("rocksdb").is_dir();
+    let file = |p: PathBuf| p.exists().then_some(p);
+    if is_db(path) {
+        return Ok(Layout {
+            db: path.to_path_buf(),
+            codebook: None,
+            model: None,
+        });
+    }
+    for data in [path.to_path_buf(), path.join("data")] {
+        if is_db(&data.join("db")) {
+            return Ok(Layout {
+                db: data.join("db"),
+                codebook: file(data.join("codebook.bin")),
+                model: file(path.join("model").join("config.json")).map(|_| path.join("model")),
+            });
+        }
+    }
+    Err(format!(
+        "no Siren database at {} (nor in its db/ or data/db/)",
+        path.display()
+    )
+    .into())
+}
+
 pub fn inspect(path: &Path) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let db = open_existing(path)?;
+    let layout = resolve(path)?;
+    let db = open_existing(&layout.db)?;
+    println!("database         {}", layout.db.display());
     print_stats(&db.stats());
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn verify(path: &Path) -> Result<ExitCode, Box<dyn std::error::Error>> {
-    let db = match open_existing(path) {
-        Ok(db) => db,
-        Err(e) => {
-            println!("damaged: {e}");
-            return Ok(ExitCode::FAILURE);
+    let layout = resolve(path)?;
+    let mut damaged = Vec::new();
+    if let Some(c) = &layout.codebook {
+        match siren_model::semid::Codebook::load(c) {
+            Ok(_) => println!("codebook {} ok", c.display()),
+            Err(e) => damaged.push(e.to_string()),
         }
-    };
-    let report = db.verify();
-    println!(
-        "checked {} segment files, {} user entries, {} RocksDB records",
-        report.segments, report.entries, report.records
-    );
-    for p in &report.problems {
+    }
+    if let Some(m) = &layout.model {
+        match siren_model::train::load_checkpoint(m) {
+            Ok(_) => println!("model {} ok", m.display()),
+            Err(e) => damaged.push(e.to_string()),
+        }
+    }
+    match open_existing(&layout.db) {
+        Ok(db) => {
+            let report = db.verify();
+            println!(
+                "checked {} segment files, {} user entries, {} RocksDB records",
+                report.segments, report.entries, report.records
+            );
+            damaged.extend(report.problems.iter().map(ToString::to_string));
+        }
+        Err(e) => damaged.push(e.to_string()),
+    }
+    for p in &damaged {
         println!("damaged: {p}");
     }
-    Ok(if report.is_ok() {
+    Ok(if damaged.is_empty() {
         println!("ok");
         ExitCode::SUCCESS
     } else {

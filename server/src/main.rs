@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 
 mod demo;
 mod inspect;
+mod jsonl;
 mod model_cli;
+mod serve_cli;
 
 #[derive(Parser)]
 #[command(
@@ -22,6 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the HTTP/JSON API (configuration: file, environment, flags).
+    Serve(serve_cli::ServeArgs),
     /// Build a database of synthetic users in a local folder and run hard and soft retrieval.
     Demo(demo::DemoArgs),
     /// Print users, events, segment files and bytes per column of a database.
@@ -51,6 +55,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Serve(args) => serve_cli::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Inspect { path } => inspect::inspect(&path),
         Command::Verify { path } => inspect::verify(&path),

@@ -83,6 +83,8 @@ pub enum ImportCommand {
         #[command(flatten)]
         semid: SemidArgs,
     },
+    /// Events and items as JSON lines into a database (the HTTP API's shapes).
+    Jsonl(crate::jsonl::JsonlArgs),
     /// Taobao-MM parquet (the MUSE dataset's format).
     Taobao {
         /// Folder with the parquet files under their standard names.
@@ -197,6 +199,7 @@ pub fn import(cmd: ImportCommand) -> CliResult {
             &DatasetDir::new(out),
             &semid.config(),
         )?,
+        ImportCommand::Jsonl(a) => return crate::jsonl::run(&a),
     };
     println!(
         "imported {}: {} train, {} validation, {} test impressions",

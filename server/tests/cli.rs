@@ -23,31 +23,48 @@ fn demo_inspect_verify() {
         "--dir",
         d,
         "--users",
-        "5",
-        "--events",
-        "300",
-        "--lifelong-events",
+        "12",
+        "--min-events",
+        "200",
+        "--max-events",
         "3000",
         "--items",
         "2000",
         "--dim",
         "16",
+        "--codebook",
+        "32",
+        "--epochs",
+        "1",
+        "--no-serve",
     ];
     let (ok, out) = siren(&args);
     assert!(ok, "{out}");
-    assert!(out.contains("user 1: 3000 events"), "{out}");
-    assert!(out.contains("hard (SemID prefix): 50 hits"), "{out}");
-    assert!(out.contains("soft (cosine):       50 hits"), "{out}");
+    for want in [
+        "1. data: 2000 items (16-d embeddings), 12 users",
+        "2. model: siren-hard trained",
+        "hard (SemID prefix): 50 hits",
+        "soft (cosine):       50 hits",
+        "score 100 candidates, Hard GSU",
+        "score 100 candidates, Soft GSU",
+        "siren serve --config",
+    ] {
+        assert!(out.contains(want), "{want:?} missing from:\n{out}");
+    }
+    assert!(dir.join("siren.toml").exists() && dir.join("model/config.json").exists());
     // Running it again replaces the earlier demo.
     let (ok, out) = siren(&args);
     assert!(ok, "{out}");
 
     let (ok, out) = siren(&["inspect", d]);
-    assert!(ok && out.contains("events           4500"), "{out}");
+    assert!(ok && out.contains("users            12"), "{out}");
     let (ok, out) = siren(&["verify", d]);
-    assert!(ok && out.contains("ok"), "{out}");
+    assert!(
+        ok && out.contains("codebook") && out.contains("model") && out.contains("ok"),
+        "{out}"
+    );
 
-    let seg = std::fs::read_dir(dir.join("segments"))
+    let seg = std::fs::read_dir(dir.join("data/db/segments"))
         .unwrap()
         .next()
         .unwrap()
@@ -63,12 +80,88 @@ fn demo_inspect_verify() {
         out.contains("damaged") && out.contains(seg.file_name().unwrap().to_str().unwrap()),
         "{out}"
     );
+    // A damaged model file is found too.
+    let w = dir.join("model/model.safetensors");
+    let mut bytes = std::fs::read(&w).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&w, bytes).unwrap();
+    let (ok, out) = siren(&["verify", d]);
+    assert!(!ok && out.contains("model.safetensors"), "{out}");
 
-    // The demo refuses to replace a folder that is not a Siren database.
-    let other = tmp.path().join("not-a-db");
+    // The demo refuses to replace a folder that is not a demo.
+    let other = tmp.path().join("not-a-demo");
     std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("precious.txt"), "keep me").unwrap();
     let (ok, out) = siren(&["demo", "--dir", other.to_str().unwrap()]);
-    assert!(!ok && out.contains("not a Siren database"), "{out}");
+    assert!(!ok && out.contains("not a Siren demo folder"), "{out}");
+    assert!(other.join("precious.txt").exists());
+}
+
+/// `siren serve` from a configuration file, overridden by a flag, stopped by SIGTERM.
+#[test]
+fn serve_reads_its_config_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("siren.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"0.0.0.0:1\"\ndb = {:?}\n[limits]\nmax_candidates = 7\n",
+            tmp.path().join("db").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_siren"))
+        .args([
+            "serve",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--listen",
+            "0.0.0.0:0",
+        ])
+        .env("SIREN_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut log = String::new();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // No token configured: loopback only, and it says so.
+    assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    assert!(log.contains("loopback"), "{log}");
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    let body = r#"{"user": 1, "candidates": [1, 2, 3, 4, 5, 6, 7, 8]}"#;
+    write!(
+        s,
+        "POST /v1/score HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(
+        resp.starts_with("HTTP/1.1 422") && resp.contains("too_many"),
+        "{resp}"
+    );
+    unsafe { libc_kill(child.id() as i32, 15) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 #[test]
@@ -169,4 +262,83 @@ fn import_train_eval_compare() {
         ck.to_str().unwrap(),
     ]);
     assert!(!ok && out.contains("unknown model"), "{out}");
+}
+
+#[test]
+fn import_json_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("db");
+    let items = tmp.path().join("items.jsonl");
+    let events = tmp.path().join("events.jsonl");
+    let mut it = String::new();
+    for i in 0..20u64 {
+        let e: Vec<String> = (0..4)
+            .map(|k| format!("{}", ((i * 7 + k) % 5) as f32 - 2.0))
+            .collect();
+        it.push_str(&format!(
+            "{{\"id\": {i}, \"category\": {}, \"semid\": [{}, {}], \"embedding\": [{}]}}\n",
+            i % 3,
+            i % 4,
+            i % 2,
+            e.join(", ")
+        ));
+    }
+    std::fs::write(&items, it).unwrap();
+    let ev: String = (0..500)
+        .map(|k| {
+            format!(
+                "{{\"user\": {}, \"ts\": {k}, \"item\": {}, \"action\": 1}}\n",
+                k % 3,
+                k % 20
+            )
+        })
+        .collect();
+    std::fs::write(&events, format!("{ev}\n")).unwrap();
+    let args = |extra: &[&str]| {
+        let mut v = vec![
+            "import",
+            "jsonl",
+            "--db",
+            db.to_str().unwrap(),
+            "--dim",
+            "4",
+            "--levels",
+            "2",
+            "--codebook-size",
+            "4",
+            "--batch",
+            "64",
+        ];
+        v.extend_from_slice(extra);
+        v.into_iter().map(String::from).collect::<Vec<_>>()
+    };
+    let run = |a: Vec<String>| {
+        let refs: Vec<&str> = a.iter().map(String::as_str).collect();
+        siren(&refs)
+    };
+    let (ok, out) = run(args(&[
+        "--items",
+        items.to_str().unwrap(),
+        "--events",
+        events.to_str().unwrap(),
+    ]));
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("items: 20 stored") && out.contains("events: 500 stored"),
+        "{out}"
+    );
+    let (ok, out) = siren(&["inspect", db.to_str().unwrap()]);
+    assert!(
+        ok && out.contains("events           500") && out.contains("users            3"),
+        "{out}"
+    );
+    // A bad line names its file and line.
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"user\": 1, \"ts\": 5, \"item\": 1}\n{\"user\": 1, \"ts\": \"x\", \"item\": 1}\n",
+    )
+    .unwrap();
+    let (ok, out) = run(args(&["--events", bad.to_str().unwrap()]));
+    assert!(!ok && out.contains("bad.jsonl:2"), "{out}");
 }

@@ -175,8 +175,8 @@ impl Dims {
     }
 }
 
-/// A click model: logits `[B]` for a batch.
-pub trait Scorer {
+/// A click model: logits `[B]` for a batch. Shared across serving threads.
+pub trait Scorer: Send + Sync {
     fn logits(&self, b: &Batch) -> Result<Tensor>;
 }
 

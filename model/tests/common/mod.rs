@@ -1,0 +1,65 @@
+//! A small planted dataset in a real database, shared by the model crate's integration tests.
+
+use siren_engine::{Db, Options};
+use siren_model::features::{ItemTable, SeqKind};
+use siren_model::models::ModelConfig;
+use siren_model::synth::{Planted, PlantedConfig};
+use siren_model::train::Prepared;
+
+/// The dataset's directory, its open database and every split's samples (all four sequence
+/// kinds, 16 long).
+#[allow(dead_code)]
+pub fn small_with_db() -> (tempfile::TempDir, std::sync::Arc<Db>, Prepared) {
+    let planted = Planted::new(PlantedConfig {
+        items: 1_500,
+        dim: 16,
+        clusters: 12,
+        users: 60,
+        min_events: 300,
+        max_events: 1_500,
+        impressions_per_user: 24,
+        ..PlantedConfig::default()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(
+        dir.path(),
+        Options {
+            embedding_dim: 16,
+            auto_compact: None,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    // Planted SemIDs stand in for a fitted codebook here.
+    let semids: Vec<_> = planted
+        .catalog
+        .items
+        .iter()
+        .map(|i| i.semid.unwrap())
+        .collect();
+    let (splits, _) = planted.import(&db, Some(&semids)).unwrap();
+    db.compact().unwrap();
+    let snap = db.snapshot();
+    let items = ItemTable::from_snapshot(&snap, 16);
+    let spec: Vec<(SeqKind, usize)> = SeqKind::ALL.iter().map(|&k| (k, 16)).collect();
+    let data = Prepared::build(&snap, items, &splits, &spec, 3, 2).unwrap();
+    (dir, std::sync::Arc::new(db), data)
+}
+
+#[allow(dead_code)]
+pub fn small() -> (tempfile::TempDir, Prepared) {
+    let (dir, _db, data) = small_with_db();
+    (dir, data)
+}
+
+/// Model `name`, sized for the small dataset.
+#[allow(dead_code)]
+pub fn cfg(name: &str) -> ModelConfig {
+    ModelConfig {
+        dim: 16,
+        recent: 16,
+        retrieved: 16,
+        layers: 1,
+        ..ModelConfig::named(name).unwrap()
+    }
+}

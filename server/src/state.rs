@@ -1,0 +1,91 @@
+//! What every handler shares, and how the server opens it from a [`Config`].
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use siren_engine::{Db, Options};
+use siren_model::semid::Codebook;
+use siren_model::{Ranker, ServedModel};
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub ranker: Arc<Ranker>,
+    pub config: Arc<Config>,
+    pub metrics: Arc<Metrics>,
+    /// Set when shutdown begins: `/readyz` answers 503 so that load balancers stop sending.
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(ranker: Arc<Ranker>, config: Config) -> AppState {
+        AppState {
+            ranker,
+            config: Arc::new(config),
+            metrics: Arc::new(Metrics::new()),
+            shutting_down: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn db(&self) -> &Db {
+        self.ranker.db()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Engine(#[from] siren_engine::Error),
+    #[error(transparent)]
+    Model(#[from] siren_model::ModelError),
+}
+
+/// Open (or create) the configured database, and load the model and codebook if configured.
+/// An existing database keeps the settings it was created with.
+pub fn open_ranker(cfg: &Config) -> Result<Ranker, OpenError> {
+    let mut opts = Options {
+        embedding_dim: cfg.embedding_dim,
+        semid_levels: cfg.semid_levels,
+        semid_codebook_size: cfg.semid_codebook_size,
+        ..Options::default()
+    };
+    if cfg.db.join("rocksdb").exists() {
+        opts = Db::created_with(&cfg.db)?.apply(opts);
+    }
+    let db = Arc::new(Db::open(&cfg.db, opts)?);
+    let model = cfg.model.as_deref().map(ServedModel::load).transpose()?;
+    let codebook = cfg.codebook.as_deref().map(Codebook::load).transpose()?;
+    Ok(Ranker::new(db, model, codebook)?)
+}
+
+/// Run blocking work (engine and model calls) off the async threads; a panic in it becomes a
+/// 500 rather than taking the connection down.
+pub async fn blocking<T, F>(f: F) -> Result<T, ApiError>
+where
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("the request's worker failed: {e}")))?
+}
+
+/// A checked backup name: one path component under the backup directory.
+pub fn backup_path(dir: &Path, name: &str) -> Result<std::path::PathBuf, ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !ok {
+        return Err(ApiError::invalid(
+            "a snapshot name is 1 to 100 letters, digits, '-', '_' or '.', not starting with '.'",
+        ));
+    }
+    Ok(dir.join(name))
+}
