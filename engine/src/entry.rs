@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use crate::codec::{chunk_len, le_u32, raw_chunk_payload, read_chunk, write_chunk, Reader};
+use crate::codec::{
+    checksum_matches, chunk_len, le_u32, raw_chunk_payload, read_chunk, write_chunk, Reader,
+};
 use crate::columns::{self, DictView, Packed};
 use crate::error::{corrupt, DecodeError, DecodeResult};
 use crate::prefix::{PrefixIndex, PrefixIndexBuilder, PrefixLayout, SPARSE_ENTRY_LEN};
@@ -279,7 +281,7 @@ impl<'a> EntryView<'a> {
         }
         let crc = le_u32(bytes, ENTRY_HEADER_LEN - 4);
         let actual = crc32c::crc32c(&bytes[..ENTRY_HEADER_LEN - 4]);
-        if crc != actual {
+        if !checksum_matches(crc, actual) {
             corrupt!("entry header checksum mismatch (stored {crc:08x}, computed {actual:08x})");
         }
         let mut r = Reader::new(&bytes[..ENTRY_HEADER_LEN]);
@@ -339,13 +341,13 @@ impl<'a> EntryView<'a> {
             index_chunks: r.bytes(h.index_len as usize)?,
         };
         r.finish()?;
-        if crc32c::crc32c(view.block_index) != h.block_index_crc {
+        if !checksum_matches(h.block_index_crc, crc32c::crc32c(view.block_index)) {
             corrupt!("block index checksum mismatch");
         }
-        if crc32c::crc32c(view.dict) != h.dict_crc {
+        if !checksum_matches(h.dict_crc, crc32c::crc32c(view.dict)) {
             corrupt!("item dictionary checksum mismatch");
         }
-        if crc32c::crc32c(view.index_sparse) != h.index_sparse_crc {
+        if !checksum_matches(h.index_sparse_crc, crc32c::crc32c(view.index_sparse)) {
             corrupt!("prefix index directory checksum mismatch");
         }
         Ok(view)

@@ -62,7 +62,9 @@ pub use types::{
 #[doc(hidden)]
 pub mod format {
     pub use crate::catalog::{dot_i8, inv_norm, quantize};
-    pub use crate::codec::{bitpack, bitunpack, read_chunk, write_chunk, Reader};
+    pub use crate::codec::{
+        bitpack, bitunpack, checksum_matches, read_chunk, write_chunk, Reader,
+    };
     pub use crate::columns::{
         decode_time, encode_dict, encode_packed, encode_time, DictView, Packed,
     };
@@ -72,6 +74,8 @@ pub mod format {
     };
     pub use crate::records::{
         decode_config, decode_item, decode_location, decode_manifest, decode_pending, decode_source,
+        encode_config, encode_item, encode_location, encode_manifest, encode_pending, encode_source,
+        parse_pending_key, parse_u64_key, Config, ItemRecord, Location, Manifest, SegmentInfo,
     };
     pub use crate::segment::{Segment, SegmentWriter};
 }

@@ -305,7 +305,7 @@ impl Segment {
         let (dir_offset, count, dir_crc) = footer().map_err(|e| ("footer", e))?;
         let directory = || -> DecodeResult<()> {
             let dir = &bytes[dir_offset..dir_offset + count * DIR_RECORD_LEN];
-            if crc32c::crc32c(dir) != dir_crc {
+            if !crate::codec::checksum_matches(dir_crc, crc32c::crc32c(dir)) {
                 corrupt!("directory checksum mismatch");
             }
             let mut expect = HEADER_LEN as u64;

@@ -816,7 +816,7 @@ impl Codebook {
         let body_end = bytes.len() - CRC_LEN;
         let stored = u32_at(body_end);
         let actual = crc32c::crc32c(&bytes[..body_end]);
-        if stored != actual {
+        if !siren_engine::format::checksum_matches(stored, actual) {
             return Err(corrupt(format!(
                 "checksum mismatch: stored {stored:#010x}, computed {actual:#010x}"
             )));

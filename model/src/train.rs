@@ -355,35 +355,68 @@ pub struct Loaded {
     pub model: Box<dyn Scorer>,
 }
 
+impl CheckpointConfig {
+    /// Parse and check a checkpoint's `config.json`: the version first, then that the table
+    /// sizes follow from the vocabularies in the file and the model's shape is within bounds, so
+    /// that building the model allocates what the file itself implies and no more.
+    pub fn decode(bytes: &[u8], path: &Path) -> Result<CheckpointConfig> {
+        let corrupt = |detail: String| ModelError::DataCorruption {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
+        let found = value
+            .get("format_version")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0);
+        if found != u64::from(CHECKPOINT_VERSION) {
+            return Err(ModelError::UnsupportedVersion {
+                path: path.to_path_buf(),
+                what: "checkpoint config",
+                found: u32::try_from(found).unwrap_or(u32::MAX),
+                supported: CHECKPOINT_VERSION,
+            });
+        }
+        let mut cfg: CheckpointConfig =
+            serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
+        cfg.vocabs.rebuild();
+        let m = &cfg.model;
+        if !(1..=MAX_MODEL_DIM).contains(&m.dim)
+            || m.layers > MAX_LAYERS
+            || m.heads == 0
+            || !m.dim.is_multiple_of(m.heads)
+            || m.recent > MAX_SEQUENCE
+            || m.retrieved > MAX_SEQUENCE
+        {
+            return Err(corrupt(format!("model shape out of bounds: {m:?}")));
+        }
+        if cfg.dims.emb_dim > MAX_EMBEDDING_DIM
+            || cfg.levels != cfg.vocabs.levels()
+            || cfg.levels > siren_engine::MAX_SEMID_LEVELS
+            || cfg.dims != Dims::new(&cfg.vocabs, cfg.dims.emb_dim)
+        {
+            return Err(corrupt(
+                "table sizes do not follow from the vocabularies".into(),
+            ));
+        }
+        Ok(cfg)
+    }
+}
+
+/// Bounds a checkpoint's model shape must keep (far above what Siren trains).
+const MAX_MODEL_DIM: usize = 512;
+const MAX_LAYERS: usize = 16;
+const MAX_SEQUENCE: usize = 10_000;
+const MAX_EMBEDDING_DIM: usize = 8192;
+
 pub fn load_checkpoint(dir: &Path) -> Result<Loaded> {
     let path = dir.join("config.json");
     let bytes = std::fs::read(&path).map_err(|e| ModelError::io(&path, e))?;
-    let version: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| ModelError::DataCorruption {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
-    let found = version
-        .get("format_version")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(0) as u32;
-    if found != CHECKPOINT_VERSION {
-        return Err(ModelError::UnsupportedVersion {
-            path,
-            what: "checkpoint config",
-            found,
-            supported: CHECKPOINT_VERSION,
-        });
-    }
-    let mut cfg: CheckpointConfig =
-        serde_json::from_value(version).map_err(|e| ModelError::DataCorruption {
-            path: path.clone(),
-            detail: e.to_string(),
-        })?;
-    cfg.vocabs.rebuild();
+    let cfg = CheckpointConfig::decode(&bytes, &path)?;
     let weights = dir.join("model.safetensors");
     let wbytes = std::fs::read(&weights).map_err(|e| ModelError::io(&weights, e))?;
-    if crc32c::crc32c(&wbytes) != cfg.weights_crc32c {
+    if !siren_engine::format::checksum_matches(cfg.weights_crc32c, crc32c::crc32c(&wbytes)) {
         return Err(ModelError::DataCorruption {
             path: weights,
             detail: "checksum mismatch".into(),
