@@ -250,6 +250,16 @@ pub(crate) fn compact(inner: &Inner) -> Result<CompactionStats> {
     next.segments = Arc::new(segments);
     next.next_segment_id = next_id;
     next.compacted_seq = next.compacted_seq.max(upto);
+    let changes_files = !new_segments.is_empty() || !dead.is_empty();
+    if changes_files {
+        next.generation += 1;
+        batch.put(
+            Cf::Meta,
+            crate::db::GENERATION_KEY.to_vec(),
+            records::encode_generation(next.generation),
+        );
+    }
+    let generation = next.generation;
     batch.put(
         Cf::Meta,
         b"manifest".to_vec(),
@@ -258,6 +268,11 @@ pub(crate) fn compact(inner: &Inner) -> Result<CompactionStats> {
     inner.store.write(batch, Durability::Sync)?;
     inner.state.store(Arc::new(next));
     drop(w);
+    // Now that RocksDB holds the new generation, the file follows, before any file is deleted:
+    // a RocksDB that later comes back older than this file has lost committed records.
+    if changes_files {
+        inner.raise_generation(generation)?;
+    }
 
     // Remove dead files. Readers that still map them keep their mapping (unlink does not
     // invalidate it).

@@ -25,6 +25,9 @@ use crate::view::Retention;
 
 const CONFIG_KEY: &[u8] = b"config";
 const MANIFEST_KEY: &[u8] = b"manifest";
+pub(crate) const GENERATION_KEY: &[u8] = b"generation";
+/// `<db>/WATERMARK`: what RocksDB is known to hold ([`records::Watermark`]), outside RocksDB.
+pub(crate) const WATERMARK_FILE: &str = "WATERMARK";
 const MAX_SOURCE_NAME: usize = 1024;
 
 pub(crate) struct Inner {
@@ -46,6 +49,8 @@ pub(crate) struct Inner {
     pub users_deleted: std::sync::atomic::AtomicBool,
     /// Compactions that changed something, since open.
     pub compactions: AtomicU64,
+    /// The last watermark written to `<db>/WATERMARK`.
+    pub watermark: Mutex<records::Watermark>,
 }
 
 #[derive(Default)]
@@ -194,6 +199,12 @@ impl Db {
         fs::create_dir_all(&seg_dir).map_err(|e| Error::io(&seg_dir, e))?;
         let store = Store::open(&rocks_dir)?;
         let corrupt = |block: &str, e: DecodeError| e.at(&rocks_dir, block);
+        let mark_path = path.join(WATERMARK_FILE);
+        let watermark = match fs::read(&mark_path) {
+            Ok(b) => Some(records::decode_watermark(&b).map_err(|e| e.at(&mark_path, "file"))?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&mark_path, e)),
+        };
 
         // Config: fixed at creation.
         let want = config_of(&opts);
@@ -224,10 +235,41 @@ impl Db {
                 )?;
             }
             None => {
+                // A new database, unless files say otherwise: then RocksDB has lost its records
+                // (a damaged or rolled-back MANIFEST), and opening it as new would delete every
+                // segment file.
+                let has_segments = fs::read_dir(&seg_dir)
+                    .map_err(|e| Error::io(&seg_dir, e))?
+                    .flatten()
+                    .any(|d| parse_segment_file_name(&d.file_name().to_string_lossy()).is_some());
+                if watermark.is_some() || has_segments {
+                    return Err(corrupt(
+                        "config",
+                        DecodeError::corrupt(
+                            "RocksDB has no config record, but the database has segment files or \
+                             a WATERMARK: its records were lost",
+                        ),
+                    ));
+                }
                 let mut b = Batch::default();
                 b.put(Cf::Meta, CONFIG_KEY, records::encode_config(&want));
+                b.put(Cf::Meta, GENERATION_KEY, records::encode_generation(0));
                 store.write(b, Durability::Sync)?;
             }
+        }
+        let generation = match store.get(Cf::Meta, GENERATION_KEY)? {
+            Some(b) => records::decode_generation(&b).map_err(|e| corrupt("generation", e))?,
+            None => 0,
+        };
+        if let Some(w) = watermark.filter(|w| generation < w.generation) {
+            return Err(corrupt(
+                "generation",
+                DecodeError::corrupt(format!(
+                    "RocksDB's records are at compaction generation {generation}, the WATERMARK \
+                     at {}: RocksDB lost committed records",
+                    w.generation
+                )),
+            ));
         }
 
         // Manifest and segment files. Files the manifest does not list are leftovers of a
@@ -392,6 +434,24 @@ impl Db {
             Ok(())
         })?;
 
+        let mut mark = watermark.unwrap_or_default();
+        if store.writes() < mark.durable_writes {
+            return Err(corrupt(
+                "writes",
+                DecodeError::corrupt(format!(
+                    "RocksDB holds {} write batches, but {} had been flushed: RocksDB lost \
+                     flushed records",
+                    store.writes(),
+                    mark.durable_writes
+                )),
+            ));
+        }
+        if watermark.is_none() || mark.generation != generation {
+            // A crash between a compaction's commit and the file's update, or a database made
+            // before the file existed.
+            mark.generation = generation;
+            write_watermark(&path, &mark)?;
+        }
         let state = State {
             users,
             pending_users,
@@ -401,6 +461,7 @@ impl Db {
             next_segment_id: manifest.next_segment_id,
             compacted_seq: manifest.compacted_seq,
             next_seq: max_seq + 1,
+            generation,
         };
         let read = ReadConfig {
             retention: Retention {
@@ -425,6 +486,7 @@ impl Db {
             last_bg_error: Mutex::new(None),
             users_deleted: std::sync::atomic::AtomicBool::new(false),
             compactions: AtomicU64::new(0),
+            watermark: Mutex::new(mark),
         });
         let bg = inner.opts.auto_compact.clone().map(|ac| {
             let inner = inner.clone();
@@ -654,7 +716,7 @@ impl Db {
 
     /// Make every write so far durable, including `Unlogged` ones.
     pub fn flush(&self) -> Result<()> {
-        self.inner.store.flush()
+        self.inner.flush()
     }
 
     /// Fold pending events into new segment files, rewrite segments that hold deleted users or
@@ -681,7 +743,8 @@ impl Db {
         // No compaction may add or remove segment files until they are all linked, so the
         // manifest in the RocksDB checkpoint names exactly the files copied below.
         let _one = inner.compaction.lock();
-        let segments = inner.state.load_full().segments.clone();
+        let st = inner.state.load_full();
+        let segments = st.segments.clone();
         let seg_dest = dest.join("segments");
         fs::create_dir_all(&seg_dest).map_err(|e| Error::io(&seg_dest, e))?;
         inner.store.checkpoint(&dest.join("rocksdb"))?;
@@ -699,7 +762,13 @@ impl Db {
             stats.segment_bytes += ss.segment.file_len();
         }
         crate::segment::sync_dir(&seg_dest)?;
-        crate::segment::sync_dir(dest)?;
+        write_watermark(
+            dest,
+            &records::Watermark {
+                generation: st.generation,
+                durable_writes: inner.store.writes(),
+            },
+        )?;
         Ok(stats)
     }
 
@@ -773,6 +842,8 @@ impl Db {
                 let res = match cf {
                     Cf::Meta if k == CONFIG_KEY => records::decode_config(v).map(drop),
                     Cf::Meta if k == MANIFEST_KEY => records::decode_manifest(v).map(drop),
+                    Cf::Meta if k == GENERATION_KEY => records::decode_generation(v).map(drop),
+                    Cf::Meta if k == crate::store::WRITES_KEY => records::decode_writes(v).map(drop),
                     Cf::Meta => Err(DecodeError::corrupt("unknown meta key")),
                     Cf::Pending => records::parse_pending_key(k)
                         .and_then(|_| records::decode_pending(v).map(drop)),
@@ -811,7 +882,40 @@ impl Db {
     }
 }
 
+/// Replace `<db>/WATERMARK` atomically and durably.
+pub(crate) fn write_watermark(db: &Path, w: &records::Watermark) -> Result<()> {
+    let tmp = db.join(format!("{WATERMARK_FILE}.tmp"));
+    let dest = db.join(WATERMARK_FILE);
+    let io = |p: &Path, e| Error::io(p, e);
+    let f = fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
+    std::io::Write::write_all(&mut &f, &records::encode_watermark(w)).map_err(|e| io(&tmp, e))?;
+    f.sync_all().map_err(|e| io(&tmp, e))?;
+    fs::rename(&tmp, &dest).map_err(|e| io(&dest, e))?;
+    crate::segment::sync_dir(db)
+}
+
 impl Inner {
+    /// Flush RocksDB, then raise the watermark to every write so far. The writer lock keeps
+    /// writes out between reading the count and the flush.
+    pub fn flush(&self) -> Result<()> {
+        let _w = self.writer.lock();
+        let writes = self.store.writes();
+        self.store.flush()?;
+        let mut mark = self.watermark.lock();
+        if mark.durable_writes < writes {
+            mark.durable_writes = writes;
+            write_watermark(&self.path, &mark)?;
+        }
+        Ok(())
+    }
+
+    /// After a compaction commit that changed the segment files.
+    pub fn raise_generation(&self, generation: u64) -> Result<()> {
+        let mut mark = self.watermark.lock();
+        mark.generation = mark.generation.max(generation);
+        write_watermark(&self.path, &mark)
+    }
+
     fn compact(&self) -> Result<crate::compaction::CompactionStats> {
         let stats = crate::compaction::compact(self)?;
         if stats.users_written > 0 || stats.segments_removed > 0 {
@@ -862,6 +966,6 @@ impl Drop for Db {
         }
         // Leave no write-ahead log behind a clean close: its records are in SST files, which
         // RocksDB checks block by block.
-        let _ = self.inner.store.flush();
+        let _ = self.inner.flush();
     }
 }

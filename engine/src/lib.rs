@@ -76,6 +76,8 @@ pub mod format {
         decode_config, decode_item, decode_location, decode_manifest, decode_pending, decode_source,
         encode_config, encode_item, encode_location, encode_manifest, encode_pending, encode_source,
         parse_pending_key, parse_u64_key, Config, ItemRecord, Location, Manifest, SegmentInfo,
+        decode_watermark, encode_watermark, Watermark, decode_generation, encode_generation,
+        decode_writes, encode_writes,
     };
     pub use crate::segment::{Segment, SegmentWriter};
 }

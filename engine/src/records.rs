@@ -333,6 +333,61 @@ pub fn decode_source(bytes: &[u8]) -> DecodeResult<u64> {
     Ok(v)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Generation: how many compactions have changed the set of segment files. Stored in RocksDB and,
+// after each such commit, in the file `<db>/GENERATION` (see docs/ARCHITECTURE.md, "Recovery").
+
+pub fn encode_generation(g: u64) -> Vec<u8> {
+    frame(b"SGEN", |out| out.extend_from_slice(&g.to_le_bytes()))
+}
+
+pub fn decode_generation(bytes: &[u8]) -> DecodeResult<u64> {
+    let mut r = unframe(bytes, b"SGEN", "generation record")?;
+    let v = r.u64()?;
+    r.finish()?;
+    Ok(v)
+}
+
+/// How many write batches the store has committed: every batch carries the new count, so that a
+/// store that lost recent flushes shows a smaller one.
+pub fn encode_writes(n: u64) -> Vec<u8> {
+    frame(b"SWRT", |out| out.extend_from_slice(&n.to_le_bytes()))
+}
+
+pub fn decode_writes(bytes: &[u8]) -> DecodeResult<u64> {
+    let mut r = unframe(bytes, b"SWRT", "write count record")?;
+    let v = r.u64()?;
+    r.finish()?;
+    Ok(v)
+}
+
+/// The file `<db>/WATERMARK`: what RocksDB is known to hold, kept outside RocksDB.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Watermark {
+    /// The generation of the last committed compaction that changed the segment files.
+    pub generation: u64,
+    /// RocksDB's write count (see [`encode_writes`]) at its last flush by Siren: a RocksDB that
+    /// opens with a smaller count has lost flushed records.
+    pub durable_writes: u64,
+}
+
+pub fn encode_watermark(w: &Watermark) -> Vec<u8> {
+    frame(b"SWMK", |out| {
+        out.extend_from_slice(&w.generation.to_le_bytes());
+        out.extend_from_slice(&w.durable_writes.to_le_bytes());
+    })
+}
+
+pub fn decode_watermark(bytes: &[u8]) -> DecodeResult<Watermark> {
+    let mut r = unframe(bytes, b"SWMK", "watermark")?;
+    let w = Watermark {
+        generation: r.u64()?,
+        durable_writes: r.u64()?,
+    };
+    r.finish()?;
+    Ok(w)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

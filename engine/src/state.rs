@@ -76,6 +76,8 @@ pub struct State {
     pub compacted_seq: u64,
     /// Sequence number the next append gets.
     pub next_seq: u64,
+    /// Compactions that changed the set of segment files (see `records::encode_generation`).
+    pub generation: u64,
 }
 
 impl State {

@@ -45,7 +45,12 @@ impl Cf {
 pub struct Store {
     db: DB,
     path: PathBuf,
+    /// Write batches committed so far (persisted with each batch under [`WRITES_KEY`]).
+    writes: std::sync::atomic::AtomicU64,
 }
+
+/// Meta key of the write count.
+pub const WRITES_KEY: &[u8] = b"writes";
 
 /// Map a RocksDB error: corruption becomes [`Error::DataCorruption`] naming the RocksDB
 /// directory; anything else is [`Error::Store`].
@@ -101,6 +106,10 @@ impl Store {
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
         opts.set_paranoid_checks(true);
+        // Flushes of all column families are recorded as one MANIFEST edit: a damaged MANIFEST
+        // then loses whole flushes, which the WATERMARK check at open detects, never a flush of
+        // one family without the others.
+        opts.set_atomic_flush(true);
         // Replay the write-ahead log up to a torn tail (an unacknowledged write cut by a crash),
         // but fail on damage anywhere before it rather than silently dropping later records.
         opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
@@ -111,10 +120,16 @@ impl Store {
             .map(|cf| ColumnFamilyDescriptor::new(cf.name(), cf_options()));
         let db =
             DB::open_cf_descriptors(&opts, path, cfs).map_err(|e| map_err(path, "opening", e))?;
-        Ok(Store {
+        let store = Store {
             db,
             path: path.to_path_buf(),
-        })
+            writes: std::sync::atomic::AtomicU64::new(0),
+        };
+        if let Some(b) = store.get(Cf::Meta, WRITES_KEY)? {
+            let n = crate::records::decode_writes(&b).map_err(|e| e.at(path, "write count"))?;
+            store.writes.store(n, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(store)
     }
 
     pub fn path(&self) -> &Path {
@@ -142,8 +157,17 @@ impl Store {
         Ok(())
     }
 
+    /// Write batches committed so far.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Commit `batch` atomically. Callers serialise writes (the engine's writer lock), so the
+    /// write count each batch carries is exact.
     pub fn write(&self, batch: Batch, durability: Durability) -> Result<()> {
+        let n = self.writes() + 1;
         let mut wb = WriteBatch::default();
+        wb.put_cf(self.cf(Cf::Meta), WRITES_KEY, crate::records::encode_writes(n));
         for op in batch.ops {
             match op {
                 Op::Put(cf, k, v) => wb.put_cf(self.cf(cf), k, v),
@@ -159,12 +183,16 @@ impl Store {
         }
         self.db
             .write_opt(wb, &wo)
-            .map_err(|e| map_err(&self.path, "writing", e))
+            .map_err(|e| map_err(&self.path, "writing", e))?;
+        self.writes.store(n, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
-    /// Flush every memtable to SST files (makes `Unlogged` writes durable).
+    /// Flush every memtable to SST files (makes `Unlogged` writes durable). The meta family
+    /// goes last: a MANIFEST that loses the tail of its edits then loses the write count with
+    /// the data, which the WATERMARK check at open detects.
     pub fn flush(&self) -> Result<()> {
-        for cf in Cf::ALL {
+        for cf in [Cf::Pending, Cf::Users, Cf::Items, Cf::Sources, Cf::Meta] {
             self.db
                 .flush_cf(self.cf(cf))
                 .map_err(|e| map_err(&self.path, "flushing", e))?;

@@ -1,16 +1,32 @@
-//! Catalog records (an item: category, SemID, int8 embedding), user locations, the config record
-//! and source positions. Each that decodes must encode back to an equal value.
+//! Catalog records (an item: category, SemID, int8 embedding), user locations, the config record,
+//! source positions, and the generation, write-count and WATERMARK records. Each that decodes must encode back to an equal value.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use siren_engine::format::{
-    decode_config, decode_item, decode_location, decode_source, encode_config, encode_item,
-    encode_location, encode_source, parse_u64_key,
+    decode_config, decode_generation, decode_item, decode_location, decode_source,
+    decode_watermark, decode_writes, encode_config, encode_generation, encode_item,
+    encode_location, encode_source, encode_watermark, encode_writes, parse_u64_key,
 };
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, bytes)) = data.split_first() else { return };
-    match which % 5 {
+    match which % 8 {
+        5 => {
+            if let Ok(w) = decode_watermark(bytes) {
+                assert_eq!(decode_watermark(&encode_watermark(&w)).expect("round trip"), w);
+            }
+        }
+        6 => {
+            if let Ok(g) = decode_generation(bytes) {
+                assert_eq!(decode_generation(&encode_generation(g)).expect("round trip"), g);
+            }
+        }
+        7 => {
+            if let Ok(n) = decode_writes(bytes) {
+                assert_eq!(decode_writes(&encode_writes(n)).expect("round trip"), n);
+            }
+        }
         0 => {
             if let Ok(it) = decode_item(bytes) {
                 assert_eq!(decode_item(&encode_item(&it)).expect("round trip"), it);

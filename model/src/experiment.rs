@@ -27,7 +27,8 @@ use crate::semid::{unit_length, Codebook, CodebookReport, RqKmeansConfig};
 use crate::synth::{Planted, PlantedConfig};
 use crate::train::{evaluate, train, EpochLog, Prepared, TrainConfig};
 
-pub const DATASET_VERSION: u32 = 1;
+/// Version 2 added checksums of `dataset.json` and `impressions.csv`.
+pub const DATASET_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DatasetMeta {
@@ -43,6 +44,19 @@ pub struct DatasetMeta {
     /// Importer-specific: the MovieLens protocol report, the synthetic configuration and its
     /// ceiling, the Taobao-MM import report.
     pub details: serde_json::Value,
+    /// CRC32C of `impressions.csv`.
+    pub impressions_crc32c: u32,
+    /// CRC32C of this file's canonical form ([`crate::sealed`]).
+    #[serde(default)]
+    pub checksum: u32,
+}
+
+impl crate::sealed::Sealed for DatasetMeta {
+    const WHAT: &'static str = "dataset.json";
+    const VERSION: u32 = DATASET_VERSION;
+    fn checksum_mut(&mut self) -> &mut u32 {
+        &mut self.checksum
+    }
 }
 
 pub struct DatasetDir {
@@ -110,53 +124,51 @@ impl DatasetDir {
     pub fn open(&self) -> Result<(Db, DatasetMeta, Splits)> {
         let meta = self.read_meta()?;
         let db = self.open_db(&meta)?;
-        let splits = self.read_splits()?;
+        let splits = self.read_splits(&meta)?;
         Ok((db, meta, splits))
     }
 
     pub fn read_meta(&self) -> Result<DatasetMeta> {
         let p = self.meta_path();
         let b = std::fs::read(&p).map_err(|e| ModelError::io(&p, e))?;
-        let m: DatasetMeta =
-            serde_json::from_slice(&b).map_err(|e| ModelError::DataCorruption {
-                path: p.clone(),
-                detail: e.to_string(),
-            })?;
-        if m.format_version != DATASET_VERSION {
-            return Err(ModelError::UnsupportedVersion {
-                path: p,
-                what: "dataset.json",
-                found: m.format_version,
-                supported: DATASET_VERSION,
-            });
-        }
-        Ok(m)
+        crate::sealed::open(&b, &p)
     }
 
-    fn write_meta(&self, m: &DatasetMeta) -> Result<()> {
+    fn write_meta(&self, m: &mut DatasetMeta) -> Result<()> {
         let p = self.meta_path();
-        std::fs::write(&p, serde_json::to_vec_pretty(m).expect("meta serialises"))
-            .map_err(|e| ModelError::io(&p, e))
+        std::fs::write(&p, crate::sealed::seal(m)).map_err(|e| ModelError::io(&p, e))
     }
 
-    fn write_splits(&self, s: &Splits) -> Result<()> {
-        let p = self.impressions_path();
-        let f = std::fs::File::create(&p).map_err(|e| ModelError::io(&p, e))?;
-        let mut w = std::io::BufWriter::new(f);
-        let io = |e| ModelError::io(&p, e);
-        writeln!(w, "split,user,item,ts,label").map_err(io)?;
+    /// Write the impressions; returns the file's CRC32C.
+    fn write_splits(&self, s: &Splits) -> Result<u32> {
+        let mut w = Vec::new();
+        writeln!(w, "split,user,item,ts,label").expect("writing to memory");
         for (name, v) in [("train", &s.train), ("valid", &s.valid), ("test", &s.test)] {
             for i in v {
-                writeln!(w, "{name},{},{},{},{}", i.user, i.item, i.ts, i.label).map_err(io)?;
+                writeln!(w, "{name},{},{},{},{}", i.user, i.item, i.ts, i.label)
+                    .expect("writing to memory");
             }
         }
-        w.flush().map_err(io)
+        let p = self.impressions_path();
+        std::fs::write(&p, &w).map_err(|e| ModelError::io(&p, e))?;
+        Ok(crc32c::crc32c(&w))
     }
 
-    pub fn read_splits(&self) -> Result<Splits> {
+    /// The impressions, checked against the checksum in `meta`.
+    pub fn read_splits(&self, meta: &DatasetMeta) -> Result<Splits> {
         let p = self.impressions_path();
-        let f = std::fs::File::open(&p).map_err(|e| ModelError::io(&p, e))?;
-        let mut r = csv::Reader::from_reader(f);
+        let bytes = std::fs::read(&p).map_err(|e| ModelError::io(&p, e))?;
+        let actual = crc32c::crc32c(&bytes);
+        if !siren_engine::format::checksum_matches(meta.impressions_crc32c, actual) {
+            return Err(ModelError::DataCorruption {
+                path: p,
+                detail: format!(
+                    "checksum mismatch (dataset.json says {:08x}, computed {actual:08x})",
+                    meta.impressions_crc32c
+                ),
+            });
+        }
+        let mut r = csv::Reader::from_reader(bytes.as_slice());
         let mut s = Splits::default();
         for (line, rec) in r.records().enumerate() {
             let rec = rec.map_err(|e| ModelError::input(&p, e.to_string()))?;
@@ -223,8 +235,8 @@ fn finish(
     let (codebook, report) = fit_semids(db, semid)?;
     db.compact()?;
     codebook.save(dir.codebook_path())?;
-    dir.write_splits(splits)?;
-    let meta = DatasetMeta {
+    let impressions_crc32c = dir.write_splits(splits)?;
+    let mut meta = DatasetMeta {
         format_version: DATASET_VERSION,
         name: name.to_string(),
         embedding_dim: dim,
@@ -235,8 +247,10 @@ fn finish(
         valid: splits.valid.len(),
         test: splits.test.len(),
         details,
+        impressions_crc32c,
+        checksum: 0,
     };
-    dir.write_meta(&meta)?;
+    dir.write_meta(&mut meta)?;
     Ok(meta)
 }
 

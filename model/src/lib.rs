@@ -18,6 +18,7 @@ pub mod models;
 pub mod plot;
 pub mod ranker;
 pub mod report;
+pub mod sealed;
 pub mod semid;
 pub mod synth;
 pub mod train;

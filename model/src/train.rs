@@ -320,9 +320,21 @@ pub struct CheckpointConfig {
     pub history: Vec<EpochLog>,
     /// CRC32C of `model.safetensors`.
     pub weights_crc32c: u32,
+    /// CRC32C of this file's canonical form ([`crate::sealed`]).
+    #[serde(default)]
+    pub checksum: u32,
 }
 
-pub const CHECKPOINT_VERSION: u32 = 1;
+/// Version 2 added the file's own checksum.
+pub const CHECKPOINT_VERSION: u32 = 2;
+
+impl crate::sealed::Sealed for CheckpointConfig {
+    const WHAT: &'static str = "checkpoint config";
+    const VERSION: u32 = CHECKPOINT_VERSION;
+    fn checksum_mut(&mut self) -> &mut u32 {
+        &mut self.checksum
+    }
+}
 
 impl Trained {
     /// Write `dir/model.safetensors` and `dir/config.json`.
@@ -341,9 +353,11 @@ impl Trained {
             best_epoch: self.best_epoch,
             history: self.history.clone(),
             weights_crc32c: crc32c::crc32c(&bytes),
+            checksum: 0,
         };
+        let mut cfg = cfg;
         let path = dir.join("config.json");
-        let json = serde_json::to_vec_pretty(&cfg).expect("config serialises");
+        let json = crate::sealed::seal(&mut cfg);
         std::fs::write(&path, json).map_err(|e| ModelError::io(&path, e))
     }
 }
@@ -364,22 +378,7 @@ impl CheckpointConfig {
             path: path.to_path_buf(),
             detail,
         };
-        let value: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))?;
-        let found = value
-            .get("format_version")
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0);
-        if found != u64::from(CHECKPOINT_VERSION) {
-            return Err(ModelError::UnsupportedVersion {
-                path: path.to_path_buf(),
-                what: "checkpoint config",
-                found: u32::try_from(found).unwrap_or(u32::MAX),
-                supported: CHECKPOINT_VERSION,
-            });
-        }
-        let mut cfg: CheckpointConfig =
-            serde_json::from_value(value).map_err(|e| corrupt(e.to_string()))?;
+        let mut cfg: CheckpointConfig = crate::sealed::open(bytes, path)?;
         cfg.vocabs.rebuild();
         let m = &cfg.model;
         if !(1..=MAX_MODEL_DIM).contains(&m.dim)

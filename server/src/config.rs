@@ -17,6 +17,13 @@
 //! max_history_limit = 100000
 //! request_timeout_ms = 10000
 //! max_in_flight = 64
+//! max_connections = 1024
+//! header_read_timeout_ms = 10000
+//!
+//! [engine]
+//! compact_pending_events = 1000000
+//! compact_interval_ms = 60000
+//! max_events_per_user = 100000
 //!
 //! [[tokens]]
 //! token = "a-long-random-string"
@@ -69,6 +76,11 @@ pub struct Limits {
     /// Requests served at once; more are shed at once with 503 and `Retry-After` rather than
     /// queued.
     pub max_in_flight: usize,
+    /// Open connections at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// A connection that has not sent a whole request head this long after it opened (or after
+    /// its previous request) is closed: slow clients cannot hold connections.
+    pub header_read_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -82,6 +94,32 @@ impl Default for Limits {
             max_history_limit: 100_000,
             request_timeout_ms: 10_000,
             max_in_flight: 64,
+            max_connections: 1024,
+            header_read_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Engine settings that may change between opens.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Compact in the background when this many events wait in the write path (0: never by
+    /// count).
+    pub compact_pending_events: u64,
+    /// Also compact when events have waited this long.
+    pub compact_interval_ms: u64,
+    /// A user keeps at most this many events; the oldest are dropped first.
+    pub max_events_per_user: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let d = siren_engine::AutoCompact::default();
+        EngineConfig {
+            compact_pending_events: d.pending_events,
+            compact_interval_ms: d.interval.as_millis() as u64,
+            max_events_per_user: siren_engine::Options::default().max_events_per_user,
         }
     }
 }
@@ -100,6 +138,7 @@ pub struct Config {
     pub semid_levels: u8,
     pub semid_codebook_size: u32,
     pub limits: Limits,
+    pub engine: EngineConfig,
     pub tokens: Vec<Token>,
 }
 
@@ -115,6 +154,7 @@ impl Default for Config {
             semid_levels: 3,
             semid_codebook_size: 256,
             limits: Limits::default(),
+            engine: EngineConfig::default(),
             tokens: Vec::new(),
         }
     }
@@ -156,6 +196,8 @@ impl Config {
             ("max_history_limit", l.max_history_limit),
             ("max_in_flight", l.max_in_flight),
             ("request_timeout_ms", l.request_timeout_ms as usize),
+            ("max_connections", l.max_connections),
+            ("header_read_timeout_ms", l.header_read_timeout_ms as usize),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!(

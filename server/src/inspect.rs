@@ -61,6 +61,8 @@ pub fn print_stats(s: &Stats) {
 /// directory (`db/`, `codebook.bin`) or a demo folder (`data/`, `model/`).
 struct Layout {
     db: PathBuf,
+    /// A dataset directory (`dataset.json`, `impressions.csv`).
+    dataset: Option<PathBuf>,
     codebook: Option<PathBuf>,
     model: Option<PathBuf>,
 }
@@ -71,6 +73,7 @@ fn resolve(path: &Path) -> Result<Layout, Box<dyn std::error::Error>> {
     if is_db(path) {
         return Ok(Layout {
             db: path.to_path_buf(),
+            dataset: None,
             codebook: None,
             model: None,
         });
@@ -79,6 +82,7 @@ fn resolve(path: &Path) -> Result<Layout, Box<dyn std::error::Error>> {
         if is_db(&data.join("db")) {
             return Ok(Layout {
                 db: data.join("db"),
+                dataset: data.join("dataset.json").exists().then(|| data.clone()),
                 codebook: file(data.join("codebook.bin")),
                 model: file(path.join("model").join("config.json")).map(|_| path.join("model")),
             });
@@ -102,6 +106,13 @@ pub fn inspect(path: &Path) -> Result<ExitCode, Box<dyn std::error::Error>> {
 pub fn verify(path: &Path) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let layout = resolve(path)?;
     let mut damaged = Vec::new();
+    if let Some(d) = &layout.dataset {
+        let dir = siren_model::experiment::DatasetDir::new(d);
+        match dir.read_meta().and_then(|m| dir.read_splits(&m)) {
+            Ok(_) => println!("dataset {} ok", d.display()),
+            Err(e) => damaged.push(e.to_string()),
+        }
+    }
     if let Some(c) = &layout.codebook {
         match siren_model::semid::Codebook::load(c) {
             Ok(_) => println!("codebook {} ok", c.display()),

@@ -47,10 +47,20 @@ pub enum OpenError {
 /// Open (or create) the configured database, and load the model and codebook if configured.
 /// An existing database keeps the settings it was created with.
 pub fn open_ranker(cfg: &Config) -> Result<Ranker, OpenError> {
+    let e = &cfg.engine;
     let mut opts = Options {
         embedding_dim: cfg.embedding_dim,
         semid_levels: cfg.semid_levels,
         semid_codebook_size: cfg.semid_codebook_size,
+        max_events_per_user: e.max_events_per_user,
+        auto_compact: Some(siren_engine::AutoCompact {
+            pending_events: if e.compact_pending_events == 0 {
+                u64::MAX
+            } else {
+                e.compact_pending_events
+            },
+            interval: std::time::Duration::from_millis(e.compact_interval_ms.max(1)),
+        }),
         ..Options::default()
     };
     if cfg.db.join("rocksdb").exists() {

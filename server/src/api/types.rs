@@ -38,9 +38,11 @@ pub struct EventIn {
     pub item: u64,
     /// Action code (view, click, buy, a rating, ...), 0 to 255.
     #[serde(default)]
+    #[schema(maximum = 255)]
     pub action: u8,
     /// Scenario or surface, 0 to 65535.
     #[serde(default)]
+    #[schema(maximum = 65535)]
     pub domain: u16,
 }
 
@@ -115,6 +117,7 @@ pub struct ItemIn {
     /// Codes, coarse to fine; as many as the database's SemID levels. Assigned from the
     /// server's codebook when absent and an embedding is given.
     #[serde(default)]
+    #[schema(value_type = Option<Vec<u16>>, maximum = 65535)]
     pub semid: Option<Vec<u16>>,
     /// As many finite values as the database's embedding dimension.
     #[serde(default)]

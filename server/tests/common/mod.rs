@@ -1,5 +1,6 @@
 //! A small synthetic dataset and a trained model, imported and trained once per test binary,
 //! and copied into a fresh directory for each server (a database is opened by one process).
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -70,7 +71,7 @@ pub fn built() -> &'static Built {
     B.get_or_init(build)
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
