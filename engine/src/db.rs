@@ -843,7 +843,9 @@ impl Db {
                     Cf::Meta if k == CONFIG_KEY => records::decode_config(v).map(drop),
                     Cf::Meta if k == MANIFEST_KEY => records::decode_manifest(v).map(drop),
                     Cf::Meta if k == GENERATION_KEY => records::decode_generation(v).map(drop),
-                    Cf::Meta if k == crate::store::WRITES_KEY => records::decode_writes(v).map(drop),
+                    Cf::Meta if k == crate::store::WRITES_KEY => {
+                        records::decode_writes(v).map(drop)
+                    }
                     Cf::Meta => Err(DecodeError::corrupt("unknown meta key")),
                     Cf::Pending => records::parse_pending_key(k)
                         .and_then(|_| records::decode_pending(v).map(drop)),

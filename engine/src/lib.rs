@@ -62,9 +62,7 @@ pub use types::{
 #[doc(hidden)]
 pub mod format {
     pub use crate::catalog::{dot_i8, inv_norm, quantize};
-    pub use crate::codec::{
-        bitpack, bitunpack, checksum_matches, read_chunk, write_chunk, Reader,
-    };
+    pub use crate::codec::{bitpack, bitunpack, checksum_matches, read_chunk, write_chunk, Reader};
     pub use crate::columns::{
         decode_time, encode_dict, encode_packed, encode_time, DictView, Packed,
     };
@@ -73,11 +71,11 @@ pub mod format {
         decode_bitmap, IndexCache, PrefixIndex, PrefixIndexBuilder, PrefixLayout,
     };
     pub use crate::records::{
-        decode_config, decode_item, decode_location, decode_manifest, decode_pending, decode_source,
-        encode_config, encode_item, encode_location, encode_manifest, encode_pending, encode_source,
-        parse_pending_key, parse_u64_key, Config, ItemRecord, Location, Manifest, SegmentInfo,
-        decode_watermark, encode_watermark, Watermark, decode_generation, encode_generation,
-        decode_writes, encode_writes,
+        decode_config, decode_generation, decode_item, decode_location, decode_manifest,
+        decode_pending, decode_source, decode_watermark, decode_writes, encode_config,
+        encode_generation, encode_item, encode_location, encode_manifest, encode_pending,
+        encode_source, encode_watermark, encode_writes, parse_pending_key, parse_u64_key, Config,
+        ItemRecord, Location, Manifest, SegmentInfo, Watermark,
     };
     pub use crate::segment::{Segment, SegmentWriter};
 }

@@ -167,7 +167,11 @@ impl Store {
     pub fn write(&self, batch: Batch, durability: Durability) -> Result<()> {
         let n = self.writes() + 1;
         let mut wb = WriteBatch::default();
-        wb.put_cf(self.cf(Cf::Meta), WRITES_KEY, crate::records::encode_writes(n));
+        wb.put_cf(
+            self.cf(Cf::Meta),
+            WRITES_KEY,
+            crate::records::encode_writes(n),
+        );
         for op in batch.ops {
             match op {
                 Op::Put(cf, k, v) => wb.put_cf(self.cf(cf), k, v),

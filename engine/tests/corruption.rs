@@ -122,7 +122,10 @@ fn attempt(dir: &Path, expect: &Answers) -> Outcome {
         Ok(a) => {
             if &a != expect {
                 let sizes = |x: &Answers| {
-                    x.reads.iter().map(|(u, v)| (*u, v.len())).collect::<Vec<_>>()
+                    x.reads
+                        .iter()
+                        .map(|(u, v)| (*u, v.len()))
+                        .collect::<Vec<_>>()
                 };
                 panic!(
                     "a damaged file gave a wrong answer: events per user {:?}, expected {:?}",

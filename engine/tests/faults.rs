@@ -81,7 +81,9 @@ fn a_full_disk_gives_errors_and_loses_nothing() {
     let _fs = match Tmpfs::mount(outer.path(), "24m") {
         Ok(fs) => fs,
         Err(why) => {
-            eprintln!("skipped: cannot mount a tmpfs to fill ({why}); run as root to test a full disk");
+            eprintln!(
+                "skipped: cannot mount a tmpfs to fill ({why}); run as root to test a full disk"
+            );
             return;
         }
     };
@@ -121,7 +123,8 @@ fn a_full_disk_gives_errors_and_loses_nothing() {
             eprintln!("after the disk filled, writes need a reopen: {e}");
             drop(db);
             let db = Db::open(&path, options()).unwrap();
-            db.append(&batch(next, 10), &AppendOptions::default()).unwrap();
+            db.append(&batch(next, 10), &AppendOptions::default())
+                .unwrap();
             db
         }
     };
@@ -131,7 +134,10 @@ fn a_full_disk_gives_errors_and_loses_nothing() {
     drop(db);
     let db = Db::open(&path, options()).unwrap();
     check_acked(&db, &acked, n);
-    eprintln!("full disk: {} batches acknowledged before it filled, all kept", acked.len());
+    eprintln!(
+        "full disk: {} batches acknowledged before it filled, all kept",
+        acked.len()
+    );
 }
 
 const SHIM: &str = r#"
@@ -189,7 +195,10 @@ fn fsync_fault_child() {
         // Phase 1 leaves its batches pending, so that phase 2's compaction has work to fail at.
         if phase > 1 {
             match db.compact() {
-                Ok(c) => say(format!("compact ok phase {phase}: {} users", c.users_written)),
+                Ok(c) => say(format!(
+                    "compact ok phase {phase}: {} users",
+                    c.users_written
+                )),
                 Err(e) => say(format!("compact err phase {phase}: {e}")),
             }
         }
@@ -222,7 +231,13 @@ fn failing_fsyncs_give_errors_and_lose_nothing() {
     }
     let db_dir = tmp.path().join("db");
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["fsync_fault_child", "--ignored", "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            "fsync_fault_child",
+            "--ignored",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("SIREN_FAULT_DB", &db_dir)
         .env("SIREN_FAULT_FILE", tmp.path().join("fault"))
         .env("LD_PRELOAD", &shim)
@@ -234,7 +249,11 @@ fn failing_fsyncs_give_errors_and_lose_nothing() {
         .map(Result::unwrap)
         .filter_map(|l| l.split_once("@@").map(|(_, s)| s.to_string()))
         .collect();
-    assert!(lines.iter().any(|l| l == "done"), "the child did not finish:\n{}", lines.join("\n"));
+    assert!(
+        lines.iter().any(|l| l == "done"),
+        "the child did not finish:\n{}",
+        lines.join("\n")
+    );
     let acked: Vec<u64> = lines
         .iter()
         .filter_map(|l| l.strip_prefix("ack "))
@@ -247,7 +266,11 @@ fn failing_fsyncs_give_errors_and_lose_nothing() {
             .count()
     };
     assert_eq!(in_phase(1, "ack"), 20, "{lines:#?}");
-    assert_eq!(in_phase(2, "ack"), 0, "no write may be acknowledged while fsync fails");
+    assert_eq!(
+        in_phase(2, "ack"),
+        0,
+        "no write may be acknowledged while fsync fails"
+    );
     assert_eq!(in_phase(2, "compact ok"), 0);
     assert_eq!(in_phase(4, "ack"), 20, "after a reopen, writes work again");
     assert_eq!(in_phase(4, "compact ok"), 1);

@@ -14,7 +14,7 @@ use siren_engine::{Event, Item, ReadRange, Snapshot};
 
 use crate::data::Impression;
 use crate::error::Result;
-use crate::features::{assemble, token, ItemTable, SampleSet, SeqKind, Token, NO_ROW};
+use crate::features::{assemble, recent, token, ItemTable, SampleSet, SeqKind, Token, NO_ROW};
 
 /// One behaviour the GSU retrieved for a candidate, with why it was retrieved.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -90,15 +90,7 @@ pub fn candidate_samples(
         let lists: Vec<Vec<Retrieved>> = match kind {
             SeqKind::Recent => {
                 let t = Instant::now();
-                let mut v = snap.read(
-                    user,
-                    ReadRange {
-                        last: Some(len),
-                        as_of,
-                        since: None,
-                    },
-                )?;
-                v.reverse();
+                let v = recent(snap, user, len, as_of)?;
                 timings.read_us += micros(t);
                 let one: Vec<Retrieved> = v.into_iter().map(plain).collect();
                 vec![one; candidates.len()]

@@ -212,6 +212,25 @@ pub(crate) fn token(items: &ItemTable, target: u32, imp: &Impression, e: &Event)
     })
 }
 
+/// The newest `len` behaviours of `user` before `as_of`, newest first.
+pub(crate) fn recent(
+    snap: &Snapshot,
+    user: u64,
+    len: usize,
+    as_of: Option<i64>,
+) -> Result<Vec<Event>> {
+    let mut v = snap.read(
+        user,
+        ReadRange {
+            last: Some(len),
+            as_of,
+            since: None,
+        },
+    )?;
+    v.reverse();
+    Ok(v)
+}
+
 /// The behaviours of one sequence of one sample, from the engine.
 fn sequence(
     snap: &Snapshot,
@@ -224,18 +243,7 @@ fn sequence(
 ) -> Result<Vec<Token>> {
     let as_of = Some(imp.ts);
     let events: Vec<Event> = match kind {
-        SeqKind::Recent => {
-            let mut v = snap.read(
-                imp.user,
-                ReadRange {
-                    last: Some(len),
-                    as_of,
-                    since: None,
-                },
-            )?;
-            v.reverse();
-            v
-        }
+        SeqKind::Recent => recent(snap, imp.user, len, as_of)?,
         SeqKind::Soft => {
             if target == NO_ROW || !items.has_emb[target as usize] {
                 Vec::new()

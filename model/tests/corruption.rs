@@ -20,21 +20,45 @@ use siren_model::ModelError;
 /// A comparable summary of what a file loads as.
 fn load(kind: &str, dir: &Path) -> Result<String, ModelError> {
     Ok(match kind {
-        "codebook" => format!("{:?}", Codebook::load(dir.join("data/codebook.bin"))?.encode()),
+        "codebook" => format!(
+            "{:?}",
+            Codebook::load(dir.join("data/codebook.bin"))?.encode()
+        ),
         "dataset" => {
             let d = DatasetDir::new(dir.join("data"));
             let meta = d.read_meta()?;
             let s = d.read_splits(&meta)?;
-            format!("{}|{:?}|{:?}|{:?}", serde_json::to_string(&meta).unwrap(), s.train, s.valid, s.test)
+            format!(
+                "{}|{:?}|{:?}|{:?}",
+                serde_json::to_string(&meta).unwrap(),
+                s.train,
+                s.valid,
+                s.test
+            )
         }
         "checkpoint" => {
             let l = load_checkpoint(&dir.join("model"))?;
-            let mut names: Vec<String> = l.params.varmap().data().lock().unwrap().keys().cloned().collect();
+            let mut names: Vec<String> = l
+                .params
+                .varmap()
+                .data()
+                .lock()
+                .unwrap()
+                .keys()
+                .cloned()
+                .collect();
             names.sort();
             let vm = l.params.varmap().data().lock().unwrap();
             let weights: Vec<Vec<f32>> = names
                 .iter()
-                .map(|n| vm[n].as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+                .map(|n| {
+                    vm[n]
+                        .as_tensor()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                })
                 .collect();
             format!("{}|{weights:?}", serde_json::to_string(&l.cfg).unwrap())
         }
@@ -81,8 +105,17 @@ fn damaged_model_files_are_detected_or_harmless() {
     let model = common::cfg("siren-hard");
     let (_db, _m, prepared) = experiment::prepare(&data, std::slice::from_ref(&model), 1).unwrap();
     drop(_db);
-    let t = train(&model, &TrainConfig { epochs: 1, ..TrainConfig::default() }, &prepared).unwrap();
-    t.save(&pristine.join("model"), &prepared.vocabs, prepared.levels).unwrap();
+    let t = train(
+        &model,
+        &TrainConfig {
+            epochs: 1,
+            ..TrainConfig::default()
+        },
+        &prepared,
+    )
+    .unwrap();
+    t.save(&pristine.join("model"), &prepared.vocabs, prepared.levels)
+        .unwrap();
 
     let files: [(&str, PathBuf); 5] = [
         ("codebook", PathBuf::from("data/codebook.bin")),
@@ -128,10 +161,17 @@ fn damaged_model_files_are_detected_or_harmless() {
                 .unwrap_or_else(|_| panic!("panic loading {} after {how}", rel.display()));
             match got {
                 Ok(v) => {
-                    assert_eq!(v, expect, "{} after {how} loaded different data", rel.display());
+                    assert_eq!(
+                        v,
+                        expect,
+                        "{} after {how} loaded different data",
+                        rel.display()
+                    );
                     harmless += 1;
                 }
-                Err(e @ (ModelError::DataCorruption { .. } | ModelError::UnsupportedVersion { .. })) => {
+                Err(
+                    e @ (ModelError::DataCorruption { .. } | ModelError::UnsupportedVersion { .. }),
+                ) => {
                     let name = rel.file_name().unwrap().to_str().unwrap();
                     assert!(e.to_string().contains(name), "{e} does not name {name}");
                     detected += 1;
@@ -139,7 +179,10 @@ fn damaged_model_files_are_detected_or_harmless() {
                 Err(e) => panic!("{} after {how}: untyped error {e}", rel.display()),
             }
         }
-        eprintln!("{}: {detected} detected, {harmless} harmless", rel.display());
+        eprintln!(
+            "{}: {detected} detected, {harmless} harmless",
+            rel.display()
+        );
         assert!(detected > 0);
     }
 }

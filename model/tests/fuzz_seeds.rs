@@ -92,7 +92,9 @@ fn write_fuzz_seeds() {
     }
 
     // Column chunks: [selector][n u16][max width][chunk].
-    let ts: Vec<i64> = (0..100).map(|k| 1_700_000_000_000 + k * 1234 - k % 7).collect();
+    let ts: Vec<i64> = (0..100)
+        .map(|k| 1_700_000_000_000 + k * 1234 - k % 7)
+        .collect();
     let mut raw = Vec::new();
     encode_time(&ts, &mut raw);
     for (name, level) in [("time_raw", 0), ("time_zstd", 3)] {
@@ -187,9 +189,32 @@ fn write_fuzz_seeds() {
         ),
     );
     put("catalog_record", "source", &with(3, encode_source(42)));
+    put(
+        "catalog_record",
+        "watermark",
+        &with(
+            5,
+            siren_engine::format::encode_watermark(&siren_engine::format::Watermark {
+                generation: 3,
+                durable_writes: 99,
+            }),
+        ),
+    );
+    put(
+        "catalog_record",
+        "generation",
+        &with(6, siren_engine::format::encode_generation(3)),
+    );
+    put(
+        "catalog_record",
+        "writes",
+        &with(7, siren_engine::format::encode_writes(99)),
+    );
 
     // A codebook and a checkpoint config.
-    let x: Vec<f32> = (0..200 * 4).map(|i| ((i * 37 % 101) as f32).sin()).collect();
+    let x: Vec<f32> = (0..200 * 4)
+        .map(|i| ((i * 37 % 101) as f32).sin())
+        .collect();
     let cb = Codebook::fit(
         &x,
         4,
@@ -223,11 +248,23 @@ fn write_fuzz_seeds() {
 
     // HTTP bodies: [route selector][body or path tail].
     let http: [(u8, &str); 10] = [
-        (0, r#"{"user": 1, "candidates": [1, 2, 3], "gsu": "soft", "explain": true}"#),
+        (
+            0,
+            r#"{"user": 1, "candidates": [1, 2, 3], "gsu": "soft", "explain": true}"#,
+        ),
         (1, r#"{"user": 1, "mode": "hard", "k": 5, "item": 3}"#),
-        (1, r#"{"user": 1, "mode": "soft", "k": 5, "embedding": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]}"#),
-        (2, r#"{"events": [{"user": 1, "ts": 5, "item": 3, "action": 1}], "durability": "buffered"}"#),
-        (3, r#"{"items": [{"id": 9, "category": 1, "embedding": [1, 2, 3, 4, 5, 6, 7, 8]}]}"#),
+        (
+            1,
+            r#"{"user": 1, "mode": "soft", "k": 5, "embedding": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]}"#,
+        ),
+        (
+            2,
+            r#"{"events": [{"user": 1, "ts": 5, "item": 3, "action": 1}], "durability": "buffered"}"#,
+        ),
+        (
+            3,
+            r#"{"items": [{"id": 9, "category": 1, "embedding": [1, 2, 3, 4, 5, 6, 7, 8]}]}"#,
+        ),
         (4, r#"{}"#),
         (5, r#"{"name": "snap-1"}"#),
         (7, "1/events?limit=5&as_of=100"),
@@ -235,7 +272,11 @@ fn write_fuzz_seeds() {
         (9, "3"),
     ];
     for (i, (sel, body)) in http.iter().enumerate() {
-        put("http_bodies", &format!("req{i}"), &with(*sel, body.as_bytes().to_vec()));
+        put(
+            "http_bodies",
+            &format!("req{i}"),
+            &with(*sel, body.as_bytes().to_vec()),
+        );
     }
 }
 

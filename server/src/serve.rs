@@ -84,7 +84,10 @@ pub async fn start(config: Config, ranker: Arc<siren_model::Ranker>) -> std::io:
         }
         flag.store(true, Ordering::Relaxed);
         drop(listener);
-        if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(DRAIN, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("connections still open after {DRAIN:?}; closing them");
         }
     });

@@ -60,7 +60,10 @@ fn start(config: &std::path::Path) -> (Child, String) {
     let out = child.stdout.take().unwrap();
     let mut lines = BufReader::new(out).lines();
     let addr = loop {
-        let line = lines.next().expect("the server exited before listening").unwrap();
+        let line = lines
+            .next()
+            .expect("the server exited before listening")
+            .unwrap();
         if let Some(rest) = line.split("addr=").nth(1) {
             break rest.split_whitespace().next().unwrap().to_string();
         }
@@ -106,7 +109,8 @@ fn kill_minus_nine_over_http_loses_no_acknowledged_batch() {
         let dead = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
         for _ in 0..2 {
-            let (addr, acked, next, dead) = (addr.clone(), acked.clone(), next.clone(), dead.clone());
+            let (addr, acked, next, dead) =
+                (addr.clone(), acked.clone(), next.clone(), dead.clone());
             workers.push(std::thread::spawn(move || {
                 while !dead.load(Ordering::SeqCst) {
                     let b = next.fetch_add(1, Ordering::SeqCst);
@@ -159,7 +163,13 @@ fn kill_minus_nine_over_http_loses_no_acknowledged_batch() {
 fn check(addr: &str, acked: &[u64], attempted: u64) {
     let mut seen: BTreeMap<u64, u64> = BTreeMap::new();
     for u in USERS {
-        let (st, body) = http(addr, "GET", &format!("/v1/users/{u}/events?limit=100000"), "").unwrap();
+        let (st, body) = http(
+            addr,
+            "GET",
+            &format!("/v1/users/{u}/events?limit=100000"),
+            "",
+        )
+        .unwrap();
         assert_eq!(st, 200, "{body}");
         let v: Value = serde_json::from_str(&body).unwrap();
         let events = v["events"].as_array().unwrap();

@@ -55,7 +55,11 @@ impl Gen<'_> {
             4 => json!(1e39),
             5 => json!("x".repeat(self.rng.random_range(0..3000))),
             6 => json!(u64::MAX),
-            7 if depth < 8 => Value::Array((0..self.rng.random_range(0..4)).map(|_| self.junk(depth + 1)).collect()),
+            7 if depth < 8 => Value::Array(
+                (0..self.rng.random_range(0..4))
+                    .map(|_| self.junk(depth + 1))
+                    .collect(),
+            ),
             _ if depth < 8 => {
                 let mut m = Map::new();
                 m.insert("zz".into(), self.junk(depth + 1));
@@ -92,7 +96,9 @@ impl Gen<'_> {
             "integer" => {
                 let max = s["maximum"].as_u64().unwrap_or(u64::MAX);
                 match self.rng.random_range(0..6) {
-                    0 if !self.ids.is_empty() => json!(self.ids[self.rng.random_range(0..self.ids.len())]),
+                    0 if !self.ids.is_empty() => {
+                        json!(self.ids[self.rng.random_range(0..self.ids.len())])
+                    }
                     1 => json!(0),
                     2 => json!(max),
                     3 => json!(self.rng.random_range(0..100u64)),
@@ -115,7 +121,11 @@ impl Gen<'_> {
                 let mut m = Map::new();
                 let required: Vec<String> = s["required"]
                     .as_array()
-                    .map(|r| r.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+                    .map(|r| {
+                        r.iter()
+                            .filter_map(|v| v.as_str().map(String::from))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 if let Some(props) = s["properties"].as_object() {
                     for (k, v) in props {
@@ -144,11 +154,22 @@ async fn thousands_of_generated_requests_get_no_5xx_but_503() {
     })
     .await;
     let c = Client::new();
-    let doc: Value = c.get(s.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let doc: Value = c
+        .get(s.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let (user, items) = some_user_and_items(&s);
     let mut ids = items.clone();
     ids.push(user);
-    let mut gen = Gen { doc: &doc, rng: StdRng::seed_from_u64(7), ids };
+    let mut gen = Gen {
+        doc: &doc,
+        rng: StdRng::seed_from_u64(7),
+        ids,
+    };
     // Every operation, with its method, path template, body schema and parameters.
     let mut ops = Vec::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
@@ -185,7 +206,9 @@ async fn thousands_of_generated_requests_get_no_5xx_but_503() {
         let mut query = Vec::new();
         for (name, place, schema) in params {
             let v = if gen.rng.random_bool(0.1) {
-                json!(["abc", "-1", "1e9", "%00", "18446744073709551616"][gen.rng.random_range(0..5)])
+                json!(
+                    ["abc", "-1", "1e9", "%00", "18446744073709551616"][gen.rng.random_range(0..5)]
+                )
             } else {
                 gen.value(schema, 0)
             };
@@ -204,7 +227,9 @@ async fn thousands_of_generated_requests_get_no_5xx_but_503() {
         }
         let payload = match gen.rng.random_range(0..20) {
             0 => "{\"a\":".repeat(gen.rng.random_range(1..200)).into_bytes(),
-            1 => (0..gen.rng.random_range(0..500)).map(|_| gen.rng.random::<u8>()).collect(),
+            1 => (0..gen.rng.random_range(0..500))
+                .map(|_| gen.rng.random::<u8>())
+                .collect(),
             _ if body.is_null() => Vec::new(),
             _ => serde_json::to_vec(&gen.value(body, 0)).unwrap(),
         };
@@ -226,12 +251,21 @@ async fn thousands_of_generated_requests_get_no_5xx_but_503() {
     }
     for p in pending {
         let st = p.await.unwrap().unwrap().status();
-        assert!(!st.is_server_error() || st == StatusCode::SERVICE_UNAVAILABLE, "{st}");
+        assert!(
+            !st.is_server_error() || st == StatusCode::SERVICE_UNAVAILABLE,
+            "{st}"
+        );
         *statuses.entry(st.as_u16()).or_default() += 1;
     }
     eprintln!("generated requests by status: {statuses:?}");
-    assert!(statuses.get(&200).copied().unwrap_or(0) > n / 20, "{statuses:?}");
-    assert!(statuses.keys().any(|&k| (400..500).contains(&k)), "{statuses:?}");
+    assert!(
+        statuses.get(&200).copied().unwrap_or(0) > n / 20,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.keys().any(|&k| (400..500).contains(&k)),
+        "{statuses:?}"
+    );
     // Still serving, still consistent.
     let r = c
         .post(s.url("/v1/score"))
@@ -251,7 +285,9 @@ async fn thousands_of_generated_requests_get_no_5xx_but_503() {
 /// Dribble a request head one byte at a time.
 fn slow_client(addr: std::net::SocketAddr, gap: Duration) -> std::thread::JoinHandle<bool> {
     std::thread::spawn(move || {
-        let Ok(mut t) = TcpStream::connect(addr) else { return true };
+        let Ok(mut t) = TcpStream::connect(addr) else {
+            return true;
+        };
         let head = b"POST /v1/score HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
         for b in head {
             if t.write_all(&[*b]).is_err() {
@@ -276,7 +312,9 @@ async fn slow_clients_idle_floods_and_huge_headers_do_not_exhaust_the_server() {
     let addr = s.running.addr;
     let c = Client::new();
     // 20 slow clients: each would take 6 s to send its head; the server cuts them at 0.4 s.
-    let slow: Vec<_> = (0..20).map(|_| slow_client(addr, Duration::from_millis(50))).collect();
+    let slow: Vec<_> = (0..20)
+        .map(|_| slow_client(addr, Duration::from_millis(50)))
+        .collect();
     tokio::time::sleep(Duration::from_millis(100)).await;
     let t = Instant::now();
     let r = c.get(s.url("/healthz")).send().await.unwrap();
@@ -287,11 +325,14 @@ async fn slow_clients_idle_floods_and_huge_headers_do_not_exhaust_the_server() {
     }
     // More idle connections than allowed: the extra ones are closed at once, the others when
     // their head does not come; then the server serves again.
-    let idle: Vec<TcpStream> = (0..60).filter_map(|_| TcpStream::connect(addr).ok()).collect();
+    let idle: Vec<TcpStream> = (0..60)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
     tokio::time::sleep(Duration::from_millis(900)).await;
     let mut closed = 0;
     for mut t in idle {
-        t.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        t.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
         let mut b = [0u8; 16];
         if matches!(t.read(&mut b), Ok(0) | Err(_)) {
             closed += 1;

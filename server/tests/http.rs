@@ -579,69 +579,67 @@ async fn bearer_tokens_and_scopes() {
         }
         r.send()
     };
-    let status = |r: reqwest::Response| r.status();
-    assert_eq!(
-        status(call("/v1/score", &score, None).await.unwrap()),
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        status(
-            call("/v1/score", &score, Some("wrong-0123456789"))
-                .await
-                .unwrap()
+    let compact = json!(null);
+    let cases: [(&str, &Value, Option<&str>, StatusCode); 10] = [
+        ("/v1/score", &score, None, StatusCode::UNAUTHORIZED),
+        (
+            "/v1/score",
+            &score,
+            Some("wrong-0123456789"),
+            StatusCode::UNAUTHORIZED,
         ),
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        status(
-            call("/v1/score", &score, Some("reader-0123456789"))
-                .await
-                .unwrap()
+        (
+            "/v1/score",
+            &score,
+            Some("reader-0123456789"),
+            StatusCode::OK,
         ),
-        StatusCode::OK
-    );
-    assert_eq!(
-        status(
-            call("/v1/events", &append, Some("reader-0123456789"))
-                .await
-                .unwrap()
+        (
+            "/v1/events",
+            &append,
+            Some("reader-0123456789"),
+            StatusCode::FORBIDDEN,
         ),
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        status(
-            call("/v1/events", &append, Some("writer-0123456789"))
-                .await
-                .unwrap()
+        (
+            "/v1/events",
+            &append,
+            Some("writer-0123456789"),
+            StatusCode::OK,
         ),
-        StatusCode::OK
-    );
-    assert_eq!(
-        status(
-            call("/v1/score", &score, Some("writer-0123456789"))
-                .await
-                .unwrap()
+        (
+            "/v1/score",
+            &score,
+            Some("writer-0123456789"),
+            StatusCode::FORBIDDEN,
         ),
-        StatusCode::FORBIDDEN
-    );
-    assert_eq!(
-        status(
-            call("/v1/admin/compact", &json!(null), Some("writer-0123456789"))
-                .await
-                .unwrap()
+        (
+            "/v1/admin/compact",
+            &compact,
+            Some("writer-0123456789"),
+            StatusCode::FORBIDDEN,
         ),
-        StatusCode::FORBIDDEN
-    );
-    for path in ["/v1/score", "/v1/admin/compact"] {
-        let body = if path == "/v1/score" {
-            &score
-        } else {
-            &json!(null)
-        };
-        assert_eq!(
-            status(call(path, body, Some("admin--0123456789")).await.unwrap()),
-            StatusCode::OK
-        );
+        (
+            "/v1/score",
+            &score,
+            Some("admin--0123456789"),
+            StatusCode::OK,
+        ),
+        (
+            "/v1/events",
+            &append,
+            Some("admin--0123456789"),
+            StatusCode::OK,
+        ),
+        (
+            "/v1/admin/compact",
+            &compact,
+            Some("admin--0123456789"),
+            StatusCode::OK,
+        ),
+    ];
+    for (path, body, token, want) in cases {
+        let got = call(path, body, token).await.unwrap().status();
+        assert_eq!(got, want, "{path} with {token:?}");
     }
     let r = c.get(s.url("/v1/stats")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
