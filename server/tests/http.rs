@@ -369,7 +369,9 @@ async fn bad_input_gets_a_4xx_with_a_stable_code() {
             StatusCode::BAD_REQUEST,
             "invalid_argument",
         ),
-        // Embeddings of the wrong length or not finite (1e39 overflows f32), bad SemIDs.
+        // Embeddings of the wrong length or out of f32 range, bad SemIDs. JSON cannot spell NaN or
+        // infinity, so the only way to send a non-finite f32 is a number that overflows it: the
+        // parser rejects that as invalid JSON for the field, naming the field's path.
         (
             "/v1/items",
             json!({"items": [{"id": 4_242_424_242u64, "embedding": [1.0, 2.0]}]}),
@@ -380,7 +382,7 @@ async fn bad_input_gets_a_4xx_with_a_stable_code() {
             "/v1/items",
             json!({"items": [{"id": 4_242_424_242u64, "embedding": vec![1e39; 16]}]}),
             StatusCode::BAD_REQUEST,
-            "invalid_argument",
+            "invalid_json",
         ),
         (
             "/v1/items",
@@ -453,7 +455,7 @@ async fn bad_input_gets_a_4xx_with_a_stable_code() {
             "/v1/retrieve",
             json!({"user": user, "k": 5, "mode": "soft", "embedding": vec![1e39; 16]}),
             StatusCode::BAD_REQUEST,
-            "invalid_argument",
+            "invalid_json",
         ),
         (
             "/v1/retrieve",
