@@ -1,5 +1,10 @@
-//! Shared set-up for Siren's benchmarks: a database of synthetic lifelong users, and the naive
-//! baselines the engine is compared with in the same run.
+//! Shared set-up for Siren's benchmarks: a database of synthetic lifelong users, the naive
+//! baselines the engine is compared with in the same run, and the stores users would otherwise
+//! pick (Parquet, RocksDB with one row per event) for the comparison command.
+
+pub mod parquet_events;
+pub mod rocks_rows;
+pub mod timing;
 
 use std::collections::HashMap;
 
@@ -127,13 +132,24 @@ pub struct ScoringFixture {
     pub dir: tempfile::TempDir,
     pub ranker: std::sync::Arc<siren_model::Ranker>,
     pub lifelong_user: u64,
+    /// `(history length, user)` for the lengths asked of [`scoring_fixture_with`].
+    pub scaling_users: Vec<(usize, u64)>,
     pub candidates: Vec<u64>,
+    pub model: siren_model::models::ModelConfig,
     pub model_name: String,
+    /// Width of the catalog embeddings the model projects.
+    pub embedding_dim: usize,
 }
 
 /// The synthetic dataset of `siren demo` at a smaller user count, one extra user with exactly
 /// 100,000 events, and `siren-hard` (the default SIREN configuration) trained for one epoch.
 pub fn scoring_fixture() -> ScoringFixture {
+    scoring_fixture_with(&[])
+}
+
+/// [`scoring_fixture`] plus one user per entry of `lengths` with exactly that many events (for
+/// scaling curves).
+pub fn scoring_fixture_with(lengths: &[usize]) -> ScoringFixture {
     use siren_model::experiment::{self, DatasetDir};
     use siren_model::models::ModelConfig;
     use siren_model::semid::RqKmeansConfig;
@@ -153,11 +169,21 @@ pub fn scoring_fixture() -> ScoringFixture {
     let meta =
         experiment::import_synthetic(&cfg, &data, &RqKmeansConfig::default()).expect("import");
     let lifelong_user = 9_999_999;
+    let scaling_users: Vec<(usize, u64)> = lengths
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (n, 9_000_000 + i as u64))
+        .collect();
     {
         let db = data.open_db(&meta).expect("open");
         let catalog = Planted::new(cfg.clone()).catalog;
-        let h = synth::history(&catalog, 7, lifelong_user, 100_000, 1_500_000_000_000);
-        append_buffered(&db, &h);
+        for &(n, user) in scaling_users
+            .iter()
+            .chain(std::iter::once(&(100_000, lifelong_user)))
+        {
+            let h = synth::history(&catalog, 7, user, n, 1_500_000_000_000);
+            append_buffered(&db, &h);
+        }
         db.compact().expect("compact");
     }
     let model = ModelConfig::named("siren-hard").expect("model");
@@ -185,7 +211,38 @@ pub fn scoring_fixture() -> ScoringFixture {
         dir,
         ranker: std::sync::Arc::new(ranker),
         lifelong_user,
+        scaling_users,
         candidates,
         model_name: model.name(),
+        model,
+        embedding_dim: cfg.dim,
     }
+}
+
+/// Floating-point operations (a multiply-add counts two) of the SIREN ESU's matrix products
+/// when it scores `candidates` candidates: the target's multimodal projection, the transformer
+/// over the target token and `retrieved` behaviour tokens (the last layer only updates the
+/// target token), the recent behaviours' target attention and the MLP head. Element-wise work
+/// (layer norms, softmax, embedding sums) is left out, so this is a lower bound.
+pub fn siren_esu_flops(
+    cfg: &siren_model::models::ModelConfig,
+    embedding_dim: usize,
+    candidates: usize,
+) -> f64 {
+    let (b, d, e) = (candidates as f64, cfg.dim as f64, embedding_dim as f64);
+    let t = (1 + cfg.retrieved) as f64;
+    let r = cfg.recent as f64;
+    let full_layers = cfg.layers.saturating_sub(1) as f64;
+    let projection = 2.0 * b * e * d;
+    // qkv 3d^2, output d^2, feed-forward 2 * (d x 2d): 8d^2 multiply-adds per token.
+    let full = full_layers * (16.0 * b * t * d * d + 4.0 * b * t * t * d);
+    let last = 6.0 * b * t * d * d + 4.0 * b * t * d + 2.0 * b * d * d + 8.0 * b * d * d;
+    let recent = if cfg.recent > 0 {
+        2.0 * b * r * (4.0 * d * 32.0 + 32.0) + 2.0 * b * r * d
+    } else {
+        0.0
+    };
+    let head_in = (4 + usize::from(cfg.recent > 0)) as f64 * d;
+    let head = 2.0 * b * (head_in * 64.0 + 64.0 * 32.0 + 32.0);
+    projection + full + last + recent + head
 }

@@ -215,28 +215,53 @@ pub fn bitunpack(bytes: &[u8], width: u8, n: usize, out: &mut Vec<u32>) -> Decod
     if width == 0 || n == 0 {
         return Ok(());
     }
-    let w = usize::from(width);
-    let mask = if width == 32 {
-        u32::MAX as u64
-    } else {
-        (1u64 << width) - 1
-    };
-    // Eight values of w bits take exactly w bytes, so each group of eight starts on a byte
-    // boundary; one unaligned 8-byte load per value, from a copy padded so no load runs past.
-    let mut padded = [0u8; 32 + 8];
     let groups = n / 8;
-    for (g, dst) in out[..groups * 8].chunks_exact_mut(8).enumerate() {
-        padded[..w].copy_from_slice(&bytes[g * w..g * w + w]);
-        for (j, d) in dst.iter_mut().enumerate() {
-            let bit = j * w;
-            let word = u64::from_le_bytes(padded[bit / 8..bit / 8 + 8].try_into().unwrap());
-            *d = ((word >> (bit % 8)) & mask) as u32;
-        }
+    // One copy of the loop per width, so that shifts and masks are constants and the eight
+    // values of a group unroll.
+    macro_rules! by_width {
+        ($($w:literal)*) => {
+            match width {
+                $($w => unpack_groups::<$w>(bytes, &mut out[..groups * 8]),)*
+                _ => unreachable!("width checked above"),
+            }
+        };
     }
+    by_width!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32);
     for (i, d) in out.iter_mut().enumerate().skip(groups * 8) {
         *d = bit_get(bytes, width, i);
     }
     Ok(())
+}
+
+/// Unpack whole groups of eight `W`-bit values into `out` (a multiple of eight long). Eight
+/// values of W bits take exactly W bytes, so each group starts on a byte boundary; each value is
+/// one unaligned 8-byte load, straight from `bytes` while eight bytes remain, else from a
+/// zero-padded copy of the group.
+#[inline(always)]
+fn unpack_groups<const W: usize>(bytes: &[u8], out: &mut [u32]) {
+    let mask = if W == 32 {
+        u32::MAX as u64
+    } else {
+        (1u64 << W) - 1
+    };
+    let group = |src: &[u8], dst: &mut [u32]| {
+        for (j, d) in dst.iter_mut().enumerate() {
+            let bit = j * W;
+            let word = u64::from_le_bytes(src[bit / 8..bit / 8 + 8].try_into().unwrap());
+            *d = ((word >> (bit % 8)) & mask) as u32;
+        }
+    };
+    for (g, dst) in out.chunks_exact_mut(8).enumerate() {
+        let start = g * W;
+        // The last value's load starts at byte (7 * W) / 8 of the group.
+        if start + (7 * W) / 8 + 8 <= bytes.len() {
+            group(&bytes[start..], dst);
+        } else {
+            let mut padded = [0u8; 32 + 8];
+            padded[..W].copy_from_slice(&bytes[start..start + W]);
+            group(&padded, dst);
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

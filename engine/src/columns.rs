@@ -134,10 +134,28 @@ pub fn decode_time(raw: &[u8], n: usize, out: &mut Vec<i64>) -> DecodeResult<()>
         corrupt!("{n_exc} time exceptions for {} deltas", n - 1);
     }
     let packed = r.bytes(bitpacked_len(n - 1, w))?;
-    let mut lows = Vec::new();
-    bitunpack(packed, w, n - 1, &mut lows)?;
-    // Patch the exceptions' high bits in a second pass over the tail, then sum.
-    let exc_start = r.position();
+    LOWS.with_borrow_mut(|lows| {
+        bitunpack(packed, w, n - 1, lows)?;
+        sum_deltas(raw, r.position(), lows, first, n_exc, w, out)
+    })
+}
+
+thread_local! {
+    /// The unpacked low bits of a time block: reused, as a long read decodes many blocks.
+    static LOWS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Patch the exceptions' high bits into the deltas `lows` and sum them from `first`.
+fn sum_deltas(
+    raw: &[u8],
+    exc_start: usize,
+    lows: &[u32],
+    first: i64,
+    n_exc: usize,
+    w: u8,
+    out: &mut Vec<i64>,
+) -> DecodeResult<()> {
+    let n = lows.len() + 1;
     let mut exceptions = Reader::new(&raw[exc_start..]);
     let mut prev_idx = None;
     out.reserve(n);
@@ -149,24 +167,33 @@ pub fn decode_time(raw: &[u8], n: usize, out: &mut Vec<i64>) -> DecodeResult<()>
         None
     };
     let mut seen = 0;
-    for (i, &low) in lows.iter().enumerate() {
-        let mut d = u64::from(low);
-        if let Some((ei, high)) = next_exc {
-            if ei == i {
-                d |= high << w;
-                seen += 1;
-                next_exc = if seen < n_exc {
-                    Some(read_exception(&mut exceptions, &mut prev_idx, n - 1, w)?)
-                } else {
-                    None
-                };
-            }
+    let mut i = 0;
+    loop {
+        // A run of plain deltas up to the next exception: each is below 2^32 and a run is
+        // below 2^16 long, so the sum can wrap at most once, which shows as going backwards.
+        let end = next_exc.map_or(lows.len(), |(ei, _)| ei);
+        let before = t;
+        out.extend(lows[i..end].iter().map(|&low| {
+            t = t.wrapping_add(i64::from(low));
+            t
+        }));
+        if t < before {
+            corrupt!("time deltas before event {} overflow", end + 1);
         }
+        let Some((ei, high)) = next_exc else { break };
+        let d = u64::from(lows[ei]) | (high << w);
         t = match t.checked_add_unsigned(d) {
             Some(v) => v,
-            None => corrupt!("time delta {d} at event {} overflows", i + 1),
+            None => corrupt!("time delta {d} at event {} overflows", ei + 1),
         };
         out.push(t);
+        i = ei + 1;
+        seen += 1;
+        next_exc = if seen < n_exc {
+            Some(read_exception(&mut exceptions, &mut prev_idx, n - 1, w)?)
+        } else {
+            None
+        };
     }
     exceptions.finish()
 }

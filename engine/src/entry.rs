@@ -252,6 +252,8 @@ pub struct Block {
     pub item: Vec<u32>,
     pub action: Vec<u8>,
     pub domain: Vec<u16>,
+    /// Unpacking space for the narrow columns, kept so that a reused block allocates nothing.
+    values: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -406,7 +408,7 @@ impl<'a> EntryView<'a> {
             DecodeError::Corrupt(d) => DecodeError::Corrupt(format!("block {b} {c} column: {d}")),
             v => v,
         };
-        let mut values = Vec::new();
+        let values = &mut out.values;
         if cols.time {
             let raw = read_chunk(self.column_chunk(b, 0)?, 11 + 16 * n, scratch)
                 .map_err(|e| wrap("time", e))?;
@@ -430,7 +432,7 @@ impl<'a> EntryView<'a> {
             let raw = read_chunk(self.column_chunk(b, 2)?, 1 + n, scratch)
                 .map_err(|e| wrap("action", e))?;
             Packed::parse(raw, n, 8)
-                .and_then(|p| p.unpack(&mut values))
+                .and_then(|p| p.unpack(values))
                 .map_err(|e| wrap("action", e))?;
             out.action.clear();
             out.action.extend(values.iter().map(|&v| v as u8));
@@ -439,7 +441,7 @@ impl<'a> EntryView<'a> {
             let raw = read_chunk(self.column_chunk(b, 3)?, 1 + 2 * n, scratch)
                 .map_err(|e| wrap("domain", e))?;
             Packed::parse(raw, n, 16)
-                .and_then(|p| p.unpack(&mut values))
+                .and_then(|p| p.unpack(values))
                 .map_err(|e| wrap("domain", e))?;
             out.domain.clear();
             out.domain.extend(values.iter().map(|&v| v as u16));

@@ -70,16 +70,13 @@ impl Snapshot {
         let Some(mut v) = self.view(user, range.as_of)? else {
             return Ok(Vec::new());
         };
-        Ok(v.read(range.since, range.last)?
-            .into_iter()
-            .map(|e| Event {
-                user,
-                ts: e.ts,
-                item: e.item,
-                action: e.action,
-                domain: e.domain,
-            })
-            .collect())
+        v.read_map(range.since, range.last, |e| Event {
+            user,
+            ts: e.ts,
+            item: e.item,
+            action: e.action,
+            domain: e.domain,
+        })
     }
 
     /// Number of events of `user` visible before `as_of` (all retained events without it).

@@ -395,6 +395,17 @@ impl<'s> UserView<'s> {
 
     /// The visible events with `ts >= since`, at most the `last` most recent, oldest first.
     pub fn read(&mut self, since: Option<i64>, last: Option<usize>) -> Result<Vec<Ev>> {
+        self.read_map(since, last, |e| e)
+    }
+
+    /// [`Self::read`], each event passed through `f` as it is decoded (so that callers build
+    /// their own type in the same pass).
+    pub fn read_map<T>(
+        &mut self,
+        since: Option<i64>,
+        last: Option<usize>,
+        f: impl Fn(Ev) -> T,
+    ) -> Result<Vec<T>> {
         let (mut a_s, mut a_p) = (self.s0, self.p0);
         if let Some(t) = since {
             a_s = a_s.max(self.seg_count_lt(t)?.min(self.s1));
@@ -412,39 +423,124 @@ impl<'s> UserView<'s> {
         let pending = self.pending;
         let mut j = a_p;
         if a_s < self.s1 {
-            let catalog = self.catalog;
+            let ids = self.dict_ids(self.s1 - a_s)?;
             let seg = self.seg.as_mut().expect("visible S events imply an entry");
-            let dict = seg.dict()?;
             let be = seg.view.block_events();
+            // One block buffer for the whole pass: a long read touches every block once, so
+            // keeping them (as point lookups do) would only cost allocations.
+            let mut blk = Block::default();
             for b in a_s / be..=(self.s1 - 1) / be {
-                seg.ensure_block(b, Cols::ALL)?;
-                let blk = seg.block_ref(b);
+                if let Err(e) = seg
+                    .view
+                    .decode_block(b, Cols::ALL, &mut blk, &mut seg.scratch)
+                {
+                    return Err(seg.segment.corruption(seg.record, e));
+                }
                 let lo = a_s.max(b * be) - b * be;
                 let hi = self.s1.min((b + 1) * be) - b * be;
-                for o in lo..hi {
-                    let ts = blk.ts[o];
-                    while j < self.p1 && pending[j].ev.ts < ts {
-                        out.push(pending[j].ev);
+                let mut o = lo;
+                while o < hi {
+                    // Pending events go before the first S event with a later time.
+                    while j < self.p1 && pending[j].ev.ts < blk.ts[o] {
+                        out.push(f(pending[j].ev));
                         j += 1;
                     }
-                    let row = dict.get(blk.item[o] as usize);
-                    if row >= catalog.len() {
+                    // Then a run of S events up to the next pending event, in one pass.
+                    let run_end = match pending.get(j).filter(|_| j < self.p1) {
+                        Some(p) => o + blk.ts[o..hi].partition_point(|&t| t <= p.ev.ts),
+                        None => hi,
+                    };
+                    let run = o..run_end;
+                    let bad = match &ids {
+                        DictIds::Resolved(v) => push_run(&mut out, &blk, run, &f, |c| Ok(v[c])),
+                        DictIds::Lazy(..) => push_run(&mut out, &blk, run, &f, |c| ids.get(c)),
+                    };
+                    if let Some(row) = bad {
                         let e = crate::error::DecodeError::corrupt(format!(
                             "dictionary names catalog row {row}, the catalog has {}",
-                            catalog.len()
+                            self.catalog.len()
                         ));
                         return Err(seg.segment.corruption(seg.record, e));
                     }
-                    out.push(Ev {
-                        ts,
-                        item: catalog.id(row),
-                        action: blk.action[o],
-                        domain: blk.domain[o],
-                    });
+                    o = run_end;
                 }
             }
         }
-        out.extend(pending[j..self.p1].iter().map(|p| p.ev));
+        out.extend(pending[j..self.p1].iter().map(|p| f(p.ev)));
         Ok(out)
+    }
+
+    /// Item ids of the dictionary for a read of `events` events: resolved (and checked
+    /// against the catalog) up front when that is fewer look-ups than resolving each event,
+    /// else on demand.
+    fn dict_ids(&mut self, events: usize) -> Result<DictIds<'s>> {
+        let dict = self.dict()?;
+        if dict.len() < events {
+            let rows = self.dict_rows()?;
+            Ok(DictIds::Resolved(
+                rows.iter().map(|&r| self.catalog.id(r)).collect(),
+            ))
+        } else {
+            Ok(DictIds::Lazy(dict, self.catalog))
+        }
+    }
+}
+
+/// Append events `run` of `blk` to `out` through `f`, items resolved by `id` (a dictionary
+/// code to an item id, or the bad catalog row). Returns the first bad row. Generic over `id` so
+/// that the common, pre-resolved case compiles to a plain loop.
+#[inline(always)]
+fn push_run<T>(
+    out: &mut Vec<T>,
+    blk: &Block,
+    run: std::ops::Range<usize>,
+    f: &impl Fn(Ev) -> T,
+    id: impl Fn(usize) -> std::result::Result<u64, u32>,
+) -> Option<u32> {
+    let mut bad = None;
+    out.extend(
+        blk.ts[run.clone()]
+            .iter()
+            .zip(&blk.item[run.clone()])
+            .zip(&blk.action[run.clone()])
+            .zip(&blk.domain[run])
+            .map(|(((&ts, &code), &action), &domain)| {
+                // decode_block checked the codes against the dictionary's length.
+                let item = id(code as usize).unwrap_or_else(|row| {
+                    bad = Some(row);
+                    0
+                });
+                f(Ev {
+                    ts,
+                    item,
+                    action,
+                    domain,
+                })
+            }),
+    );
+    bad
+}
+
+/// A user's dictionary entries as item ids (see [`UserView::dict_ids`]).
+enum DictIds<'s> {
+    Resolved(Vec<u64>),
+    Lazy(DictView<'s>, &'s Catalog),
+}
+
+impl DictIds<'_> {
+    /// The item id of entry `i`, or the catalog row it names when that row does not exist.
+    #[inline]
+    fn get(&self, i: usize) -> std::result::Result<u64, u32> {
+        match self {
+            DictIds::Resolved(ids) => Ok(ids[i]),
+            DictIds::Lazy(d, c) => {
+                let row = d.get(i);
+                if row < c.len() {
+                    Ok(c.id(row))
+                } else {
+                    Err(row)
+                }
+            }
+        }
     }
 }

@@ -1,0 +1,1033 @@
+//! Siren side by side with the stores its users would otherwise pick, in one run on one machine:
+//! bytes on disk, durable ingest, whole-history reads, hard and soft retrieval, end-to-end
+//! scoring against its floor, and scaling curves. Writes `BENCHMARKS.md`, a JSON file and PNG
+//! plots.
+//!
+//! cargo run --release -p siren-benches --bin compare -- --users 10 --events-per-user 100000
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::json;
+use siren_benches::parquet_events::{self, ParquetEvents};
+use siren_benches::rocks_rows::RocksRows;
+use siren_benches::timing::{dir_bytes, measure, Sample};
+use siren_benches::{scoring_fixture_with, siren_esu_flops, NaiveCatalog};
+use siren_engine::{
+    AppendOptions, Db, Durability, Event, Item, Options, ReadRange, SemId, Snapshot,
+};
+use siren_model::plot::{self, Panel, Series};
+use siren_model::synth::{self, SynthConfig};
+use siren_model::{Gsu, ScoreOptions};
+
+type Res<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+#[derive(Parser, Debug)]
+#[command(about = "Siren against Parquet, RocksDB one row per event and the memory floors")]
+struct Args {
+    /// Synthetic users, each with `--events-per-user` events.
+    #[arg(long, default_value_t = 10)]
+    users: usize,
+    #[arg(long, default_value_t = 100_000)]
+    events_per_user: usize,
+    /// Catalog size and embedding width of the synthetic workload.
+    #[arg(long, default_value_t = 100_000)]
+    items: usize,
+    #[arg(long, default_value_t = 64)]
+    dim: usize,
+    /// Events per acknowledged durable write (fsynced), for both stores.
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
+    /// MovieLens folder (ratings.csv, movies.csv, movies_minilm384.f32); skipped when absent.
+    #[arg(long, default_value = "../shared/data/movielens-latest-small")]
+    movielens: PathBuf,
+    /// Where the Markdown report goes.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    markdown: PathBuf,
+    /// Folder for the JSON results and PNG plots.
+    #[arg(long, default_value = "docs/results/bench")]
+    out: PathBuf,
+    /// Fewer repetitions and a shorter users curve (a smoke run, not for the report).
+    #[arg(long)]
+    quick: bool,
+    /// Scratch space for the stores (a temporary folder by default).
+    #[arg(long)]
+    scratch: Option<PathBuf>,
+}
+
+/// Repetition policy: at least `runs` calls and `secs` seconds per measurement.
+#[derive(Clone, Copy)]
+struct Reps {
+    runs: usize,
+    secs: f64,
+}
+
+impl Reps {
+    fn measure<T>(&self, f: impl FnMut() -> T) -> Sample {
+        measure(self.runs, Duration::from_secs_f64(self.secs), f)
+    }
+}
+
+/// The same events in the three stores.
+struct Stores {
+    db: Db,
+    siren_dir: PathBuf,
+    parquet: ParquetEvents,
+    rocks: RocksRows,
+    rocks_dir: PathBuf,
+    sizes: Sizes,
+    ingest: Option<Ingest>,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct Sizes {
+    events: u64,
+    siren_bytes: u64,
+    siren_segment_bytes: u64,
+    siren_rocksdb_bytes: u64,
+    parquet_bytes: u64,
+    rocks_bytes: u64,
+    /// Siren's live segment bytes by part: time, item, action, domain, item dictionaries,
+    /// prefix indexes, headers.
+    siren_parts: [u64; 7],
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct Ingest {
+    events: u64,
+    batch: usize,
+    siren_append_secs: f64,
+    siren_compact_secs: f64,
+    rocks_secs: f64,
+    /// Events per second, Siren's including the compaction that builds segments and prefix
+    /// indexes.
+    siren_rate: f64,
+    siren_append_rate: f64,
+    rocks_rate: f64,
+}
+
+/// Bytes of a store's folder without RocksDB's informational `LOG` files, which hold no data.
+fn data_bytes(dir: &Path) -> u64 {
+    let logs: u64 = walk(dir)
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("LOG"))
+        })
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    dir_bytes(dir) - logs
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Load `events` (time-ordered, users interleaved, as a live stream arrives) into the three
+/// stores. With `durable`, each batch is an fsynced write in both Siren and RocksDB and the
+/// rates are measured; otherwise loading is a bulk load and only sizes count.
+fn build_stores(
+    scratch: &Path,
+    name: &str,
+    items: &[Item],
+    dim: usize,
+    events: &[Event],
+    batch: usize,
+    durable: bool,
+) -> Res<Stores> {
+    let base = scratch.join(name);
+    std::fs::create_dir_all(&base)?;
+    let siren_dir = base.join("siren");
+    let rocks_dir = base.join("rocks");
+    let db = Db::open(
+        &siren_dir,
+        Options {
+            embedding_dim: dim as u32,
+            auto_compact: None,
+            ..Options::default()
+        },
+    )?;
+    for c in items.chunks(10_000) {
+        db.upsert_items(c, Durability::Buffered)?;
+    }
+    db.flush()?;
+    let mut rocks = RocksRows::open(&rocks_dir)?;
+    let (durability, sync) = if durable {
+        (Durability::Sync, true)
+    } else {
+        (Durability::Buffered, false)
+    };
+    let opts = AppendOptions {
+        durability,
+        source: None,
+    };
+    let t = Instant::now();
+    for c in events.chunks(batch) {
+        db.append(c, &opts)?;
+    }
+    let siren_append_secs = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    db.compact()?;
+    let siren_compact_secs = t.elapsed().as_secs_f64();
+    db.flush()?;
+    let t = Instant::now();
+    for c in events.chunks(batch) {
+        rocks.append(c, sync)?;
+    }
+    let rocks_secs = t.elapsed().as_secs_f64();
+    rocks.settle()?;
+
+    // Parquet is written sorted by user then time, its best layout for per-user reads.
+    let mut sorted = events.to_vec();
+    sorted.sort_by_key(|e| (e.user, e.ts));
+    let pq_path = base.join("events.parquet");
+    let parquet_bytes = parquet_events::write(&pq_path, &sorted, 3)?;
+    let parquet = ParquetEvents::open(&pq_path)?;
+
+    let s = db.stats();
+    let n = events.len() as u64;
+    // The catalog (item embeddings and SemIDs) is left out: the baselines store no catalog.
+    let siren_bytes = data_bytes(&siren_dir).saturating_sub(s.rocksdb.items);
+    let sizes = Sizes {
+        events: n,
+        siren_bytes,
+        siren_segment_bytes: s.segment_file_bytes,
+        siren_rocksdb_bytes: siren_bytes.saturating_sub(s.segment_file_bytes),
+        parquet_bytes,
+        rocks_bytes: data_bytes(&rocks_dir),
+        siren_parts: [
+            s.live.time,
+            s.live.item,
+            s.live.action,
+            s.live.domain,
+            s.live.dict,
+            s.live.index,
+            s.live.meta,
+        ],
+    };
+    let rate = |secs: f64| n as f64 / secs;
+    let ingest = durable.then(|| Ingest {
+        events: n,
+        batch,
+        siren_append_secs,
+        siren_compact_secs,
+        rocks_secs,
+        siren_rate: rate(siren_append_secs + siren_compact_secs),
+        siren_append_rate: rate(siren_append_secs),
+        rocks_rate: rate(rocks_secs),
+    });
+    Ok(Stores {
+        db,
+        siren_dir,
+        parquet,
+        rocks,
+        rocks_dir,
+        sizes,
+        ingest,
+    })
+}
+
+/// Interleave per-user histories by time, as a live stream would deliver them.
+fn stream(histories: Vec<Vec<Event>>) -> Vec<Event> {
+    let mut all: Vec<Event> = histories.into_iter().flatten().collect();
+    // Stable: events of one user keep their order when times tie.
+    all.sort_by_key(|e| e.ts);
+    all
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct ReadCmp {
+    events: usize,
+    siren: Sample,
+    parquet: Sample,
+    rocks: Sample,
+    memcpy: Sample,
+}
+
+/// Read `user`'s whole history from the three stores (checking they agree) and copy it.
+fn compare_reads(st: &Stores, user: u64, reps: Reps) -> Res<ReadCmp> {
+    let snap = st.db.snapshot();
+    let want = snap.read(user, ReadRange::all())?;
+    let pq = st.parquet.read_user(user)?;
+    let rk = st.rocks.read_user(user)?;
+    if pq != want || rk != want {
+        return Err(format!(
+            "stores disagree on user {user}: siren {} events, parquet {}, rocksdb {}",
+            want.len(),
+            pq.len(),
+            rk.len()
+        )
+        .into());
+    }
+    let mut dst = want.clone();
+    Ok(ReadCmp {
+        events: want.len(),
+        siren: reps.measure(|| snap.read(user, ReadRange::all()).expect("read")),
+        parquet: reps.measure(|| st.parquet.read_user(user).expect("parquet")),
+        rocks: reps.measure(|| st.rocks.read_user(user).expect("rocksdb")),
+        memcpy: reps.measure(|| {
+            dst.copy_from_slice(std::hint::black_box(&want));
+            dst.len()
+        }),
+    })
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct RetrievalCmp {
+    events: usize,
+    targets: usize,
+    k: usize,
+    /// Seconds per target.
+    hard: Sample,
+    hard_linear_scan: Sample,
+    soft: Sample,
+    soft_f32_loop: Sample,
+    soft_memory_floor: Sample,
+    /// Bytes the soft floor copies: int8 embeddings of the distinct items, and 4 bytes per
+    /// event for the item column's dictionary codes.
+    soft_floor_bytes: usize,
+    distinct_items: usize,
+    /// Overlap of Siren's int8 top-k with the exact f32 top-k.
+    soft_recall_vs_f32: f64,
+}
+
+fn per_target(s: Sample, n: usize) -> Sample {
+    let d = n as f64;
+    Sample {
+        runs: s.runs,
+        p50: s.p50 / d,
+        p99: s.p99 / d,
+        mean: s.mean / d,
+        min: s.min / d,
+    }
+}
+
+fn compare_retrieval(
+    snap: &Snapshot,
+    naive: &NaiveCatalog,
+    user: u64,
+    targets: &[(SemId, Vec<f32>)],
+    dim: usize,
+    reps: Reps,
+) -> Res<RetrievalCmp> {
+    let k = 50;
+    let history = snap.read(user, ReadRange::all())?;
+    let mut recall = 0.0;
+    for (semid, emb) in targets {
+        let got: Vec<(usize, u8)> = snap
+            .retrieve_hard(user, semid, k, None)?
+            .iter()
+            .map(|h| (h.position as usize, h.depth))
+            .collect();
+        if got != naive.hard_scan(&history, semid, k) {
+            return Err(format!("hard retrieval disagrees with the linear scan for {semid:?}").into());
+        }
+        let soft: std::collections::HashSet<usize> = snap
+            .retrieve_soft(user, emb, k, None)?
+            .iter()
+            .map(|h| h.position as usize)
+            .collect();
+        let exact = naive.soft_scan(&history, emb, k);
+        recall += exact.iter().filter(|(p, _)| soft.contains(p)).count() as f64
+            / exact.len().max(1) as f64;
+    }
+    let nt = targets.len();
+    let distinct: std::collections::HashSet<u64> = history.iter().map(|e| e.item).collect();
+    let floor_bytes = distinct.len() * dim + history.len() * 4;
+    let src = vec![1u8; floor_bytes];
+    let mut dst = vec![0u8; floor_bytes];
+    Ok(RetrievalCmp {
+        events: history.len(),
+        targets: nt,
+        k,
+        hard: per_target(
+            reps.measure(|| {
+                for (s, _) in targets {
+                    std::hint::black_box(snap.retrieve_hard(user, s, k, None).expect("hard"));
+                }
+            }),
+            nt,
+        ),
+        hard_linear_scan: per_target(
+            reps.measure(|| {
+                for (s, _) in targets {
+                    std::hint::black_box(naive.hard_scan(&history, s, k));
+                }
+            }),
+            nt,
+        ),
+        soft: per_target(
+            reps.measure(|| {
+                for (_, e) in targets {
+                    std::hint::black_box(snap.retrieve_soft(user, e, k, None).expect("soft"));
+                }
+            }),
+            nt,
+        ),
+        soft_f32_loop: per_target(
+            reps.measure(|| {
+                for (_, e) in targets {
+                    std::hint::black_box(naive.soft_scan(&history, e, k));
+                }
+            }),
+            nt,
+        ),
+        soft_memory_floor: reps.measure(|| {
+            dst.copy_from_slice(std::hint::black_box(&src));
+            dst[floor_bytes / 2]
+        }),
+        soft_floor_bytes: floor_bytes,
+        distinct_items: distinct.len(),
+        soft_recall_vs_f32: recall / nt as f64,
+    })
+}
+
+/// A candle matrix product's rate in FLOP/s for `[m, k] x [k, n]`.
+fn matmul_rate(m: usize, k: usize, n: usize, reps: Reps) -> Res<f64> {
+    use candle_core::{Device, Tensor};
+    let a = Tensor::randn(0f32, 1.0, (m, k), &Device::Cpu)?;
+    let b = Tensor::randn(0f32, 1.0, (k, n), &Device::Cpu)?;
+    let s = reps.measure(|| a.matmul(&b).expect("matmul"));
+    Ok(2.0 * (m * k * n) as f64 / s.p50)
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct ScoreCmp {
+    gsu: String,
+    candidates: usize,
+    events: usize,
+    p50: f64,
+    p99: f64,
+    mean: f64,
+    read_share: f64,
+    retrieve_share: f64,
+    features_share: f64,
+    esu_share: f64,
+    /// The engine's batched retrieval alone for the same candidates, seconds (p50).
+    gsu_only: f64,
+}
+
+fn score_run(
+    ranker: &siren_model::Ranker,
+    user: u64,
+    cands: &[u64],
+    gsu: Gsu,
+    runs: usize,
+) -> Res<ScoreCmp> {
+    let opts = ScoreOptions {
+        gsu,
+        ..ScoreOptions::default()
+    };
+    ranker.score(user, cands, &opts)?;
+    let mut t = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        t.push(ranker.score(user, cands, &opts)?.timings);
+    }
+    let totals: Vec<f64> = t.iter().map(|x| x.total_us / 1e6).collect();
+    let s = siren_benches::timing::summarize(totals);
+    let sum = |f: &dyn Fn(&siren_model::ranker::ScoreTimings) -> f64| -> f64 {
+        t.iter().map(f).sum::<f64>()
+    };
+    let total = sum(&|x| x.total_us);
+    let snap = ranker.db().snapshot();
+    let items: Vec<Item> = cands.iter().filter_map(|&id| snap.item(id)).collect();
+    let gsu_only = match gsu {
+        Gsu::Hard => {
+            let semids: Vec<SemId> = items.iter().filter_map(|i| i.semid).collect();
+            siren_benches::timing::measure(runs, Duration::ZERO, || {
+                snap.retrieve_hard_batch(user, &semids, 50, None).expect("hard")
+            })
+        }
+        Gsu::Soft => {
+            let embs: Vec<Vec<f32>> = items.iter().filter_map(|i| i.embedding.clone()).collect();
+            siren_benches::timing::measure(runs, Duration::ZERO, || {
+                snap.retrieve_soft_batch(user, &embs, 50, None).expect("soft")
+            })
+        }
+    };
+    Ok(ScoreCmp {
+        gsu: format!("{gsu:?}").to_lowercase(),
+        candidates: cands.len(),
+        events: snap.user_len(user, None)?,
+        p50: s.p50,
+        p99: s.p99,
+        mean: s.mean,
+        read_share: sum(&|x| x.build.read_us) / total,
+        retrieve_share: sum(&|x| x.build.retrieve_us) / total,
+        features_share: sum(&|x| x.build.tokens_us) / total,
+        esu_share: sum(&|x| x.esu_us) / total,
+        gsu_only: gsu_only.p50,
+    })
+}
+
+/// One line of the targets table.
+#[derive(Debug, Clone, serde::Serialize)]
+struct Target {
+    what: String,
+    measured: f64,
+    goal: String,
+    met: bool,
+}
+
+fn at_most(what: &str, measured: f64, goal: f64) -> Target {
+    Target {
+        what: what.into(),
+        measured,
+        goal: format!("<= {goal}"),
+        met: measured <= goal,
+    }
+}
+
+fn at_least(what: &str, measured: f64, goal: f64) -> Target {
+    Target {
+        what: what.into(),
+        measured,
+        goal: format!(">= {goal}"),
+        met: measured >= goal,
+    }
+}
+
+fn ms(s: f64) -> String {
+    if s < 1e-3 {
+        format!("{:.1} µs", s * 1e6)
+    } else {
+        format!("{:.2} ms", s * 1e3)
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .map_or("?".into(), |k| format!("{:.0} GiB", k / 1024.0 / 1024.0));
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpu}, {cores} cores, {mem} RAM")
+}
+
+fn main() -> Res<()> {
+    let args = Args::parse();
+    let reps = if args.quick {
+        Reps { runs: 5, secs: 0.2 }
+    } else {
+        Reps { runs: 30, secs: 2.0 }
+    };
+    let tmp = tempfile::tempdir()?;
+    let scratch = args.scratch.clone().unwrap_or_else(|| tmp.path().to_owned());
+    std::fs::create_dir_all(&args.out)?;
+    let started = Instant::now();
+    let log = |s: &str| eprintln!("[{:>6.1}s] {s}", started.elapsed().as_secs_f64());
+
+    // --- The synthetic lifelong workload ---------------------------------------------------
+    let cfg = SynthConfig {
+        items: args.items,
+        dim: args.dim,
+        ..SynthConfig::default()
+    };
+    let catalog = synth::catalog(&cfg);
+    let users: Vec<u64> = (1..=args.users as u64).collect();
+    let histories: Vec<Vec<Event>> = users
+        .iter()
+        .map(|&u| synth::history(&catalog, cfg.seed, u, args.events_per_user, 1_600_000_000_000))
+        .collect();
+    let events = stream(histories);
+    log(&format!(
+        "synthetic: {} users x {} events, {} items, dim {}; durable ingest in batches of {}",
+        args.users, args.events_per_user, args.items, args.dim, args.batch
+    ));
+    let syn = build_stores(
+        &scratch,
+        "synthetic",
+        &catalog.items,
+        args.dim,
+        &events,
+        args.batch,
+        true,
+    )?;
+    drop(events);
+    let ingest = syn.ingest.expect("durable run");
+    log(&format!("sizes {:?}; ingest {:?}", syn.sizes, ingest));
+    let reads = compare_reads(&syn, users[0], reps)?;
+    log(&format!("reads {reads:?}"));
+    let naive = NaiveCatalog::new(&catalog);
+    let targets: Vec<(SemId, Vec<f32>)> = (0..20)
+        .map(|i| {
+            let it = &catalog.items[(i * 4_999) % catalog.items.len()];
+            (it.semid.expect("semid"), it.embedding.clone().expect("embedding"))
+        })
+        .collect();
+    let snap = syn.db.snapshot();
+    let retrieval = compare_retrieval(&snap, &naive, users[0], &targets, args.dim, reps)?;
+    log(&format!("retrieval {retrieval:?}"));
+    drop(snap);
+
+    // --- MovieLens: sizes, ingest and the heaviest user's read ------------------------------
+    let ml = if args.movielens.join("ratings.csv").exists() {
+        let m = siren_model::data::movielens::MovieLens::load(
+            &siren_model::data::movielens::MovieLensPaths::in_dir(&args.movielens),
+        )?;
+        let evs = m.events();
+        let mut per_user: std::collections::HashMap<u64, usize> = Default::default();
+        for e in &evs {
+            *per_user.entry(e.user).or_default() += 1;
+        }
+        let (&heavy, _) = per_user.iter().max_by_key(|(u, n)| (**n, **u)).expect("ratings");
+        let mut evs_by_time = evs.clone();
+        evs_by_time.sort_by_key(|e| e.ts);
+        log(&format!("MovieLens: {} ratings", evs.len()));
+        let st = build_stores(
+            &scratch,
+            "movielens",
+            &[],
+            0,
+            &evs_by_time,
+            args.batch,
+            true,
+        )?;
+        let r = compare_reads(&st, heavy, reps)?;
+        log(&format!("MovieLens sizes {:?}; reads {r:?}", st.sizes));
+        Some((st.sizes, st.ingest.expect("durable"), r, heavy))
+    } else {
+        log(&format!(
+            "MovieLens skipped: no ratings.csv in {}",
+            args.movielens.display()
+        ));
+        None
+    };
+    let syn_sizes = syn.sizes;
+    let syn_dirs = (syn.siren_dir.clone(), syn.rocks_dir.clone());
+    drop(syn);
+
+    // --- Disk bytes as users grow ----------------------------------------------------------
+    let user_counts: &[usize] = if args.quick { &[1, 5] } else { &[1, 10, 30, 100] };
+    let per_user = 10_000;
+    let mut users_curve = Vec::new();
+    for &nu in user_counts {
+        let hs = (1..=nu as u64)
+            .map(|u| synth::history(&catalog, cfg.seed, u, per_user, 1_600_000_000_000))
+            .collect();
+        let st = build_stores(
+            &scratch,
+            &format!("users{nu}"),
+            &catalog.items,
+            args.dim,
+            &stream(hs),
+            10_000,
+            false,
+        )?;
+        log(&format!("{nu} users x {per_user}: {:?}", st.sizes));
+        users_curve.push((nu, st.sizes));
+        drop(st);
+        std::fs::remove_dir_all(scratch.join(format!("users{nu}")))?;
+    }
+
+    // --- Scoring: the trained SIREN ESU over the engine ------------------------------------
+    log("scoring fixture: synthetic dataset, siren-hard trained for one epoch");
+    let lengths = [1_000, 3_000, 10_000, 30_000];
+    let f = scoring_fixture_with(&lengths);
+    let score_runs = if args.quick { 20 } else { 200 };
+    let hard = score_run(&f.ranker, f.lifelong_user, &f.candidates, Gsu::Hard, score_runs)?;
+    let soft = score_run(&f.ranker, f.lifelong_user, &f.candidates, Gsu::Soft, score_runs)?;
+    log(&format!("score {hard:?} {soft:?}"));
+    let flops = siren_esu_flops(&f.model, f.embedding_dim, f.candidates.len());
+    let tokens = f.candidates.len() * (1 + f.model.retrieved);
+    let rate_esu_shape = matmul_rate(tokens, f.model.dim, 3 * f.model.dim, reps)?;
+    let rate_square = matmul_rate(256, 256, 256, reps)?;
+    let rate = rate_esu_shape.max(rate_square);
+    let esu_floor = flops / rate;
+    let score_floor = esu_floor + hard.gsu_only;
+    log(&format!(
+        "ESU {flops:.3e} FLOP; matmul {:.1} GFLOP/s (ESU shape) {:.1} GFLOP/s (256^3); floor {}",
+        rate_esu_shape / 1e9,
+        rate_square / 1e9,
+        ms(score_floor)
+    ));
+
+    // --- Scaling with history length (same database, same model) ---------------------------
+    let snap = f.ranker.db().snapshot();
+    let items: Vec<Item> = f.candidates.iter().filter_map(|&id| snap.item(id)).collect();
+    let tgt: Vec<(SemId, Vec<f32>)> = items
+        .iter()
+        .take(20)
+        .map(|i| (i.semid.expect("semid"), i.embedding.clone().expect("embedding")))
+        .collect();
+    let mut scaling = Vec::new();
+    let all_users: Vec<(usize, u64)> = f
+        .scaling_users
+        .iter()
+        .copied()
+        .chain(std::iter::once((100_000, f.lifelong_user)))
+        .collect();
+    for &(n, u) in &all_users {
+        let hard_s = per_target(
+            reps.measure(|| {
+                for (s, _) in &tgt {
+                    std::hint::black_box(snap.retrieve_hard(u, s, 50, None).expect("hard"));
+                }
+            }),
+            tgt.len(),
+        );
+        let soft_s = per_target(
+            reps.measure(|| {
+                for (_, e) in &tgt {
+                    std::hint::black_box(snap.retrieve_soft(u, e, 50, None).expect("soft"));
+                }
+            }),
+            tgt.len(),
+        );
+        let sc = score_run(&f.ranker, u, &f.candidates, Gsu::Hard, if args.quick { 10 } else { 50 })?;
+        log(&format!(
+            "{n} events: hard {} soft {} score p50 {}",
+            ms(hard_s.p50),
+            ms(soft_s.p50),
+            ms(sc.p50)
+        ));
+        scaling.push((n, hard_s, soft_s, sc));
+    }
+    drop(snap);
+
+    // --- Targets ---------------------------------------------------------------------------
+    let sizes = syn_sizes;
+    let bpe = |b: u64| b as f64 / sizes.events as f64;
+    let targets_met = vec![
+        at_most(
+            "disk: Siren / Parquet bytes",
+            sizes.siren_bytes as f64 / sizes.parquet_bytes as f64,
+            0.6,
+        ),
+        at_most(
+            "disk: Siren / RocksDB-row bytes",
+            sizes.siren_bytes as f64 / sizes.rocks_bytes as f64,
+            0.3,
+        ),
+        at_least(
+            "ingest: Siren / RocksDB-row events per second (Siren incl. compaction and indexes)",
+            ingest.siren_rate / ingest.rocks_rate,
+            1.0,
+        ),
+        at_least(
+            "whole-history read: RocksDB prefix scan / Siren time",
+            reads.rocks.p50 / reads.siren.p50,
+            5.0,
+        ),
+        at_most(
+            "whole-history read: Siren / memory-copy floor time",
+            reads.siren.p50 / reads.memcpy.p50,
+            3.0,
+        ),
+        at_least(
+            "hard retrieval: linear scan / Siren time",
+            retrieval.hard_linear_scan.p50 / retrieval.hard.p50,
+            50.0,
+        ),
+        at_most(
+            "hard retrieval: Siren hard / Siren soft time",
+            retrieval.hard.p50 / retrieval.soft.p50,
+            0.02,
+        ),
+        at_most(
+            "soft retrieval: Siren / memory floor time",
+            retrieval.soft.p50 / retrieval.soft_memory_floor.p50,
+            2.0,
+        ),
+        at_most(
+            "score, hard, 100 candidates: p50 / floor (ESU FLOPs at the matmul rate + hard GSU)",
+            hard.p50 / score_floor,
+            2.0,
+        ),
+        at_most("score, hard, 100 candidates: p99 / p50", hard.p99 / hard.p50, 2.0),
+    ];
+
+    // --- Plots -----------------------------------------------------------------------------
+    let lx = |n: usize| (n as f64).log10();
+    let line = |name: &str, f: &dyn Fn(&(usize, Sample, Sample, ScoreCmp)) -> f64| Series {
+        name: name.into(),
+        points: scaling.iter().map(|r| (lx(r.0), f(r) * 1e3)).collect(),
+    };
+    plot::render(
+        &args.out.join("scaling_latency.png"),
+        &[
+            Panel::Lines {
+                title: "retrieval, one target (k=50)".into(),
+                x_label: "log10 events in history".into(),
+                y_label: "ms".into(),
+                series: vec![
+                    line("hard", &|r| r.1.p50),
+                    line("soft", &|r| r.2.p50),
+                ],
+            },
+            Panel::Lines {
+                title: "score 100 candidates (hard GSU)".into(),
+                x_label: "log10 events in history".into(),
+                y_label: "ms".into(),
+                series: vec![line("p50", &|r| r.3.p50), line("p99", &|r| r.3.p99)],
+            },
+        ],
+        520,
+        360,
+    )?;
+    let uline = |name: &str, f: &dyn Fn(&Sizes) -> u64| Series {
+        name: name.into(),
+        points: users_curve
+            .iter()
+            .map(|(n, s)| (*n as f64, f(s) as f64 / s.events as f64))
+            .collect(),
+    };
+    plot::render(
+        &args.out.join("scaling_disk.png"),
+        &[Panel::Lines {
+            title: format!("bytes per event on disk, users x {per_user} events"),
+            x_label: "users".into(),
+            y_label: "bytes/event".into(),
+            series: vec![
+                uline("siren", &|s| s.siren_bytes),
+                uline("parquet", &|s| s.parquet_bytes),
+                uline("rocksdb-row", &|s| s.rocks_bytes),
+            ],
+        }],
+        620,
+        360,
+    )?;
+
+    // --- JSON and Markdown -----------------------------------------------------------------
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let report = json!({
+        "machine": machine(),
+        "command": command,
+        "workload": {
+            "users": args.users, "events_per_user": args.events_per_user, "items": args.items,
+            "dim": args.dim, "batch": args.batch,
+        },
+        "sizes": sizes,
+        "ingest": ingest,
+        "read_whole_history": reads,
+        "retrieval": retrieval,
+        "score": {
+            "hard": hard, "soft": soft, "esu_flops": flops,
+            "matmul_flops_per_s_esu_shape": rate_esu_shape,
+            "matmul_flops_per_s_256": rate_square,
+            "esu_floor_s": esu_floor, "score_floor_s": score_floor,
+            "model": f.model_name,
+        },
+        "scaling_history": scaling.iter().map(|(n, h, s, sc)| json!({
+            "events": n, "hard": h, "soft": s, "score_hard": sc,
+        })).collect::<Vec<_>>(),
+        "scaling_users": users_curve.iter().map(|(n, s)| json!({"users": n, "sizes": s}))
+            .collect::<Vec<_>>(),
+        "movielens": ml.as_ref().map(|(s, i, r, u)| json!({
+            "sizes": s, "ingest": i, "read_whole_history": r, "user": u,
+        })),
+        "targets": targets_met,
+    });
+    std::fs::write(
+        args.out.join("compare.json"),
+        serde_json::to_string_pretty(&report)? + "\n",
+    )?;
+
+    let mut md = String::new();
+    let w = &mut md;
+    use std::fmt::Write as _;
+    writeln!(w, "# Benchmarks\n")?;
+    writeln!(
+        w,
+        "Generated by `{command}` (regenerate with the same command; `--quick` for a smoke run). \
+         Every ratio compares two measurements taken in the same run on the same machine: \
+         {}. Times are medians (p50) unless marked. Raw figures: `{}`. \
+         Micro-benchmarks with criterion: `cargo bench -p siren-benches`.\n",
+        machine(),
+        args.out.join("compare.json").display()
+    )?;
+    writeln!(w, "## Targets\n")?;
+    writeln!(w, "| target | measured | goal | met |")?;
+    writeln!(w, "|---|---:|---|---|")?;
+    for t in &targets_met {
+        writeln!(
+            w,
+            "| {} | {:.3} | {} | {} |",
+            t.what,
+            t.measured,
+            t.goal,
+            if t.met { "yes" } else { "**no**" }
+        )?;
+    }
+    writeln!(
+        w,
+        "\n## Workload\n\nSynthetic lifelong users from `siren_model::synth` (the generator of the \
+         demo): {} users x {} events, catalog of {} items with {}-d embeddings and 3-level SemIDs, \
+         70% of events from three long-term interest clusters. Events arrive interleaved by time \
+         as a live stream, {} per acknowledged fsynced write.\n",
+        args.users, args.events_per_user, args.items, args.dim, args.batch
+    )?;
+    writeln!(w, "## Bytes on disk\n")?;
+    writeln!(w, "| store | synthetic bytes/event | MovieLens bytes/event |")?;
+    writeln!(w, "|---|---:|---:|")?;
+    let mlb = |f: &dyn Fn(&Sizes) -> u64| {
+        ml.as_ref()
+            .map_or("skipped".into(), |(s, ..)| format!("{:.2}", f(s) as f64 / s.events as f64))
+    };
+    writeln!(
+        w,
+        "| Siren (segments + its RocksDB, catalog excluded) | {:.2} | {} |",
+        bpe(sizes.siren_bytes),
+        mlb(&|s| s.siren_bytes)
+    )?;
+    writeln!(
+        w,
+        "| of which segments (columns + prefix indexes) | {:.2} | {} |",
+        bpe(sizes.siren_segment_bytes),
+        mlb(&|s| s.siren_segment_bytes)
+    )?;
+    writeln!(
+        w,
+        "| Parquet (zstd 3, sorted by user, time) | {:.2} | {} |",
+        bpe(sizes.parquet_bytes),
+        mlb(&|s| s.parquet_bytes)
+    )?;
+    writeln!(
+        w,
+        "| RocksDB, one row per event (zstd) | {:.2} | {} |",
+        bpe(sizes.rocks_bytes),
+        mlb(&|s| s.rocks_bytes)
+    )?;
+    let p = &sizes.siren_parts;
+    writeln!(
+        w,
+        "\nSiren's segment bytes per event by part (synthetic): time {:.2}, item {:.2}, action {:.2}, \
+         domain {:.2}, item dictionaries {:.2}, SemID prefix indexes {:.2}, headers {:.2}.",
+        bpe(p[0]), bpe(p[1]), bpe(p[2]), bpe(p[3]), bpe(p[4]), bpe(p[5]), bpe(p[6])
+    )?;
+    writeln!(w, "\n![disk bytes as users grow](docs/results/bench/scaling_disk.png)\n")?;
+    writeln!(w, "## Durable ingest (fsync per acknowledged batch)\n")?;
+    writeln!(w, "| store | events/s | notes |")?;
+    writeln!(w, "|---|---:|---|")?;
+    let ing = |i: &Ingest| {
+        format!(
+            "| Siren | {:.0} | appends {:.0}/s, then compaction into segments and prefix indexes {:.1} s |\n\
+             | RocksDB one row per event | {:.0} | |",
+            i.siren_rate, i.siren_append_rate, i.siren_compact_secs, i.rocks_rate
+        )
+    };
+    writeln!(w, "{}", ing(&ingest))?;
+    if let Some((_, i, ..)) = &ml {
+        writeln!(w, "\nMovieLens ({} ratings):\n\n| store | events/s | notes |\n|---|---:|---|\n{}", i.events, ing(i))?;
+    }
+    writeln!(w, "\n## Whole-history read\n")?;
+    writeln!(w, "| workload | events | Siren | Parquet | RocksDB prefix scan | memcpy floor |")?;
+    writeln!(w, "|---|---:|---:|---:|---:|---:|")?;
+    let rrow = |name: &str, r: &ReadCmp| {
+        format!(
+            "| {name} | {} | {} | {} | {} | {} |",
+            r.events,
+            ms(r.siren.p50),
+            ms(r.parquet.p50),
+            ms(r.rocks.p50),
+            ms(r.memcpy.p50)
+        )
+    };
+    writeln!(w, "{}", rrow("synthetic", &reads))?;
+    if let Some((_, _, r, u)) = &ml {
+        writeln!(w, "{}", rrow(&format!("MovieLens user {u}"), r))?;
+    }
+    writeln!(w, "\n## Retrieval (one user, {} events, k = {}, per target)\n", retrieval.events, retrieval.k)?;
+    writeln!(w, "| what | p50 | p99 |")?;
+    writeln!(w, "|---|---:|---:|")?;
+    for (name, s) in [
+        ("hard, Siren prefix bitmaps", &retrieval.hard),
+        ("hard, linear scan of the decoded history", &retrieval.hard_linear_scan),
+        ("soft, Siren int8", &retrieval.soft),
+        ("soft, plain f32 loop over the decoded history", &retrieval.soft_f32_loop),
+        ("soft, memory floor (copy of the bytes it must touch)", &retrieval.soft_memory_floor),
+    ] {
+        writeln!(w, "| {name} | {} | {} |", ms(s.p50), ms(s.p99))?;
+    }
+    writeln!(
+        w,
+        "\nThe soft floor copies {} bytes: the int8 embeddings of the {} distinct items in the \
+         history and 4 bytes per event of item codes. Siren's int8 top-{} overlaps the exact f32 \
+         top-{} by {:.1}%.\n",
+        retrieval.soft_floor_bytes,
+        retrieval.distinct_items,
+        retrieval.k,
+        retrieval.k,
+        100.0 * retrieval.soft_recall_vs_f32
+    )?;
+    writeln!(w, "## End-to-end score ({} candidates, {}-event user, `{}`)\n", hard.candidates, hard.events, f.model_name)?;
+    writeln!(w, "| GSU | p50 | p99 | read | retrieval | features | ESU | GSU alone |")?;
+    writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    for s in [&hard, &soft] {
+        writeln!(
+            w,
+            "| {} | {} | {} | {:.0}% | {:.0}% | {:.0}% | {:.0}% | {} |",
+            s.gsu,
+            ms(s.p50),
+            ms(s.p99),
+            100.0 * s.read_share,
+            100.0 * s.retrieve_share,
+            100.0 * s.features_share,
+            100.0 * s.esu_share,
+            ms(s.gsu_only)
+        )?;
+    }
+    writeln!(
+        w,
+        "\nESU floor: {:.1} MFLOP of matrix products (`siren_esu_flops`) at {:.1} GFLOP/s \
+         (the faster of candle's matmul on the ESU's own shape, {:.1} GFLOP/s, and on 256^3, \
+         {:.1} GFLOP/s, measured in this run) = {}; plus the hard GSU alone ({}) = a floor of {}.\n",
+        flops / 1e6,
+        rate / 1e9,
+        rate_esu_shape / 1e9,
+        rate_square / 1e9,
+        ms(esu_floor),
+        ms(hard.gsu_only),
+        ms(score_floor)
+    )?;
+    writeln!(w, "## Scaling with history length\n")?;
+    writeln!(w, "| events | hard retrieval | soft retrieval | score p50 | score p99 |")?;
+    writeln!(w, "|---:|---:|---:|---:|---:|")?;
+    for (n, h, s, sc) in &scaling {
+        writeln!(w, "| {n} | {} | {} | {} | {} |", ms(h.p50), ms(s.p50), ms(sc.p50), ms(sc.p99))?;
+    }
+    writeln!(w, "\n![latency as the history grows](docs/results/bench/scaling_latency.png)\n")?;
+    writeln!(w, "## Disk bytes as users grow ({per_user} events each)\n")?;
+    writeln!(w, "| users | Siren | Parquet | RocksDB-row |")?;
+    writeln!(w, "|---:|---:|---:|---:|")?;
+    for (n, s) in &users_curve {
+        let b = |x: u64| x as f64 / s.events as f64;
+        writeln!(w, "| {n} | {:.2} | {:.2} | {:.2} |", b(s.siren_bytes), b(s.parquet_bytes), b(s.rocks_bytes))?;
+    }
+    std::fs::write(&args.markdown, md)?;
+    log(&format!(
+        "wrote {}, {}",
+        args.markdown.display(),
+        args.out.display()
+    ));
+    let _ = (syn_dirs, tmp);
+    Ok(())
+}
