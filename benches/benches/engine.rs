@@ -83,6 +83,45 @@ fn engine(c: &mut Criterion) {
         b.iter(|| black_box(snap.retrieve_soft_batch(user, &embs, k, None).unwrap()))
     });
     g.finish();
+
+    // Compaction of one user's 100,000 pending events into a segment entry with its prefix
+    // index (fresh database per iteration; appending is set-up, not measured).
+    let mut g = c.benchmark_group("compaction");
+    g.sample_size(10);
+    g.throughput(criterion::Throughput::Elements(100_000));
+    g.bench_function("100k_pending_events_one_user", |b| {
+        b.iter_batched(
+            || {
+                let dir = tempfile::tempdir().unwrap();
+                let db = siren_engine::Db::open(
+                    dir.path(),
+                    siren_engine::Options {
+                        embedding_dim: 128,
+                        auto_compact: None,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+                db.upsert_items(&f.catalog.items, siren_engine::Durability::Unlogged)
+                    .unwrap();
+                let opts = siren_engine::AppendOptions {
+                    durability: siren_engine::Durability::Unlogged,
+                    source: None,
+                };
+                db.append(&history, &opts).unwrap();
+                // The catalog's memtable is flushed here so that compaction pays only for
+                // the events.
+                db.flush().unwrap();
+                (dir, db)
+            },
+            |(dir, db)| {
+                db.compact().unwrap();
+                (dir, db)
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    g.finish();
 }
 
 criterion_group!(benches, engine);

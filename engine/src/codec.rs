@@ -372,16 +372,6 @@ pub fn read_chunk<'a>(
     }
 }
 
-/// The stored bytes of a raw (uncompressed) chunk, checked, or `None` if it is compressed.
-pub fn raw_chunk_payload(bytes: &[u8]) -> DecodeResult<Option<&[u8]>> {
-    if bytes.first() != Some(&CODEC_RAW) {
-        return Ok(None);
-    }
-    let mut unused = Vec::new();
-    let len = read_chunk(bytes, usize::MAX, &mut unused)?.len();
-    Ok(Some(&bytes[CHUNK_HEADER_LEN..CHUNK_HEADER_LEN + len]))
-}
-
 /// Length of the chunk at the start of `bytes`, from its header, without checking it.
 pub fn chunk_len(bytes: &[u8]) -> DecodeResult<usize> {
     let mut r = Reader::new(bytes);

@@ -101,7 +101,7 @@ pub(crate) fn compact(inner: &Inner) -> Result<CompactionStats> {
             if rewrite.contains(&e.segment.id) {
                 users.insert(u);
             } else if e.segment.entry(e.record)?.header.semid_gen < s0.catalog.semid_gen() {
-                let mut v = UserView::of(us, &s0.catalog, u, cfg.retention, None)?;
+                let mut v = UserView::of(us, &s0.catalog, u, cfg.retention, None, None)?;
                 if !v.index_is_fresh()? {
                     users.insert(u);
                 }
@@ -131,7 +131,7 @@ pub(crate) fn compact(inner: &Inner) -> Result<CompactionStats> {
     let mut files = Vec::new();
     for &u in &users {
         let Some(us) = s0.users.get(&u) else { continue };
-        let evs = UserView::of(us, &s0.catalog, u, cfg.retention, None)?.read(None, None)?;
+        let evs = UserView::of(us, &s0.catalog, u, cfg.retention, None, None)?.read(None, None)?;
         if evs.is_empty() {
             continue;
         }

@@ -17,6 +17,7 @@ use crate::error::{DecodeError, Error, Result};
 use crate::prefix::PrefixLayout;
 use crate::records::{self, Config, ItemRecord, Manifest};
 use crate::segment::{parse_segment_file_name, segment_file_name, Segment};
+use crate::cache::DecodedCache;
 use crate::snapshot::{ReadConfig, Snapshot};
 use crate::state::{merge_pending, EntryRef, PendingEv, SegState, State, UserState};
 use crate::store::{Batch, Cf, Store};
@@ -42,6 +43,8 @@ pub(crate) struct Inner {
     pub compaction: Mutex<()>,
     pub opts: Options,
     pub read: ReadConfig,
+    /// Decoded blocks and bitmaps shared by every snapshot.
+    pub cache: Arc<DecodedCache>,
     bg: Mutex<BgSignal>,
     bg_cv: Condvar,
     pub last_bg_error: Mutex<Option<String>>,
@@ -124,6 +127,8 @@ pub struct Counters {
     pub items: u64,
     pub segments: u64,
     pub compactions: u64,
+    /// Bytes held by the decoded cache ([`crate::Options::cache_bytes`]).
+    pub cache_bytes: u64,
 }
 
 /// What [`Db::checkpoint`] copied.
@@ -479,6 +484,7 @@ impl Db {
             state: ArcSwap::from_pointee(state),
             writer: Mutex::new(sources),
             compaction: Mutex::new(()),
+            cache: Arc::new(DecodedCache::new(opts.cache_bytes)),
             opts,
             read,
             bg: Mutex::new(BgSignal::default()),
@@ -527,7 +533,11 @@ impl Db {
 
     /// A consistent read view of the whole database at this moment.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot::new(self.inner.state.load_full(), self.inner.read)
+        Snapshot::new(
+            self.inner.state.load_full(),
+            self.inner.read,
+            Arc::clone(&self.inner.cache),
+        )
     }
 
     /// Append events (any number of users). On return the batch is stored with the requested
@@ -821,6 +831,7 @@ impl Db {
             items: u64::from(st.catalog.len()),
             segments: st.segments.len() as u64,
             compactions: self.inner.compactions.load(Ordering::Relaxed),
+            cache_bytes: self.inner.cache.bytes() as u64,
         }
     }
 

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use crate::codec::{
-    checksum_matches, chunk_len, le_u32, raw_chunk_payload, read_chunk, write_chunk, Reader,
+    checksum_matches, chunk_len, le_u32, read_chunk, write_chunk, Reader,
 };
 use crate::columns::{self, DictView, Packed};
 use crate::error::{corrupt, DecodeError, DecodeResult};
@@ -278,6 +278,13 @@ pub struct EntryView<'a> {
 impl<'a> EntryView<'a> {
     /// Parse and check the header and the block index; other sections are checked when read.
     pub fn parse(bytes: &'a [u8]) -> DecodeResult<Self> {
+        Self::parse_with(bytes, true)
+    }
+
+    /// [`EntryView::parse`]; with `sections` false, the checksums of the block index, the
+    /// dictionary and the index directory are not recomputed (the caller checked these same
+    /// bytes before). The header's checksum and every structural bound are always checked.
+    pub fn parse_with(bytes: &'a [u8], sections: bool) -> DecodeResult<Self> {
         if bytes.len() < ENTRY_HEADER_LEN {
             corrupt!("entry of {} bytes is shorter than its header", bytes.len());
         }
@@ -343,6 +350,9 @@ impl<'a> EntryView<'a> {
             index_chunks: r.bytes(h.index_len as usize)?,
         };
         r.finish()?;
+        if !sections {
+            return Ok(view);
+        }
         if !checksum_matches(h.block_index_crc, crc32c::crc32c(view.block_index)) {
             corrupt!("block index checksum mismatch");
         }
@@ -447,16 +457,6 @@ impl<'a> EntryView<'a> {
             out.domain.extend(values.iter().map(|&v| v as u16));
         }
         Ok(())
-    }
-
-    /// Column `c` (1 = item, 2 = action, 3 = domain) of block `b` read in place, if its chunk is
-    /// stored raw; `None` if it is compressed (then use [`EntryView::decode_block`]).
-    pub fn packed_in_place(&self, b: usize, c: usize) -> DecodeResult<Option<Packed<'a>>> {
-        let max_width = [0, 32, 8, 16][c];
-        match raw_chunk_payload(self.column_chunk(b, c)?)? {
-            Some(raw) => Packed::parse(raw, self.block_len(b), max_width).map(Some),
-            None => Ok(None),
-        }
     }
 
     /// The item dictionary (checked against its checksum at parse).

@@ -27,6 +27,7 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the write and read paths and `docs/FORMAT.md` for the bytes.
 
+mod cache;
 mod catalog;
 mod compaction;
 mod db;

@@ -2,12 +2,16 @@
 //! prefix bitmaps) and soft retrieval by cosine of int8 embeddings, each for many targets
 //! against one user with the per-user work done once.
 
+use std::sync::Arc;
+
 use roaring::RoaringBitmap;
 
+use crate::cache::{DecodedCache, Key, Part, Value};
 use crate::catalog::{dot_i8, Catalog, QueryVec};
 use crate::entry::Ev;
 use crate::error::Result;
-use crate::prefix::{IndexCache, PrefixLayout};
+use crate::prefix::{IndexCache, PrefixIndex, PrefixLayout};
+use crate::segment::Segment;
 use crate::types::{Event, SemId};
 use crate::view::UserView;
 
@@ -92,6 +96,41 @@ fn best_first<K: PartialOrd>(v: &mut Vec<(K, usize)>, k: usize) {
     v.truncate(k);
 }
 
+/// The bitmap of prefix `key` in the entry `record` of `segment`, through the shared cache
+/// when there is one.
+fn bitmap(
+    shared: Option<&DecodedCache>,
+    segment: &Segment,
+    record: usize,
+    idx: &PrefixIndex<'_>,
+    key: u64,
+    chunks: &mut IndexCache,
+) -> Result<Option<Arc<RoaringBitmap>>> {
+    let mut decode = || {
+        idx.find(key, chunks)
+            .map(|b| Value::Bitmap(b.map(Arc::new)))
+            .map_err(|e| segment.corruption(record, e))
+    };
+    let value = match shared {
+        Some(c) => c.get_or_insert(
+            Key {
+                segment: segment.id,
+                record: record as u32,
+                part: Part::Bitmap(key),
+            },
+            decode,
+        )?,
+        None => decode()?,
+    };
+    match value {
+        Value::Bitmap(b) => Ok(b),
+        _ => Err(segment.corruption(
+            record,
+            crate::error::DecodeError::corrupt("decoded cache returned a column for a bitmap"),
+        )),
+    }
+}
+
 /// Hard retrieval of `k` behaviours for each target.
 pub fn hard(
     view: &mut UserView<'_>,
@@ -127,15 +166,14 @@ pub fn hard(
         }
     }
     let mut cache = IndexCache::default();
+    let shared = view.cache();
     let mut out = Vec::with_capacity(targets.len());
     for t in targets {
         let mut seg: Vec<(u8, usize)> = Vec::new();
         if let Some((segment, record, idx)) = &index {
-            let mut deeper: Option<RoaringBitmap> = None;
+            let mut deeper: Option<Arc<RoaringBitmap>> = None;
             'depths: for d in (1..=levels).rev() {
-                let bm = idx
-                    .find(layout.key(t, d), &mut cache)
-                    .map_err(|e| segment.corruption(*record, e))?;
+                let bm = bitmap(shared, segment, *record, idx, layout.key(t, d), &mut cache)?;
                 if let Some(bm) = &bm {
                     let mut it = bm.iter();
                     // Skip positions at or after `as_of` without visiting them one by one.

@@ -370,9 +370,15 @@ impl Segment {
 
     /// The entry of directory record `i`, header and block index checked.
     pub fn entry(&self, i: usize) -> Result<EntryView<'_>> {
+        self.entry_with(i, true)
+    }
+
+    /// [`Segment::entry`]; `sections` as in [`EntryView::parse_with`].
+    pub fn entry_with(&self, i: usize, sections: bool) -> Result<EntryView<'_>> {
         let r = self.record(i);
         let bytes = &self.mmap[r.offset as usize..r.offset as usize + r.len as usize];
-        let view = EntryView::parse(bytes).map_err(|e| e.at(&self.path, self.block_name(i)))?;
+        let view = EntryView::parse_with(bytes, sections)
+            .map_err(|e| e.at(&self.path, self.block_name(i)))?;
         if view.header.user != r.user || view.header.header_crc != r.header_crc {
             return Err(
                 DecodeError::corrupt("entry header disagrees with the directory")

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::cache::DecodedCache;
 use crate::catalog::query_vec;
 use crate::error::{Error, Result};
 use crate::prefix::PrefixLayout;
@@ -54,15 +55,22 @@ fn check_k(k: usize) -> Result<()> {
 pub struct Snapshot {
     state: Arc<State>,
     cfg: ReadConfig,
+    cache: Arc<DecodedCache>,
 }
 
 impl Snapshot {
-    pub(crate) fn new(state: Arc<State>, cfg: ReadConfig) -> Self {
-        Snapshot { state, cfg }
+    pub(crate) fn new(state: Arc<State>, cfg: ReadConfig, cache: Arc<DecodedCache>) -> Self {
+        Snapshot { state, cfg, cache }
     }
 
     fn view(&self, user: u64, as_of: Option<i64>) -> Result<Option<UserView<'_>>> {
-        UserView::open(&self.state, user, self.cfg.retention, as_of)
+        UserView::open(
+            &self.state,
+            user,
+            self.cfg.retention,
+            as_of,
+            Some(&self.cache),
+        )
     }
 
     /// A user's events within `range`, oldest first. An unknown user has no events.

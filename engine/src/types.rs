@@ -148,6 +148,9 @@ pub struct Options {
     pub segment_min_live_ratio: f64,
     /// Largest number of events one append call may carry.
     pub max_batch_events: usize,
+    /// Memory for decoded time and item columns and prefix bitmaps, shared by all readers
+    /// (see docs/ARCHITECTURE.md, "Decoded cache"); 0 turns the cache off.
+    pub cache_bytes: usize,
 }
 
 impl Default for Options {
@@ -165,6 +168,7 @@ impl Default for Options {
             segment_target_bytes: 256 << 20,
             segment_min_live_ratio: 0.5,
             max_batch_events: 1_000_000,
+            cache_bytes: 64 << 20,
         }
     }
 }

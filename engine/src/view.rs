@@ -5,8 +5,11 @@
 //! Nothing is materialised: positions are translated between the merged sequence and S or P,
 //! and S's blocks are decoded on demand and remembered for the life of the view.
 
+use std::sync::Arc;
+
+use crate::cache::{DecodedCache, Key, Part, Value};
 use crate::catalog::Catalog;
-use crate::columns::{DictView, Packed};
+use crate::columns::DictView;
 use crate::entry::{Block, Cols, EntryView, Ev};
 use crate::error::{Error, Result};
 use crate::segment::Segment;
@@ -23,86 +26,111 @@ struct SegPart<'s> {
     segment: &'s Segment,
     record: usize,
     view: EntryView<'s>,
-    blocks: Vec<Option<(Cols, Block)>>,
-    /// Per block, the item, action and domain columns read in place (raw chunks only); the
-    /// outer `None` means not yet looked at.
-    in_place: Vec<Option<[Option<Packed<'s>>; 3]>>,
     dict: Option<DictView<'s>>,
     scratch: Vec<u8>,
+    /// Blocks decoded for point reads (the time column, and the other columns), kept for the
+    /// life of the view and shared through `cache` when given.
+    times: Vec<Option<Arc<[i64]>>>,
+    rest: Vec<Option<Arc<Block>>>,
+    cache: Option<&'s DecodedCache>,
 }
 
 impl<'s> SegPart<'s> {
-    fn ensure_block(&mut self, b: usize, cols: Cols) -> Result<()> {
-        let slot = &mut self.blocks[b];
-        let have = slot.as_ref().map(|(c, _)| *c);
-        let need = Cols {
-            time: cols.time && !have.is_some_and(|c| c.time),
-            item: cols.item && !have.is_some_and(|c| c.item),
-            action: cols.action && !have.is_some_and(|c| c.action),
-            domain: cols.domain && !have.is_some_and(|c| c.domain),
+    fn new(
+        segment: &'s Segment,
+        record: usize,
+        cache: Option<&'s DecodedCache>,
+    ) -> Result<SegPart<'s>> {
+        let key = Key {
+            segment: segment.id,
+            record: record as u32,
+            part: Part::Checked,
         };
-        if !(need.time || need.item || need.action || need.domain) {
-            return Ok(());
-        }
-        let (mut c, mut block) = slot.take().unwrap_or((Cols::NONE, Block::default()));
-        if let Err(e) = self
-            .view
-            .decode_block(b, need, &mut block, &mut self.scratch)
-        {
-            return Err(self.segment.corruption(self.record, e));
-        }
-        c.time |= need.time;
-        c.item |= need.item;
-        c.action |= need.action;
-        c.domain |= need.domain;
-        *slot = Some((c, block));
-        Ok(())
-    }
-
-    /// Item, action and domain of position `o` of block `b`, read in place where the chunks
-    /// are raw, else from the decoded block.
-    fn small_columns(&mut self, b: usize, o: usize) -> Result<(u32, u8, u16)> {
-        if self.in_place[b].is_none() {
-            let mut cols = [None; 3];
-            for (c, slot) in cols.iter_mut().enumerate() {
-                *slot = self
-                    .view
-                    .packed_in_place(b, c + 1)
-                    .map_err(|e| self.segment.corruption(self.record, e))?;
+        // The section checksums are computed once per entry while the cache remembers that
+        // they matched (and on every open without a cache).
+        let view = match cache {
+            Some(c) => {
+                c.get_or_insert(key, || {
+                    segment.entry(record)?;
+                    Ok::<_, Error>(Value::Checked)
+                })?;
+                segment.entry_with(record, false)?
             }
-            self.in_place[b] = Some(cols);
-        }
-        let cols = self.in_place[b].unwrap();
-        let need = Cols {
-            time: false,
-            item: cols[0].is_none(),
-            action: cols[1].is_none(),
-            domain: cols[2].is_none(),
+            None => segment.entry(record)?,
         };
-        if need.item || need.action || need.domain {
-            self.ensure_block(b, need)?;
-        }
-        let blk = self.blocks[b].as_ref().map(|(_, blk)| blk);
-        let item = match cols[0] {
-            Some(p) => p.get(o),
-            None => blk.unwrap().item[o],
-        };
-        if item >= self.view.header.n_dict {
-            let e = crate::error::DecodeError::corrupt(format!(
-                "block {b} item column points outside the dictionary"
-            ));
-            return Err(self.segment.corruption(self.record, e));
-        }
-        let action = cols[1].map_or_else(|| blk.unwrap().action[o], |p| p.get(o) as u8);
-        let domain = cols[2].map_or_else(|| blk.unwrap().domain[o], |p| p.get(o) as u16);
-        Ok((item, action, domain))
+        Ok(SegPart {
+            segment,
+            record,
+            times: vec![None; view.n_blocks()],
+            rest: vec![None; view.n_blocks()],
+            view,
+            dict: None,
+            scratch: Vec::new(),
+            cache,
+        })
     }
 
-    fn block_ref(&self, b: usize) -> &Block {
-        &self.blocks[b]
-            .as_ref()
-            .expect("block decoded by ensure_block")
-            .1
+    /// Decode the time column (`Part::Times`) or the other columns (`Part::Rest`) of block
+    /// `b`, through the shared cache.
+    fn decode(&mut self, b: usize, part: Part) -> Result<Value> {
+        let (view, segment, record) = (self.view, self.segment, self.record);
+        let key = Key {
+            segment: segment.id,
+            record: record as u32,
+            part,
+        };
+        let scratch = &mut self.scratch;
+        let mut decode = || -> Result<Value> {
+            let mut blk = Block::default();
+            let time = matches!(part, Part::Times(_));
+            let cols = if time {
+                Cols::TIME
+            } else {
+                Cols {
+                    time: false,
+                    ..Cols::ALL
+                }
+            };
+            view.decode_block(b, cols, &mut blk, scratch)
+                .map_err(|e| segment.corruption(record, e))?;
+            Ok(if time {
+                Value::Times(blk.ts.into())
+            } else {
+                Value::Rest(Arc::new(blk))
+            })
+        };
+        match self.cache {
+            Some(c) => c.get_or_insert(key, decode),
+            None => decode(),
+        }
+    }
+
+    fn times(&mut self, b: usize) -> Result<Arc<[i64]>> {
+        if self.times[b].is_none() {
+            match self.decode(b, Part::Times(b as u32))? {
+                Value::Times(t) => self.times[b] = Some(t),
+                _ => return Err(self.mixed_up()),
+            }
+        }
+        Ok(Arc::clone(self.times[b].as_ref().expect("set above")))
+    }
+
+    /// Block `b` with its item, action and domain columns (its time column empty).
+    fn rest(&mut self, b: usize) -> Result<Arc<Block>> {
+        if self.rest[b].is_none() {
+            match self.decode(b, Part::Rest(b as u32))? {
+                Value::Rest(r) => self.rest[b] = Some(r),
+                _ => return Err(self.mixed_up()),
+            }
+        }
+        Ok(Arc::clone(self.rest[b].as_ref().expect("set above")))
+    }
+
+    /// Keys name the part, so a cache entry of another kind is a bug, reported rather than
+    /// trusted.
+    fn mixed_up(&self) -> Error {
+        let e = crate::error::DecodeError::corrupt("decoded cache returned another part");
+        self.segment.corruption(self.record, e)
     }
 
     fn dict(&mut self) -> Result<DictView<'s>> {
@@ -132,16 +160,18 @@ pub struct UserView<'s> {
 
 impl<'s> UserView<'s> {
     /// The view of `user`, or `None` if the user has no events.
+    /// `cache` shares decoded blocks and bitmaps between readers.
     pub fn open(
         state: &'s State,
         user: u64,
         retention: Retention,
         as_of: Option<i64>,
+        cache: Option<&'s DecodedCache>,
     ) -> Result<Option<UserView<'s>>> {
         let Some(us) = state.users.get(&user) else {
             return Ok(None);
         };
-        Self::of(us, &state.catalog, user, retention, as_of).map(Some)
+        Self::of(us, &state.catalog, user, retention, as_of, cache).map(Some)
     }
 
     pub fn of(
@@ -150,20 +180,10 @@ impl<'s> UserView<'s> {
         user: u64,
         retention: Retention,
         as_of: Option<i64>,
+        cache: Option<&'s DecodedCache>,
     ) -> Result<UserView<'s>> {
         let seg = match &us.entry {
-            Some(e) => {
-                let view = e.segment.entry(e.record)?;
-                Some(SegPart {
-                    segment: &e.segment,
-                    record: e.record,
-                    blocks: vec![None; view.n_blocks()],
-                    in_place: vec![None; view.n_blocks()],
-                    view,
-                    dict: None,
-                    scratch: Vec::new(),
-                })
-            }
+            Some(e) => Some(SegPart::new(&e.segment, e.record, cache)?),
             None => None,
         };
         let mut v = UserView {
@@ -235,11 +255,25 @@ impl<'s> UserView<'s> {
         self.seg.as_ref().map(|s| (s.segment, s.record, s.view))
     }
 
-    /// Decoded block `b` with at least the columns `cols`.
-    pub fn block(&mut self, b: usize, cols: Cols) -> Result<&Block> {
-        let seg = self.seg.as_mut().expect("block of a user without an entry");
-        seg.ensure_block(b, cols)?;
-        Ok(seg.block_ref(b))
+    /// The time column of block `b`.
+    fn seg_times(&mut self, b: usize) -> Result<Arc<[i64]>> {
+        self.seg
+            .as_mut()
+            .expect("block of a user without an entry")
+            .times(b)
+    }
+
+    /// Block `b` without its time column.
+    fn seg_rest(&mut self, b: usize) -> Result<Arc<Block>> {
+        self.seg
+            .as_mut()
+            .expect("block of a user without an entry")
+            .rest(b)
+    }
+
+    /// The shared cache of decoded pieces, if this view uses one.
+    pub fn cache(&self) -> Option<&'s DecodedCache> {
+        self.seg.as_ref().and_then(|s| s.cache)
     }
 
     fn block_events(&self) -> usize {
@@ -255,7 +289,7 @@ impl<'s> UserView<'s> {
 
     pub fn seg_ts(&mut self, i: usize) -> Result<i64> {
         let be = self.block_events();
-        Ok(self.block(i / be, Cols::TIME)?.ts[i % be])
+        Ok(self.seg_times(i / be)?[i % be])
     }
 
     /// Number of S events with `ts < t`.
@@ -266,7 +300,7 @@ impl<'s> UserView<'s> {
             return Ok(seg.view.n_events());
         }
         let be = seg.view.block_events();
-        let ts = &self.block(b, Cols::TIME)?.ts;
+        let ts = self.seg_times(b)?;
         Ok(b * be + ts.partition_point(|&x| x < t))
     }
 
@@ -338,18 +372,15 @@ impl<'s> UserView<'s> {
     pub fn seg_event(&mut self, i: usize) -> Result<Ev> {
         let be = self.block_events();
         let (b, o) = (i / be, i % be);
-        let ts = self.block(b, Cols::TIME)?.ts[o];
-        let seg = self
-            .seg
-            .as_mut()
-            .expect("S event of a user without an entry");
-        let (idx, action, domain) = seg.small_columns(b, o)?;
-        let row = self.dict()?.get(idx as usize);
+        let ts = self.seg_times(b)?[o];
+        // decode_block checked the item codes against the dictionary's length.
+        let rest = self.seg_rest(b)?;
+        let row = self.dict()?.get(rest.item[o] as usize);
         Ok(Ev {
             ts,
             item: self.item_id(row)?,
-            action,
-            domain,
+            action: rest.action[o],
+            domain: rest.domain[o],
         })
     }
 
@@ -363,7 +394,7 @@ impl<'s> UserView<'s> {
         for b in self.s0 / be..=(self.s1 - 1) / be {
             let lo = self.s0.max(b * be) - b * be;
             let hi = self.s1.min((b + 1) * be) - b * be;
-            out.extend_from_slice(&self.block(b, Cols::ITEM)?.item[lo..hi]);
+            out.extend_from_slice(&self.seg_rest(b)?.item[lo..hi]);
         }
         Ok(out)
     }

@@ -230,7 +230,7 @@ fn failing_fsyncs_give_errors_and_lose_nothing() {
         }
     }
     let db_dir = tmp.path().join("db");
-    let out = Command::new(std::env::current_exe().unwrap())
+    let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
             "fsync_fault_child",
             "--ignored",
@@ -244,11 +244,12 @@ fn failing_fsyncs_give_errors_and_lose_nothing() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let lines: Vec<String> = BufReader::new(out.stdout.unwrap())
+    let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap())
         .lines()
         .map(Result::unwrap)
         .filter_map(|l| l.split_once("@@").map(|(_, s)| s.to_string()))
         .collect();
+    child.wait().unwrap();
     assert!(
         lines.iter().any(|l| l == "done"),
         "the child did not finish:\n{}",

@@ -24,6 +24,7 @@
 //! compact_pending_events = 1000000
 //! compact_interval_ms = 60000
 //! max_events_per_user = 100000
+//! cache_mib = 64
 //!
 //! [[tokens]]
 //! token = "a-long-random-string"
@@ -111,6 +112,8 @@ pub struct EngineConfig {
     pub compact_interval_ms: u64,
     /// A user keeps at most this many events; the oldest are dropped first.
     pub max_events_per_user: u32,
+    /// Memory for decoded blocks and prefix bitmaps shared by all requests, MiB (0: none).
+    pub cache_mib: u64,
 }
 
 impl Default for EngineConfig {
@@ -120,6 +123,7 @@ impl Default for EngineConfig {
             compact_pending_events: d.pending_events,
             compact_interval_ms: d.interval.as_millis() as u64,
             max_events_per_user: siren_engine::Options::default().max_events_per_user,
+            cache_mib: (siren_engine::Options::default().cache_bytes >> 20) as u64,
         }
     }
 }

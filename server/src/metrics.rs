@@ -45,6 +45,7 @@ pub struct Metrics {
     users: Gauge<i64, AtomicI64>,
     pending_events: Gauge<i64, AtomicI64>,
     segments: Gauge<i64, AtomicI64>,
+    cache_bytes: Gauge<i64, AtomicI64>,
     compactions: Counter,
     compactions_seen: AtomicU64,
 }
@@ -71,6 +72,7 @@ impl Metrics {
             users: Gauge::default(),
             pending_events: Gauge::default(),
             segments: Gauge::default(),
+            cache_bytes: Gauge::default(),
             compactions: Counter::default(),
             compactions_seen: AtomicU64::new(0),
             registry: Registry::default(),
@@ -113,6 +115,11 @@ impl Metrics {
         );
         registry.register("segments", "Live segment files", m.segments.clone());
         registry.register(
+            "decoded_cache_bytes",
+            "Memory held by the engine's cache of decoded blocks and prefix bitmaps",
+            m.cache_bytes.clone(),
+        );
+        registry.register(
             "compactions",
             "Compactions that changed something (background and requested)",
             m.compactions.clone(),
@@ -126,6 +133,7 @@ impl Metrics {
         self.users.set(c.users as i64);
         self.pending_events.set(c.pending_events as i64);
         self.segments.set(c.segments as i64);
+        self.cache_bytes.set(c.cache_bytes as i64);
         let before = self.compactions_seen.swap(c.compactions, Ordering::Relaxed);
         self.compactions
             .inc_by(c.compactions.saturating_sub(before));

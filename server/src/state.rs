@@ -53,6 +53,7 @@ pub fn open_ranker(cfg: &Config) -> Result<Ranker, OpenError> {
         semid_levels: cfg.semid_levels,
         semid_codebook_size: cfg.semid_codebook_size,
         max_events_per_user: e.max_events_per_user,
+        cache_bytes: usize::try_from(e.cache_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX),
         auto_compact: Some(siren_engine::AutoCompact {
             pending_events: if e.compact_pending_events == 0 {
                 u64::MAX

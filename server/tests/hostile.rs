@@ -343,9 +343,9 @@ async fn slow_clients_idle_floods_and_huge_headers_do_not_exhaust_the_server() {
     assert_eq!(r.status(), StatusCode::OK);
     // A megabyte of header: refused (431) or the connection closed, never served.
     let big = "a".repeat(1 << 20);
-    match c.get(s.url("/healthz")).header("x-big", big).send().await {
-        Ok(r) => assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
-        Err(_) => {}
+    // The server may also just close the connection (an error here).
+    if let Ok(r) = c.get(s.url("/healthz")).header("x-big", big).send().await {
+        assert_eq!(r.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
     }
     // Ten thousand small headers.
     let mut h = reqwest::header::HeaderMap::new();
@@ -355,9 +355,8 @@ async fn slow_clients_idle_floods_and_huge_headers_do_not_exhaust_the_server() {
             "1".parse().unwrap(),
         );
     }
-    match c.get(s.url("/healthz")).headers(h).send().await {
-        Ok(r) => assert!(r.status().is_client_error(), "{}", r.status()),
-        Err(_) => {}
+    if let Ok(r) = c.get(s.url("/healthz")).headers(h).send().await {
+        assert!(r.status().is_client_error(), "{}", r.status());
     }
     let r = c.get(s.url("/healthz")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);

@@ -104,7 +104,7 @@ async fn soak_mixed_ingest_and_scoring() {
             let mut n = 0u64;
             while !halt.load(Ordering::Relaxed) {
                 n += 1;
-                let gsu = if n % 2 == 0 { "hard" } else { "soft" };
+                let gsu = if n.is_multiple_of(2) { "hard" } else { "soft" };
                 let t = Instant::now();
                 let r = c
                     .post(&url)

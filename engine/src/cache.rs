@@ -1,0 +1,204 @@
+//! Decoded pieces of segment entries, shared by every reader of a database: the time and item
+//! columns of blocks and the prefix bitmaps. Point reads (a retrieval's hits, an `as_of` bound,
+//! the GSU's item column) touch the same pieces of a hot user again and again; decoding them
+//! costs a checksum, often a zstd frame, and an unpack or a bitmap build each time.
+//!
+//! Entries are immutable once written (a compaction writes new ones under new segment ids,
+//! which are never reused while the database is open), so a key never goes stale: a cached
+//! piece of a segment that is later deleted just ages out. Everything cached was checked
+//! (checksum and structure) when it was decoded. Memory is bounded by
+//! [`crate::Options::cache_bytes`]; when full, the least recently used quarter is dropped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use roaring::RoaringBitmap;
+
+use crate::entry::Block;
+
+/// What part of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    /// The time column of block `n`.
+    Times(u32),
+    /// The item, action and domain columns of block `n`.
+    Rest(u32),
+    /// That the entry's sections (block index, dictionary, index directory) match their
+    /// checksums.
+    Checked,
+    /// The prefix bitmap of a directory key.
+    Bitmap(u64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub segment: u64,
+    pub record: u32,
+    pub part: Part,
+}
+
+#[derive(Clone)]
+pub enum Value {
+    Times(Arc<[i64]>),
+    /// A block with every column but time.
+    Rest(Arc<Block>),
+    Checked,
+    /// `None`: the user has no position with that prefix.
+    Bitmap(Option<Arc<RoaringBitmap>>),
+}
+
+impl Value {
+    /// Approximate heap bytes, for the budget.
+    fn bytes(&self) -> usize {
+        const OVERHEAD: usize = 64;
+        OVERHEAD
+            + match self {
+                Value::Times(t) => t.len() * 8,
+                Value::Rest(b) => b.item.len() * 4 + b.action.len() + b.domain.len() * 2,
+                Value::Checked => 0,
+                Value::Bitmap(b) => b.as_ref().map_or(0, |b| b.serialized_size()),
+            }
+    }
+}
+
+struct Slot {
+    value: Value,
+    bytes: usize,
+    used: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    map: HashMap<Key, Slot>,
+    bytes: usize,
+    clock: u64,
+}
+
+pub struct DecodedCache {
+    capacity: usize,
+    inner: Mutex<Inner>,
+}
+
+impl DecodedCache {
+    /// A cache of at most `capacity` bytes; 0 turns caching off.
+    pub fn new(capacity: usize) -> Self {
+        DecodedCache {
+            capacity,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// The cached value of `key`, else `decode()`'s, which is then kept. The lock is not held
+    /// while decoding, so two readers may decode the same piece at once; both get equal values.
+    pub fn get_or_insert<E>(
+        &self,
+        key: Key,
+        decode: impl FnOnce() -> Result<Value, E>,
+    ) -> Result<Value, E> {
+        if self.capacity == 0 {
+            return decode();
+        }
+        {
+            let mut g = self.inner.lock();
+            g.clock += 1;
+            let now = g.clock;
+            if let Some(slot) = g.map.get_mut(&key) {
+                slot.used = now;
+                return Ok(slot.value.clone());
+            }
+        }
+        let value = decode()?;
+        let bytes = value.bytes();
+        if bytes <= self.capacity / 4 {
+            let mut g = self.inner.lock();
+            g.clock += 1;
+            let used = g.clock;
+            let old = g.map.insert(
+                key,
+                Slot {
+                    value: value.clone(),
+                    bytes,
+                    used,
+                },
+            );
+            g.bytes = g.bytes + bytes - old.map_or(0, |s| s.bytes);
+            if g.bytes > self.capacity {
+                evict(&mut g, self.capacity - self.capacity / 4);
+            }
+        }
+        Ok(value)
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.inner.lock().bytes
+    }
+}
+
+/// Drop the least recently used entries until at most `target` bytes remain.
+fn evict(g: &mut Inner, target: usize) {
+    let mut by_age: Vec<(u64, Key, usize)> =
+        g.map.iter().map(|(k, s)| (s.used, *k, s.bytes)).collect();
+    by_age.sort_unstable_by_key(|e| e.0);
+    for (_, k, b) in by_age {
+        if g.bytes <= target {
+            break;
+        }
+        g.map.remove(&k);
+        g.bytes -= b;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u32) -> Key {
+        Key {
+            segment: 1,
+            record: 0,
+            part: Part::Times(n),
+        }
+    }
+
+    fn times(n: usize) -> Value {
+        Value::Times(vec![0i64; n].into())
+    }
+
+    #[test]
+    fn decodes_once_and_stays_within_its_budget() {
+        let c = DecodedCache::new(64 * 1024);
+        let mut calls = 0;
+        for _ in 0..3 {
+            c.get_or_insert::<()>(key(0), || {
+                calls += 1;
+                Ok(times(100))
+            })
+            .unwrap();
+        }
+        assert_eq!(calls, 1);
+        for n in 1..1000 {
+            c.get_or_insert::<()>(key(n), || Ok(times(100))).unwrap();
+            assert!(c.bytes() <= 64 * 1024);
+        }
+        // The oldest went first.
+        let mut redecoded = false;
+        c.get_or_insert::<()>(key(1), || {
+            redecoded = true;
+            Ok(times(100))
+        })
+        .unwrap();
+        assert!(redecoded);
+    }
+
+    #[test]
+    fn errors_are_not_cached_and_zero_capacity_keeps_nothing() {
+        let c = DecodedCache::new(1 << 20);
+        assert!(c.get_or_insert(key(0), || Err("bad")).is_err());
+        assert_eq!(c.bytes(), 0);
+        let off = DecodedCache::new(0);
+        off.get_or_insert::<()>(key(0), || Ok(times(10))).unwrap();
+        assert_eq!(off.bytes(), 0);
+    }
+}
