@@ -21,7 +21,10 @@ fn micro(c: &mut Criterion) {
     let cat = synth::catalog(&cfg);
     let hist = synth::history(&cat, 7, 1, 100_000, 1_600_000_000_000);
     let ts: Vec<i64> = hist[..1024].iter().map(|e| e.ts).collect();
-    let codes: Vec<u32> = hist[..1024].iter().map(|e| (e.item % 4096) as u32).collect();
+    let codes: Vec<u32> = hist[..1024]
+        .iter()
+        .map(|e| (e.item % 4096) as u32)
+        .collect();
 
     let mut g = c.benchmark_group("column_block_1024");
     g.throughput(Throughput::Elements(1024));
@@ -70,7 +73,11 @@ fn micro(c: &mut Criterion) {
     write_chunk(&mut chunk, &cols, 3);
     g.bench_function("zstd_chunk/read", |b| {
         let mut scratch = Vec::new();
-        b.iter(|| read_chunk(black_box(&chunk), 1 << 20, &mut scratch).unwrap().len())
+        b.iter(|| {
+            read_chunk(black_box(&chunk), 1 << 20, &mut scratch)
+                .unwrap()
+                .len()
+        })
     });
     g.finish();
 
@@ -102,8 +109,12 @@ fn micro(c: &mut Criterion) {
     // Dot products of 64-d (synthetic) and 384-d (MiniLM) vectors.
     let mut g = c.benchmark_group("dot_product");
     for dim in [64usize, 384] {
-        let a: Vec<f32> = (0..dim).map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.5).collect();
-        let b: Vec<f32> = (0..dim).map(|i| ((i * 104_729) % 89) as f32 / 89.0 - 0.5).collect();
+        let a: Vec<f32> = (0..dim)
+            .map(|i| ((i * 7919) % 97) as f32 / 97.0 - 0.5)
+            .collect();
+        let b: Vec<f32> = (0..dim)
+            .map(|i| ((i * 104_729) % 89) as f32 / 89.0 - 0.5)
+            .collect();
         let (_, qa) = quantize(&a);
         let (_, qb) = quantize(&b);
         let ha: Vec<half::f16> = a.iter().map(|&x| half::f16::from_f32(x)).collect();

@@ -38,11 +38,19 @@ fn batch(events: &[Event]) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(
         schema(),
         vec![
-            Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.user as i64))),
+            Arc::new(Int64Array::from_iter_values(
+                events.iter().map(|e| e.user as i64),
+            )),
             Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.ts))),
-            Arc::new(Int64Array::from_iter_values(events.iter().map(|e| e.item as i64))),
-            Arc::new(UInt8Array::from_iter_values(events.iter().map(|e| e.action))),
-            Arc::new(UInt16Array::from_iter_values(events.iter().map(|e| e.domain))),
+            Arc::new(Int64Array::from_iter_values(
+                events.iter().map(|e| e.item as i64),
+            )),
+            Arc::new(UInt8Array::from_iter_values(
+                events.iter().map(|e| e.action),
+            )),
+            Arc::new(UInt16Array::from_iter_values(
+                events.iter().map(|e| e.domain),
+            )),
         ],
     )?)
 }

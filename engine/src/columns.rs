@@ -72,14 +72,17 @@ pub fn encode_time(ts: &[i64], out: &mut Vec<u8>) {
         "time column must be sorted"
     );
     // Bytes for width w: packed low bits, plus (index u16 + varint of the high bits) for each
-    // delta that does not fit.
+    // delta that does not fit. A delta of b significant bits is an exception below width b, and
+    // its high part then has b - w bits, so a histogram of b prices every width.
+    let mut by_bits = [0usize; 65];
+    for &d in &deltas {
+        by_bits[usize::from(bits_for(d))] += 1;
+    }
     let mut best = (usize::MAX, 0u8);
     for w in 0..=32u8 {
         let mut size = bitpacked_len(deltas.len(), w);
-        for &d in &deltas {
-            if w < 64 && (d >> w) != 0 {
-                size += 2 + varint_len(d >> w);
-            }
+        for (b, &count) in by_bits.iter().enumerate().skip(usize::from(w) + 1) {
+            size += count * (2 + (b - usize::from(w)).div_ceil(7));
         }
         if size < best.0 {
             best = (size, w);
@@ -105,10 +108,6 @@ pub fn encode_time(ts: &[i64], out: &mut Vec<u8>) {
         out.extend_from_slice(&(i as u16).to_le_bytes());
         put_varint(out, high);
     }
-}
-
-fn varint_len(v: u64) -> usize {
-    (bits_for(v).max(1) as usize).div_ceil(7)
 }
 
 /// Decode `n` sorted timestamps (`n <= 65,536`).

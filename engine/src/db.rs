@@ -11,13 +11,13 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use parking_lot::{Condvar, Mutex};
 
+use crate::cache::DecodedCache;
 use crate::catalog::{quantize, Catalog};
 use crate::entry::Ev;
 use crate::error::{DecodeError, Error, Result};
 use crate::prefix::PrefixLayout;
 use crate::records::{self, Config, ItemRecord, Manifest};
 use crate::segment::{parse_segment_file_name, segment_file_name, Segment};
-use crate::cache::DecodedCache;
 use crate::snapshot::{ReadConfig, Snapshot};
 use crate::state::{merge_pending, EntryRef, PendingEv, SegState, State, UserState};
 use crate::store::{Batch, Cf, Store};

@@ -3,12 +3,10 @@
 
 use std::collections::HashMap;
 
-use crate::codec::{
-    checksum_matches, chunk_len, le_u32, read_chunk, write_chunk, Reader,
-};
+use crate::codec::{checksum_matches, chunk_len, le_u32, read_chunk, write_chunk, Reader};
 use crate::columns::{self, DictView, Packed};
 use crate::error::{corrupt, DecodeError, DecodeResult};
-use crate::prefix::{PrefixIndex, PrefixIndexBuilder, PrefixLayout, SPARSE_ENTRY_LEN};
+use crate::prefix::{BuiltIndex, PrefixIndex, PrefixIndexBuilder, PrefixLayout, SPARSE_ENTRY_LEN};
 use crate::types::SemId;
 
 pub const ENTRY_MAGIC: &[u8; 4] = b"SUSR";
@@ -63,6 +61,41 @@ pub struct EntryParams {
     pub semid_gen: u64,
 }
 
+/// The prefix index of a sequence whose event `p` is dictionary entry `idx[p]`. Each entry's
+/// prefixes get their slots once; then the positions of all slots are laid out by a counting
+/// sort (ascending within a slot, as events are visited in order) and each bitmap is built from
+/// its sorted run, rather than pushing every position into one of thousands of bitmaps.
+fn prefix_index(rows: &[(u32, Option<SemId>)], idx: &[u32], params: &EntryParams) -> BuiltIndex {
+    let mut index = PrefixIndexBuilder::default();
+    let slots: Vec<Vec<usize>> = rows
+        .iter()
+        .map(|r| {
+            r.1.map_or_else(Vec::new, |s| index.slots_of(&params.layout, &s))
+        })
+        .collect();
+    let mut start = vec![0usize; index.n_slots() + 1];
+    for &i in idx {
+        for &s in &slots[i as usize] {
+            start[s + 1] += 1;
+        }
+    }
+    for s in 1..start.len() {
+        start[s] += start[s - 1];
+    }
+    let mut fill = start.clone();
+    let mut flat = vec![0u32; start[start.len() - 1]];
+    for (pos, &i) in idx.iter().enumerate() {
+        for &s in &slots[i as usize] {
+            flat[fill[s]] = pos as u32;
+            fill[s] += 1;
+        }
+    }
+    for s in 0..index.n_slots() {
+        index.set_positions(s, &flat[start[s]..start[s + 1]]);
+    }
+    index.finish(params.zstd_level)
+}
+
 /// Encode `events` (sorted by time) of `user`. `resolve` gives each distinct item's internal
 /// catalog number and SemID.
 pub fn build_entry(
@@ -72,27 +105,30 @@ pub fn build_entry(
     mut resolve: impl FnMut(u64) -> (u32, Option<SemId>),
 ) -> (Vec<u8>, EntrySizes) {
     debug_assert!(events.windows(2).all(|w| w[0].ts <= w[1].ts));
-    // Dictionary: the distinct items' internal numbers, ascending.
-    let mut row_of: HashMap<u64, (u32, Option<SemId>)> = HashMap::new();
-    for e in events {
-        row_of.entry(e.item).or_insert_with(|| resolve(e.item));
-    }
-    let mut rows: Vec<(u32, Option<SemId>)> = row_of.values().copied().collect();
-    rows.sort_unstable_by_key(|r| r.0);
-    let slot: HashMap<u32, u32> = rows
+    // Dictionary: the distinct items' internal numbers, ascending. One hash look-up per event
+    // gives each item its order of first appearance; sorting the distinct items then maps that
+    // to the dictionary index.
+    let mut first_seen: HashMap<u64, u32> = HashMap::new();
+    let mut distinct: Vec<(u32, Option<SemId>)> = Vec::new();
+    let seen: Vec<u32> = events
         .iter()
-        .enumerate()
-        .map(|(i, r)| (r.0, i as u32))
+        .map(|e| {
+            *first_seen.entry(e.item).or_insert_with(|| {
+                distinct.push(resolve(e.item));
+                (distinct.len() - 1) as u32
+            })
+        })
         .collect();
-    let idx: Vec<u32> = events.iter().map(|e| slot[&row_of[&e.item].0]).collect();
-
-    let mut index = PrefixIndexBuilder::default();
-    for (pos, &i) in idx.iter().enumerate() {
-        if let Some(s) = &rows[i as usize].1 {
-            index.add(&params.layout, pos as u32, s);
-        }
+    let mut order: Vec<u32> = (0..distinct.len() as u32).collect();
+    order.sort_unstable_by_key(|&i| distinct[i as usize].0);
+    let mut dict_index = vec![0u32; distinct.len()];
+    for (d, &i) in order.iter().enumerate() {
+        dict_index[i as usize] = d as u32;
     }
-    let index = index.finish(params.zstd_level);
+    let idx: Vec<u32> = seen.iter().map(|&i| dict_index[i as usize]).collect();
+    let rows: Vec<(u32, Option<SemId>)> = order.iter().map(|&i| distinct[i as usize]).collect();
+
+    let index = prefix_index(&rows, &idx, params);
 
     let mut sizes = EntrySizes::default();
     let internal: Vec<u32> = rows.iter().map(|r| r.0).collect();

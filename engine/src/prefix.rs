@@ -61,10 +61,13 @@ pub const DIR_ENTRY_LEN: usize = 16;
 /// below by `max_events_per_user`).
 const MAX_CHUNK_RAW: usize = 1 << 28;
 
-/// Collects positions per prefix while a user's sequence is written.
+/// Collects positions per prefix while a user's sequence is written. A prefix gets a slot
+/// ([`PrefixIndexBuilder::slot`]) once; positions are then pushed by slot, so that a writer that
+/// knows each item's slots (one per level) pays no lookup per event.
 #[derive(Default)]
 pub struct PrefixIndexBuilder {
-    maps: BTreeMap<u64, RoaringBitmap>,
+    slots: BTreeMap<u64, usize>,
+    maps: Vec<RoaringBitmap>,
 }
 
 /// A serialised index: the sparse directory and the chunk area.
@@ -78,12 +81,47 @@ impl PrefixIndexBuilder {
     /// Record that position `pos` holds an item with `semid`. Positions must be added in
     /// increasing order (roaring then appends).
     pub fn add(&mut self, layout: &PrefixLayout, pos: u32, semid: &SemId) {
+        for s in self.slots_of(layout, semid) {
+            self.push(s, pos);
+        }
+    }
+
+    /// The slot of directory key `key`, created on first use.
+    pub fn slot(&mut self, key: u64) -> usize {
+        let next = self.maps.len();
+        let s = *self.slots.entry(key).or_insert(next);
+        if s == next {
+            self.maps.push(RoaringBitmap::new());
+        }
+        s
+    }
+
+    /// The slots of `semid`'s prefixes, one per level the layout indexes.
+    pub fn slots_of(&mut self, layout: &PrefixLayout, semid: &SemId) -> Vec<usize> {
         let depth = semid.levels().min(usize::from(layout.levels));
-        for d in 1..=depth {
-            let bm = self.maps.entry(layout.key(semid, d)).or_default();
-            if bm.try_push(pos).is_err() {
-                bm.insert(pos);
-            }
+        (1..=depth)
+            .map(|d| self.slot(layout.key(semid, d)))
+            .collect()
+    }
+
+    /// Number of slots handed out.
+    pub fn n_slots(&self) -> usize {
+        self.maps.len()
+    }
+
+    /// Set the positions of slot `slot` at once (ascending).
+    pub fn set_positions(&mut self, slot: usize, positions: &[u32]) {
+        let it = positions.iter().copied();
+        self.maps[slot] =
+            RoaringBitmap::from_sorted_iter(it.clone()).unwrap_or_else(|_| it.collect());
+    }
+
+    /// Record position `pos` under slot `slot` (positions in increasing order per slot).
+    #[inline]
+    pub fn push(&mut self, slot: usize, pos: u32) {
+        let bm = &mut self.maps[slot];
+        if bm.try_push(pos).is_err() {
+            bm.insert(pos);
         }
     }
 
@@ -118,7 +156,10 @@ impl PrefixIndexBuilder {
                 bitmaps.clear();
                 spans.clear();
             };
-        for (key, mut bm) in self.maps {
+        let mut maps = self.maps;
+        for (key, slot) in self.slots {
+            // Each slot belongs to exactly one key.
+            let mut bm = std::mem::take(&mut maps[slot]);
             bm.optimize();
             let off = bitmaps.len() as u32;
             bm.serialize_into(&mut bitmaps)

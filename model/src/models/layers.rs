@@ -306,7 +306,9 @@ mod tests {
         let q = Tensor::randn(0f32, 1.0, (5, 8), &dev).unwrap();
         let keys = Tensor::randn(0f32, 1.0, (5, 7, 8), &dev).unwrap();
         let mask = Tensor::from_vec(
-            (0..35).map(|i| if i % 7 < 5 { 1f32 } else { 0.0 }).collect::<Vec<_>>(),
+            (0..35)
+                .map(|i| if i % 7 < 5 { 1f32 } else { 0.0 })
+                .collect::<Vec<_>>(),
             (5, 7),
             &dev,
         )
@@ -320,7 +322,13 @@ mod tests {
         .unwrap();
         let logits = att.mlp.forward(&feats).unwrap().squeeze(2).unwrap();
         let w = masked_softmax(&logits, &mask).unwrap();
-        let want = w.unsqueeze(1).unwrap().matmul(&keys).unwrap().squeeze(1).unwrap();
+        let want = w
+            .unsqueeze(1)
+            .unwrap()
+            .matmul(&keys)
+            .unwrap()
+            .squeeze(1)
+            .unwrap();
         let diff = (got - want)
             .unwrap()
             .abs()
