@@ -20,13 +20,13 @@ use crate::entry::Block;
 /// What part of an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Part {
-    /// The time column of block `n`.
-    Times(u32),
-    /// The item, action and domain columns of block `n`.
-    Rest(u32),
+    /// Block `n`, every column.
+    Block(u32),
     /// That the entry's sections (block index, dictionary, index directory) match their
     /// checksums.
     Checked,
+    /// The dictionary as catalog rows.
+    Rows,
     /// The prefix bitmap of a directory key.
     Bitmap(u64),
 }
@@ -40,10 +40,9 @@ pub struct Key {
 
 #[derive(Clone)]
 pub enum Value {
-    Times(Arc<[i64]>),
-    /// A block with every column but time.
-    Rest(Arc<Block>),
+    Block(Arc<Block>),
     Checked,
+    Rows(Arc<[u32]>),
     /// `None`: the user has no position with that prefix.
     Bitmap(Option<Arc<RoaringBitmap>>),
 }
@@ -54,9 +53,11 @@ impl Value {
         const OVERHEAD: usize = 64;
         OVERHEAD
             + match self {
-                Value::Times(t) => t.len() * 8,
-                Value::Rest(b) => b.item.len() * 4 + b.action.len() + b.domain.len() * 2,
+                Value::Block(b) => {
+                    b.ts.len() * 8 + b.item.len() * 4 + b.action.len() + b.domain.len() * 2
+                }
                 Value::Checked => 0,
+                Value::Rows(r) => r.len() * 4,
                 Value::Bitmap(b) => b.as_ref().map_or(0, |b| b.serialized_size()),
             }
     }
@@ -158,12 +159,14 @@ mod tests {
         Key {
             segment: 1,
             record: 0,
-            part: Part::Times(n),
+            part: Part::Block(n),
         }
     }
 
     fn times(n: usize) -> Value {
-        Value::Times(vec![0i64; n].into())
+        let mut b = Block::default();
+        b.ts = vec![0i64; n];
+        Value::Block(Arc::new(b))
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use roaring::RoaringBitmap;
 
 use crate::cache::{DecodedCache, Key, Part, Value};
-use crate::catalog::{dot_i8, Catalog, QueryVec};
+use crate::catalog::{dot_i8_kernel, Catalog, QueryVec};
 use crate::entry::Ev;
 use crate::error::Result;
 use crate::prefix::{IndexCache, PrefixIndex, PrefixLayout};
@@ -247,6 +247,7 @@ pub fn soft(
             count[i as usize] += 1;
         }
         // sims[e * nt + t]: each embedding is read once for all targets.
+        let dot_i8 = dot_i8_kernel();
         let mut sims = vec![f32::NEG_INFINITY; nd * nt];
         for e in 0..nd {
             if count[e] == 0 {

@@ -28,10 +28,9 @@ struct SegPart<'s> {
     view: EntryView<'s>,
     dict: Option<DictView<'s>>,
     scratch: Vec<u8>,
-    /// Blocks decoded for point reads (the time column, and the other columns), kept for the
-    /// life of the view and shared through `cache` when given.
-    times: Vec<Option<Arc<[i64]>>>,
-    rest: Vec<Option<Arc<Block>>>,
+    /// Blocks decoded for point reads, kept for the life of the view and shared through
+    /// `cache` when given.
+    blocks: Vec<Option<Arc<Block>>>,
     cache: Option<&'s DecodedCache>,
 }
 
@@ -61,8 +60,7 @@ impl<'s> SegPart<'s> {
         Ok(SegPart {
             segment,
             record,
-            times: vec![None; view.n_blocks()],
-            rest: vec![None; view.n_blocks()],
+            blocks: vec![None; view.n_blocks()],
             view,
             dict: None,
             scratch: Vec::new(),
@@ -70,60 +68,35 @@ impl<'s> SegPart<'s> {
         })
     }
 
-    /// Decode the time column (`Part::Times`) or the other columns (`Part::Rest`) of block
-    /// `b`, through the shared cache.
-    fn decode(&mut self, b: usize, part: Part) -> Result<Value> {
+    /// Block `b` with every column decoded, through the shared cache.
+    fn block(&mut self, b: usize) -> Result<Arc<Block>> {
+        if let Some(blk) = &self.blocks[b] {
+            return Ok(Arc::clone(blk));
+        }
         let (view, segment, record) = (self.view, self.segment, self.record);
         let key = Key {
             segment: segment.id,
             record: record as u32,
-            part,
+            part: Part::Block(b as u32),
         };
         let scratch = &mut self.scratch;
         let mut decode = || -> Result<Value> {
             let mut blk = Block::default();
-            let time = matches!(part, Part::Times(_));
-            let cols = if time {
-                Cols::TIME
-            } else {
-                Cols {
-                    time: false,
-                    ..Cols::ALL
-                }
-            };
-            view.decode_block(b, cols, &mut blk, scratch)
+            view.decode_block(b, Cols::ALL, &mut blk, scratch)
                 .map_err(|e| segment.corruption(record, e))?;
-            Ok(if time {
-                Value::Times(blk.ts.into())
-            } else {
-                Value::Rest(Arc::new(blk))
-            })
+            Ok(Value::Block(Arc::new(blk)))
         };
-        match self.cache {
-            Some(c) => c.get_or_insert(key, decode),
-            None => decode(),
-        }
-    }
-
-    fn times(&mut self, b: usize) -> Result<Arc<[i64]>> {
-        if self.times[b].is_none() {
-            match self.decode(b, Part::Times(b as u32))? {
-                Value::Times(t) => self.times[b] = Some(t),
-                _ => return Err(self.mixed_up()),
+        let value = match self.cache {
+            Some(c) => c.get_or_insert(key, decode)?,
+            None => decode()?,
+        };
+        match value {
+            Value::Block(blk) => {
+                self.blocks[b] = Some(Arc::clone(&blk));
+                Ok(blk)
             }
+            _ => Err(self.mixed_up()),
         }
-        Ok(Arc::clone(self.times[b].as_ref().expect("set above")))
-    }
-
-    /// Block `b` with its item, action and domain columns (its time column empty).
-    fn rest(&mut self, b: usize) -> Result<Arc<Block>> {
-        if self.rest[b].is_none() {
-            match self.decode(b, Part::Rest(b as u32))? {
-                Value::Rest(r) => self.rest[b] = Some(r),
-                _ => return Err(self.mixed_up()),
-            }
-        }
-        Ok(Arc::clone(self.rest[b].as_ref().expect("set above")))
     }
 
     /// Keys name the part, so a cache entry of another kind is a bug, reported rather than
@@ -255,20 +228,12 @@ impl<'s> UserView<'s> {
         self.seg.as_ref().map(|s| (s.segment, s.record, s.view))
     }
 
-    /// The time column of block `b`.
-    fn seg_times(&mut self, b: usize) -> Result<Arc<[i64]>> {
+    /// Block `b`, every column decoded.
+    fn seg_block(&mut self, b: usize) -> Result<Arc<Block>> {
         self.seg
             .as_mut()
             .expect("block of a user without an entry")
-            .times(b)
-    }
-
-    /// Block `b` without its time column.
-    fn seg_rest(&mut self, b: usize) -> Result<Arc<Block>> {
-        self.seg
-            .as_mut()
-            .expect("block of a user without an entry")
-            .rest(b)
+            .block(b)
     }
 
     /// The shared cache of decoded pieces, if this view uses one.
@@ -289,7 +254,7 @@ impl<'s> UserView<'s> {
 
     pub fn seg_ts(&mut self, i: usize) -> Result<i64> {
         let be = self.block_events();
-        Ok(self.seg_times(i / be)?[i % be])
+        Ok(self.seg_block(i / be)?.ts[i % be])
     }
 
     /// Number of S events with `ts < t`.
@@ -300,7 +265,8 @@ impl<'s> UserView<'s> {
             return Ok(seg.view.n_events());
         }
         let be = seg.view.block_events();
-        let ts = self.seg_times(b)?;
+        let blk = self.seg_block(b)?;
+        let ts = &blk.ts;
         Ok(b * be + ts.partition_point(|&x| x < t))
     }
 
@@ -372,15 +338,14 @@ impl<'s> UserView<'s> {
     pub fn seg_event(&mut self, i: usize) -> Result<Ev> {
         let be = self.block_events();
         let (b, o) = (i / be, i % be);
-        let ts = self.seg_times(b)?[o];
         // decode_block checked the item codes against the dictionary's length.
-        let rest = self.seg_rest(b)?;
-        let row = self.dict()?.get(rest.item[o] as usize);
+        let blk = self.seg_block(b)?;
+        let row = self.dict()?.get(blk.item[o] as usize);
         Ok(Ev {
-            ts,
+            ts: blk.ts[o],
             item: self.item_id(row)?,
-            action: rest.action[o],
-            domain: rest.domain[o],
+            action: blk.action[o],
+            domain: blk.domain[o],
         })
     }
 
@@ -394,18 +359,42 @@ impl<'s> UserView<'s> {
         for b in self.s0 / be..=(self.s1 - 1) / be {
             let lo = self.s0.max(b * be) - b * be;
             let hi = self.s1.min((b + 1) * be) - b * be;
-            out.extend_from_slice(&self.seg_rest(b)?.item[lo..hi]);
+            out.extend_from_slice(&self.seg_block(b)?.item[lo..hi]);
         }
         Ok(out)
     }
 
     /// Catalog rows of the dictionary entries, checked to exist.
-    pub fn dict_rows(&mut self) -> Result<Vec<u32>> {
-        let rows = self.dict()?.to_vec();
-        if let Some(&bad) = rows.iter().find(|&&r| r >= self.catalog.len()) {
-            self.item_id(bad)?;
+    ///
+    /// Through the shared cache: the catalog only grows, so rows that existed when they were
+    /// checked still exist.
+    pub fn dict_rows(&mut self) -> Result<Arc<[u32]>> {
+        let Some(seg) = self.seg.as_mut() else {
+            return Ok(Arc::from(Vec::new()));
+        };
+        let key = Key {
+            segment: seg.segment.id,
+            record: seg.record as u32,
+            part: Part::Rows,
+        };
+        let cache = seg.cache;
+        let mut decode = || -> Result<Value> {
+            let rows = self.dict()?.to_vec();
+            if let Some(&bad) = rows.iter().find(|&&r| r >= self.catalog.len()) {
+                self.item_id(bad)?;
+            }
+            Ok(Value::Rows(rows.into()))
+        };
+        let value = match cache {
+            Some(c) => c.get_or_insert(key, decode)?,
+            None => decode()?,
+        };
+        match value {
+            Value::Rows(r) => Ok(r),
+            _ => Err(self.err(crate::error::DecodeError::corrupt(
+                "decoded cache returned another part for the dictionary",
+            ))),
         }
-        Ok(rows)
     }
 
     /// Whether the entry's prefix index still matches the catalog's SemIDs: no item of this
