@@ -41,10 +41,13 @@ fn create_stubs(inner: &Inner) -> Result<u64> {
     let _w = inner.writer.lock();
     let st = inner.state.load_full();
     let mut missing = BTreeSet::new();
+    // Each distinct item is looked up in the catalog once (a plain set is cheaper per event
+    // than the catalog's persistent map); this runs under the writer lock.
+    let mut seen = std::collections::HashSet::new();
     for u in st.pending_users.iter() {
         if let Some(us) = st.users.get(u) {
             for p in us.pending.iter() {
-                if st.catalog.lookup(p.ev.item).is_none() {
+                if seen.insert(p.ev.item) && st.catalog.lookup(p.ev.item).is_none() {
                     missing.insert(p.ev.item);
                 }
             }
@@ -135,17 +138,22 @@ pub(crate) fn compact(inner: &Inner) -> Result<CompactionStats> {
         if evs.is_empty() {
             continue;
         }
-        if let Some(e) = evs.iter().find(|e| s0.catalog.lookup(e.item).is_none()) {
-            return Err(DecodeError::corrupt(format!(
-                "item {} of user {u} has no catalog row",
-                e.item
-            ))
-            .at(inner.store.path(), "items"));
-        }
-        let (bytes, sizes) = build_entry(u, &evs, &params, |id| {
-            let row = s0.catalog.lookup(id).expect("checked above");
-            (row, s0.catalog.semid(row))
+        // Each distinct item is resolved once; one without a catalog row (stubs were made for
+        // every pending item above) means the catalog lost a record.
+        let mut missing = None;
+        let (bytes, sizes) = build_entry(u, &evs, &params, |id| match s0.catalog.lookup(id) {
+            Some(row) => (row, s0.catalog.semid(row)),
+            None => {
+                missing.get_or_insert(id);
+                (0, None)
+            }
         });
+        if let Some(id) = missing {
+            return Err(
+                DecodeError::corrupt(format!("item {id} of user {u} has no catalog row"))
+                    .at(inner.store.path(), "items"),
+            );
+        }
         let w = match &mut writer {
             Some(w) => w,
             None => {
