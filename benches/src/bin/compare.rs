@@ -531,6 +531,8 @@ struct ScoreCmp {
     esu_share: f64,
     /// The engine's batched retrieval alone for the same candidates, seconds (p50).
     gsu_only: f64,
+    /// The ESU forward pass (tensors and model, one batch of all candidates), seconds.
+    esu: Sample,
 }
 
 fn score_run(
@@ -550,6 +552,7 @@ fn score_run(
         t.push(ranker.score(user, cands, &opts)?.timings);
     }
     let totals: Vec<f64> = t.iter().map(|x| x.total_us / 1e6).collect();
+    let esu = siren_benches::timing::summarize(t.iter().map(|x| x.esu_us / 1e6).collect());
     let s = siren_benches::timing::summarize(totals);
     let sum = |f: &dyn Fn(&siren_model::ranker::ScoreTimings) -> f64| -> f64 {
         t.iter().map(f).sum::<f64>()
@@ -585,6 +588,7 @@ fn score_run(
         features_share: sum(&|x| x.build.tokens_us) / total,
         esu_share: sum(&|x| x.esu_us) / total,
         gsu_only: gsu_only.p50,
+        esu,
     })
 }
 
@@ -1244,13 +1248,13 @@ fn main() -> Res<()> {
     )?;
     writeln!(
         w,
-        "| GSU | p50 | p99 | read | retrieval | features | ESU | GSU alone |"
+        "| GSU | p50 | p99 | read | retrieval | features | ESU | GSU alone | ESU forward p50 |"
     )?;
-    writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     for s in [&hard, &soft] {
         writeln!(
             w,
-            "| {} | {} | {} | {:.0}% | {:.0}% | {:.0}% | {:.0}% | {} |",
+            "| {} | {} | {} | {:.0}% | {:.0}% | {:.0}% | {:.0}% | {} | {} |",
             s.gsu,
             ms(s.p50),
             ms(s.p99),
@@ -1258,7 +1262,8 @@ fn main() -> Res<()> {
             100.0 * s.retrieve_share,
             100.0 * s.features_share,
             100.0 * s.esu_share,
-            ms(s.gsu_only)
+            ms(s.gsu_only),
+            ms(s.esu.p50)
         )?;
     }
     writeln!(
