@@ -131,6 +131,11 @@ impl DecodedCache {
         Ok(value)
     }
 
+    /// Whether anything can be kept (a capacity above 0).
+    pub fn enabled(&self) -> bool {
+        self.capacity > 0
+    }
+
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.inner.lock().bytes

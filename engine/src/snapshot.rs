@@ -69,7 +69,8 @@ impl Snapshot {
             user,
             self.cfg.retention,
             as_of,
-            Some(&self.cache),
+            // A disabled cache is no cache: readers then take the paths that decode least.
+            self.cache.enabled().then_some(&*self.cache),
         )
     }
 

@@ -129,6 +129,8 @@ pub struct UserView<'s> {
     pub s1: usize,
     pub p0: usize,
     pub p1: usize,
+    /// The dictionary as catalog rows, once a point read needed it.
+    rows: Option<Arc<[u32]>>,
 }
 
 impl<'s> UserView<'s> {
@@ -168,6 +170,7 @@ impl<'s> UserView<'s> {
             s1: 0,
             p0: 0,
             p1: 0,
+            rows: None,
         };
         let (ns, np) = (v.seg_len(), v.pending.len());
         if ns + np == 0 {
@@ -333,19 +336,34 @@ impl<'s> UserView<'s> {
         Ok(self.catalog.id(row))
     }
 
-    /// S event `i`. Only the time column of its block is decoded; the others are read in
-    /// place when stored raw.
+    /// S event `i`, from its decoded block (kept for the view and in the decoded cache).
     pub fn seg_event(&mut self, i: usize) -> Result<Ev> {
         let be = self.block_events();
         let (b, o) = (i / be, i % be);
+        // With the cache, the dictionary is decoded once for all readers; without it, decoding
+        // every entry would cost more than looking up the few that point reads need.
+        if self.rows.is_none() && self.cache().is_some() {
+            self.rows = Some(self.dict_rows()?);
+        }
+        let seg = self
+            .seg
+            .as_mut()
+            .expect("S event of a user without an entry");
+        if seg.blocks[b].is_none() {
+            seg.block(b)?;
+        }
+        let blk = seg.blocks[b].as_deref().expect("loaded just above");
+        let (ts, code, action, domain) = (blk.ts[o], blk.item[o], blk.action[o], blk.domain[o]);
         // decode_block checked the item codes against the dictionary's length.
-        let blk = self.seg_block(b)?;
-        let row = self.dict()?.get(blk.item[o] as usize);
+        let row = match &self.rows {
+            Some(rows) => rows[code as usize],
+            None => self.dict()?.get(code as usize),
+        };
         Ok(Ev {
-            ts: blk.ts[o],
+            ts,
             item: self.item_id(row)?,
-            action: blk.action[o],
-            domain: blk.domain[o],
+            action,
+            domain,
         })
     }
 
