@@ -44,18 +44,23 @@ pub fn summarize(mut times: Vec<f64>) -> Sample {
     }
 }
 
-/// Total bytes of the regular files under `dir`.
-pub fn dir_bytes(dir: &std::path::Path) -> u64 {
-    let mut total = 0;
+/// Every file under `dir` (recursively) with its length; unreadable entries are skipped.
+pub fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir(dir) else {
-        return 0;
+        return out;
     };
     for e in rd.flatten() {
         match e.metadata() {
-            Ok(m) if m.is_dir() => total += dir_bytes(&e.path()),
-            Ok(m) => total += m.len(),
+            Ok(m) if m.is_dir() => out.extend(files_under(&e.path())),
+            Ok(m) => out.push((e.path(), m.len())),
             Err(_) => {}
         }
     }
-    total
+    out
+}
+
+/// Total bytes of the regular files under `dir`.
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
+    files_under(dir).iter().map(|(_, len)| len).sum()
 }

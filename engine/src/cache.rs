@@ -1,5 +1,5 @@
-//! Decoded pieces of segment entries, shared by every reader of a database: the time and item
-//! columns of blocks and the prefix bitmaps. Point reads (a retrieval's hits, an `as_of` bound,
+//! Decoded pieces of segment entries, shared by every reader of a database: decoded blocks,
+//! prefix bitmaps, dictionary rows, and which entries' checksums matched. Point reads (a retrieval's hits, an `as_of` bound,
 //! the GSU's item column) touch the same pieces of a hot user again and again; decoding them
 //! costs a checksum, often a zstd frame, and an unpack or a bitmap build each time.
 //!
@@ -16,6 +16,8 @@ use parking_lot::Mutex;
 use roaring::RoaringBitmap;
 
 use crate::entry::Block;
+use crate::error::{DecodeError, Result};
+use crate::segment::Segment;
 
 /// What part of an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -48,6 +50,31 @@ pub enum Value {
 }
 
 impl Value {
+    pub fn into_block(self) -> Option<Arc<Block>> {
+        match self {
+            Value::Block(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    pub fn into_checked(self) -> Option<()> {
+        matches!(self, Value::Checked).then_some(())
+    }
+
+    pub fn into_rows(self) -> Option<Arc<[u32]>> {
+        match self {
+            Value::Rows(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    pub fn into_bitmap(self) -> Option<Option<Arc<RoaringBitmap>>> {
+        match self {
+            Value::Bitmap(b) => Some(b),
+            _ => None,
+        }
+    }
+
     /// Approximate heap bytes, for the budget.
     fn bytes(&self) -> usize {
         const OVERHEAD: usize = 64;
@@ -140,6 +167,37 @@ impl DecodedCache {
     pub fn bytes(&self) -> usize {
         self.inner.lock().bytes
     }
+}
+
+/// Part `part` of entry `record` of `segment`: from `cache` when it holds it, else `decode()`d
+/// (and kept when there is a cache), then unwrapped by `take`. Keys name their part, so a
+/// cached value of another kind is a bug, reported as corruption of the entry rather than
+/// trusted.
+pub fn cached<T>(
+    cache: Option<&DecodedCache>,
+    segment: &Segment,
+    record: usize,
+    part: Part,
+    take: fn(Value) -> Option<T>,
+    decode: impl FnOnce() -> Result<Value>,
+) -> Result<T> {
+    let value = match cache {
+        Some(c) => c.get_or_insert(
+            Key {
+                segment: segment.id,
+                record: record as u32,
+                part,
+            },
+            decode,
+        )?,
+        None => decode()?,
+    };
+    take(value).ok_or_else(|| {
+        segment.corruption(
+            record,
+            DecodeError::corrupt(format!("decoded cache returned another part for {part:?}")),
+        )
+    })
 }
 
 /// Drop the least recently used entries until at most `target` bytes remain.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 
-use crate::cache::{DecodedCache, Key, Part, Value};
+use crate::cache::{self, DecodedCache, Part, Value};
 use crate::catalog::{dot_i8_kernel, Catalog, QueryVec};
 use crate::entry::Ev;
 use crate::error::Result;
@@ -106,29 +106,12 @@ fn bitmap(
     key: u64,
     chunks: &mut IndexCache,
 ) -> Result<Option<Arc<RoaringBitmap>>> {
-    let mut decode = || {
+    let part = Part::Bitmap(key);
+    cache::cached(shared, segment, record, part, Value::into_bitmap, || {
         idx.find(key, chunks)
             .map(|b| Value::Bitmap(b.map(Arc::new)))
             .map_err(|e| segment.corruption(record, e))
-    };
-    let value = match shared {
-        Some(c) => c.get_or_insert(
-            Key {
-                segment: segment.id,
-                record: record as u32,
-                part: Part::Bitmap(key),
-            },
-            decode,
-        )?,
-        None => decode()?,
-    };
-    match value {
-        Value::Bitmap(b) => Ok(b),
-        _ => Err(segment.corruption(
-            record,
-            crate::error::DecodeError::corrupt("decoded cache returned a column for a bitmap"),
-        )),
-    }
+    })
 }
 
 /// Hard retrieval of `k` behaviours for each target.

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use crate::cache::{DecodedCache, Key, Part, Value};
+use crate::cache::{self, DecodedCache, Part, Value};
 use crate::catalog::Catalog;
 use crate::columns::DictView;
 use crate::entry::{Block, Cols, EntryView, Ev};
@@ -40,23 +40,20 @@ impl<'s> SegPart<'s> {
         record: usize,
         cache: Option<&'s DecodedCache>,
     ) -> Result<SegPart<'s>> {
-        let key = Key {
-            segment: segment.id,
-            record: record as u32,
-            part: Part::Checked,
-        };
         // The section checksums are computed once per entry while the cache remembers that
         // they matched (and on every open without a cache).
-        let view = match cache {
-            Some(c) => {
-                c.get_or_insert(key, || {
-                    segment.entry(record)?;
-                    Ok::<_, Error>(Value::Checked)
-                })?;
-                segment.entry_with(record, false)?
-            }
-            None => segment.entry(record)?,
-        };
+        cache::cached(
+            cache,
+            segment,
+            record,
+            Part::Checked,
+            Value::into_checked,
+            || {
+                segment.entry(record)?;
+                Ok(Value::Checked)
+            },
+        )?;
+        let view = segment.entry_with(record, false)?;
         Ok(SegPart {
             segment,
             record,
@@ -69,41 +66,20 @@ impl<'s> SegPart<'s> {
     }
 
     /// Block `b` with every column decoded, through the shared cache.
-    fn block(&mut self, b: usize) -> Result<Arc<Block>> {
-        if let Some(blk) = &self.blocks[b] {
-            return Ok(Arc::clone(blk));
+    fn block(&mut self, b: usize) -> Result<&Block> {
+        if self.blocks[b].is_none() {
+            let (view, segment, record) = (self.view, self.segment, self.record);
+            let scratch = &mut self.scratch;
+            let part = Part::Block(b as u32);
+            let blk = cache::cached(self.cache, segment, record, part, Value::into_block, || {
+                let mut blk = Block::default();
+                view.decode_block(b, Cols::ALL, &mut blk, scratch)
+                    .map_err(|e| segment.corruption(record, e))?;
+                Ok(Value::Block(Arc::new(blk)))
+            })?;
+            self.blocks[b] = Some(blk);
         }
-        let (view, segment, record) = (self.view, self.segment, self.record);
-        let key = Key {
-            segment: segment.id,
-            record: record as u32,
-            part: Part::Block(b as u32),
-        };
-        let scratch = &mut self.scratch;
-        let mut decode = || -> Result<Value> {
-            let mut blk = Block::default();
-            view.decode_block(b, Cols::ALL, &mut blk, scratch)
-                .map_err(|e| segment.corruption(record, e))?;
-            Ok(Value::Block(Arc::new(blk)))
-        };
-        let value = match self.cache {
-            Some(c) => c.get_or_insert(key, decode)?,
-            None => decode()?,
-        };
-        match value {
-            Value::Block(blk) => {
-                self.blocks[b] = Some(Arc::clone(&blk));
-                Ok(blk)
-            }
-            _ => Err(self.mixed_up()),
-        }
-    }
-
-    /// Keys name the part, so a cache entry of another kind is a bug, reported rather than
-    /// trusted.
-    fn mixed_up(&self) -> Error {
-        let e = crate::error::DecodeError::corrupt("decoded cache returned another part");
-        self.segment.corruption(self.record, e)
+        Ok(self.blocks[b].as_deref().expect("decoded above"))
     }
 
     fn dict(&mut self) -> Result<DictView<'s>> {
@@ -232,7 +208,7 @@ impl<'s> UserView<'s> {
     }
 
     /// Block `b`, every column decoded.
-    fn seg_block(&mut self, b: usize) -> Result<Arc<Block>> {
+    fn seg_block(&mut self, b: usize) -> Result<&Block> {
         self.seg
             .as_mut()
             .expect("block of a user without an entry")
@@ -345,14 +321,7 @@ impl<'s> UserView<'s> {
         if self.rows.is_none() && self.cache().is_some() {
             self.rows = Some(self.dict_rows()?);
         }
-        let seg = self
-            .seg
-            .as_mut()
-            .expect("S event of a user without an entry");
-        if seg.blocks[b].is_none() {
-            seg.block(b)?;
-        }
-        let blk = seg.blocks[b].as_deref().expect("loaded just above");
+        let blk = self.seg_block(b)?;
         let (ts, code, action, domain) = (blk.ts[o], blk.item[o], blk.action[o], blk.domain[o]);
         // decode_block checked the item codes against the dictionary's length.
         let row = match &self.rows {
@@ -387,32 +356,17 @@ impl<'s> UserView<'s> {
     /// Through the shared cache: the catalog only grows, so rows that existed when they were
     /// checked still exist.
     pub fn dict_rows(&mut self) -> Result<Arc<[u32]>> {
-        let Some(seg) = self.seg.as_mut() else {
+        let Some(seg) = &self.seg else {
             return Ok(Arc::from(Vec::new()));
         };
-        let key = Key {
-            segment: seg.segment.id,
-            record: seg.record as u32,
-            part: Part::Rows,
-        };
-        let cache = seg.cache;
-        let mut decode = || -> Result<Value> {
+        let (cache, segment, record) = (seg.cache, seg.segment, seg.record);
+        cache::cached(cache, segment, record, Part::Rows, Value::into_rows, || {
             let rows = self.dict()?.to_vec();
             if let Some(&bad) = rows.iter().find(|&&r| r >= self.catalog.len()) {
                 self.item_id(bad)?;
             }
             Ok(Value::Rows(rows.into()))
-        };
-        let value = match cache {
-            Some(c) => c.get_or_insert(key, decode)?,
-            None => decode()?,
-        };
-        match value {
-            Value::Rows(r) => Ok(r),
-            _ => Err(self.err(crate::error::DecodeError::corrupt(
-                "decoded cache returned another part for the dictionary",
-            ))),
-        }
+        })
     }
 
     /// Whether the entry's prefix index still matches the catalog's SemIDs: no item of this

@@ -12,7 +12,7 @@ use clap::Parser;
 use serde_json::json;
 use siren_benches::parquet_events::{self, ParquetEvents};
 use siren_benches::rocks_rows::RocksRows;
-use siren_benches::timing::{dir_bytes, measure, Sample};
+use siren_benches::timing::{files_under, measure, Sample};
 use siren_benches::{scoring_fixture_with, siren_esu_flops, NaiveCatalog};
 use siren_engine::{
     AppendOptions, AutoCompact, Db, Durability, Event, Item, Options, ReadRange, SemId, Snapshot,
@@ -67,6 +67,41 @@ impl Reps {
     fn measure<T>(&self, f: impl FnMut() -> T) -> Sample {
         measure(self.runs, Duration::from_secs_f64(self.secs), f)
     }
+
+    /// Seconds per target: `f` over all of `targets`, divided by their number.
+    fn per_target<X, T>(&self, targets: &[X], mut f: impl FnMut(&X) -> T) -> Sample {
+        let s = self.measure(|| {
+            for t in targets {
+                std::hint::black_box(f(t));
+            }
+        });
+        let d = targets.len() as f64;
+        Sample {
+            runs: s.runs,
+            p50: s.p50 / d,
+            p99: s.p99 / d,
+            mean: s.mean / d,
+            min: s.min / d,
+        }
+    }
+}
+
+/// Siren's hard and soft retrieval of `k` for `user`, seconds per target.
+fn siren_retrieval(
+    reps: Reps,
+    snap: &Snapshot,
+    user: u64,
+    targets: &[(SemId, Vec<f32>)],
+    k: usize,
+) -> (Sample, Sample) {
+    (
+        reps.per_target(targets, |(s, _)| {
+            snap.retrieve_hard(user, s, k, None).expect("hard")
+        }),
+        reps.per_target(targets, |(_, e)| {
+            snap.retrieve_soft(user, e, k, None).expect("soft")
+        }),
+    )
 }
 
 /// The same events in the three stores.
@@ -206,32 +241,15 @@ fn measure_ingest(
 
 /// Bytes of a store's folder without RocksDB's informational `LOG` files, which hold no data.
 fn data_bytes(dir: &Path) -> u64 {
-    let logs: u64 = walk(dir)
-        .iter()
-        .filter(|p| {
-            p.file_name()
+    files_under(dir)
+        .into_iter()
+        .filter(|(p, _)| {
+            !p.file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("LOG"))
         })
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum();
-    dir_bytes(dir) - logs
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(walk(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
+        .map(|(_, len)| len)
+        .sum()
 }
 
 /// Bulk-load `events` (time-ordered, users interleaved, as a live stream arrives) into the
@@ -413,17 +431,6 @@ struct RetrievalCmp {
     soft_uncached: Option<Sample>,
 }
 
-fn per_target(s: Sample, n: usize) -> Sample {
-    let d = n as f64;
-    Sample {
-        runs: s.runs,
-        p50: s.p50 / d,
-        p99: s.p99 / d,
-        mean: s.mean / d,
-        min: s.min / d,
-    }
-}
-
 fn compare_retrieval(
     snap: &Snapshot,
     naive: &NaiveCatalog,
@@ -460,42 +467,15 @@ fn compare_retrieval(
     let floor_bytes = distinct.len() * dim + history.len() * 4;
     let src = vec![1u8; floor_bytes];
     let mut dst = vec![0u8; floor_bytes];
+    let (hard, soft) = siren_retrieval(reps, snap, user, targets, k);
     Ok(RetrievalCmp {
         events: history.len(),
         targets: nt,
         k,
-        hard: per_target(
-            reps.measure(|| {
-                for (s, _) in targets {
-                    std::hint::black_box(snap.retrieve_hard(user, s, k, None).expect("hard"));
-                }
-            }),
-            nt,
-        ),
-        hard_linear_scan: per_target(
-            reps.measure(|| {
-                for (s, _) in targets {
-                    std::hint::black_box(naive.hard_scan(&history, s, k));
-                }
-            }),
-            nt,
-        ),
-        soft: per_target(
-            reps.measure(|| {
-                for (_, e) in targets {
-                    std::hint::black_box(snap.retrieve_soft(user, e, k, None).expect("soft"));
-                }
-            }),
-            nt,
-        ),
-        soft_f32_loop: per_target(
-            reps.measure(|| {
-                for (_, e) in targets {
-                    std::hint::black_box(naive.soft_scan(&history, e, k));
-                }
-            }),
-            nt,
-        ),
+        hard,
+        hard_linear_scan: reps.per_target(targets, |(s, _)| naive.hard_scan(&history, s, k)),
+        soft,
+        soft_f32_loop: reps.per_target(targets, |(_, e)| naive.soft_scan(&history, e, k)),
         soft_memory_floor: reps.measure(|| {
             dst.copy_from_slice(std::hint::black_box(&src));
             dst[floor_bytes / 2]
@@ -734,23 +714,9 @@ fn main() -> Res<()> {
             },
         )?;
         let snap = cold.snapshot();
-        let (u, k, nt) = (users[0], retrieval.k, targets.len());
-        retrieval.hard_uncached = Some(per_target(
-            reps.measure(|| {
-                for (s, _) in &targets {
-                    std::hint::black_box(snap.retrieve_hard(u, s, k, None).expect("hard"));
-                }
-            }),
-            nt,
-        ));
-        retrieval.soft_uncached = Some(per_target(
-            reps.measure(|| {
-                for (_, e) in &targets {
-                    std::hint::black_box(snap.retrieve_soft(u, e, k, None).expect("soft"));
-                }
-            }),
-            nt,
-        ));
+        let (hard, soft) = siren_retrieval(reps, &snap, users[0], &targets, retrieval.k);
+        retrieval.hard_uncached = Some(hard);
+        retrieval.soft_uncached = Some(soft);
     }
     log(&format!("retrieval {retrieval:?}"));
 
@@ -872,22 +838,7 @@ fn main() -> Res<()> {
         .chain(std::iter::once((100_000, f.lifelong_user)))
         .collect();
     for &(n, u) in &all_users {
-        let hard_s = per_target(
-            reps.measure(|| {
-                for (s, _) in &tgt {
-                    std::hint::black_box(snap.retrieve_hard(u, s, 50, None).expect("hard"));
-                }
-            }),
-            tgt.len(),
-        );
-        let soft_s = per_target(
-            reps.measure(|| {
-                for (_, e) in &tgt {
-                    std::hint::black_box(snap.retrieve_soft(u, e, 50, None).expect("soft"));
-                }
-            }),
-            tgt.len(),
-        );
+        let (hard_s, soft_s) = siren_retrieval(reps, &snap, u, &tgt, 50);
         let sc = score_run(
             &f.ranker,
             u,
