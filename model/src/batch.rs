@@ -71,6 +71,9 @@ pub struct Vocabs {
     pub user: Vocab,
     /// One per SemID level: level-1 prefixes, levels 1-2, ...
     pub prefix: Vec<Vocab>,
+    /// Domains of the training impressions, most frequent first (index 1 is the head domain).
+    #[serde(default)]
+    pub domain: Vocab,
 }
 
 impl Vocabs {
@@ -93,9 +96,16 @@ impl Vocabs {
                 }
             }
         };
+        let mut domains: HashMap<u16, usize> = HashMap::new();
         for (i, imp) in train.impressions.iter().enumerate() {
             v.user.add(imp.user);
             add_row(&mut v, train.target_row[i]);
+            *domains.entry(imp.domain).or_default() += 1;
+        }
+        let mut domains: Vec<(u16, usize)> = domains.into_iter().collect();
+        domains.sort_by_key(|&(d, n)| (std::cmp::Reverse(n), d));
+        for (d, _) in domains {
+            v.domain.add(u64::from(d));
         }
         for (_, _, toks) in &train.seqs {
             for t in toks {
@@ -105,8 +115,19 @@ impl Vocabs {
         v
     }
 
+    /// Row of a domain in the domain tables. A domain the training data never showed is
+    /// scored as the head domain (row 1): the model has no tower of its own for it, and the
+    /// head domain's is the best trained.
+    pub fn domain_row(&self, domain: u16) -> u32 {
+        match self.domain.get(u64::from(domain)) {
+            0 => u32::from(self.domain.size() > 1),
+            r => r,
+        }
+    }
+
     /// Restore the lookup maps after deserialising.
     pub fn rebuild(&mut self) {
+        self.domain.rebuild();
         self.item.rebuild();
         self.category.rebuild();
         self.user.rebuild();
@@ -191,6 +212,8 @@ pub struct Batch {
     pub label: Tensor,
     /// `[B]` u32.
     pub user: Tensor,
+    /// `[B]` u32 rows of [`Vocabs::domain_row`].
+    pub domain: Tensor,
     pub item: Tensor,
     pub category: Tensor,
     /// `[B, L]` u32.
@@ -222,6 +245,7 @@ pub fn make_batch(
     let row_or = |r: u32, t: &[u32]| if r == NO_ROW { 0 } else { t[r as usize] };
     let mut label = Vec::with_capacity(b);
     let mut user = Vec::with_capacity(b);
+    let mut domain = Vec::with_capacity(b);
     let mut item = Vec::with_capacity(b);
     let mut category = Vec::with_capacity(b);
     let mut prefix = Vec::with_capacity(b * l);
@@ -231,6 +255,7 @@ pub fn make_batch(
         let r = set.target_row[i];
         label.push(imp.label);
         user.push(v.user.get(imp.user));
+        domain.push(v.domain_row(imp.domain));
         item.push(row_or(r, &rows.item));
         category.push(row_or(r, &rows.category));
         for lv in 0..l {
@@ -311,6 +336,7 @@ pub fn make_batch(
         size: b,
         label: Tensor::from_vec(label, b, dev)?,
         user: Tensor::from_vec(user, b, dev)?,
+        domain: Tensor::from_vec(domain, b, dev)?,
         item: Tensor::from_vec(item, b, dev)?,
         category: Tensor::from_vec(category, b, dev)?,
         prefix: Tensor::from_vec(prefix, (b, l), dev)?,

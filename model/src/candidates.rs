@@ -61,6 +61,7 @@ pub fn candidate_samples(
     snap: &Snapshot,
     user: u64,
     at: i64,
+    domain: u16,
     candidates: &[u64],
     spec: &[(SeqKind, usize)],
     dim: usize,
@@ -219,6 +220,7 @@ pub fn candidate_samples(
             item,
             ts: at,
             label: 0.0,
+            domain,
         })
         .collect();
     let mut tokens = Vec::with_capacity(candidates.len());
@@ -292,7 +294,7 @@ mod tests {
             (1, 1_000_000),
             (9, 5),
         ] {
-            let served = candidate_samples(&snap, user, at, &cands, &spec, 4).unwrap();
+            let served = candidate_samples(&snap, user, at, 0, &cands, &spec, 4).unwrap();
             let imps: Vec<Impression> = cands
                 .iter()
                 .map(|&item| Impression {
@@ -300,6 +302,7 @@ mod tests {
                     item,
                     ts: at,
                     label: 0.0,
+                    domain: 0,
                 })
                 .collect();
             let trained = build_samples(&snap, &all, &imps, &spec, 1).unwrap();

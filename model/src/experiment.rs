@@ -5,7 +5,7 @@
 //! ```text
 //! <dir>/db/              the Siren database (events, catalog with SemIDs), compacted
 //! <dir>/codebook.bin     the RQ-KMeans codebook the SemIDs come from
-//! <dir>/impressions.csv  split,user,item,ts,label
+//! <dir>/impressions.csv  split,user,item,ts,label,domain
 //! <dir>/dataset.json     what was imported, with counts and the codebook report
 //! ```
 
@@ -16,19 +16,21 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use siren_engine::{Db, Durability, Item, Options};
 
+use crate::collapse::TableCollapse;
 use crate::data::movielens::{MovieLens, MovieLensPaths};
 use crate::data::taobao::{self, TaobaoFiles, TaobaoImportOptions};
 use crate::data::{Impression, Splits};
 use crate::error::{ModelError, Result};
 use crate::features::{ItemTable, SeqKind};
-use crate::metrics::{gauc, Metrics};
+use crate::metrics::{gauc, per_domain, DomainMetrics, Metrics};
 use crate::models::ModelConfig;
 use crate::semid::{unit_length, Codebook, CodebookReport, RqKmeansConfig};
 use crate::synth::{Planted, PlantedConfig};
 use crate::train::{evaluate, train, EpochLog, Prepared, TrainConfig};
 
-/// Version 2 added checksums of `dataset.json` and `impressions.csv`.
-pub const DATASET_VERSION: u32 = 2;
+/// Version 2 added checksums of `dataset.json` and `impressions.csv`; version 3 the impression's
+/// domain.
+pub const DATASET_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DatasetMeta {
@@ -142,11 +144,15 @@ impl DatasetDir {
     /// Write the impressions; returns the file's CRC32C.
     fn write_splits(&self, s: &Splits) -> Result<u32> {
         let mut w = Vec::new();
-        writeln!(w, "split,user,item,ts,label").expect("writing to memory");
+        writeln!(w, "split,user,item,ts,label,domain").expect("writing to memory");
         for (name, v) in [("train", &s.train), ("valid", &s.valid), ("test", &s.test)] {
             for i in v {
-                writeln!(w, "{name},{},{},{},{}", i.user, i.item, i.ts, i.label)
-                    .expect("writing to memory");
+                writeln!(
+                    w,
+                    "{name},{},{},{},{},{}",
+                    i.user, i.item, i.ts, i.label, i.domain
+                )
+                .expect("writing to memory");
             }
         }
         let p = self.impressions_path();
@@ -173,7 +179,7 @@ impl DatasetDir {
         for (line, rec) in r.records().enumerate() {
             let rec = rec.map_err(|e| ModelError::input(&p, e.to_string()))?;
             let bad = || ModelError::input(&p, format!("row {}: malformed impression", line + 2));
-            if rec.len() != 5 {
+            if rec.len() != 6 {
                 return Err(bad());
             }
             let imp = Impression {
@@ -181,6 +187,7 @@ impl DatasetDir {
                 item: rec[2].parse().map_err(|_| bad())?,
                 ts: rec[3].parse().map_err(|_| bad())?,
                 label: rec[4].parse().map_err(|_| bad())?,
+                domain: rec[5].parse().map_err(|_| bad())?,
             };
             match &rec[0] {
                 "train" => s.train.push(imp),
@@ -273,6 +280,11 @@ pub fn import_movielens(
 pub struct Ceiling {
     pub test_auc: Option<f64>,
     pub test_gauc: Option<f64>,
+    /// With several domains: each domain's, and the tail's (domain 0 is the head).
+    #[serde(default)]
+    pub test_gauc_by_domain: Vec<(u16, Option<f64>)>,
+    #[serde(default)]
+    pub test_gauc_tail: Option<f64>,
 }
 
 pub fn import_synthetic(
@@ -293,9 +305,17 @@ pub fn import_synthetic(
     let users: Vec<u64> = t.iter().map(|t| t.impression.user).collect();
     let p: Vec<f32> = t.iter().map(|t| t.p as f32).collect();
     let y: Vec<f32> = t.iter().map(|t| t.impression.label).collect();
+    let domains: Vec<u16> = t.iter().map(|t| t.impression.domain).collect();
+    let (by_domain, tail) = per_domain(&users, &domains, &p, &y, 0);
     let ceiling = Ceiling {
         test_auc: crate::metrics::auc(&p, &y),
         test_gauc: gauc(&users, &p, &y).map(|g| g.value),
+        test_gauc_by_domain: by_domain
+            .iter()
+            .filter(|_| cfg.domain_shares.len() > 1)
+            .map(|d| (d.domain, d.metrics.gauc))
+            .collect(),
+        test_gauc_tail: tail.and_then(|t| t.gauc),
     };
     let details = serde_json::json!({ "config": cfg, "ceiling": ceiling });
     finish(dir, &db, "synthetic", cfg.dim, semid, &splits, details)
@@ -379,6 +399,27 @@ pub struct RunResult {
     pub epochs: Vec<EpochLog>,
     pub train_samples_per_s: f64,
     pub score_samples_per_s: f64,
+    /// Test metrics per domain, and over the tail (every domain but the head, the largest in
+    /// training).
+    #[serde(default)]
+    pub domains: Vec<DomainMetrics>,
+    #[serde(default)]
+    pub tail: Option<Metrics>,
+    #[serde(default)]
+    pub head_domain: u16,
+    /// Collapse of each ID embedding table after training.
+    #[serde(default)]
+    pub collapse: Vec<TableCollapse>,
+}
+
+/// A domain's test GAUC over the seeds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DomainRow {
+    pub domain: u16,
+    /// Share of the test impressions.
+    pub share: f64,
+    pub gauc_mean: f64,
+    pub gauc_std: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -392,6 +433,15 @@ pub struct CompareRow {
     pub log_loss_mean: f64,
     pub train_samples_per_s: f64,
     pub score_samples_per_s: f64,
+    #[serde(default)]
+    pub domains: Vec<DomainRow>,
+    #[serde(default)]
+    pub tail_gauc_mean: Option<f64>,
+    #[serde(default)]
+    pub tail_gauc_std: Option<f64>,
+    /// Mean over the seeds of each table's sum of singular values over the largest.
+    #[serde(default)]
+    pub collapse: Vec<(String, f64)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -459,7 +509,20 @@ pub fn compare(
                 &scores,
             )?;
             let trained_epochs = t.history.len().max(1) as f64;
+            let head_domain = data.vocabs.domain.ids.first().map_or(0, |&d| d as u16);
+            let imps = &data.test.impressions;
+            let (domains, tail) = per_domain(
+                &imps.iter().map(|i| i.user).collect::<Vec<_>>(),
+                &imps.iter().map(|i| i.domain).collect::<Vec<_>>(),
+                &scores,
+                &imps.iter().map(|i| i.label).collect::<Vec<_>>(),
+                head_domain,
+            );
             let run = RunResult {
+                domains,
+                tail,
+                head_domain,
+                collapse: crate::collapse::tables(&t.params)?,
                 model: m.name(),
                 seed,
                 test: metrics,
@@ -471,10 +534,11 @@ pub fn compare(
             };
             if tcfg.progress {
                 eprintln!(
-                    "{} seed {seed}: test GAUC {:.4} AUC {:.4} (best epoch {})",
+                    "{} seed {seed}: test GAUC {:.4} AUC {:.4} tail GAUC {:.4} (best epoch {})",
                     run.model,
                     run.test.gauc.unwrap_or(f64::NAN),
                     run.test.auc.unwrap_or(f64::NAN),
+                    run.tail.as_ref().and_then(|t| t.gauc).unwrap_or(f64::NAN),
                     run.best_epoch
                 );
             }
@@ -489,7 +553,15 @@ pub fn compare(
             let col = |f: &dyn Fn(&RunResult) -> f64| rs.iter().map(|r| f(r)).collect::<Vec<f64>>();
             let (gauc_mean, gauc_std) = mean_std(&col(&|r| r.test.gauc.unwrap_or(f64::NAN)));
             let (auc_mean, auc_std) = mean_std(&col(&|r| r.test.auc.unwrap_or(f64::NAN)));
+            let (tail_mean, tail_std) = mean_std(&col(&|r| {
+                r.tail.as_ref().and_then(|t| t.gauc).unwrap_or(f64::NAN)
+            }));
+            let has_tail = rs.iter().any(|r| r.tail.is_some());
             CompareRow {
+                domains: domain_rows(&rs),
+                tail_gauc_mean: has_tail.then_some(tail_mean),
+                tail_gauc_std: has_tail.then_some(tail_std),
+                collapse: collapse_means(&rs),
                 model: name,
                 runs: rs.len(),
                 gauc_mean,
@@ -511,6 +583,56 @@ pub fn compare(
     };
     crate::report::write_compare(out, &report)?;
     Ok(report)
+}
+
+/// Each domain's GAUC over the runs of one model.
+fn domain_rows(runs: &[&RunResult]) -> Vec<DomainRow> {
+    let Some(first) = runs.first() else {
+        return Vec::new();
+    };
+    let total: usize = first.domains.iter().map(|d| d.metrics.n).sum();
+    first
+        .domains
+        .iter()
+        .map(|dm| {
+            let g: Vec<f64> = runs
+                .iter()
+                .map(|r| {
+                    r.domains
+                        .iter()
+                        .find(|x| x.domain == dm.domain)
+                        .and_then(|x| x.metrics.gauc)
+                        .unwrap_or(f64::NAN)
+                })
+                .collect();
+            let (gauc_mean, gauc_std) = mean_std(&g);
+            DomainRow {
+                domain: dm.domain,
+                share: dm.metrics.n as f64 / total.max(1) as f64,
+                gauc_mean,
+                gauc_std,
+            }
+        })
+        .collect()
+}
+
+/// Each table's collapse figure averaged over the runs of one model.
+fn collapse_means(runs: &[&RunResult]) -> Vec<(String, f64)> {
+    let Some(first) = runs.first() else {
+        return Vec::new();
+    };
+    first
+        .collapse
+        .iter()
+        .map(|c| {
+            let v: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r.collapse.iter().find(|x| x.table == c.table))
+                .map(|x| x.sum_over_max)
+                .collect();
+            (c.table.clone(), mean_std(&v).0)
+        })
+        .collect()
 }
 
 /// Predictions of a trained model for a dataset's test split (for `siren eval`).

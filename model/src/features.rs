@@ -466,6 +466,7 @@ pub(crate) mod tests {
                     item: (j * 3 % 20) as u64,
                     ts: 10_000 + j * 7_000,
                     label: (j % 2) as f32,
+                    domain: 0,
                 })
             })
             .collect();

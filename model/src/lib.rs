@@ -4,11 +4,12 @@
 //! Semantic IDs by residual k-means ([`semid`]), datasets imported into the engine
 //! ([`data`], [`synth`]), training samples read through the same retrieval calls serving uses
 //! ([`features`]), the SIREN ESU and its baselines ([`models`]), the trainer ([`train`]) and the
-//! evaluator ([`metrics`], [`report`]), and in-database scoring of candidates for serving
+//! evaluator ([`metrics`] with per-domain GAUC, [`collapse`], [`report`]), and in-database scoring of candidates for serving
 //! ([`ranker`]).
 
 pub mod batch;
 pub mod candidates;
+pub mod collapse;
 pub mod data;
 pub mod error;
 pub mod experiment;

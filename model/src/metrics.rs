@@ -8,6 +8,8 @@
 //! positive. Mismatched slice lengths are a bug in the caller, so they panic instead of being
 //! reported as a value.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 /// How far from 0 and 1 [`log_loss`] clamps a probability: one confident mistake then costs
@@ -212,6 +214,59 @@ impl Metrics {
             positives: labels.iter().filter(|&&y| is_positive(y)).count(),
         }
     }
+}
+
+/// Metrics of one domain's impressions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DomainMetrics {
+    pub domain: u16,
+    pub metrics: Metrics,
+}
+
+/// Metrics per domain (ascending), and over the tail: every domain but `head`, with GAUC grouped
+/// by (user, domain) so that a user's impressions in two tail domains are not ranked against
+/// each other. The tail is `None` when every impression is in `head`.
+///
+/// # Panics
+/// When the four slices differ in length.
+pub fn per_domain(
+    users: &[u64],
+    domains: &[u16],
+    probs: &[f32],
+    labels: &[f32],
+    head: u16,
+) -> (Vec<DomainMetrics>, Option<Metrics>) {
+    assert_eq!(users.len(), domains.len(), "per_domain: length mismatch");
+    let mut ids: Vec<u16> = domains.to_vec();
+    ids.sort_unstable();
+    ids.dedup();
+    let pick = |keep: &dyn Fn(u16) -> bool, key: &dyn Fn(usize) -> u64| {
+        let idx: Vec<usize> = (0..users.len()).filter(|&i| keep(domains[i])).collect();
+        let u: Vec<u64> = idx.iter().map(|&i| key(i)).collect();
+        let p: Vec<f32> = idx.iter().map(|&i| probs[i]).collect();
+        let y: Vec<f32> = idx.iter().map(|&i| labels[i]).collect();
+        Metrics::compute(&u, &p, &y)
+    };
+    let each = ids
+        .iter()
+        .map(|&d| DomainMetrics {
+            domain: d,
+            metrics: pick(&|x| x == d, &|i| users[i]),
+        })
+        .collect();
+    // Dense keys for (user, domain) pairs: user ids use all 64 bits.
+    let mut pairs: HashMap<(u64, u16), u64> = HashMap::new();
+    let keys: Vec<u64> = (0..users.len())
+        .map(|i| {
+            let n = pairs.len() as u64;
+            *pairs.entry((users[i], domains[i])).or_insert(n)
+        })
+        .collect();
+    let tail = ids
+        .iter()
+        .any(|&d| d != head)
+        .then(|| pick(&|x| x != head, &|i| keys[i]));
+    (each, tail)
 }
 
 #[cfg(test)]

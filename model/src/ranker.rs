@@ -52,6 +52,9 @@ pub struct ScoreOptions {
     pub at: Option<i64>,
     /// Return, per candidate, the behaviours the GSU retrieved.
     pub explain: bool,
+    /// The domain (scenario, surface) the candidates are shown in; multi-domain models pick
+    /// their tower and gates by it, single-domain models ignore it.
+    pub domain: u16,
 }
 
 /// One candidate's answer.
@@ -289,7 +292,7 @@ impl Ranker {
         let (spec, swap) = model.plan(opts.gsu);
         let snap = self.db.snapshot();
         let dim = self.db.options().embedding_dim as usize;
-        let mut built = candidate_samples(&snap, user, at, candidates, &spec, dim)?;
+        let mut built = candidate_samples(&snap, user, at, opts.domain, candidates, &spec, dim)?;
         // A hard retrieval may feed a model trained on soft retrieval, and the reverse: the
         // sequence goes where the model expects its GSU sequence.
         if let Some((read, slot)) = swap {

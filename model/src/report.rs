@@ -77,6 +77,44 @@ pub fn compare_markdown(r: &CompareReport) -> String {
             row.score_samples_per_s
         ));
     }
+    s.push_str(&domain_markdown(r));
+    s
+}
+
+/// GAUC per domain and over the tail, and each table's collapse figure, when the test set has
+/// more than one domain.
+fn domain_markdown(r: &CompareReport) -> String {
+    let Some(first) = r.rows.first().filter(|row| row.domains.len() > 1) else {
+        return String::new();
+    };
+    let head = r.runs.first().map_or(0, |run| run.head_domain);
+    let mut s = format!(
+        "\n## GAUC per domain (mean ± std over seeds; head domain {head}; share of the test set in brackets)\n\n| model | overall | tail |"
+    );
+    for d in &first.domains {
+        s.push_str(&format!(" {} ({:.1}%) |", d.domain, 100.0 * d.share));
+    }
+    s.push_str("\n|---|---:|---:|");
+    s.push_str(&"---:|".repeat(first.domains.len()));
+    let cell = |m: f64, sd: f64| format!(" {m:.4} ± {sd:.4} |");
+    for row in &r.rows {
+        s.push_str(&format!("\n| {} |", row.model));
+        s.push_str(&cell(row.gauc_mean, row.gauc_std));
+        s.push_str(&cell(
+            row.tail_gauc_mean.unwrap_or(f64::NAN),
+            row.tail_gauc_std.unwrap_or(f64::NAN),
+        ));
+        for d in &first.domains {
+            let got = row.domains.iter().find(|x| x.domain == d.domain);
+            s.push_str(&got.map_or(" |".into(), |x| cell(x.gauc_mean, x.gauc_std)));
+        }
+    }
+    s.push_str("\n\n## Embedding collapse (sum of singular values / largest, mean over seeds)\n\n| model | table | sum/max |\n|---|---|---:|\n");
+    for row in &r.rows {
+        for (table, v) in &row.collapse {
+            s.push_str(&format!("| {} | {table} | {v:.2} |\n", row.model));
+        }
+    }
     s
 }
 

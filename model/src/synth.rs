@@ -7,7 +7,10 @@
 //! - [`Planted`]: a labelled dataset whose clicks depend on interests that only appear far back
 //!   in a user's history (beyond the last [`RECENT_WINDOW`] events) as well as on recent ones,
 //!   with the true click probabilities kept so that the best achievable AUC (the ceiling) is
-//!   known.
+//!   known. With several domains ([`PlantedConfig::domain_shares`]), impressions come in
+//!   blocks of [`DOMAIN_BLOCK`] from one domain each, the tail domains have a click affinity per
+//!   cluster of their own and each user a third interest cluster per tail domain: interests
+//!   partly differ across domains.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -159,6 +162,38 @@ pub struct PlantedConfig {
     pub w_current: f64,
     pub w_quality: f64,
     pub bias: f64,
+    /// Share of each domain (domain `d` is index `d`) in the impressions and the events.
+    /// `[1.0]` is a single domain, and no random draw of the single-domain data changes.
+    #[serde(default = "one_domain")]
+    pub domain_shares: Vec<f64>,
+    /// Standard deviation of each tail domain's per-cluster click affinity (logit units).
+    #[serde(default)]
+    pub domain_shift: f64,
+}
+
+fn one_domain() -> Vec<f64> {
+    vec![1.0]
+}
+
+/// Impressions of a user come in blocks of this many from one domain, so that per-domain GAUC
+/// has users with several impressions in a tail domain.
+pub const DOMAIN_BLOCK: usize = 10;
+
+impl PlantedConfig {
+    /// A long-tailed multi-domain configuration: one domain with 85% of the impressions and
+    /// five with 5, 4, 3, 2 and 1%; more users with shorter histories than the default so that
+    /// the 1% domain still has a few thousand impressions.
+    pub fn multi_domain() -> PlantedConfig {
+        PlantedConfig {
+            users: 4_000,
+            min_events: 300,
+            max_events: 3_000,
+            impressions_per_user: 60,
+            domain_shares: vec![0.85, 0.05, 0.04, 0.03, 0.02, 0.01],
+            domain_shift: 1.5,
+            ..PlantedConfig::default()
+        }
+    }
 }
 
 impl Default for PlantedConfig {
@@ -176,6 +211,8 @@ impl Default for PlantedConfig {
             w_current: 1.5,
             w_quality: 0.6,
             bias: 1.6,
+            domain_shares: one_domain(),
+            domain_shift: 0.0,
         }
     }
 }
@@ -187,6 +224,8 @@ pub struct Profile {
     pub long_term: [usize; 2],
     /// Clusters of the recent window.
     pub current: [usize; 2],
+    /// Per tail domain (index `d - 1` for domain `d`), a cluster the user likes there only.
+    pub domain_interest: Vec<usize>,
     pub n_events: usize,
     pub t0: i64,
 }
@@ -204,6 +243,8 @@ pub struct Planted {
     pub catalog: Catalog,
     /// Latent quality of each item (a standard normal), part of the click model.
     pub quality: Vec<f64>,
+    /// Per domain, a click affinity per cluster (all zero for domain 0).
+    pub affinity: Vec<Vec<f64>>,
 }
 
 fn sigmoid(x: f64) -> f64 {
@@ -222,10 +263,20 @@ impl Planted {
         let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0x51_7cc1_b727_220a);
         let normal = Normal::new(0.0f64, 1.0).unwrap();
         let quality = (0..cfg.items).map(|_| normal.sample(&mut rng)).collect();
+        let shift = Normal::new(0.0f64, cfg.domain_shift.max(0.0)).expect("finite shift");
+        let clusters = catalog.by_cluster.len();
+        let affinity = (0..cfg.domain_shares.len().max(1))
+            .map(|d| {
+                (0..clusters)
+                    .map(|_| if d == 0 { 0.0 } else { shift.sample(&mut rng) })
+                    .collect()
+            })
+            .collect();
         Planted {
             cfg,
             catalog,
             quality,
+            affinity,
         }
     }
 
@@ -254,6 +305,10 @@ impl Planted {
             self.cfg.min_events as f64,
             self.cfg.max_events.max(self.cfg.min_events) as f64,
         );
+        let mut drng = self.user_rng(user, 5);
+        let domain_interest = (1..self.cfg.domain_shares.len())
+            .map(|_| drng.random_range(0..k))
+            .collect();
         let mut rng = self.user_rng(user, 2);
         let n = (lo.ln() + rng.random::<f64>() * (hi.ln() - lo.ln()))
             .exp()
@@ -261,6 +316,7 @@ impl Planted {
         Profile {
             long_term: [a, b],
             current: [c, d],
+            domain_interest,
             n_events: n.max(RECENT_WINDOW + 50),
             t0: 1_500_000_000_000 + rng.random_range(0..30 * 86_400_000),
         }
@@ -287,6 +343,7 @@ impl Planted {
     pub fn history(&self, user: u64) -> Vec<Event> {
         let p = self.profile(user);
         let mut rng = self.user_rng(user, 3);
+        let mut drng = self.user_rng(user, 6);
         let mut t = p.t0;
         let mut out = Vec::with_capacity(p.n_events);
         for i in 0..p.n_events {
@@ -297,25 +354,58 @@ impl Planted {
             };
             let recent = i >= p.n_events - RECENT_WINDOW;
             let own = if recent { p.current } else { p.long_term };
-            let cluster = rng.random_bool(0.6).then(|| own[rng.random_range(0..2)]);
+            let mut cluster = rng.random_bool(0.6).then(|| own[rng.random_range(0..2)]);
+            let domain = self.draw_domain(&mut drng);
+            // In a tail domain, half the events follow the user's interest there.
+            if domain > 0 && drng.random_bool(0.5) {
+                cluster = Some(p.domain_interest[usize::from(domain) - 1]);
+            }
             let idx = self.draw_item(&mut rng, cluster);
             out.push(Event {
                 user,
                 ts: t,
                 item: self.catalog.items[idx].id,
                 action: u8::from(rng.random_bool(0.2)),
-                domain: 0,
+                domain,
             });
         }
         out
     }
 
-    /// True click probability of item `idx` for a user.
-    pub fn click_probability(&self, p: &Profile, idx: usize) -> f64 {
+    /// A domain drawn from the shares; no draw at all with a single domain.
+    fn draw_domain(&self, rng: &mut StdRng) -> u16 {
+        let shares = &self.cfg.domain_shares;
+        if shares.len() <= 1 {
+            return 0;
+        }
+        let total: f64 = shares.iter().sum();
+        let mut x = rng.random::<f64>() * total;
+        for (d, s) in shares.iter().enumerate() {
+            if x < *s {
+                return d as u16;
+            }
+            x -= s;
+        }
+        (shares.len() - 1) as u16
+    }
+
+    /// The user's current clusters in `domain`: in a tail domain, the second is replaced by the
+    /// user's interest there.
+    pub fn current_in(&self, p: &Profile, domain: u16) -> [usize; 2] {
+        match domain {
+            0 => p.current,
+            d => [p.current[0], p.domain_interest[usize::from(d) - 1]],
+        }
+    }
+
+    /// True click probability of item `idx` for a user in `domain`.
+    pub fn click_probability(&self, p: &Profile, idx: usize, domain: u16) -> f64 {
         let c = self.catalog.cluster[idx];
+        let current = self.current_in(p, domain);
         let x = self.cfg.w_long * f64::from(u8::from(p.long_term.contains(&c)))
-            + self.cfg.w_current * f64::from(u8::from(p.current.contains(&c)))
+            + self.cfg.w_current * f64::from(u8::from(current.contains(&c)))
             + self.cfg.w_quality * self.quality[idx]
+            + self.affinity[usize::from(domain)][c]
             - self.cfg.bias;
         sigmoid(x)
     }
@@ -325,24 +415,31 @@ impl Planted {
     pub fn impressions(&self, user: u64, history: &[Event]) -> Vec<Truth> {
         let p = self.profile(user);
         let mut rng = self.user_rng(user, 4);
+        let mut drng = self.user_rng(user, 7);
         let window = &history[history.len() - RECENT_WINDOW / 2..];
+        let mut domain = 0;
         (0..self.cfg.impressions_per_user)
-            .map(|_| {
+            .map(|i| {
+                if i % DOMAIN_BLOCK == 0 {
+                    domain = self.draw_domain(&mut drng);
+                }
+                let current = self.current_in(&p, domain);
                 let e = window[rng.random_range(0..window.len())];
                 let ts = e.ts + 1;
                 let cluster = match rng.random_range(0..3) {
                     0 => Some(p.long_term[rng.random_range(0..2)]),
-                    1 => Some(p.current[rng.random_range(0..2)]),
+                    1 => Some(current[rng.random_range(0..2)]),
                     _ => None,
                 };
                 let idx = self.draw_item(&mut rng, cluster);
-                let prob = self.click_probability(&p, idx);
+                let prob = self.click_probability(&p, idx, domain);
                 Truth {
                     impression: Impression {
                         user,
                         item: self.catalog.items[idx].id,
                         ts,
                         label: if rng.random_bool(prob) { 1.0 } else { 0.0 },
+                        domain,
                     },
                     p: prob,
                 }

@@ -123,6 +123,10 @@ impl Prepared {
 pub struct EpochLog {
     pub epoch: usize,
     pub train_loss: f64,
+    /// Mean of the model's regulariser over the epoch's batches, before its weight
+    /// (Crocodile's cross-expert covariance penalty).
+    #[serde(default)]
+    pub train_penalty: Option<f64>,
     pub valid: Metrics,
     pub seconds: f64,
     pub train_samples_per_s: f64,
@@ -222,6 +226,7 @@ pub fn train(cfg: &ModelConfig, tcfg: &TrainConfig, data: &Prepared) -> Result<T
             &format!("{} epoch {epoch}", cfg.name()),
         );
         let mut loss_sum = 0.0;
+        let mut penalty_sum: Option<f64> = None;
         let mut batches = 0usize;
         for chunk in order.chunks(tcfg.batch_size.max(1)) {
             let b = make_batch(
@@ -233,10 +238,17 @@ pub fn train(cfg: &ModelConfig, tcfg: &TrainConfig, data: &Prepared) -> Result<T
                 &ks,
                 &dev,
             )?;
-            let logits = model.logits(&b)?;
-            let loss = candle_nn::loss::binary_cross_entropy_with_logit(&logits, &b.label)?;
+            let (logits, penalty) = model.logits_and_penalty(&b)?;
+            let bce = candle_nn::loss::binary_cross_entropy_with_logit(&logits, &b.label)?;
+            let loss = match &penalty {
+                Some(pen) if cfg.cov_weight > 0.0 => (&bce + (pen * cfg.cov_weight)?)?,
+                _ => bce.clone(),
+            };
             opt.backward_step(&loss)?;
-            loss_sum += f64::from(loss.to_scalar::<f32>()?);
+            loss_sum += f64::from(bce.to_scalar::<f32>()?);
+            if let Some(pen) = penalty {
+                *penalty_sum.get_or_insert(0.0) += f64::from(pen.to_scalar::<f32>()?);
+            }
             batches += 1;
             bar.inc(chunk.len() as u64);
         }
@@ -246,15 +258,18 @@ pub fn train(cfg: &ModelConfig, tcfg: &TrainConfig, data: &Prepared) -> Result<T
         let log = EpochLog {
             epoch,
             train_loss: loss_sum / batches.max(1) as f64,
+            train_penalty: penalty_sum.map(|p| p / batches.max(1) as f64),
             valid: valid.clone(),
             seconds: start.elapsed().as_secs_f64(),
             train_samples_per_s: order.len() as f64 / train_secs.max(1e-9),
         };
         if tcfg.progress {
             eprintln!(
-                "{} epoch {epoch}: loss {:.4}, valid GAUC {}, AUC {}, {:.0} samples/s",
+                "{} epoch {epoch}: loss {:.4}{}, valid GAUC {}, AUC {}, {:.0} samples/s",
                 cfg.name(),
                 log.train_loss,
+                log.train_penalty
+                    .map_or(String::new(), |p| format!(", covariance penalty {p:.4}")),
                 fmt_opt(valid.gauc),
                 fmt_opt(valid.auc),
                 log.train_samples_per_s
@@ -387,6 +402,8 @@ impl CheckpointConfig {
             || !m.dim.is_multiple_of(m.heads)
             || m.recent > MAX_SEQUENCE
             || m.retrieved > MAX_SEQUENCE
+            || !(1..=crate::models::MAX_EXPERTS).contains(&m.experts)
+            || !(m.cov_weight.is_finite() && m.cov_weight >= 0.0)
         {
             return Err(corrupt(format!("model shape out of bounds: {m:?}")));
         }

@@ -7,12 +7,11 @@ mod common;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use common::{cfg, small_with_db};
+use common::{cfg, close, reference, small_with_db};
 use siren_engine::{Item, SemId};
 use siren_model::data::Impression;
-use siren_model::features::ItemTable;
 use siren_model::semid::{Codebook, RqKmeansConfig};
-use siren_model::train::{predict, train, Prepared, TrainConfig};
+use siren_model::train::{train, Prepared, TrainConfig};
 use siren_model::{Gsu, ModelError, Ranker, ScoreOptions, ServedModel};
 
 fn trained(data: &Prepared, name: &str, seed: u64, dir: &std::path::Path) -> ServedModel {
@@ -37,44 +36,6 @@ fn candidates(data: &Prepared, i: usize) -> (Impression, Vec<u64>) {
     (imp, c)
 }
 
-/// What the training path predicts for `(user, candidate, at)`.
-fn reference(
-    db: &siren_engine::Db,
-    data: &Prepared,
-    m: &ServedModel,
-    imp: Impression,
-    cands: &[u64],
-) -> Vec<f32> {
-    let snap = db.snapshot();
-    let imps: Vec<Impression> = cands
-        .iter()
-        .map(|&item| Impression { item, ..imp })
-        .collect();
-    let prepared = Prepared::for_scoring(
-        &snap,
-        ItemTable::from_snapshot(&snap, data.items.dim),
-        &imps,
-        &m.config.model.sequences(),
-        m.config.vocabs.clone(),
-        m.config.levels,
-        1,
-    )
-    .unwrap();
-    let loaded = siren_model::train::load_checkpoint(m.source()).unwrap();
-    predict(
-        loaded.model.as_ref(),
-        &m.config.model,
-        &prepared,
-        &prepared.test,
-        1024,
-    )
-    .unwrap()
-}
-
-fn close(a: &[f32], b: &[f32]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5)
-}
-
 #[test]
 fn ranker_scores_equal_training_predictions() {
     let (_dir, db, data) = small_with_db();
@@ -95,6 +56,7 @@ fn ranker_scores_equal_training_predictions() {
                 gsu,
                 at: Some(imp.ts),
                 explain: true,
+                domain: imp.domain,
             };
             let got = ranker.score(imp.user, &cands, &opts).unwrap();
             assert_eq!(got.model_version, m.version());

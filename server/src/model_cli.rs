@@ -80,6 +80,13 @@ pub enum ImportCommand {
         dim: usize,
         #[arg(long, default_value_t = 11)]
         seed: u64,
+        /// Share of each domain in the impressions and events, comma-separated (domain d is the
+        /// d-th): `0.85,0.05,0.04,0.03,0.02,0.01` for one head and five tail domains.
+        #[arg(long, default_value = "1")]
+        domain_shares: String,
+        /// Standard deviation of each tail domain's per-cluster click affinity (logit units).
+        #[arg(long, default_value_t = 1.5)]
+        domain_shift: f64,
         #[command(flatten)]
         semid: SemidArgs,
     },
@@ -103,7 +110,9 @@ pub struct TrainArgs {
     #[arg(long)]
     data: PathBuf,
     /// One of: no-seq, din, sim-hard, muse, siren-soft, siren-hard, siren-soft-nosim,
-    /// siren-soft-noprefix, siren-hard-nosim, siren-hard-noprefix.
+    /// siren-soft-noprefix, siren-hard-nosim, siren-hard-noprefix; optionally followed by a
+    /// multi-domain form: +shared-bottom, +mmoe, +crocodile, with -m<experts> (mmoe,
+    /// crocodile) and -cov<weight> or -nocov (crocodile), e.g. din+crocodile-m2-cov0.05.
     #[arg(long)]
     model: String,
     /// Checkpoint directory to write.
@@ -180,9 +189,27 @@ pub fn import(cmd: ImportCommand) -> CliResult {
             impressions_per_user,
             dim,
             seed,
+            domain_shares,
+            domain_shift,
             semid,
         } => {
+            let domain_shares = domain_shares
+                .split(',')
+                .map(|x| x.trim().parse::<f64>())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|_| "--domain-shares takes comma-separated numbers")?;
+            if domain_shares.is_empty()
+                || domain_shares.len() > usize::from(u16::MAX)
+                || domain_shares.iter().any(|s| !(s.is_finite() && *s > 0.0))
+            {
+                return Err("--domain-shares must be positive numbers".into());
+            }
+            if !(domain_shift.is_finite() && domain_shift >= 0.0) {
+                return Err("--domain-shift must be a non-negative number".into());
+            }
             let cfg = PlantedConfig {
+                domain_shares,
+                domain_shift,
                 users,
                 items,
                 min_events,

@@ -136,7 +136,7 @@ async fn end_to_end_over_a_socket_matches_the_library() {
         let (st, v) = post(
             &c,
             s.url("/v1/score"),
-            json!({"user": user, "candidates": cands, "gsu": gsu, "as_of": at, "explain": true}),
+            json!({"user": user, "candidates": cands, "gsu": gsu, "as_of": at, "explain": true, "domain": 3}),
         )
         .await;
         assert_eq!(st, StatusCode::OK, "{v}");
@@ -153,6 +153,7 @@ async fn end_to_end_over_a_socket_matches_the_library() {
                     gsu: g,
                     at: Some(at),
                     explain: true,
+                    domain: 3,
                 },
             )
             .unwrap();

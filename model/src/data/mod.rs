@@ -6,14 +6,17 @@ pub mod taobao;
 
 use serde::{Deserialize, Serialize};
 
-/// A labelled impression: `user` was shown `item` at `ts` (ms) and clicked (1) or not (0).
-/// Its features are read from the engine with `as_of = ts`, so nothing at or after `ts` is seen.
+/// A labelled impression: `user` was shown `item` at `ts` (ms) in `domain` (the scenario or
+/// surface) and clicked (1) or not (0). Its features are read from the engine with `as_of = ts`,
+/// so nothing at or after `ts` is seen.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Impression {
     pub user: u64,
     pub item: u64,
     pub ts: i64,
     pub label: f32,
+    #[serde(default)]
+    pub domain: u16,
 }
 
 /// Impressions of one dataset, split.

@@ -1052,6 +1052,7 @@ fn read_impressions(
                 item: s.item as u64,
                 ts: *next_ts,
                 label: if s.click { 1.0 } else { 0.0 },
+                domain: 0,
             });
         }
     }

@@ -1,6 +1,6 @@
 //! Building blocks shared by the models.
 
-use std::cell::RefCell;
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Module, Result, Tensor, Var, D};
 use candle_nn::{Embedding, LayerNorm, Linear, VarMap};
@@ -13,8 +13,10 @@ use rand_distr::{Distribution, Normal};
 /// thread-local generator, which would make training depend on more than the seed.
 pub struct Params {
     varmap: VarMap,
-    rng: RefCell<StdRng>,
+    rng: Arc<Mutex<StdRng>>,
     dev: Device,
+    /// Prepended to every name created through this handle ([`Params::scoped`]).
+    scope: String,
 }
 
 enum Init {
@@ -27,8 +29,20 @@ impl Params {
     pub fn new(seed: u64, dev: &Device) -> Params {
         Params {
             varmap: VarMap::new(),
-            rng: RefCell::new(StdRng::seed_from_u64(seed)),
+            rng: Arc::new(Mutex::new(StdRng::seed_from_u64(seed))),
             dev: dev.clone(),
+            scope: String::new(),
+        }
+    }
+
+    /// A handle onto the same parameters and generator whose names start with `prefix.`: a
+    /// model built several times (one copy per embedding table) keeps distinct names.
+    pub fn scoped(&self, prefix: &str) -> Params {
+        Params {
+            varmap: self.varmap.clone(),
+            rng: self.rng.clone(),
+            dev: self.dev.clone(),
+            scope: format!("{}{prefix}.", self.scope),
         }
     }
 
@@ -42,7 +56,8 @@ impl Params {
 
     fn var(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
         let n: usize = shape.iter().product();
-        let mut rng = self.rng.borrow_mut();
+        let name = format!("{}{name}", self.scope);
+        let mut rng = self.rng.lock().expect("parameter generator lock");
         let data: Vec<f32> = match init {
             Init::Normal(std) => {
                 let d = Normal::new(0.0, std).expect("positive std");
@@ -55,7 +70,7 @@ impl Params {
         let t = var.as_tensor().clone();
         let mut map = self.varmap.data().lock().expect("varmap lock");
         assert!(
-            map.insert(name.to_string(), var).is_none(),
+            map.insert(name.clone(), var).is_none(),
             "parameter {name} created twice"
         );
         Ok(t)

@@ -11,6 +11,7 @@
 //!
 //! Ablations: `siren-soft-nosim`, `siren-soft-noprefix` (and the same for `siren-hard`).
 
+pub mod domain;
 pub mod layers;
 
 use candle_core::{Module, Result, Tensor};
@@ -51,6 +52,55 @@ pub struct ModelConfig {
     /// SIREN ablation switches.
     pub sim_buckets: bool,
     pub prefix_semids: bool,
+    /// How the model treats the impression's domain.
+    #[serde(default)]
+    pub domain: DomainMode,
+    /// Experts of MMoE and Crocodile (for Crocodile, also its embedding tables).
+    #[serde(default = "default_experts")]
+    pub experts: usize,
+    /// Weight of Crocodile's cross-expert covariance penalty in the loss.
+    #[serde(default)]
+    pub cov_weight: f64,
+}
+
+/// How a model uses the domain an impression was shown in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum DomainMode {
+    /// One model for all domains, which ignores the domain.
+    #[default]
+    Shared,
+    /// The backbone and one MLP shared by all domains, then a tower per domain.
+    SharedBottom,
+    /// Multi-gate mixture of experts: experts over one set of embeddings, a softmax gate per
+    /// domain (one scalar per expert, from the sample's features), a tower per domain.
+    Mmoe,
+    /// Crocodile: one embedding table set and backbone per expert, a cross-expert covariance
+    /// penalty, a gate per element of each expert's output from the domain's embedding, a tower
+    /// per domain.
+    Crocodile,
+}
+
+impl DomainMode {
+    fn suffix(self) -> Option<&'static str> {
+        match self {
+            DomainMode::Shared => None,
+            DomainMode::SharedBottom => Some("shared-bottom"),
+            DomainMode::Mmoe => Some("mmoe"),
+            DomainMode::Crocodile => Some("crocodile"),
+        }
+    }
+}
+
+/// Experts (and Crocodile's embedding tables) unless a name says otherwise.
+pub const DEFAULT_EXPERTS: usize = 3;
+/// Crocodile's covariance weight unless a name says otherwise: the best validation GAUC of the
+/// sweep in docs/MULTIDOMAIN.md.
+pub const DEFAULT_COV_WEIGHT: f64 = 0.1;
+/// Bounds on the experts (each Crocodile expert is a whole backbone with its own tables).
+pub const MAX_EXPERTS: usize = 8;
+
+fn default_experts() -> usize {
+    DEFAULT_EXPERTS
 }
 
 impl ModelConfig {
@@ -68,7 +118,65 @@ impl ModelConfig {
         "siren-hard-noprefix",
     ];
 
+    /// A model by name: one of [`Self::NAMES`], optionally followed by `+` and a multi-domain
+    /// form: `shared-bottom`, `mmoe`, `crocodile`, with options `-m<experts>` (MMoE and
+    /// Crocodile), `-cov<weight>` or `-nocov` (Crocodile). `din+crocodile-m2-cov0.05`.
     pub fn named(name: &str) -> ModelResult<ModelConfig> {
+        let Some((base, mode)) = name.split_once('+') else {
+            return Self::single(name);
+        };
+        let mut cfg = Self::single(base)?;
+        let bad = || {
+            ModelError::invalid(format!(
+                "unknown multi-domain form {mode:?}; one of shared-bottom, mmoe, crocodile, \
+                 with -m<experts> (mmoe, crocodile) and -cov<weight> or -nocov (crocodile)"
+            ))
+        };
+        let (kind, opts) = [
+            DomainMode::SharedBottom,
+            DomainMode::Mmoe,
+            DomainMode::Crocodile,
+        ]
+        .into_iter()
+        .find_map(|k| {
+            let s = k.suffix().expect("multi-domain forms have one");
+            mode.strip_prefix(s).map(|rest| (k, rest))
+        })
+        .ok_or_else(bad)?;
+        cfg.domain = kind;
+        if kind == DomainMode::Crocodile {
+            cfg.cov_weight = DEFAULT_COV_WEIGHT;
+        }
+        for opt in opts.split('-').filter(|o| !o.is_empty()) {
+            if let Some(m) = opt
+                .strip_prefix('m')
+                .filter(|_| kind != DomainMode::SharedBottom)
+            {
+                cfg.experts = m.parse().map_err(|_| bad())?;
+                if !(1..=MAX_EXPERTS).contains(&cfg.experts) {
+                    return Err(ModelError::invalid(format!(
+                        "experts must be 1 to {MAX_EXPERTS}, not {}",
+                        cfg.experts
+                    )));
+                }
+            } else if opt == "nocov" && kind == DomainMode::Crocodile {
+                cfg.cov_weight = 0.0;
+            } else if let Some(w) = opt
+                .strip_prefix("cov")
+                .filter(|_| kind == DomainMode::Crocodile)
+            {
+                cfg.cov_weight = w.parse().map_err(|_| bad())?;
+                if !(cfg.cov_weight.is_finite() && cfg.cov_weight >= 0.0) {
+                    return Err(bad());
+                }
+            } else {
+                return Err(bad());
+            }
+        }
+        Ok(cfg)
+    }
+
+    fn single(name: &str) -> ModelResult<ModelConfig> {
         let base = ModelConfig {
             kind: ModelKind::NoSeq,
             dim: 32,
@@ -78,6 +186,9 @@ impl ModelConfig {
             heads: 2,
             sim_buckets: true,
             prefix_semids: true,
+            domain: DomainMode::Shared,
+            experts: DEFAULT_EXPERTS,
+            cov_weight: 0.0,
         };
         let (kind, nosim, noprefix) = match name {
             "no-seq" => (ModelKind::NoSeq, false, false),
@@ -123,6 +234,20 @@ impl ModelConfig {
                 n.push_str("-noprefix");
             }
         }
+        if let Some(s) = self.domain.suffix() {
+            n.push('+');
+            n.push_str(s);
+            if self.domain != DomainMode::SharedBottom && self.experts != DEFAULT_EXPERTS {
+                n.push_str(&format!("-m{}", self.experts));
+            }
+            if self.domain == DomainMode::Crocodile {
+                if self.cov_weight == 0.0 {
+                    n.push_str("-nocov");
+                } else if self.cov_weight != DEFAULT_COV_WEIGHT {
+                    n.push_str(&format!("-cov{}", self.cov_weight));
+                }
+            }
+        }
         n
     }
 
@@ -161,6 +286,13 @@ pub struct Dims {
     pub prefix: Vec<usize>,
     /// Dimension of the multimodal embeddings.
     pub emb_dim: usize,
+    /// Rows of the domain tables (row 0 unused: unknown domains map to the head domain).
+    #[serde(default = "one")]
+    pub domains: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl Dims {
@@ -171,6 +303,7 @@ impl Dims {
             users: v.user.size(),
             prefix: v.prefix.iter().map(|p| p.size()).collect(),
             emb_dim,
+            domains: v.domain.size(),
         }
     }
 }
@@ -178,6 +311,17 @@ impl Dims {
 /// A click model: logits `[B]` for a batch. Shared across serving threads.
 pub trait Scorer: Send + Sync {
     fn logits(&self, b: &Batch) -> Result<Tensor>;
+
+    /// The logits and, for models that have one, a regulariser the trainer adds to the loss
+    /// with [`ModelConfig::cov_weight`] (Crocodile's cross-expert covariance penalty).
+    fn logits_and_penalty(&self, b: &Batch) -> Result<(Tensor, Option<Tensor>)> {
+        Ok((self.logits(b)?, None))
+    }
+}
+
+/// What a model computes before its head: a feature vector `[B, width]` per sample.
+pub(crate) trait Backbone: Send + Sync {
+    fn features(&self, b: &Batch) -> Result<Tensor>;
 }
 
 /// ID embedding tables shared by the target and the behaviours.
@@ -223,12 +367,11 @@ fn seq(b: &Batch, kind: SeqKind) -> Result<&SeqBatch> {
 
 struct NoSeq {
     ids: Ids,
-    head: Mlp,
 }
 
-impl Scorer for NoSeq {
-    fn logits(&self, b: &Batch) -> Result<Tensor> {
-        let x = Tensor::cat(
+impl Backbone for NoSeq {
+    fn features(&self, b: &Batch) -> Result<Tensor> {
+        Tensor::cat(
             &[
                 &self.ids.item.forward(&b.item)?,
                 &self.ids.category.forward(&b.category)?,
@@ -236,8 +379,7 @@ impl Scorer for NoSeq {
                 &self.ids.mm.forward(&b.emb)?,
             ],
             1,
-        )?;
-        flat(self.head.forward(&x)?)
+        )
     }
 }
 
@@ -245,16 +387,15 @@ impl Scorer for NoSeq {
 struct Din {
     ids: Ids,
     att: TargetAttention,
-    head: Mlp,
     kind: SeqKind,
 }
 
-impl Scorer for Din {
-    fn logits(&self, b: &Batch) -> Result<Tensor> {
+impl Backbone for Din {
+    fn features(&self, b: &Batch) -> Result<Tensor> {
         let s = seq(b, self.kind)?;
         let q = self.ids.target(b)?;
         let pooled = self.att.pool(&q, &self.ids.behaviours(s)?, &s.mask)?;
-        let x = Tensor::cat(
+        Tensor::cat(
             &[
                 &q,
                 &pooled,
@@ -262,8 +403,7 @@ impl Scorer for Din {
                 &self.ids.mm.forward(&b.emb)?,
             ],
             1,
-        )?;
-        flat(self.head.forward(&x)?)
+        )
     }
 }
 
@@ -280,11 +420,10 @@ struct Muse {
     a: Tensor,
     b: [Tensor; 3],
     simtier: Linear,
-    head: Mlp,
 }
 
-impl Scorer for Muse {
-    fn logits(&self, bt: &Batch) -> Result<Tensor> {
+impl Backbone for Muse {
+    fn features(&self, bt: &Batch) -> Result<Tensor> {
         let short = seq(bt, SeqKind::Recent)?;
         let long = seq(bt, SeqKind::Soft)?;
         let q = self.ids.target(bt)?;
@@ -315,7 +454,7 @@ impl Scorer for Muse {
         let w = masked_softmax(&logit, &long.mask)?;
         let sata = w.unsqueeze(1)?.matmul(&vv)?.squeeze(1)?;
         let tier = self.simtier.forward(&long.simtier)?;
-        let x = Tensor::cat(
+        Tensor::cat(
             &[
                 &q,
                 &self.ids.mm.forward(&bt.emb)?,
@@ -327,8 +466,7 @@ impl Scorer for Muse {
                 &masked_mean(&self.ids.behaviours(long)?, &long.mask)?,
             ],
             1,
-        )?;
-        flat(self.head.forward(&x)?)
+        )
     }
 }
 
@@ -350,7 +488,6 @@ struct Siren {
     target_type: Tensor,
     ln_in: candle_nn::LayerNorm,
     layers: Vec<TransformerLayer>,
-    head: Mlp,
 }
 
 impl Siren {
@@ -367,8 +504,8 @@ impl Siren {
     }
 }
 
-impl Scorer for Siren {
-    fn logits(&self, b: &Batch) -> Result<Tensor> {
+impl Backbone for Siren {
+    fn features(&self, b: &Batch) -> Result<Tensor> {
         let s = seq(b, self.kind)?;
         let mut tgt = (self.ids.target(b)? + self.ids.mm.forward(&b.emb)?)?
             .broadcast_add(&self.target_type)?;
@@ -395,44 +532,56 @@ impl Scorer for Siren {
             let r = seq(b, SeqKind::Recent)?;
             feats.push(att.pool(&q, &self.ids.behaviours(r)?, &r.mask)?);
         }
-        flat(self.head.forward(&Tensor::cat(&feats, 1)?)?)
+        Tensor::cat(&feats, 1)
     }
 }
 
-/// Build the model `cfg` with its parameters in `p`.
-pub fn build(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<Box<dyn Scorer>> {
+/// A backbone with the widths of the head it gets when it scores alone.
+pub(crate) struct Body {
+    pub net: Box<dyn Backbone>,
+    /// Width of its features.
+    pub width: usize,
+    /// Hidden widths of its single-domain head.
+    pub head: Vec<usize>,
+}
+
+/// Build the backbone of `cfg` (its own embedding tables included) with its parameters in `p`.
+pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<Body> {
     let dim = cfg.dim;
     let ids = Ids::new(p, d, dim)?;
-    let model: Box<dyn Scorer> = match cfg.kind {
-        ModelKind::NoSeq => Box::new(NoSeq {
-            ids,
-            head: Mlp::new(p, "head", &[4 * dim, 64, 32, 1])?,
-        }),
-        ModelKind::Din | ModelKind::SimHard => Box::new(Din {
-            ids,
-            att: TargetAttention::new(p, "att", dim)?,
-            head: Mlp::new(p, "head", &[4 * dim, 64, 32, 1])?,
-            kind: if cfg.kind == ModelKind::Din {
-                SeqKind::Recent
-            } else {
-                SeqKind::Category
-            },
-        }),
-        ModelKind::Muse => Box::new(Muse {
-            ids,
-            din: TargetAttention::new(p, "din", dim)?,
-            wq: p.linear("sata.q", 2 * dim, dim)?,
-            wk: p.linear("sata.k", 2 * dim, dim)?,
-            wv: p.linear("sata.v", 2 * dim, dim)?,
-            a: p.scalar("sata.a", 0.1)?,
-            b: [
-                p.scalar("sata.b1", 1.0)?,
-                p.scalar("sata.b2", 1.0)?,
-                p.scalar("sata.b3", 1.0)?,
-            ],
-            simtier: p.linear_no_bias("simtier", SIMTIER_BINS, dim)?,
-            head: Mlp::new(p, "head", &[8 * dim, 128, 64, 1])?,
-        }),
+    let (net, width, head): (Box<dyn Backbone>, usize, Vec<usize>) = match cfg.kind {
+        ModelKind::NoSeq => (Box::new(NoSeq { ids }), 4 * dim, vec![64, 32]),
+        ModelKind::Din | ModelKind::SimHard => (
+            Box::new(Din {
+                ids,
+                att: TargetAttention::new(p, "att", dim)?,
+                kind: if cfg.kind == ModelKind::Din {
+                    SeqKind::Recent
+                } else {
+                    SeqKind::Category
+                },
+            }),
+            4 * dim,
+            vec![64, 32],
+        ),
+        ModelKind::Muse => (
+            Box::new(Muse {
+                ids,
+                din: TargetAttention::new(p, "din", dim)?,
+                wq: p.linear("sata.q", 2 * dim, dim)?,
+                wk: p.linear("sata.k", 2 * dim, dim)?,
+                wv: p.linear("sata.v", 2 * dim, dim)?,
+                a: p.scalar("sata.a", 0.1)?,
+                b: [
+                    p.scalar("sata.b1", 1.0)?,
+                    p.scalar("sata.b2", 1.0)?,
+                    p.scalar("sata.b3", 1.0)?,
+                ],
+                simtier: p.linear_no_bias("simtier", SIMTIER_BINS, dim)?,
+            }),
+            8 * dim,
+            vec![128, 64],
+        ),
         ModelKind::SirenSoft | ModelKind::SirenHard => {
             if cfg.layers == 0 || cfg.heads == 0 || !dim.is_multiple_of(cfg.heads) {
                 return Err(ModelError::invalid(format!(
@@ -451,7 +600,7 @@ pub fn build(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<Box<dyn Sco
             } else {
                 None
             };
-            Box::new(Siren {
+            let net = Siren {
                 kind: if cfg.kind == ModelKind::SirenSoft {
                     SeqKind::Soft
                 } else {
@@ -473,14 +622,41 @@ pub fn build(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<Box<dyn Sco
                 layers: (0..cfg.layers)
                     .map(|l| TransformerLayer::new(p, &format!("layer{l}"), dim, cfg.heads))
                     .collect::<Result<_>>()?,
-                head: Mlp::new(
-                    p,
-                    "head",
-                    &[(4 + usize::from(cfg.recent > 0)) * dim, 64, 32, 1],
-                )?,
                 ids,
-            })
+            };
+            (
+                Box::new(net),
+                (4 + usize::from(cfg.recent > 0)) * dim,
+                vec![64, 32],
+            )
         }
     };
-    Ok(model)
+    Ok(Body { net, width, head })
+}
+
+/// A backbone and an MLP head: the single-domain model (`DomainMode::Shared`).
+struct Single {
+    body: Box<dyn Backbone>,
+    head: Mlp,
+}
+
+impl Scorer for Single {
+    fn logits(&self, b: &Batch) -> Result<Tensor> {
+        flat(self.head.forward(&self.body.features(b)?)?)
+    }
+}
+
+/// Build the model `cfg` with its parameters in `p`.
+pub fn build(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<Box<dyn Scorer>> {
+    if cfg.domain != DomainMode::Shared {
+        return Ok(Box::new(domain::MultiDomain::new(cfg, d, p)?));
+    }
+    let body = backbone(cfg, d, p)?;
+    let mut sizes = vec![body.width];
+    sizes.extend(&body.head);
+    sizes.push(1);
+    Ok(Box::new(Single {
+        head: Mlp::new(p, "head", &sizes)?,
+        body: body.net,
+    }))
 }

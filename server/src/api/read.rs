@@ -46,6 +46,7 @@ pub async fn score(
             gsu: req.gsu.into(),
             at: req.as_of,
             explain: req.explain,
+            domain: req.domain,
         };
         let s = ranker.score(req.user, &req.candidates, &opts)?;
         let t = s.timings;

@@ -192,6 +192,11 @@ pub struct ScoreRequest {
     /// Return the behaviours the GSU retrieved for each candidate.
     #[serde(default)]
     pub explain: bool,
+    /// The domain (scenario, surface) the candidates are shown in. Multi-domain models use it
+    /// to pick their gates and tower; an unknown domain is scored as the largest training
+    /// domain. Default 0.
+    #[serde(default)]
+    pub domain: u16,
 }
 
 /// A retrieved behaviour.
