@@ -115,6 +115,11 @@ impl Vocabs {
         v
     }
 
+    /// The head domain: the most frequent in training (0 when there were none).
+    pub fn head_domain(&self) -> u16 {
+        self.domain.ids.first().map_or(0, |&d| d as u16)
+    }
+
     /// Row of a domain in the domain tables. A domain the training data never showed is
     /// scored as the head domain (row 1): the model has no tower of its own for it, and the
     /// head domain's is the best trained.

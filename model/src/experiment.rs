@@ -509,15 +509,8 @@ pub fn compare(
                 &scores,
             )?;
             let trained_epochs = t.history.len().max(1) as f64;
-            let head_domain = data.vocabs.domain.ids.first().map_or(0, |&d| d as u16);
-            let imps = &data.test.impressions;
-            let (domains, tail) = per_domain(
-                &imps.iter().map(|i| i.user).collect::<Vec<_>>(),
-                &imps.iter().map(|i| i.domain).collect::<Vec<_>>(),
-                &scores,
-                &imps.iter().map(|i| i.label).collect::<Vec<_>>(),
-                head_domain,
-            );
+            let head_domain = data.vocabs.head_domain();
+            let (domains, tail) = score_domains(&data.test.impressions, &scores, head_domain);
             let run = RunResult {
                 domains,
                 tail,
@@ -583,6 +576,21 @@ pub fn compare(
     };
     crate::report::write_compare(out, &report)?;
     Ok(report)
+}
+
+/// Metrics of scored impressions per domain and over the tail (every domain but `head`).
+pub fn score_domains(
+    imps: &[Impression],
+    scores: &[f32],
+    head: u16,
+) -> (Vec<DomainMetrics>, Option<Metrics>) {
+    per_domain(
+        &imps.iter().map(|i| i.user).collect::<Vec<_>>(),
+        &imps.iter().map(|i| i.domain).collect::<Vec<_>>(),
+        scores,
+        &imps.iter().map(|i| i.label).collect::<Vec<_>>(),
+        head,
+    )
 }
 
 /// Each domain's GAUC over the runs of one model.

@@ -149,6 +149,12 @@ pub struct EvalEntry {
     pub checkpoint: String,
     pub model: String,
     pub test: crate::metrics::Metrics,
+    /// Test metrics per domain and over the tail (every domain but the head, the largest in
+    /// training); no tail when the test set has one domain.
+    #[serde(default)]
+    pub domains: Vec<crate::metrics::DomainMetrics>,
+    #[serde(default)]
+    pub tail: Option<crate::metrics::Metrics>,
     pub best_epoch: usize,
     pub epochs: Vec<EpochLog>,
 }

@@ -297,6 +297,8 @@ pub fn eval(data: &Path, checkpoints: &[PathBuf], out: &Path, threads: usize) ->
             &imps,
             &scores,
         )?;
+        let head = loaded.cfg.vocabs.head_domain();
+        let (domains, tail) = experiment::score_domains(&imps, &scores, head);
         println!(
             "{name} ({}): test GAUC {:?}, AUC {:?}, log loss {:?}",
             ck.display(),
@@ -304,10 +306,23 @@ pub fn eval(data: &Path, checkpoints: &[PathBuf], out: &Path, threads: usize) ->
             m.auc,
             m.log_loss
         );
+        if let Some(t) = &tail {
+            let each: Vec<String> = domains
+                .iter()
+                .map(|d| format!("{}: {:?}", d.domain, d.metrics.gauc))
+                .collect();
+            println!(
+                "  GAUC by domain (head {head}) {}; tail {:?}",
+                each.join(", "),
+                t.gauc
+            );
+        }
         entries.push(EvalEntry {
             checkpoint: ck.display().to_string(),
             model: name,
             test: m,
+            domains,
+            tail,
             best_epoch: loaded.cfg.best_epoch,
             epochs: loaded.cfg.history.clone(),
         });

@@ -1,6 +1,7 @@
 //! The `siren` binary end to end: the demo (the README's run command) on a small scale, then
 //! `inspect`, and `verify` before and after a byte of a segment file is flipped.
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn siren(args: &[&str]) -> (bool, String) {
@@ -164,6 +165,55 @@ extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
+/// `siren compare` with one epoch per run into `out`, which must succeed; returns compare.md.
+fn compare_one_epoch(data: &str, models: &str, seeds: &str, out: &Path) -> String {
+    let (ok, printed) = siren(&[
+        "compare",
+        "--data",
+        data,
+        "--models",
+        models,
+        "--seeds",
+        seeds,
+        "--epochs",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{printed}");
+    std::fs::read_to_string(out.join("compare.md")).unwrap()
+}
+
+/// `siren train` (one epoch) into `root/ck`, then `siren eval` into `root/report`; both must
+/// succeed. Returns the two directories and what eval printed.
+fn train_then_eval(data: &str, model: &str, root: &Path) -> (PathBuf, PathBuf, String) {
+    let ck = root.join("ck");
+    let (ok, out) = siren(&[
+        "train",
+        "--data",
+        data,
+        "--model",
+        model,
+        "--epochs",
+        "1",
+        "--out",
+        ck.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    let rep = root.join("report");
+    let (ok, out) = siren(&[
+        "eval",
+        "--data",
+        data,
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--out",
+        rep.to_str().unwrap(),
+    ]);
+    assert!(ok, "{out}");
+    (ck, rep, out)
+}
+
 #[test]
 fn import_train_eval_compare() {
     let tmp = tempfile::tempdir().unwrap();
@@ -198,32 +248,8 @@ fn import_train_eval_compare() {
     let (ok, out) = siren(&["import", "synthetic", "--out", d, "--users", "2"]);
     assert!(!ok && out.contains("not empty"), "{out}");
 
-    let ck = tmp.path().join("ck");
-    let (ok, out) = siren(&[
-        "train",
-        "--data",
-        d,
-        "--model",
-        "siren-hard",
-        "--epochs",
-        "1",
-        "--out",
-        ck.to_str().unwrap(),
-    ]);
-    assert!(ok, "{out}");
+    let (ck, rep, _) = train_then_eval(d, "siren-hard", tmp.path());
     assert!(ck.join("model.safetensors").exists() && ck.join("config.json").exists());
-
-    let rep = tmp.path().join("report");
-    let (ok, out) = siren(&[
-        "eval",
-        "--data",
-        d,
-        "--checkpoint",
-        ck.to_str().unwrap(),
-        "--out",
-        rep.to_str().unwrap(),
-    ]);
-    assert!(ok, "{out}");
     let preds = std::fs::read_to_string(rep.join("predictions-ck.csv")).unwrap();
     assert!(preds.starts_with("user,item,timestamp,label,score\n"));
     let test_rows = std::fs::read_to_string(data.join("impressions.csv"))
@@ -235,21 +261,7 @@ fn import_train_eval_compare() {
     assert!(rep.join("report.json").exists() && rep.join("report.png").exists());
 
     let cmp = tmp.path().join("cmp");
-    let (ok, out) = siren(&[
-        "compare",
-        "--data",
-        d,
-        "--models",
-        "no-seq,din",
-        "--seeds",
-        "1,2",
-        "--epochs",
-        "1",
-        "--out",
-        cmp.to_str().unwrap(),
-    ]);
-    assert!(ok, "{out}");
-    let md = std::fs::read_to_string(cmp.join("compare.md")).unwrap();
+    let md = compare_one_epoch(d, "no-seq,din", "1,2", &cmp);
     assert!(md.contains("| no-seq |") && md.contains("| din |"), "{md}");
     assert!(cmp.join("compare.png").exists() && cmp.join("predictions/din-seed2.csv").exists());
     let (ok, out) = siren(&[
@@ -262,6 +274,60 @@ fn import_train_eval_compare() {
         ck.to_str().unwrap(),
     ]);
     assert!(!ok && out.contains("unknown model"), "{out}");
+}
+
+#[test]
+fn multi_domain_import_compare_eval() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("md");
+    let d = data.to_str().unwrap();
+    let import = |out: &str, shares: &str| {
+        siren(&[
+            "import",
+            "synthetic",
+            "--out",
+            out,
+            "--users",
+            "60",
+            "--items",
+            "1500",
+            "--min-events",
+            "300",
+            "--max-events",
+            "600",
+            "--impressions-per-user",
+            "30",
+            "--dim",
+            "16",
+            "--codebook",
+            "16",
+            "--domain-shares",
+            shares,
+        ])
+    };
+    let bad = tmp.path().join("bad");
+    let (ok, out) = import(bad.to_str().unwrap(), "0.9,-0.1");
+    assert!(!ok && out.contains("--domain-shares"), "{out}");
+    let (ok, out) = import(d, "0.7,0.2,0.1");
+    assert!(ok && out.contains("test_gauc_tail"), "{out}");
+    let csv = std::fs::read_to_string(data.join("impressions.csv")).unwrap();
+    assert!(csv.starts_with("split,user,item,ts,label,domain\n"));
+    assert!(csv.lines().any(|l| l.ends_with(",2")), "domain 2 present");
+
+    let md = compare_one_epoch(d, "din,din+crocodile-m2", "1", &tmp.path().join("cmp"));
+    assert!(
+        md.contains("## GAUC per domain")
+            && md.contains("| din+crocodile-m2 |")
+            && md.contains("table1.item.weight"),
+        "{md}"
+    );
+
+    let (_, rep, out) = train_then_eval(d, "din+mmoe-m2", tmp.path());
+    assert!(out.contains("GAUC by domain (head 0)"), "{out}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rep.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report[0]["domains"].as_array().unwrap().len(), 3);
+    assert!(report[0]["tail"]["gauc"].as_f64().is_some());
 }
 
 #[test]
