@@ -96,15 +96,11 @@ impl Vocabs {
                 }
             }
         };
-        let mut domains: HashMap<u16, usize> = HashMap::new();
         for (i, imp) in train.impressions.iter().enumerate() {
             v.user.add(imp.user);
             add_row(&mut v, train.target_row[i]);
-            *domains.entry(imp.domain).or_default() += 1;
         }
-        let mut domains: Vec<(u16, usize)> = domains.into_iter().collect();
-        domains.sort_by_key(|&(d, n)| (std::cmp::Reverse(n), d));
-        for (d, _) in domains {
+        for d in domains_by_frequency(train.impressions.iter().map(|i| i.domain)) {
             v.domain.add(u64::from(d));
         }
         for (_, _, toks) in &train.seqs {
@@ -144,6 +140,17 @@ impl Vocabs {
     pub fn levels(&self) -> usize {
         self.prefix.len()
     }
+}
+
+/// The distinct domains, most frequent first (ties by number): the first is the head domain.
+pub fn domains_by_frequency(domains: impl IntoIterator<Item = u16>) -> Vec<u16> {
+    let mut count: HashMap<u16, usize> = HashMap::new();
+    for d in domains {
+        *count.entry(d).or_default() += 1;
+    }
+    let mut order: Vec<(u16, usize)> = count.into_iter().collect();
+    order.sort_by_key(|&(d, n)| (std::cmp::Reverse(n), d));
+    order.into_iter().map(|(d, _)| d).collect()
 }
 
 /// Dense indexes of every catalog row, computed once per (vocabs, item table).

@@ -16,6 +16,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use siren_engine::{Db, Durability, Item, Options};
 
+use crate::batch::domains_by_frequency;
 use crate::collapse::TableCollapse;
 use crate::data::movielens::{MovieLens, MovieLensPaths};
 use crate::data::taobao::{self, TaobaoFiles, TaobaoImportOptions};
@@ -280,7 +281,8 @@ pub fn import_movielens(
 pub struct Ceiling {
     pub test_auc: Option<f64>,
     pub test_gauc: Option<f64>,
-    /// With several domains: each domain's, and the tail's (domain 0 is the head).
+    /// With several domains: each domain's, and the tail's (every domain but the head, the
+    /// most frequent in training).
     #[serde(default)]
     pub test_gauc_by_domain: Vec<(u16, Option<f64>)>,
     #[serde(default)]
@@ -306,15 +308,23 @@ pub fn import_synthetic(
     let p: Vec<f32> = t.iter().map(|t| t.p as f32).collect();
     let y: Vec<f32> = t.iter().map(|t| t.impression.label).collect();
     let domains: Vec<u16> = t.iter().map(|t| t.impression.domain).collect();
-    let (by_domain, tail) = per_domain(&users, &domains, &p, &y, 0);
+    // The head as the trainer will see it: the most frequent domain in training.
+    let head = domains_by_frequency(splits.train.iter().map(|i| i.domain))
+        .first()
+        .copied()
+        .unwrap_or(0);
+    let (by_domain, tail) = per_domain(&users, &domains, &p, &y, head);
     let ceiling = Ceiling {
         test_auc: crate::metrics::auc(&p, &y),
         test_gauc: gauc(&users, &p, &y).map(|g| g.value),
-        test_gauc_by_domain: by_domain
-            .iter()
-            .filter(|_| cfg.domain_shares.len() > 1)
-            .map(|d| (d.domain, d.metrics.gauc))
-            .collect(),
+        test_gauc_by_domain: if by_domain.len() > 1 {
+            by_domain
+                .iter()
+                .map(|d| (d.domain, d.metrics.gauc))
+                .collect()
+        } else {
+            Vec::new()
+        },
         test_gauc_tail: tail.and_then(|t| t.gauc),
     };
     let details = serde_json::json!({ "config": cfg, "ceiling": ceiling });

@@ -402,8 +402,8 @@ impl CheckpointConfig {
             || !m.dim.is_multiple_of(m.heads)
             || m.recent > MAX_SEQUENCE
             || m.retrieved > MAX_SEQUENCE
-            || !(1..=crate::models::MAX_EXPERTS).contains(&m.experts)
-            || !(m.cov_weight.is_finite() && m.cov_weight >= 0.0)
+            || crate::models::check_experts(m.experts).is_err()
+            || !crate::models::valid_cov_weight(m.cov_weight)
         {
             return Err(corrupt(format!("model shape out of bounds: {m:?}")));
         }

@@ -16,7 +16,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Embedding, Linear};
 
 use super::layers::{flat, Mlp, Params};
-use super::{backbone, Backbone, Dims, DomainMode, ModelConfig, Scorer, MAX_EXPERTS};
+use super::{backbone, check_experts, Backbone, Dims, DomainMode, ModelConfig, Scorer};
 use crate::batch::Batch;
 use crate::error::{ModelError, Result as ModelResult};
 
@@ -44,18 +44,12 @@ pub(crate) struct MultiDomain {
     experts: Vec<Mlp>,
     gate: Gate,
     towers: Vec<Mlp>,
-    /// Crocodile computes its covariance penalty while training.
-    penalised: bool,
 }
 
 impl MultiDomain {
     pub fn new(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<MultiDomain> {
         let m = cfg.experts;
-        if !(1..=MAX_EXPERTS).contains(&m) {
-            return Err(ModelError::invalid(format!(
-                "experts must be 1 to {MAX_EXPERTS}, not {m}"
-            )));
-        }
+        check_experts(m)?;
         let croc = cfg.domain == DomainMode::Crocodile;
         let bodies = if croc {
             (0..m)
@@ -101,7 +95,6 @@ impl MultiDomain {
             experts,
             gate,
             towers,
-            penalised: croc,
         })
     }
 
@@ -156,7 +149,9 @@ impl MultiDomain {
             .map(|t| t.forward(&mixed))
             .collect::<Result<Vec<_>>>()?;
         let logits = flat((Tensor::cat(&per_domain, 1)? * onehot)?.sum_keepdim(1)?)?;
-        let pen = if penalty && self.penalised && outs.len() > 1 {
+        // Crocodile (the model with per-element gates) is the one trained with the penalty.
+        let penalised = matches!(self.gate, Gate::PerElement { .. });
+        let pen = if penalty && penalised && outs.len() > 1 {
             Some(cross_covariance_penalty(&outs)?)
         } else {
             None

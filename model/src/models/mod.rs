@@ -103,6 +103,22 @@ fn default_experts() -> usize {
     DEFAULT_EXPERTS
 }
 
+/// The number of experts a model may have: 1 to [`MAX_EXPERTS`].
+pub fn check_experts(m: usize) -> ModelResult<()> {
+    if (1..=MAX_EXPERTS).contains(&m) {
+        Ok(())
+    } else {
+        Err(ModelError::invalid(format!(
+            "experts must be 1 to {MAX_EXPERTS}, not {m}"
+        )))
+    }
+}
+
+/// A covariance weight is finite and not negative.
+pub fn valid_cov_weight(w: f64) -> bool {
+    w.is_finite() && w >= 0.0
+}
+
 impl ModelConfig {
     /// Names accepted by `siren train --model`.
     pub const NAMES: [&'static str; 10] = [
@@ -153,12 +169,7 @@ impl ModelConfig {
                 .filter(|_| kind != DomainMode::SharedBottom)
             {
                 cfg.experts = m.parse().map_err(|_| bad())?;
-                if !(1..=MAX_EXPERTS).contains(&cfg.experts) {
-                    return Err(ModelError::invalid(format!(
-                        "experts must be 1 to {MAX_EXPERTS}, not {}",
-                        cfg.experts
-                    )));
-                }
+                check_experts(cfg.experts)?;
             } else if opt == "nocov" && kind == DomainMode::Crocodile {
                 cfg.cov_weight = 0.0;
             } else if let Some(w) = opt
@@ -166,7 +177,7 @@ impl ModelConfig {
                 .filter(|_| kind == DomainMode::Crocodile)
             {
                 cfg.cov_weight = w.parse().map_err(|_| bad())?;
-                if !(cfg.cov_weight.is_finite() && cfg.cov_weight >= 0.0) {
+                if !valid_cov_weight(cfg.cov_weight) {
                     return Err(bad());
                 }
             } else {
