@@ -7,12 +7,10 @@
 //! which are never reused while the database is open), so a key never goes stale: a cached
 //! piece of a segment that is later deleted just ages out. Everything cached was checked
 //! (checksum and structure) when it was decoded. Memory is bounded by
-//! [`crate::Options::cache_bytes`]; when full, the least recently used quarter is dropped.
+//! [`crate::Options::cache_bytes`]; when full, pieces seen once go first (S3-FIFO).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use roaring::RoaringBitmap;
 
 use crate::entry::Block;
@@ -90,35 +88,39 @@ impl Value {
     }
 }
 
-struct Slot {
-    value: Value,
-    bytes: usize,
-    used: u64,
+/// The weight of a cached piece: its approximate heap bytes (at least 1, as a zero weight would
+/// never be evicted).
+#[derive(Clone)]
+struct Bytes;
+
+impl quick_cache::Weighter<Key, Value> for Bytes {
+    fn weight(&self, _key: &Key, value: &Value) -> u64 {
+        value.bytes() as u64
+    }
 }
 
-#[derive(Default)]
-struct Inner {
-    map: HashMap<Key, Slot>,
-    bytes: usize,
-    clock: u64,
-}
-
+/// A concurrent, weighted cache (quick_cache: sharded, S3-FIFO eviction; a hit sets one atomic
+/// bit under a shard's read lock, and eviction walks a queue instead of sorting every entry).
 pub struct DecodedCache {
     capacity: usize,
-    inner: Mutex<Inner>,
+    cache: quick_cache::sync::Cache<Key, Value, Bytes>,
 }
+
+/// Typical size of a cached piece, for the cache's initial table size.
+const TYPICAL_PIECE: usize = 16 << 10;
 
 impl DecodedCache {
     /// A cache of at most `capacity` bytes; 0 turns caching off.
     pub fn new(capacity: usize) -> Self {
+        let items = (capacity / TYPICAL_PIECE).max(16);
         DecodedCache {
             capacity,
-            inner: Mutex::new(Inner::default()),
+            cache: quick_cache::sync::Cache::with_weighter(items, capacity.max(1) as u64, Bytes),
         }
     }
 
-    /// The cached value of `key`, else `decode()`'s, which is then kept. The lock is not held
-    /// while decoding, so two readers may decode the same piece at once; both get equal values.
+    /// The cached value of `key`, else `decode()`'s, which is then kept. Readers asking for a
+    /// piece being decoded wait for it rather than decoding it again.
     pub fn get_or_insert<E>(
         &self,
         key: Key,
@@ -127,35 +129,7 @@ impl DecodedCache {
         if self.capacity == 0 {
             return decode();
         }
-        {
-            let mut g = self.inner.lock();
-            g.clock += 1;
-            let now = g.clock;
-            if let Some(slot) = g.map.get_mut(&key) {
-                slot.used = now;
-                return Ok(slot.value.clone());
-            }
-        }
-        let value = decode()?;
-        let bytes = value.bytes();
-        if bytes <= self.capacity / 4 {
-            let mut g = self.inner.lock();
-            g.clock += 1;
-            let used = g.clock;
-            let old = g.map.insert(
-                key,
-                Slot {
-                    value: value.clone(),
-                    bytes,
-                    used,
-                },
-            );
-            g.bytes = g.bytes + bytes - old.map_or(0, |s| s.bytes);
-            if g.bytes > self.capacity {
-                evict(&mut g, self.capacity - self.capacity / 4);
-            }
-        }
-        Ok(value)
+        self.cache.get_or_insert_with(&key, decode)
     }
 
     /// Whether anything can be kept (a capacity above 0).
@@ -165,7 +139,7 @@ impl DecodedCache {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.inner.lock().bytes
+        self.cache.weight() as usize
     }
 }
 
@@ -198,20 +172,6 @@ pub fn cached<T>(
             DecodeError::corrupt(format!("decoded cache returned another part for {part:?}")),
         )
     })
-}
-
-/// Drop the least recently used entries until at most `target` bytes remain.
-fn evict(g: &mut Inner, target: usize) {
-    let mut by_age: Vec<(u64, Key, usize)> =
-        g.map.iter().map(|(k, s)| (s.used, *k, s.bytes)).collect();
-    by_age.sort_unstable_by_key(|e| e.0);
-    for (_, k, b) in by_age {
-        if g.bytes <= target {
-            break;
-        }
-        g.map.remove(&k);
-        g.bytes -= b;
-    }
 }
 
 #[cfg(test)]
@@ -248,14 +208,16 @@ mod tests {
             c.get_or_insert::<()>(key(n), || Ok(times(100))).unwrap();
             assert!(c.bytes() <= 64 * 1024);
         }
-        // The oldest went first.
-        let mut redecoded = false;
-        c.get_or_insert::<()>(key(1), || {
-            redecoded = true;
-            Ok(times(100))
-        })
-        .unwrap();
-        assert!(redecoded);
+        // Pieces seen once were evicted to make room.
+        let mut redecoded = 0;
+        for n in 1..1000 {
+            c.get_or_insert::<()>(key(n), || {
+                redecoded += 1;
+                Ok(times(100))
+            })
+            .unwrap();
+        }
+        assert!(redecoded > 500, "{redecoded}");
     }
 
     #[test]

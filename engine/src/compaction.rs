@@ -24,7 +24,7 @@ use crate::error::{DecodeError, Error, Result};
 use crate::inner::Inner;
 use crate::records::ItemRecord;
 use crate::segment::{segment_file_name, sync_dir, DirRecord, Segment, SegmentWriter};
-use crate::state::{EntryRef, PendingEv, SegState, State, UserState};
+use crate::state::{EntryRef, SegState, State, UserState};
 use crate::store::{Batch, Cf};
 use crate::types::Durability;
 use crate::view::UserView;
@@ -381,12 +381,7 @@ impl Commit<'_> {
         }
         self.batch.put_location(user, &entry.location());
         self.batch.delete_pending_through(user, self.upto);
-        let remaining: Vec<PendingEv> = cur
-            .pending
-            .iter()
-            .copied()
-            .filter(|p| p.seq > self.upto)
-            .collect();
+        let remaining = cur.pending.after(self.upto);
         self.next.pending_events -= (cur.pending.len() - remaining.len()) as u64;
         if remaining.is_empty() {
             self.next.pending_users.remove(&user);
@@ -395,7 +390,7 @@ impl Commit<'_> {
             user,
             Arc::new(UserState {
                 entry: Some(entry),
-                pending: remaining.into(),
+                pending: remaining,
                 born: cur.born,
             }),
         );

@@ -23,7 +23,7 @@ use crate::records::{ItemRecord, Watermark};
 use crate::recovery::{self, ROCKSDB_DIR, SEGMENTS_DIR};
 use crate::segment::{segment_file_name, sync_dir};
 use crate::snapshot::{ReadConfig, Snapshot};
-use crate::state::{merge_pending, State, UserState};
+use crate::state::{Pending, State, UserState};
 use crate::store::{Batch, Cf};
 use crate::types::{AppendOptions, AppendOutcome, Durability, Event, Item, Options};
 use crate::watermark;
@@ -507,12 +507,12 @@ fn with_appended(st: &State, by_user: &BTreeMap<u64, Vec<Ev>>, seq: u64) -> Stat
         let us = match st.users.get(user) {
             Some(u) => UserState {
                 entry: u.entry.clone(),
-                pending: merge_pending(&u.pending, evs, seq),
+                pending: u.pending.with_appended(evs, seq),
                 born: u.born,
             },
             None => UserState {
                 entry: None,
-                pending: merge_pending(&[], evs, seq),
+                pending: Pending::default().with_appended(evs, seq),
                 born: seq,
             },
         };

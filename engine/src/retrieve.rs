@@ -45,7 +45,7 @@ enum Src {
 fn event_of(view: &mut UserView<'_>, src: Src) -> Result<(Event, u32)> {
     let (ev, pos): (Ev, usize) = match src {
         Src::Seg(i) => (view.seg_event(i)?, view.seg_position(i)?),
-        Src::Pend(j) => (view.pending()[j].ev, view.pending_position(j)?),
+        Src::Pend(j) => (view.pending().get(j).ev, view.pending_position(j)?),
     };
     Ok((
         Event {
@@ -190,7 +190,7 @@ pub fn hard(
         }
         let mut pend: Vec<(u8, usize)> = Vec::new();
         for j in view.p0..view.p1 {
-            let d = depth_of(catalog.lookup(view.pending()[j].ev.item), t);
+            let d = depth_of(catalog.lookup(view.pending().get(j).ev.item), t);
             if d > 0 {
                 pend.push((d, j));
             }
@@ -310,7 +310,7 @@ pub fn soft(
     for (t, q) in targets.iter().enumerate() {
         let mut pend: Vec<(f32, usize)> = Vec::new();
         for j in view.p0..view.p1 {
-            let item = view.pending()[j].ev.item;
+            let item = view.pending().get(j).ev.item;
             let row = *pend_sims
                 .entry(item)
                 .or_insert_with(|| catalog.lookup(item));

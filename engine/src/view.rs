@@ -13,7 +13,7 @@ use crate::columns::DictView;
 use crate::entry::{Block, Cols, EntryView, Ev};
 use crate::error::{Error, Result};
 use crate::segment::Segment;
-use crate::state::{PendingEv, State, UserState};
+use crate::state::{Pending, State, UserState};
 
 /// What a user keeps (see [`crate::Options::max_events_per_user`] and `max_event_age_ms`).
 #[derive(Debug, Clone, Copy)]
@@ -99,7 +99,7 @@ pub struct UserView<'s> {
     pub user: u64,
     catalog: &'s Catalog,
     seg: Option<SegPart<'s>>,
-    pending: &'s [PendingEv],
+    pending: &'s Pending,
     /// Visible S positions `[s0, s1)` and P positions `[p0, p1)`; `(s0, p0)` is where retention
     /// starts the sequence, `(s1, p1)` where `as_of` ends it.
     pub s0: usize,
@@ -176,7 +176,7 @@ impl<'s> UserView<'s> {
         self.seg.as_ref().map_or(0, |s| s.view.n_events())
     }
 
-    pub fn pending(&self) -> &'s [PendingEv] {
+    pub fn pending(&self) -> &'s Pending {
         self.pending
     }
 
@@ -251,7 +251,7 @@ impl<'s> UserView<'s> {
     }
 
     pub fn pend_count_lt(&self, t: i64) -> usize {
-        self.pending.partition_point(|p| p.ev.ts < t)
+        self.pending.count_lt(t)
     }
 
     /// How many of the first `m` merged events come from S and from P.
@@ -262,7 +262,7 @@ impl<'s> UserView<'s> {
             Some(seg) if np > 0 && ns > 0 => seg.view.header.last_ts,
             _ => return Ok((m.min(ns), m - m.min(ns))),
         };
-        if self.pending[0].ev.ts >= last_s {
+        if self.pending.get(0).ev.ts >= last_s {
             // The usual case: pending events are newer, so the sequence is S then P.
             let i = m.min(ns);
             return Ok((i, m - i));
@@ -293,7 +293,7 @@ impl<'s> UserView<'s> {
 
     /// Position in the retained sequence of P event `j` (`p0 <= j < p1`).
     pub fn pending_position(&mut self, j: usize) -> Result<usize> {
-        let t = self.pending[j].ev.ts;
+        let t = self.pending.get(j).ev.ts;
         let le = match t.checked_add(1) {
             Some(t1) => self.seg_count_lt(t1)?,
             None => self.seg_len(),
@@ -434,12 +434,12 @@ impl<'s> UserView<'s> {
                 let mut o = lo;
                 while o < hi {
                     // Pending events go before the first S event with a later time.
-                    while j < self.p1 && pending[j].ev.ts < blk.ts[o] {
-                        out.push(f(pending[j].ev));
+                    while j < self.p1 && pending.get(j).ev.ts < blk.ts[o] {
+                        out.push(f(pending.get(j).ev));
                         j += 1;
                     }
                     // Then a run of S events up to the next pending event, in one pass.
-                    let run_end = match pending.get(j).filter(|_| j < self.p1) {
+                    let run_end = match (j < self.p1).then(|| pending.get(j)) {
                         Some(p) => o + blk.ts[o..hi].partition_point(|&t| t <= p.ev.ts),
                         None => hi,
                     };
@@ -459,7 +459,7 @@ impl<'s> UserView<'s> {
                 }
             }
         }
-        out.extend(pending[j..self.p1].iter().map(|p| f(p.ev)));
+        out.extend(pending.range(j..self.p1).map(|p| f(p.ev)));
         Ok(out)
     }
 
