@@ -1,34 +1,26 @@
-//! Decoded pieces of segment entries, shared by every reader of a database: decoded blocks,
-//! prefix bitmaps, dictionary rows, and which entries' checksums matched. Point reads (a retrieval's hits, an `as_of` bound,
-//! the GSU's item column) touch the same pieces of a hot user again and again; decoding them
-//! costs a checksum, often a zstd frame, and an unpack or a bitmap build each time.
+//! Decoded user entries, shared by every reader of a database. Reads and retrieval of a hot
+//! user touch the same entry again and again; decoding it costs checksums, bit unpacking, a
+//! scatter of position lists and the grouping of positions by SemID prefix. The cache keeps each
+//! entry decoded whole ([`Decoded`]), so a hot user's queries run on plain arrays.
 //!
 //! Entries are immutable once written (a compaction writes new ones under new segment ids,
-//! which are never reused while the database is open), so a key never goes stale: a cached
-//! piece of a segment that is later deleted just ages out. Everything cached was checked
-//! (checksum and structure) when it was decoded. Memory is bounded by
-//! [`crate::Options::cache_bytes`]; when full, pieces seen once go first (S3-FIFO).
+//! which are never reused while the database is open), so a key never goes stale but for the
+//! SemIDs its postings were grouped by: the key carries the catalog's SemID generation, and a
+//! change of any item's SemID makes every reader build its entries again. A piece of a segment
+//! that is later deleted just ages out. Everything cached was checked (checksums and structure)
+//! when it was decoded. Memory is bounded by [`crate::Options::cache_bytes`].
 
 use std::sync::Arc;
 
-use roaring::RoaringBitmap;
-
-use crate::entry::Block;
+use crate::decoded::Decoded;
 use crate::error::{DecodeError, Result};
 use crate::segment::Segment;
 
 /// What part of an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Part {
-    /// Block `n`, every column.
-    Block(u32),
-    /// That the entry's sections (block index, dictionary, index directory) match their
-    /// checksums.
-    Checked,
-    /// The dictionary as catalog rows.
-    Rows,
-    /// The prefix bitmap of a directory key.
-    Bitmap(u64),
+    /// The whole entry, its postings grouped by the SemIDs of catalog generation `semid_gen`.
+    Decoded { semid_gen: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,36 +32,13 @@ pub struct Key {
 
 #[derive(Clone)]
 pub enum Value {
-    Block(Arc<Block>),
-    Checked,
-    Rows(Arc<[u32]>),
-    /// `None`: the user has no position with that prefix.
-    Bitmap(Option<Arc<RoaringBitmap>>),
+    Decoded(Arc<Decoded>),
 }
 
 impl Value {
-    pub fn into_block(self) -> Option<Arc<Block>> {
+    pub fn into_decoded(self) -> Option<Arc<Decoded>> {
         match self {
-            Value::Block(b) => Some(b),
-            _ => None,
-        }
-    }
-
-    pub fn into_checked(self) -> Option<()> {
-        matches!(self, Value::Checked).then_some(())
-    }
-
-    pub fn into_rows(self) -> Option<Arc<[u32]>> {
-        match self {
-            Value::Rows(r) => Some(r),
-            _ => None,
-        }
-    }
-
-    pub fn into_bitmap(self) -> Option<Option<Arc<RoaringBitmap>>> {
-        match self {
-            Value::Bitmap(b) => Some(b),
-            _ => None,
+            Value::Decoded(d) => Some(d),
         }
     }
 
@@ -78,12 +47,7 @@ impl Value {
         const OVERHEAD: usize = 64;
         OVERHEAD
             + match self {
-                Value::Block(b) => {
-                    b.ts.len() * 8 + b.item.len() * 4 + b.action.len() + b.domain.len() * 2
-                }
-                Value::Checked => 0,
-                Value::Rows(r) => r.len() * 4,
-                Value::Bitmap(b) => b.as_ref().map_or(0, |b| b.serialized_size()),
+                Value::Decoded(d) => d.bytes(),
             }
     }
 }
@@ -177,19 +141,26 @@ pub fn cached<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decoded::Columns;
+    use crate::postings::Postings;
 
     fn key(n: u32) -> Key {
         Key {
             segment: 1,
-            record: 0,
-            part: Part::Block(n),
+            record: n,
+            part: Part::Decoded { semid_gen: 0 },
         }
     }
 
-    fn times(n: usize) -> Value {
-        let mut b = Block::default();
-        b.ts = vec![0i64; n];
-        Value::Block(Arc::new(b))
+    fn entry(n: usize) -> Value {
+        Value::Decoded(Arc::new(Decoded {
+            cols: Columns {
+                ts: vec![0; n],
+                action: vec![0; n],
+                domain: vec![0; n],
+            },
+            postings: Postings::default(),
+        }))
     }
 
     #[test]
@@ -199,13 +170,13 @@ mod tests {
         for _ in 0..3 {
             c.get_or_insert::<()>(key(0), || {
                 calls += 1;
-                Ok(times(100))
+                Ok(entry(100))
             })
             .unwrap();
         }
         assert_eq!(calls, 1);
         for n in 1..1000 {
-            c.get_or_insert::<()>(key(n), || Ok(times(100))).unwrap();
+            c.get_or_insert::<()>(key(n), || Ok(entry(100))).unwrap();
             assert!(c.bytes() <= 64 * 1024);
         }
         // Pieces seen once were evicted to make room.
@@ -213,7 +184,7 @@ mod tests {
         for n in 1..1000 {
             c.get_or_insert::<()>(key(n), || {
                 redecoded += 1;
-                Ok(times(100))
+                Ok(entry(100))
             })
             .unwrap();
         }
@@ -226,7 +197,7 @@ mod tests {
         assert!(c.get_or_insert(key(0), || Err("bad")).is_err());
         assert_eq!(c.bytes(), 0);
         let off = DecodedCache::new(0);
-        off.get_or_insert::<()>(key(0), || Ok(times(10))).unwrap();
+        off.get_or_insert::<()>(key(0), || Ok(entry(10))).unwrap();
         assert_eq!(off.bytes(), 0);
     }
 }

@@ -410,7 +410,8 @@ impl Db {
             if let Some(e) = &us.entry {
                 let r = e.segment.record(e.record);
                 events += u64::from(r.n_events);
-                let s = r.sizes;
+                // Statistics only: a damaged entry counts as empty here; `verify` reports it.
+                let s = e.segment.sizes(e.record).unwrap_or_default();
                 live.time += u64::from(s.time);
                 live.item += u64::from(s.item);
                 live.action += u64::from(s.action);
