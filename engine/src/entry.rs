@@ -709,7 +709,11 @@ pub struct Lists<'a> {
 }
 
 impl<'a> Lists<'a> {
-    fn parse(raw: &'a [u8], n_dict: usize, n_events: u32) -> DecodeResult<Self> {
+    /// The positions section of an inverted entry of `n_dict` items and `n_events` events.
+    pub fn parse(raw: &'a [u8], n_dict: usize, n_events: u32) -> DecodeResult<Self> {
+        if n_dict == 0 || n_events == 0 || n_dict as u64 > u64::from(n_events) {
+            corrupt!("{n_dict} position lists over {n_events} events");
+        }
         let groups = n_dict.div_ceil(GROUP);
         let Some(table) = raw.get(..groups * GROUP_META) else {
             corrupt!("count table of {groups} rows does not fit");
@@ -843,7 +847,7 @@ impl<'a> Lists<'a> {
 
     /// Check the table against the lists, that the lists partition the positions, and that
     /// no byte follows the last list.
-    fn validate(&self) -> DecodeResult<()> {
+    pub fn validate(&self) -> DecodeResult<()> {
         self.decode_all()?;
         let bits: u64 = (0..self.n_dict)
             .map(|e| ef::size_bits(self.count(e) as u64, self.n_events))

@@ -50,6 +50,7 @@ mod block;
 mod codec;
 mod columns;
 mod decoded;
+mod dot;
 mod ef;
 mod entry;
 mod entry_v1;
@@ -80,8 +81,9 @@ pub mod format {
     pub use crate::columns::{
         decode_time, encode_dict, encode_packed, encode_time, DictView, Packed,
     };
+    pub use crate::ef::encode as encode_ef;
     pub use crate::ef::{BitWriter, EfList};
-    pub use crate::entry::{build_entry, EntryParams, EntryView, Ev, Layout};
+    pub use crate::entry::{build_entry, EntryParams, EntryView, Ev, Layout, Lists};
     pub use crate::prefix::{
         decode_bitmap, IndexCache, PrefixIndex, PrefixIndexBuilder, PrefixLayout,
     };

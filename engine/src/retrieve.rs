@@ -11,7 +11,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::ops::Range;
 
-use crate::catalog::{dot_i8_kernel, Catalog, QueryVec};
+use crate::catalog::{kernel, Catalog, QueryVec};
+use crate::dot::Queries;
 use crate::entry::{EntryView, Layout};
 use crate::error::{DecodeResult, Result};
 use crate::postings::Postings;
@@ -308,17 +309,29 @@ fn soft_postings(
     let nt = targets.len();
     let mut visible: Vec<u32> = Vec::new();
     let mut sims: Vec<f32> = Vec::new();
-    let dot = dot_i8_kernel();
+    let k8 = kernel();
+    // Many targets: each embedding meets all of them in one row of an int8 matrix product.
+    let batch =
+        (nt >= 4).then(|| Queries::new(targets.iter().map(|q| q.q.as_slice()), q_dim(targets)));
+    let mut dots = vec![0i32; nt];
     for e in 0..p.len() {
         if !p.occurs_in(e, window.start, window.end) {
             continue;
         }
         if let Some((emb, inv)) = catalog.embedding(p.rows[e]) {
             visible.push(e as u32);
+            match &batch {
+                Some(q) => (k8.dots)(emb, q, &mut dots),
+                None => {
+                    for (d, q) in dots.iter_mut().zip(targets) {
+                        *d = (k8.dot)(&q.q, emb);
+                    }
+                }
+            }
             sims.extend(
-                targets
-                    .iter()
-                    .map(|q| dot(&q.q, emb) as f32 * q.inv_norm * inv),
+                dots.iter()
+                    .zip(targets)
+                    .map(|(&d, q)| d as f32 * q.inv_norm * inv),
             );
         }
     }
@@ -329,6 +342,10 @@ fn soft_postings(
             expand(p, &best, &visible, sim, k, window.clone())
         })
         .collect()
+}
+
+fn q_dim(targets: &[QueryVec]) -> usize {
+    targets.first().map_or(0, |q| q.q.len())
 }
 
 /// Indexes `0..n` whose score `sim(i)` is at least the `k`-th best: a threshold rises as
