@@ -6,13 +6,14 @@
 //! Entries are immutable once written (a compaction writes new ones under new segment ids,
 //! which are never reused while the database is open), so a key never goes stale but for the
 //! SemIDs its postings were grouped by: the key carries the catalog's SemID generation, and a
-//! change of any item's SemID makes every reader build its entries again. A piece of a segment
-//! that is later deleted just ages out. Everything cached was checked (checksums and structure)
+//! change of any item's SemID makes every reader build its entries again. Copies of a user's
+//! embeddings carry the catalog's embedding generation too, bumped by every upsert of an existing
+//! item. A piece of a segment that is later deleted just ages out. Everything cached was checked (checksums and structure)
 //! when it was decoded. Memory is bounded by [`crate::Options::cache_bytes`].
 
 use std::sync::Arc;
 
-use crate::decoded::Decoded;
+use crate::decoded::{Decoded, Embeddings};
 use crate::error::{DecodeError, Result};
 use crate::segment::Segment;
 
@@ -21,6 +22,8 @@ use crate::segment::Segment;
 pub enum Part {
     /// The whole entry, its postings grouped by the SemIDs of catalog generation `semid_gen`.
     Decoded { semid_gen: u64 },
+    /// The embeddings of the entry's items, copied from the catalog as of its generations.
+    Embeddings { semid_gen: u64, emb_gen: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,12 +36,21 @@ pub struct Key {
 #[derive(Clone)]
 pub enum Value {
     Decoded(Arc<Decoded>),
+    Embeddings(Arc<Embeddings>),
 }
 
 impl Value {
     pub fn into_decoded(self) -> Option<Arc<Decoded>> {
         match self {
             Value::Decoded(d) => Some(d),
+            _ => None,
+        }
+    }
+
+    pub fn into_embeddings(self) -> Option<Arc<Embeddings>> {
+        match self {
+            Value::Embeddings(e) => Some(e),
+            _ => None,
         }
     }
 
@@ -48,6 +60,7 @@ impl Value {
         OVERHEAD
             + match self {
                 Value::Decoded(d) => d.bytes(),
+                Value::Embeddings(e) => e.bytes(),
             }
     }
 }
@@ -155,9 +168,7 @@ mod tests {
     fn entry(n: usize) -> Value {
         Value::Decoded(Arc::new(Decoded {
             cols: Columns {
-                ts: vec![0; n],
-                action: vec![0; n],
-                domain: vec![0; n],
+                events: vec![Default::default(); n],
             },
             postings: Postings::default(),
         }))

@@ -116,6 +116,10 @@ pub struct Catalog {
     /// Bumped each time an upsert changes the SemID of an item that was already stored (see
     /// docs/ARCHITECTURE.md, "Prefix index freshness").
     semid_gen: u64,
+    /// Bumped each time an upsert rewrites a row that already existed (its embedding may have
+    /// changed), so that copies of users' embeddings know they are stale. In memory only: a
+    /// reopened database has no copies.
+    emb_gen: u64,
 }
 
 impl Catalog {
@@ -126,7 +130,13 @@ impl Catalog {
             len: 0,
             by_id: imbl::HashMap::new(),
             semid_gen: 0,
+            emb_gen: 0,
         }
+    }
+
+    /// Embedding dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
     }
 
     /// Rows, stubs included.
@@ -136,6 +146,10 @@ impl Catalog {
 
     pub fn semid_gen(&self) -> u64 {
         self.semid_gen
+    }
+
+    pub fn emb_gen(&self) -> u64 {
+        self.emb_gen
     }
 
     pub fn lookup(&self, id: u64) -> Option<u32> {
@@ -218,6 +232,9 @@ impl Catalog {
                     self.dim
                 ));
             }
+        }
+        if row < self.len {
+            self.emb_gen += 1;
         }
         if row == self.len {
             if (self.len as usize).is_multiple_of(CHUNK_ROWS) {

@@ -11,12 +11,19 @@ use crate::postings::{ByEntry, Postings};
 use crate::prefix::PrefixLayout;
 use crate::segment::Entry;
 
+/// The time, action and domain of one event, side by side: a point read (a retrieval's hit)
+/// touches one cache line instead of three.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub ts: i64,
+    pub domain: u16,
+    pub action: u8,
+}
+
 /// The time, action and domain of every event of an entry.
 #[derive(Debug, Default, Clone)]
 pub struct Columns {
-    pub ts: Vec<i64>,
-    pub action: Vec<u8>,
-    pub domain: Vec<u16>,
+    pub events: Vec<Stamp>,
 }
 
 pub struct Decoded {
@@ -27,7 +34,7 @@ pub struct Decoded {
 impl Decoded {
     /// Approximate heap bytes.
     pub fn bytes(&self) -> usize {
-        self.cols.ts.len() * 11 + self.postings.bytes()
+        self.cols.events.len() * std::mem::size_of::<Stamp>() + self.postings.bytes()
     }
 }
 
@@ -49,9 +56,7 @@ pub fn decode(
 pub fn columns(entry: &Entry<'_>) -> DecodeResult<Columns> {
     let n = entry.n_events();
     let mut cols = Columns {
-        ts: Vec::with_capacity(n),
-        action: Vec::with_capacity(n),
-        domain: Vec::with_capacity(n),
+        events: Vec::with_capacity(n),
     };
     match entry {
         Entry::V2(v) => {
@@ -70,9 +75,7 @@ pub fn columns(entry: &Entry<'_>) -> DecodeResult<Columns> {
             };
             for i in 0..v.n_blocks() {
                 v.decode_block(i, cols_v1, &mut b, &mut scratch)?;
-                cols.ts.extend_from_slice(&b.ts);
-                cols.action.extend_from_slice(&b.action);
-                cols.domain.extend_from_slice(&b.domain);
+                stamp(&mut cols, &b.ts, &b.action, &b.domain);
             }
         }
     }
@@ -119,10 +122,64 @@ pub fn decode_postings(
     ))
 }
 
+/// The embeddings of a user's items, copied out of the catalog into one contiguous array, with
+/// what soft retrieval reads beside each: a scan over them reads memory front to back instead
+/// of one scattered catalog row per item. Items without an embedding are left out.
+pub struct Embeddings {
+    /// Postings entry of each copied embedding (in catalog-row order).
+    pub entry: Vec<u32>,
+    /// Oldest position of that entry.
+    pub first: Vec<u32>,
+    pub inv_norm: Vec<f32>,
+    /// `entry.len() * dim` values.
+    pub values: Vec<i8>,
+    pub dim: usize,
+}
+
+impl Embeddings {
+    pub fn gather(p: &Postings, catalog: &Catalog) -> Embeddings {
+        let dim = catalog.dim();
+        let mut out = Embeddings {
+            entry: Vec::new(),
+            first: Vec::new(),
+            inv_norm: Vec::new(),
+            values: Vec::with_capacity(p.by_row.len() * dim),
+            dim,
+        };
+        for &e in &p.by_row {
+            if let Some((emb, inv)) = catalog.embedding(p.rows[e as usize]) {
+                out.entry.push(e);
+                out.first
+                    .push(p.positions(e as usize).first().copied().unwrap_or(u32::MAX));
+                out.inv_norm.push(inv);
+                out.values.extend_from_slice(emb);
+            }
+        }
+        out
+    }
+
+    /// The `i`-th copied embedding.
+    #[inline]
+    pub fn row(&self, i: usize) -> &[i8] {
+        &self.values[i * self.dim..(i + 1) * self.dim]
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.values.len() + self.entry.len() * 12
+    }
+}
+
 fn append(cols: &mut Columns, b: &Block) {
-    cols.ts.extend_from_slice(&b.ts);
-    cols.action.extend_from_slice(&b.action);
-    cols.domain.extend_from_slice(&b.domain);
+    stamp(cols, &b.ts, &b.action, &b.domain);
+}
+
+fn stamp(cols: &mut Columns, ts: &[i64], action: &[u8], domain: &[u16]) {
+    cols.events.extend(
+        ts.iter()
+            .zip(action)
+            .zip(domain)
+            .map(|((&ts, &action), &domain)| Stamp { ts, domain, action }),
+    );
 }
 
 /// Every dictionary row must exist in the catalog (the catalog only grows).

@@ -66,6 +66,8 @@ pub struct Kernel {
     pub dot: fn(&[i8], &[i8]) -> i32,
     /// `out[t] = emb · query t` for every query.
     pub dots: fn(&[i8], &Queries, &mut [i32]),
+    /// `out[i] = row i · query` for every row of a row-major matrix of `dim` columns.
+    pub rows: fn(&[i8], usize, &[i8], &mut [i32]),
 }
 
 impl Kernel {
@@ -81,6 +83,7 @@ impl Kernel {
                     // SAFETY: chosen only when the CPU has these features.
                     dot: |a, b| unsafe { x86::dot_vnni(a, b) },
                     dots: |e, q, out| unsafe { x86::dots_vnni(e, q, out) },
+                    rows: |m, dim, q, out| unsafe { x86::rows_vnni(m, dim, q, out) },
                 };
             }
             if std::arch::is_x86_feature_detected!("avx2") {
@@ -88,6 +91,9 @@ impl Kernel {
                     // SAFETY: chosen only when the CPU has AVX2.
                     dot: |a, b| unsafe { x86::dot_avx2(a, b) },
                     dots: |e, q, out| dots_by_row(e, q, out, |a, b| unsafe { x86::dot_avx2(a, b) }),
+                    rows: |m, dim, q, out| {
+                        rows_by_row(m, dim, q, out, |a, b| unsafe { x86::dot_avx2(a, b) })
+                    },
                 };
             }
         }
@@ -99,6 +105,7 @@ impl Kernel {
         Kernel {
             dot: dot_portable,
             dots: |e, q, out| dots_by_row(e, q, out, dot_portable),
+            rows: |m, dim, q, out| rows_by_row(m, dim, q, out, dot_portable),
         }
     }
 
@@ -112,6 +119,12 @@ impl Kernel {
 fn dots_by_row(emb: &[i8], q: &Queries, out: &mut [i32], dot: impl Fn(&[i8], &[i8]) -> i32) {
     for (t, o) in out.iter_mut().enumerate().take(q.n) {
         *o = dot(emb, q.row(t));
+    }
+}
+
+fn rows_by_row(m: &[i8], dim: usize, q: &[i8], out: &mut [i32], dot: impl Fn(&[i8], &[i8]) -> i32) {
+    for (o, row) in out.iter_mut().zip(m.chunks_exact(dim.max(1))) {
+        *o = dot(row, q);
     }
 }
 
@@ -201,6 +214,42 @@ mod x86 {
         _mm512_reduce_add_epi32(acc) - 128 * _mm512_reduce_add_epi32(sum_b)
     }
 
+    /// Every row of a matrix against one query, in one pass over the matrix: the query is
+    /// loaded once, its unsigned-operand correction computed once; per row, one masked load per
+    /// 64 values, a `vpdpbusd`, and one reduction.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn rows_vnni(m: &[i8], dim: usize, q: &[i8], out: &mut [i32]) {
+        if dim == 0 || dim > 256 || q.len() < dim {
+            super::rows_by_row(m, dim, q, out, |a, b| unsafe { dot_vnni(a, b) });
+            return;
+        }
+        let flip = _mm512_set1_epi8(-128);
+        let chunks = dim.div_ceil(64);
+        let mut qv = [_mm512_setzero_si512(); 4];
+        let mut masks = [0u64; 4];
+        for (c, (v, mask)) in qv.iter_mut().zip(masks.iter_mut()).enumerate().take(chunks) {
+            let left = dim - c * 64;
+            *mask = if left >= 64 {
+                u64::MAX
+            } else {
+                (1u64 << left) - 1
+            };
+            // SAFETY: the mask covers only values below dim, within q.
+            *v = unsafe { _mm512_maskz_loadu_epi8(*mask, q.as_ptr().add(c * 64).cast()) };
+        }
+        let bias: i32 = 128 * q[..dim].iter().map(|&v| i32::from(v)).sum::<i32>();
+        for (o, row) in out.iter_mut().zip(m.chunks_exact(dim)) {
+            let mut acc = _mm512_setzero_si512();
+            for c in 0..chunks {
+                // SAFETY: the mask covers only values below dim, within the row.
+                let x =
+                    unsafe { _mm512_maskz_loadu_epi8(masks[c], row.as_ptr().add(c * 64).cast()) };
+                acc = _mm512_dpbusd_epi32(acc, _mm512_xor_si512(x, flip), qv[c]);
+            }
+            *o = _mm512_reduce_add_epi32(acc) - bias;
+        }
+    }
+
     /// One embedding against every query of `q`: per 4 dimensions, the embedding's 4 bytes
     /// (made unsigned) broadcast to 16 lanes meet 16 queries' 4 bytes in one `vpdpbusd`; the
     /// query groups' accumulators stay in registers across the dimensions.
@@ -282,12 +331,16 @@ mod tests {
             let emb: Vec<i8> = (0..dim).map(|_| value(next())).collect();
             let qs: Vec<Vec<i8>> = (0..n).map(|_| (0..dim).map(|_| value(next())).collect()).collect();
             let queries = Queries::new(qs.iter().map(|v| v.as_slice()), dim);
+            let matrix: Vec<i8> = qs.iter().flatten().copied().collect();
             for k in Kernel::all() {
+                let mut by_rows = vec![0i32; n];
+                (k.rows)(&matrix, dim, &emb, &mut by_rows);
                 let mut out = vec![0i32; n];
                 (k.dots)(&emb, &queries, &mut out);
                 for (t, q) in qs.iter().enumerate() {
                     prop_assert_eq!((k.dot)(&emb, q), plain(&emb, q));
                     prop_assert_eq!(out[t], plain(&emb, q));
+                    prop_assert_eq!(by_rows[t], plain(q, &emb));
                 }
             }
         }

@@ -74,6 +74,8 @@ struct Depth {
 pub struct Postings {
     /// Catalog row of each entry.
     pub rows: Vec<u32>,
+    /// Item id of each entry (a row's id never changes).
+    pub ids: Vec<u64>,
     /// Full SemID key of each entry (`u64::MAX`: no SemID).
     keys: Vec<u64>,
     /// Positions of each entry.
@@ -82,6 +84,9 @@ pub struct Postings {
     pub codes: Vec<u32>,
     /// Per depth `1..=levels` (index `d - 1`); empty when built without them.
     depths: Vec<Depth>,
+    /// Entries in catalog-row order: a pass over the items' catalog rows (their embeddings)
+    /// in this order reads the catalog's arrays front to back.
+    pub by_row: Vec<u32>,
 }
 
 /// Positions grouped by dictionary entry (in the dictionary's own order).
@@ -136,12 +141,17 @@ impl Postings {
             }
             Groups { start, pos }
         };
+        let mut by_row: Vec<u32> = (0..rows.len() as u32).collect();
+        by_row.sort_unstable_by_key(|&e| rows[e as usize]);
+        let ids = rows.iter().map(|&r| catalog.id(r)).collect();
         let mut p = Postings {
             rows,
+            ids,
             keys,
             entries,
             codes: Vec::new(),
             depths: Vec::new(),
+            by_row,
         };
         if full {
             p.codes = vec![0; n_events];
@@ -183,10 +193,6 @@ impl Postings {
             bounds,
             groups,
         }
-    }
-
-    pub fn len(&self) -> usize {
-        self.rows.len()
     }
 
     /// Positions of entry `e`, ascending.
@@ -249,7 +255,7 @@ impl Postings {
 
     /// Approximate heap bytes, for the decoded cache's budget.
     pub fn bytes(&self) -> usize {
-        (self.rows.len() * 12)
+        (self.rows.len() * 24)
             + self.entries.bytes()
             + self.codes.len() * 4
             + self
@@ -311,7 +317,7 @@ mod tests {
         );
         let got: Vec<u32> = p.hard(&layout, &t, 3, 1, 8).iter().map(|h| h.1).collect();
         assert_eq!(got, vec![5, 4, 6]);
-        assert_eq!(p.rows[p.len() - 1], 3, "items without a SemID come last");
+        assert_eq!(p.rows[p.rows.len() - 1], 3, "items without a SemID come last");
         assert!(p.occurs_in(p.codes[3] as usize, 2, 4));
         assert!(!p.occurs_in(p.codes[3] as usize, 4, 10));
     }

@@ -12,6 +12,7 @@ use std::collections::BinaryHeap;
 use std::ops::Range;
 
 use crate::catalog::{kernel, Catalog, QueryVec};
+use crate::decoded::Embeddings;
 use crate::dot::Queries;
 use crate::entry::{EntryView, Layout};
 use crate::error::{DecodeResult, Result};
@@ -41,8 +42,8 @@ pub struct SoftHit {
     pub similarity: f32,
 }
 
-/// A candidate from the compacted entry: (key, S index, catalog row of its item).
-type SegCand<K> = (K, usize, u32);
+/// A candidate from the compacted entry: (key, S index, its item's id).
+type SegCand<K> = (K, usize, u64);
 
 /// Rank compacted (`seg`) and pending (`pend`: key, P index) candidates, each already in its own
 /// best-first order and at most `k` long, by `key` then recency, and build the hits.
@@ -60,20 +61,24 @@ fn finish<K: PartialOrd + Copy>(
         action: ev.action,
         domain: ev.domain,
     };
+    let merge = !pend.is_empty();
     let mut all = Vec::with_capacity(seg.len() + pend.len());
-    for (key, i, row) in seg {
-        let ev = view.seg_event_row(i, row)?;
+    for (key, i, item) in seg {
+        let ev = view.seg_event_of(i, item)?;
         all.push((key, view.seg_position(i)? as u32, event(ev)));
     }
     for (key, j) in pend {
         let ev = view.pending().get(j).ev;
         all.push((key, view.pending_position(j)? as u32, event(ev)));
     }
-    all.sort_by(|a, b| {
-        b.0.partial_cmp(&a.0)
-            .unwrap_or(std::cmp::Ordering::Equal)
-            .then(b.1.cmp(&a.1))
-    });
+    // Each list is already best first; only a merge needs sorting.
+    if merge {
+        all.sort_by(|a, b| {
+            b.0.partial_cmp(&a.0)
+                .unwrap_or(std::cmp::Ordering::Equal)
+                .then(b.1.cmp(&a.1))
+        });
+    }
     all.truncate(k);
     Ok(all.into_iter().map(|(key, p, e)| (e, p, key)).collect())
 }
@@ -172,6 +177,8 @@ fn hard_seg(
     if let Some((segment, record, entry)) = cold {
         if view.index_is_fresh()? {
             let rows = view.dict_rows()?;
+            crate::decoded::check_rows(&rows, catalog)
+                .map_err(|e| segment.corruption(record, e))?;
             return targets
                 .iter()
                 .map(|t| hard_lists(&entry, &rows, catalog, layout, t, k, s0..s1))
@@ -185,7 +192,7 @@ fn hard_seg(
         .map(|t| {
             p.hard(layout, t, k, s0, s1)
                 .into_iter()
-                .map(|(d, pos, e)| (d, pos as usize, p.rows[e as usize]))
+                .map(|(d, pos, e)| (d, pos as usize, p.ids[e as usize]))
                 .collect()
         })
         .collect())
@@ -254,7 +261,7 @@ fn hard_lists(
         out.extend(
             found
                 .into_iter()
-                .map(|(p, e)| (d as u8, p as usize, rows[e as usize])),
+                .map(|(p, e)| (d as u8, p as usize, catalog.id(rows[e as usize]))),
         );
         if out.len() == k {
             break;
@@ -270,7 +277,8 @@ pub fn soft(view: &mut UserView<'_>, targets: &[QueryVec], k: usize) -> Result<V
     let (s0, s1) = (view.s0 as u32, view.s1 as u32);
     let seg = if s1 > s0 {
         let p = view.postings(false)?;
-        soft_postings(&p, catalog, targets, k, s0..s1)
+        let emb = view.embeddings(&p)?;
+        soft_postings(&p, &emb, targets, k, s0..s1)
     } else {
         vec![Vec::new(); targets.len()]
     };
@@ -301,45 +309,63 @@ pub fn soft(view: &mut UserView<'_>, targets: &[QueryVec], k: usize) -> Result<V
 /// their newest positions.
 fn soft_postings(
     p: &Postings,
-    catalog: &Catalog,
+    emb: &Embeddings,
     targets: &[QueryVec],
     k: usize,
     window: Range<u32>,
 ) -> Vec<Vec<SegCand<f32>>> {
     let nt = targets.len();
-    let mut visible: Vec<u32> = Vec::new();
-    let mut sims: Vec<f32> = Vec::new();
+    let n = emb.entry.len();
     let k8 = kernel();
-    // Many targets: each embedding meets all of them in one row of an int8 matrix product.
-    let batch =
-        (nt >= 4).then(|| Queries::new(targets.iter().map(|q| q.q.as_slice()), q_dim(targets)));
-    let mut dots = vec![0i32; nt];
-    for e in 0..p.len() {
-        if !p.occurs_in(e, window.start, window.end) {
-            continue;
+    // Dot products, target-major: one pass over the user's embeddings per target, or with
+    // many targets one pass in all, each embedding meeting every target in one row of an int8
+    // matrix product.
+    let mut dots = vec![0i32; n * nt];
+    if nt >= 4 {
+        let queries = Queries::new(targets.iter().map(|q| q.q.as_slice()), q_dim(targets));
+        let mut row = vec![0i32; nt];
+        for i in 0..n {
+            (k8.dots)(emb.row(i), &queries, &mut row);
+            for (t, &d) in row.iter().enumerate() {
+                dots[t * n + i] = d;
+            }
         }
-        if let Some((emb, inv)) = catalog.embedding(p.rows[e]) {
-            visible.push(e as u32);
-            match &batch {
-                Some(q) => (k8.dots)(emb, q, &mut dots),
-                None => {
-                    for (d, q) in dots.iter_mut().zip(targets) {
-                        *d = (k8.dot)(&q.q, emb);
+    } else {
+        for (q, out) in targets.iter().zip(dots.chunks_mut(n.max(1))) {
+            (k8.rows)(&emb.values, emb.dim, &q.q, out);
+        }
+    }
+    // Visible: an occurrence in the window (with no retention cut, the first one below it).
+    // Without a cut or an `as_of`, everything is.
+    let all = window.start == 0 && emb.first.iter().all(|&f| f < window.end);
+    let visible: Vec<bool> = if all {
+        Vec::new()
+    } else {
+        (0..n)
+            .map(|i| {
+                emb.first[i] < window.end
+                    && (window.start == 0
+                        || p.occurs_in(emb.entry[i] as usize, window.start, window.end))
+            })
+            .collect()
+    };
+    let mut sims = vec![0f32; n];
+    (0..nt)
+        .map(|t| {
+            let q = &targets[t];
+            let scaled = dots[t * n..(t + 1) * n].iter().zip(&emb.inv_norm);
+            for (s, (&d, &inv)) in sims.iter_mut().zip(scaled) {
+                *s = d as f32 * q.inv_norm * inv;
+            }
+            if !all {
+                for (s, &v) in sims.iter_mut().zip(&visible) {
+                    if !v {
+                        *s = f32::NEG_INFINITY;
                     }
                 }
             }
-            sims.extend(
-                dots.iter()
-                    .zip(targets)
-                    .map(|(&d, q)| d as f32 * q.inv_norm * inv),
-            );
-        }
-    }
-    (0..nt)
-        .map(|t| {
-            let sim = |i: usize| sims[i * nt + t];
-            let best = top_items(visible.len(), k, sim);
-            expand(p, &best, &visible, sim, k, window.clone())
+            let best = top_items(&sims, k);
+            expand(p, &best, &emb.entry, |i| sims[i], k, window.clone())
         })
         .collect()
 }
@@ -348,30 +374,30 @@ fn q_dim(targets: &[QueryVec]) -> usize {
     targets.first().map_or(0, |q| q.q.len())
 }
 
-/// Indexes `0..n` whose score `sim(i)` is at least the `k`-th best: a threshold rises as
-/// candidates come in, so most items are dismissed with one comparison.
-fn top_items(n: usize, k: usize, sim: impl Fn(usize) -> f32) -> Vec<usize> {
-    let desc = |a: &usize, b: &usize| sim(*b).total_cmp(&sim(*a));
+/// Indexes of `sims` at least the `k`-th best (minus infinity: not a candidate): a threshold
+/// rises as candidates come in, so most items are dismissed with one comparison.
+fn top_items(sims: &[f32], k: usize) -> Vec<usize> {
+    let desc = |a: &usize, b: &usize| sims[*b].total_cmp(&sims[*a]);
     let mut cand: Vec<usize> = Vec::with_capacity(2 * k + 1);
     let mut threshold = f32::NEG_INFINITY;
     let mut limit = 2 * k;
-    for i in 0..n {
-        if sim(i) < threshold {
+    for (i, &s) in sims.iter().enumerate() {
+        if s < threshold || s == f32::NEG_INFINITY {
             continue;
         }
         cand.push(i);
         if cand.len() >= limit {
             cand.select_nth_unstable_by(k - 1, desc);
-            threshold = sim(cand[k - 1]);
-            cand.retain(|&c| sim(c) >= threshold);
+            threshold = sims[cand[k - 1]];
+            cand.retain(|&c| sims[c] >= threshold);
             // Ties at the threshold stay; do not select again until the list doubles.
             limit = (2 * cand.len()).max(2 * k);
         }
     }
     if cand.len() > k {
         cand.select_nth_unstable_by(k - 1, desc);
-        threshold = sim(cand[k - 1]);
-        cand.retain(|&c| sim(c) >= threshold);
+        threshold = sims[cand[k - 1]];
+        cand.retain(|&c| sims[c] >= threshold);
     }
     cand.sort_unstable_by(desc);
     cand
@@ -397,14 +423,14 @@ fn expand(
             let e = visible[b] as usize;
             let pos = p.positions(e);
             let end = pos.partition_point(|&x| x < window.end);
-            let row = p.rows[e];
+            let item = p.ids[e];
             out.extend(
                 pos[..end]
                     .iter()
                     .rev()
                     .take_while(|&&x| x >= window.start)
                     .take(k)
-                    .map(|&x| (s, x as usize, row)),
+                    .map(|&x| (s, x as usize, item)),
             );
         }
         if group_end - i > 1 {
@@ -425,8 +451,9 @@ mod tests {
         /// The threshold selection keeps exactly the items at or above the k-th best score.
         #[test]
         fn top_items_is_a_threshold_top_k(scores in proptest::collection::vec(0u8..20, 0..300), k in 1usize..40) {
-            let sim = |i: usize| f32::from(scores[i]);
-            let got = top_items(scores.len(), k, sim);
+            let sims: Vec<f32> = scores.iter().map(|&s| f32::from(s)).collect();
+            let sim = |i: usize| sims[i];
+            let got = top_items(&sims, k);
             let mut sorted: Vec<f32> = scores.iter().map(|&s| f32::from(s)).collect();
             sorted.sort_by(|a, b| b.total_cmp(a));
             let want: Vec<usize> = match sorted.get(k - 1) {

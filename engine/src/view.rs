@@ -10,7 +10,7 @@ use std::sync::Arc;
 use crate::block::Block;
 use crate::cache::{self, DecodedCache, Part, Value};
 use crate::catalog::Catalog;
-use crate::decoded::{self, Decoded};
+use crate::decoded::{self, Decoded, Embeddings, Stamp};
 use crate::entry::Ev;
 use crate::entry_v1::{self, Cols};
 use crate::error::{DecodeError, Error, Result};
@@ -20,17 +20,17 @@ use crate::segment::{Entry, Segment};
 use crate::state::{Pending, State, UserState};
 
 /// A user's postings: the decoded cache's, or built for one view.
-pub enum PostingsRef<'a> {
-    Shared(&'a Postings),
+pub enum PostingsRef {
+    Shared(Arc<Decoded>),
     Owned(Box<Postings>),
 }
 
-impl std::ops::Deref for PostingsRef<'_> {
+impl std::ops::Deref for PostingsRef {
     type Target = Postings;
 
     fn deref(&self) -> &Postings {
         match self {
-            PostingsRef::Shared(p) => p,
+            PostingsRef::Shared(d) => &d.postings,
             PostingsRef::Owned(p) => p,
         }
     }
@@ -79,7 +79,7 @@ impl<'s> SegPart<'s> {
         Ok(SegPart {
             segment,
             record,
-            blocks: vec![None; n_blocks(&entry)],
+            blocks: Vec::new(),
             entry,
             cache,
             hot: None,
@@ -114,6 +114,9 @@ impl<'s> SegPart<'s> {
 
     /// Block `b` (time, action, domain), decoded by this view.
     fn block(&mut self, b: usize) -> Result<&Block> {
+        if self.blocks.is_empty() {
+            self.blocks = vec![None; n_blocks(&self.entry)];
+        }
         if self.blocks[b].is_none() {
             let mut blk = Block::default();
             let r = match &self.entry {
@@ -306,14 +309,13 @@ impl<'s> UserView<'s> {
 
     /// The entry's postings: through the cache, or built for this view (`full` as in
     /// [`Postings::build`]).
-    pub fn postings(&mut self, full: bool) -> Result<PostingsRef<'_>> {
+    pub fn postings(&mut self, full: bool) -> Result<PostingsRef> {
         let (catalog, layout) = (self.cfg.catalog, self.cfg.layout);
         let seg = self.seg();
         if seg.cache.is_some() {
-            let d = seg
-                .hot(catalog, &layout)?
-                .expect("a cache gives a decoded entry");
-            return Ok(PostingsRef::Shared(&d.postings));
+            seg.hot(catalog, &layout)?;
+            let d = seg.hot.clone().expect("a cache gives a decoded entry");
+            return Ok(PostingsRef::Shared(d));
         }
         let (segment, record, entry) = (seg.segment, seg.record, seg.entry);
         let built = decoded::decode_postings(&entry, catalog, &layout, full)
@@ -321,11 +323,40 @@ impl<'s> UserView<'s> {
         Ok(PostingsRef::Owned(Box::new(built)))
     }
 
+    /// The embeddings of the items of `postings` (this entry's), gathered from the catalog:
+    /// through the cache, or for this view.
+    pub fn embeddings(&mut self, postings: &Postings) -> Result<Arc<Embeddings>> {
+        let catalog = self.cfg.catalog;
+        let seg = self.seg();
+        let gather = || {
+            Ok(Value::Embeddings(Arc::new(Embeddings::gather(
+                postings, catalog,
+            ))))
+        };
+        match seg.cache {
+            Some(c) => {
+                let part = Part::Embeddings {
+                    semid_gen: catalog.semid_gen(),
+                    emb_gen: catalog.emb_gen(),
+                };
+                cache::cached(
+                    Some(c),
+                    seg.segment,
+                    seg.record,
+                    part,
+                    Value::into_embeddings,
+                    gather,
+                )
+            }
+            None => Ok(Arc::new(Embeddings::gather(postings, catalog))),
+        }
+    }
+
     pub fn seg_ts(&mut self, i: usize) -> Result<i64> {
         let (catalog, layout) = (self.cfg.catalog, self.cfg.layout);
         let seg = self.seg();
         if let Some(d) = seg.hot(catalog, &layout)? {
-            return Ok(d.cols.ts[i]);
+            return Ok(d.cols.events[i].ts);
         }
         let be = block_events(&seg.entry);
         Ok(seg.block(i / be)?.ts[i % be])
@@ -338,7 +369,7 @@ impl<'s> UserView<'s> {
             return Ok(0);
         };
         if let Some(d) = seg.hot(catalog, &layout)? {
-            return Ok(d.cols.ts.partition_point(|&x| x < t));
+            return Ok(d.cols.events.partition_point(|x| x.ts < t));
         }
         let b = match &seg.entry {
             Entry::V1(v) => v.first_block_reaching(t),
@@ -402,26 +433,25 @@ impl<'s> UserView<'s> {
         Ok((j - self.p0) + le.saturating_sub(self.s0))
     }
 
-    /// S event `i`, whose item is known to be catalog row `row` (a retrieval found it in that
-    /// item's position list).
-    pub fn seg_event_row(&mut self, i: usize, row: u32) -> Result<Ev> {
+    /// S event `i`, whose item is known (a retrieval found it in that item's position list).
+    pub fn seg_event_of(&mut self, i: usize, item: u64) -> Result<Ev> {
         let (catalog, layout) = (self.cfg.catalog, self.cfg.layout);
         let seg = self.seg();
         if let Some(d) = seg.hot(catalog, &layout)? {
+            let s = d.cols.events[i];
             return Ok(Ev {
-                ts: d.cols.ts[i],
-                item: catalog.id(row),
-                action: d.cols.action[i],
-                domain: d.cols.domain[i],
+                ts: s.ts,
+                item,
+                action: s.action,
+                domain: s.domain,
             });
         }
-        decoded::check_rows(&[row], catalog).map_err(|e| seg.err(e))?;
         let be = block_events(&seg.entry);
         let blk = seg.block(i / be)?;
         let o = i % be;
         Ok(Ev {
             ts: blk.ts[o],
-            item: catalog.id(row),
+            item,
             action: blk.action[o],
             domain: blk.domain[o],
         })
@@ -484,18 +514,14 @@ impl<'s> UserView<'s> {
             let (catalog, layout, s1) = (self.cfg.catalog, self.cfg.layout, self.s1);
             let seg = self.seg();
             if let Some(d) = seg.hot(catalog, &layout)? {
-                let ids = Ids::new(&d.postings.rows, catalog, s1 - a_s);
-                let c = &d.cols;
                 let run = a_s..s1;
                 merge.push(
                     &mut out,
-                    Run {
-                        ts: &c.ts[run.clone()],
-                        codes: &d.postings.codes[run.clone()],
-                        action: &c.action[run.clone()],
-                        domain: &c.domain[run],
+                    &Stamped {
+                        events: &d.cols.events[run.clone()],
+                        codes: &d.postings.codes[run],
                     },
-                    &ids,
+                    &Ids::Direct(&d.postings.ids),
                     &f,
                 );
             } else {
@@ -529,7 +555,7 @@ fn read_cold<T>(
         let (o, p) = (lo - b * be, hi - b * be);
         merge.push(
             out,
-            Run {
+            &Run {
                 ts: &blk.ts[o..p],
                 codes: &codes[lo..hi],
                 action: &blk.action[o..p],
@@ -544,12 +570,71 @@ fn read_cold<T>(
     Ok(())
 }
 
-/// Consecutive compacted events, column by column.
+/// Consecutive compacted events: their times, dictionary codes, actions and domains.
+trait Events {
+    fn len(&self) -> usize;
+    fn ts(&self, i: usize) -> i64;
+    fn code(&self, i: usize) -> u32;
+    fn action(&self, i: usize) -> u8;
+    fn domain(&self, i: usize) -> u16;
+}
+
+/// Events of a decoded block, column by column.
 struct Run<'a> {
     ts: &'a [i64],
     codes: &'a [u32],
     action: &'a [u8],
     domain: &'a [u16],
+}
+
+impl Events for Run<'_> {
+    fn len(&self) -> usize {
+        self.ts.len()
+    }
+    #[inline(always)]
+    fn ts(&self, i: usize) -> i64 {
+        self.ts[i]
+    }
+    #[inline(always)]
+    fn code(&self, i: usize) -> u32 {
+        self.codes[i]
+    }
+    #[inline(always)]
+    fn action(&self, i: usize) -> u8 {
+        self.action[i]
+    }
+    #[inline(always)]
+    fn domain(&self, i: usize) -> u16 {
+        self.domain[i]
+    }
+}
+
+/// Events of a decoded entry.
+struct Stamped<'a> {
+    events: &'a [Stamp],
+    codes: &'a [u32],
+}
+
+impl Events for Stamped<'_> {
+    fn len(&self) -> usize {
+        self.events.len()
+    }
+    #[inline(always)]
+    fn ts(&self, i: usize) -> i64 {
+        self.events[i].ts
+    }
+    #[inline(always)]
+    fn code(&self, i: usize) -> u32 {
+        self.codes[i]
+    }
+    #[inline(always)]
+    fn action(&self, i: usize) -> u8 {
+        self.events[i].action
+    }
+    #[inline(always)]
+    fn domain(&self, i: usize) -> u16 {
+        self.events[i].domain
+    }
 }
 
 /// Pending events `j..p1` still to merge into a read.
@@ -562,21 +647,39 @@ struct Merge<'s> {
 impl Merge<'_> {
     /// Append `run` to `out`, each pending event before the first compacted event with a later
     /// time, runs of compacted events between them in one pass.
-    fn push<T>(&mut self, out: &mut Vec<T>, run: Run<'_>, ids: &Ids<'_>, f: &impl Fn(Ev) -> T) {
-        let n = run.ts.len();
+    fn push<T>(
+        &mut self,
+        out: &mut Vec<T>,
+        run: &impl Events,
+        ids: &Ids<'_>,
+        f: &impl Fn(Ev) -> T,
+    ) {
+        let n = run.len();
         let mut o = 0;
         while o < n {
-            while self.j < self.p1 && self.pending.get(self.j).ev.ts < run.ts[o] {
+            while self.j < self.p1 && self.pending.get(self.j).ev.ts < run.ts(o) {
                 out.push(f(self.pending.get(self.j).ev));
                 self.j += 1;
             }
             let end = match (self.j < self.p1).then(|| self.pending.get(self.j)) {
-                Some(p) => o + run.ts[o..].partition_point(|&t| t <= p.ev.ts),
+                Some(p) => {
+                    let (mut lo, mut hi) = (o, n);
+                    while lo < hi {
+                        let mid = (lo + hi) / 2;
+                        if run.ts(mid) <= p.ev.ts {
+                            lo = mid + 1;
+                        } else {
+                            hi = mid;
+                        }
+                    }
+                    lo
+                }
                 None => n,
             };
             match ids {
-                Ids::Resolved(v) => push_run(out, &run, o..end, f, |c| v[c]),
-                Ids::Lazy(rows, c) => push_run(out, &run, o..end, f, |code| c.id(rows[code])),
+                Ids::Resolved(v) => push_run(out, run, o..end, f, |c| v[c]),
+                Ids::Direct(v) => push_run(out, run, o..end, f, |c| v[c]),
+                Ids::Lazy(rows, c) => push_run(out, run, o..end, f, |code| c.id(rows[code])),
             }
             o = end;
         }
@@ -588,32 +691,27 @@ impl Merge<'_> {
 #[inline(always)]
 fn push_run<T>(
     out: &mut Vec<T>,
-    run: &Run<'_>,
+    run: &impl Events,
     range: std::ops::Range<usize>,
     f: &impl Fn(Ev) -> T,
     id: impl Fn(usize) -> u64,
 ) {
-    out.extend(
-        run.ts[range.clone()]
-            .iter()
-            .zip(&run.codes[range.clone()])
-            .zip(&run.action[range.clone()])
-            .zip(&run.domain[range])
-            .map(|(((&ts, &code), &action), &domain)| {
-                f(Ev {
-                    ts,
-                    item: id(code as usize),
-                    action,
-                    domain,
-                })
-            }),
-    );
+    out.extend(range.map(|i| {
+        f(Ev {
+            ts: run.ts(i),
+            item: id(run.code(i) as usize),
+            action: run.action(i),
+            domain: run.domain(i),
+        })
+    }));
 }
 
 /// A user's dictionary entries as item ids: resolved up front when a read covers more events
 /// than there are entries, else looked up per event. Rows were checked against the catalog.
 enum Ids<'a> {
     Resolved(Vec<u64>),
+    /// The postings' own ids, by postings entry.
+    Direct(&'a [u64]),
     Lazy(&'a [u32], &'a Catalog),
 }
 
