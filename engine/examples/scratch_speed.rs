@@ -148,6 +148,27 @@ fn main() {
         }
         return;
     }
+    if std::env::var("COLD_HARD").is_ok() {
+        drop(db);
+        let cold = Db::open(
+            dir.path(),
+            Options {
+                cache_bytes: 0,
+                ..opts
+            },
+        )
+        .unwrap();
+        let snap = cold.snapshot();
+        for _ in 0..300 {
+            for x in &targets {
+                std::hint::black_box(
+                    snap.retrieve_hard(1, x.semid.as_ref().unwrap(), 50, None)
+                        .unwrap(),
+                );
+            }
+        }
+        return;
+    }
     run("cache on ", &db);
     let distinct: std::collections::HashSet<u64> = evs.iter().map(|e| e.item).collect();
     let fb = distinct.len() * dim + evs.len() * 4;

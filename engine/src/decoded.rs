@@ -2,7 +2,7 @@
 //! hot user, so that reads and retrieval of that user touch no encoded byte again; what a reader
 //! without the cache builds when it needs the whole entry anyway.
 
-use crate::block::Block;
+use crate::block::{Block, Stamp};
 use crate::catalog::Catalog;
 use crate::entry::Layout;
 use crate::entry_v1::{self, Cols};
@@ -10,15 +10,6 @@ use crate::error::{corrupt, DecodeResult};
 use crate::postings::{ByEntry, Postings};
 use crate::prefix::PrefixLayout;
 use crate::segment::Entry;
-
-/// The time, action and domain of one event, side by side: a point read (a retrieval's hit)
-/// touches one cache line instead of three.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Stamp {
-    pub ts: i64,
-    pub domain: u16,
-    pub action: u8,
-}
 
 /// The time, action and domain of every event of an entry.
 #[derive(Debug, Default, Clone)]

@@ -175,6 +175,11 @@ impl<'a> EfList<'a> {
         self.c
     }
 
+    /// Bits the list takes.
+    pub fn bits(&self) -> usize {
+        self.high_at - self.low_at + self.high_len
+    }
+
     /// The bit where this list starts in its stream.
     pub fn start_bit(&self) -> usize {
         self.low_at

@@ -17,7 +17,7 @@
 
 use std::collections::HashMap;
 
-use crate::block::{self, Block};
+use crate::block::{self, Block, Stamp};
 use crate::codec::{
     bitpack, bitpacked_len, bits_for, checksum_matches, le_u32, put_varint, Reader,
 };
@@ -401,7 +401,13 @@ impl<'a> EntryView<'a> {
             at,
         };
         if sections {
-            view.check_pages(0, at[3])?;
+            // Everything but an inverted entry's lists, which readers check list by list
+            // ([`EntryView::lists`], [`EntryView::check_list`]).
+            let end = match h.layout {
+                Layout::Forward => at[3],
+                Layout::Inverted => at[2] + view.lists_unchecked()?.lists_at,
+            };
+            view.check_pages(0, end)?;
             view.check_block_index()?;
         }
         Ok(view)
@@ -409,15 +415,28 @@ impl<'a> EntryView<'a> {
 
     /// Check the page checksums covering `body[start..end]`.
     fn check_pages(&self, start: usize, end: usize) -> DecodeResult<()> {
+        self.check_pages_once(start, end, &mut PageMemo::default())
+    }
+
+    /// [`EntryView::check_pages`], skipping the pages `memo` says were checked and adding the
+    /// others to it.
+    fn check_pages_once(&self, start: usize, end: usize, memo: &mut PageMemo) -> DecodeResult<()> {
         if start >= end {
             return Ok(());
         }
         for p in start / PAGE..end.div_ceil(PAGE) {
+            if memo.0.get(p / 64).is_some_and(|w| w & (1 << (p % 64)) != 0) {
+                continue;
+            }
             let page = &self.body[p * PAGE..((p + 1) * PAGE).min(self.body.len())];
             let stored = le_u32(self.crcs, p * 4);
             if !checksum_matches(stored, crc32c::crc32c(page)) {
                 corrupt!("page {p} checksum mismatch");
             }
+            if memo.0.len() <= p / 64 {
+                memo.0.resize(p / 64 + 1, 0);
+            }
+            memo.0[p / 64] |= 1 << (p % 64);
         }
         Ok(())
     }
@@ -500,14 +519,20 @@ impl<'a> EntryView<'a> {
         lo - 1
     }
 
-    /// Decode block `b` (checking its pages) into `out`.
-    pub fn decode_block(&self, b: usize, out: &mut Block) -> DecodeResult<()> {
+    /// Byte range of block `b` in the blocks section.
+    fn block_bounds(&self, b: usize) -> (usize, usize) {
         let start = self.block_offset(b);
         let end = if b + 1 < self.n_blocks() {
             self.block_offset(b + 1)
         } else {
             self.blocks().len()
         };
+        (start, end.max(start))
+    }
+
+    /// Decode block `b` (checking its pages) into `out`.
+    pub fn decode_block(&self, b: usize, out: &mut Block) -> DecodeResult<()> {
+        let (start, end) = self.block_bounds(b);
         self.check_pages(self.at[3] + start, self.at[3] + end)?;
         let raw = &self.blocks()[start..end];
         block::decode_block(raw, self.block_len(b), self.block_first_ts(b), out)
@@ -540,6 +565,14 @@ impl<'a> EntryView<'a> {
         Ok(rows)
     }
 
+    /// The dictionary's rows read in place (inverted layout: in SemID order, one `get` each).
+    pub fn packed_rows(&self) -> DecodeResult<Packed<'a>> {
+        if self.header.layout != Layout::Inverted {
+            corrupt!("a forward entry's dictionary is an Elias-Fano list");
+        }
+        Packed::parse(self.section(1), self.header.n_dict as usize, 32)
+    }
+
     /// Dictionary code of every event (forward layout: read; inverted layout: each list's
     /// positions scattered).
     pub fn codes(&self) -> DecodeResult<Vec<u32>> {
@@ -570,8 +603,16 @@ impl<'a> EntryView<'a> {
         }
     }
 
-    /// The position lists (inverted layout only).
+    /// The position lists, every page of them checked (inverted layout only).
     pub fn lists(&self) -> DecodeResult<Lists<'a>> {
+        let lists = self.lists_unchecked()?;
+        self.check_pages(self.at[2] + lists.lists_at, self.at[3])?;
+        Ok(lists)
+    }
+
+    /// The position lists without their pages checked: check each list read with
+    /// [`EntryView::check_list`] first (a query that reads a few lists checks a few pages).
+    pub fn lists_unchecked(&self) -> DecodeResult<Lists<'a>> {
         if self.header.layout != Layout::Inverted {
             corrupt!("a forward entry has no position lists");
         }
@@ -580,6 +621,37 @@ impl<'a> EntryView<'a> {
             self.header.n_dict as usize,
             self.header.n_events,
         )
+    }
+
+    /// Check the pages holding `list`, one of `lists`'s.
+    pub fn check_list(
+        &self,
+        lists: &Lists<'_>,
+        list: &EfList<'_>,
+        memo: &mut PageMemo,
+    ) -> DecodeResult<()> {
+        let at = self.at[2] + lists.lists_at;
+        let (a, b) = (
+            list.start_bit() / 8,
+            (list.start_bit() + list.bits()).div_ceil(8),
+        );
+        self.check_pages_once(at + a, at + b, memo)
+    }
+
+    /// The time, action and domain of event `i`, decoding only what that needs from its
+    /// block (whose pages are checked, once per `memo`).
+    pub fn stamp_at(&self, i: usize, memo: &mut PageMemo) -> DecodeResult<Stamp> {
+        let b = i / self.block_events();
+        let (start, end) = self.block_bounds(b);
+        self.check_pages_once(self.at[3] + start, self.at[3] + end, memo)?;
+        let raw = &self.blocks()[start..end];
+        block::stamp_at(
+            raw,
+            self.block_len(b),
+            self.block_first_ts(b),
+            i % self.block_events(),
+        )
+        .map_err(|e| e.context(format!("block {b}")))
     }
 
     /// Bytes spent on each part.
@@ -697,6 +769,10 @@ fn parse_header(r: &mut Reader<'_>) -> DecodeResult<EntryHeader> {
     })
 }
 
+/// Pages of an entry already checked by one reader.
+#[derive(Debug, Default)]
+pub struct PageMemo(Vec<u64>);
+
 /// The position lists of an inverted entry: per dictionary entry (in SemID order), the
 /// ascending positions where it occurs, found through the count table.
 #[derive(Clone, Copy)]
@@ -704,6 +780,8 @@ pub struct Lists<'a> {
     table: &'a [u8],
     counts: &'a [u8],
     lists: &'a [u8],
+    /// Where the lists start in the positions section.
+    pub lists_at: usize,
     n_dict: usize,
     n_events: u64,
 }
@@ -745,6 +823,7 @@ impl<'a> Lists<'a> {
             table,
             counts,
             lists,
+            lists_at: groups * GROUP_META + counts_len,
             n_dict,
             n_events: u64::from(n_events),
         })

@@ -317,7 +317,11 @@ mod tests {
         );
         let got: Vec<u32> = p.hard(&layout, &t, 3, 1, 8).iter().map(|h| h.1).collect();
         assert_eq!(got, vec![5, 4, 6]);
-        assert_eq!(p.rows[p.rows.len() - 1], 3, "items without a SemID come last");
+        assert_eq!(
+            p.rows[p.rows.len() - 1],
+            3,
+            "items without a SemID come last"
+        );
         assert!(p.occurs_in(p.codes[3] as usize, 2, 4));
         assert!(!p.occurs_in(p.codes[3] as usize, 4, 10));
     }

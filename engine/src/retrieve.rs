@@ -14,7 +14,7 @@ use std::ops::Range;
 use crate::catalog::{kernel, Catalog, QueryVec};
 use crate::decoded::Embeddings;
 use crate::dot::Queries;
-use crate::entry::{EntryView, Layout};
+use crate::entry::{EntryView, Layout, PageMemo};
 use crate::error::{DecodeResult, Result};
 use crate::postings::Postings;
 use crate::prefix::PrefixLayout;
@@ -176,12 +176,9 @@ fn hard_seg(
     };
     if let Some((segment, record, entry)) = cold {
         if view.index_is_fresh()? {
-            let rows = view.dict_rows()?;
-            crate::decoded::check_rows(&rows, catalog)
-                .map_err(|e| segment.corruption(record, e))?;
             return targets
                 .iter()
-                .map(|t| hard_lists(&entry, &rows, catalog, layout, t, k, s0..s1))
+                .map(|t| hard_lists(&entry, catalog, layout, t, k, s0..s1))
                 .collect::<DecodeResult<Vec<_>>>()
                 .map_err(|e| segment.corruption(record, e));
         }
@@ -204,32 +201,39 @@ fn hard_seg(
 /// excluding the deeper range already taken.
 fn hard_lists(
     entry: &EntryView<'_>,
-    rows: &[u32],
     catalog: &Catalog,
     layout: &PrefixLayout,
     target: &SemId,
     k: usize,
     window: Range<u32>,
 ) -> DecodeResult<Vec<SegCand<u8>>> {
-    let lists = entry.lists()?;
-    let key = |e: usize| layout.order_key(catalog.semid(rows[e]));
-    let lower = |x: u64| {
-        let (mut lo, mut hi) = (0, rows.len());
+    let lists = entry.lists_unchecked()?;
+    let mut pages = PageMemo::default();
+    let packed = entry.packed_rows()?;
+    let n = lists.len();
+    // Rows are read one at a time, each checked against the catalog before it is used.
+    let row = |e: usize| -> DecodeResult<u32> {
+        let r = packed.get(e);
+        crate::decoded::check_rows(&[r], catalog)?;
+        Ok(r)
+    };
+    let lower = |x: u64| -> DecodeResult<usize> {
+        let (mut lo, mut hi) = (0, n);
         while lo < hi {
             let mid = (lo + hi) / 2;
-            if key(mid) < x {
+            if layout.order_key(catalog.semid(row(mid)?)) < x {
                 lo = mid + 1;
             } else {
                 hi = mid;
             }
         }
-        lo
+        Ok(lo)
     };
     let mut out = Vec::with_capacity(k);
     let mut deeper = 0..0;
     for d in (1..=usize::from(layout.levels)).rev() {
         let (lo, hi) = layout.key_range(target, d);
-        let range = lower(lo)..lower(hi);
+        let range = lower(lo)?..lower(hi)?;
         if range.is_empty() {
             continue;
         }
@@ -243,6 +247,7 @@ fn hard_lists(
         for part in parts {
             for item in lists.range(part) {
                 let (e, list) = item?;
+                entry.check_list(&lists, &list, &mut pages)?;
                 for p in list.below(u64::from(window.end)) {
                     if p < window.start
                         || (best.len() == need && best.peek().is_some_and(|b| p <= b.0 .0))
@@ -258,11 +263,9 @@ fn hard_lists(
         }
         let mut found: Vec<(u32, u32)> = best.into_iter().map(|Reverse(x)| x).collect();
         found.sort_unstable_by_key(|f| Reverse(f.0));
-        out.extend(
-            found
-                .into_iter()
-                .map(|(p, e)| (d as u8, p as usize, catalog.id(rows[e as usize]))),
-        );
+        for (p, e) in found {
+            out.push((d as u8, p as usize, catalog.id(row(e as usize)?)));
+        }
         if out.len() == k {
             break;
         }

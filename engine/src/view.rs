@@ -8,10 +8,11 @@
 use std::sync::Arc;
 
 use crate::block::Block;
+use crate::block::Stamp;
 use crate::cache::{self, DecodedCache, Part, Value};
 use crate::catalog::Catalog;
-use crate::decoded::{self, Decoded, Embeddings, Stamp};
-use crate::entry::Ev;
+use crate::decoded::{self, Decoded, Embeddings};
+use crate::entry::{Ev, PageMemo};
 use crate::entry_v1::{self, Cols};
 use crate::error::{DecodeError, Error, Result};
 use crate::postings::Postings;
@@ -62,9 +63,11 @@ struct SegPart<'s> {
     hot: Option<Arc<Decoded>>,
     /// Without it: the blocks this view decoded (time, action, domain) ...
     blocks: Vec<Option<Block>>,
-    /// ... and the dictionary rows and item codes, once a read needed them.
+    /// ... and the dictionary rows and item codes, once a read needed them, and the pages
+    /// whose checksums it checked.
     rows: Option<Arc<[u32]>>,
     codes: Option<Arc<[u32]>>,
+    pages: PageMemo,
 }
 
 impl<'s> SegPart<'s> {
@@ -85,6 +88,7 @@ impl<'s> SegPart<'s> {
             hot: None,
             rows: None,
             codes: None,
+            pages: PageMemo::default(),
         })
     }
 
@@ -446,20 +450,26 @@ impl<'s> UserView<'s> {
                 domain: s.domain,
             });
         }
-        let be = block_events(&seg.entry);
-        let blk = seg.block(i / be)?;
-        let o = i % be;
+        let s = match seg.entry {
+            // One event of a block: only what it needs is decoded.
+            Entry::V2(v) => v.stamp_at(i, &mut seg.pages).map_err(|e| seg.err(e))?,
+            Entry::V1(_) => {
+                let be = block_events(&seg.entry);
+                let blk = seg.block(i / be)?;
+                let o = i % be;
+                Stamp {
+                    ts: blk.ts[o],
+                    action: blk.action[o],
+                    domain: blk.domain[o],
+                }
+            }
+        };
         Ok(Ev {
-            ts: blk.ts[o],
+            ts: s.ts,
             item,
-            action: blk.action[o],
-            domain: blk.domain[o],
+            action: s.action,
+            domain: s.domain,
         })
-    }
-
-    /// The dictionary's catalog rows, in the entry's own order (not the postings' order).
-    pub fn dict_rows(&mut self) -> Result<Arc<[u32]>> {
-        self.seg().rows()
     }
 
     /// Whether the entry's own SemID order still matches the catalog's SemIDs: no item of this
