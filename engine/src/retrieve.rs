@@ -317,59 +317,51 @@ fn soft_postings(
     k: usize,
     window: Range<u32>,
 ) -> Vec<Vec<SegCand<f32>>> {
-    let nt = targets.len();
     let n = emb.entry.len();
     let k8 = kernel();
-    // Dot products, target-major: one pass over the user's embeddings per target, or with
-    // many targets one pass in all, each embedding meeting every target in one row of an int8
-    // matrix product.
-    let mut dots = vec![0i32; n * nt];
-    if nt >= 4 {
-        let queries = Queries::new(targets.iter().map(|q| q.q.as_slice()), q_dim(targets));
-        let mut row = vec![0i32; nt];
-        for i in 0..n {
-            (k8.dots)(emb.row(i), &queries, &mut row);
-            for (t, &d) in row.iter().enumerate() {
-                dots[t * n + i] = d;
-            }
-        }
-    } else {
-        for (q, out) in targets.iter().zip(dots.chunks_mut(n.max(1))) {
-            (k8.rows)(&emb.values, emb.dim, &q.q, out);
-        }
-    }
     // Visible: an occurrence in the window (with no retention cut, the first one below it).
     // Without a cut or an `as_of`, everything is.
     let all = window.start == 0 && emb.first.iter().all(|&f| f < window.end);
-    let visible: Vec<bool> = if all {
-        Vec::new()
-    } else {
-        (0..n)
-            .map(|i| {
-                emb.first[i] < window.end
-                    && (window.start == 0
-                        || p.occurs_in(emb.entry[i] as usize, window.start, window.end))
-            })
-            .collect()
+    let visible = |i: usize| {
+        all || (emb.first[i] < window.end
+            && (window.start == 0 || p.occurs_in(emb.entry[i] as usize, window.start, window.end)))
     };
-    let mut sims = vec![0f32; n];
-    (0..nt)
-        .map(|t| {
-            let q = &targets[t];
-            let scaled = dots[t * n..(t + 1) * n].iter().zip(&emb.inv_norm);
-            for (s, (&d, &inv)) in sims.iter_mut().zip(scaled) {
-                *s = d as f32 * q.inv_norm * inv;
+    let mut best: Vec<TopK> = targets.iter().map(|_| TopK::new(k)).collect();
+    if targets.len() >= 4 {
+        // Many targets: tiles of embeddings meet every target in an int8 matrix product; each
+        // tile's scores go to the targets' selections while they are hot in cache.
+        let queries = Queries::new(targets.iter().map(|q| q.q.as_slice()), q_dim(targets));
+        let nt = targets.len();
+        const TILE: usize = 128;
+        let mut tile = vec![0i32; TILE * nt];
+        for start in (0..n).step_by(TILE) {
+            let rows = start..(start + TILE).min(n);
+            for (r, i) in rows.clone().enumerate() {
+                (k8.dots)(emb.row(i), &queries, &mut tile[r * nt..(r + 1) * nt]);
             }
-            if !all {
-                for (s, &v) in sims.iter_mut().zip(&visible) {
-                    if !v {
-                        *s = f32::NEG_INFINITY;
+            for (t, q) in targets.iter().enumerate() {
+                for (r, i) in rows.clone().enumerate() {
+                    if visible(i) {
+                        let sim = tile[r * nt + t] as f32 * q.inv_norm * emb.inv_norm[i];
+                        best[t].push(sim, i as u32);
                     }
                 }
             }
-            let best = top_items(&sims, k);
-            expand(p, &best, &emb.entry, |i| sims[i], k, window.clone())
-        })
+        }
+    } else {
+        // One pass over the user's embeddings per target.
+        let mut dots = vec![0i32; n];
+        for (q, top) in targets.iter().zip(&mut best) {
+            (k8.rows)(&emb.values, emb.dim, &q.q, &mut dots);
+            for (i, (&d, &inv)) in dots.iter().zip(&emb.inv_norm).enumerate() {
+                if visible(i) {
+                    top.push(d as f32 * q.inv_norm * inv, i as u32);
+                }
+            }
+        }
+    }
+    best.into_iter()
+        .map(|top| expand(p, &top.finish(), &emb.entry, k, window.clone()))
         .collect()
 }
 
@@ -377,53 +369,76 @@ fn q_dim(targets: &[QueryVec]) -> usize {
     targets.first().map_or(0, |q| q.q.len())
 }
 
-/// Indexes of `sims` at least the `k`-th best (minus infinity: not a candidate): a threshold
-/// rises as candidates come in, so most items are dismissed with one comparison.
-fn top_items(sims: &[f32], k: usize) -> Vec<usize> {
-    let desc = |a: &usize, b: &usize| sims[*b].total_cmp(&sims[*a]);
-    let mut cand: Vec<usize> = Vec::with_capacity(2 * k + 1);
-    let mut threshold = f32::NEG_INFINITY;
-    let mut limit = 2 * k;
-    for (i, &s) in sims.iter().enumerate() {
-        if s < threshold || s == f32::NEG_INFINITY {
-            continue;
-        }
-        cand.push(i);
-        if cand.len() >= limit {
-            cand.select_nth_unstable_by(k - 1, desc);
-            threshold = sims[cand[k - 1]];
-            cand.retain(|&c| sims[c] >= threshold);
-            // Ties at the threshold stay; do not select again until the list doubles.
-            limit = (2 * cand.len()).max(2 * k);
-        }
-    }
-    if cand.len() > k {
-        cand.select_nth_unstable_by(k - 1, desc);
-        threshold = sims[cand[k - 1]];
-        cand.retain(|&c| sims[c] >= threshold);
-    }
-    cand.sort_unstable_by(desc);
-    cand
+/// A streaming threshold selection of the items whose score is at least the `k`-th best: a
+/// threshold rises as candidates come in, so most items are dismissed with one comparison.
+/// Ties at the threshold are kept.
+struct TopK {
+    k: usize,
+    cand: Vec<(f32, u32)>,
+    threshold: f32,
+    limit: usize,
 }
 
-/// The `k` best positions of the chosen items (`best`, indexes into `visible`, by descending
-/// similarity): items of equal similarity have their positions interleaved newest first.
+impl TopK {
+    fn new(k: usize) -> TopK {
+        TopK {
+            k,
+            cand: Vec::with_capacity(2 * k + 1),
+            threshold: f32::NEG_INFINITY,
+            limit: 2 * k,
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, score: f32, item: u32) {
+        if score < self.threshold {
+            return;
+        }
+        self.cand.push((score, item));
+        if self.cand.len() >= self.limit {
+            self.cut();
+            // Do not select again until the list doubles (ties may keep it long).
+            self.limit = (2 * self.cand.len()).max(2 * self.k);
+        }
+    }
+
+    /// Keep the candidates at or above the `k`-th best.
+    fn cut(&mut self) {
+        if self.cand.len() > self.k {
+            let k = self.k;
+            self.cand
+                .select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+            self.threshold = self.cand[k - 1].0;
+            let th = self.threshold;
+            self.cand.retain(|c| c.0 >= th);
+        }
+    }
+
+    /// The kept candidates, best first.
+    fn finish(mut self) -> Vec<(f32, u32)> {
+        self.cut();
+        self.cand.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+        self.cand
+    }
+}
+
+/// The `k` best positions of the chosen items (`best`: score and index into `entries`, by
+/// descending score): items of equal score have their positions interleaved newest first.
 fn expand(
     p: &Postings,
-    best: &[usize],
-    visible: &[u32],
-    sim: impl Fn(usize) -> f32,
+    best: &[(f32, u32)],
+    entries: &[u32],
     k: usize,
     window: Range<u32>,
 ) -> Vec<SegCand<f32>> {
     let mut out: Vec<SegCand<f32>> = Vec::with_capacity(k);
     let mut i = 0;
     while i < best.len() && out.len() < k {
-        let s = sim(best[i]);
-        let group_end = i + best[i..].iter().take_while(|&&b| sim(b) == s).count();
+        let s = best[i].0;
+        let group_end = i + best[i..].iter().take_while(|b| b.0 == s).count();
         let start = out.len();
-        for &b in &best[i..group_end] {
-            let e = visible[b] as usize;
+        for &(_, b) in &best[i..group_end] {
+            let e = entries[b as usize] as usize;
             let pos = p.positions(e);
             let end = pos.partition_point(|&x| x < window.end);
             let item = p.ids[e];
@@ -456,7 +471,11 @@ mod tests {
         fn top_items_is_a_threshold_top_k(scores in proptest::collection::vec(0u8..20, 0..300), k in 1usize..40) {
             let sims: Vec<f32> = scores.iter().map(|&s| f32::from(s)).collect();
             let sim = |i: usize| sims[i];
-            let got = top_items(&sims, k);
+            let mut top = TopK::new(k);
+            for (i, &s) in sims.iter().enumerate() {
+                top.push(s, i as u32);
+            }
+            let got: Vec<usize> = top.finish().iter().map(|c| c.1 as usize).collect();
             let mut sorted: Vec<f32> = scores.iter().map(|&s| f32::from(s)).collect();
             sorted.sort_by(|a, b| b.total_cmp(a));
             let want: Vec<usize> = match sorted.get(k - 1) {

@@ -45,6 +45,8 @@ fn build(dir: &Path) -> Answers {
     let items = catalog(&mut r, 200, 8, 2, 8);
     db.upsert_items(&items, Durability::Sync).unwrap();
     let ids: Vec<u64> = items.iter().map(|i| i.id).collect();
+    // Short histories (the forward layout) and one long one (the inverted layout: position
+    // lists and their count table).
     for u in 0..8 {
         db.append(
             &zipf_events(&mut r, u, 400, &ids, 0),
@@ -52,6 +54,11 @@ fn build(dir: &Path) -> Answers {
         )
         .unwrap();
     }
+    db.append(
+        &zipf_events(&mut r, 20, 5_000, &ids, 0),
+        &AppendOptions::default(),
+    )
+    .unwrap();
     db.compact().unwrap();
     for u in 5..12 {
         db.append(
@@ -94,11 +101,14 @@ enum Outcome {
     Detected,
 }
 
-fn attempt(dir: &Path, expect: &Answers) -> Outcome {
+/// Open the damaged copy (with the decoded cache, or without it, so that both read paths meet
+/// the damage), answer, verify.
+fn attempt(dir: &Path, expect: &Answers, cache: bool) -> Outcome {
     let db = match Db::open(
         dir,
         Options {
             create_if_missing: false,
+            cache_bytes: if cache { 64 << 20 } else { 0 },
             ..opts()
         },
     ) {
@@ -182,7 +192,7 @@ fn flipped_bytes_are_detected_or_harmless() {
                 continue;
             }
             fs::write(&target, &bytes).unwrap();
-            let outcome = catch_unwind(AssertUnwindSafe(|| attempt(&copy, &expect)))
+            let outcome = catch_unwind(AssertUnwindSafe(|| attempt(&copy, &expect, t % 2 == 0)))
                 .unwrap_or_else(|_| panic!("panic with {name} byte {pos} flipped"));
             if is_segment {
                 assert_eq!(
