@@ -485,6 +485,7 @@ impl<'s> UserView<'s> {
             return Ok(true);
         }
         let rows = seg.rows()?;
+        decoded::check_rows(&rows, catalog).map_err(|e| seg.err(e))?;
         Ok(rows.iter().all(|&r| catalog.semid_changed_gen(r) <= gen))
     }
 
