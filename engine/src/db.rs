@@ -41,14 +41,16 @@ pub struct Db {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ColumnBytes {
     pub time: u64,
+    /// Item codes: of short histories (the forward layout), and version 1's item columns.
     pub item: u64,
     pub action: u64,
     pub domain: u64,
     /// Per-user item dictionaries.
     pub dict: u64,
-    /// SemID prefix directories and bitmaps.
+    /// SemID index: the position lists of long histories (the inverted layout, where they are
+    /// the item column too), and version 1's prefix bitmaps.
     pub index: u64,
-    /// Entry headers and block indexes.
+    /// Entry headers, page checksums and block indexes.
     pub meta: u64,
 }
 
