@@ -7,7 +7,7 @@
 //! block of queries ([`Kernel::dots`], the rows of an int8 matrix product: the batched soft
 //! retrieval multiplies the user's distinct items by all the targets at once).
 
-/// Queries laid out for [`Kernel::dots`]: for each group of 16 queries, for each 4 dimensions, the
+/// Queries laid out for [`Kernel::select`]: for each group of 16 queries, for each 4 dimensions, the
 /// 16 queries' 4 bytes side by side (so that one broadcast of an embedding's 4 bytes meets 16
 /// queries), and each query's sum of values (for the unsigned-operand correction).
 pub struct Queries {
@@ -15,8 +15,10 @@ pub struct Queries {
     n: usize,
     /// `[group][dim / 4 (rounded up)][16 queries][4 bytes]`.
     packed: Vec<i8>,
-    /// Per query, 128 * the sum of its values.
+    /// Per query, 128 * the sum of its values (zero past the last query, to whole groups).
     bias: Vec<i32>,
+    /// Per query, the factor its dot products are scaled by (zero past the last query).
+    scale: Vec<f32>,
     /// The queries as given, row by row (for the kernels without VNNI).
     rows: Vec<i8>,
 }
@@ -24,8 +26,13 @@ pub struct Queries {
 const LANES: usize = 16;
 
 impl Queries {
-    /// Lay out `queries` (each `dim` values).
-    pub fn new<'a>(queries: impl IntoIterator<Item = &'a [i8]>, dim: usize) -> Queries {
+    /// Lay out `queries` (each `dim` values), whose dot products [`Kernel::select`] scales by
+    /// `scale` (one factor per query).
+    pub fn new<'a>(
+        queries: impl IntoIterator<Item = &'a [i8]>,
+        dim: usize,
+        scale: &[f32],
+    ) -> Queries {
         let rows: Vec<i8> = queries.into_iter().flatten().copied().collect();
         let n = rows.len().checked_div(dim).unwrap_or(0);
         let quads = dim.div_ceil(4);
@@ -37,7 +44,7 @@ impl Queries {
                 packed[((g * quads + d / 4) * LANES + lane) * 4 + d % 4] = rows[t * dim + d];
             }
         }
-        let bias = (0..n)
+        let mut bias: Vec<i32> = (0..n)
             .map(|t| {
                 128 * rows[t * dim..(t + 1) * dim]
                     .iter()
@@ -45,11 +52,15 @@ impl Queries {
                     .sum::<i32>()
             })
             .collect();
+        bias.resize(groups * LANES, 0);
+        let mut scale = scale.to_vec();
+        scale.resize(groups * LANES, 0.0);
         Queries {
             dim,
             n,
             packed,
             bias,
+            scale,
             rows,
         }
     }
@@ -57,17 +68,35 @@ impl Queries {
     fn row(&self, t: usize) -> &[i8] {
         &self.rows[t * self.dim..(t + 1) * self.dim]
     }
+
+    /// Queries padded to whole groups of 16 (what a thresholds array must cover).
+    pub fn padded_len(&self) -> usize {
+        self.n.div_ceil(LANES) * LANES
+    }
 }
+
+/// The score of an embedding for query `t`: its dot product times the query's factor times the
+/// embedding's (the order of the multiplications is part of the definition: every kernel
+/// rounds alike).
+#[inline(always)]
+pub fn score(dot: i32, query_scale: f32, emb_scale: f32) -> f32 {
+    dot as f32 * query_scale * emb_scale
+}
+
+/// [`Kernel::select`]: (embedding, its scale, queries, thresholds, passing (query, score)).
+pub type Select = fn(&[i8], f32, &Queries, &[f32], &mut Vec<(u32, f32)>);
 
 /// The dot-product kernels chosen for this CPU.
 #[derive(Clone, Copy)]
 pub struct Kernel {
     /// `a · b` (equal lengths).
     pub dot: fn(&[i8], &[i8]) -> i32,
-    /// `out[t] = emb · query t` for every query.
-    pub dots: fn(&[i8], &Queries, &mut [i32]),
     /// `out[i] = row i · query` for every row of a row-major matrix of `dim` columns.
     pub rows: fn(&[i8], usize, &[i8], &mut [i32]),
+    /// For one embedding (scaled by the given factor): push `(t, score)` for every query `t`
+    /// whose [`score`] is at least `thresholds[t]` (`thresholds` covers
+    /// [`Queries::padded_len`]).
+    pub select: Select,
 }
 
 impl Kernel {
@@ -82,17 +111,19 @@ impl Kernel {
                 return Kernel {
                     // SAFETY: chosen only when the CPU has these features.
                     dot: |a, b| unsafe { x86::dot_vnni(a, b) },
-                    dots: |e, q, out| unsafe { x86::dots_vnni(e, q, out) },
                     rows: |m, dim, q, out| unsafe { x86::rows_vnni(m, dim, q, out) },
+                    select: |e, s, q, th, out| unsafe { x86::select_vnni(e, s, q, th, out) },
                 };
             }
             if std::arch::is_x86_feature_detected!("avx2") {
                 return Kernel {
                     // SAFETY: chosen only when the CPU has AVX2.
                     dot: |a, b| unsafe { x86::dot_avx2(a, b) },
-                    dots: |e, q, out| dots_by_row(e, q, out, |a, b| unsafe { x86::dot_avx2(a, b) }),
                     rows: |m, dim, q, out| {
                         rows_by_row(m, dim, q, out, |a, b| unsafe { x86::dot_avx2(a, b) })
+                    },
+                    select: |e, s, q, th, out| {
+                        select_by_row(e, s, q, th, out, |a, b| unsafe { x86::dot_avx2(a, b) })
                     },
                 };
             }
@@ -104,8 +135,8 @@ impl Kernel {
     pub fn portable() -> Kernel {
         Kernel {
             dot: dot_portable,
-            dots: |e, q, out| dots_by_row(e, q, out, dot_portable),
             rows: |m, dim, q, out| rows_by_row(m, dim, q, out, dot_portable),
+            select: |e, s, q, th, out| select_by_row(e, s, q, th, out, dot_portable),
         }
     }
 
@@ -116,9 +147,19 @@ impl Kernel {
     }
 }
 
-fn dots_by_row(emb: &[i8], q: &Queries, out: &mut [i32], dot: impl Fn(&[i8], &[i8]) -> i32) {
-    for (t, o) in out.iter_mut().enumerate().take(q.n) {
-        *o = dot(emb, q.row(t));
+fn select_by_row(
+    emb: &[i8],
+    emb_scale: f32,
+    q: &Queries,
+    thresholds: &[f32],
+    out: &mut Vec<(u32, f32)>,
+    dot: impl Fn(&[i8], &[i8]) -> i32,
+) {
+    for (t, &th) in thresholds.iter().enumerate().take(q.n) {
+        let s = score(dot(emb, q.row(t)), q.scale[t], emb_scale);
+        if s >= th {
+            out.push((t as u32, s));
+        }
     }
 }
 
@@ -250,25 +291,64 @@ mod x86 {
         }
     }
 
-    /// One embedding against every query of `q`: per 4 dimensions, the embedding's 4 bytes
-    /// (made unsigned) broadcast to 16 lanes meet 16 queries' 4 bytes in one `vpdpbusd`; the
-    /// query groups' accumulators stay in registers across the dimensions.
+    /// [`super::Kernel::select`]: the accumulators of [`accumulate`], then per 16 queries the
+    /// scores as floats (the same multiplications, in the same order, as [`super::score`]) and
+    /// one comparison with the 16 thresholds; only the queries that pass leave the registers.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub unsafe fn dots_vnni(emb: &[i8], q: &Queries, out: &mut [i32]) {
-        let quads = q.dim.div_ceil(4);
-        let groups = q.n.div_ceil(LANES);
-        // The embedding as unsigned bytes, padded to whole quads with 128 (= 0 + 128), which
-        // meets the queries' zero padding.
-        let mut shifted = [0u8; 4 * 2048];
-        let padded = quads * 4;
-        if padded > shifted.len() {
-            super::dots_by_row(emb, q, out, |a, b| unsafe { dot_vnni(a, b) });
+    pub unsafe fn select_vnni(
+        emb: &[i8],
+        emb_scale: f32,
+        q: &Queries,
+        thresholds: &[f32],
+        out: &mut Vec<(u32, f32)>,
+    ) {
+        if q.dim > 4 * 2048 {
+            super::select_by_row(emb, emb_scale, q, thresholds, out, |a, b| unsafe {
+                dot_vnni(a, b)
+            });
             return;
         }
+        let es = _mm512_set1_ps(emb_scale);
+        let done = |g: usize, acc: __m512i, out: &mut Vec<(u32, f32)>| {
+            let base = g * LANES;
+            // SAFETY: bias, scale and thresholds cover whole groups of 16.
+            let (bias, scale, th) = unsafe {
+                (
+                    _mm512_loadu_si512(q.bias.as_ptr().add(base).cast()),
+                    _mm512_loadu_ps(q.scale.as_ptr().add(base)),
+                    _mm512_loadu_ps(thresholds.as_ptr().add(base)),
+                )
+            };
+            let d = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, bias));
+            let s = _mm512_mul_ps(_mm512_mul_ps(d, scale), es);
+            let mut m = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(s, th);
+            if m != 0 {
+                let mut lanes = [0f32; LANES];
+                // SAFETY: `lanes` is 64 bytes; storeu needs no alignment.
+                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), s) };
+                while m != 0 {
+                    let l = m.trailing_zeros() as usize;
+                    m &= m - 1;
+                    if base + l < q.n {
+                        out.push(((base + l) as u32, lanes[l]));
+                    }
+                }
+            }
+        };
+        // SAFETY: the same features are enabled here.
+        unsafe { accumulate(emb, q, |g, acc| done(g, acc, out)) };
+    }
+
+    /// One embedding against every query of `q`, group by group: `each(group, accumulators)`,
+    /// the accumulators holding `(emb + 128) · query` for the group's 16 queries.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn accumulate(emb: &[i8], q: &Queries, mut each: impl FnMut(usize, __m512i)) {
+        let quads = q.dim.div_ceil(4);
+        let groups = q.n.div_ceil(LANES);
+        let mut shifted = [0x80u8; 4 * 2048];
         for (s, &v) in shifted.iter_mut().zip(emb.iter().take(q.dim)) {
             *s = (v as u8) ^ 0x80;
         }
-        shifted[q.dim..padded].fill(0x80);
         const BLOCK: usize = 8;
         let mut g0 = 0;
         while g0 < groups {
@@ -290,15 +370,7 @@ mod x86 {
                 }
             }
             for (g, a) in acc.iter().enumerate().take(gn) {
-                let mut lanes = [0i32; LANES];
-                // SAFETY: `lanes` is 64 bytes; storeu needs no alignment.
-                unsafe { _mm512_storeu_si512(lanes.as_mut_ptr().cast(), *a) };
-                let base = (g0 + g) * LANES;
-                for (l, &v) in lanes.iter().enumerate() {
-                    if let Some(o) = out.get_mut(base + l).filter(|_| base + l < q.n) {
-                        *o = v - q.bias[base + l];
-                    }
-                }
+                each(g0 + g, *a);
             }
             g0 += gn;
         }
@@ -330,13 +402,27 @@ mod tests {
             let value = |r: u64| match r % 9 { 0 => -128, 1 => 127, _ => (r >> 8) as i8 };
             let emb: Vec<i8> = (0..dim).map(|_| value(next())).collect();
             let qs: Vec<Vec<i8>> = (0..n).map(|_| (0..dim).map(|_| value(next())).collect()).collect();
-            let queries = Queries::new(qs.iter().map(|v| v.as_slice()), dim);
+            let scales: Vec<f32> = (0..n).map(|t| 0.01 + t as f32 / 7.0).collect();
+            let queries = Queries::new(qs.iter().map(|v| v.as_slice()), dim, &scales);
             let matrix: Vec<i8> = qs.iter().flatten().copied().collect();
             for k in Kernel::all() {
                 let mut by_rows = vec![0i32; n];
                 (k.rows)(&matrix, dim, &emb, &mut by_rows);
-                let mut out = vec![0i32; n];
-                (k.dots)(&emb, &queries, &mut out);
+                // With unit scales and no threshold, select hands back every exact dot product.
+                let ones = Queries::new(qs.iter().map(|v| v.as_slice()), dim, &vec![1.0; n]);
+                let mut all = Vec::new();
+                (k.select)(&emb, 1.0, &ones, &vec![f32::NEG_INFINITY; ones.padded_len()], &mut all);
+                let out: Vec<i32> = all.iter().map(|&(_, s)| s as i32).collect();
+                prop_assert_eq!(all.len(), n);
+                // Thresholds at every other query's own score: exactly those pass, scored alike.
+                let mut th = vec![f32::INFINITY; queries.padded_len()];
+                for (t, q) in qs.iter().enumerate().step_by(2) {
+                    th[t] = score(plain(&emb, q), scales[t], 0.5);
+                }
+                let mut picked = Vec::new();
+                (k.select)(&emb, 0.5, &queries, &th, &mut picked);
+                let want: Vec<(u32, f32)> = (0..n).step_by(2).map(|t| (t as u32, th[t])).collect();
+                prop_assert_eq!(picked, want);
                 for (t, q) in qs.iter().enumerate() {
                     prop_assert_eq!((k.dot)(&emb, q), plain(&emb, q));
                     prop_assert_eq!(out[t], plain(&emb, q));

@@ -13,7 +13,7 @@ use std::ops::Range;
 
 use crate::catalog::{kernel, Catalog, QueryVec};
 use crate::decoded::Embeddings;
-use crate::dot::Queries;
+use crate::dot::{score, Queries};
 use crate::entry::{EntryView, Layout, PageMemo};
 use crate::error::{DecodeResult, Result};
 use crate::postings::Postings;
@@ -328,24 +328,34 @@ fn soft_postings(
     };
     let mut best: Vec<TopK> = targets.iter().map(|_| TopK::new(k)).collect();
     if targets.len() >= 4 {
-        // Many targets: tiles of embeddings meet every target in an int8 matrix product; each
-        // tile's scores go to the targets' selections while they are hot in cache.
-        let queries = Queries::new(targets.iter().map(|q| q.q.as_slice()), q_dim(targets));
-        let nt = targets.len();
-        const TILE: usize = 128;
-        let mut tile = vec![0i32; TILE * nt];
-        for start in (0..n).step_by(TILE) {
-            let rows = start..(start + TILE).min(n);
-            for (r, i) in rows.clone().enumerate() {
-                (k8.dots)(emb.row(i), &queries, &mut tile[r * nt..(r + 1) * nt]);
+        // Many targets: each embedding meets all of them in one row of an int8 matrix product.
+        let scales: Vec<f32> = targets.iter().map(|q| q.inv_norm).collect();
+        let queries = Queries::new(
+            targets.iter().map(|q| q.q.as_slice()),
+            q_dim(targets),
+            &scales,
+        );
+        // Per embedding, the kernel scores sixteen targets at a time and hands back only those
+        // that reach their target's threshold (most, once the thresholds have risen).
+        let mut thresholds = vec![f32::INFINITY; queries.padded_len()];
+        thresholds[..targets.len()].fill(f32::NEG_INFINITY);
+        let mut passed = Vec::with_capacity(targets.len());
+        for i in 0..n {
+            if !visible(i) {
+                continue;
             }
-            for (t, q) in targets.iter().enumerate() {
-                for (r, i) in rows.clone().enumerate() {
-                    if visible(i) {
-                        let sim = tile[r * nt + t] as f32 * q.inv_norm * emb.inv_norm[i];
-                        best[t].push(sim, i as u32);
-                    }
-                }
+            passed.clear();
+            (k8.select)(
+                emb.row(i),
+                emb.inv_norm[i],
+                &queries,
+                &thresholds,
+                &mut passed,
+            );
+            for &(t, s) in &passed {
+                let top = &mut best[t as usize];
+                top.push(s, i as u32);
+                thresholds[t as usize] = top.threshold;
             }
         }
     } else {
@@ -355,7 +365,7 @@ fn soft_postings(
             (k8.rows)(&emb.values, emb.dim, &q.q, &mut dots);
             for (i, (&d, &inv)) in dots.iter().zip(&emb.inv_norm).enumerate() {
                 if visible(i) {
-                    top.push(d as f32 * q.inv_norm * inv, i as u32);
+                    top.push(score(d, q.inv_norm, inv), i as u32);
                 }
             }
         }
