@@ -302,7 +302,8 @@ impl<'a> EfList<'a> {
         let Some(mut pos) = start else {
             return (self.c, self.prev_one(self.high_len).unwrap_or(0));
         };
-        let mut idx = pos - h;
+        // On damaged bits more than c values could seem to precede the bucket: never count more.
+        let mut idx = (pos - h).min(self.c);
         let xl = if self.l == 0 {
             0
         } else {

@@ -15,7 +15,7 @@ use crate::catalog::{kernel, Catalog, QueryVec};
 use crate::decoded::Embeddings;
 use crate::dot::{score, Queries};
 use crate::entry::{EntryView, Layout, PageMemo};
-use crate::error::{DecodeResult, Result};
+use crate::error::{corrupt, DecodeResult, Result};
 use crate::postings::Postings;
 use crate::prefix::PrefixLayout;
 use crate::segment::Entry;
@@ -249,6 +249,9 @@ fn hard_lists(
                 let (e, list) = item?;
                 entry.check_list(&lists, &list, &mut pages)?;
                 for p in list.below(u64::from(window.end)) {
+                    if p >= window.end {
+                        corrupt!("list {e} holds position {p}, beyond {}", window.end);
+                    }
                     if p < window.start
                         || (best.len() == need && best.peek().is_some_and(|b| p <= b.0 .0))
                     {
