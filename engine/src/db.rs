@@ -377,6 +377,14 @@ impl Db {
         let segments = st.segments.clone();
         let seg_dest = dest.join(SEGMENTS_DIR);
         fs::create_dir_all(&seg_dest).map_err(|e| Error::io(&seg_dest, e))?;
+        // The copy's watermark may only claim writes that are surely in RocksDB's checkpoint:
+        // those committed before it starts. Read under the writer lock, after which no batch is
+        // half-counted; writes that land during the checkpoint may be in the copy too, which a
+        // lower watermark allows.
+        let durable_writes = {
+            let _w = inner.writer.lock();
+            inner.store.writes()
+        };
         inner.store.checkpoint(&dest.join(ROCKSDB_DIR))?;
         let mut stats = CheckpointStats::default();
         for ss in segments.values() {
@@ -396,7 +404,7 @@ impl Db {
             dest,
             &Watermark {
                 generation: st.generation,
-                durable_writes: inner.store.writes(),
+                durable_writes,
             },
         )?;
         Ok(stats)
