@@ -9,7 +9,7 @@ use std::fs;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use common::{catalog, rng, test_options, zipf_events};
+use common::{catalog, copy_dir, rng, test_options, zipf_events};
 use rand::Rng;
 use siren_engine::{AppendOptions, Db, Durability, Error, Options, ReadRange, SemId};
 
@@ -71,18 +71,6 @@ fn build(dir: &Path) -> Answers {
     let a = answers(&db).unwrap();
     assert!(db.verify().is_ok());
     a
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for e in fs::read_dir(from).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            copy_dir(&p, &to.join(e.file_name()));
-        } else {
-            fs::copy(&p, to.join(e.file_name())).unwrap();
-        }
-    }
 }
 
 fn files(dir: &Path) -> Vec<PathBuf> {

@@ -190,3 +190,19 @@ pub fn zipf_events(rng: &mut StdRng, user: u64, n: usize, items: &[u64], t0: i64
 pub fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
 }
+
+/// Copy a directory tree (a crashed database, to check it while the original is recovered).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create the copy");
+    for e in std::fs::read_dir(from)
+        .expect("read the directory")
+        .flatten()
+    {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).expect("copy a file");
+        }
+    }
+}
