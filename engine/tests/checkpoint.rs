@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use siren_engine::{AppendOptions, AutoCompact, Db, Durability, Event, Item, Options, ReadRange};
+use siren_engine::{AppendOptions, Db, Durability, Event, Item, Options, ReadRange};
 
 const WRITERS: u64 = 3;
 const USERS_PER_WRITER: u64 = 4;
@@ -21,17 +21,7 @@ const EVENTS_PER_BATCH: u64 = 5;
 const COUNTER_ITEM: u64 = 1_000_000;
 
 fn options() -> Options {
-    Options {
-        embedding_dim: 4,
-        semid_levels: 2,
-        semid_codebook_size: 8,
-        block_events: 32,
-        auto_compact: Some(AutoCompact {
-            pending_events: 300,
-            interval: Duration::from_millis(20),
-        }),
-        ..Options::default()
-    }
+    common::compacting_options(300, 20, 32)
 }
 
 /// Batch `b` of writer `w`: events of one of the writer's users; items encode (w, b, j).
@@ -93,10 +83,7 @@ struct Expected {
 
 #[test]
 fn checkpoints_under_load_open_and_hold_every_acknowledged_write() {
-    let n_checkpoints: usize = std::env::var("SIREN_CHECKPOINTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(12);
+    let n_checkpoints: usize = common::env_or("SIREN_CHECKPOINTS", 12);
     let tmp = tempfile::tempdir().unwrap();
     let db = Arc::new(Db::open(tmp.path().join("db"), options()).unwrap());
     let stop = Arc::new(AtomicBool::new(false));
@@ -152,7 +139,10 @@ fn checkpoints_under_load_open_and_hold_every_acknowledged_write() {
     for t in threads {
         t.join().unwrap();
     }
-    assert!(db.stats().compactions > 0, "no compaction ran during the test");
+    assert!(
+        db.stats().compactions > 0,
+        "no compaction ran during the test"
+    );
 
     let mut total = 0;
     for (i, (dest, expected)) in taken.iter().enumerate() {
@@ -169,17 +159,17 @@ fn checkpoints_under_load_open_and_hold_every_acknowledged_write() {
         let report = cp.verify();
         assert!(report.is_ok(), "{label}: {:?}", report.problems);
         let present = batches_present(&cp, &label);
-        for w in 0..WRITERS as usize {
+        for (w, (have, acked)) in present.iter().zip(expected.batches).enumerate() {
             assert!(
-                present[w] >= expected.batches[w],
-                "{label}: writer {w} has {} batches, {} were acknowledged before it",
-                present[w],
-                expected.batches[w]
+                *have >= acked,
+                "{label}: writer {w} has {have} batches, {acked} were acknowledged before it"
             );
         }
         total += present.iter().sum::<u64>();
         let snap = cp.snapshot();
-        let category = snap.item(COUNTER_ITEM).map_or(0, |it| u64::from(it.category));
+        let category = snap
+            .item(COUNTER_ITEM)
+            .map_or(0, |it| u64::from(it.category));
         assert!(
             category >= expected.upserts,
             "{label}: upsert {category} is the last, {} were acknowledged before it",

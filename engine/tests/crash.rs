@@ -21,25 +21,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rand::Rng;
-use siren_engine::{
-    AppendOptions, AutoCompact, Db, Durability, Event, Item, Options, ReadRange, SemId,
-};
+use siren_engine::{AppendOptions, Db, Durability, Event, Item, Options, ReadRange, SemId};
 
 const EVENTS_PER_USER: u64 = 3;
 
 fn options() -> Options {
-    Options {
-        embedding_dim: 4,
-        semid_levels: 2,
-        semid_codebook_size: 8,
-        block_events: 32,
-        // Background compaction too, so kills also land inside it.
-        auto_compact: Some(AutoCompact {
-            pending_events: 400,
-            interval: Duration::from_millis(30),
-        }),
-        ..Options::default()
-    }
+    // Background compaction too, so kills also land inside it.
+    common::compacting_options(400, 30, 32)
 }
 
 /// The users batch `b` writes to.
@@ -185,10 +173,7 @@ struct ToCheck {
 
 #[test]
 fn kill_minus_nine_loses_no_acknowledged_event() {
-    let kills: usize = std::env::var("SIREN_CRASH_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let kills: usize = common::env_or("SIREN_CRASH_KILLS", 20);
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("db");
     let mut rng = common::rng(0xc0ffee);

@@ -43,13 +43,19 @@ fn an_append_racing_the_stub_step_waits_for_the_next_compaction() {
     fail::remove("compaction::after_stubs");
     let first = first.unwrap();
     assert!(handle.lock().unwrap().is_none(), "the failpoint never ran");
-    assert_eq!(first.users_written, 1, "only the user the stubs were made for");
+    assert_eq!(
+        first.users_written, 1,
+        "only the user the stubs were made for"
+    );
     assert_eq!(db.stats().pending_events, 30);
     let second = db.compact().unwrap();
     assert_eq!(second.users_written, 1);
     assert_eq!(second.stub_items, 30);
     let snap = db.snapshot();
     assert_eq!(snap.read(1, ReadRange::all()).unwrap(), events(1, 0..20));
-    assert_eq!(snap.read(2, ReadRange::all()).unwrap(), events(2, 1_000..1_030));
+    assert_eq!(
+        snap.read(2, ReadRange::all()).unwrap(),
+        events(2, 1_000..1_030)
+    );
     assert!(db.verify().is_ok());
 }

@@ -14,7 +14,7 @@ macro_rules! targets {
             #[path = $file]
             mod $name;
         )*
-        const TARGETS: &[(&str, fn(&[u8]))] = &[$((stringify!($name), $name::run)),*];
+        const TARGETS: &[replay::Target] = &[$((stringify!($name), $name::run)),*];
     };
 }
 

@@ -18,6 +18,9 @@ macro_rules! fuzz_target {
     };
 }
 
+/// A fuzz target: its name and its `run`.
+pub type Target = (&'static str, fn(&[u8]));
+
 /// Targets whose corpora are replayed, by the crate that replays them.
 pub const REPLAYED: [(&str, &[&str]); 3] = [
     (
@@ -42,7 +45,10 @@ pub fn corpus_root() -> PathBuf {
 
 /// Every corpus directory has a crate that replays it.
 pub fn check_every_corpus_is_replayed() {
-    for e in std::fs::read_dir(corpus_root()).expect("fuzz/corpus").flatten() {
+    for e in std::fs::read_dir(corpus_root())
+        .expect("fuzz/corpus")
+        .flatten()
+    {
         let name = e.file_name().to_string_lossy().into_owned();
         assert!(
             REPLAYED.iter().any(|(_, ts)| ts.contains(&name.as_str())),

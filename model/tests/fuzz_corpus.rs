@@ -16,8 +16,10 @@ mod model_config;
 
 #[test]
 fn every_model_corpus_input_passes_its_fuzz_target() {
-    let targets: [(&str, fn(&[u8])); 2] =
-        [("codebook", codebook::run), ("model_config", model_config::run)];
+    let targets: [replay::Target; 2] = [
+        ("codebook", codebook::run),
+        ("model_config", model_config::run),
+    ];
     let (_, mine) = replay::REPLAYED
         .iter()
         .find(|(krate, _)| *krate == "siren-model")
