@@ -62,7 +62,7 @@ fn run(inner: &Inner) -> Result<CompactionStats> {
         stub_items,
         ..Default::default()
     };
-    fail::fail_point!("compaction::after_stubs");
+    failpoint!("compaction::after_stubs");
     let users = choose_users(inner, &s0)?;
     let any_dead = s0.segments.values().any(|s| s.live_users == 0);
     if users.is_empty() && !any_dead {
@@ -331,7 +331,7 @@ fn commit(
     });
     batch.put_manifest(&next.manifest());
     inner.store.write(batch, Durability::Sync)?;
-    fail::fail_point!("compaction::after_commit");
+    failpoint!("compaction::after_commit");
     inner.state.store(Arc::new(next));
     Ok(Committed { dead, generation })
 }
@@ -444,7 +444,7 @@ fn remove_dead_files(inner: &Inner, dead: &[SegState]) -> Result<bool> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(p, e)),
         }
-        fail::fail_point!("compaction::between_deletions");
+        failpoint!("compaction::between_deletions");
         erased |= d.needs_erase;
     }
     if !dead.is_empty() {

@@ -202,7 +202,7 @@ fn remove_unlisted_segment_files(seg_dir: &Path, manifest: &Manifest) -> Result<
         let keep = parse_segment_file_name(&name).is_some_and(|id| listed.contains(&id));
         if !keep {
             fs::remove_file(dent.path()).map_err(|e| Error::io(dent.path(), e))?;
-            fail::fail_point!("recovery::between_deletions");
+            failpoint!("recovery::between_deletions");
         }
     }
     Ok(())

@@ -180,7 +180,7 @@ impl SegmentWriter {
         drop(file);
         let path = self.dir.join(segment_file_name(self.id));
         fs::rename(&self.tmp, &path).map_err(|e| Error::io(&path, e))?;
-        fail::fail_point!("segment::after_rename");
+        failpoint!("segment::after_rename");
         sync_dir(&self.dir)?;
         Ok((path, self.offset))
     }
