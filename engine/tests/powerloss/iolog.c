@@ -84,6 +84,14 @@ __attribute__((constructor)) static void init(void) {
     ready = 1;
 }
 
+/* At exit (a child that ends by itself), wait for any recorded operation in flight on another
+ * thread to be logged, and let none start after: otherwise a background thread could make an
+ * operation the log never shows, and the check that the log rebuilds the real directory would
+ * fail for the harness's sake. The lock is never released; the process is ending. */
+__attribute__((destructor)) static void fini(void) {
+    if (ready) pthread_mutex_lock(&lock);
+}
+
 static int under_root(const char *p) {
     return ready && strncmp(p, root, root_len) == 0 && (p[root_len] == 0 || p[root_len] == '/');
 }
