@@ -180,7 +180,8 @@ fn kill_minus_nine_loses_no_acknowledged_event() {
     // Batches the database held before the last child started.
     let mut stored = 0u64;
     let mut to_check: Option<ToCheck> = None;
-    let (mut acked_total, mut failpoint_deaths) = (0usize, 0usize);
+    let mut acked_total = 0usize;
+    let mut failpoint_deaths: std::collections::BTreeMap<&str, usize> = Default::default();
     for round in 0..kills {
         let mut env = vec![("SIREN_CRASH_DIR", dir.display().to_string())];
         let armed = (round % 3 == 2).then(|| {
@@ -221,7 +222,9 @@ fn kill_minus_nine_loses_no_acknowledged_event() {
                 "round {round}: the child died before its kill: {}",
                 ended.report()
             );
-            failpoint_deaths += 1;
+            *failpoint_deaths
+                .entry(armed.unwrap_or_default())
+                .or_default() += 1;
         }
         let start = ended
             .lines
@@ -258,7 +261,8 @@ fn kill_minus_nine_loses_no_acknowledged_event() {
         "the writer made too little progress to test anything ({acked_total} acks)"
     );
     eprintln!(
-        "{kills} kills ({failpoint_deaths} at failpoints), {acked_total} acknowledged batches, \
-         {stored} batches stored"
+        "{kills} kills ({} at failpoints: {failpoint_deaths:?}), {acked_total} acknowledged \
+         batches, {stored} batches stored",
+        failpoint_deaths.values().sum::<usize>()
     );
 }

@@ -8,6 +8,8 @@
  *   SIREN_IOLOG_ROOT  absolute directory whose files are recorded
  *   SIREN_IOLOG_CUT   kill the process (SIGKILL) just before recorded operation number N (1-based)
  *
+ * `iolog_cut_now()` kills the process the same way at a moment of the caller's choosing.
+ *
  * Every recorded operation runs and is logged under one lock, so the log is the order in which
  * they happened. Only operations that succeeded are logged. A write to a file under the root that
  * this interposer cannot model (an fd it did not see opened, a shared writable mapping,
@@ -84,12 +86,12 @@ __attribute__((constructor)) static void init(void) {
     ready = 1;
 }
 
-/* At exit (a child that ends by itself), wait for any recorded operation in flight on another
- * thread to be logged, and let none start after: otherwise a background thread could make an
- * operation the log never shows, and the check that the log rebuilds the real directory would
- * fail for the harness's sake. The lock is never released; the process is ending. */
-__attribute__((destructor)) static void fini(void) {
-    if (ready) pthread_mutex_lock(&lock);
+/* Cut the power now, after the last operation: the child calls this at the end of its work.
+ * Under the lock, so that no recorded operation is in flight on another thread and the log is
+ * exactly what the directory holds. */
+void iolog_cut_now(void) {
+    pthread_mutex_lock(&lock);
+    kill(getpid(), SIGKILL);
 }
 
 static int under_root(const char *p) {
