@@ -165,6 +165,7 @@ impl Default for Config {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     #[error("reading {path}: {source}")]
     Read {

@@ -151,75 +151,56 @@ pub fn retrieve(
             let one: Vec<Retrieved> = v.into_iter().map(Retrieved::plain).collect();
             Ok(vec![one; targets.len()])
         }
-        SeqKind::Retrieved(Retrieval::Soft) => soft(snap, user, at, len, targets, timings),
-        SeqKind::Retrieved(Retrieval::Hard) => hard(snap, user, at, len, targets, timings),
+        SeqKind::Retrieved(Retrieval::Soft) => batched(
+            targets,
+            |c| targets.embedding(c),
+            |q| snap.retrieve_soft_batch(user, q, len, Some(at)),
+            |h| Retrieved {
+                event: h.event,
+                depth: None,
+                similarity: Some(h.similarity),
+            },
+            timings,
+        ),
+        SeqKind::Retrieved(Retrieval::Hard) => batched(
+            targets,
+            |c| targets.semid(c),
+            |q| snap.retrieve_hard_batch(user, q, len, Some(at)),
+            |h| Retrieved {
+                event: h.event,
+                depth: Some(h.depth),
+                similarity: None,
+            },
+            timings,
+        ),
         SeqKind::Retrieved(Retrieval::Category) => category(snap, user, at, len, targets, timings),
     }
 }
 
-/// The answers of a batched call for the candidates `asked`, in candidate order; candidates
-/// not asked retrieve nothing.
-fn scatter<H>(
-    n: usize,
-    asked: Vec<usize>,
-    hits: Vec<Vec<H>>,
-    f: impl Fn(H) -> Retrieved,
-) -> Vec<Vec<Retrieved>> {
-    let mut out = vec![Vec::new(); n];
-    for (c, h) in asked.into_iter().zip(hits) {
-        out[c] = h.into_iter().map(&f).collect();
-    }
-    out
-}
-
-fn soft(
-    snap: &Snapshot,
-    user: u64,
-    at: i64,
-    len: usize,
+/// One batched engine call for the candidates `query` gives a target; the others retrieve
+/// nothing. Answers are in candidate order.
+fn batched<Q, H>(
     targets: &Targets,
+    query: impl Fn(usize) -> Option<Q>,
+    call: impl FnOnce(&[Q]) -> siren_engine::Result<Vec<Vec<H>>>,
+    hit: impl Fn(H) -> Retrieved,
     timings: &mut ReadTimings,
 ) -> Result<Vec<Vec<Retrieved>>> {
-    let (asked, queries): (Vec<usize>, Vec<&[f32]>) = (0..targets.len())
-        .filter_map(|c| targets.embedding(c).map(|e| (c, e)))
+    let (asked, queries): (Vec<usize>, Vec<Q>) = (0..targets.len())
+        .filter_map(|c| query(c).map(|q| (c, q)))
         .unzip();
     let t = Instant::now();
     let hits = if queries.is_empty() {
         Vec::new()
     } else {
-        snap.retrieve_soft_batch(user, &queries, len, Some(at))?
+        call(&queries)?
     };
     timings.retrieve_us += micros(t);
-    Ok(scatter(targets.len(), asked, hits, |h| Retrieved {
-        event: h.event,
-        depth: None,
-        similarity: Some(h.similarity),
-    }))
-}
-
-fn hard(
-    snap: &Snapshot,
-    user: u64,
-    at: i64,
-    len: usize,
-    targets: &Targets,
-    timings: &mut ReadTimings,
-) -> Result<Vec<Vec<Retrieved>>> {
-    let (asked, semids): (Vec<usize>, Vec<SemId>) = (0..targets.len())
-        .filter_map(|c| targets.semid(c).map(|s| (c, s)))
-        .unzip();
-    let t = Instant::now();
-    let hits = if semids.is_empty() {
-        Vec::new()
-    } else {
-        snap.retrieve_hard_batch(user, &semids, len, Some(at))?
-    };
-    timings.retrieve_us += micros(t);
-    Ok(scatter(targets.len(), asked, hits, |h| Retrieved {
-        event: h.event,
-        depth: Some(h.depth),
-        similarity: None,
-    }))
+    let mut out = vec![Vec::new(); targets.len()];
+    for (c, h) in asked.into_iter().zip(hits) {
+        out[c] = h.into_iter().map(&hit).collect();
+    }
+    Ok(out)
 }
 
 /// SIM's category search: the engine has no category index, so the history is read once and
