@@ -13,9 +13,6 @@ pub enum LabError {
     #[error(transparent)]
     Model(#[from] siren_model::ModelError),
 
-    #[error(transparent)]
-    Serve(#[from] siren_serve::ServeError),
-
     #[error("I/O error on {path}: {source}")]
     Io {
         path: PathBuf,
