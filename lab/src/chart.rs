@@ -180,6 +180,8 @@ fn draw_lines(
         .configure_mesh()
         .x_desc(x_label)
         .y_desc(y_label)
+        .x_label_formatter(&|v| tick(*v))
+        .y_label_formatter(&|v| tick(*v))
         .label_style((FONT, text))
         .draw()?;
     for (i, s) in series.iter().enumerate() {
@@ -223,8 +225,10 @@ fn draw_bars(area: &Area<'_>, text: u32, title: &str, y_label: &str, bars: &[Bar
         .x_label_area_size(text * 3)
         .y_label_area_size(text * 4)
         .build_cartesian_2d((0..n).into_segmented(), ys.clone())?;
+    // About 0.6 em per character: longer labels are cut so that neighbours do not overlap.
+    let room = (area.dim_in_pixel().0 as usize / n) * 10 / (6 * text as usize).max(1);
     let label = |v: &SegmentValue<usize>| match v {
-        SegmentValue::CenterOf(i) => bars.get(*i).map_or(String::new(), |b| b.label.clone()),
+        SegmentValue::CenterOf(i) => bars.get(*i).map_or(String::new(), |b| fit(&b.label, room)),
         _ => String::new(),
     };
     chart
@@ -232,6 +236,7 @@ fn draw_bars(area: &Area<'_>, text: u32, title: &str, y_label: &str, bars: &[Bar
         .disable_x_mesh()
         .x_labels(n)
         .x_label_formatter(&label)
+        .y_label_formatter(&|v| tick(*v))
         .y_desc(y_label)
         .label_style((FONT, text))
         .draw()?;
@@ -257,6 +262,30 @@ fn draw_bars(area: &Area<'_>, text: u32, title: &str, y_label: &str, bars: &[Bar
         }
     }
     Ok(())
+}
+
+/// A tick label: at most four significant decimals, no trailing zeros.
+fn tick(v: f64) -> String {
+    if v != 0.0 && (v.abs() >= 1e6 || v.abs() < 1e-3) {
+        return format!("{v:.1e}");
+    }
+    let s = format!("{v:.4}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" {
+        "0".into()
+    } else {
+        s.into()
+    }
+}
+
+/// `label` cut to `room` characters, with an ellipsis when cut.
+fn fit(label: &str, room: usize) -> String {
+    if label.chars().count() <= room {
+        return label.to_string();
+    }
+    let mut s: String = label.chars().take(room.saturating_sub(1)).collect();
+    s.push('…');
+    s
 }
 
 /// The range of the finite values with 5% room on each side (`0..1` without values, a unit
