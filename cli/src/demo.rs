@@ -9,14 +9,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Args;
+use siren_engine::Db;
 use siren_engine::ReadRange;
 use siren_http::config::Config;
-use siren_model::dataset::{self, DatasetDir};
+use siren_model::dataset::{self, DatasetDir, DatasetMeta};
 use siren_model::models::ModelConfig;
 use siren_model::semid::RqKmeansConfig;
 use siren_model::synth::PlantedConfig;
 use siren_model::train::{evaluate, train, TrainConfig};
-use siren_serve::{Retrieval, ScoreOptions};
+use siren_serve::{Ranker, Retrieval, ScoreOptions};
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -78,13 +79,55 @@ fn prepare_dir(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-pub fn run(a: &DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
+type DemoResult<T> = Result<T, Box<dyn std::error::Error>>;
+
+pub fn run(a: &DemoArgs) -> DemoResult<ExitCode> {
     prepare_dir(&a.dir)?;
     let t0 = Instant::now();
     let data = DatasetDir::new(a.dir.join("data"));
     println!("siren demo in {}", a.dir.display());
+    let meta = make_data(a, &data, t0)?;
+    let ck = train_model(a, &data, &meta)?;
 
-    // 1. Data: catalog, users, impressions; SemIDs; compaction.
+    // 3. Retrieval and scoring inside the database, on the longest history.
+    let config = Config {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], a.port)),
+        db: data.db_path(),
+        model: Some(ck),
+        codebook: Some(data.codebook_path()),
+        backup_dir: Some(a.dir.join("backups")),
+        embedding_dim: a.dim as u32,
+        ..Config::default()
+    };
+    let (db, ranker) = siren_http::state::open(&config)?;
+    let (db, ranker) = (Arc::new(db), Arc::new(ranker));
+    let shown = show_retrieval_and_scoring(a, &db, &ranker)?;
+    let toml_path = a.dir.join("siren.toml");
+    std::fs::write(&toml_path, serve_toml(&config))?;
+    println!(
+        "   done in {:.1} s. Look inside: siren inspect {}; check every checksum: siren verify {}",
+        t0.elapsed().as_secs_f64(),
+        a.dir.display(),
+        a.dir.display()
+    );
+    if a.no_serve {
+        println!(
+            "serve it later with: siren serve --config {}",
+            toml_path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    // 4. The HTTP API.
+    crate::serve::init_logs(crate::serve::LogFormat::Text);
+    crate::serve::serve_blocking(config, db, ranker, move |addr| {
+        print_try_commands(addr, &toml_path, &shown)
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// 1. Data: catalog, users, impressions; SemIDs; compaction.
+fn make_data(a: &DemoArgs, data: &DatasetDir, t0: Instant) -> DemoResult<DatasetMeta> {
     let planted = PlantedConfig {
         items: a.items,
         dim: a.dim,
@@ -100,7 +143,7 @@ pub fn run(a: &DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         codebook_size: a.codebook,
         ..RqKmeansConfig::default()
     };
-    let meta = dataset::import_synthetic(&planted, &data, &semid)?;
+    let meta = dataset::import_synthetic(&planted, data, &semid)?;
     println!(
         "1. data: {} items ({}-d embeddings), {} users, {} impressions to learn from ({:.1} s)",
         a.items,
@@ -110,11 +153,14 @@ pub fn run(a: &DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         t0.elapsed().as_secs_f64()
     );
     println!("   SemIDs: {}", meta.codebook);
+    Ok(meta)
+}
 
-    // 2. A small SIREN model, trained on samples read through the engine.
+/// 2. A small SIREN model, trained on samples read through the engine; returns its checkpoint.
+fn train_model(a: &DemoArgs, data: &DatasetDir, meta: &DatasetMeta) -> DemoResult<PathBuf> {
     let t = Instant::now();
     let model = ModelConfig::named("siren-hard")?;
-    let (db, _meta, prepared) = dataset::prepare(&data, std::slice::from_ref(&model), 2)?;
+    let (db, _meta, prepared) = dataset::prepare(data, std::slice::from_ref(&model), 2)?;
     drop(db);
     let trained = train(
         &model,
@@ -136,20 +182,18 @@ pub fn run(a: &DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
         m.gauc.unwrap_or(f64::NAN),
         ceiling.map_or("n/a".into(), |c| format!("{c:.4}"))
     );
-    drop(prepared);
+    Ok(ck)
+}
 
-    // 3. Retrieval and scoring inside the database, on the longest history.
-    let config = Config {
-        listen: std::net::SocketAddr::from(([127, 0, 0, 1], a.port)),
-        db: data.db_path(),
-        model: Some(ck.clone()),
-        codebook: Some(data.codebook_path()),
-        backup_dir: Some(a.dir.join("backups")),
-        embedding_dim: a.dim as u32,
-        ..Config::default()
-    };
-    let (db, ranker) = siren_http::state::open(&config)?;
-    let (db, ranker) = (Arc::new(db), Arc::new(ranker));
+/// What step 3 showed, for the commands printed in step 4.
+struct Shown {
+    user: u64,
+    item: u64,
+    candidates: Vec<u64>,
+}
+
+/// 3. Hard and soft retrieval and scoring inside the database, on the longest history.
+fn show_retrieval_and_scoring(a: &DemoArgs, db: &Db, ranker: &Ranker) -> DemoResult<Shown> {
     let snap = db.snapshot();
     let (user, len) = snap
         .users()
@@ -224,51 +268,41 @@ pub fn run(a: &DemoArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
             best.score
         );
     }
-    drop(snap);
-    let toml_path = a.dir.join("siren.toml");
-    std::fs::write(&toml_path, serve_toml(&config))?;
-    println!(
-        "   done in {:.1} s. Look inside: siren inspect {}; check every checksum: siren verify {}",
-        t0.elapsed().as_secs_f64(),
-        a.dir.display(),
-        a.dir.display()
-    );
-    if a.no_serve {
-        println!(
-            "serve it later with: siren serve --config {}",
-            toml_path.display()
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
+    Ok(Shown {
+        user,
+        item: target.id,
+        candidates,
+    })
+}
 
-    // 4. The HTTP API.
-    let sample: Vec<String> = candidates.iter().take(5).map(u64::to_string).collect();
-    let item = target.id;
-    crate::serve::init_logs(crate::serve::LogFormat::Text);
-    crate::serve::serve_blocking(config, db, ranker, move |addr| {
-        let base = format!("http://{addr}");
-        let j = "-H 'content-type: application/json'";
-        println!(
-            "4. serving on {base} (Ctrl-C stops it; the same with: siren serve --config {}). Try:",
-            toml_path.display()
-        );
-        println!("   curl -s {base}/readyz");
-        println!(
-            "   curl -s {base}/v1/score {j} -d '{{\"user\": {user}, \"candidates\": [{}], \"explain\": true}}'",
-            sample.join(", ")
-        );
-        println!(
-            "   curl -s {base}/v1/retrieve {j} -d '{{\"user\": {user}, \"mode\": \"soft\", \"k\": 5, \"item\": {item}}}'"
-        );
-        println!("   curl -s '{base}/v1/users/{user}/events?limit=5'");
-        println!(
-            "   curl -s {base}/v1/events {j} -d '{{\"events\": [{{\"user\": 42, \"ts\": 1700000000000, \"item\": {item}, \"action\": 1}}]}}'"
-        );
-        println!(
-            "   curl -s {base}/v1/stats ; curl -s {base}/metrics ; curl -s {base}/openapi.json"
-        );
-    })?;
-    Ok(ExitCode::SUCCESS)
+/// 4. The `curl` commands to try against the server at `addr`.
+fn print_try_commands(addr: std::net::SocketAddr, toml_path: &Path, shown: &Shown) {
+    let base = format!("http://{addr}");
+    let j = "-H 'content-type: application/json'";
+    let (user, item) = (shown.user, shown.item);
+    let sample: Vec<String> = shown
+        .candidates
+        .iter()
+        .take(5)
+        .map(u64::to_string)
+        .collect();
+    println!(
+        "4. serving on {base} (Ctrl-C stops it; the same with: siren serve --config {}). Try:",
+        toml_path.display()
+    );
+    println!("   curl -s {base}/readyz");
+    println!(
+        "   curl -s {base}/v1/score {j} -d '{{\"user\": {user}, \"candidates\": [{}], \"explain\": true}}'",
+        sample.join(", ")
+    );
+    println!(
+        "   curl -s {base}/v1/retrieve {j} -d '{{\"user\": {user}, \"mode\": \"soft\", \"k\": 5, \"item\": {item}}}'"
+    );
+    println!("   curl -s '{base}/v1/users/{user}/events?limit=5'");
+    println!(
+        "   curl -s {base}/v1/events {j} -d '{{\"events\": [{{\"user\": 42, \"ts\": 1700000000000, \"item\": {item}, \"action\": 1}}]}}'"
+    );
+    println!("   curl -s {base}/v1/stats ; curl -s {base}/metrics ; curl -s {base}/openapi.json");
 }
 
 fn serve_toml(c: &Config) -> String {
