@@ -36,7 +36,7 @@ pub const REPLAYED: [(&str, &[&str]); 3] = [
         ],
     ),
     ("siren-model", &["codebook", "model_config"]),
-    ("siren-server", &["http_bodies"]),
+    ("siren-http", &["http_bodies"]),
 ];
 
 pub fn corpus_root() -> PathBuf {
