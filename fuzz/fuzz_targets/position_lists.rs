@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let offset = usize::from(data[4] % 64);
     let kind = data[5];
     let bytes = &data[6..];
-    if kind % 2 == 0 {
+    if kind.is_multiple_of(2) {
         let Ok(list) = EfList::new(bytes, offset, c, u) else { return };
         let _ = list.last();
         for x in [0, 1, u / 2, u, u64::MAX] {
