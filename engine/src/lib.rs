@@ -84,7 +84,7 @@ pub use types::{
 /// inspect files. Not a stable API.
 #[doc(hidden)]
 pub mod format {
-    pub use crate::block::{decode_block, encode_block, Block};
+    pub use crate::block::{decode_block, encode_block, stamp_at, Block, Stamp};
     pub use crate::catalog::{dot_i8, inv_norm, quantize};
     pub use crate::codec::{bitpack, bitunpack, checksum_matches, read_chunk, write_chunk, Reader};
     pub use crate::columns::{
