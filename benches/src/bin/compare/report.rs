@@ -187,7 +187,7 @@ fn ingest_table(i: &Ingest) -> Table {
         format!("Siren, background compaction every {BG_PENDING} pending events"),
         format!("{:.0}", i.siren_rate),
         format!(
-            "{} compactions; the clock stops when the last event is compacted into segments with prefix indexes",
+            "{} compactions; the clock stops when the last event is compacted into segments, index included",
             i.compactions
         ),
     ])
