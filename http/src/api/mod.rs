@@ -13,6 +13,7 @@
 //! cuts a write short (`crate::admission`).
 
 pub mod admin;
+pub mod doc;
 pub mod json;
 pub mod read;
 pub mod types;
@@ -228,6 +229,7 @@ fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(metrics))
         .split_for_parts();
     doc.merge(ops_doc);
+    doc::complete(&mut doc);
     (v1.merge(ops), doc)
 }
 

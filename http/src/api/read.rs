@@ -9,7 +9,7 @@ use super::json::{ApiJson, Digits};
 use super::types::*;
 use super::{ApiPath, ApiQuery};
 use crate::admission::Ticket;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
 fn hit(r: &Retrieved) -> HitOut {
@@ -26,7 +26,9 @@ fn hit(r: &Retrieved) -> HitOut {
 /// Score candidate items for a user with the loaded model.
 #[utoipa::path(post, path = "/v1/score", tag = "read", request_body = ScoreRequest,
     security(("bearer" = ["read"])),
-    responses((status = 200, body = ScoreResponse)))]
+    responses((status = 200, body = ScoreResponse),
+        (status = 422, body = ErrorBody, description = "`too_many`: over `limits.max_candidates`"),
+        (status = 503, body = ErrorBody, description = "`no_model`: no model is loaded")))]
 pub async fn score(
     State(st): State<AppState>,
     ticket: Ticket,
@@ -75,7 +77,9 @@ pub async fn score(
 /// Retrieve a user's behaviours most relevant to a target (the General Search Unit).
 #[utoipa::path(post, path = "/v1/retrieve", tag = "read", request_body = RetrieveRequest,
     security(("bearer" = ["read"])),
-    responses((status = 200, body = RetrieveResponse)))]
+    responses((status = 200, body = RetrieveResponse),
+        (status = 404, body = ErrorBody, description = "`not_found`: the target item is not in the catalog"),
+        (status = 422, body = ErrorBody, description = "`too_many`: `k` over `limits.max_k`")))]
 pub async fn retrieve(
     State(st): State<AppState>,
     ticket: Ticket,
@@ -165,7 +169,8 @@ pub async fn retrieve(
 #[utoipa::path(get, path = "/v1/users/{user}/events", tag = "read",
     params(("user" = u64, Path, description = "User id"), HistoryQuery),
     security(("bearer" = ["read"])),
-    responses((status = 200, body = HistoryResponse)))]
+    responses((status = 200, body = HistoryResponse),
+        (status = 422, body = ErrorBody, description = "`too_many`: `limit` over `limits.max_history_limit`")))]
 pub async fn history(
     State(st): State<AppState>,
     ticket: Ticket,
@@ -207,7 +212,8 @@ pub async fn history(
 #[utoipa::path(get, path = "/v1/items/{item}", tag = "read",
     params(("item" = u64, Path, description = "Item id")),
     security(("bearer" = ["read"])),
-    responses((status = 200, body = ItemOut)))]
+    responses((status = 200, body = ItemOut),
+        (status = 404, body = ErrorBody, description = "`not_found`: no such item")))]
 pub async fn get_item(
     State(st): State<AppState>,
     ApiPath(Digits(item)): ApiPath<Digits<u64>>,

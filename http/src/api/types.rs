@@ -9,6 +9,36 @@ use utoipa::{IntoParams, ToSchema};
 use super::json;
 use crate::error::ApiError;
 
+/// An optional SemID: codes 0 to 65535 (how many and how large the database decides).
+fn semid_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .maximum(Some(u16::MAX)),
+        )
+        .build()
+}
+
+/// An optional embedding: numbers within the range of an f32 (how many the database decides).
+fn embedding_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaFormat, SchemaType, Type};
+    use utoipa::openapi::KnownFormat;
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Float)))
+                .minimum(Some(-f64::from(f32::MAX)))
+                .maximum(Some(f64::from(f32::MAX))),
+        )
+        .build()
+}
+
 /// How durable a write is when the response is sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -89,6 +119,7 @@ impl From<Event> for EventOut {
 #[serde(deny_unknown_fields)]
 pub struct SourceIn {
     /// 1 to 256 characters.
+    #[schema(min_length = 1, max_length = 256)]
     pub name: String,
     #[serde(deserialize_with = "json::int")]
     pub seq: u64,
@@ -131,9 +162,11 @@ pub struct ItemIn {
     /// Codes, coarse to fine; as many as the database's SemID levels, each below its codebook
     /// size. Assigned from the server's codebook when absent and an embedding is given.
     #[serde(default, deserialize_with = "json::semid")]
+    #[schema(schema_with = semid_schema)]
     pub semid: Option<Vec<u16>>,
     /// As many values as the database's embedding dimension, each within the range of an f32.
     #[serde(default, deserialize_with = "json::embedding")]
+    #[schema(schema_with = embedding_schema)]
     pub embedding: Option<Vec<f32>>,
 }
 
@@ -203,6 +236,7 @@ pub struct ScoreRequest {
     /// to pick their gates and tower; an unknown domain is scored as the largest training
     /// domain. Default 0.
     #[serde(default, deserialize_with = "json::int")]
+    #[schema(maximum = 65535)]
     pub domain: u16,
 }
 
@@ -274,9 +308,11 @@ pub struct RetrieveRequest {
     pub item: Option<u64>,
     /// Hard retrieval only.
     #[serde(default, deserialize_with = "json::semid")]
+    #[schema(schema_with = semid_schema)]
     pub semid: Option<Vec<u16>>,
     /// Soft retrieval only.
     #[serde(default, deserialize_with = "json::embedding")]
+    #[schema(schema_with = embedding_schema)]
     pub embedding: Option<Vec<f32>>,
 }
 
@@ -340,6 +376,7 @@ pub struct ReloadRequest {
     /// The name of a checkpoint directory under the configured `model_dir`; without it, the
     /// configured `model` is loaded again.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")]
     pub model: Option<String>,
 }
 
@@ -363,6 +400,7 @@ pub struct CompactResponse {
 pub struct CheckpointRequest {
     /// A new directory under the configured `backup_dir`: letters, digits, `-`, `_`, `.`
     /// (not starting with `.`), at most 100 characters.
+    #[schema(pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")]
     pub name: String,
 }
 

@@ -8,14 +8,15 @@ use super::json::{ApiJson, Digits};
 use super::types::*;
 use super::ApiPath;
 use crate::admission::Ticket;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 
 /// Append behaviours of any users, atomically. A 503 `timeout` means nothing was applied; a
 /// client that saw no answer at all retries with the same `source` to have it applied once.
 #[utoipa::path(post, path = "/v1/events", tag = "write", request_body = AppendRequest,
     security(("bearer" = ["write"])),
-    responses((status = 200, body = AppendResponse)))]
+    responses((status = 200, body = AppendResponse),
+        (status = 422, body = ErrorBody, description = "`too_many`: over `limits.max_events_per_request`")))]
 pub async fn append(
     State(st): State<AppState>,
     ticket: Ticket,
@@ -59,7 +60,8 @@ pub async fn append(
 /// server's codebook, when it has one.
 #[utoipa::path(post, path = "/v1/items", tag = "write", request_body = UpsertItemsRequest,
     security(("bearer" = ["write"])),
-    responses((status = 200, body = UpsertItemsResponse)))]
+    responses((status = 200, body = UpsertItemsResponse),
+        (status = 422, body = ErrorBody, description = "`too_many`: over `limits.max_items_per_request`")))]
 pub async fn upsert_items(
     State(st): State<AppState>,
     ticket: Ticket,
