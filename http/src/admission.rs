@@ -74,6 +74,8 @@ struct TicketInner {
     _permit: OwnedSemaphorePermit,
     deadline: Instant,
     write_started: AtomicBool,
+    /// Its blocking work was refused because it would have started after the deadline.
+    started_late: AtomicBool,
 }
 
 impl Ticket {
@@ -107,6 +109,7 @@ impl Ticket {
         let ticket = self.clone();
         tokio::task::spawn_blocking(move || {
             if Instant::now() >= ticket.0.deadline {
+                ticket.0.started_late.store(true, Ordering::SeqCst);
                 return Err(ApiError::timeout());
             }
             let answer = f();
@@ -144,19 +147,26 @@ pub async fn admit(State(st): State<AppState>, mut req: Request, next: Next) -> 
         _permit: permit,
         deadline,
         write_started: AtomicBool::new(false),
+        started_late: AtomicBool::new(false),
     }));
     req.extensions_mut().insert(ticket.clone());
     let work = next.run(req);
     tokio::pin!(work);
-    tokio::select! {
+    let answer = tokio::select! {
         answer = &mut work => answer,
         () = tokio::time::sleep_until(deadline) => {
             if ticket.0.write_started.load(Ordering::SeqCst) {
                 work.await
             } else {
-                st.metrics.timed_out.inc();
+                ticket.0.started_late.store(true, Ordering::SeqCst);
                 ApiError::timeout().into_response()
             }
         }
+    };
+    // Counted once however it came about: here at the deadline, or by work refused because
+    // the blocking pool reached it only after.
+    if ticket.0.started_late.load(Ordering::SeqCst) {
+        st.metrics.timed_out.inc();
     }
+    answer
 }
