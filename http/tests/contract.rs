@@ -383,14 +383,7 @@ async fn every_answer_is_the_documented_status_and_shape() {
     })
     .await;
     let c = Client::new();
-    let doc: Value = c
-        .get(s.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = s.openapi().await;
     // The names of checkpoints and models: the pattern the server checks.
     let pattern =
         &doc["components"]["schemas"]["CheckpointRequest"]["properties"]["name"]["pattern"];

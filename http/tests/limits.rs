@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{some_user_and_items, TestServer};
+use common::{rss_kib, some_user_and_items, TestServer};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 
@@ -114,16 +114,6 @@ async fn a_write_past_its_deadline_is_applied_and_answered_200_or_answered_503_a
     }
     eprintln!("writes by answer: {outcomes:?}");
     s.running.shutdown().await.unwrap();
-}
-
-fn rss_kib() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 /// A body of exactly `len` bytes: `prefix`, then `element,` repeated, then `suffix`, padded
