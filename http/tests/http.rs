@@ -272,6 +272,7 @@ async fn end_to_end_over_a_socket_matches_the_library() {
     let (st, v) = get(&c, s.url("/v1/stats")).await;
     assert_eq!(st, StatusCode::OK);
     assert!(v["users"].as_u64().unwrap() > 0 && v["compactions"].as_u64().unwrap() >= 1);
+    assert!(v["wal_damage"].is_null(), "{v}");
     let m = c
         .get(s.url("/metrics"))
         .send()
@@ -286,6 +287,10 @@ async fn end_to_end_over_a_socket_matches_the_library() {
         "siren_events_ingested_total 32",
         "siren_compactions_total",
         "siren_users ",
+        // Opening found no damage in RocksDB's write-ahead log; nor does /v1/stats.
+        "siren_wal_damage 0",
+        "siren_admitted_requests ",
+        "siren_requests_timed_out_total 0",
     ] {
         assert!(m.contains(want), "{want} missing from metrics:\n{m}");
     }
