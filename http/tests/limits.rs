@@ -121,7 +121,7 @@ async fn a_write_past_its_deadline_is_applied_and_answered_200_or_answered_503_a
 fn body_of(len: usize, prefix: &str, element: &str, suffix: &str) -> &'static [u8] {
     let mut b = prefix.as_bytes().to_vec();
     let room = len - prefix.len() - suffix.len() - element.len();
-    while b.len() + element.len() + 1 <= room {
+    while b.len() + element.len() < room {
         b.extend_from_slice(element.as_bytes());
         b.push(b',');
     }
