@@ -550,13 +550,7 @@ impl Db {
                 self.inner.opts.max_batch_events
             )));
         }
-        if let Some((name, _)) = &opts.source {
-            if name.is_empty() || name.len() > MAX_SOURCE_NAME {
-                return Err(Error::invalid(format!(
-                    "source name must be 1 to {MAX_SOURCE_NAME} bytes"
-                )));
-            }
-        }
+        check_source_name(opts)?;
         let mut by_user: BTreeMap<u64, Vec<Ev>> = BTreeMap::new();
         for e in events {
             by_user.entry(e.user).or_default().push(Ev {
@@ -568,12 +562,8 @@ impl Db {
         }
         let inner = &self.inner;
         let mut sources = inner.writer.lock();
-        if let Some((name, seq)) = &opts.source {
-            if let Some(&last) = sources.get(name) {
-                if *seq <= last {
-                    return Ok(AppendOutcome::Duplicate { last_applied: last });
-                }
-            }
+        if let Some(dup) = already_applied(&sources, opts) {
+            return Ok(dup);
         }
         let st = inner.state.load_full();
         let seq = st.next_seq;
@@ -585,9 +575,7 @@ impl Db {
                 records::encode_pending(evs),
             );
         }
-        if let Some((name, s)) = &opts.source {
-            batch.put(Cf::Sources, name.as_bytes(), records::encode_source(*s));
-        }
+        record_source(&mut batch, opts);
         inner.store.write(batch, opts.durability)?;
 
         let mut next = (*st).clone();
@@ -611,9 +599,7 @@ impl Db {
         next.next_seq = seq + 1;
         let pending_now = next.pending_events;
         inner.state.store(Arc::new(next));
-        if let Some((name, s)) = &opts.source {
-            sources.insert(name.clone(), *s);
-        }
+        note_source(&mut sources, opts);
         drop(sources);
         if let Some(ac) = &inner.opts.auto_compact {
             if pending_now >= ac.pending_events {
@@ -630,8 +616,49 @@ impl Db {
         self.inner.writer.lock().get(source).copied()
     }
 
+    /// Every source and its last applied sequence number, sorted by name.
+    pub fn sources(&self) -> Vec<(String, u64)> {
+        let mut all: Vec<(String, u64)> = self
+            .inner
+            .writer
+            .lock()
+            .iter()
+            .map(|(name, seq)| (name.clone(), *seq))
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// Forget a source's position, so that its next write is applied whatever its sequence
+    /// number (for a log that is consumed again from its start, or from a copy of another
+    /// database). Returns whether the source was known. Changes no events.
+    pub fn remove_source(&self, source: &str, durability: Durability) -> Result<bool> {
+        let mut sources = self.inner.writer.lock();
+        if !sources.contains_key(source) {
+            return Ok(false);
+        }
+        let mut batch = Batch::default();
+        batch.delete(Cf::Sources, source.as_bytes().to_vec());
+        self.inner.store.write(batch, durability)?;
+        sources.remove(source);
+        Ok(true)
+    }
+
     /// Insert or replace catalog items. Within one call a later item with the same id wins.
     pub fn upsert_items(&self, items: &[Item], durability: Durability) -> Result<()> {
+        let opts = AppendOptions {
+            durability,
+            source: None,
+        };
+        self.upsert_items_from(items, &opts).map(drop)
+    }
+
+    /// [`Db::upsert_items`] with a `(source, seq)` for exactly-once application, as for appends:
+    /// a batch whose number is at or below the source's last applied one changes nothing and
+    /// returns `Duplicate`. The source's new number is stored in the same atomic batch.
+    /// `Applied { events }` is 0: an upsert appends no events.
+    pub fn upsert_items_from(&self, items: &[Item], opts: &AppendOptions) -> Result<AppendOutcome> {
+        check_source_name(opts)?;
         let inner = &self.inner;
         let cfg = inner.read;
         for it in items {
@@ -643,7 +670,10 @@ impl Db {
                     .map_err(|err| Error::invalid(format!("item {}: {err}", it.id)))?;
             }
         }
-        let _w = inner.writer.lock();
+        let mut sources = inner.writer.lock();
+        if let Some(dup) = already_applied(&sources, opts) {
+            return Ok(dup);
+        }
         let st = inner.state.load_full();
         let mut catalog = st.catalog.clone();
         let bumped = catalog.semid_gen() + 1;
@@ -666,62 +696,104 @@ impl Db {
             catalog.put(it.id, &rec).map_err(Error::invalid)?;
             batch.put(Cf::Items, it.id.to_be_bytes(), records::encode_item(&rec));
         }
-        inner.store.write(batch, durability)?;
+        record_source(&mut batch, opts);
+        inner.store.write(batch, opts.durability)?;
         let mut next = (*st).clone();
         next.catalog = catalog;
         inner.state.store(Arc::new(next));
-        Ok(())
+        note_source(&mut sources, opts);
+        Ok(AppendOutcome::Applied { events: 0 })
     }
 
     /// Delete a user. Reads stop seeing it at once; its bytes leave the segment files at the next
     /// compaction and RocksDB's files when that compaction compacts RocksDB's ranges.
     /// Returns whether the user existed.
     pub fn delete_user(&self, user: u64, durability: Durability) -> Result<bool> {
-        let inner = &self.inner;
-        let _w = inner.writer.lock();
-        let st = inner.state.load_full();
-        let Some(us) = st.users.get(&user).cloned() else {
-            return Ok(false);
+        let opts = AppendOptions {
+            durability,
+            source: None,
         };
-        let mut segments = (*st.segments).clone();
-        // Every segment that holds a copy of this user, live or superseded, must be rewritten.
-        for ss in segments.values_mut() {
-            if ss.segment.find(user).is_some() {
-                ss.needs_erase = true;
-            }
-        }
-        if let Some(e) = &us.entry {
-            let ss = segments
-                .get_mut(&e.segment.id)
-                .expect("live entry in a live segment");
-            ss.live_users -= 1;
-            ss.live_bytes -= u64::from(e.segment.record(e.record).len);
-        }
-        let mut next = (*st).clone();
-        next.segments = Arc::new(segments);
-        next.users.remove(&user);
-        next.pending_users.remove(&user);
-        next.pending_events -= us.pending.len() as u64;
+        Ok(self.delete_users_counted(&[user], &opts)?.1 > 0)
+    }
 
+    /// Delete users, atomically, as [`Db::delete_user`] does one; users that do not exist are
+    /// skipped. With a `(source, seq)`, a batch already applied changes nothing and returns
+    /// `Duplicate`, and the source's new number is stored in the same atomic batch, so that a
+    /// log of appends and deletes is applied exactly once and in order. `Applied { events }` is
+    /// 0: a delete appends no events.
+    pub fn delete_users(&self, users: &[u64], opts: &AppendOptions) -> Result<AppendOutcome> {
+        Ok(self.delete_users_counted(users, opts)?.0)
+    }
+
+    /// [`Db::delete_users`], and how many of the users existed.
+    fn delete_users_counted(
+        &self,
+        users: &[u64],
+        opts: &AppendOptions,
+    ) -> Result<(AppendOutcome, usize)> {
+        check_source_name(opts)?;
+        let inner = &self.inner;
+        let mut sources = inner.writer.lock();
+        if let Some(dup) = already_applied(&sources, opts) {
+            return Ok((dup, 0));
+        }
+        let st = inner.state.load_full();
+        let mut segments = (*st.segments).clone();
+        let mut next = (*st).clone();
         let mut batch = Batch::default();
-        batch.delete_range(
-            Cf::Pending,
-            records::pending_key(user, 0).to_vec(),
-            records::pending_key(user, u64::MAX).to_vec(),
-        );
-        batch.delete(Cf::Pending, records::pending_key(user, u64::MAX).to_vec());
-        batch.delete(Cf::Users, records::user_key(user).to_vec());
-        batch.put(
-            Cf::Meta,
-            MANIFEST_KEY,
-            records::encode_manifest(&next.manifest()),
-        );
-        inner.store.write(batch, durability)?;
+        let mut deleted = 0;
+        for &user in users {
+            let Some(us) = next.users.get(&user).cloned() else {
+                continue;
+            };
+            deleted += 1;
+            // Every segment that holds a copy of this user, live or superseded, must be
+            // rewritten.
+            for ss in segments.values_mut() {
+                if ss.segment.find(user).is_some() {
+                    ss.needs_erase = true;
+                }
+            }
+            if let Some(e) = &us.entry {
+                let ss = segments
+                    .get_mut(&e.segment.id)
+                    .expect("live entry in a live segment");
+                ss.live_users -= 1;
+                ss.live_bytes -= u64::from(e.segment.record(e.record).len);
+            }
+            next.users.remove(&user);
+            next.pending_users.remove(&user);
+            next.pending_events -= us.pending.len() as u64;
+            batch.delete_range(
+                Cf::Pending,
+                records::pending_key(user, 0).to_vec(),
+                records::pending_key(user, u64::MAX).to_vec(),
+            );
+            batch.delete(Cf::Pending, records::pending_key(user, u64::MAX).to_vec());
+            batch.delete(Cf::Users, records::user_key(user).to_vec());
+        }
+        let applied = AppendOutcome::Applied { events: 0 };
+        if deleted == 0 && opts.source.is_none() {
+            return Ok((applied, 0));
+        }
+        if deleted > 0 {
+            next.segments = Arc::new(segments);
+            batch.put(
+                Cf::Meta,
+                MANIFEST_KEY,
+                records::encode_manifest(&next.manifest()),
+            );
+        }
+        record_source(&mut batch, opts);
+        inner.store.write(batch, opts.durability)?;
         inner.state.store(Arc::new(next));
-        inner
-            .users_deleted
-            .store(true, std::sync::atomic::Ordering::Release);
-        Ok(true)
+        note_source(&mut sources, opts);
+        if deleted > 0 {
+            inner
+                .users_deleted
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        Ok((applied, deleted))
     }
 
     /// Make every write so far durable, including `Unlogged` ones.
@@ -905,6 +977,37 @@ pub(crate) fn write_watermark(db: &Path, w: &records::Watermark) -> Result<()> {
     f.sync_all().map_err(|e| io(&tmp, e))?;
     fs::rename(&tmp, &dest).map_err(|e| io(&dest, e))?;
     crate::segment::sync_dir(db)
+}
+
+fn check_source_name(opts: &AppendOptions) -> Result<()> {
+    match &opts.source {
+        Some((name, _)) if name.is_empty() || name.len() > MAX_SOURCE_NAME => Err(Error::invalid(
+            format!("source name must be 1 to {MAX_SOURCE_NAME} bytes"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Under the writer lock: `Duplicate` if the write's `(source, seq)` is at or below the source's
+/// last applied number.
+fn already_applied(sources: &HashMap<String, u64>, opts: &AppendOptions) -> Option<AppendOutcome> {
+    let (name, seq) = opts.source.as_ref()?;
+    let last = *sources.get(name)?;
+    (*seq <= last).then_some(AppendOutcome::Duplicate { last_applied: last })
+}
+
+/// Puts the write's source position into its batch, so both are applied atomically.
+fn record_source(batch: &mut Batch, opts: &AppendOptions) {
+    if let Some((name, seq)) = &opts.source {
+        batch.put(Cf::Sources, name.as_bytes(), records::encode_source(*seq));
+    }
+}
+
+/// After the batch is written: the in-memory copy of the source position.
+fn note_source(sources: &mut HashMap<String, u64>, opts: &AppendOptions) {
+    if let Some((name, seq)) = &opts.source {
+        sources.insert(name.clone(), *seq);
+    }
 }
 
 impl Inner {
