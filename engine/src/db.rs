@@ -22,7 +22,6 @@ use crate::snapshot::{ReadConfig, Snapshot};
 use crate::state::{merge_pending, EntryRef, PendingEv, SegState, State, UserState};
 use crate::store::{Batch, Cf, Store};
 use crate::types::{AppendOptions, AppendOutcome, Durability, Event, Item, Options};
-use crate::view::Retention;
 
 const CONFIG_KEY: &[u8] = b"config";
 const MANIFEST_KEY: &[u8] = b"manifest";
@@ -468,15 +467,7 @@ impl Db {
             next_seq: max_seq + 1,
             generation,
         };
-        let read = ReadConfig {
-            retention: Retention {
-                max_events: opts.max_events_per_user as usize,
-                max_age_ms: opts.max_event_age_ms,
-            },
-            layout,
-            dim: opts.embedding_dim as usize,
-            codebook_size: opts.semid_codebook_size,
-        };
+        let read = ReadConfig::of(&opts);
         let inner = Arc::new(Inner {
             path,
             seg_dir,
@@ -660,15 +651,8 @@ impl Db {
     pub fn upsert_items_from(&self, items: &[Item], opts: &AppendOptions) -> Result<AppendOutcome> {
         check_source_name(opts)?;
         let inner = &self.inner;
-        let cfg = inner.read;
         for it in items {
-            if let Some(s) = &it.semid {
-                cfg.check_semid(s)?;
-            }
-            if let Some(e) = &it.embedding {
-                crate::catalog::query_vec(e, cfg.dim)
-                    .map_err(|err| Error::invalid(format!("item {}: {err}", it.id)))?;
-            }
+            inner.read.check_item(it)?;
         }
         let mut sources = inner.writer.lock();
         if let Some(dup) = already_applied(&sources, opts) {

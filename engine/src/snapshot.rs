@@ -22,6 +22,31 @@ pub(crate) struct ReadConfig {
 }
 
 impl ReadConfig {
+    pub fn of(opts: &crate::types::Options) -> ReadConfig {
+        ReadConfig {
+            retention: Retention {
+                max_events: opts.max_events_per_user as usize,
+                max_age_ms: opts.max_event_age_ms,
+            },
+            layout: PrefixLayout::new(opts.semid_levels, opts.semid_codebook_size),
+            dim: opts.embedding_dim as usize,
+            codebook_size: opts.semid_codebook_size,
+        }
+    }
+
+    /// Whether an upsert may store `it`: a SemID of the database's levels and codebook, an
+    /// embedding of its dimension with finite values.
+    pub fn check_item(&self, it: &Item) -> Result<()> {
+        if let Some(s) = &it.semid {
+            self.check_semid(s)?;
+        }
+        if let Some(e) = &it.embedding {
+            query_vec(e, self.dim)
+                .map_err(|err| Error::invalid(format!("item {}: {err}", it.id)))?;
+        }
+        Ok(())
+    }
+
     pub fn check_semid(&self, s: &SemId) -> Result<()> {
         if s.levels() != usize::from(self.layout.levels) {
             return Err(Error::invalid(format!(
