@@ -13,10 +13,9 @@ use parking_lot::RwLock;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::ClusterConfig;
 use crate::error::Result;
 use crate::log::{Bucket, MetaChange, MetaStore, MetaWatch};
-use crate::meta::{assignment_key, partition_of_key, Assignment, NodeInfo, ReplicaState};
+use crate::meta::{partition_of_key, Assignment, NodeInfo, ReplicaState};
 
 /// A node's last heartbeat as seen here.
 #[derive(Debug, Clone)]
@@ -69,18 +68,20 @@ impl Drop for WatchTasks {
 }
 
 impl Directory {
-    /// Loads every assignment, then follows both buckets until the last clone is dropped.
-    pub async fn start<M: MetaStore>(
-        meta: M,
-        config: &ClusterConfig,
-        dead_after: Duration,
-    ) -> Result<Directory> {
+    /// Loads every assignment and heartbeat, then follows both buckets until the last clone is
+    /// dropped.
+    pub async fn start<M: MetaStore>(meta: M, dead_after: Duration) -> Result<Directory> {
         let state = Arc::new(RwLock::new(State::default()));
-        for p in 0..config.partitions {
-            let key = assignment_key(p);
-            if let Some(v) = meta.get(Bucket::Meta, &key).await? {
-                let a = Assignment::decode(&v.value, &key)?;
-                state.write().assignments.insert(p, (a, v.revision));
+        for bucket in [Bucket::Meta, Bucket::Nodes] {
+            for key in meta.keys(bucket).await? {
+                if let Some(v) = meta.get(bucket, &key).await? {
+                    let change = MetaChange::Put {
+                        key,
+                        value: v.value,
+                        revision: v.revision,
+                    };
+                    apply_change(&state, bucket, change);
+                }
             }
         }
         let (changed, _) = watch::channel(0u64);

@@ -25,7 +25,7 @@ use async_nats::jetstream::object_store::{self, ObjectStore};
 use async_nats::jetstream::stream::{self, StorageType};
 use async_nats::jetstream::{self, Context};
 use bytes::Bytes;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
 
 use crate::codec::{decode_json, encode_json, Kind};
 use crate::config::ClusterConfig;
@@ -362,6 +362,21 @@ async fn ensure_kv(
     .map_err(|e| log_err("create key-value bucket", bucket, e, true))
 }
 
+/// Whether an error was JetStream's answer to a compare-and-swap that lost. The client maps
+/// only the older error code (10071) to its kind; servers since 2.11 also answer 10164.
+fn wrong_last_sequence(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(js) = err.downcast_ref::<async_nats::jetstream::Error>() {
+            if matches!(js.error_code().0, 10071 | 10164) {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// Whether a failed publish may succeed if sent again with the same message id.
 fn publish_retryable(kind: PublishErrorKind) -> bool {
     !matches!(
@@ -516,15 +531,15 @@ impl MetaStore for JetStream {
     }
 
     async fn update(&self, b: Bucket, key: &str, value: Bytes, revision: u64) -> Result<u64> {
-        self.kv(b)
-            .update(key, value, revision)
-            .await
-            .map_err(|e| match e.kind() {
-                kv::UpdateErrorKind::WrongLastRevision => Error::Conflict {
+        self.kv(b).update(key, value, revision).await.map_err(|e| {
+            if e.kind() == kv::UpdateErrorKind::WrongLastRevision || wrong_last_sequence(&e) {
+                Error::Conflict {
                     key: self.key_name(b, key),
-                },
-                _ => log_err("update", self.key_name(b, key), e, true),
-            })
+                }
+            } else {
+                log_err("update", self.key_name(b, key), e, true)
+            }
+        })
     }
 
     async fn put(&self, b: Bucket, key: &str, value: Bytes) -> Result<u64> {
@@ -539,6 +554,13 @@ impl MetaStore for JetStream {
             .delete(key)
             .await
             .map_err(|e| log_err("delete", self.key_name(b, key), e, true))
+    }
+
+    async fn keys(&self, b: Bucket) -> Result<Vec<String>> {
+        let name = self.names.bucket(b);
+        let fail = |e: &dyn std::fmt::Display| log_err("list keys", &name, e, true);
+        let keys = self.kv(b).keys().await.map_err(|e| fail(&e))?;
+        keys.try_collect().await.map_err(|e| fail(&e))
     }
 
     async fn watch(&self, b: Bucket) -> Result<JetStreamWatch> {

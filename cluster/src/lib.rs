@@ -25,6 +25,8 @@ mod replica;
 pub use config::{ClusterConfig, DbShape};
 pub use directory::Directory;
 pub use error::{Error, Result};
-pub use node::{CatchUp, Node, NodeConfig, NodeStatus, PartitionStatus, Phase, PinAt};
+pub use node::{
+    CatchUp, Node, NodeConfig, NodeCounters, NodeStatus, PartitionStatus, Phase, PinAt,
+};
 pub use partition::{partition_of, MAX_PARTITIONS};
 pub use producer::{Producer, Published};

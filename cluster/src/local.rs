@@ -311,8 +311,10 @@ impl LocalJetStream {
     pub fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let start = Instant::now();
         loop {
+            // /healthz answers 200 once JetStream is up and, in a cluster, current with the
+            // meta leader.
             let ready = self.servers.iter().all(|s| {
-                s.monitor("/healthz?js-enabled-only=true").is_some()
+                s.monitor("/healthz").is_some()
                     && (self.servers.len() == 1
                         || s.monitor("/jsz").is_some_and(|b| has_meta_leader(&b)))
             });

@@ -176,6 +176,9 @@ pub trait MetaStore: Clone + Send + Sync + 'static {
 
     fn delete(&self, bucket: Bucket, key: &str) -> impl Future<Output = Result<()>> + Send;
 
+    /// Every key that holds a value now.
+    fn keys(&self, bucket: Bucket) -> impl Future<Output = Result<Vec<String>>> + Send;
+
     /// Every key's current value, then every change, in order.
     fn watch(&self, bucket: Bucket) -> impl Future<Output = Result<Self::Watch>> + Send;
 }

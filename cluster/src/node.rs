@@ -112,6 +112,40 @@ pub struct NodeStatus {
     pub partitions: BTreeMap<u32, PartitionStatus>,
     pub catalog_applied: u64,
     pub catalog_refused: Option<String>,
+    pub counters: NodeCounters,
+}
+
+/// How partitions came and went since the node started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeCounters {
+    /// Partitions caught up by replaying their stream from the start.
+    pub replays: u64,
+    /// Checkpoints imported (partitions caught up from another replica's copy).
+    pub checkpoints_imported: u64,
+    /// Checkpoints written for joining replicas.
+    pub checkpoints_shipped: u64,
+    /// Partitions whose data was deleted because they moved away.
+    pub partitions_dropped: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub replays: AtomicU64,
+    pub checkpoints_imported: AtomicU64,
+    pub checkpoints_shipped: AtomicU64,
+    pub partitions_dropped: AtomicU64,
+}
+
+impl Counters {
+    fn get(&self) -> NodeCounters {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        NodeCounters {
+            replays: load(&self.replays),
+            checkpoints_imported: load(&self.checkpoints_imported),
+            checkpoints_shipped: load(&self.checkpoints_shipped),
+            partitions_dropped: load(&self.partitions_dropped),
+        }
+    }
 }
 
 /// Which position a pin takes.
@@ -171,6 +205,7 @@ pub(crate) struct Inner<B: Backend> {
     catalog_refused: Mutex<Option<String>>,
     started_ms: u64,
     beats: AtomicU64,
+    pub counters: Counters,
     /// When a heartbeat last failed (the controller waits for a clean stretch).
     heartbeat_failed: Mutex<Option<Instant>>,
     pub shutdown: watch::Sender<bool>,
@@ -195,7 +230,7 @@ impl<B: Backend> Node<B> {
         }
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let db = open_db(&cfg, &cluster)?;
-        let dir = Directory::start(backend.clone(), &cluster, cfg.dead_after).await?;
+        let dir = Directory::start(backend.clone(), cfg.dead_after).await?;
         let catalog_applied = db
             .source_position(&StreamId::Catalog.source_name())
             .unwrap_or(0);
@@ -214,6 +249,7 @@ impl<B: Backend> Node<B> {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
             beats: AtomicU64::new(0),
+            counters: Counters::default(),
             heartbeat_failed: Mutex::new(None),
             shutdown: watch::channel(false).0,
         });
@@ -265,6 +301,7 @@ impl<B: Backend> Node<B> {
             partitions,
             catalog_applied: *self.inner.catalog_applied.borrow(),
             catalog_refused: self.inner.catalog_refused.lock().clone(),
+            counters: self.inner.counters.get(),
         }
     }
 

@@ -64,10 +64,16 @@ pub(crate) async fn run<B: Backend>(inner: Arc<Inner<B>>, slot: Arc<Slot>) {
         })
         .await;
         match dropped {
-            Ok(Ok(n)) => tracing::info!(
-                "node {}: dropped partition {p} ({n} users)",
-                inner.cfg.node_id
-            ),
+            Ok(Ok(n)) => {
+                inner
+                    .counters
+                    .partitions_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    "node {}: dropped partition {p} ({n} users)",
+                    inner.cfg.node_id
+                )
+            }
             Ok(Err(e)) => {
                 tracing::error!("node {}: dropping partition {p}: {e}", inner.cfg.node_id)
             }
@@ -106,6 +112,11 @@ async fn hold<B: Backend>(inner: &Arc<Inner<B>>, slot: &Arc<Slot>) -> Result<()>
     };
     let bounds = inner.backend.bounds(stream).await?;
     let stored = inner.db.source_position(&stream.source_name());
+    tracing::debug!(
+        "node {me} partition {p}: stored {stored:?}, stream {bounds:?}, replica {mine:?}, provider {:?}, live {:?}",
+        provider(&inner.dir, p),
+        inner.dir.live_nodes()
+    );
     let start = match stored {
         Some(pos) if pos + 1 < bounds.first => {
             let gap = Error::Gap {
@@ -130,6 +141,7 @@ async fn hold<B: Backend>(inner: &Arc<Inner<B>>, slot: &Arc<Slot>) -> Result<()>
                 drop_partition(&db, p, partitions)
             })
             .await?;
+            inner.counters.replays.fetch_add(1, Ordering::Relaxed);
             0
         }
         _ => fetch_checkpoint(inner, slot).await?,
@@ -377,6 +389,10 @@ async fn ship_checkpoint<B: Backend>(
         })
         .await?;
     if told {
+        inner
+            .counters
+            .checkpoints_shipped
+            .fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             "node {me}: shipped partition {p} at {position} to {joiner}: {} users, {} events, {bytes} bytes",
             summary.users,
@@ -493,6 +509,10 @@ async fn import_shipped<B: Backend>(
     .await;
     let _ = std::fs::remove_file(&path);
     let summary = imported?;
+    inner
+        .counters
+        .checkpoints_imported
+        .fetch_add(1, Ordering::Relaxed);
     tracing::info!(
         "node {}: imported partition {p} at {}: {} users, {} events",
         inner.cfg.node_id,

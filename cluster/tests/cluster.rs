@@ -1,0 +1,314 @@
+//! Cluster mode on real NATS JetStream servers (three, on loopback) and real Siren nodes.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::*;
+use rand::SeedableRng;
+use siren_cluster::{CatchUp, Error, Producer};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_apply_every_acknowledged_write_exactly_once() {
+    let t0 = std::time::Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let Some(js) = servers(dir.path(), 3) else {
+        return;
+    };
+    let config = cluster_config("basic", 8, 3);
+    let backend = create(&js, &config, "test-producer").await;
+    let producer = Producer::new(backend.clone(), config.clone());
+    let reference = Reference::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    let items = catalog(60, &mut rng);
+    producer
+        .upsert_items(&items, Some("catalog-0"))
+        .await
+        .unwrap();
+    reference.items(&items);
+
+    let nodes = [
+        start_node("n1", dir.path(), &js, &config, CatchUp::Checkpoint).await,
+        start_node("n2", dir.path(), &js, &config, CatchUp::Checkpoint).await,
+        start_node("n3", dir.path(), &js, &config, CatchUp::Checkpoint).await,
+    ];
+    let refs: Vec<_> = nodes.iter().collect();
+
+    let mut gen = EventGen::new(7, 200, 60);
+    let batches: Vec<_> = (0..30).map(|_| gen.batch(40)).collect();
+    let mut positions = BTreeMap::new();
+    publish_all(&producer, &reference, &batches, "ev", &mut positions).await;
+
+    // A retried request (same key, same content) stores nothing new.
+    let again = producer.append(&batches[3], Some("ev-3")).await.unwrap();
+    assert_eq!(again.duplicates, again.messages);
+    let deleted: Vec<u64> = vec![3, 77, 150];
+    let del = producer
+        .delete_users(&deleted, Some("del-0"))
+        .await
+        .unwrap();
+    reference.delete(&deleted);
+    note_positions(&del, &mut positions);
+    let more: Vec<_> = (0..5).map(|_| gen.batch(40)).collect();
+    publish_all(&producer, &reference, &more, "ev2", &mut positions).await;
+    eprintln!("published at {:?}", t0.elapsed());
+
+    wait_until("3 nodes to converge", Duration::from_secs(60), || {
+        converged(&refs, config.partitions, 2, &positions)
+    })
+    .await;
+    eprintln!("converged at {:?}", t0.elapsed());
+    let users: BTreeSet<u64> = (0..200).collect();
+    assert_matches_reference(&refs, &reference, &users, &items, config.partitions).await;
+
+    // Read-your-writes: a position far ahead is a clear error after the wait; the last write's
+    // position is there.
+    let user = batches[0][0].user;
+    let p = siren_cluster::partition_of(user, config.partitions);
+    let serving = refs
+        .iter()
+        .find(|n| {
+            n.status()
+                .partitions
+                .get(&p)
+                .is_some_and(|s| s.phase == siren_cluster::Phase::Serving)
+        })
+        .unwrap();
+    let need = positions[&p];
+    serving
+        .snapshot_for_user(user, Some(need), Duration::from_millis(10))
+        .await
+        .unwrap();
+    let ahead = serving
+        .snapshot_for_user(user, Some(need + 1000), Duration::from_millis(100))
+        .await
+        .err();
+    assert!(
+        matches!(ahead, Some(Error::NotYetApplied { needed, applied, .. }) if needed == need + 1000 && applied >= need),
+        "{ahead:?}"
+    );
+    for n in nodes {
+        n.shutdown(true).await.unwrap();
+    }
+}
+
+/// Publishes `n` batches in the background, one every `pause`, feeding the reference with each
+/// acknowledged one. Returns the positions written.
+fn background_appends(
+    producer: Producer<siren_cluster::jetstream::JetStream>,
+    reference: std::sync::Arc<Reference>,
+    mut gen: EventGen,
+    n: usize,
+    pause: Duration,
+    key: &'static str,
+) -> tokio::task::JoinHandle<BTreeMap<u32, u64>> {
+    tokio::spawn(async move {
+        let mut positions = BTreeMap::new();
+        for i in 0..n {
+            let batch = gen.batch(25);
+            let published = producer
+                .append(&batch, Some(&format!("{key}-{i}")))
+                .await
+                .expect("published");
+            reference.append(&batch);
+            note_positions(&published, &mut positions);
+            tokio::time::sleep(pause).await;
+        }
+        positions
+    })
+}
+
+fn merge(into: &mut BTreeMap<u32, u64>, from: BTreeMap<u32, u64>) {
+    for (p, pos) in from {
+        let e = into.entry(p).or_default();
+        *e = (*e).max(pos);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn partitions_move_by_checkpoint_and_by_replay_while_appends_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(js) = servers(dir.path(), 3) else {
+        return;
+    };
+    let config = cluster_config("moves", 8, 3);
+    let backend = create(&js, &config, "test-producer").await;
+    let producer = Producer::new(backend.clone(), config.clone());
+    let reference = std::sync::Arc::new(Reference::new());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+    let items = catalog(60, &mut rng);
+    producer.upsert_items(&items, None).await.unwrap();
+    reference.items(&items);
+    let mut gen = EventGen::new(11, 300, 60);
+    let mut positions = BTreeMap::new();
+    let first: Vec<_> = (0..20).map(|_| gen.batch(50)).collect();
+    publish_all(&producer, &reference, &first, "a", &mut positions).await;
+
+    let n1 = start_node("n1", dir.path(), &js, &config, CatchUp::Checkpoint).await;
+    let n2 = start_node("n2", dir.path(), &js, &config, CatchUp::Checkpoint).await;
+    wait_until("two nodes", Duration::from_secs(60), || {
+        converged(&[&n1, &n2], config.partitions, 2, &positions)
+    })
+    .await;
+
+    // A third node joins while appends continue: the partitions it ranks high for move to it
+    // by checkpoint, and the replaced replicas drop them only after it has caught up.
+    let writer = background_appends(
+        producer.clone(),
+        reference.clone(),
+        EventGen::new(12, 300, 60),
+        40,
+        Duration::from_millis(25),
+        "b",
+    );
+    let n3 = start_node("n3", dir.path(), &js, &config, CatchUp::Checkpoint).await;
+    merge(&mut positions, writer.await.unwrap());
+    wait_until("the third node", Duration::from_secs(60), || {
+        converged(&[&n1, &n2, &n3], config.partitions, 2, &positions)
+            && n3.status().partitions.len() >= 3
+            && n1.status().partitions.len()
+                + n2.status().partitions.len()
+                + n3.status().partitions.len()
+                == 16
+    })
+    .await;
+    let moved_by_checkpoint = n3.status().counters.checkpoints_imported;
+    assert!(moved_by_checkpoint >= 3, "{:?}", n3.status().counters);
+    assert_eq!(n3.status().counters.replays, 0);
+    let (c1, c2) = (n1.status().counters, n2.status().counters);
+    assert!(
+        c1.partitions_dropped + c2.partitions_dropped >= 3,
+        "{c1:?} {c2:?} {:?}",
+        n3.status()
+    );
+    let users: BTreeSet<u64> = (0..300).collect();
+    assert_matches_reference(
+        &[&n1, &n2, &n3],
+        &reference,
+        &users,
+        &items,
+        config.partitions,
+    )
+    .await;
+
+    // A fourth node that prefers replay takes its partitions by replaying their streams.
+    let writer = background_appends(
+        producer.clone(),
+        reference.clone(),
+        EventGen::new(13, 300, 60),
+        30,
+        Duration::from_millis(25),
+        "c",
+    );
+    let n4 = start_node("n4", dir.path(), &js, &config, CatchUp::Replay).await;
+    merge(&mut positions, writer.await.unwrap());
+    let all = [&n1, &n2, &n3, &n4];
+    wait_until("the fourth node", Duration::from_secs(60), || {
+        converged(&all, config.partitions, 2, &positions)
+            && !n4.status().partitions.is_empty()
+            && all
+                .iter()
+                .map(|n| n.status().partitions.len())
+                .sum::<usize>()
+                == 16
+    })
+    .await;
+    let c4 = n4.status().counters;
+    assert!(c4.replays >= 1 && c4.checkpoints_imported == 0, "{c4:?}");
+    assert_matches_reference(&all, &reference, &users, &items, config.partitions).await;
+    for n in [n1, n2, n3, n4] {
+        n.shutdown(true).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_node_is_replaced_and_reads_fail_over_to_the_surviving_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(js) = servers(dir.path(), 3) else {
+        return;
+    };
+    let config = cluster_config("failover", 8, 3);
+    let backend = create(&js, &config, "test-producer").await;
+    let producer = Producer::new(backend.clone(), config.clone());
+    let reference = std::sync::Arc::new(Reference::new());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let items = catalog(60, &mut rng);
+    producer.upsert_items(&items, None).await.unwrap();
+    reference.items(&items);
+    let mut gen = EventGen::new(21, 200, 60);
+    let mut positions = BTreeMap::new();
+    let first: Vec<_> = (0..10).map(|_| gen.batch(50)).collect();
+    publish_all(&producer, &reference, &first, "a", &mut positions).await;
+    let nodes = std::sync::Arc::new(parking_lot::RwLock::new(BTreeMap::new()));
+    for id in ["n1", "n2", "n3"] {
+        let n = start_node(id, dir.path(), &js, &config, CatchUp::Checkpoint).await;
+        nodes.write().insert(id.to_string(), std::sync::Arc::new(n));
+    }
+    let converged_all = |positions: &BTreeMap<u32, u64>| {
+        let g = nodes.read();
+        let live: Vec<_> = g.values().map(|n| &**n).collect();
+        converged(&live, config.partitions, 2, positions)
+    };
+    wait_until("three nodes", Duration::from_secs(60), || {
+        converged_all(&positions)
+    })
+    .await;
+
+    // A router's loop: each read goes to the most advanced live serving replica that the
+    // directory names, and on failure to the next one.
+    let directory = nodes.read()["n1"].directory().clone();
+    let reader = {
+        let nodes = nodes.clone();
+        let partitions = config.partitions;
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            let started = std::time::Instant::now();
+            let mut user = 0u64;
+            while started.elapsed() < Duration::from_secs(8) {
+                user = (user + 7) % 200;
+                let p = siren_cluster::partition_of(user, partitions);
+                let mut answered = false;
+                for (info, _) in directory.serving(p) {
+                    let Some(n) = nodes.read().get(&info.node).cloned() else {
+                        continue;
+                    };
+                    if let Ok(s) = n.snapshot(p, None, Duration::ZERO).await {
+                        answered = s.read(user, siren_engine::ReadRange::all()).is_ok();
+                        if answered {
+                            break;
+                        }
+                    }
+                }
+                if answered {
+                    ok += 1
+                } else {
+                    failed += 1
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // n2 dies: no clean leave, its heartbeat just stops.
+    let dead = nodes.write().remove("n2").unwrap();
+    drop(dead);
+    let more: Vec<_> = (0..10).map(|_| gen.batch(50)).collect();
+    publish_all(&producer, &reference, &more, "b", &mut positions).await;
+    let (ok, failed) = reader.await.unwrap();
+    eprintln!("reads during the failover: {ok} answered, {failed} failed");
+    assert!(ok > 100);
+    // Every partition kept a live replica: no read may fail.
+    assert_eq!(failed, 0);
+    wait_until(
+        "two survivors to hold every partition twice",
+        Duration::from_secs(60),
+        || converged_all(&positions),
+    )
+    .await;
+    let g = nodes.read();
+    let live: Vec<_> = g.values().map(|n| &**n).collect();
+    let users: BTreeSet<u64> = (0..200).collect();
+    assert_matches_reference(&live, &reference, &users, &items, config.partitions).await;
+}
