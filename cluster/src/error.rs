@@ -152,3 +152,26 @@ impl Error {
         )
     }
 }
+
+/// Calls `f` until it succeeds, fails with an error that is not retryable, or `budget` has
+/// passed; pauses double from 50 ms to 1 s between calls.
+pub(crate) async fn retrying<T, Fut>(
+    budget: std::time::Duration,
+    mut f: impl FnMut() -> Fut,
+) -> Result<T>
+where
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let start = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(50);
+    loop {
+        match f().await {
+            Err(e) if e.is_retryable() && start.elapsed() < budget => {
+                tracing::debug!("retrying after: {e}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(1));
+            }
+            other => return other,
+        }
+    }
+}

@@ -29,11 +29,14 @@ use futures_util::{FutureExt, StreamExt, TryStreamExt};
 
 use crate::codec::{decode_json, encode_json, Kind};
 use crate::config::ClusterConfig;
-use crate::error::{Error, Result};
+use crate::error::{retrying, Error, Result};
 use crate::log::{
     Appended, BlobStore, Bounds, Bucket, Log, LogEntry, LogReader, MetaChange, MetaStore,
     MetaWatch, StreamId, Versioned,
 };
+
+/// How long creating the cluster's streams and buckets is retried.
+const CREATE_BUDGET: Duration = Duration::from_secs(30);
 
 /// The key of the cluster's configuration in [`Bucket::Meta`].
 pub const CONFIG_KEY: &str = "config";
@@ -152,29 +155,27 @@ impl JetStream {
         let (js, max_payload) = connect_context(c).await?;
         let names = Names::new(&config.name);
         let replicas = config.log_replicas as usize;
-        let meta = ensure_kv(
-            &js,
-            &names.bucket(Bucket::Meta),
-            replicas,
-            StorageType::File,
-        )
-        .await?;
-        let nodes = ensure_kv(
-            &js,
-            &names.bucket(Bucket::Nodes),
-            replicas,
-            StorageType::Memory,
-        )
-        .await?;
-        let blobs = js
-            .create_object_store(object_store::Config {
+        // A cluster that has just elected its leader may not place replicated streams yet.
+        let kv = |bucket: Bucket, storage| {
+            let (js, name) = (&js, names.bucket(bucket));
+            retrying(CREATE_BUDGET, move || {
+                let name = name.clone();
+                async move { ensure_kv(js, &name, replicas, storage).await }
+            })
+        };
+        let meta = kv(Bucket::Meta, StorageType::File).await?;
+        let nodes = kv(Bucket::Nodes, StorageType::Memory).await?;
+        let blobs = retrying(CREATE_BUDGET, || async {
+            js.create_object_store(object_store::Config {
                 bucket: names.blobs(),
                 storage: StorageType::File,
                 num_replicas: replicas,
                 ..Default::default()
             })
             .await
-            .map_err(|e| log_err("create object store", names.blobs(), e, true))?;
+            .map_err(|e| log_err("create object store", names.blobs(), e, true))
+        })
+        .await?;
         let me = JetStream {
             js,
             names,
@@ -183,12 +184,12 @@ impl JetStream {
             blobs,
             max_payload,
         };
-        me.ensure_config(config).await?;
+        retrying(CREATE_BUDGET, || me.ensure_config(config)).await?;
         let streams = (0..config.partitions)
             .map(StreamId::Partition)
             .chain([StreamId::Catalog]);
         for s in streams {
-            me.ensure_stream(config, s).await?;
+            retrying(CREATE_BUDGET, || me.ensure_stream(config, s)).await?;
         }
         Ok(me)
     }

@@ -10,7 +10,7 @@
 //! dropped as a duplicate within the window.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::try_join_all;
@@ -18,7 +18,7 @@ use siren_engine::{Event, Item, Options};
 
 use crate::codec::{LogRecord, EVENT_BYTES, HEADER_BYTES, TRAILER_BYTES};
 use crate::config::ClusterConfig;
-use crate::error::{Error, Result};
+use crate::error::{retrying, Error, Result};
 use crate::log::{Log, StreamId};
 use crate::partition::partition_of;
 
@@ -194,19 +194,10 @@ impl<L: Log> Producer<L> {
         payload: Bytes,
         id: String,
     ) -> Result<crate::log::Appended> {
-        let start = Instant::now();
-        let mut pause = Duration::from_millis(50);
-        loop {
-            match self.log.append(stream, payload.clone(), id.clone()).await {
-                Ok(a) => return Ok(a),
-                Err(e) if e.is_retryable() && start.elapsed() < self.retry_for => {
-                    tracing::debug!("publish to {stream} failed, retrying: {e}");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        retrying(self.retry_for, || {
+            self.log.append(stream, payload.clone(), id.clone())
+        })
+        .await
     }
 }
 

@@ -312,3 +312,243 @@ async fn a_dead_node_is_replaced_and_reads_fail_over_to_the_surviving_replica() 
     let users: BTreeSet<u64> = (0..200).collect();
     assert_matches_reference(&live, &reference, &users, &items, config.partitions).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_training_read_with_pinned_positions_equals_the_single_node_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(js) = servers(dir.path(), 3) else {
+        return;
+    };
+    let config = cluster_config("pins", 6, 3);
+    let backend = create(&js, &config, "test-producer").await;
+    let producer = Producer::new(backend.clone(), config.clone());
+    // The single-node run reads a database fed only what was written before the pin.
+    let at_pin = Reference::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
+    let items = catalog(60, &mut rng);
+    producer.upsert_items(&items, None).await.unwrap();
+    at_pin.items(&items);
+    let nodes = [
+        start_node("n1", dir.path(), &js, &config, CatchUp::Checkpoint).await,
+        start_node("n2", dir.path(), &js, &config, CatchUp::Checkpoint).await,
+        start_node("n3", dir.path(), &js, &config, CatchUp::Checkpoint).await,
+    ];
+    let all: Vec<_> = nodes.iter().collect();
+    let mut gen = EventGen::new(31, 150, 60);
+    let mut positions = BTreeMap::new();
+    let before: Vec<_> = (0..15).map(|_| gen.batch(40)).collect();
+    publish_all(&producer, &at_pin, &before, "a", &mut positions).await;
+    wait_until("three nodes", Duration::from_secs(60), || {
+        converged(&all, config.partitions, 2, &positions)
+    })
+    .await;
+
+    // Pin every partition on one replica at its current position, and on the other replica
+    // at exactly that position.
+    let mut pinned_on: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+    for p in 0..config.partitions {
+        let holders: Vec<usize> = (0..3)
+            .filter(|&i| all[i].status().partitions.contains_key(&p))
+            .collect();
+        let pos = all[holders[0]]
+            .pin(
+                "job-1",
+                p,
+                siren_cluster::PinAt::Current,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(pos, positions[&p], "partition {p}");
+        let again = all[holders[1]]
+            .pin(
+                "job-1",
+                p,
+                siren_cluster::PinAt::Exactly(pos),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(again, pos);
+        pinned_on.insert(p, holders);
+    }
+    // Writes go on, deletes too: the pinned reads must not see them.
+    let after: Vec<_> = (0..10).map(|_| gen.batch(40)).collect();
+    let throwaway = Reference::new();
+    publish_all(&producer, &throwaway, &after, "b", &mut positions).await;
+    producer.delete_users(&[5, 6, 7], None).await.unwrap();
+    wait_until(
+        "the new writes to be applied",
+        Duration::from_secs(60),
+        || converged(&all, config.partitions, 2, &positions),
+    )
+    .await;
+    // A replica already past a position cannot pin it.
+    let late = all[pinned_on[&0][0]]
+        .pin(
+            "job-2",
+            0,
+            siren_cluster::PinAt::Exactly(1),
+            Duration::from_millis(100),
+        )
+        .await;
+    assert!(matches!(late, Err(Error::PinUnavailable { .. })));
+
+    // The training reads: every user's sequence and retrievals at several as-of times, read
+    // from either replica of its partition, equal the single-node run.
+    let want = at_pin.db.snapshot();
+    let mut differs_now = 0;
+    for user in 0..150u64 {
+        let p = siren_cluster::partition_of(user, config.partitions);
+        let expected = fingerprint(&want, user, &items);
+        for &i in &pinned_on[&p] {
+            let (snap, _) = all[i].pinned("job-1", p).unwrap();
+            assert_eq!(
+                fingerprint(&snap, user, &items),
+                expected,
+                "user {user} on {}",
+                all[i].id()
+            );
+        }
+        let live = all[pinned_on[&p][0]].db().snapshot();
+        differs_now += usize::from(fingerprint(&live, user, &items) != expected);
+    }
+    assert!(
+        differs_now > 50,
+        "the later writes changed {differs_now} users"
+    );
+    for n in &all {
+        n.unpin("job-1");
+        assert!(n.pinned("job-1", 0).is_err());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stream_truncated_past_the_stored_position_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(js) = servers(dir.path(), 1) else {
+        return;
+    };
+    let mut config = cluster_config("gap", 2, 1);
+    config.replicas = 1;
+    let backend = create(&js, &config, "test-producer").await;
+    let producer = Producer::new(backend.clone(), config.clone());
+    let reference = Reference::new();
+    let mut gen = EventGen::new(41, 50, 20);
+    let mut positions = BTreeMap::new();
+    let first: Vec<_> = (0..10).map(|_| gen.batch(20)).collect();
+    publish_all(&producer, &reference, &first, "a", &mut positions).await;
+    let n1 = start_node("n1", dir.path(), &js, &config, CatchUp::Checkpoint).await;
+    wait_until("the node", Duration::from_secs(60), || {
+        converged(&[&n1], config.partitions, 1, &positions)
+    })
+    .await;
+    n1.shutdown(false).await.unwrap();
+
+    // While the node is down, more is written and retention drops partition 0's stream up to
+    // its last message: the messages right after the node's position are gone.
+    let later: Vec<_> = (0..10).map(|_| gen.batch(20)).collect();
+    let throwaway = Reference::new();
+    publish_all(&producer, &throwaway, &later, "b", &mut positions).await;
+    let stream = siren_cluster::log::StreamId::Partition(0);
+    let stored = positions.clone();
+    let last = {
+        use siren_cluster::log::Log;
+        backend.bounds(stream).await.unwrap().last
+    };
+    backend.purge_before(stream, last).await.unwrap();
+
+    let n1 = start_node("n1", dir.path(), &js, &config, CatchUp::Checkpoint).await;
+    wait_until("partition 0 to be refused", Duration::from_secs(30), || {
+        matches!(
+            n1.status().partitions.get(&0).map(|s| &s.phase),
+            Some(siren_cluster::Phase::Refused(why)) if why.contains("gap")
+        )
+    })
+    .await;
+    // Nothing was skipped: the refused partition still holds exactly what it had, it is not
+    // served, and the heartbeat says why.
+    let status = n1.status();
+    assert!(status.partitions[&0].applied < last);
+    let users: BTreeSet<u64> = (0..50)
+        .filter(|u| siren_cluster::partition_of(*u, 2) == 0)
+        .collect();
+    let held = n1.db().snapshot();
+    let want = reference.db.snapshot();
+    for &u in &users {
+        assert_eq!(
+            held.read(u, siren_engine::ReadRange::all()).unwrap(),
+            want.read(u, siren_engine::ReadRange::all()).unwrap()
+        );
+    }
+    let refused = n1.snapshot(0, None, Duration::ZERO).await.err();
+    assert!(
+        matches!(refused, Some(Error::NotServing { .. })),
+        "{refused:?}"
+    );
+    wait_until(
+        "the heartbeat to report it",
+        Duration::from_secs(10),
+        || {
+            n1.directory()
+                .node("n1")
+                .is_some_and(|n| n.info.refused.get(&0).is_some_and(|r| r.contains("gap")))
+        },
+    )
+    .await;
+    // Partition 1 was not truncated: it caught up.
+    wait_until("partition 1", Duration::from_secs(30), || {
+        n1.status()
+            .partitions
+            .get(&1)
+            .is_some_and(|s| s.phase == siren_cluster::Phase::Serving && s.applied == stored[&1])
+    })
+    .await;
+    n1.shutdown(true).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_a_jetstream_server_while_publishing_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut js) = servers(dir.path(), 3) else {
+        return;
+    };
+    let config = cluster_config("jskill", 8, 3);
+    let backend = create(&js, &config, "test-producer").await;
+    let producer = Producer::new(backend.clone(), config.clone());
+    let reference = std::sync::Arc::new(Reference::new());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let items = catalog(60, &mut rng);
+    producer.upsert_items(&items, None).await.unwrap();
+    reference.items(&items);
+    let nodes = [
+        start_node("n1", dir.path(), &js, &config, CatchUp::Checkpoint).await,
+        start_node("n2", dir.path(), &js, &config, CatchUp::Checkpoint).await,
+        start_node("n3", dir.path(), &js, &config, CatchUp::Checkpoint).await,
+    ];
+    let all: Vec<_> = nodes.iter().collect();
+    let writer = background_appends(
+        producer.clone(),
+        reference.clone(),
+        EventGen::new(51, 200, 60),
+        120,
+        Duration::from_millis(20),
+        "k",
+    );
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let victim = 1;
+    let pid = js.servers[victim].pid();
+    js.servers[victim].kill().unwrap();
+    eprintln!("killed JetStream server {victim} (pid {pid:?})");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    js.servers[victim].start().unwrap();
+    let positions = writer.await.unwrap();
+    wait_until(
+        "nodes to converge after the kill",
+        Duration::from_secs(90),
+        || converged(&all, config.partitions, 2, &positions),
+    )
+    .await;
+    let users: BTreeSet<u64> = (0..200).collect();
+    assert_matches_reference(&all, &reference, &users, &items, config.partitions).await;
+}
