@@ -29,6 +29,9 @@ use crate::codec::{
 use crate::error::{Error, Result};
 use crate::partition::partition_of;
 
+/// A user and their retained events, oldest first.
+pub type UserEvents = (u64, Vec<Event>);
+
 /// Uncompressed bytes per chunk before it is written.
 const CHUNK_BYTES: usize = 4 << 20;
 /// Largest frame or decompressed chunk a reader accepts.
@@ -160,7 +163,7 @@ impl<R: Read> CheckpointReader<R> {
 
     /// The next chunk's users and their events, or `None` after the last frame (whose counts
     /// have then been checked).
-    pub fn next_chunk(&mut self) -> Result<Option<Vec<(u64, Vec<Event>)>>> {
+    pub fn next_chunk(&mut self) -> Result<Option<Vec<UserEvents>>> {
         if self.done.is_some() {
             return Ok(None);
         }
@@ -199,7 +202,7 @@ impl<R: Read> CheckpointReader<R> {
         self.done
     }
 
-    fn decode_chunk(&mut self, payload: &[u8]) -> Result<Vec<(u64, Vec<Event>)>> {
+    fn decode_chunk(&mut self, payload: &[u8]) -> Result<Vec<UserEvents>> {
         let what = &self.what.clone();
         if payload.len() < 4 {
             return Err(Error::corrupt(what, "chunk without a length"));
@@ -287,4 +290,78 @@ pub fn check_checkpoint_bytes(bytes: &[u8]) -> Result<CheckpointSummary> {
     let mut r = CheckpointReader::new(bytes, "checkpoint")?;
     while r.next_chunk()?.is_some() {}
     Ok(r.summary().expect("read to the end"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use siren_engine::{AppendOptions, Db, Options};
+
+    fn db_with_users(dir: &Path) -> Db {
+        let db = Db::open(
+            dir.join("db"),
+            Options {
+                embedding_dim: 0,
+                auto_compact: None,
+                ..Options::default()
+            },
+        )
+        .unwrap();
+        let events: Vec<Event> = (0..300u64)
+            .flat_map(|u| {
+                (0..(u % 13) as i64).map(move |t| Event {
+                    user: u,
+                    ts: t * 10 - 50,
+                    item: u * 31 + t as u64,
+                    action: (t % 3) as u8,
+                    domain: 1,
+                })
+            })
+            .collect();
+        db.append(&events, &AppendOptions::default()).unwrap();
+        db
+    }
+
+    #[test]
+    fn a_partition_round_trips_and_damage_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = db_with_users(dir.path());
+        let header = CheckpointHeader {
+            cluster: "t".into(),
+            partition: 2,
+            partitions: 4,
+            position: 99,
+        };
+        let path = dir.path().join("ck");
+        let summary = write_checkpoint(&db.snapshot(), &header, &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let mut r = CheckpointReader::new(&bytes[..], "ck").unwrap();
+        assert_eq!(r.header, header);
+        let mut seen = Vec::new();
+        while let Some(users) = r.next_chunk().unwrap() {
+            seen.extend(users);
+        }
+        assert_eq!(r.summary(), Some(summary));
+        let snap = db.snapshot();
+        let want: Vec<UserEvents> = snap
+            .users()
+            .into_iter()
+            .filter(|u| partition_of(*u, 4) == 2)
+            .map(|u| (u, snap.read(u, ReadRange::all()).unwrap()))
+            .collect();
+        assert!(want.len() > 50);
+        assert_eq!(seen, want);
+
+        for n in 0..bytes.len() {
+            assert!(check_checkpoint_bytes(&bytes[..n]).is_err(), "cut at {n}");
+        }
+        for i in (0..bytes.len()).step_by(7) {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x41;
+            assert!(check_checkpoint_bytes(&bad).is_err(), "byte {i}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(check_checkpoint_bytes(&longer).is_err());
+    }
 }

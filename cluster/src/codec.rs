@@ -10,7 +10,7 @@
 //! [`LogRecord::DeleteUsers`], the catalog stream [`LogRecord::Items`]; metadata values are JSON
 //! payloads in frames of their own kinds; checkpoints are sequences of frames.
 
-use siren_engine::format::Reader;
+use siren_engine::format::{checksum_matches, Reader};
 use siren_engine::{DecodeError, Event, Item, SemId, MAX_SEMID_LEVELS};
 
 use crate::error::{Error, Result};
@@ -105,7 +105,8 @@ pub fn unframe<'a>(buf: &'a [u8], what: &str) -> Result<(Kind, &'a [u8])> {
     }
     let body = buf.len() - TRAILER_BYTES;
     let stored = u32::from_le_bytes(buf[body..].try_into().expect("4 bytes"));
-    if crc32c::crc32c(&buf[..body]) != stored {
+    // Fuzz builds accept any checksum, to reach the decoders behind it.
+    if !checksum_matches(stored, crc32c::crc32c(&buf[..body])) {
         return Err(bad("checksum mismatch".into()));
     }
     if buf[4] != VERSION {

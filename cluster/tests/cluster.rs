@@ -307,8 +307,8 @@ async fn a_dead_node_is_replaced_and_reads_fail_over_to_the_surviving_replica() 
         || converged_all(&positions),
     )
     .await;
-    let g = nodes.read();
-    let live: Vec<_> = g.values().map(|n| &**n).collect();
+    let survivors: Vec<_> = nodes.read().values().cloned().collect();
+    let live: Vec<_> = survivors.iter().map(|n| &**n).collect();
     let users: BTreeSet<u64> = (0..200).collect();
     assert_matches_reference(&live, &reference, &users, &items, config.partitions).await;
 }
