@@ -6,27 +6,22 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use common::*;
-use rand::SeedableRng;
 use siren_cluster::{CatchUp, Error, Producer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_apply_every_acknowledged_write_exactly_once() {
-    let t0 = std::time::Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let Some(js) = servers(dir.path(), 3) else {
+    let Some(Setup {
+        js,
+        config,
+        producer,
+        reference,
+        items,
+        ..
+    }) = setup(dir.path(), 3, "basic", 8, 1).await
+    else {
         return;
     };
-    let config = cluster_config("basic", 8, 3);
-    let backend = create(&js, &config, "test-producer").await;
-    let producer = Producer::new(backend.clone(), config.clone());
-    let reference = Reference::new();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let items = catalog(60, &mut rng);
-    producer
-        .upsert_items(&items, Some("catalog-0"))
-        .await
-        .unwrap();
-    reference.items(&items);
 
     let nodes = [
         start_node("n1", dir.path(), &js, &config, CatchUp::Checkpoint).await,
@@ -52,13 +47,11 @@ async fn three_nodes_apply_every_acknowledged_write_exactly_once() {
     note_positions(&del, &mut positions);
     let more: Vec<_> = (0..5).map(|_| gen.batch(40)).collect();
     publish_all(&producer, &reference, &more, "ev2", &mut positions).await;
-    eprintln!("published at {:?}", t0.elapsed());
 
     wait_until("3 nodes to converge", Duration::from_secs(60), || {
         converged(&refs, config.partitions, 2, &positions)
     })
     .await;
-    eprintln!("converged at {:?}", t0.elapsed());
     let users: BTreeSet<u64> = (0..200).collect();
     assert_matches_reference(&refs, &reference, &users, &items, config.partitions).await;
 
@@ -129,17 +122,17 @@ fn merge(into: &mut BTreeMap<u32, u64>, from: BTreeMap<u32, u64>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partitions_move_by_checkpoint_and_by_replay_while_appends_continue() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(js) = servers(dir.path(), 3) else {
+    let Some(Setup {
+        js,
+        config,
+        producer,
+        reference,
+        items,
+        ..
+    }) = setup(dir.path(), 3, "moves", 8, 2).await
+    else {
         return;
     };
-    let config = cluster_config("moves", 8, 3);
-    let backend = create(&js, &config, "test-producer").await;
-    let producer = Producer::new(backend.clone(), config.clone());
-    let reference = std::sync::Arc::new(Reference::new());
-    let mut rng = rand::rngs::StdRng::seed_from_u64(2);
-    let items = catalog(60, &mut rng);
-    producer.upsert_items(&items, None).await.unwrap();
-    reference.items(&items);
     let mut gen = EventGen::new(11, 300, 60);
     let mut positions = BTreeMap::new();
     let first: Vec<_> = (0..20).map(|_| gen.batch(50)).collect();
@@ -225,17 +218,17 @@ async fn partitions_move_by_checkpoint_and_by_replay_while_appends_continue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_node_is_replaced_and_reads_fail_over_to_the_surviving_replica() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(js) = servers(dir.path(), 3) else {
+    let Some(Setup {
+        js,
+        config,
+        producer,
+        reference,
+        items,
+        ..
+    }) = setup(dir.path(), 3, "failover", 8, 3).await
+    else {
         return;
     };
-    let config = cluster_config("failover", 8, 3);
-    let backend = create(&js, &config, "test-producer").await;
-    let producer = Producer::new(backend.clone(), config.clone());
-    let reference = std::sync::Arc::new(Reference::new());
-    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
-    let items = catalog(60, &mut rng);
-    producer.upsert_items(&items, None).await.unwrap();
-    reference.items(&items);
     let mut gen = EventGen::new(21, 200, 60);
     let mut positions = BTreeMap::new();
     let first: Vec<_> = (0..10).map(|_| gen.batch(50)).collect();
@@ -316,18 +309,18 @@ async fn a_dead_node_is_replaced_and_reads_fail_over_to_the_surviving_replica() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_training_read_with_pinned_positions_equals_the_single_node_run() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(js) = servers(dir.path(), 3) else {
+    // The single-node run reads a database fed only what was written before the pin.
+    let Some(Setup {
+        js,
+        config,
+        producer,
+        reference: at_pin,
+        items,
+        ..
+    }) = setup(dir.path(), 3, "pins", 6, 4).await
+    else {
         return;
     };
-    let config = cluster_config("pins", 6, 3);
-    let backend = create(&js, &config, "test-producer").await;
-    let producer = Producer::new(backend.clone(), config.clone());
-    // The single-node run reads a database fed only what was written before the pin.
-    let at_pin = Reference::new();
-    let mut rng = rand::rngs::StdRng::seed_from_u64(4);
-    let items = catalog(60, &mut rng);
-    producer.upsert_items(&items, None).await.unwrap();
-    at_pin.items(&items);
     let nodes = [
         start_node("n1", dir.path(), &js, &config, CatchUp::Checkpoint).await,
         start_node("n2", dir.path(), &js, &config, CatchUp::Checkpoint).await,
@@ -510,17 +503,17 @@ async fn a_stream_truncated_past_the_stored_position_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_a_jetstream_server_while_publishing_loses_and_doubles_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(mut js) = servers(dir.path(), 3) else {
+    let Some(Setup {
+        mut js,
+        config,
+        producer,
+        reference,
+        items,
+        ..
+    }) = setup(dir.path(), 3, "jskill", 8, 5).await
+    else {
         return;
     };
-    let config = cluster_config("jskill", 8, 3);
-    let backend = create(&js, &config, "test-producer").await;
-    let producer = Producer::new(backend.clone(), config.clone());
-    let reference = std::sync::Arc::new(Reference::new());
-    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let items = catalog(60, &mut rng);
-    producer.upsert_items(&items, None).await.unwrap();
-    reference.items(&items);
     let nodes = [
         start_node("n1", dir.path(), &js, &config, CatchUp::Checkpoint).await,
         start_node("n2", dir.path(), &js, &config, CatchUp::Checkpoint).await,

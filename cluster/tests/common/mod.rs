@@ -303,3 +303,40 @@ pub fn note_positions(published: &siren_cluster::Published, positions: &mut BTre
         }
     }
 }
+
+/// What most cluster tests start from: servers, a created cluster, a producer, a reference
+/// holding the catalog that was published.
+pub struct Setup {
+    pub js: LocalJetStream,
+    pub config: ClusterConfig,
+    pub backend: JetStream,
+    pub producer: Producer<JetStream>,
+    pub reference: std::sync::Arc<Reference>,
+    pub items: Vec<Item>,
+}
+
+/// `None` (the test is skipped) when no server binary is installed.
+pub async fn setup(
+    dir: &Path,
+    servers_n: usize,
+    name: &str,
+    partitions: u32,
+    seed: u64,
+) -> Option<Setup> {
+    let js = servers(dir, servers_n)?;
+    let config = cluster_config(name, partitions, servers_n as u32);
+    let backend = create(&js, &config, "test-producer").await;
+    let producer = Producer::new(backend.clone(), config.clone());
+    let reference = std::sync::Arc::new(Reference::new());
+    let items = catalog(60, &mut StdRng::seed_from_u64(seed));
+    producer.upsert_items(&items, None).await.unwrap();
+    reference.items(&items);
+    Some(Setup {
+        js,
+        config,
+        backend,
+        producer,
+        reference,
+        items,
+    })
+}
