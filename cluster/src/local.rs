@@ -110,6 +110,25 @@ pub fn free_port() -> Result<u16> {
         .port())
 }
 
+/// How local servers run.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalOptions {
+    /// Each server gets SIGKILL when the thread that started it exits (for tests, so that a
+    /// failed test leaves nothing running).
+    pub die_with_parent: bool,
+    /// `sync_interval: always` (fsync before acknowledging). Off only to measure what it costs.
+    pub sync_always: bool,
+}
+
+impl Default for LocalOptions {
+    fn default() -> Self {
+        LocalOptions {
+            die_with_parent: false,
+            sync_always: true,
+        }
+    }
+}
+
 /// One `nats-server` process.
 pub struct LocalServer {
     pub name: String,
@@ -118,7 +137,7 @@ pub struct LocalServer {
     pub monitor_port: u16,
     pub dir: PathBuf,
     binary: PathBuf,
-    die_with_parent: bool,
+    options: LocalOptions,
     child: Option<Child>,
 }
 
@@ -144,12 +163,17 @@ impl LocalServer {
         let mut conf = format!(
             "server_name: {name}\nlisten: \"127.0.0.1:{client}\"\nhttp: \"127.0.0.1:{monitor}\"\n\
              log_file: \"{dir}/server.log\"\npid_file: \"{dir}/server.pid\"\n\
-             jetstream {{\n  store_dir: \"{dir}/jetstream\"\n  sync_interval: always\n  \
+             jetstream {{\n  store_dir: \"{dir}/jetstream\"\n{sync}  \
              max_memory_store: 1GB\n  max_file_store: 64GB\n}}\n",
             name = self.name,
             client = self.client_port,
             monitor = self.monitor_port,
             dir = self.dir.display(),
+            sync = if self.options.sync_always {
+                "  sync_interval: always\n"
+            } else {
+                ""
+            },
         );
         if !routes.is_empty() {
             let routes: Vec<String> = routes
@@ -176,7 +200,7 @@ impl LocalServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if self.die_with_parent {
+        if self.options.die_with_parent {
             use std::os::unix::process::CommandExt;
             // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
             unsafe {
@@ -251,13 +275,12 @@ pub struct LocalJetStream {
 
 impl LocalJetStream {
     /// Starts `n` servers under `dir` and waits until JetStream is ready (a meta leader is
-    /// elected when `n > 1`). `die_with_parent` makes each server get SIGKILL when the thread
-    /// that started it exits (for tests, so that a failed test leaves nothing running).
-    pub fn start(dir: &Path, n: usize, die_with_parent: bool) -> Result<LocalJetStream> {
+    /// elected when `n > 1`).
+    pub fn start(dir: &Path, n: usize, options: LocalOptions) -> Result<LocalJetStream> {
         let binary = server_binary()?;
         let mut last = None;
         for _attempt in 0..3 {
-            match Self::try_start(&binary, dir, n, die_with_parent) {
+            match Self::try_start(&binary, dir, n, options) {
                 Ok(js) => return Ok(js),
                 Err(e) => last = Some(e),
             }
@@ -265,7 +288,7 @@ impl LocalJetStream {
         Err(last.expect("tried at least once"))
     }
 
-    fn try_start(binary: &Path, dir: &Path, n: usize, die_with_parent: bool) -> Result<Self> {
+    fn try_start(binary: &Path, dir: &Path, n: usize, options: LocalOptions) -> Result<Self> {
         let mut servers = Vec::with_capacity(n);
         for i in 0..n {
             let sdir = dir.join(format!("nats-{}", i + 1));
@@ -277,7 +300,7 @@ impl LocalJetStream {
                 monitor_port: free_port()?,
                 dir: sdir,
                 binary: binary.to_path_buf(),
-                die_with_parent,
+                options,
                 child: None,
             });
         }

@@ -621,9 +621,11 @@ async fn drop_orphans<B: Backend>(inner: &Arc<Inner<B>>) -> Result<()> {
         if !mine {
             let db = inner.db.clone();
             let partitions = inner.cluster.partitions;
-            tokio::task::spawn_blocking(move || crate::replica::drop_partition(&db, p, partitions))
-                .await
-                .map_err(|e| Error::invalid(e.to_string()))??;
+            tokio::task::spawn_blocking(move || {
+                crate::checkpoint::drop_partition(&db, p, partitions)
+            })
+            .await
+            .map_err(|e| Error::invalid(e.to_string()))??;
         }
     }
     Ok(())

@@ -8,28 +8,22 @@
 //! holds the message after that position (purged by retention) is a gap, and the node refuses
 //! the partition, says so in its status and heartbeat, and asks for a checkpoint instead.
 
-use std::io::BufReader;
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use siren_engine::{AppendOptions, Db, Durability, Event};
 use tokio::sync::SemaphorePermit;
 
 use crate::apply::{apply, plan};
-use crate::checkpoint::{write_checkpoint, CheckpointHeader, CheckpointReader, CheckpointSummary};
+use crate::checkpoint::{drop_partition, import_checkpoint, write_checkpoint, CheckpointHeader};
 use crate::directory::Directory;
 use crate::error::{Error, Result};
 use crate::log::{Backend, Bounds, Log, LogEntry, LogReader, StreamId};
 use crate::meta::{CheckpointRef, Replica, ReplicaState};
 use crate::node::{CatchUp, Inner, Phase, Slot};
-use crate::partition::partition_of;
 
 /// Most messages read into one batch.
 const MAX_BATCH_MESSAGES: usize = 4096;
-/// Users deleted per write when a partition is dropped.
-const DROP_CHUNK: usize = 10_000;
 
 /// The task of one held partition; ends when the partition is unassigned here (its data is then
 /// dropped) or the node shuts down (its data is kept).
@@ -504,7 +498,9 @@ async fn import_shipped<B: Backend>(
     );
     let imported = blocking(move || {
         let _gate = gate_slot.gate.lock();
-        import_checkpoint(&db, &gate_slot, &file, &expect, durability)
+        // Once stopped, the import ends: the drop that follows must see everything written.
+        let stopped = || *gate_slot.stop.borrow();
+        import_checkpoint(&db, &file, &expect, durability, &stopped)
     })
     .await;
     let _ = std::fs::remove_file(&path);
@@ -521,74 +517,4 @@ async fn import_shipped<B: Backend>(
         summary.events
     );
     Ok(reference.position)
-}
-
-/// Replaces the partition's data with a checkpoint's. Runs with the slot's gate held. The
-/// position is written with the last batch, so a crash part-way leaves users without a
-/// position, which the next acquisition (or start) deletes.
-pub(crate) fn import_checkpoint(
-    db: &Db,
-    slot: &Slot,
-    path: &Path,
-    expect: &CheckpointHeader,
-    durability: Durability,
-) -> Result<CheckpointSummary> {
-    let what = format!("checkpoint {}", path.display());
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut reader = CheckpointReader::new(BufReader::new(file), &what)?;
-    if &reader.header != expect {
-        return Err(Error::corrupt(
-            &what,
-            format!("holds {:?}, expected {expect:?}", reader.header),
-        ));
-    }
-    drop_partition(db, expect.partition, expect.partitions)?;
-    let max = db.options().max_batch_events;
-    let plain = AppendOptions {
-        durability,
-        source: None,
-    };
-    let mut batch: Vec<Event> = Vec::new();
-    while let Some(users) = reader.next_chunk()? {
-        if *slot.stop.borrow() {
-            return Err(Error::Shutdown);
-        }
-        for (_, events) in users {
-            for piece in events.chunks(max) {
-                if batch.len() + piece.len() > max {
-                    db.append(&batch, &plain)?;
-                    batch.clear();
-                }
-                batch.extend_from_slice(piece);
-            }
-        }
-    }
-    let last = AppendOptions {
-        durability,
-        source: Some((
-            StreamId::Partition(expect.partition).source_name(),
-            expect.position,
-        )),
-    };
-    db.append(&batch, &last)?;
-    Ok(reader.summary().expect("read to the end"))
-}
-
-/// Deletes a partition's position, then its users. Returns how many users were deleted.
-pub(crate) fn drop_partition(db: &Db, p: u32, partitions: u32) -> Result<usize> {
-    db.remove_source(&StreamId::Partition(p).source_name(), Durability::Sync)?;
-    let users: Vec<u64> = db
-        .snapshot()
-        .users()
-        .into_iter()
-        .filter(|u| partition_of(*u, partitions) == p)
-        .collect();
-    let opts = AppendOptions {
-        durability: Durability::Buffered,
-        source: None,
-    };
-    for chunk in users.chunks(DROP_CHUNK) {
-        db.delete_users(chunk, &opts)?;
-    }
-    Ok(users.len())
 }

@@ -38,7 +38,11 @@ pub fn servers(dir: &Path, n: usize) -> Option<LocalJetStream> {
             return None;
         }
     }
-    Some(LocalJetStream::start(dir, n, true).expect("JetStream servers start"))
+    let options = siren_cluster::local::LocalOptions {
+        die_with_parent: true,
+        sync_always: true,
+    };
+    Some(LocalJetStream::start(dir, n, options).expect("JetStream servers start"))
 }
 
 pub fn db_options() -> Options {
