@@ -35,6 +35,12 @@ use crate::log::{
     MetaWatch, StreamId, Versioned,
 };
 
+/// A reader's pull requests expire after this, and the server sends an idle heartbeat every
+/// half of it; two missed heartbeats make the reader re-create its consumer on a live server.
+/// The client's default (30 s) would leave a partition unapplied for 30 s after the server
+/// holding its consumer dies.
+const READER_PULL_EXPIRES: Duration = Duration::from_secs(4);
+
 /// How long creating the cluster's streams and buckets is retried.
 const CREATE_BUDGET: Duration = Duration::from_secs(30);
 
@@ -446,6 +452,7 @@ impl Log for JetStream {
                 deliver_policy: DeliverPolicy::ByStartSequence {
                     start_sequence: start.max(1),
                 },
+                max_expires: READER_PULL_EXPIRES,
                 ..Default::default()
             })
             .await

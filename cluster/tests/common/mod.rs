@@ -24,10 +24,7 @@ pub const DIM: usize = 8;
 /// Starts `n` JetStream servers, or returns `None` (printing why) when no server binary is
 /// installed. With `CI` set a missing binary fails the test instead.
 pub fn servers(dir: &Path, n: usize) -> Option<LocalJetStream> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_test_writer()
-        .try_init();
+    init_tracing();
     match siren_cluster::local::server_binary() {
         Ok(_) => {}
         Err(e) if std::env::var_os("CI").is_some() => {
@@ -43,6 +40,14 @@ pub fn servers(dir: &Path, n: usize) -> Option<LocalJetStream> {
         sync_always: true,
     };
     Some(LocalJetStream::start(dir, n, options).expect("JetStream servers start"))
+}
+
+/// Logs to the test's output, filtered by `RUST_LOG`.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
 }
 
 pub fn db_options() -> Options {
