@@ -360,38 +360,60 @@ impl<B: Backend> Node<B> {
             reason,
         };
         let key = (job.to_string(), partition);
-        let (db, gate_slot) = (inner.db.clone(), slot.clone());
+        // Under the partition's gate the applier is between two writes: the position and the
+        // snapshot belong together, and a wanted position is registered before it can pass.
+        let (db, gate_slot, name) = (inner.db.clone(), slot.clone(), job.to_string());
         let source = StreamId::Partition(partition).source_name();
-        let (snap, position) = tokio::task::spawn_blocking(move || {
+        let now = tokio::task::spawn_blocking(move || {
             let _gate = gate_slot.gate.lock();
-            (db.snapshot(), db.source_position(&source).unwrap_or(0))
+            let position = db.source_position(&source).unwrap_or(0);
+            match at {
+                PinAt::Current => Ok(Some((db.snapshot(), position))),
+                PinAt::Exactly(p) if p == position => Ok(Some((db.snapshot(), position))),
+                PinAt::Exactly(p) if p < position => Err(position),
+                PinAt::Exactly(p) => {
+                    gate_slot
+                        .wanted_pins
+                        .lock()
+                        .entry(p)
+                        .or_default()
+                        .push(name);
+                    Ok(None)
+                }
+            }
         })
         .await
         .map_err(|e| unavailable(e.to_string()))?;
-        let target = match at {
-            PinAt::Current => position,
-            PinAt::Exactly(p) if p < position => {
+        let target = match (now, at) {
+            (Ok(Some((snap, position))), _) => {
+                inner.pins.lock().insert(key, (snap, position));
+                return Ok(position);
+            }
+            (Err(applied), PinAt::Exactly(p)) => {
                 return Err(unavailable(format!(
-                    "this replica has applied {position}, past the pinned {p}"
+                    "this replica has applied {applied}, past the pinned {p}"
                 )))
             }
-            PinAt::Exactly(p) => p,
+            (_, PinAt::Exactly(p)) => p,
+            (_, PinAt::Current) => unreachable!("a current pin is taken at once"),
         };
-        if target == position {
-            inner.pins.lock().insert(key, (snap, position));
-            return Ok(position);
-        }
-        drop(snap);
-        slot.wanted_pins
-            .lock()
-            .entry(target)
-            .or_default()
-            .push(job.to_string());
+        let waiting = |slot: &Slot| {
+            slot.wanted_pins
+                .lock()
+                .get(&target)
+                .is_some_and(|jobs| jobs.iter().any(|j| j == job))
+        };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let notified = slot.pinned.notified();
             if let Some((_, pos)) = inner.pins.lock().get(&key) {
                 return Ok(*pos);
+            }
+            if !waiting(&slot) {
+                // The applier went past the position within one batch.
+                return Err(unavailable(format!(
+                    "this replica applied past {target} before the pin could be taken"
+                )));
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 slot.wanted_pins.lock().retain(|_, jobs| {
@@ -439,9 +461,12 @@ impl<B: Backend> Node<B> {
             t.abort();
             let _ = t.await;
         }
-        // Partition tasks end at their next await; wait for them to let go of the database.
+        // Partition tasks end at their next await, blocking writes when they finish: wait for
+        // all of them to let go, so that the database is closed when this returns.
         let deadline = Instant::now() + Duration::from_secs(30);
-        while Arc::strong_count(&inner.db) > 1 && Instant::now() < deadline {
+        while (Arc::strong_count(&inner) > 2 || Arc::strong_count(&inner.db) > 1)
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if leave {

@@ -10,7 +10,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::SemaphorePermit;
 
@@ -111,6 +111,20 @@ async fn hold<B: Backend>(inner: &Arc<Inner<B>>, slot: &Arc<Slot>) -> Result<()>
         provider(&inner.dir, p),
         inner.dir.live_nodes()
     );
+    if mine.state == ReplicaState::Ready && stored.is_none() && bounds.last > 0 {
+        // Ready in the assignment but holding nothing (its disk was replaced): it must catch up
+        // again before it serves.
+        tracing::warn!("node {me} partition {p}: ready but holds nothing; catching up again");
+        inner
+            .update_assignment(p, |a| match a.replica_mut(me) {
+                Some(r) if r.state == ReplicaState::Ready => {
+                    r.state = ReplicaState::Joining;
+                    true
+                }
+                _ => false,
+            })
+            .await?;
+    }
     let start = match stored {
         Some(pos) if pos + 1 < bounds.first => {
             let gap = Error::Gap {
@@ -128,15 +142,7 @@ async fn hold<B: Backend>(inner: &Arc<Inner<B>>, slot: &Arc<Slot>) -> Result<()>
             && mine.checkpoint.is_none()
             && (inner.cfg.catch_up == CatchUp::Replay || provider(&inner.dir, p).is_none()) =>
         {
-            let (db, gate_slot, partitions) =
-                (inner.db.clone(), slot.clone(), inner.cluster.partitions);
-            blocking(move || {
-                let _gate = gate_slot.gate.lock();
-                drop_partition(&db, p, partitions)
-            })
-            .await?;
-            inner.counters.replays.fetch_add(1, Ordering::Relaxed);
-            0
+            start_replay(inner, slot).await?
         }
         _ => fetch_checkpoint(inner, slot).await?,
     };
@@ -151,6 +157,23 @@ async fn hold<B: Backend>(inner: &Arc<Inner<B>>, slot: &Arc<Slot>) -> Result<()>
         }
     };
     apply_stream(inner, slot, reader, start, target, permit).await
+}
+
+/// Deletes whatever the node holds of the partition, to apply its stream from the start.
+async fn start_replay<B: Backend>(inner: &Arc<Inner<B>>, slot: &Arc<Slot>) -> Result<u64> {
+    let (db, gate_slot, p, partitions) = (
+        inner.db.clone(),
+        slot.clone(),
+        slot.partition,
+        inner.cluster.partitions,
+    );
+    blocking(move || {
+        let _gate = gate_slot.gate.lock();
+        drop_partition(&db, p, partitions)
+    })
+    .await?;
+    inner.counters.replays.fetch_add(1, Ordering::Relaxed);
+    Ok(0)
 }
 
 /// Applies the stream from `applied + 1` on; becomes ready once `target` is reached.
@@ -404,6 +427,7 @@ async fn fetch_checkpoint<B: Backend>(inner: &Arc<Inner<B>>, slot: &Arc<Slot>) -
     let p = slot.partition;
     let me = inner.cfg.node_id.clone();
     let mut changes = inner.dir.subscribe();
+    let mut no_provider_since: Option<Instant> = None;
     loop {
         let mine = my_replica(&inner.dir, p, &me)?;
         if let Some(reference) = mine.checkpoint.clone() {
@@ -445,9 +469,29 @@ async fn fetch_checkpoint<B: Backend>(inner: &Arc<Inner<B>>, slot: &Arc<Slot>) -
                 })
                 .await?;
         }
+        let from = provider(&inner.dir, p);
+        if from.is_some() {
+            no_provider_since = None;
+        }
+        let alone_for = no_provider_since.get_or_insert_with(Instant::now).elapsed();
+        if from.is_none() && alone_for > 2 * inner.dir.dead_after() {
+            // Nobody can ship one; if the stream still holds its start, replay it instead.
+            let bounds = inner.backend.bounds(StreamId::Partition(p)).await?;
+            if bounds.first == 1 {
+                inner
+                    .update_assignment(p, |a| match a.replica_mut(&me) {
+                        Some(r) if r.wants_checkpoint && r.checkpoint.is_none() => {
+                            r.wants_checkpoint = false;
+                            true
+                        }
+                        _ => false,
+                    })
+                    .await?;
+                return start_replay(inner, slot).await;
+            }
+        }
         if !matches!(*slot.phase.lock(), Phase::Refused(_)) {
-            let from =
-                provider(&inner.dir, p).unwrap_or_else(|| "no live ready replica yet".into());
+            let from = from.unwrap_or_else(|| "no live ready replica yet".into());
             slot.set_phase(Phase::Joining(format!("waiting for a checkpoint ({from})")));
         }
         tokio::select! {
