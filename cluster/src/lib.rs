@@ -21,12 +21,12 @@ pub mod partition;
 pub mod placement;
 pub mod producer;
 mod replica;
+mod runtime;
 
 pub use config::{ClusterConfig, DbShape};
 pub use directory::Directory;
 pub use error::{Error, Result};
-pub use node::{
-    CatchUp, Node, NodeConfig, NodeCounters, NodeStatus, PartitionStatus, Phase, PinAt,
-};
+pub use node::{Node, NodeStatus, PartitionStatus, PinAt};
 pub use partition::{partition_of, MAX_PARTITIONS};
 pub use producer::{Producer, Published};
+pub use runtime::{CatchUp, NodeConfig, NodeCounters, Phase};

@@ -20,7 +20,7 @@ use crate::directory::Directory;
 use crate::error::{Error, Result};
 use crate::log::{Backend, Bounds, Log, LogEntry, LogReader, StreamId};
 use crate::meta::{CheckpointRef, Replica, ReplicaState};
-use crate::node::{CatchUp, Inner, Phase, Slot};
+use crate::runtime::{CatchUp, Inner, Phase, Slot};
 
 /// Most messages read into one batch.
 const MAX_BATCH_MESSAGES: usize = 4096;

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::prefix::PrefixLayout;
 use crate::retrieve::{self, HardHit, SoftHit};
 use crate::state::State;
-use crate::types::{Event, Item, ReadRange, SemId};
+use crate::types::{Event, Item, Options, ReadRange, SemId};
 use crate::view::{Retention, UserView};
 
 /// Settings every read needs.
@@ -22,7 +22,7 @@ pub(crate) struct ReadConfig {
 }
 
 impl ReadConfig {
-    pub fn of(opts: &crate::types::Options) -> ReadConfig {
+    pub fn of(opts: &Options) -> ReadConfig {
         ReadConfig {
             retention: Retention {
                 max_events: opts.max_events_per_user as usize,
@@ -66,6 +66,15 @@ impl ReadConfig {
             )));
         }
         Ok(())
+    }
+}
+
+impl Options {
+    /// Whether a database with these options accepts `item` in an upsert (SemID levels and
+    /// codebook, embedding dimension, finite values): the check [`crate::Db::upsert_items`]
+    /// makes, for writers that queue items for a database elsewhere.
+    pub fn check_item(&self, item: &Item) -> Result<()> {
+        ReadConfig::of(self).check_item(item)
     }
 }
 

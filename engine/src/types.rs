@@ -174,13 +174,6 @@ impl Default for Options {
 }
 
 impl Options {
-    /// Whether a database with these options accepts `item` in an upsert (SemID levels and
-    /// codebook, embedding dimension, finite values): the check [`crate::Db::upsert_items`]
-    /// makes, for writers that queue items for a database elsewhere.
-    pub fn check_item(&self, item: &Item) -> Result<()> {
-        crate::snapshot::ReadConfig::of(self).check_item(item)
-    }
-
     pub(crate) fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::invalid(m));
         if usize::from(self.semid_levels) == 0 || usize::from(self.semid_levels) > MAX_SEMID_LEVELS
