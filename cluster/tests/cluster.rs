@@ -86,39 +86,6 @@ async fn three_nodes_apply_every_acknowledged_write_exactly_once() {
     }
 }
 
-/// Publishes `n` batches in the background, one every `pause`, feeding the reference with each
-/// acknowledged one. Returns the positions written.
-fn background_appends(
-    producer: Producer<siren_cluster::jetstream::JetStream>,
-    reference: std::sync::Arc<Reference>,
-    mut gen: EventGen,
-    n: usize,
-    pause: Duration,
-    key: &'static str,
-) -> tokio::task::JoinHandle<BTreeMap<u32, u64>> {
-    tokio::spawn(async move {
-        let mut positions = BTreeMap::new();
-        for i in 0..n {
-            let batch = gen.batch(25);
-            let published = producer
-                .append(&batch, Some(&format!("{key}-{i}")))
-                .await
-                .expect("published");
-            reference.append(&batch);
-            note_positions(&published, &mut positions);
-            tokio::time::sleep(pause).await;
-        }
-        positions
-    })
-}
-
-fn merge(into: &mut BTreeMap<u32, u64>, from: BTreeMap<u32, u64>) {
-    for (p, pos) in from {
-        let e = into.entry(p).or_default();
-        *e = (*e).max(pos);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partitions_move_by_checkpoint_and_by_replay_while_appends_continue() {
     let dir = tempfile::tempdir().unwrap();
@@ -150,13 +117,12 @@ async fn partitions_move_by_checkpoint_and_by_replay_while_appends_continue() {
     let writer = background_appends(
         producer.clone(),
         reference.clone(),
-        EventGen::new(12, 300, 60),
-        40,
+        EventGen::new(12, 300, 60).batches(40, 25),
         Duration::from_millis(25),
-        "b",
+        "b".into(),
     );
     let n3 = start_node("n3", dir.path(), &js, &config, CatchUp::Checkpoint).await;
-    merge(&mut positions, writer.await.unwrap());
+    merge_positions(&mut positions, writer.await.unwrap());
     wait_until("the third node", Duration::from_secs(60), || {
         converged(&[&n1, &n2, &n3], config.partitions, 2, &positions)
             && n3.status().partitions.len() >= 3
@@ -189,13 +155,12 @@ async fn partitions_move_by_checkpoint_and_by_replay_while_appends_continue() {
     let writer = background_appends(
         producer.clone(),
         reference.clone(),
-        EventGen::new(13, 300, 60),
-        30,
+        EventGen::new(13, 300, 60).batches(30, 25),
         Duration::from_millis(25),
-        "c",
+        "c".into(),
     );
     let n4 = start_node("n4", dir.path(), &js, &config, CatchUp::Replay).await;
-    merge(&mut positions, writer.await.unwrap());
+    merge_positions(&mut positions, writer.await.unwrap());
     let all = [&n1, &n2, &n3, &n4];
     wait_until("the fourth node", Duration::from_secs(60), || {
         converged(&all, config.partitions, 2, &positions)
@@ -523,10 +488,9 @@ async fn kill_9_of_a_jetstream_server_while_publishing_loses_and_doubles_nothing
     let writer = background_appends(
         producer.clone(),
         reference.clone(),
-        EventGen::new(51, 200, 60),
-        120,
+        EventGen::new(51, 200, 60).batches(120, 25),
         Duration::from_millis(20),
-        "k",
+        "k".into(),
     );
     tokio::time::sleep(Duration::from_millis(800)).await;
     let victim = 1;

@@ -163,24 +163,13 @@ async fn kill_9_of_nodes_during_apply_and_of_jetstream_servers_during_publishing
     let mut round_batches = 0;
     for round in 0..kills {
         // Appends go on in the background while something is killed.
-        let batches: Vec<_> = (0..40).map(|_| gen.batch(25)).collect();
-        let key = format!("r{round}");
-        let writer = {
-            let (producer, reference) = (producer.clone(), reference.clone());
-            tokio::spawn(async move {
-                let mut pos = BTreeMap::new();
-                for (i, b) in batches.iter().enumerate() {
-                    let published = producer
-                        .append(b, Some(&format!("{key}-{i}")))
-                        .await
-                        .expect("published");
-                    reference.append(b);
-                    note_positions(&published, &mut pos);
-                    tokio::time::sleep(Duration::from_millis(15)).await;
-                }
-                pos
-            })
-        };
+        let writer = background_appends(
+            producer.clone(),
+            reference.clone(),
+            gen.batches(40, 25),
+            Duration::from_millis(15),
+            format!("r{round}"),
+        );
         round_batches += 40;
         tokio::time::sleep(Duration::from_millis(rng.random_range(100..500))).await;
         let down = Duration::from_millis(rng.random_range(0..3000));
@@ -200,11 +189,7 @@ async fn kill_9_of_nodes_during_apply_and_of_jetstream_servers_during_publishing
             tokio::time::sleep(down).await;
             nodes[victim].start();
         }
-        let written = writer.await.unwrap();
-        for (p, pos) in written {
-            let e = positions.entry(p).or_insert(0);
-            *e = (*e).max(pos);
-        }
+        merge_positions(&mut positions, writer.await.unwrap());
         let start = std::time::Instant::now();
         while !converged(&observer, config.partitions, &positions) {
             assert!(

@@ -137,6 +137,10 @@ impl EventGen {
         }
     }
 
+    pub fn batches(&mut self, count: usize, size: usize) -> Vec<Vec<Event>> {
+        (0..count).map(|_| self.batch(size)).collect()
+    }
+
     pub fn batch(&mut self, n: usize) -> Vec<Event> {
         (0..n)
             .map(|_| {
@@ -296,11 +300,56 @@ pub async fn publish_all(
     key_prefix: &str,
     positions: &mut BTreeMap<u32, u64>,
 ) {
+    publish_paced(
+        producer,
+        reference,
+        batches,
+        key_prefix,
+        Duration::ZERO,
+        positions,
+    )
+    .await
+}
+
+/// [`publish_all`] with a pause after each batch.
+pub async fn publish_paced(
+    producer: &Producer<JetStream>,
+    reference: &Reference,
+    batches: &[Vec<Event>],
+    key_prefix: &str,
+    pause: Duration,
+    positions: &mut BTreeMap<u32, u64>,
+) {
     for (i, b) in batches.iter().enumerate() {
         let key = format!("{key_prefix}-{i}");
         let published = producer.append(b, Some(&key)).await.expect("published");
         reference.append(b);
         note_positions(&published, positions);
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Publishes `batches` in the background, one every `pause`, feeding the reference with each
+/// acknowledged one. Returns the positions written.
+pub fn background_appends(
+    producer: Producer<JetStream>,
+    reference: std::sync::Arc<Reference>,
+    batches: Vec<Vec<Event>>,
+    pause: Duration,
+    key: String,
+) -> tokio::task::JoinHandle<BTreeMap<u32, u64>> {
+    tokio::spawn(async move {
+        let mut positions = BTreeMap::new();
+        publish_paced(&producer, &reference, &batches, &key, pause, &mut positions).await;
+        positions
+    })
+}
+
+/// Raises each partition's position in `into` to the one in `from`.
+pub fn merge_positions(into: &mut BTreeMap<u32, u64>, from: BTreeMap<u32, u64>) {
+    for (p, pos) in from {
+        let e = into.entry(p).or_default();
+        *e = (*e).max(pos);
     }
 }
 
