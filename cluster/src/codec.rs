@@ -301,7 +301,15 @@ fn decode_item(r: &mut Reader<'_>) -> Result<Item, DecodeError> {
         0 => None,
         1 => {
             let dim = counted(r, 4)?;
-            Some((0..dim).map(|_| r.f32()).collect::<Result<_, _>>()?)
+            let v: Vec<f32> = (0..dim).map(|_| r.f32()).collect::<Result<_, _>>()?;
+            // No producer writes a value the engine refuses (found by fuzzing: a NaN decoded,
+            // and would have stopped every node's catalog at the engine instead of here).
+            if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+                return Err(DecodeError::corrupt(format!(
+                    "item {id}: embedding value {i} is not finite"
+                )));
+            }
+            Some(v)
         }
         b => {
             return Err(DecodeError::corrupt(format!(
@@ -421,6 +429,16 @@ mod tests {
         assert!(matches!(
             LogRecord::decode(&future, "future"),
             Err(Error::UnsupportedVersion { found: 2, .. })
+        ));
+        let nan = LogRecord::Items(vec![Item {
+            id: 1,
+            category: 0,
+            semid: None,
+            embedding: Some(vec![0.5, f32::NAN]),
+        }]);
+        assert!(matches!(
+            LogRecord::decode(&nan.encode(), "nan"),
+            Err(Error::Corrupt { .. })
         ));
         let meta = encode_json(Kind::NodeInfo, &1u32);
         assert!(LogRecord::decode(&meta, "meta").is_err());
