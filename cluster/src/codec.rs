@@ -216,6 +216,8 @@ pub(crate) fn decode_error(what: &str, e: DecodeError) -> Error {
             found: found.min(255) as u8,
             supported: supported.min(255) as u8,
         },
+        // A kind of damage added to the engine later: still damage.
+        other => Error::corrupt(what, other.to_string()),
     }
 }
 

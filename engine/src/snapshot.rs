@@ -22,16 +22,25 @@ pub(crate) struct ReadConfig {
 }
 
 impl ReadConfig {
-    pub fn of(opts: &Options) -> ReadConfig {
-        ReadConfig {
+    /// The read settings of `opts`, which must already be valid; fails if the SemID layout does
+    /// not fit the prefix key.
+    pub fn new(opts: &Options) -> Result<ReadConfig> {
+        let layout = PrefixLayout::new(opts.semid_levels, opts.semid_codebook_size);
+        if !layout.fits() {
+            return Err(Error::invalid(format!(
+                "{} SemID levels of {} codes do not fit the 56-bit prefix key",
+                opts.semid_levels, opts.semid_codebook_size
+            )));
+        }
+        Ok(ReadConfig {
             retention: Retention {
                 max_events: opts.max_events_per_user as usize,
                 max_age_ms: opts.max_event_age_ms,
             },
-            layout: PrefixLayout::new(opts.semid_levels, opts.semid_codebook_size),
+            layout,
             dim: opts.embedding_dim as usize,
             codebook_size: opts.semid_codebook_size,
-        }
+        })
     }
 
     /// Whether an upsert may store `it`: a SemID of the database's levels and codebook, an
@@ -74,7 +83,7 @@ impl Options {
     /// codebook, embedding dimension, finite values): the check [`crate::Db::upsert_items`]
     /// makes, for writers that queue items for a database elsewhere.
     pub fn check_item(&self, item: &Item) -> Result<()> {
-        ReadConfig::of(self).check_item(item)
+        ReadConfig::new(self)?.check_item(item)
     }
 }
 
