@@ -60,6 +60,11 @@ pub enum Error {
         reason: String,
     },
 
+    /// No live node serves the partition right now (its replicas are dead or still catching
+    /// up): a read of its users cannot be answered until one does.
+    #[error("no live node serves partition {partition}")]
+    NoLiveOwner { partition: u32 },
+
     /// A read asked for a position the replica had not applied within the wait.
     #[error(
         "partition {partition} has applied up to sequence {applied}, the request needs {needed}"
@@ -149,6 +154,7 @@ impl Error {
             } | Error::Timeout { .. }
                 | Error::NotYetApplied { .. }
                 | Error::NotServing { .. }
+                | Error::NoLiveOwner { .. }
         )
     }
 }

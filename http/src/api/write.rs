@@ -1,13 +1,39 @@
 //! Write endpoints (scope `write`): append events, upsert items, delete a user.
+//!
+//! In cluster mode a write is published to the cluster's log and answered once JetStream has
+//! acknowledged it (stored on a quorum, fsynced); the nodes apply it from there. Its
+//! `Idempotency-Key` makes a retry a no-op, and its `read_after` token, sent back as
+//! `Siren-Read-After`, makes a later read wait until it is applied.
 
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::Json;
+use siren_cluster::Published;
 use siren_engine::{AppendOptions, AppendOutcome, Event, Item};
 
 use super::types::*;
 use super::{ApiJson, ApiPath};
+use crate::cluster::{idempotency_key, ReadAfter, IDEMPOTENCY_KEY};
 use crate::error::{ApiError, ErrorBody};
 use crate::state::{blocking, AppState};
+
+/// The request's idempotency key, refused on a single node (where `source` does that job for
+/// appends) rather than silently ignored.
+fn cluster_key<'h>(st: &AppState, headers: &'h HeaderMap) -> Result<Option<&'h str>, ApiError> {
+    let key = idempotency_key(headers)?;
+    if key.is_some() && st.cluster.is_none() {
+        return Err(ApiError::invalid(format!(
+            "{IDEMPOTENCY_KEY} is for cluster mode; on a single server send `source` with \
+             the events for exactly-once ingestion"
+        )));
+    }
+    Ok(key)
+}
+
+/// Whether every message of a call was already on the log (the call is a retry).
+fn all_duplicates(p: &Published) -> bool {
+    p.messages > 0 && p.duplicates == p.messages
+}
 
 /// Append behaviours of any users, atomically.
 #[utoipa::path(post, path = "/v1/events", tag = "write", request_body = AppendRequest,
@@ -16,9 +42,10 @@ use crate::state::{blocking, AppState};
         (status = 200, body = AppendResponse),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody), (status = 413, body = ErrorBody),
-        (status = 422, body = ErrorBody)))]
+        (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn append(
     State(st): State<AppState>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<AppendRequest>,
 ) -> Result<Json<AppendResponse>, ApiError> {
     let max = st.config.limits.max_events_per_request;
@@ -27,6 +54,26 @@ pub async fn append(
             "{} events; at most {max} per request",
             req.events.len()
         )));
+    }
+    let key = cluster_key(&st, &headers)?;
+    if let Some(c) = &st.cluster {
+        if req.source.is_some() {
+            return Err(ApiError::invalid(format!(
+                "in cluster mode the log orders and de-duplicates writes: send an \
+                 {IDEMPOTENCY_KEY} header instead of `source`"
+            )));
+        }
+        let events: Vec<Event> = req.events.iter().map(|&e| e.into()).collect();
+        let published = c.producer.append(&events, key).await?;
+        let duplicate = all_duplicates(&published);
+        let applied = if duplicate { 0 } else { events.len() };
+        st.metrics.events_ingested.inc_by(applied as u64);
+        return Ok(Json(AppendResponse {
+            applied,
+            duplicate,
+            last_applied: None,
+            read_after: Some(ReadAfter::of(&published).token()),
+        }));
     }
     let (db, metrics) = (st.db.clone(), st.metrics.clone());
     blocking(move || {
@@ -42,12 +89,14 @@ pub async fn append(
                     applied: events,
                     duplicate: false,
                     last_applied: None,
+                    read_after: None,
                 }
             }
             AppendOutcome::Duplicate { last_applied } => AppendResponse {
                 applied: 0,
                 duplicate: true,
                 last_applied: Some(last_applied),
+                read_after: None,
             },
         }))
     })
@@ -61,9 +110,11 @@ pub async fn append(
     responses(
         (status = 200, body = UpsertItemsResponse),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 422, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
 pub async fn upsert_items(
     State(st): State<AppState>,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<UpsertItemsRequest>,
 ) -> Result<Json<UpsertItemsResponse>, ApiError> {
     let max = st.config.limits.max_items_per_request;
@@ -73,8 +124,10 @@ pub async fn upsert_items(
             req.items.len()
         )));
     }
-    let (db, ranker, metrics) = (st.db.clone(), st.ranker.clone(), st.metrics.clone());
-    blocking(move || {
+    let key = cluster_key(&st, &headers)?.map(str::to_owned);
+    let (db, ranker) = (st.db.clone(), st.ranker.clone());
+    let cluster = st.cluster.is_some();
+    let (items, assigned) = blocking(move || {
         let dim = db.options().embedding_dim as usize;
         let mut items = Vec::with_capacity(req.items.len());
         for it in req.items {
@@ -103,14 +156,25 @@ pub async fn upsert_items(
             });
         }
         let assigned = ranker.assign_semids(&mut items);
-        db.upsert_items(&items, req.durability.into())?;
-        metrics.items_upserted.inc_by(items.len() as u64);
-        Ok(Json(UpsertItemsResponse {
-            upserted: items.len(),
-            semids_assigned: assigned,
-        }))
+        if !cluster {
+            db.upsert_items(&items, req.durability.into())?;
+        }
+        Ok((items, assigned))
     })
-    .await
+    .await?;
+    let read_after = match &st.cluster {
+        Some(c) => {
+            let published = c.producer.upsert_items(&items, key.as_deref()).await?;
+            Some(ReadAfter::of(&published).token())
+        }
+        None => None,
+    };
+    st.metrics.items_upserted.inc_by(items.len() as u64);
+    Ok(Json(UpsertItemsResponse {
+        upserted: items.len(),
+        semids_assigned: assigned,
+        read_after,
+    }))
 }
 
 /// Delete a user and all its behaviours (erased from disk at the next compaction).
@@ -118,15 +182,27 @@ pub async fn upsert_items(
     params(("user" = u64, Path, description = "User id")),
     security(("bearer" = [])),
     responses((status = 200, body = DeleteResponse), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody)))]
+        (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn delete_user(
     State(st): State<AppState>,
+    headers: HeaderMap,
     ApiPath(user): ApiPath<u64>,
 ) -> Result<Json<DeleteResponse>, ApiError> {
+    let key = cluster_key(&st, &headers)?;
+    if let Some(c) = &st.cluster {
+        let published = c.producer.delete_users(&[user], key).await?;
+        return Ok(Json(DeleteResponse {
+            deleted: None,
+            read_after: Some(ReadAfter::of(&published).token()),
+        }));
+    }
     let db = st.db.clone();
     blocking(move || {
         let deleted = db.delete_user(user, siren_engine::Durability::Sync)?;
-        Ok(Json(DeleteResponse { deleted }))
+        Ok(Json(DeleteResponse {
+            deleted: Some(deleted),
+            read_after: None,
+        }))
     })
     .await
 }
