@@ -2,6 +2,7 @@
 //! deployment) and `siren cluster up` (a whole cluster on this machine, to try cluster mode).
 
 use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -211,7 +212,11 @@ fn up(a: &UpArgs, rt: &tokio::runtime::Runtime) -> CliResult<ExitCode> {
     rt.block_on(wait_placed(&nodes, &config, Duration::from_secs(120)))?;
     print_up(&manifest, &manifest_path, &config);
     rt.block_on(signal);
-    println!("stopping the nodes, then the JetStream servers");
+    // Whoever read our output may be gone by now.
+    let _ = writeln!(
+        std::io::stdout(),
+        "stopping the nodes, then the JetStream servers"
+    );
     drop(nodes);
     js.stop()?;
     Ok(ExitCode::SUCCESS)
