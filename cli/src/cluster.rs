@@ -97,6 +97,10 @@ pub struct UpArgs {
     /// Siren nodes.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
+    /// Routers (`siren serve --role router`): hold no partition, forward every read. They
+    /// listen on the ports after the nodes'.
+    #[arg(long, default_value_t = 1)]
+    routers: usize,
     /// JetStream servers: 3 (each stream on all three) or 1.
     #[arg(long, default_value_t = 3)]
     jetstream: usize,
@@ -147,6 +151,7 @@ struct UpManifest {
     cluster: String,
     jetstream: Vec<Process>,
     nodes: Vec<Process>,
+    routers: Vec<Process>,
 }
 
 #[derive(Serialize, Clone)]
@@ -189,7 +194,13 @@ fn up(a: &UpArgs, rt: &tokio::runtime::Runtime) -> CliResult<ExitCode> {
     let urls = js.urls();
     rt.block_on(create(&urls, &config))?;
     let nodes = (1..=a.nodes)
-        .map(|i| start_node(a, &config.name, &urls, i))
+        .map(|i| start_member(a, &config.name, &urls, (format!("node-{i}"), "node"), i))
+        .collect::<CliResult<Vec<_>>>()?;
+    let routers = (1..=a.routers)
+        .map(|i| {
+            let id = format!("router-{i}");
+            start_member(a, &config.name, &urls, (id, "router"), a.nodes + i)
+        })
         .collect::<CliResult<Vec<_>>>()?;
     // Installed before the cluster is announced: a signal right after must not kill us.
     let signal = rt.block_on(async { siren_http::server::shutdown_signal() })?;
@@ -206,6 +217,7 @@ fn up(a: &UpArgs, rt: &tokio::runtime::Runtime) -> CliResult<ExitCode> {
             })
             .collect(),
         nodes: nodes.iter().map(|n| n.info.clone()).collect(),
+        routers: routers.iter().map(|n| n.info.clone()).collect(),
     };
     let manifest_path = a.dir.join("cluster.json");
     std::fs::write(&manifest_path, serde_json::to_vec_pretty(&manifest)?)?;
@@ -215,21 +227,29 @@ fn up(a: &UpArgs, rt: &tokio::runtime::Runtime) -> CliResult<ExitCode> {
     // Whoever read our output may be gone by now.
     let _ = writeln!(
         std::io::stdout(),
-        "stopping the nodes, then the JetStream servers"
+        "stopping the routers and nodes, then the JetStream servers"
     );
+    drop(routers);
     drop(nodes);
     js.stop()?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn start_node(a: &UpArgs, cluster: &str, urls: &[String], i: usize) -> CliResult<NodeProcess> {
+/// Starts `siren serve` as member `id` with `role`, the `i`-th (from 1) to take a port.
+fn start_member(
+    a: &UpArgs,
+    cluster: &str,
+    urls: &[String],
+    (id, role): (String, &str),
+    i: usize,
+) -> CliResult<NodeProcess> {
     let port = match a.port {
         0 => free_port()?,
-        p => p
-            .checked_add(i as u16 - 1)
+        p => u16::try_from(i - 1)
+            .ok()
+            .and_then(|i| p.checked_add(i))
             .ok_or("--port leaves no room for the nodes")?,
     };
-    let id = format!("node-{i}");
     let data = a.dir.join(&id);
     std::fs::create_dir_all(&data)?;
     let log = a.dir.join(format!("{id}.log"));
@@ -240,7 +260,7 @@ fn start_node(a: &UpArgs, cluster: &str, urls: &[String], i: usize) -> CliResult
         .arg(&data)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(["--cluster-servers", &urls.join(",")])
-        .args(["--cluster-name", cluster, "--node-id", &id])
+        .args(["--cluster-name", cluster, "--node-id", &id, "--role", role])
         .args(["--heartbeat-ms", &a.heartbeat_ms.to_string()])
         .args(["--dead-after-ms", &a.dead_after_ms.to_string()]);
     for (flag, path) in [("--model", &a.model), ("--codebook", &a.codebook)] {
@@ -302,7 +322,7 @@ fn print_up(m: &UpManifest, manifest: &Path, config: &ClusterConfig) {
         "cluster {}: {} partitions, {} Siren replicas each, {} log copies",
         m.cluster, config.partitions, config.replicas, config.log_replicas
     );
-    for p in m.jetstream.iter().chain(&m.nodes) {
+    for p in m.jetstream.iter().chain(&m.nodes).chain(&m.routers) {
         println!(
             "  {:<8} {:<24} pid {:<8} log {}",
             p.name,
@@ -311,9 +331,10 @@ fn print_up(m: &UpManifest, manifest: &Path, config: &ClusterConfig) {
             p.log.display()
         );
     }
-    let url = &m.nodes[0].url;
+    let url = &m.routers.first().unwrap_or(&m.nodes[0]).url;
     println!(
-        "every node takes reads and writes (reads are forwarded to a node serving the user):\n  \
+        "every node and router takes reads and writes (reads are forwarded to a node serving \
+         the user):\n  \
          curl -s {url}/v1/cluster\n  \
          curl -s -XPOST {url}/v1/events -H 'content-type: application/json' \
          -H 'idempotency-key: try-1' -d '{{\"events\":[{{\"user\":7,\"ts\":1,\"item\":3}}]}}'\n  \

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 use siren_engine::Db;
-use siren_http::config::{ClusterSection, Config};
+use siren_http::config::{ClusterSection, Config, Role};
 use siren_serve::Ranker;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -72,6 +72,15 @@ pub struct NodeArgs {
     /// Another node is dead once its heartbeat has not changed for this long.
     #[arg(long, env = "SIREN_DEAD_AFTER_MS")]
     pub dead_after_ms: Option<u64>,
+    /// `node` holds partitions and routes the rest; `router` holds none and forwards every read.
+    #[arg(long, env = "SIREN_ROLE", value_enum)]
+    pub role: Option<RoleArg>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum RoleArg {
+    Node,
+    Router,
 }
 
 impl NodeArgs {
@@ -96,6 +105,11 @@ impl NodeArgs {
             c.cluster = Some(section);
         }
         let Some(s) = c.cluster.as_mut() else {
+            if self.role.is_some() {
+                return Err(
+                    "--role needs a cluster (--cluster-servers or a [cluster] section)".into(),
+                );
+            }
             return Ok(());
         };
         if let Some(v) = &self.cluster_name {
@@ -112,6 +126,12 @@ impl NodeArgs {
         }
         if let Some(v) = self.dead_after_ms {
             s.dead_after_ms = v;
+        }
+        if let Some(r) = self.role {
+            s.role = match r {
+                RoleArg::Node => Role::Node,
+                RoleArg::Router => Role::Router,
+            };
         }
         Ok(())
     }

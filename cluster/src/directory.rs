@@ -85,9 +85,17 @@ impl Directory {
             }
         }
         let (changed, _) = watch::channel(0u64);
+        let (reopen, _) = watch::channel(0u64);
         let tasks = [Bucket::Meta, Bucket::Nodes]
             .into_iter()
-            .map(|b| tokio::spawn(follow(meta.clone(), b, state.clone(), changed.clone())))
+            .map(|b| {
+                let shared = Shared {
+                    state: state.clone(),
+                    changed: changed.clone(),
+                    reopen: reopen.clone(),
+                };
+                tokio::spawn(follow(meta.clone(), b, shared, dead_after / 2))
+            })
             .collect();
         Ok(Directory {
             state,
@@ -136,10 +144,19 @@ impl Directory {
     }
 
     pub fn live_nodes(&self) -> BTreeSet<String> {
+        self.live_where(|_| true)
+    }
+
+    /// The live nodes that placement may give partitions to (not routers).
+    pub fn live_holders(&self) -> BTreeSet<String> {
+        self.live_where(|n| n.info.holds_partitions)
+    }
+
+    fn live_where(&self, keep: impl Fn(&SeenNode) -> bool) -> BTreeSet<String> {
         let st = self.state.read();
         st.nodes
             .iter()
-            .filter(|(_, n)| n.changed_at.elapsed() < self.dead_after)
+            .filter(|(_, n)| n.changed_at.elapsed() < self.dead_after && keep(n))
             .map(|(id, _)| id.clone())
             .collect()
     }
@@ -184,13 +201,13 @@ fn note_assignment(state: &RwLock<State>, a: Assignment, revision: u64) {
     }
 }
 
-/// Follows one bucket, re-opening the watch after a failure.
-async fn follow<M: MetaStore>(
-    meta: M,
-    bucket: Bucket,
-    state: Arc<RwLock<State>>,
-    changed: watch::Sender<u64>,
-) {
+/// Follows one bucket, re-opening the watch after a failure, and when it has been quiet for
+/// `stale_after`. A watch whose JetStream server died can go quiet rather than fail; the
+/// heartbeats of live nodes change the nodes bucket every heartbeat, so a quiet nodes watch is a
+/// dead one, and the assignments watch (quiet by nature) is re-opened with it. A re-opened watch
+/// delivers every key again; values already seen (same revision) change nothing.
+async fn follow<M: MetaStore>(meta: M, bucket: Bucket, shared: Shared, stale_after: Duration) {
+    let mut reopen = shared.reopen.subscribe();
     loop {
         let mut w = match meta.watch(bucket).await {
             Ok(w) => w,
@@ -201,18 +218,37 @@ async fn follow<M: MetaStore>(
             }
         };
         loop {
-            match w.next().await {
-                Ok(change) => {
-                    apply_change(&state, bucket, change);
-                    changed.send_modify(|v| *v += 1);
+            let next = tokio::select! {
+                r = tokio::time::timeout(stale_after, w.next()) => r,
+                _ = reopen.changed(), if bucket == Bucket::Meta => break,
+            };
+            match next {
+                Ok(Ok(change)) => {
+                    apply_change(&shared.state, bucket, change);
+                    shared.changed.send_modify(|v| *v += 1);
                 }
-                Err(e) => {
+                Ok(Err(e)) => {
                     tracing::warn!("watch of {bucket:?} ended: {e}; re-opening");
                     break;
                 }
+                Err(_) if bucket == Bucket::Nodes => {
+                    tracing::warn!("watch of {bucket:?} quiet for {stale_after:?}; re-opening");
+                    shared.reopen.send_modify(|v| *v += 1);
+                    break;
+                }
+                Err(_) => {}
             }
         }
     }
+}
+
+/// What the watch tasks share.
+#[derive(Clone)]
+struct Shared {
+    state: Arc<RwLock<State>>,
+    changed: watch::Sender<u64>,
+    /// Bumped when the nodes watch was found quiet: the assignments watch re-opens too.
+    reopen: watch::Sender<u64>,
 }
 
 fn apply_change(state: &RwLock<State>, bucket: Bucket, change: MetaChange) {

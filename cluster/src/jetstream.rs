@@ -26,6 +26,7 @@ use async_nats::jetstream::stream::{self, StorageType};
 use async_nats::jetstream::{self, Context};
 use bytes::Bytes;
 use futures_util::{FutureExt, StreamExt, TryStreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::codec::{decode_json, encode_json, Kind};
 use crate::config::ClusterConfig;
@@ -610,32 +611,58 @@ impl MetaWatch for JetStreamWatch {
     }
 }
 
+/// A checkpoint transfer that moves no data for this long has stalled (a JetStream server it
+/// depended on died) and fails, retryably, rather than wait forever: the joiner asks again.
+const BLOB_IDLE: Duration = Duration::from_secs(10);
+/// The slowest upload rate a checkpoint's put is allowed before it counts as stalled.
+const BLOB_MIN_BYTES_PER_SEC: u64 = 4 << 20;
+
 impl BlobStore for JetStream {
     async fn put_blob(&self, name: &str, path: &Path) -> Result<u64> {
         let mut file = tokio::fs::File::open(path)
             .await
             .map_err(|e| Error::io(path, e))?;
-        let info = self
-            .blobs
-            .put(name, &mut file)
+        let size = file.metadata().await.map_err(|e| Error::io(path, e))?.len();
+        let limit = BLOB_IDLE + Duration::from_secs(size / BLOB_MIN_BYTES_PER_SEC);
+        let info = tokio::time::timeout(limit, self.blobs.put(name, &mut file))
             .await
+            .map_err(|_| log_err("put object", name, format!("not done in {limit:?}"), true))?
             .map_err(|e| log_err("put object", name, e, true))?;
         Ok(info.size as u64)
     }
 
     async fn get_blob(&self, name: &str, dest: &Path) -> Result<u64> {
-        let mut object = self
-            .blobs
-            .get(name)
+        let stalled = || {
+            log_err(
+                "get object",
+                name,
+                format!("no data for {BLOB_IDLE:?}"),
+                true,
+            )
+        };
+        let mut object = tokio::time::timeout(BLOB_IDLE, self.blobs.get(name))
             .await
+            .map_err(|_| stalled())?
             .map_err(|e| log_err("get object", name, e, true))?;
         let mut file = tokio::fs::File::create_new(dest)
             .await
             .map_err(|e| Error::io(dest, e))?;
         // The object store checks the object's SHA-256 digest as it reads the last chunk.
-        let n = tokio::io::copy(&mut object, &mut file)
-            .await
-            .map_err(|e| log_err("read object", name, e, true))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut n = 0u64;
+        loop {
+            let read = tokio::time::timeout(BLOB_IDLE, object.read(&mut buf))
+                .await
+                .map_err(|_| stalled())?
+                .map_err(|e| log_err("read object", name, e, true))?;
+            if read == 0 {
+                break;
+            }
+            file.write_all(&buf[..read])
+                .await
+                .map_err(|e| Error::io(dest, e))?;
+            n += read as u64;
+        }
         file.sync_all().await.map_err(|e| Error::io(dest, e))?;
         Ok(n)
     }

@@ -108,9 +108,17 @@ pub struct NodeInfo {
     pub beat: u64,
     /// The partitions the node serves, with the stream position each has applied.
     pub serving: BTreeMap<u32, u64>,
+    /// False for a router: it holds only the catalog and forwards every read, and placement
+    /// gives it no partition. Absent in records of older builds, which all hold partitions.
+    #[serde(default = "holds_partitions_by_default")]
+    pub holds_partitions: bool,
     /// Partitions the node holds but refuses, with the reason (a gap, a corrupt message).
     #[serde(default)]
     pub refused: BTreeMap<u32, String>,
+}
+
+fn holds_partitions_by_default() -> bool {
+    true
 }
 
 impl NodeInfo {

@@ -534,7 +534,8 @@ async fn controller_loop<B: Backend>(inner: Arc<Inner<B>>) {
 
 async fn control_once<B: Backend>(inner: &Arc<Inner<B>>) -> Result<()> {
     let dir = &inner.dir;
-    let live = dir.live_nodes();
+    // Routers hold nothing: they neither get partitions nor run the controller.
+    let live = dir.live_holders();
     let me = &inner.cfg.node_id;
     let steady = inner
         .heartbeat_failed

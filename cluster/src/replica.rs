@@ -187,6 +187,7 @@ async fn apply_stream<B: Backend>(
 ) -> Result<()> {
     let mut changes = inner.dir.subscribe();
     let mut tick = tokio::time::interval(inner.cfg.heartbeat);
+    let mut last_read = Instant::now();
     loop {
         if let Some(t) = target {
             if applied >= t && become_ready(inner, slot.partition).await? {
@@ -203,11 +204,39 @@ async fn apply_stream<B: Backend>(
                 applied = apply_batch(inner, slot, applied, entries).await?;
                 slot.applied.send_replace(applied);
                 fulfil_pins(inner, slot, applied);
+                last_read = Instant::now();
             }
             _ = changes.changed() => maybe_ship(inner, slot),
-            _ = tick.tick() => maybe_ship(inner, slot),
+            _ = tick.tick() => {
+                maybe_ship(inner, slot);
+                if last_read.elapsed() >= inner.cfg.dead_after {
+                    check_not_stalled(inner, slot.partition, applied).await?;
+                    last_read = Instant::now();
+                }
+            }
         }
     }
+}
+
+/// A reader whose JetStream server died for good can wait forever without an error. After a
+/// quiet `dead_after`, this asks the stream how far it goes: messages past `applied` mean the
+/// reader is stuck, and the retryable error makes the partition's task open a new one.
+async fn check_not_stalled<B: Backend>(inner: &Inner<B>, p: u32, applied: u64) -> Result<()> {
+    let stream = StreamId::Partition(p);
+    let last = inner.backend.bounds(stream).await?.last;
+    if last > applied {
+        return Err(Error::Log {
+            op: "consume",
+            target: stream.source_name(),
+            detail: format!(
+                "nothing read for {:?} while the stream holds {} more messages; re-opening",
+                inner.cfg.dead_after,
+                last - applied
+            ),
+            retryable: true,
+        });
+    }
+    Ok(())
 }
 
 /// The first message and whatever else has already arrived, stopping at a position a pin

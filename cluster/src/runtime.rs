@@ -51,6 +51,9 @@ pub struct NodeConfig {
     pub max_joins: usize,
     /// Take part in placement decisions.
     pub controller: bool,
+    /// Be given partitions. A node without (a router) applies only the catalog and answers
+    /// `NotServing` for every partition, so its reads are forwarded.
+    pub holds_partitions: bool,
 }
 
 impl NodeConfig {
@@ -66,6 +69,7 @@ impl NodeConfig {
             catch_up: CatchUp::Checkpoint,
             max_joins: 4,
             controller: true,
+            holds_partitions: true,
         }
     }
 }
@@ -212,6 +216,7 @@ impl<B: Backend> Inner<B> {
             started_ms: self.started_ms,
             beat: self.beats.fetch_add(1, Ordering::Relaxed),
             serving,
+            holds_partitions: self.cfg.holds_partitions,
             refused,
         };
         let result = self

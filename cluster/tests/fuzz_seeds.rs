@@ -79,6 +79,7 @@ fn write_fuzz_seeds() {
         started_ms: 1,
         beat: 9,
         serving: [(3, 40), (5, 2)].into_iter().collect(),
+        holds_partitions: true,
         refused: [(6, "gap".to_string())].into_iter().collect(),
     };
     put_with("cluster_log", 2, "node", &info.encode());

@@ -15,7 +15,7 @@ use siren_cluster::log::StreamId;
 use siren_cluster::{partition_of, Node, NodeConfig, Producer, Published};
 use siren_engine::{Options, Snapshot};
 
-use crate::config::ClusterSection;
+use crate::config::{ClusterSection, Role};
 use crate::error::ApiError;
 
 /// Request header on reads: the `read_after` token of earlier writes. The read waits (up to
@@ -61,6 +61,8 @@ impl ClusterMode {
         cfg.db_options = db_options;
         cfg.heartbeat = Duration::from_millis(section.heartbeat_ms);
         cfg.dead_after = Duration::from_millis(section.dead_after_ms);
+        cfg.holds_partitions = section.role == Role::Node;
+        cfg.controller = cfg.holds_partitions;
         let producer = Producer::new(log.clone(), config.clone());
         let node = Node::start(cfg, log, config).await?;
         let client = reqwest::Client::builder()

@@ -38,6 +38,7 @@
 //! heartbeat_ms = 1000
 //! dead_after_ms = 10000
 //! read_wait_ms = 1000
+//! role = "node"                       # or "router": holds no partition, forwards every read
 //! ```
 
 use std::net::SocketAddr;
@@ -178,9 +179,22 @@ pub struct ClusterSection {
     /// Another node is dead once its heartbeat has not changed for this long.
     #[serde(default = "default_dead_after_ms")]
     pub dead_after_ms: u64,
-    /// How long a read carrying `Siren-Min-Position` waits for the replica to apply it.
+    /// How long a read carrying `Siren-Read-After` waits for the replica to apply it.
     #[serde(default = "default_read_wait_ms")]
     pub read_wait_ms: u64,
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// What a member of a cluster does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Holds partitions (applies their streams, answers their reads) and routes the rest.
+    #[default]
+    Node,
+    /// Holds no partition (only the catalog): takes writes and forwards every read.
+    Router,
 }
 
 fn default_cluster_name() -> String {
@@ -209,6 +223,7 @@ impl ClusterSection {
             heartbeat_ms: default_heartbeat_ms(),
             dead_after_ms: default_dead_after_ms(),
             read_wait_ms: default_read_wait_ms(),
+            role: Role::Node,
         }
     }
 
