@@ -94,7 +94,7 @@ impl Directory {
                     changed: changed.clone(),
                     reopen: reopen.clone(),
                 };
-                tokio::spawn(follow(meta.clone(), b, shared, dead_after / 2))
+                tokio::spawn(follow(meta.clone(), b, shared, dead_after))
             })
             .collect();
         Ok(Directory {
@@ -204,10 +204,15 @@ fn note_assignment(state: &RwLock<State>, a: Assignment, revision: u64) {
 /// Follows one bucket, re-opening the watch after a failure, and when it has been quiet for
 /// `stale_after`. A watch whose JetStream server died can go quiet rather than fail; the
 /// heartbeats of live nodes change the nodes bucket every heartbeat, so a quiet nodes watch is a
-/// dead one, and the assignments watch (quiet by nature) is re-opened with it. A re-opened watch
-/// delivers every key again; values already seen (same revision) change nothing.
+/// dead one, and the assignments watch (quiet by nature) is re-opened with it, and on its own
+/// after [`META_QUIET_FACTOR`] times as long. A re-opened watch delivers every key again;
+/// values already seen (same revision) change nothing.
 async fn follow<M: MetaStore>(meta: M, bucket: Bucket, shared: Shared, stale_after: Duration) {
     let mut reopen = shared.reopen.subscribe();
+    let quiet = match bucket {
+        Bucket::Nodes => stale_after,
+        Bucket::Meta => stale_after * META_QUIET_FACTOR,
+    };
     loop {
         let mut w = match meta.watch(bucket).await {
             Ok(w) => w,
@@ -219,7 +224,7 @@ async fn follow<M: MetaStore>(meta: M, bucket: Bucket, shared: Shared, stale_aft
         };
         loop {
             let next = tokio::select! {
-                r = tokio::time::timeout(stale_after, w.next()) => r,
+                r = tokio::time::timeout(quiet, w.next()) => r,
                 _ = reopen.changed(), if bucket == Bucket::Meta => break,
             };
             match next {
@@ -236,11 +241,18 @@ async fn follow<M: MetaStore>(meta: M, bucket: Bucket, shared: Shared, stale_aft
                     shared.reopen.send_modify(|v| *v += 1);
                     break;
                 }
-                Err(_) => {}
+                Err(_) => {
+                    tracing::debug!("watch of {bucket:?} quiet for {quiet:?}; re-opening");
+                    break;
+                }
             }
         }
     }
 }
+
+/// How many times longer than the nodes watch the assignments watch may stay quiet before it
+/// is re-opened on its own: assignments rarely change, and each re-open delivers every one.
+const META_QUIET_FACTOR: u32 = 10;
 
 /// What the watch tasks share.
 #[derive(Clone)]

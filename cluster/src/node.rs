@@ -29,7 +29,7 @@ use crate::config::{check_name, ClusterConfig, DbShape};
 use crate::directory::Directory;
 use crate::error::{Error, Result};
 use crate::log::{Backend, Bucket, LogReader, StreamId};
-use crate::meta::assignment_key;
+use crate::meta::{assignment_key, Assignment};
 use crate::partition::partition_of;
 use crate::placement::next_step;
 use crate::runtime::{Counters, Inner, NodeConfig, NodeCounters, Phase, Slot};
@@ -532,6 +532,17 @@ async fn controller_loop<B: Backend>(inner: Arc<Inner<B>>) {
     }
 }
 
+/// Reads partition `p`'s assignment from the store into the directory.
+async fn refresh_assignment<B: Backend>(inner: &Inner<B>, p: u32) -> Result<()> {
+    let key = assignment_key(p);
+    if let Some(v) = inner.backend.get(Bucket::Meta, &key).await? {
+        inner
+            .dir
+            .note_assignment(Assignment::decode(&v.value, &key)?, v.revision);
+    }
+    Ok(())
+}
+
 async fn control_once<B: Backend>(inner: &Arc<Inner<B>>) -> Result<()> {
     let dir = &inner.dir;
     // Routers hold nothing: they neither get partitions nor run the controller.
@@ -570,8 +581,9 @@ async fn control_once<B: Backend>(inner: &Arc<Inner<B>>) -> Result<()> {
                 tracing::info!("partition {p}: {:?}", next.replicas);
                 dir.note_assignment(next, rev);
             }
-            // Someone else changed it: the watch brings the new value, the next round decides.
-            Err(Error::Conflict { .. }) => {}
+            // Someone else changed it: the next round decides on the new value, read here
+            // rather than left to the watch, which may be the one that fell behind.
+            Err(Error::Conflict { .. }) => refresh_assignment(inner, p).await?,
             Err(e) => return Err(e),
         }
     }
