@@ -7,6 +7,7 @@
 //! node of a `siren-cluster` cluster: writes go to the log, reads are routed by partition. The `siren` binary (`siren-cli`) and tests
 //! start it in-process.
 
+pub mod admission;
 pub mod api;
 pub mod cluster;
 pub mod config;
