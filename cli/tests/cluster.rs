@@ -18,6 +18,9 @@ use serde_json::{json, Value};
 use siren_engine::{Db, Event, Options, ReadRange};
 use siren_http::config::Config;
 
+mod small_demo;
+use small_demo::SMALL_DEMO;
+
 const BATCH: usize = 300;
 
 fn siren() -> Command {
@@ -278,26 +281,8 @@ async fn three_nodes_behind_http_lose_no_acknowledged_write_when_one_is_killed()
     let tmp = tempfile::tempdir().unwrap();
     let demo = tmp.path().join("demo");
     let out = siren()
-        .args([
-            "demo",
-            "--users",
-            "12",
-            "--min-events",
-            "200",
-            "--max-events",
-            "1500",
-        ])
-        .args([
-            "--items",
-            "1000",
-            "--dim",
-            "16",
-            "--codebook",
-            "32",
-            "--epochs",
-            "1",
-        ])
-        .arg("--no-serve")
+        .args(["demo", "--no-serve"])
+        .args(SMALL_DEMO)
         .arg("--dir")
         .arg(&demo)
         .output()
