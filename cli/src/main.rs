@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cluster;
 mod commands;
 mod demo;
 mod inspect;
@@ -26,6 +27,9 @@ struct Cli {
 enum Command {
     /// Serve the HTTP/JSON API (configuration: file, environment, flags).
     Serve(serve::ServeArgs),
+    /// Cluster mode: create a cluster, or start one on this machine to try it.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Build a database of synthetic users in a local folder and run hard and soft retrieval.
     Demo(demo::DemoArgs),
     /// Print users, events, segment files and bytes per column of a database.
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve::run(&args),
+        Command::Cluster(cmd) => cluster::run(&cmd),
         Command::Demo(args) => demo::run(&args),
         Command::Inspect { path } => inspect::inspect(&path),
         Command::Verify { path } => inspect::verify(&path),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 use siren_engine::Db;
-use siren_http::config::Config;
+use siren_http::config::{ClusterSection, Config, Role};
 use siren_serve::Ranker;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -48,6 +48,93 @@ pub struct ServeArgs {
     /// Log lines as text or JSON; the level comes from SIREN_LOG (default `info`).
     #[arg(long, env = "SIREN_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// Serve as a node of a cluster (docs/CLUSTER.md); the same as a `[cluster]` section.
+#[derive(Args, Clone, Default)]
+pub struct NodeArgs {
+    /// The cluster's NATS servers, comma-separated: serve as a node of the cluster.
+    #[arg(long, env = "SIREN_CLUSTER_SERVERS", value_delimiter = ',')]
+    pub cluster_servers: Vec<String>,
+    /// The cluster's name (default `siren`).
+    #[arg(long, env = "SIREN_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
+    /// This node's id, unique in the cluster and kept across restarts.
+    #[arg(long, env = "SIREN_NODE_ID")]
+    pub node_id: Option<String>,
+    /// The base URL other nodes forward reads to (default `http://<listen address>`).
+    #[arg(long, env = "SIREN_ADVERTISE")]
+    pub advertise: Option<String>,
+    #[arg(long, env = "SIREN_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+    /// Another node is dead once its heartbeat has not changed for this long.
+    #[arg(long, env = "SIREN_DEAD_AFTER_MS")]
+    pub dead_after_ms: Option<u64>,
+    /// `node` holds partitions and routes the rest; `router` holds none and forwards every read.
+    #[arg(long, env = "SIREN_ROLE", value_enum)]
+    pub role: Option<RoleArg>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum RoleArg {
+    Node,
+    Router,
+}
+
+impl NodeArgs {
+    /// Applies the flags to the configuration's `[cluster]` section, creating it when servers
+    /// are given.
+    fn apply(&self, c: &mut Config) -> Result<(), Box<dyn std::error::Error>> {
+        if !self.cluster_servers.is_empty() {
+            let node_id = self
+                .node_id
+                .clone()
+                .or_else(|| c.cluster.as_ref().map(|s| s.node_id.clone()))
+                .ok_or("--cluster-servers needs --node-id")?;
+            let name = c.cluster.as_ref().map_or("siren", |s| s.name.as_str());
+            let mut section = ClusterSection::new(name, self.cluster_servers.clone(), &node_id);
+            if let Some(old) = c.cluster.take() {
+                section = ClusterSection {
+                    servers: section.servers,
+                    node_id: section.node_id,
+                    ..old
+                };
+            }
+            c.cluster = Some(section);
+        }
+        let Some(s) = c.cluster.as_mut() else {
+            if self.role.is_some() {
+                return Err(
+                    "--role needs a cluster (--cluster-servers or a [cluster] section)".into(),
+                );
+            }
+            return Ok(());
+        };
+        if let Some(v) = &self.cluster_name {
+            s.name = v.clone();
+        }
+        if let Some(v) = &self.node_id {
+            s.node_id = v.clone();
+        }
+        if self.advertise.is_some() {
+            s.advertise = self.advertise.clone();
+        }
+        if let Some(v) = self.heartbeat_ms {
+            s.heartbeat_ms = v;
+        }
+        if let Some(v) = self.dead_after_ms {
+            s.dead_after_ms = v;
+        }
+        if let Some(r) = self.role {
+            s.role = match r {
+                RoleArg::Node => Role::Node,
+                RoleArg::Router => Role::Router,
+            };
+        }
+        Ok(())
+    }
 }
 
 impl ServeArgs {
@@ -78,6 +165,7 @@ impl ServeArgs {
         set!(limits.request_timeout_ms = self.request_timeout_ms);
         set!(limits.max_candidates = self.max_candidates);
         set!(limits.max_body_bytes = self.max_body_bytes);
+        self.node.apply(&mut c)?;
         c.validate()?;
         Ok(c)
     }
@@ -116,9 +204,26 @@ pub fn serve_blocking(
     Ok(())
 }
 
+/// Join the configured cluster as a node and serve until Ctrl-C or SIGTERM; then leave it.
+fn serve_node(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let signal = siren_http::server::shutdown_signal()?;
+        let running = siren_http::server::start_node(config).await?;
+        running.run_until(signal).await?;
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })
+}
+
 pub fn run(a: &ServeArgs) -> Result<ExitCode, Box<dyn std::error::Error>> {
     init_logs(a.log_format);
     let config = a.config()?;
+    if config.cluster.is_some() {
+        serve_node(config)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let (db, ranker) = siren_http::state::open(&config)?;
     match ranker.model() {
         Some(m) => tracing::info!(model = m.version(), "model loaded"),

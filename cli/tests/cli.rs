@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod small_demo;
+use small_demo::SMALL_DEMO;
+
 fn siren(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_siren"))
         .args(args)
@@ -19,26 +22,8 @@ fn demo_inspect_verify() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("demo");
     let d = dir.to_str().unwrap();
-    let args = [
-        "demo",
-        "--dir",
-        d,
-        "--users",
-        "12",
-        "--min-events",
-        "200",
-        "--max-events",
-        "3000",
-        "--items",
-        "2000",
-        "--dim",
-        "16",
-        "--codebook",
-        "32",
-        "--epochs",
-        "1",
-        "--no-serve",
-    ];
+    let mut args = vec!["demo", "--dir", d, "--no-serve"];
+    args.extend(SMALL_DEMO);
     let (ok, out) = siren(&args);
     assert!(ok, "{out}");
     for want in [

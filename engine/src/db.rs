@@ -2,7 +2,7 @@
 //! checkpoints, snapshots, statistics, checks and the background compactor. Opening is
 //! `recovery`'s; compaction is `compaction`'s.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 
 use crate::cache::DecodedCache;
-use crate::catalog::{quantize, query_vec};
+use crate::catalog::quantize;
 use crate::compaction::{self, CompactionStats};
 use crate::entry::Ev;
 use crate::error::{Error, Result};
@@ -213,12 +213,8 @@ impl Db {
         let by_user = group_by_user(events);
         let inner = &self.inner;
         let mut sources = inner.writer.lock();
-        if let Some((name, seq)) = &opts.source {
-            if let Some(&last) = sources.get(name) {
-                if *seq <= last {
-                    return Ok(AppendOutcome::Duplicate { last_applied: last });
-                }
-            }
+        if let Some(dup) = already_applied(&sources, opts) {
+            return Ok(dup);
         }
         let st = inner.state.load_full();
         let seq = st.next_seq;
@@ -226,17 +222,13 @@ impl Db {
         for (user, evs) in &by_user {
             batch.put_pending(*user, seq, evs);
         }
-        if let Some((name, s)) = &opts.source {
-            batch.put_source(name, *s);
-        }
+        record_source(&mut batch, opts);
         inner.store.write(batch, opts.durability)?;
 
         let next = with_appended(&st, &by_user, seq);
         let pending_now = next.pending_events;
         inner.state.store(Arc::new(next));
-        if let Some((name, s)) = &opts.source {
-            sources.insert(name.clone(), *s);
-        }
+        note_source(&mut sources, opts);
         drop(sources);
         if let Some(ac) = &inner.opts.auto_compact {
             if pending_now >= ac.pending_events {
@@ -256,12 +248,7 @@ impl Db {
                 events.len(),
             )));
         }
-        match &opts.source {
-            Some((name, _)) if name.is_empty() || name.len() > MAX_SOURCE_NAME => Err(
-                Error::invalid(format!("source name must be 1 to {MAX_SOURCE_NAME} bytes")),
-            ),
-            _ => Ok(()),
-        }
+        check_source_name(opts)
     }
 
     /// Last applied sequence number of an append source.
@@ -269,20 +256,57 @@ impl Db {
         self.inner.writer.lock().get(source).copied()
     }
 
+    /// Every source and its last applied sequence number, sorted by name.
+    pub fn sources(&self) -> Vec<(String, u64)> {
+        let mut all: Vec<(String, u64)> = self
+            .inner
+            .writer
+            .lock()
+            .iter()
+            .map(|(name, seq)| (name.clone(), *seq))
+            .collect();
+        all.sort_unstable();
+        all
+    }
+
+    /// Forget a source's position, so that its next write is applied whatever its sequence
+    /// number (for a log that is consumed again from its start, or from a copy of another
+    /// database). Returns whether the source was known. Changes no events.
+    pub fn remove_source(&self, source: &str, durability: Durability) -> Result<bool> {
+        let mut sources = self.inner.writer.lock();
+        if !sources.contains_key(source) {
+            return Ok(false);
+        }
+        let mut batch = Batch::default();
+        batch.delete_source(source);
+        self.inner.store.write(batch, durability)?;
+        sources.remove(source);
+        Ok(true)
+    }
+
     /// Insert or replace catalog items. Within one call a later item with the same id wins.
     pub fn upsert_items(&self, items: &[Item], durability: Durability) -> Result<()> {
+        let opts = AppendOptions {
+            durability,
+            source: None,
+        };
+        self.upsert_items_from(items, &opts).map(drop)
+    }
+
+    /// [`Db::upsert_items`] with a `(source, seq)` for exactly-once application, as for appends:
+    /// a batch whose number is at or below the source's last applied one changes nothing and
+    /// returns `Duplicate`. The source's new number is stored in the same atomic batch.
+    /// `Applied { events }` is 0: an upsert appends no events.
+    pub fn upsert_items_from(&self, items: &[Item], opts: &AppendOptions) -> Result<AppendOutcome> {
+        check_source_name(opts)?;
         let inner = &self.inner;
-        let cfg = inner.read;
         for it in items {
-            if let Some(s) = &it.semid {
-                cfg.check_semid(s)?;
-            }
-            if let Some(e) = &it.embedding {
-                query_vec(e, cfg.dim)
-                    .map_err(|err| Error::invalid(format!("item {}: {err}", it.id)))?;
-            }
+            inner.read.check_item(it)?;
         }
-        let _w = inner.writer.lock();
+        let mut sources = inner.writer.lock();
+        if let Some(dup) = already_applied(&sources, opts) {
+            return Ok(dup);
+        }
         let st = inner.state.load_full();
         let mut catalog = st.catalog.clone();
         let bumped = catalog.semid_gen() + 1;
@@ -305,50 +329,66 @@ impl Db {
             catalog.put(it.id, &rec).map_err(Error::invalid)?;
             batch.put_item(it.id, &rec);
         }
-        inner.store.write(batch, durability)?;
+        record_source(&mut batch, opts);
+        inner.store.write(batch, opts.durability)?;
         let mut next = (*st).clone();
         next.catalog = catalog;
         inner.state.store(Arc::new(next));
-        Ok(())
+        note_source(&mut sources, opts);
+        Ok(AppendOutcome::Applied { events: 0 })
     }
 
     /// Delete a user. Reads stop seeing it at once; its bytes leave the segment files at the next
     /// compaction and RocksDB's files when that compaction compacts RocksDB's ranges.
     /// Returns whether the user existed.
     pub fn delete_user(&self, user: u64, durability: Durability) -> Result<bool> {
-        let inner = &self.inner;
-        let _w = inner.writer.lock();
-        let st = inner.state.load_full();
-        let Some(us) = st.users.get(&user).cloned() else {
-            return Ok(false);
+        let opts = AppendOptions {
+            durability,
+            source: None,
         };
-        let mut segments = (*st.segments).clone();
-        // Every segment that holds a copy of this user, live or superseded, must be rewritten.
-        for ss in segments.values_mut() {
-            if ss.segment.find(user).is_some() {
-                ss.needs_erase = true;
-            }
-        }
-        if let Some(e) = &us.entry {
-            let ss = segments
-                .get_mut(&e.segment.id)
-                .expect("live entry in a live segment");
-            ss.live_users -= 1;
-            ss.live_bytes -= u64::from(e.segment.record(e.record).len);
-        }
-        let mut next = (*st).clone();
-        next.segments = Arc::new(segments);
-        next.users.remove(&user);
-        next.pending_users.remove(&user);
-        next.pending_events -= us.pending.len() as u64;
+        Ok(self.delete_users_counted(&[user], &opts)?.1 > 0)
+    }
 
+    /// Delete users, atomically, as [`Db::delete_user`] does one; users that do not exist are
+    /// skipped. With a `(source, seq)`, a batch already applied changes nothing and returns
+    /// `Duplicate`, and the source's new number is stored in the same atomic batch, so that a
+    /// log of appends and deletes is applied exactly once and in order. `Applied { events }` is
+    /// 0: a delete appends no events.
+    pub fn delete_users(&self, users: &[u64], opts: &AppendOptions) -> Result<AppendOutcome> {
+        Ok(self.delete_users_counted(users, opts)?.0)
+    }
+
+    /// [`Db::delete_users`], and how many of the users existed.
+    fn delete_users_counted(
+        &self,
+        users: &[u64],
+        opts: &AppendOptions,
+    ) -> Result<(AppendOutcome, usize)> {
+        check_source_name(opts)?;
+        let inner = &self.inner;
+        let mut sources = inner.writer.lock();
+        if let Some(dup) = already_applied(&sources, opts) {
+            return Ok((dup, 0));
+        }
+        let st = inner.state.load_full();
+        let mut next = (*st).clone();
         let mut batch = Batch::default();
-        batch.delete_user(user);
-        batch.put_manifest(&next.manifest());
-        inner.store.write(batch, durability)?;
+        let deleted = without_users(&mut next, users, &mut batch);
+        let applied = AppendOutcome::Applied { events: 0 };
+        if deleted == 0 && opts.source.is_none() {
+            return Ok((applied, 0));
+        }
+        if deleted > 0 {
+            batch.put_manifest(&next.manifest());
+        }
+        record_source(&mut batch, opts);
+        inner.store.write(batch, opts.durability)?;
         inner.state.store(Arc::new(next));
-        inner.users_deleted.store(true, Ordering::Release);
-        Ok(true)
+        note_source(&mut sources, opts);
+        if deleted > 0 {
+            inner.users_deleted.store(true, Ordering::Release);
+        }
+        Ok((applied, deleted))
     }
 
     /// Make every write so far durable, including `Unlogged` ones.
@@ -506,6 +546,71 @@ impl Db {
                 .sum()
         }
         walk(&self.inner.path)
+    }
+}
+
+/// Removes `users` from `next` and puts the deletion of their records into `batch`; returns how
+/// many of them existed.
+fn without_users(next: &mut State, users: &[u64], batch: &mut Batch) -> usize {
+    let mut segments = (*next.segments).clone();
+    let mut deleted = 0;
+    for &user in users {
+        let Some(us) = next.users.get(&user).cloned() else {
+            continue;
+        };
+        deleted += 1;
+        // Every segment that holds a copy of this user, live or superseded, must be rewritten.
+        for ss in segments.values_mut() {
+            if ss.segment.find(user).is_some() {
+                ss.needs_erase = true;
+            }
+        }
+        if let Some(e) = &us.entry {
+            let ss = segments
+                .get_mut(&e.segment.id)
+                .expect("live entry in a live segment");
+            ss.live_users -= 1;
+            ss.live_bytes -= u64::from(e.segment.record(e.record).len);
+        }
+        next.users.remove(&user);
+        next.pending_users.remove(&user);
+        next.pending_events -= us.pending.len() as u64;
+        batch.delete_user(user);
+    }
+    if deleted > 0 {
+        next.segments = Arc::new(segments);
+    }
+    deleted
+}
+
+fn check_source_name(opts: &AppendOptions) -> Result<()> {
+    match &opts.source {
+        Some((name, _)) if name.is_empty() || name.len() > MAX_SOURCE_NAME => Err(Error::invalid(
+            format!("source name must be 1 to {MAX_SOURCE_NAME} bytes"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Under the writer lock: `Duplicate` if the write's `(source, seq)` is at or below the source's
+/// last applied number.
+fn already_applied(sources: &HashMap<String, u64>, opts: &AppendOptions) -> Option<AppendOutcome> {
+    let (name, seq) = opts.source.as_ref()?;
+    let last = *sources.get(name)?;
+    (*seq <= last).then_some(AppendOutcome::Duplicate { last_applied: last })
+}
+
+/// Puts the write's source position into its batch, so both are applied atomically.
+fn record_source(batch: &mut Batch, opts: &AppendOptions) {
+    if let Some((name, seq)) = &opts.source {
+        batch.put_source(name, *seq);
+    }
+}
+
+/// After the batch is written: the in-memory copy of the source position.
+fn note_source(sources: &mut HashMap<String, u64>, opts: &AppendOptions) {
+    if let Some((name, seq)) = &opts.source {
+        sources.insert(name.clone(), *seq);
     }
 }
 

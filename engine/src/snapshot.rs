@@ -43,6 +43,19 @@ impl ReadConfig {
         })
     }
 
+    /// Whether an upsert may store `it`: a SemID of the database's levels and codebook, an
+    /// embedding of its dimension with finite values.
+    pub fn check_item(&self, it: &Item) -> Result<()> {
+        if let Some(s) = &it.semid {
+            self.check_semid(s)?;
+        }
+        if let Some(e) = &it.embedding {
+            query_vec(e, self.dim)
+                .map_err(|err| Error::invalid(format!("item {}: {err}", it.id)))?;
+        }
+        Ok(())
+    }
+
     pub fn check_semid(&self, s: &SemId) -> Result<()> {
         if s.levels() != usize::from(self.layout.levels) {
             return Err(Error::invalid(format!(
@@ -62,6 +75,15 @@ impl ReadConfig {
             )));
         }
         Ok(())
+    }
+}
+
+impl Options {
+    /// Whether a database with these options accepts `item` in an upsert (SemID levels and
+    /// codebook, embedding dimension, finite values): the check [`crate::Db::upsert_items`]
+    /// makes, for writers that queue items for a database elsewhere.
+    pub fn check_item(&self, item: &Item) -> Result<()> {
+        ReadConfig::new(self)?.check_item(item)
     }
 }
 

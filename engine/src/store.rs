@@ -197,6 +197,11 @@ impl Batch {
         );
     }
 
+    /// Forget append source `name`.
+    pub fn delete_source(&mut self, name: &str) {
+        self.delete(Cf::Sources, name.as_bytes());
+    }
+
     /// Delete `user`'s pending records with sequence numbers up to and including `upto`.
     pub fn delete_pending_through(&mut self, user: u64, upto: u64) {
         let from = pending_key(user, 0);

@@ -187,6 +187,76 @@ fn source_sequence_numbers_make_appends_idempotent() {
     assert_eq!(read_all(&db, 1).len(), 2);
 }
 
+#[test]
+fn deletes_and_upserts_with_a_source_are_applied_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts();
+    let at = |seq| AppendOptions {
+        durability: Durability::Sync,
+        source: Some(("log/p3".into(), seq)),
+    };
+    let item = |category| Item {
+        id: 9,
+        category,
+        semid: Some(SemId::new(&[1, 2, 3]).unwrap()),
+        embedding: None,
+    };
+    {
+        let db = Db::open(dir.path(), o.clone()).unwrap();
+        db.append(&[ev(1, 1, 1), ev(2, 1, 1)], &at(1)).unwrap();
+        assert_eq!(
+            db.delete_users(&[1, 77], &at(2)).unwrap(),
+            AppendOutcome::Applied { events: 0 }
+        );
+        db.append(&[ev(1, 5, 5)], &at(3)).unwrap();
+        // A replay of the delete after the later append must not remove user 1 again.
+        assert_eq!(
+            db.delete_users(&[1], &at(2)).unwrap(),
+            AppendOutcome::Duplicate { last_applied: 3 }
+        );
+        assert_eq!(read_all(&db, 1), vec![ev(1, 5, 5)]);
+        // A delete of nobody still moves the position.
+        db.delete_users(&[404], &at(4)).unwrap();
+        assert_eq!(db.source_position("log/p3"), Some(4));
+
+        let catalog = |seq| AppendOptions {
+            source: Some(("catalog".into(), seq)),
+            ..at(0)
+        };
+        db.upsert_items_from(&[item(1)], &catalog(1)).unwrap();
+        assert_eq!(
+            db.upsert_items_from(&[item(2)], &catalog(1)).unwrap(),
+            AppendOutcome::Duplicate { last_applied: 1 }
+        );
+        assert_eq!(db.snapshot().item(9).unwrap().category, 1);
+        assert_eq!(
+            db.sources(),
+            vec![("catalog".to_string(), 1), ("log/p3".to_string(), 4)]
+        );
+    }
+    let db = Db::open(dir.path(), o.clone()).unwrap();
+    assert_eq!(
+        db.sources(),
+        vec![("catalog".to_string(), 1), ("log/p3".to_string(), 4)],
+        "after reopen"
+    );
+    assert_eq!(read_all(&db, 1), vec![ev(1, 5, 5)]);
+    assert_eq!(read_all(&db, 2), vec![ev(2, 1, 1)]);
+    assert!(db.remove_source("log/p3", Durability::Sync).unwrap());
+    assert!(!db.remove_source("log/p3", Durability::Sync).unwrap());
+    // Forgotten: a log consumed again from its start is applied again.
+    assert_eq!(
+        db.delete_users(&[2], &at(1)).unwrap(),
+        AppendOutcome::Applied { events: 0 }
+    );
+    drop(db);
+    let db = Db::open(dir.path(), o).unwrap();
+    assert_eq!(db.source_position("log/p3"), Some(1));
+    assert!(read_all(&db, 2).is_empty());
+    assert!(!db.delete_user(2, Durability::Sync).unwrap());
+    assert!(db.delete_user(1, Durability::Sync).unwrap());
+}
+
 fn files_containing(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];

@@ -22,7 +22,7 @@ macro_rules! fuzz_target {
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Targets whose corpora are replayed, by the crate that replays them.
-pub const REPLAYED: [(&str, &[&str]); 3] = [
+pub const REPLAYED: [(&str, &[&str]); 4] = [
     (
         "siren-engine",
         &[
@@ -39,6 +39,7 @@ pub const REPLAYED: [(&str, &[&str]); 3] = [
     ),
     ("siren-model", &["codebook", "model_config"]),
     ("siren-http", &["http_bodies"]),
+    ("siren-cluster", &["cluster_checkpoint", "cluster_log"]),
 ];
 
 pub fn corpus_root() -> PathBuf {

@@ -101,6 +101,21 @@ impl Ticket {
         self.run(f).await
     }
 
+    /// An asynchronous write (cluster mode publishes to the log), with [`Ticket::write`]'s
+    /// rule: refused at the deadline if it has not started, answered with its outcome once it
+    /// has. The handler's task polls it, so the deadline cannot cut it once the flag is set.
+    pub async fn write_async<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        if Instant::now() >= self.0.deadline {
+            self.0.started_late.store(true, Ordering::SeqCst);
+            return Err(ApiError::timeout());
+        }
+        self.0.write_started.store(true, Ordering::SeqCst);
+        f.await
+    }
+
     async fn run<T, F>(&self, f: F) -> Result<T, ApiError>
     where
         F: FnOnce() -> Result<T, ApiError> + Send + 'static,

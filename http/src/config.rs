@@ -32,6 +32,16 @@
 //! [[tokens]]
 //! token = "a-long-random-string"
 //! scopes = ["read", "write", "admin"]
+//!
+//! [cluster]                            # optional: serve as a node of a cluster (docs/CLUSTER.md)
+//! name = "siren"
+//! servers = ["nats://127.0.0.1:4222"]
+//! node_id = "node-1"
+//! advertise = "http://10.0.0.5:7070"  # where the other nodes forward reads; default: listen
+//! heartbeat_ms = 1000
+//! dead_after_ms = 10000
+//! read_wait_ms = 1000
+//! role = "node"                       # or "router": holds no partition, forwards every read
 //! ```
 
 use std::net::SocketAddr;
@@ -158,6 +168,92 @@ pub struct Config {
     pub limits: Limits,
     pub engine: EngineConfig,
     pub tokens: Vec<Token>,
+    /// Serve as a node of a cluster: writes go to the cluster's log, reads of users whose
+    /// partition this node does not serve are forwarded to a node that does. `db` is then the
+    /// node's data directory, and the database's shape comes from the cluster.
+    pub cluster: Option<ClusterSection>,
+}
+
+/// The `[cluster]` section: which cluster to join, and as whom.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// The cluster's name (as given to `siren cluster create`).
+    #[serde(default = "default_cluster_name")]
+    pub name: String,
+    /// NATS server URLs of the cluster's JetStream deployment.
+    pub servers: Vec<String>,
+    /// Unique in the cluster and kept across restarts: it names the node's assignments.
+    pub node_id: String,
+    /// The base URL the other nodes use to forward reads here (default: `http://<listen>`).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    #[serde(default = "default_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    /// Another node is dead once its heartbeat has not changed for this long.
+    #[serde(default = "default_dead_after_ms")]
+    pub dead_after_ms: u64,
+    /// How long a read carrying `Siren-Read-After` waits for the replica to apply it.
+    #[serde(default = "default_read_wait_ms")]
+    pub read_wait_ms: u64,
+    #[serde(default)]
+    pub role: Role,
+}
+
+/// What a member of a cluster does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Holds partitions (applies their streams, answers their reads) and routes the rest.
+    #[default]
+    Node,
+    /// Holds no partition (only the catalog): takes writes and forwards every read.
+    Router,
+}
+
+fn default_cluster_name() -> String {
+    "siren".into()
+}
+
+fn default_heartbeat_ms() -> u64 {
+    1000
+}
+
+fn default_dead_after_ms() -> u64 {
+    10_000
+}
+
+fn default_read_wait_ms() -> u64 {
+    1000
+}
+
+impl ClusterSection {
+    pub fn new(name: &str, servers: Vec<String>, node_id: &str) -> ClusterSection {
+        ClusterSection {
+            name: name.to_string(),
+            servers,
+            node_id: node_id.to_string(),
+            advertise: None,
+            heartbeat_ms: default_heartbeat_ms(),
+            dead_after_ms: default_dead_after_ms(),
+            read_wait_ms: default_read_wait_ms(),
+            role: Role::Node,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.servers.is_empty() {
+            return Err(ConfigError::Invalid(
+                "cluster.servers needs at least one NATS server URL".into(),
+            ));
+        }
+        if self.heartbeat_ms == 0 || self.dead_after_ms <= self.heartbeat_ms {
+            return Err(ConfigError::Invalid(
+                "cluster.heartbeat_ms must be positive and below cluster.dead_after_ms".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl Default for Config {
@@ -176,6 +272,7 @@ impl Default for Config {
             limits: Limits::default(),
             engine: EngineConfig::default(),
             tokens: Vec::new(),
+            cluster: None,
         }
     }
 }
@@ -238,6 +335,9 @@ impl Config {
                     t.name.as_deref().unwrap_or("(unnamed)")
                 )));
             }
+        }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
         }
         Ok(())
     }

@@ -10,12 +10,12 @@
 //! | 403 | `forbidden` |
 //! | 404 | `not_found` |
 //! | 405 | `method_not_allowed` |
-//! | 409 | `conflict` (a checkpoint name already taken) |
+//! | 409 | `conflict` (a checkpoint name already taken; in cluster mode a placement changed concurrently), `not_yet_applied` (cluster mode: a read's `Siren-Read-After` not reached in time), `pin_unavailable` |
 //! | 413 | `payload_too_large` |
 //! | 415 | `unsupported_media_type` |
 //! | 422 | `too_many` (candidates, events, items, `k`, `limit` over the configured limits) |
 //! | 500 | `data_corruption`, `internal` |
-//! | 503 | `overloaded`, `timeout` (nothing was applied), `no_model` (with `Retry-After`) |
+//! | 503 | `overloaded`, `timeout` (nothing was applied), `no_model`; in cluster mode `no_live_owner` (no live node serves the user's partition), `not_serving` (a forwarded read reached a node that no longer serves it), `log_unavailable` (JetStream did not acknowledge), `shutting_down` (all with `Retry-After`) |
 
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -164,6 +164,35 @@ impl From<ServeError> for ApiError {
     }
 }
 
+impl From<siren_cluster::Error> for ApiError {
+    fn from(e: siren_cluster::Error) -> Self {
+        use siren_cluster::Error as E;
+        let unavailable =
+            |code| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, e.to_string());
+        let conflict = |code| ApiError::new(StatusCode::CONFLICT, code, e.to_string());
+        match &e {
+            E::NoLiveOwner { .. } => unavailable("no_live_owner"),
+            E::NotServing { .. } => unavailable("not_serving"),
+            E::Log { .. } => unavailable("log_unavailable"),
+            E::Timeout { .. } => unavailable("timeout"),
+            E::Shutdown => unavailable("shutting_down"),
+            E::NotYetApplied { .. } => conflict("not_yet_applied"),
+            E::Conflict { .. } => conflict("conflict"),
+            E::PinUnavailable { .. } => conflict("pin_unavailable"),
+            E::InvalidArgument(m) => ApiError::invalid(m.clone()),
+            E::Corrupt { .. } | E::UnsupportedVersion { .. } | E::Gap { .. } => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "data_corruption",
+                e.to_string(),
+            ),
+            _ => match e {
+                E::Engine(inner) => inner.into(),
+                other => ApiError::internal(other.to_string()),
+            },
+        }
+    }
+}
+
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", r.body_text())
@@ -200,6 +229,23 @@ mod tests {
         }
         .into();
         assert_eq!(e.code, "data_corruption");
+        let e: ApiError = siren_cluster::Error::NoLiveOwner { partition: 7 }.into();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "no_live_owner")
+        );
+        let e: ApiError = siren_cluster::Error::NotYetApplied {
+            partition: 7,
+            needed: 9,
+            applied: 3,
+        }
+        .into();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::CONFLICT, "not_yet_applied")
+        );
+        let e: ApiError = siren_cluster::Error::Conflict { key: "k".into() }.into();
+        assert_eq!((e.status, e.code), (StatusCode::CONFLICT, "conflict"));
         let resp = ApiError::overloaded().into_response();
         assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
     }

@@ -3,11 +3,13 @@
 //! Siren's HTTP/JSON API, and nothing else: [`config::Config`] says what to serve,
 //! [`state::open`] opens the database and the ranker (`siren-serve`), [`server::start`] binds
 //! and serves, [`api::app`] is the axum router, [`metrics`] the Prometheus metrics. Errors
-//! become JSON in one place, [`error::ApiError`]. The `siren` binary (`siren-cli`) and tests
+//! become JSON in one place, [`error::ApiError`]. In cluster mode ([`cluster`]) the server is a
+//! node of a `siren-cluster` cluster: writes go to the log, reads are routed by partition. The `siren` binary (`siren-cli`) and tests
 //! start it in-process.
 
 pub mod admission;
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod metrics;

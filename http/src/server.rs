@@ -17,8 +17,9 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Semaphore};
 use tokio::task::JoinHandle;
 
+use crate::cluster::ClusterMode;
 use crate::config::Config;
-use crate::state::AppState;
+use crate::state::{engine_options, open_ranker, AppState, OpenError};
 
 /// How long shutdown waits for connections to finish their requests.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -37,14 +38,56 @@ pub async fn start(
     db: Arc<siren_engine::Db>,
     ranker: Arc<siren_serve::Ranker>,
 ) -> std::io::Result<Running> {
+    let listener = bind(&config).await?;
+    Ok(serve(listener, AppState::new(db, ranker, config)))
+}
+
+/// Bind, join the cluster of the configuration's `[cluster]` section as a node (the database
+/// is the node's, in `config.db`), and serve. The node is published to the others at
+/// `cluster.advertise`, or at `http://<bound address>`.
+pub async fn start_node(config: Config) -> Result<Running, OpenError> {
+    let section = config
+        .cluster
+        .clone()
+        .ok_or_else(|| siren_cluster::Error::InvalidArgument("no [cluster] section".into()))?;
+    let listener = bind(&config).await.map_err(OpenError::Bind)?;
+    let addr = listener.local_addr().map_err(OpenError::Bind)?;
+    let advertise = section
+        .advertise
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+    let timeout = Duration::from_millis(config.limits.request_timeout_ms);
+    let cluster = ClusterMode::join(
+        &section,
+        &config.db,
+        advertise,
+        engine_options(&config),
+        timeout,
+    )
+    .await?;
+    let db = cluster.node.db().clone();
+    let ranker = open_ranker(&config, &db)?;
+    tracing::info!(node = %section.node_id, cluster = %section.name, "joined the cluster");
+    Ok(serve(
+        listener,
+        AppState::new(db, Arc::new(ranker), config).with_cluster(cluster),
+    ))
+}
+
+async fn bind(config: &Config) -> std::io::Result<TcpListener> {
     let (addr, warning) = config.bind_address();
     if let Some(w) = &warning {
         tracing::warn!("{w}");
     }
-    let listener = TcpListener::bind(addr).await?;
-    let addr = listener.local_addr()?;
-    let limits = config.limits.clone();
-    let state = AppState::new(db, ranker, config);
+    TcpListener::bind(addr).await
+}
+
+/// Serve `state` on `listener` until shut down.
+fn serve(listener: TcpListener, state: AppState) -> Running {
+    let addr = listener
+        .local_addr()
+        .unwrap_or_else(|_| state.config.listen);
+    let limits = state.config.limits.clone();
     let app = crate::api::app(state.clone());
     let (stop, stopped) = oneshot::channel::<()>();
     let flag = state.shutting_down.clone();
@@ -96,12 +139,12 @@ pub async fn start(
         }
     });
     tracing::info!(%addr, "siren is listening");
-    Ok(Running {
+    Running {
         addr,
         state,
         stop: Some(stop),
         task,
-    })
+    }
 }
 
 impl Running {
@@ -136,13 +179,30 @@ impl Running {
         if !self.state.admission.drained(DRAIN).await {
             tracing::warn!("work still running after {DRAIN:?}; flushing anyway");
         }
-        let db = self.state.db.clone();
+        let AppState { db, cluster, .. } = self.state;
         tokio::task::spawn_blocking(move || db.flush())
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?
             .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if let Some(cluster) = cluster {
+            leave_cluster(cluster).await;
+        }
         tracing::info!("stopped; every write is durable");
         Ok(())
+    }
+}
+
+/// Stops the node and deletes its heartbeat so the others re-place its partitions at once. A
+/// connection still open after the drain holds the node; it then stops when dropped, and the
+/// others re-place its partitions once its heartbeat is stale.
+async fn leave_cluster(cluster: Arc<ClusterMode>) {
+    match Arc::try_unwrap(cluster) {
+        Ok(c) => {
+            if let Err(e) = c.leave().await {
+                tracing::warn!(error = %e, "leaving the cluster failed");
+            }
+        }
+        Err(_) => tracing::warn!("requests still hold the node; it stops without leaving"),
     }
 }
 

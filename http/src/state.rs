@@ -9,6 +9,7 @@ use siren_model::semid::Codebook;
 use siren_serve::{Ranker, ServedModel};
 
 use crate::admission::Admission;
+use crate::cluster::ClusterMode;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::ServerMetrics;
@@ -25,6 +26,8 @@ pub struct AppState {
     pub admission: Arc<Admission>,
     /// Set when shutdown begins: `/readyz` answers 503 so that load balancers stop sending.
     pub shutting_down: Arc<AtomicBool>,
+    /// In cluster mode, the node (whose database is `db`) and the cluster's producer.
+    pub cluster: Option<Arc<ClusterMode>>,
 }
 
 impl AppState {
@@ -36,7 +39,14 @@ impl AppState {
             ranker,
             config: Arc::new(config),
             shutting_down: Arc::new(AtomicBool::new(false)),
+            cluster: None,
         }
+    }
+
+    /// A node of a cluster: reads and writes go through `cluster`, whose node holds `db`.
+    pub fn with_cluster(mut self, cluster: ClusterMode) -> AppState {
+        self.cluster = Some(Arc::new(cluster));
+        self
     }
 }
 
@@ -49,13 +59,16 @@ pub enum OpenError {
     Model(#[from] siren_model::ModelError),
     #[error(transparent)]
     Serve(#[from] siren_serve::ServeError),
+    #[error(transparent)]
+    Cluster(#[from] siren_cluster::Error),
+    #[error("binding the listening socket: {0}")]
+    Bind(std::io::Error),
 }
 
-/// Open (or create) the configured database, and a ranker with the model and codebook if
-/// configured. An existing database keeps the settings it was created with.
-pub fn open(cfg: &Config) -> Result<(Db, Ranker), OpenError> {
+/// The engine options of the configuration.
+pub fn engine_options(cfg: &Config) -> Options {
     let e = &cfg.engine;
-    let mut opts = Options {
+    Options {
         embedding_dim: cfg.embedding_dim,
         semid_levels: cfg.semid_levels,
         semid_codebook_size: cfg.semid_codebook_size,
@@ -70,15 +83,26 @@ pub fn open(cfg: &Config) -> Result<(Db, Ranker), OpenError> {
             interval: std::time::Duration::from_millis(e.compact_interval_ms.max(1)),
         }),
         ..Options::default()
-    };
+    }
+}
+
+/// Open (or create) the configured database, and a ranker with the model and codebook if
+/// configured. An existing database keeps the settings it was created with.
+pub fn open(cfg: &Config) -> Result<(Db, Ranker), OpenError> {
+    let mut opts = engine_options(cfg);
     if cfg.db.join("rocksdb").exists() {
         opts = Db::created_with(&cfg.db)?.apply(opts);
     }
     let db = Db::open(&cfg.db, opts)?;
+    let ranker = open_ranker(cfg, &db)?;
+    Ok((db, ranker))
+}
+
+/// A ranker over `db` with the configured model and codebook.
+pub fn open_ranker(cfg: &Config, db: &Db) -> Result<Ranker, OpenError> {
     let model = cfg.model.as_deref().map(ServedModel::load).transpose()?;
     let codebook = cfg.codebook.as_deref().map(Codebook::load).transpose()?;
-    let ranker = Ranker::new(&db, model, codebook)?;
-    Ok((db, ranker))
+    Ok(Ranker::new(db, model, codebook)?)
 }
 
 /// The names a request may give for a directory under a configured one (a checkpoint under

@@ -3,10 +3,13 @@
 //!
 //! | route | scope |
 //! |---|---|
-//! | `POST /v1/score`, `POST /v1/retrieve`, `GET /v1/users/{user}/events`, `GET /v1/items/{item}`, `GET /v1/stats` | read |
+//! | `POST /v1/score`, `POST /v1/retrieve`, `GET /v1/users/{user}/events`, `GET /v1/items/{item}`, `GET /v1/stats`, `GET /v1/cluster` | read |
 //! | `POST /v1/events`, `POST /v1/items`, `DELETE /v1/users/{user}` | write |
 //! | `POST /v1/admin/reload`, `POST /v1/admin/compact`, `POST /v1/admin/checkpoint` (and its old name `POST /v1/admin/snapshot`, deprecated) | admin |
 //! | `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /openapi.json` | none |
+//!
+//! In cluster mode ([`crate::cluster`]) the three reads of a user are forwarded to a node that
+//! serves the user's partition, and the writes go to the cluster's log.
 //!
 //! The `/v1` routes run under a global concurrency limit that sheds excess requests at once
 //! (503 with `Retry-After`) rather than queueing them, and a per-request deadline that never
@@ -202,6 +205,7 @@ fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(read::history))
         .routes(routes!(read::get_item))
         .routes(routes!(read::stats))
+        .routes(routes!(read::cluster_status))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_read));
     let write = OpenApiRouter::new()
         .routes(routes!(write::append))

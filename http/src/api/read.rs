@@ -1,16 +1,44 @@
 //! Read endpoints (scope `read`): score, retrieve, history, item, stats.
 
 use axum::extract::State;
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use siren_engine::ReadRange;
+use serde::Serialize;
+use siren_engine::{ReadRange, Snapshot};
 use siren_serve::{Retrieved, ScoreOptions};
 
 use super::json::{ApiJson, Digits};
 use super::types::*;
 use super::{ApiPath, ApiQuery};
 use crate::admission::Ticket;
+use crate::cluster::Routed;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
+
+/// Where a read of `user` is answered: from this server's database, or, in cluster mode, by the
+/// node that serves the user's partition (the request forwarded there, its answer returned).
+async fn route<B: Serialize>(
+    st: &AppState,
+    user: u64,
+    (method, uri, headers): (Method, &Uri, &HeaderMap),
+    body: Option<&B>,
+) -> Result<Routed, ApiError> {
+    match &st.cluster {
+        Some(c) => c.route(user, method, uri, headers, body).await,
+        None => Ok(Routed::Here(st.db.snapshot())),
+    }
+}
+
+/// The snapshot to answer from, or the forwarded answer (returned from the handler as is).
+macro_rules! snapshot_or_return {
+    ($routed:expr) => {
+        match $routed {
+            Routed::Here(snap) => snap,
+            Routed::There(answer) => return Ok(answer),
+        }
+    };
+}
 
 fn hit(r: &Retrieved) -> HitOut {
     HitOut {
@@ -28,13 +56,19 @@ fn hit(r: &Retrieved) -> HitOut {
     security(("bearer" = ["read"])),
     responses((status = 200, body = ScoreResponse),
         (status = 422, body = ErrorBody, description = "`too_many`: over `limits.max_candidates`"),
-        (status = 503, body = ErrorBody, description = "`no_model`: no model is loaded")))]
+        (status = 409, body = ErrorBody, description = "`not_yet_applied` (cluster mode): `Siren-Read-After` not reached in time"),
+        (status = 503, body = ErrorBody, description = "`no_model`: no model is loaded; in cluster mode `no_live_owner`: no live node serves the user")))]
 pub async fn score(
     State(st): State<AppState>,
     ticket: Ticket,
+    uri: Uri,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<ScoreRequest>,
-) -> Result<Json<ScoreResponse>, ApiError> {
-    let (db, ranker) = (st.db.clone(), st.ranker.clone());
+) -> Result<Response, ApiError> {
+    let snap: Snapshot = snapshot_or_return!(
+        route(&st, req.user, (Method::POST, &uri, &headers), Some(&req)).await?
+    );
+    let ranker = st.ranker.clone();
     ticket
         .read(move || {
             let opts = ScoreOptions {
@@ -43,7 +77,7 @@ pub async fn score(
                 explain: req.explain,
                 domain: req.domain,
             };
-            let s = ranker.score(&db.snapshot(), req.user, &req.candidates, &opts)?;
+            let s = ranker.score(&snap, req.user, &req.candidates, &opts)?;
             let t = s.timings;
             Ok(Json(ScoreResponse {
                 model_version: s.model_version,
@@ -72,6 +106,7 @@ pub async fn score(
             }))
         })
         .await
+        .map(IntoResponse::into_response)
 }
 
 /// Retrieve a user's behaviours most relevant to a target (the General Search Unit).
@@ -79,12 +114,16 @@ pub async fn score(
     security(("bearer" = ["read"])),
     responses((status = 200, body = RetrieveResponse),
         (status = 404, body = ErrorBody, description = "`not_found`: the target item is not in the catalog"),
-        (status = 422, body = ErrorBody, description = "`too_many`: `k` over `limits.max_k`")))]
+        (status = 409, body = ErrorBody, description = "`not_yet_applied` (cluster mode): `Siren-Read-After` not reached in time"),
+        (status = 422, body = ErrorBody, description = "`too_many`: `k` over `limits.max_k`"),
+        (status = 503, body = ErrorBody, description = "`no_live_owner` (cluster mode): no live node serves the user")))]
 pub async fn retrieve(
     State(st): State<AppState>,
     ticket: Ticket,
+    uri: Uri,
+    headers: HeaderMap,
     ApiJson(req): ApiJson<RetrieveRequest>,
-) -> Result<Json<RetrieveResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let max = st.config.limits.max_k;
     if req.k == 0 {
         return Err(ApiError::invalid("k must be at least 1"));
@@ -102,10 +141,11 @@ pub async fn retrieve(
             "give exactly one target: item, semid or embedding",
         ));
     }
-    let db = st.db.clone();
+    let snap: Snapshot = snapshot_or_return!(
+        route(&st, req.user, (Method::POST, &uri, &headers), Some(&req)).await?
+    );
     ticket
         .read(move || {
-            let snap = db.snapshot();
             let target = match req.item {
                 Some(id) => Some(snap.item(id).ok_or_else(|| {
                     ApiError::not_found(format!("item {id} is not in the catalog"))
@@ -163,6 +203,7 @@ pub async fn retrieve(
             Ok(Json(RetrieveResponse { hits }))
         })
         .await
+        .map(IntoResponse::into_response)
 }
 
 /// A user's behaviours, oldest first, bounded by time and count.
@@ -170,13 +211,17 @@ pub async fn retrieve(
     params(("user" = u64, Path, description = "User id"), HistoryQuery),
     security(("bearer" = ["read"])),
     responses((status = 200, body = HistoryResponse),
-        (status = 422, body = ErrorBody, description = "`too_many`: `limit` over `limits.max_history_limit`")))]
+        (status = 409, body = ErrorBody, description = "`not_yet_applied` (cluster mode): `Siren-Read-After` not reached in time"),
+        (status = 422, body = ErrorBody, description = "`too_many`: `limit` over `limits.max_history_limit`"),
+        (status = 503, body = ErrorBody, description = "`no_live_owner` (cluster mode): no live node serves the user")))]
 pub async fn history(
     State(st): State<AppState>,
     ticket: Ticket,
+    uri: Uri,
+    headers: HeaderMap,
     ApiPath(Digits(user)): ApiPath<Digits<u64>>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
-) -> Result<Json<HistoryResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let max = st.config.limits.max_history_limit;
     let limit = q.limit.unwrap_or(1000.min(max));
     if limit == 0 {
@@ -187,10 +232,10 @@ pub async fn history(
             "limit = {limit}; at most {max}"
         )));
     }
-    let db = st.db.clone();
+    let snap: Snapshot =
+        snapshot_or_return!(route::<()>(&st, user, (Method::GET, &uri, &headers), None).await?);
     ticket
         .read(move || {
-            let snap = db.snapshot();
             let events = snap.read(
                 user,
                 ReadRange {
@@ -206,6 +251,7 @@ pub async fn history(
             }))
         })
         .await
+        .map(IntoResponse::into_response)
 }
 
 /// One catalog item.
@@ -271,4 +317,55 @@ pub async fn stats(
             }))
         })
         .await
+}
+/// Cluster mode: this node's partitions and every partition's live serving replicas.
+#[utoipa::path(get, path = "/v1/cluster", tag = "read", security(("bearer" = ["read"])),
+    responses((status = 200, body = ClusterStatusResponse),
+        (status = 404, body = ErrorBody, description = "`not_found`: this server is not a node of a cluster")))]
+pub async fn cluster_status(
+    State(st): State<AppState>,
+) -> Result<Json<ClusterStatusResponse>, ApiError> {
+    let c = st
+        .cluster
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("this server is not a node of a cluster"))?;
+    let node = &c.node;
+    let status = node.status();
+    let partitions = node.cluster().partitions;
+    let dir = node.directory();
+    let held = status
+        .partitions
+        .into_iter()
+        .map(|(p, s)| {
+            let phase = match s.phase {
+                siren_cluster::Phase::Serving => "serving".to_string(),
+                siren_cluster::Phase::Joining(how) => format!("joining: {how}"),
+                siren_cluster::Phase::Refused(why) => format!("refused: {why}"),
+            };
+            let out = HeldPartitionOut {
+                phase,
+                applied: s.applied,
+            };
+            (p, out)
+        })
+        .collect();
+    let serving = (0..partitions)
+        .map(|p| {
+            let owners = dir.serving(p).into_iter().map(|(n, applied)| ServingOut {
+                node: n.node,
+                address: n.address,
+                applied,
+            });
+            (p, owners.collect())
+        })
+        .collect();
+    Ok(Json(ClusterStatusResponse {
+        cluster: node.cluster().name.clone(),
+        node: node.id().to_string(),
+        partitions,
+        held,
+        catalog_applied: status.catalog_applied,
+        live_nodes: dir.live_nodes().into_iter().collect(),
+        serving,
+    }))
 }

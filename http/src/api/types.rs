@@ -150,6 +150,10 @@ pub struct AppendResponse {
     pub duplicate: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_applied: Option<u64>,
+    /// Cluster mode: the log positions of this write; send them as `Siren-Read-After` for a
+    /// read that must see it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_after: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
@@ -184,6 +188,9 @@ pub struct UpsertItemsResponse {
     pub upserted: usize,
     /// Items that came without a SemID and got one from the codebook.
     pub semids_assigned: usize,
+    /// Cluster mode: as in [`AppendResponse`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_after: Option<String>,
 }
 
 /// A catalog item as stored (its embedding dequantised from int8).
@@ -347,8 +354,13 @@ pub struct HistoryResponse {
 
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 pub struct DeleteResponse {
-    /// Whether the user existed.
-    pub deleted: bool,
+    /// Whether the user existed; absent in cluster mode, where the delete is on the log (and
+    /// applied by the nodes) whether or not the user had events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<bool>,
+    /// Cluster mode: as in [`AppendResponse`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_after: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
@@ -427,4 +439,35 @@ pub struct ReadyResponse {
 /// A SemID from request codes (the engine checks levels and code range).
 pub fn semid(codes: &[u16]) -> Result<SemId, ApiError> {
     SemId::new(codes).map_err(ApiError::from)
+}
+
+/// A held partition as this node sees it.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct HeldPartitionOut {
+    /// `serving`, `joining: <how>` or `refused: <why>`.
+    pub phase: String,
+    /// The stream position the node's database holds.
+    pub applied: u64,
+}
+
+/// A partition's live serving replicas, most advanced first.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct ServingOut {
+    pub node: String,
+    pub address: String,
+    pub applied: u64,
+}
+
+/// This node and the cluster as it sees it.
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct ClusterStatusResponse {
+    pub cluster: String,
+    pub node: String,
+    pub partitions: u32,
+    /// The partitions this node holds, by number.
+    pub held: std::collections::BTreeMap<u32, HeldPartitionOut>,
+    pub catalog_applied: u64,
+    pub live_nodes: Vec<String>,
+    /// Every partition's live serving replicas, by number (empty: nobody serves it now).
+    pub serving: std::collections::BTreeMap<u32, Vec<ServingOut>>,
 }
