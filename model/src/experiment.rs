@@ -375,6 +375,16 @@ pub fn prepare(
     models: &[ModelConfig],
     threads: usize,
 ) -> Result<(Db, DatasetMeta, Prepared)> {
+    prepare_with(dir, models, threads, 1)
+}
+
+/// [`prepare`], with ids seen fewer than `min_count` times in training folded into row 0.
+pub fn prepare_with(
+    dir: &DatasetDir,
+    models: &[ModelConfig],
+    threads: usize,
+    min_count: usize,
+) -> Result<(Db, DatasetMeta, Prepared)> {
     let (db, meta, splits) = dir.open()?;
     let snap = db.snapshot();
     let items = ItemTable::from_snapshot(&snap, meta.embedding_dim);
@@ -396,6 +406,7 @@ pub fn prepare(
         &spec,
         meta.semid_levels as usize,
         threads,
+        min_count,
     )?;
     Ok((db, meta, prepared))
 }
@@ -499,7 +510,7 @@ pub fn compare(
     out: &Path,
     threads: usize,
 ) -> Result<CompareReport> {
-    let (_db, meta, data) = prepare(dir, models, threads)?;
+    let (_db, meta, data) = prepare_with(dir, models, threads, tcfg.min_count)?;
     std::fs::create_dir_all(out.join("predictions")).map_err(|e| ModelError::io(out, e))?;
     let mut runs = Vec::new();
     for m in models {

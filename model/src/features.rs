@@ -162,6 +162,72 @@ pub struct SampleSet {
     /// Per kind: its length and `n × len` tokens (padding is [`Token::PAD`] after the real ones).
     pub seqs: Vec<(SeqKind, usize, Vec<Token>)>,
     pub lens: Vec<Vec<u16>>,
+    /// Per sample, [`evidence_len`] numbers summarising the whole as-of history against the
+    /// target (empty when not computed).
+    pub evidence: Vec<f32>,
+}
+
+/// Behaviours counted as recent by the evidence features.
+pub const EVIDENCE_WINDOW: usize = 50;
+
+/// Numbers per sample in [`SampleSet::evidence`] for `levels` SemID levels.
+pub fn evidence_len(levels: usize) -> usize {
+    3 * levels + crate::batch::SIMTIER_BINS + 1
+}
+
+/// Research: whether samples carry evidence features.
+pub fn evidence_on() -> bool {
+    crate::models::xf("EVIDENCE")
+}
+
+/// What the whole as-of history `hist` (oldest first) says about `target`: per SemID depth
+/// d = 1..levels, log(1 + behaviours sharing at least d levels), log(1 + those among the
+/// newest [`EVIDENCE_WINDOW`]), log(1 + how many behaviours are newer than the newest of
+/// them) (log(2 + len) when there is none); the similarity-tier histogram of every behaviour's
+/// cosine with the target (log(1 + count) per 0.1-wide bin); log(1 + len).
+pub fn evidence(items: &ItemTable, hist: &[Event], target: u32, levels: usize) -> Vec<f32> {
+    let bins = crate::batch::SIMTIER_BINS;
+    let mut out = vec![0f32; evidence_len(levels)];
+    let n = hist.len();
+    out[3 * levels + bins] = (n as f32).ln_1p();
+    if target == NO_ROW {
+        for d in 0..levels {
+            out[3 * d + 2] = (n as f32 + 1.0).ln_1p();
+        }
+        return out;
+    }
+    let mut count = vec![0usize; levels + 1];
+    let mut recent = vec![0usize; levels + 1];
+    let mut newest: Vec<Option<usize>> = vec![None; levels + 1];
+    let mut per_item: HashMap<u32, (usize, u8)> = HashMap::new();
+    for (back, e) in hist.iter().rev().enumerate() {
+        let Some(row) = items.row(e.item) else { continue };
+        let entry = per_item.entry(row).or_insert((0, items.depth(row, target)));
+        entry.0 += 1;
+        let depth = usize::from(entry.1).min(levels);
+        for d in 1..=depth {
+            count[d] += 1;
+            if back < EVIDENCE_WINDOW {
+                recent[d] += 1;
+            }
+            newest[d].get_or_insert(back);
+        }
+    }
+    for d in 1..=levels {
+        out[3 * (d - 1)] = (count[d] as f32).ln_1p();
+        out[3 * (d - 1) + 1] = (recent[d] as f32).ln_1p();
+        out[3 * (d - 1) + 2] = newest[d].map_or((n as f32 + 1.0).ln_1p(), |b| (b as f32).ln_1p());
+    }
+    for (&row, &(c, _)) in &per_item {
+        if let Some(cos) = items.cosine(row, target) {
+            let bin = (((cos.clamp(-1.0, 1.0) + 1.0) / 0.1).floor() as usize).min(bins - 1);
+            out[3 * levels + bin] += c as f32;
+        }
+    }
+    for x in &mut out[3 * levels..3 * levels + bins] {
+        *x = x.ln_1p();
+    }
+    out
 }
 
 impl SampleSet {
@@ -324,8 +390,8 @@ pub fn build_samples(
         parts.push(a);
         rest = b;
     }
-    // Per thread: (impression index, one token list per sequence of `spec`).
-    type Part = Vec<(usize, Vec<Vec<Token>>)>;
+    // Per thread: (impression index, one token list per sequence of `spec`, evidence).
+    type Part = Vec<(usize, Vec<Vec<Token>>, Vec<f32>)>;
     let results: Vec<Result<Part>> = std::thread::scope(|s| {
         let handles: Vec<_> = parts
             .iter()
@@ -334,9 +400,10 @@ pub fn build_samples(
                     let mut out = Vec::with_capacity(part.len());
                     let mut current_user = None;
                     let mut history: Option<Vec<Event>> = None;
+                    let with_evidence = evidence_on();
                     for &i in *part {
                         let imp = &imps[i];
-                        if spec.iter().any(|(k, _)| *k == SeqKind::Category)
+                        if (with_evidence || spec.iter().any(|(k, _)| *k == SeqKind::Category))
                             && current_user != Some(imp.user)
                         {
                             let latest = part
@@ -353,7 +420,14 @@ pub fn build_samples(
                         for &(kind, len) in spec {
                             seqs.push(sequence(snap, items, imp, target, kind, len, &mut history)?);
                         }
-                        out.push((i, seqs));
+                        let ev = match (&history, with_evidence) {
+                            (Some(h), true) => {
+                                let cut = h.partition_point(|e| e.ts < imp.ts);
+                                evidence(items, &h[..cut], target, levels_of(items))
+                            }
+                            _ => Vec::new(),
+                        };
+                        out.push((i, seqs, ev));
                     }
                     Ok(out)
                 })
@@ -365,10 +439,24 @@ pub fn build_samples(
             .collect()
     });
     let mut all = Vec::with_capacity(n);
+    let mut evs = Vec::new();
     for r in results {
-        all.extend(r?);
+        for (i, seqs, ev) in r? {
+            all.push((i, seqs));
+            if !ev.is_empty() {
+                evs.push((i, ev));
+            }
+        }
     }
-    Ok(assemble(items, imps, spec, all))
+    let mut set = assemble(items, imps, spec, all);
+    if let Some((_, first)) = evs.first() {
+        let e = first.len();
+        set.evidence = vec![0.0; n * e];
+        for (i, ev) in evs {
+            set.evidence[i * e..(i + 1) * e].copy_from_slice(&ev);
+        }
+    }
+    Ok(set)
 }
 
 /// Pad each impression's token lists (`(impression index, one list per sequence of spec)`) to
@@ -401,7 +489,13 @@ pub(crate) fn assemble(
             .collect(),
         seqs,
         lens,
+        evidence: Vec::new(),
     }
+}
+
+/// SemID levels of the catalog (the longest SemID).
+fn levels_of(items: &ItemTable) -> usize {
+    items.semid.iter().flatten().map(|s| s.levels()).max().unwrap_or(0)
 }
 
 #[cfg(test)]

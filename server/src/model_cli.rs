@@ -66,16 +66,30 @@ pub enum ImportCommand {
     Synthetic {
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 1_000)]
-        users: usize,
+        /// Start from the lifelong Taobao-MM-like preset (20,000 users with 1,000 events each,
+        /// 10 impressions after the history, popularity in the click model, split by user);
+        /// the flags below override it.
+        #[arg(long)]
+        lifelong: bool,
+        #[arg(long)]
+        users: Option<usize>,
         #[arg(long, default_value_t = 50_000)]
         items: usize,
-        #[arg(long, default_value_t = 1_000)]
-        min_events: usize,
-        #[arg(long, default_value_t = 100_000)]
-        max_events: usize,
-        #[arg(long, default_value_t = 40)]
-        impressions_per_user: usize,
+        #[arg(long)]
+        min_events: Option<usize>,
+        #[arg(long)]
+        max_events: Option<usize>,
+        #[arg(long)]
+        impressions_per_user: Option<usize>,
+        /// Logit weight of item popularity in the click model.
+        #[arg(long)]
+        w_popularity: Option<f64>,
+        /// Logit weight of a long-term interest (clusters seen only before the last 200 events).
+        #[arg(long)]
+        w_long: Option<f64>,
+        /// Logit weight of a current interest (clusters of the last 200 events).
+        #[arg(long)]
+        w_current: Option<f64>,
         #[arg(long, default_value_t = 64)]
         dim: usize,
         #[arg(long, default_value_t = 11)]
@@ -130,6 +144,17 @@ pub struct TrainFlags {
     batch_size: usize,
     #[arg(long, default_value_t = 2e-3)]
     lr: f64,
+    /// Learning rate of the embedding tables (sparse Adam).
+    #[arg(long, default_value_t = 2e-3)]
+    embedding_lr: f64,
+    /// Standard deviation of new embedding rows.
+    #[arg(long, default_value_t = 0.05)]
+    embedding_std: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f64,
+    /// Ids seen fewer times than this in training share the unknown row.
+    #[arg(long, default_value_t = 1)]
+    min_count: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[arg(long, default_value_t = 1)]
@@ -145,6 +170,10 @@ impl TrainFlags {
             epochs: self.epochs,
             batch_size: self.batch_size,
             lr: self.lr,
+            embedding_lr: self.embedding_lr,
+            embedding_std: self.embedding_std,
+            weight_decay: self.weight_decay,
+            min_count: self.min_count,
             seed: self.seed,
             patience: self.patience,
             progress: true,
@@ -182,6 +211,10 @@ pub fn import(cmd: ImportCommand) -> CliResult {
         }
         ImportCommand::Synthetic {
             out,
+            lifelong,
+            w_popularity,
+            w_long,
+            w_current,
             users,
             items,
             min_events,
@@ -207,17 +240,25 @@ pub fn import(cmd: ImportCommand) -> CliResult {
             if !(domain_shift.is_finite() && domain_shift >= 0.0) {
                 return Err("--domain-shift must be a non-negative number".into());
             }
+            let base = if lifelong {
+                PlantedConfig::lifelong()
+            } else {
+                PlantedConfig::default()
+            };
             let cfg = PlantedConfig {
                 domain_shares,
                 domain_shift,
-                users,
+                users: users.unwrap_or(base.users),
                 items,
-                min_events,
-                max_events,
-                impressions_per_user,
+                min_events: min_events.unwrap_or(base.min_events),
+                max_events: max_events.unwrap_or(base.max_events),
+                impressions_per_user: impressions_per_user.unwrap_or(base.impressions_per_user),
+                w_popularity: w_popularity.unwrap_or(base.w_popularity),
+                w_long: w_long.unwrap_or(base.w_long),
+                w_current: w_current.unwrap_or(base.w_current),
                 dim,
                 seed,
-                ..PlantedConfig::default()
+                ..base
             };
             experiment::import_synthetic(&cfg, &DatasetDir::new(out), &semid.config())?
         }

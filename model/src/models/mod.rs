@@ -13,9 +13,11 @@
 
 pub mod domain;
 pub mod layers;
+pub mod table;
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, Linear};
+use candle_nn::Linear;
+use table::EmbeddingTable;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::{Batch, SeqBatch, Vocabs, GAP_BUCKETS, SIMTIER_BINS, SIM_BUCKETS};
@@ -319,6 +321,11 @@ impl Dims {
     }
 }
 
+/// Research switch (temporary): `SIREN_X_<NAME>` in the environment.
+pub fn xf(name: &str) -> bool {
+    std::env::var(format!("SIREN_X_{name}")).is_ok_and(|v| v == "1")
+}
+
 /// A click model: logits `[B]` for a batch. Shared across serving threads.
 pub trait Scorer: Send + Sync {
     fn logits(&self, b: &Batch) -> Result<Tensor>;
@@ -337,11 +344,11 @@ pub(crate) trait Backbone: Send + Sync {
 
 /// ID embedding tables shared by the target and the behaviours.
 struct Ids {
-    item: Embedding,
-    category: Embedding,
-    user: Embedding,
-    action: Embedding,
-    gap: Embedding,
+    item: EmbeddingTable,
+    category: EmbeddingTable,
+    user: EmbeddingTable,
+    action: EmbeddingTable,
+    gap: EmbeddingTable,
     /// The target's multimodal embedding projected to the model width.
     mm: Linear,
 }
@@ -358,16 +365,55 @@ impl Ids {
         })
     }
 
-    /// Item + category of the target, `[B, d]`.
-    fn target(&self, b: &Batch) -> Result<Tensor> {
+    /// Item + category of the target, `[B, d]`: the target token of the SIREN transformer,
+    /// whose tokens sum their embeddings.
+    fn target_sum(&self, b: &Batch) -> Result<Tensor> {
         self.item.forward(&b.item)? + self.category.forward(&b.category)?
     }
 
-    /// Item + category + action + time gap of each behaviour, `[B, T, d]`.
-    fn behaviours(&self, s: &SeqBatch) -> Result<Tensor> {
+    /// Item + category + action + time gap of each behaviour, `[B, T, d]` (SIREN's tokens).
+    fn behaviours_sum(&self, s: &SeqBatch) -> Result<Tensor> {
         ((self.item.forward(&s.item)? + self.category.forward(&s.category)?)?
             + self.action.forward(&s.action)?)?
             + self.gap.forward(&s.gap)?
+    }
+
+    /// `[item, category]` of the target, `[B, 2d]`. Item and category stay in separate halves
+    /// so that a product with a behaviour's key compares category with category and item with
+    /// item; summed, the two mix, and target attention over ID embeddings does not learn to
+    /// match categories (DIN was no better than no sequence at all).
+    fn target(&self, b: &Batch) -> Result<Tensor> {
+        Tensor::cat(&[self.item.forward(&b.item)?, self.category.forward(&b.category)?], 1)
+    }
+
+    /// `[item + action + time gap, category]` of each behaviour, `[B, T, 2d]`.
+    fn behaviours(&self, s: &SeqBatch) -> Result<Tensor> {
+        let item = ((self.item.forward(&s.item)? + self.action.forward(&s.action)?)?
+            + self.gap.forward(&s.gap)?)?;
+        Tensor::cat(&[item, self.category.forward(&s.category)?], 2)
+    }
+}
+
+/// DIN's interest branch: target attention over one sequence of behaviours, then the target,
+/// the pooled interest and their element-wise product, `[B, 6d]`. The product hands the head
+/// the match between the target and what the user did as a feature it reads linearly; an MLP
+/// over the concatenation alone has to learn a product from data.
+struct TargetInterest {
+    att: TargetAttention,
+}
+
+impl TargetInterest {
+    const WIDTH: usize = 6;
+
+    fn new(p: &Params, name: &str, dim: usize) -> Result<TargetInterest> {
+        Ok(TargetInterest {
+            att: TargetAttention::new(p, name, 2 * dim)?,
+        })
+    }
+
+    fn features(&self, ids: &Ids, q: &Tensor, s: &SeqBatch) -> Result<Tensor> {
+        let pooled = self.att.pool(q, &ids.behaviours(s)?, &s.mask)?;
+        Tensor::cat(&[q, &pooled, &(q * &pooled)?], 1)
     }
 }
 
@@ -397,7 +443,7 @@ impl Backbone for NoSeq {
 /// DIN, and SIM (the same ESU over the category search instead of the recent behaviours).
 struct Din {
     ids: Ids,
-    att: TargetAttention,
+    interest: TargetInterest,
     kind: SeqKind,
 }
 
@@ -405,11 +451,9 @@ impl Backbone for Din {
     fn features(&self, b: &Batch) -> Result<Tensor> {
         let s = seq(b, self.kind)?;
         let q = self.ids.target(b)?;
-        let pooled = self.att.pool(&q, &self.ids.behaviours(s)?, &s.mask)?;
         Tensor::cat(
             &[
-                &q,
-                &pooled,
+                &self.interest.features(&self.ids, &q, s)?,
                 &self.ids.user.forward(&b.user)?,
                 &self.ids.mm.forward(&b.emb)?,
             ],
@@ -423,7 +467,7 @@ impl Backbone for Din {
 /// scaled cosine `m` as `b1*s + b2*m + b3*s*m`.
 struct Muse {
     ids: Ids,
-    din: TargetAttention,
+    din: TargetInterest,
     wq: Linear,
     wk: Linear,
     wv: Linear,
@@ -437,17 +481,10 @@ impl Backbone for Muse {
     fn features(&self, bt: &Batch) -> Result<Tensor> {
         let short = seq(bt, SeqKind::Recent)?;
         let long = seq(bt, SeqKind::Soft)?;
-        let q = self.ids.target(bt)?;
+        let tq = self.ids.target(bt)?;
         let short_keys = self.ids.behaviours(short)?;
-        let din = self.din.pool(&q, &short_keys, &short.mask)?;
+        let din = self.din.features(&self.ids, &tq, short)?;
         // SA-TA over the long (retrieved) sequence.
-        let tq = Tensor::cat(
-            &[
-                &self.ids.item.forward(&bt.item)?,
-                &self.ids.category.forward(&bt.category)?,
-            ],
-            1,
-        )?;
         let lk = Tensor::cat(
             &[
                 &self.ids.item.forward(&long.item)?,
@@ -467,7 +504,6 @@ impl Backbone for Muse {
         let tier = self.simtier.forward(&long.simtier)?;
         Tensor::cat(
             &[
-                &q,
                 &self.ids.mm.forward(&bt.emb)?,
                 &self.ids.user.forward(&bt.user)?,
                 &din,
@@ -493,18 +529,20 @@ impl Backbone for Muse {
 struct Siren {
     ids: Ids,
     kind: SeqKind,
-    recent: Option<TargetAttention>,
-    sim_bucket: Option<Embedding>,
-    prefix: Option<(Vec<Embedding>, Embedding)>,
+    recent: Option<TargetInterest>,
+    sim_bucket: Option<EmbeddingTable>,
+    prefix: Option<(Vec<EmbeddingTable>, EmbeddingTable)>,
     target_type: Tensor,
     ln_in: candle_nn::LayerNorm,
     layers: Vec<TransformerLayer>,
+    /// Evidence features `[B, E]` to the model width (research).
+    evidence: Option<Linear>,
 }
 
 impl Siren {
     /// Tokens of the retrieved behaviours, `[B, T, d]`.
     fn tokens(&self, s: &SeqBatch) -> Result<Tensor> {
-        let mut t = self.ids.behaviours(s)?;
+        let mut t = self.ids.behaviours_sum(s)?;
         if let Some(sb) = &self.sim_bucket {
             t = (t + sb.forward(&s.sim_bucket)?)?;
         }
@@ -518,7 +556,7 @@ impl Siren {
 impl Backbone for Siren {
     fn features(&self, b: &Batch) -> Result<Tensor> {
         let s = seq(b, self.kind)?;
-        let mut tgt = (self.ids.target(b)? + self.ids.mm.forward(&b.emb)?)?
+        let mut tgt = (self.ids.target_sum(b)? + self.ids.mm.forward(&b.emb)?)?
             .broadcast_add(&self.target_type)?;
         if let Some((levels, _)) = &self.prefix {
             tgt = (tgt + sum_levels(levels, &b.prefix)?)?;
@@ -535,13 +573,19 @@ impl Backbone for Siren {
         let q = self.ids.target(b)?;
         let mut feats = vec![
             interest,
-            q.clone(),
             self.ids.user.forward(&b.user)?,
             self.ids.mm.forward(&b.emb)?,
         ];
-        if let Some(att) = &self.recent {
-            let r = seq(b, SeqKind::Recent)?;
-            feats.push(att.pool(&q, &self.ids.behaviours(r)?, &r.mask)?);
+        match &self.recent {
+            Some(branch) => feats.push(branch.features(&self.ids, &q, seq(b, SeqKind::Recent)?)?),
+            None => feats.push(q),
+        }
+        if let Some(ev) = &self.evidence {
+            let e = b
+                .evidence
+                .as_ref()
+                .ok_or_else(|| candle_core::Error::Msg("batch lacks evidence features".into()))?;
+            feats.push(ev.forward(e)?.relu()?);
         }
         Tensor::cat(&feats, 1)
     }
@@ -565,20 +609,20 @@ pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<B
         ModelKind::Din | ModelKind::SimHard => (
             Box::new(Din {
                 ids,
-                att: TargetAttention::new(p, "att", dim)?,
+                interest: TargetInterest::new(p, "att", dim)?,
                 kind: if cfg.kind == ModelKind::Din {
                     SeqKind::Recent
                 } else {
                     SeqKind::Category
                 },
             }),
-            4 * dim,
+            (TargetInterest::WIDTH + 2) * dim,
             vec![64, 32],
         ),
         ModelKind::Muse => (
             Box::new(Muse {
                 ids,
-                din: TargetAttention::new(p, "din", dim)?,
+                din: TargetInterest::new(p, "din", dim)?,
                 wq: p.linear("sata.q", 2 * dim, dim)?,
                 wk: p.linear("sata.k", 2 * dim, dim)?,
                 wv: p.linear("sata.v", 2 * dim, dim)?,
@@ -590,7 +634,7 @@ pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<B
                 ],
                 simtier: p.linear_no_bias("simtier", SIMTIER_BINS, dim)?,
             }),
-            8 * dim,
+            (TargetInterest::WIDTH + 8) * dim,
             vec![128, 64],
         ),
         ModelKind::SirenSoft | ModelKind::SirenHard => {
@@ -618,7 +662,7 @@ pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<B
                     SeqKind::Hard
                 },
                 recent: if cfg.recent > 0 {
-                    Some(TargetAttention::new(p, "recent_att", dim)?)
+                    Some(TargetInterest::new(p, "recent_att", dim)?)
                 } else {
                     None
                 },
@@ -634,10 +678,17 @@ pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<B
                     .map(|l| TransformerLayer::new(p, &format!("layer{l}"), dim, cfg.heads))
                     .collect::<Result<_>>()?,
                 ids,
+                evidence: if xf("EVIDENCE") {
+                    Some(p.linear("evidence", crate::features::evidence_len(d.prefix.len()), dim)?)
+                } else {
+                    None
+                },
             };
             (
                 Box::new(net),
-                (4 + usize::from(cfg.recent > 0)) * dim,
+                (3 + if cfg.recent > 0 { TargetInterest::WIDTH } else { 2 }
+                    + usize::from(xf("EVIDENCE")))
+                    * dim,
                 vec![64, 32],
             )
         }
@@ -666,8 +717,9 @@ pub fn build(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<Box<dyn Sco
     let mut sizes = vec![body.width];
     sizes.extend(&body.head);
     sizes.push(1);
+    let dropout = std::env::var("SIREN_X_DROPOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(0.0);
     Ok(Box::new(Single {
-        head: Mlp::new(p, "head", &sizes)?,
+        head: Mlp::new(p, "head", &sizes)?.with_dropout(dropout),
         body: body.net,
     }))
 }
