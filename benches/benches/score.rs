@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use siren_benches::scoring_fixture;
-use siren_model::{Gsu, ScoreOptions};
+use siren_serve::{Retrieval, ScoreOptions, ScoreTimings};
 
 fn score(c: &mut Criterion) {
     let f = scoring_fixture();
-    let ranker = Arc::clone(&f.ranker);
-    let snap = ranker.db().snapshot();
+    let (db, ranker) = (Arc::clone(&f.db), Arc::clone(&f.ranker));
+    let snap = db.snapshot();
     let user = f.lifelong_user;
     assert_eq!(snap.user_len(user, None).unwrap(), 100_000);
     let cands = &f.candidates;
@@ -23,19 +23,23 @@ fn score(c: &mut Criterion) {
     let embs: Vec<Vec<f32>> = items.iter().map(|i| i.embedding.clone().unwrap()).collect();
 
     // Percentiles and where the time goes, over 200 calls each.
-    for gsu in [Gsu::Hard, Gsu::Soft] {
+    // Each call takes its own snapshot, as a server's handler does.
+    for gsu in [Retrieval::Hard, Retrieval::Soft] {
         let opts = ScoreOptions {
-            gsu,
+            retrieval: gsu,
             ..ScoreOptions::default()
         };
         let mut runs: Vec<_> = (0..200)
-            .map(|_| ranker.score(user, cands, &opts).unwrap().timings)
+            .map(|_| {
+                ranker
+                    .score(&db.snapshot(), user, cands, &opts)
+                    .unwrap()
+                    .timings
+            })
             .collect();
         runs.sort_by(|a, b| a.total_us.total_cmp(&b.total_us));
         let n = runs.len() as f64;
-        let mean = |f: &dyn Fn(&siren_model::ranker::ScoreTimings) -> f64| {
-            runs.iter().map(f).sum::<f64>() / n
-        };
+        let mean = |f: &dyn Fn(&ScoreTimings) -> f64| runs.iter().map(f).sum::<f64>() / n;
         let total = mean(&|t| t.total_us);
         eprintln!(
             "score 100 candidates, {gsu:?} GSU, {} model: p50 {:.2} ms, p99 {:.2} ms; mean {:.2} ms = read {:.1}% + retrieve {:.1}% + features {:.1}% + ESU {:.1}%",
@@ -52,13 +56,19 @@ fn score(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("score_100_candidates_100k_events");
     g.sample_size(30);
-    for gsu in [Gsu::Hard, Gsu::Soft] {
+    for gsu in [Retrieval::Hard, Retrieval::Soft] {
         let opts = ScoreOptions {
-            gsu,
+            retrieval: gsu,
             ..ScoreOptions::default()
         };
         g.bench_function(format!("{gsu:?}").to_lowercase(), |b| {
-            b.iter(|| black_box(ranker.score(user, black_box(cands), &opts).unwrap()))
+            b.iter(|| {
+                black_box(
+                    ranker
+                        .score(&db.snapshot(), user, black_box(cands), &opts)
+                        .unwrap(),
+                )
+            })
         });
     }
     g.bench_function("gsu_only_hard", |b| {

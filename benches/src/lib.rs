@@ -130,7 +130,8 @@ impl NaiveCatalog {
 /// benchmarks.
 pub struct ScoringFixture {
     pub dir: tempfile::TempDir,
-    pub ranker: std::sync::Arc<siren_model::Ranker>,
+    pub db: std::sync::Arc<Db>,
+    pub ranker: std::sync::Arc<siren_serve::Ranker>,
     pub lifelong_user: u64,
     /// `(history length, user)` for the lengths asked of [`scoring_fixture_with`].
     pub scaling_users: Vec<(usize, u64)>,
@@ -150,7 +151,7 @@ pub fn scoring_fixture() -> ScoringFixture {
 /// [`scoring_fixture`] plus one user per entry of `lengths` with exactly that many events (for
 /// scaling curves).
 pub fn scoring_fixture_with(lengths: &[usize]) -> ScoringFixture {
-    use siren_model::experiment::{self, DatasetDir};
+    use siren_model::dataset::{self, DatasetDir};
     use siren_model::models::ModelConfig;
     use siren_model::semid::RqKmeansConfig;
     use siren_model::synth::{Planted, PlantedConfig};
@@ -166,8 +167,7 @@ pub fn scoring_fixture_with(lengths: &[usize]) -> ScoringFixture {
         max_events: 20_000,
         ..PlantedConfig::default()
     };
-    let meta =
-        experiment::import_synthetic(&cfg, &data, &RqKmeansConfig::default()).expect("import");
+    let meta = dataset::import_synthetic(&cfg, &data, &RqKmeansConfig::default()).expect("import");
     let lifelong_user = 9_999_999;
     let scaling_users: Vec<(usize, u64)> = lengths
         .iter()
@@ -188,7 +188,7 @@ pub fn scoring_fixture_with(lengths: &[usize]) -> ScoringFixture {
     }
     let model = ModelConfig::named("siren-hard").expect("model");
     let (db, _meta, prepared) =
-        experiment::prepare(&data, std::slice::from_ref(&model), 2).expect("prepare");
+        dataset::prepare(&data, std::slice::from_ref(&model), 2).expect("prepare");
     let t = train(
         &model,
         &TrainConfig {
@@ -201,14 +201,14 @@ pub fn scoring_fixture_with(lengths: &[usize]) -> ScoringFixture {
     let ck = dir.path().join("model");
     t.save(&ck, &prepared.vocabs, prepared.levels)
         .expect("save");
-    let served = siren_model::ServedModel::load(&ck).expect("load");
+    let served = siren_serve::ServedModel::load(&ck).expect("load");
     let snap = db.snapshot();
     let candidates = snap.items().step_by(199).take(100).map(|i| i.id).collect();
     drop(snap);
-    let ranker =
-        siren_model::Ranker::new(std::sync::Arc::new(db), Some(served), None).expect("ranker");
+    let ranker = siren_serve::Ranker::new(&db, Some(served), None).expect("ranker");
     ScoringFixture {
         dir,
+        db: std::sync::Arc::new(db),
         ranker: std::sync::Arc::new(ranker),
         lifelong_user,
         scaling_users,

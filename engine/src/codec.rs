@@ -99,14 +99,23 @@ pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-/// Read a little-endian u32 at `off` from a slice known to be long enough (checked by callers
-/// through fixed-size headers whose lengths were validated).
-pub fn le_u32(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+/// The `N` bytes at `off` of a slice known to be long enough (checked by callers through
+/// fixed-size headers whose lengths were validated); out of bounds panics as indexing does.
+#[inline(always)]
+pub fn bytes_at<const N: usize>(b: &[u8], off: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&b[off..off + N]);
+    out
 }
 
+/// Read a little-endian u32 at `off` (see [`bytes_at`]).
+pub fn le_u32(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(bytes_at(b, off))
+}
+
+/// Read a little-endian u64 at `off` (see [`bytes_at`]).
 pub fn le_u64(b: &[u8], off: usize) -> u64 {
-    u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+    u64::from_le_bytes(bytes_at(b, off))
 }
 
 /// Whether a stored checksum matches the computed one. Fuzz builds (`cfg(fuzzing)`, which
@@ -123,7 +132,7 @@ pub fn split_crc<'a>(record: &'a [u8], what: &str) -> DecodeResult<&'a [u8]> {
         corrupt!("{what}: {} bytes is too short for a checksum", record.len());
     }
     let (body, tail) = record.split_at(record.len() - 4);
-    let stored = u32::from_le_bytes(tail.try_into().unwrap());
+    let stored = le_u32(tail, 0);
     let actual = crc32c::crc32c(body);
     if !checksum_matches(stored, actual) {
         corrupt!("{what}: checksum mismatch (stored {stored:08x}, computed {actual:08x})");
@@ -183,7 +192,7 @@ pub fn bit_get(bytes: &[u8], width: u8, i: usize) -> u32 {
     let byte = bit / 8;
     let shift = bit % 8;
     let word = if byte + 8 <= bytes.len() {
-        u64::from_le_bytes(bytes[byte..byte + 8].try_into().unwrap())
+        u64::from_le_bytes(bytes_at(bytes, byte))
     } else {
         let mut b = [0u8; 8];
         let tail = &bytes[byte..];
@@ -247,7 +256,7 @@ fn unpack_groups<const W: usize>(bytes: &[u8], out: &mut [u32]) {
     let group = |src: &[u8], dst: &mut [u32]| {
         for (j, d) in dst.iter_mut().enumerate() {
             let bit = j * W;
-            let word = u64::from_le_bytes(src[bit / 8..bit / 8 + 8].try_into().unwrap());
+            let word = u64::from_le_bytes(bytes_at(src, bit / 8));
             *d = ((word >> (bit % 8)) & mask) as u32;
         }
     };
@@ -294,13 +303,13 @@ fn zstd_compress(raw: &[u8], level: i32) -> Option<Vec<u8>> {
 fn zstd_decompress(payload: &[u8], raw_len: usize, out: &mut Vec<u8>) -> DecodeResult<()> {
     DECOMPRESSOR.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(
+        let d = match &mut *slot {
+            Some(d) => d,
+            None => slot.insert(
                 zstd::bulk::Decompressor::new()
                     .map_err(|e| DecodeError::corrupt(format!("zstd context: {e}")))?,
-            );
-        }
-        let d = slot.as_mut().unwrap();
+            ),
+        };
         out.clear();
         out.reserve_exact(raw_len);
         let n = d

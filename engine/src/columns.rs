@@ -11,7 +11,9 @@
 //! blocks of [`DICT_BLOCK`] entries: per block a base and a width, then each entry's offset from
 //! the base bit-packed. Any entry can be read in O(1) without decoding the others.
 
-use crate::codec::{bit_get, bitpack, bitpacked_len, bits_for, bitunpack, put_varint, Reader};
+use crate::codec::{
+    bit_get, bitpack, bitpacked_len, bits_for, bitunpack, le_u32, put_varint, Reader,
+};
 use crate::error::{corrupt, DecodeResult};
 
 /// A bit-packed column read in place: `width u8 | values`.
@@ -229,7 +231,8 @@ pub fn encode_dict(internal: &[u32], out: &mut Vec<u8>) {
     for block in internal.chunks(DICT_BLOCK) {
         let base = block[0];
         let offs: Vec<u32> = block.iter().map(|&v| v - base).collect();
-        let w = bits_for(u64::from(*offs.last().unwrap()));
+        let last = offs.last().expect("`chunks` yields no empty block");
+        let w = bits_for(u64::from(*last));
         out.extend_from_slice(&base.to_le_bytes());
         out.push(w);
         out.extend_from_slice(&(data.len() as u32).to_le_bytes());
@@ -261,7 +264,7 @@ impl<'a> DictView<'a> {
         for b in 0..blocks {
             let m = &meta[b * DICT_BLOCK_META..];
             let w = m[4];
-            let off = u32::from_le_bytes(m[5..9].try_into().unwrap()) as usize;
+            let off = le_u32(m, 5) as usize;
             if w > 32 || off != expect {
                 corrupt!("dictionary block {b}: width {w}, offset {off}, expected offset {expect}");
             }
@@ -290,9 +293,9 @@ impl<'a> DictView<'a> {
     pub fn get(&self, i: usize) -> u32 {
         let b = i / DICT_BLOCK;
         let m = &self.meta[b * DICT_BLOCK_META..];
-        let base = u32::from_le_bytes(m[0..4].try_into().unwrap());
+        let base = le_u32(m, 0);
         let w = m[4];
-        let off = u32::from_le_bytes(m[5..9].try_into().unwrap()) as usize;
+        let off = le_u32(m, 5) as usize;
         base.saturating_add(bit_get(&self.data[off..], w, i % DICT_BLOCK))
     }
 

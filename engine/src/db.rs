@@ -1,66 +1,34 @@
-//! [`Db`]: opening and recovery, the write path, deletion, snapshots, statistics and checks.
+//! [`Db`]: the handle of an open database: the write path (append, upsert, delete), flush,
+//! checkpoints, snapshots, statistics, checks and the background compactor. Opening is
+//! `recovery`'s; compaction is `compaction`'s.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
 use crate::cache::DecodedCache;
-use crate::catalog::{quantize, Catalog};
+use crate::catalog::{quantize, query_vec};
+use crate::compaction::{self, CompactionStats};
 use crate::entry::Ev;
-use crate::error::{DecodeError, Error, Result};
-use crate::prefix::PrefixLayout;
-use crate::records::{self, Config, ItemRecord, Manifest};
-use crate::segment::{parse_segment_file_name, segment_file_name, Segment};
+use crate::error::{Error, Result};
+use crate::inner::{CompactorSignal, Inner};
+use crate::records::{ItemRecord, Watermark};
+use crate::recovery::{self, ROCKSDB_DIR, SEGMENTS_DIR};
+use crate::segment::{segment_file_name, sync_dir};
 use crate::snapshot::{ReadConfig, Snapshot};
-use crate::state::{merge_pending, EntryRef, PendingEv, SegState, State, UserState};
-use crate::store::{Batch, Cf, Store};
+use crate::state::{merge_pending, State, UserState};
+use crate::store::{Batch, Cf};
 use crate::types::{AppendOptions, AppendOutcome, Durability, Event, Item, Options};
-use crate::view::Retention;
+use crate::watermark;
 
-const CONFIG_KEY: &[u8] = b"config";
-const MANIFEST_KEY: &[u8] = b"manifest";
-pub(crate) const GENERATION_KEY: &[u8] = b"generation";
-/// `<db>/WATERMARK`: what RocksDB is known to hold ([`records::Watermark`]), outside RocksDB.
-pub(crate) const WATERMARK_FILE: &str = "WATERMARK";
 const MAX_SOURCE_NAME: usize = 1024;
-
-pub(crate) struct Inner {
-    pub path: PathBuf,
-    pub seg_dir: PathBuf,
-    pub store: Store,
-    pub state: ArcSwap<State>,
-    /// Serialises writers (appends, upserts, deletes, compaction commits). Holds the last
-    /// applied sequence number of every append source.
-    pub writer: Mutex<HashMap<String, u64>>,
-    /// One compaction at a time.
-    pub compaction: Mutex<()>,
-    pub opts: Options,
-    pub read: ReadConfig,
-    /// Decoded blocks and bitmaps shared by every snapshot.
-    pub cache: Arc<DecodedCache>,
-    bg: Mutex<BgSignal>,
-    bg_cv: Condvar,
-    pub last_bg_error: Mutex<Option<String>>,
-    /// A user was deleted since the last compaction started.
-    pub users_deleted: std::sync::atomic::AtomicBool,
-    /// Compactions that changed something, since open.
-    pub compactions: AtomicU64,
-    /// The last watermark written to `<db>/WATERMARK`.
-    pub watermark: Mutex<records::Watermark>,
-}
-
-#[derive(Default)]
-struct BgSignal {
-    stop: bool,
-    kick: bool,
-}
 
 /// An open Siren database. Cheap to share across threads (`&Db` is `Sync`); writes are
 /// serialised, reads never block and each sees a consistent [`Snapshot`].
@@ -173,349 +141,40 @@ impl CreatedWith {
     }
 }
 
-fn config_of(o: &Options) -> Config {
-    Config {
-        embedding_dim: o.embedding_dim,
-        semid_levels: o.semid_levels,
-        semid_codebook_size: o.semid_codebook_size,
-    }
-}
-
 impl Db {
     /// Open (or create) the database at `path`.
     pub fn open(path: impl AsRef<Path>, opts: Options) -> Result<Db> {
         opts.validate()?;
-        let layout = PrefixLayout::new(opts.semid_levels, opts.semid_codebook_size);
-        if !layout.fits() {
-            return Err(Error::invalid(format!(
-                "{} SemID levels of {} codes do not fit the 56-bit prefix key",
-                opts.semid_levels, opts.semid_codebook_size
-            )));
-        }
+        let read = ReadConfig::new(&opts)?;
         let path = path.as_ref().to_path_buf();
-        let rocks_dir = path.join("rocksdb");
-        let seg_dir = path.join("segments");
-        if !rocks_dir.exists() {
-            if !opts.create_if_missing {
-                return Err(Error::NotFound(path));
-            }
-            fs::create_dir_all(&rocks_dir).map_err(|e| Error::io(&rocks_dir, e))?;
-        }
-        fs::create_dir_all(&seg_dir).map_err(|e| Error::io(&seg_dir, e))?;
-        let store = Store::open(&rocks_dir)?;
-        let corrupt = |block: &str, e: DecodeError| e.at(&rocks_dir, block);
-        let mark_path = path.join(WATERMARK_FILE);
-        let watermark = match fs::read(&mark_path) {
-            Ok(b) => Some(records::decode_watermark(&b).map_err(|e| e.at(&mark_path, "file"))?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::io(&mark_path, e)),
-        };
-
-        // Config: fixed at creation.
-        let want = config_of(&opts);
-        match store.get(Cf::Meta, CONFIG_KEY)? {
-            Some(b) => {
-                let have = records::decode_config(&b).map_err(|e| corrupt("config", e))?;
-                let check = |field, a: u32, b: u32| {
-                    if a != b {
-                        Err(Error::OptionsMismatch {
-                            field,
-                            stored: a.to_string(),
-                            requested: b.to_string(),
-                        })
-                    } else {
-                        Ok(())
-                    }
-                };
-                check("embedding_dim", have.embedding_dim, want.embedding_dim)?;
-                check(
-                    "semid_levels",
-                    have.semid_levels.into(),
-                    want.semid_levels.into(),
-                )?;
-                check(
-                    "semid_codebook_size",
-                    have.semid_codebook_size,
-                    want.semid_codebook_size,
-                )?;
-            }
-            None => {
-                // A new database, unless files say otherwise: then RocksDB has lost its records
-                // (a damaged or rolled-back MANIFEST), and opening it as new would delete every
-                // segment file.
-                let has_segments = fs::read_dir(&seg_dir)
-                    .map_err(|e| Error::io(&seg_dir, e))?
-                    .flatten()
-                    .any(|d| parse_segment_file_name(&d.file_name().to_string_lossy()).is_some());
-                if watermark.is_some() || has_segments {
-                    return Err(corrupt(
-                        "config",
-                        DecodeError::corrupt(
-                            "RocksDB has no config record, but the database has segment files or \
-                             a WATERMARK: its records were lost",
-                        ),
-                    ));
-                }
-                let mut b = Batch::default();
-                b.put(Cf::Meta, CONFIG_KEY, records::encode_config(&want));
-                b.put(Cf::Meta, GENERATION_KEY, records::encode_generation(0));
-                store.write(b, Durability::Sync)?;
-            }
-        }
-        let generation = match store.get(Cf::Meta, GENERATION_KEY)? {
-            Some(b) => records::decode_generation(&b).map_err(|e| corrupt("generation", e))?,
-            None => 0,
-        };
-        if let Some(w) = watermark.filter(|w| generation < w.generation) {
-            return Err(corrupt(
-                "generation",
-                DecodeError::corrupt(format!(
-                    "RocksDB's records are at compaction generation {generation}, the WATERMARK \
-                     at {}: RocksDB lost committed records",
-                    w.generation
-                )),
-            ));
-        }
-
-        // Manifest and segment files. Files the manifest does not list are leftovers of a
-        // compaction that crashed before its commit (or after it, before deleting them).
-        let manifest = match store.get(Cf::Meta, MANIFEST_KEY)? {
-            Some(b) => records::decode_manifest(&b).map_err(|e| corrupt("manifest", e))?,
-            None => Manifest {
-                next_segment_id: 1,
-                ..Manifest::default()
-            },
-        };
-        let listed: BTreeMap<u64, bool> = manifest
-            .segments
-            .iter()
-            .map(|s| (s.id, s.needs_erase))
-            .collect();
-        for dent in fs::read_dir(&seg_dir).map_err(|e| Error::io(&seg_dir, e))? {
-            let dent = dent.map_err(|e| Error::io(&seg_dir, e))?;
-            let name = dent.file_name().to_string_lossy().into_owned();
-            let keep = parse_segment_file_name(&name).is_some_and(|id| listed.contains_key(&id));
-            if !keep {
-                fs::remove_file(dent.path()).map_err(|e| Error::io(dent.path(), e))?;
-            }
-        }
-        let mut segments = BTreeMap::new();
-        for s in &manifest.segments {
-            let p = seg_dir.join(segment_file_name(s.id));
-            if !p.exists() {
-                return Err(
-                    DecodeError::corrupt("segment file listed in the manifest is missing")
-                        .at(&p, "file"),
-                );
-            }
-            let seg = Arc::new(Segment::open(&p, s.id)?);
-            if seg.file_len() != s.file_len {
-                return Err(DecodeError::corrupt(format!(
-                    "file is {} bytes, the manifest says {}",
-                    seg.file_len(),
-                    s.file_len
-                ))
-                .at(&p, "file"));
-            }
-            segments.insert(
-                s.id,
-                SegState {
-                    segment: seg,
-                    needs_erase: s.needs_erase,
-                    live_users: 0,
-                    live_bytes: 0,
-                },
-            );
-        }
-
-        // Catalog: rows must be dense 0..n.
-        let mut recs: Vec<(u64, ItemRecord)> = Vec::new();
-        store.scan(Cf::Items, |k, v| {
-            let id = records::parse_u64_key(k, "item").map_err(|e| corrupt("items", e))?;
-            let rec = records::decode_item(v).map_err(|e| corrupt(&format!("item {id}"), e))?;
-            recs.push((id, rec));
-            Ok(())
-        })?;
-        recs.sort_by_key(|(_, r)| r.internal);
-        let mut catalog = Catalog::new(opts.embedding_dim as usize);
-        for (id, rec) in &recs {
-            catalog
-                .put(*id, rec)
-                .map_err(|d| corrupt(&format!("item {id}"), DecodeError::Corrupt(d)))?;
-        }
-
-        // Users with compacted entries.
-        let mut users: imbl::HashMap<u64, Arc<UserState>> = imbl::HashMap::new();
-        store.scan(Cf::Users, |k, v| {
-            let user = records::parse_u64_key(k, "user").map_err(|e| corrupt("users", e))?;
-            let block = format!("location of user {user}");
-            let loc = records::decode_location(v).map_err(|e| corrupt(&block, e))?;
-            let Some(ss) = segments.get_mut(&loc.segment) else {
-                return Err(corrupt(
-                    &block,
-                    DecodeError::corrupt(format!("segment {} is not live", loc.segment)),
-                ));
-            };
-            let Some(record) = ss.segment.find(user) else {
-                return Err(corrupt(
-                    &block,
-                    DecodeError::corrupt(format!(
-                        "segment {} has no entry for the user",
-                        loc.segment
-                    )),
-                ));
-            };
-            let r = ss.segment.record(record);
-            if (r.offset, r.len, r.n_events) != (loc.offset, loc.len, loc.n_events) {
-                return Err(corrupt(
-                    &block,
-                    DecodeError::corrupt("location disagrees with the segment directory"),
-                ));
-            }
-            ss.live_users += 1;
-            ss.live_bytes += u64::from(r.len);
-            users.insert(
-                user,
-                Arc::new(UserState {
-                    entry: Some(EntryRef {
-                        segment: ss.segment.clone(),
-                        record,
-                    }),
-                    pending: Arc::new([]),
-                    born: 0,
-                }),
-            );
-            Ok(())
-        })?;
-
-        // Pending events, in (user, sequence) order: arrival order per user.
-        let mut max_seq = manifest.compacted_seq;
-        let mut pending_users = imbl::OrdSet::new();
-        let mut pending_events = 0u64;
-        let mut cur: Option<(u64, Vec<PendingEv>)> = None;
-        let flush_user = |users: &mut imbl::HashMap<u64, Arc<UserState>>,
-                          (user, evs): (u64, Vec<PendingEv>)| {
-            let mut us = users
-                .get(&user)
-                .map(|u| (**u).clone())
-                .unwrap_or(UserState {
-                    entry: None,
-                    pending: Arc::new([]),
-                    born: 0,
-                });
-            us.pending = evs.into();
-            users.insert(user, Arc::new(us));
-        };
-        store.scan(Cf::Pending, |k, v| {
-            let (user, seq) = records::parse_pending_key(k).map_err(|e| corrupt("pending", e))?;
-            let evs = records::decode_pending(v)
-                .map_err(|e| corrupt(&format!("pending record user={user} seq={seq}"), e))?;
-            max_seq = max_seq.max(seq);
-            pending_events += evs.len() as u64;
-            pending_users.insert(user);
-            match &mut cur {
-                Some((u, acc)) if *u == user => {
-                    *acc = merge_pending(acc, &evs, seq).to_vec();
-                }
-                _ => {
-                    if let Some(done) = cur.take() {
-                        flush_user(&mut users, done);
-                    }
-                    cur = Some((user, merge_pending(&[], &evs, seq).to_vec()));
-                }
-            }
-            Ok(())
-        })?;
-        if let Some(done) = cur.take() {
-            flush_user(&mut users, done);
-        }
-
-        let mut sources = HashMap::new();
-        store.scan(Cf::Sources, |k, v| {
-            let name = String::from_utf8_lossy(k).into_owned();
-            let last =
-                records::decode_source(v).map_err(|e| corrupt(&format!("source {name}"), e))?;
-            sources.insert(name, last);
-            Ok(())
-        })?;
-
-        let mut mark = watermark.unwrap_or_default();
-        if store.writes() < mark.durable_writes {
-            return Err(corrupt(
-                "writes",
-                DecodeError::corrupt(format!(
-                    "RocksDB holds {} write batches, but {} had been flushed: RocksDB lost \
-                     flushed records",
-                    store.writes(),
-                    mark.durable_writes
-                )),
-            ));
-        }
-        if watermark.is_none() || mark.generation != generation {
-            // A crash between a compaction's commit and the file's update, or a database made
-            // before the file existed.
-            mark.generation = generation;
-            write_watermark(&path, &mark)?;
-        }
-        let state = State {
-            users,
-            pending_users,
-            pending_events,
-            catalog,
-            segments: Arc::new(segments),
-            next_segment_id: manifest.next_segment_id,
-            compacted_seq: manifest.compacted_seq,
-            next_seq: max_seq + 1,
-            generation,
-        };
-        let read = ReadConfig {
-            retention: Retention {
-                max_events: opts.max_events_per_user as usize,
-                max_age_ms: opts.max_event_age_ms,
-            },
-            layout,
-            dim: opts.embedding_dim as usize,
-            codebook_size: opts.semid_codebook_size,
-        };
+        let recovered = recovery::recover(&path, &opts)?;
         let inner = Arc::new(Inner {
+            seg_dir: path.join(SEGMENTS_DIR),
             path,
-            seg_dir,
-            store,
-            state: ArcSwap::from_pointee(state),
-            writer: Mutex::new(sources),
+            store: recovered.store,
+            state: ArcSwap::from_pointee(recovered.state),
+            writer: Mutex::new(recovered.sources),
             compaction: Mutex::new(()),
             cache: Arc::new(DecodedCache::new(opts.cache_bytes)),
             opts,
             read,
-            bg: Mutex::new(BgSignal::default()),
-            bg_cv: Condvar::new(),
+            compactor: CompactorSignal::default(),
             last_bg_error: Mutex::new(None),
-            users_deleted: std::sync::atomic::AtomicBool::new(false),
+            users_deleted: AtomicBool::new(false),
             compactions: AtomicU64::new(0),
-            watermark: Mutex::new(mark),
+            watermark: Mutex::new(recovered.watermark),
         });
-        let bg = inner.opts.auto_compact.clone().map(|ac| {
-            let inner = inner.clone();
-            std::thread::Builder::new()
-                .name("siren-compactor".into())
-                .spawn(move || background_compactor(inner, ac.interval))
-                .expect("spawning the compaction thread")
-        });
+        let bg = match inner.opts.auto_compact.as_ref().map(|ac| ac.interval) {
+            Some(interval) => Some(spawn_compactor(&inner, interval)?),
+            None => None,
+        };
         Ok(Db { inner, bg })
     }
 
     /// The settings an existing database was created with, so that tools can open it without
     /// knowing them. The database must not be open elsewhere.
     pub fn created_with(path: impl AsRef<Path>) -> Result<CreatedWith> {
-        let rocks_dir = path.as_ref().join("rocksdb");
-        if !rocks_dir.exists() {
-            return Err(Error::NotFound(path.as_ref().to_path_buf()));
-        }
-        let store = Store::open(&rocks_dir)?;
-        let Some(b) = store.get(Cf::Meta, CONFIG_KEY)? else {
-            return Err(DecodeError::corrupt("no config record").at(&rocks_dir, "config"));
-        };
-        let c = records::decode_config(&b).map_err(|e| e.at(&rocks_dir, "config"))?;
+        let c = recovery::read_config(path.as_ref())?;
         Ok(CreatedWith {
             embedding_dim: c.embedding_dim,
             semid_levels: c.semid_levels,
@@ -543,29 +202,8 @@ impl Db {
     /// Append events (any number of users). On return the batch is stored with the requested
     /// durability, atomically: after a crash either the whole batch is there or none of it.
     pub fn append(&self, events: &[Event], opts: &AppendOptions) -> Result<AppendOutcome> {
-        if events.len() > self.inner.opts.max_batch_events {
-            return Err(Error::invalid(format!(
-                "batch of {} events exceeds max_batch_events = {}",
-                events.len(),
-                self.inner.opts.max_batch_events
-            )));
-        }
-        if let Some((name, _)) = &opts.source {
-            if name.is_empty() || name.len() > MAX_SOURCE_NAME {
-                return Err(Error::invalid(format!(
-                    "source name must be 1 to {MAX_SOURCE_NAME} bytes"
-                )));
-            }
-        }
-        let mut by_user: BTreeMap<u64, Vec<Ev>> = BTreeMap::new();
-        for e in events {
-            by_user.entry(e.user).or_default().push(Ev {
-                ts: e.ts,
-                item: e.item,
-                action: e.action,
-                domain: e.domain,
-            });
-        }
+        self.check_append(events, opts)?;
+        let by_user = group_by_user(events);
         let inner = &self.inner;
         let mut sources = inner.writer.lock();
         if let Some((name, seq)) = &opts.source {
@@ -579,36 +217,14 @@ impl Db {
         let seq = st.next_seq;
         let mut batch = Batch::default();
         for (user, evs) in &by_user {
-            batch.put(
-                Cf::Pending,
-                records::pending_key(*user, seq),
-                records::encode_pending(evs),
-            );
+            batch.put_pending(*user, seq, evs);
         }
         if let Some((name, s)) = &opts.source {
-            batch.put(Cf::Sources, name.as_bytes(), records::encode_source(*s));
+            batch.put_source(name, *s);
         }
         inner.store.write(batch, opts.durability)?;
 
-        let mut next = (*st).clone();
-        for (user, evs) in &by_user {
-            let us = match st.users.get(user) {
-                Some(u) => UserState {
-                    entry: u.entry.clone(),
-                    pending: merge_pending(&u.pending, evs, seq),
-                    born: u.born,
-                },
-                None => UserState {
-                    entry: None,
-                    pending: merge_pending(&[], evs, seq),
-                    born: seq,
-                },
-            };
-            next.users.insert(*user, Arc::new(us));
-            next.pending_users.insert(*user);
-        }
-        next.pending_events += events.len() as u64;
-        next.next_seq = seq + 1;
+        let next = with_appended(&st, &by_user, seq);
         let pending_now = next.pending_events;
         inner.state.store(Arc::new(next));
         if let Some((name, s)) = &opts.source {
@@ -617,12 +233,28 @@ impl Db {
         drop(sources);
         if let Some(ac) = &inner.opts.auto_compact {
             if pending_now >= ac.pending_events {
-                inner.kick_background();
+                inner.compactor.kick();
             }
         }
         Ok(AppendOutcome::Applied {
             events: events.len(),
         })
+    }
+
+    fn check_append(&self, events: &[Event], opts: &AppendOptions) -> Result<()> {
+        let max = self.inner.opts.max_batch_events;
+        if events.len() > max {
+            return Err(Error::invalid(format!(
+                "batch of {} events exceeds max_batch_events = {max}",
+                events.len(),
+            )));
+        }
+        match &opts.source {
+            Some((name, _)) if name.is_empty() || name.len() > MAX_SOURCE_NAME => Err(
+                Error::invalid(format!("source name must be 1 to {MAX_SOURCE_NAME} bytes")),
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// Last applied sequence number of an append source.
@@ -639,7 +271,7 @@ impl Db {
                 cfg.check_semid(s)?;
             }
             if let Some(e) = &it.embedding {
-                crate::catalog::query_vec(e, cfg.dim)
+                query_vec(e, cfg.dim)
                     .map_err(|err| Error::invalid(format!("item {}: {err}", it.id)))?;
             }
         }
@@ -664,7 +296,7 @@ impl Db {
                 stub: false,
             };
             catalog.put(it.id, &rec).map_err(Error::invalid)?;
-            batch.put(Cf::Items, it.id.to_be_bytes(), records::encode_item(&rec));
+            batch.put_item(it.id, &rec);
         }
         inner.store.write(batch, durability)?;
         let mut next = (*st).clone();
@@ -704,23 +336,11 @@ impl Db {
         next.pending_events -= us.pending.len() as u64;
 
         let mut batch = Batch::default();
-        batch.delete_range(
-            Cf::Pending,
-            records::pending_key(user, 0).to_vec(),
-            records::pending_key(user, u64::MAX).to_vec(),
-        );
-        batch.delete(Cf::Pending, records::pending_key(user, u64::MAX).to_vec());
-        batch.delete(Cf::Users, records::user_key(user).to_vec());
-        batch.put(
-            Cf::Meta,
-            MANIFEST_KEY,
-            records::encode_manifest(&next.manifest()),
-        );
+        batch.delete_user(user);
+        batch.put_manifest(&next.manifest());
         inner.store.write(batch, durability)?;
         inner.state.store(Arc::new(next));
-        inner
-            .users_deleted
-            .store(true, std::sync::atomic::Ordering::Release);
+        inner.users_deleted.store(true, Ordering::Release);
         Ok(true)
     }
 
@@ -731,8 +351,8 @@ impl Db {
 
     /// Fold pending events into new segment files, rewrite segments that hold deleted users or
     /// too much garbage, and rebuild prefix indexes whose SemIDs changed.
-    pub fn compact(&self) -> Result<crate::compaction::CompactionStats> {
-        self.inner.compact()
+    pub fn compact(&self) -> Result<CompactionStats> {
+        compaction::compact(&self.inner)
     }
 
     /// A consistent copy of the database in the new directory `dest`, which [`Db::open`] opens
@@ -755,9 +375,9 @@ impl Db {
         let _one = inner.compaction.lock();
         let st = inner.state.load_full();
         let segments = st.segments.clone();
-        let seg_dest = dest.join("segments");
+        let seg_dest = dest.join(SEGMENTS_DIR);
         fs::create_dir_all(&seg_dest).map_err(|e| Error::io(&seg_dest, e))?;
-        inner.store.checkpoint(&dest.join("rocksdb"))?;
+        inner.store.checkpoint(&dest.join(ROCKSDB_DIR))?;
         let mut stats = CheckpointStats::default();
         for ss in segments.values() {
             let name = segment_file_name(ss.segment.id);
@@ -771,10 +391,10 @@ impl Db {
             stats.segments += 1;
             stats.segment_bytes += ss.segment.file_len();
         }
-        crate::segment::sync_dir(&seg_dest)?;
-        write_watermark(
+        sync_dir(&seg_dest)?;
+        watermark::write(
             dest,
-            &records::Watermark {
+            &Watermark {
                 generation: st.generation,
                 durable_writes: inner.store.writes(),
             },
@@ -844,38 +464,9 @@ impl Db {
             report.entries += ss.segment.len();
             report.problems.extend(ss.segment.verify());
         }
-        let rocks = self.inner.store.path().to_path_buf();
-        let store = &self.inner.store;
-        for cf in crate::store::Cf::ALL {
-            let mut problems = Vec::new();
-            let res = store.scan(cf, |k, v| {
-                report.records += 1;
-                let res = match cf {
-                    Cf::Meta if k == CONFIG_KEY => records::decode_config(v).map(drop),
-                    Cf::Meta if k == MANIFEST_KEY => records::decode_manifest(v).map(drop),
-                    Cf::Meta if k == GENERATION_KEY => records::decode_generation(v).map(drop),
-                    Cf::Meta if k == crate::store::WRITES_KEY => {
-                        records::decode_writes(v).map(drop)
-                    }
-                    Cf::Meta => Err(DecodeError::corrupt("unknown meta key")),
-                    Cf::Pending => records::parse_pending_key(k)
-                        .and_then(|_| records::decode_pending(v).map(drop)),
-                    Cf::Users => records::parse_u64_key(k, "user")
-                        .and_then(|_| records::decode_location(v).map(drop)),
-                    Cf::Items => records::parse_u64_key(k, "item")
-                        .and_then(|_| records::decode_item(v).map(drop)),
-                    Cf::Sources => records::decode_source(v).map(drop),
-                };
-                if let Err(e) = res {
-                    problems.push(e.at(&rocks, format!("{} record {:02x?}", cf.name(), k)));
-                }
-                Ok(())
-            });
-            report.problems.extend(problems);
-            if let Err(e) = res {
-                report.problems.push(e);
-            }
-        }
+        let (records, problems) = self.inner.store.verify();
+        report.records = records;
+        report.problems.extend(problems);
         report
     }
 
@@ -895,72 +486,62 @@ impl Db {
     }
 }
 
-/// Replace `<db>/WATERMARK` atomically and durably.
-pub(crate) fn write_watermark(db: &Path, w: &records::Watermark) -> Result<()> {
-    let tmp = db.join(format!("{WATERMARK_FILE}.tmp"));
-    let dest = db.join(WATERMARK_FILE);
-    let io = |p: &Path, e| Error::io(p, e);
-    let f = fs::File::create(&tmp).map_err(|e| io(&tmp, e))?;
-    std::io::Write::write_all(&mut &f, &records::encode_watermark(w)).map_err(|e| io(&tmp, e))?;
-    f.sync_all().map_err(|e| io(&tmp, e))?;
-    fs::rename(&tmp, &dest).map_err(|e| io(&dest, e))?;
-    crate::segment::sync_dir(db)
+/// Group a batch by user, keeping each user's events in batch order.
+fn group_by_user(events: &[Event]) -> BTreeMap<u64, Vec<Ev>> {
+    let mut by_user: BTreeMap<u64, Vec<Ev>> = BTreeMap::new();
+    for e in events {
+        by_user.entry(e.user).or_default().push(Ev {
+            ts: e.ts,
+            item: e.item,
+            action: e.action,
+            domain: e.domain,
+        });
+    }
+    by_user
 }
 
-impl Inner {
-    /// Flush RocksDB, then raise the watermark to every write so far. The writer lock keeps
-    /// writes out between reading the count and the flush.
-    pub fn flush(&self) -> Result<()> {
-        let _w = self.writer.lock();
-        let writes = self.store.writes();
-        self.store.flush()?;
-        let mut mark = self.watermark.lock();
-        if mark.durable_writes < writes {
-            mark.durable_writes = writes;
-            write_watermark(&self.path, &mark)?;
-        }
-        Ok(())
+/// `st` with the events of append `seq` pending.
+fn with_appended(st: &State, by_user: &BTreeMap<u64, Vec<Ev>>, seq: u64) -> State {
+    let mut next = st.clone();
+    for (user, evs) in by_user {
+        let us = match st.users.get(user) {
+            Some(u) => UserState {
+                entry: u.entry.clone(),
+                pending: merge_pending(&u.pending, evs, seq),
+                born: u.born,
+            },
+            None => UserState {
+                entry: None,
+                pending: merge_pending(&[], evs, seq),
+                born: seq,
+            },
+        };
+        next.users.insert(*user, Arc::new(us));
+        next.pending_users.insert(*user);
     }
+    next.pending_events += by_user.values().map(|evs| evs.len() as u64).sum::<u64>();
+    next.next_seq = seq + 1;
+    next
+}
 
-    /// After a compaction commit that changed the segment files.
-    pub fn raise_generation(&self, generation: u64) -> Result<()> {
-        let mut mark = self.watermark.lock();
-        mark.generation = mark.generation.max(generation);
-        write_watermark(&self.path, &mark)
-    }
-
-    fn compact(&self) -> Result<crate::compaction::CompactionStats> {
-        let stats = crate::compaction::compact(self)?;
-        if stats.users_written > 0 || stats.segments_removed > 0 {
-            self.compactions.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(stats)
-    }
-
-    fn kick_background(&self) {
-        self.bg.lock().kick = true;
-        self.bg_cv.notify_one();
-    }
+fn spawn_compactor(inner: &Arc<Inner>, interval: Duration) -> Result<JoinHandle<()>> {
+    let inner_bg = Arc::clone(inner);
+    std::thread::Builder::new()
+        .name("siren-compactor".into())
+        .spawn(move || background_compactor(&inner_bg, interval))
+        // The thread could not be created (a process or memory limit); the database path is the
+        // nearest thing this I/O error concerns.
+        .map_err(|e| Error::io(&inner.path, e))
 }
 
 /// Compacts when an append pushes the pending count past the threshold (a kick), and on every
 /// interval when anything is pending.
-fn background_compactor(inner: Arc<Inner>, interval: Duration) {
-    loop {
-        let mut sig = inner.bg.lock();
-        if !sig.stop && !sig.kick {
-            inner.bg_cv.wait_for(&mut sig, interval);
-        }
-        if sig.stop {
-            return;
-        }
-        sig.kick = false;
-        drop(sig);
-        let pending = inner.state.load().pending_events;
-        if pending == 0 {
+fn background_compactor(inner: &Inner, interval: Duration) {
+    while inner.compactor.wait(interval) {
+        if inner.state.load().pending_events == 0 {
             continue;
         }
-        match inner.compact() {
+        match compaction::compact(inner) {
             Ok(_) => *inner.last_bg_error.lock() = None,
             Err(e) => {
                 tracing::error!(error = %e, "background compaction failed");
@@ -973,8 +554,7 @@ fn background_compactor(inner: Arc<Inner>, interval: Duration) {
 impl Drop for Db {
     fn drop(&mut self) {
         if let Some(h) = self.bg.take() {
-            self.inner.bg.lock().stop = true;
-            self.inner.bg_cv.notify_one();
+            self.inner.compactor.stop();
             let _ = h.join();
         }
         // Leave no write-ahead log behind a clean close: its records are in SST files, which

@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 
-use crate::codec::{checksum_matches, chunk_len, le_u32, read_chunk, write_chunk, Reader};
+use crate::codec::{
+    bytes_at, checksum_matches, chunk_len, le_u32, read_chunk, write_chunk, Reader,
+};
 use crate::columns::{self, DictView, Packed};
 use crate::error::{corrupt, DecodeError, DecodeResult};
 use crate::prefix::{BuiltIndex, PrefixIndex, PrefixIndexBuilder, PrefixLayout, SPARSE_ENTRY_LEN};
@@ -423,8 +425,8 @@ impl<'a> EntryView<'a> {
         let o = b * BLOCK_META_LEN;
         let m = &self.block_index[o..o + BLOCK_META_LEN];
         BlockMeta {
-            first_ts: i64::from_le_bytes(m[0..8].try_into().unwrap()),
-            last_ts: i64::from_le_bytes(m[8..16].try_into().unwrap()),
+            first_ts: i64::from_le_bytes(bytes_at(m, 0)),
+            last_ts: i64::from_le_bytes(bytes_at(m, 8)),
             col_off: le_u32(m, 16),
             lens: [le_u32(m, 20), le_u32(m, 24), le_u32(m, 28), le_u32(m, 32)],
         }
@@ -553,10 +555,13 @@ impl<'a> EntryView<'a> {
                 }
             }
             self.decode_block(b, Cols::ALL, &mut block, &mut scratch)?;
-            if block.ts[0] < prev_ts {
+            let (Some(&first), Some(&last)) = (block.ts.first(), block.ts.last()) else {
+                corrupt!("block {b} has no events");
+            };
+            if first < prev_ts {
                 corrupt!("block {b} starts before the previous block ends");
             }
-            prev_ts = *block.ts.last().unwrap();
+            prev_ts = last;
             for &i in &block.item {
                 used[i as usize] = true;
             }

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A file or directory operation failed.
     #[error("I/O error on {path}: {source}")]
@@ -52,10 +53,13 @@ pub enum Error {
     InvalidArgument(String),
 
     /// RocksDB reported an error that is not corruption (I/O, busy, lock held, ...).
-    #[error("RocksDB error while {context}: {message}")]
+    #[error("RocksDB error while {context}: {source}")]
     Store {
+        /// What the engine was doing: `opening`, `writing a batch`, `reading the config`, ...
         context: &'static str,
-        message: String,
+        /// RocksDB's own error, boxed so that no RocksDB type appears in the engine's API.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 
     /// The database directory does not exist and `create_if_missing` is off.
@@ -84,6 +88,7 @@ impl Error {
 /// What a byte-level decoder reports. It knows nothing of files; the caller attaches the path and
 /// the block with [`DecodeError::at`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DecodeError {
     Corrupt(String),
     Version {

@@ -27,17 +27,24 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the write and read paths and `docs/FORMAT.md` for the bytes.
 
+// Stored bytes and callers' input must produce errors, never panics; tests may unwrap
+// (`allow-unwrap-in-tests` in this crate's clippy.toml).
+#![deny(clippy::unwrap_used)]
+
 mod cache;
 mod catalog;
 mod compaction;
 mod db;
 mod error;
+mod inner;
+mod recovery;
 mod retrieve;
 mod snapshot;
 mod state;
 mod store;
 mod types;
 mod view;
+mod watermark;
 
 mod codec;
 mod columns;
@@ -75,8 +82,9 @@ pub mod format {
         decode_config, decode_generation, decode_item, decode_location, decode_manifest,
         decode_pending, decode_source, decode_watermark, decode_writes, encode_config,
         encode_generation, encode_item, encode_location, encode_manifest, encode_pending,
-        encode_source, encode_watermark, encode_writes, parse_pending_key, parse_u64_key, Config,
-        ItemRecord, Location, Manifest, SegmentInfo, Watermark,
+        encode_source, encode_watermark, encode_writes, Config, ItemRecord, Location, Manifest,
+        SegmentInfo, Watermark,
     };
     pub use crate::segment::{Segment, SegmentWriter};
+    pub use crate::store::{parse_pending_key, parse_u64_key};
 }

@@ -334,11 +334,14 @@ impl<'a> PrefixIndex<'a> {
         let Some(c) = self.chunk_for(key) else {
             return Ok(None);
         };
-        if !cache.chunks.iter().any(|(i, _)| *i == c) {
-            let chunk = self.chunk(c)?;
-            cache.chunks.push((c, chunk));
-        }
-        let chunk = &cache.chunks.iter().find(|(i, _)| *i == c).unwrap().1;
+        let pos = match cache.chunks.iter().position(|(i, _)| *i == c) {
+            Some(pos) => pos,
+            None => {
+                cache.chunks.push((c, self.chunk(c)?));
+                cache.chunks.len() - 1
+            }
+        };
+        let chunk = &cache.chunks[pos].1;
         match chunk.find(key) {
             Some(i) => decode_bitmap(chunk.bitmap_bytes(i)?).map(Some),
             None => Ok(None),

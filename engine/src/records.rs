@@ -1,6 +1,7 @@
-//! Records Siren keeps in RocksDB. Each value is framed as
-//! `magic[4] | version u8 | body | crc32c u32` (the CRC covers magic, version and body), so a
-//! damaged value is caught by Siren even where RocksDB's own block checksums are not consulted.
+//! The values Siren keeps in RocksDB (their keys are `store`'s) and the bytes of the WATERMARK
+//! file. Each is framed as `magic[4] | version u8 | body | crc32c u32` (the CRC covers magic,
+//! version and body), so a damaged value is caught by Siren even where RocksDB's own block
+//! checksums are not consulted.
 
 use crate::codec::{push_crc, split_crc, Reader};
 use crate::entry::Ev;
@@ -33,37 +34,6 @@ fn unframe<'a>(bytes: &'a [u8], magic: &[u8; 4], what: &'static str) -> DecodeRe
         });
     }
     Ok(r)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Keys
-
-pub fn user_key(user: u64) -> [u8; 8] {
-    user.to_be_bytes()
-}
-
-pub fn pending_key(user: u64, seq: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&user.to_be_bytes());
-    k[8..].copy_from_slice(&seq.to_be_bytes());
-    k
-}
-
-pub fn parse_pending_key(k: &[u8]) -> DecodeResult<(u64, u64)> {
-    if k.len() != 16 {
-        corrupt!("pending key of {} bytes", k.len());
-    }
-    Ok((
-        u64::from_be_bytes(k[..8].try_into().unwrap()),
-        u64::from_be_bytes(k[8..].try_into().unwrap()),
-    ))
-}
-
-pub fn parse_u64_key(k: &[u8], what: &str) -> DecodeResult<u64> {
-    match <[u8; 8]>::try_from(k) {
-        Ok(b) => Ok(u64::from_be_bytes(b)),
-        Err(_) => corrupt!("{what} key of {} bytes", k.len()),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -335,7 +305,7 @@ pub fn decode_source(bytes: &[u8]) -> DecodeResult<u64> {
 
 // ---------------------------------------------------------------------------------------------
 // Generation: how many compactions have changed the set of segment files. Stored in RocksDB and,
-// after each such commit, in the file `<db>/GENERATION` (see docs/ARCHITECTURE.md, "Recovery").
+// after each such commit, in the file `<db>/WATERMARK` (see docs/ARCHITECTURE.md, "Recovery").
 
 pub fn encode_generation(g: u64) -> Vec<u8> {
     frame(b"SGEN", |out| out.extend_from_slice(&g.to_le_bytes()))

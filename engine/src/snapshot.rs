@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::prefix::PrefixLayout;
 use crate::retrieve::{self, HardHit, SoftHit};
 use crate::state::State;
-use crate::types::{Event, Item, ReadRange, SemId};
+use crate::types::{Event, Item, Options, ReadRange, SemId};
 use crate::view::{Retention, UserView};
 
 /// Settings every read needs.
@@ -22,6 +22,27 @@ pub(crate) struct ReadConfig {
 }
 
 impl ReadConfig {
+    /// The read settings of `opts`, which must already be valid; fails if the SemID layout does
+    /// not fit the prefix key.
+    pub fn new(opts: &Options) -> Result<ReadConfig> {
+        let layout = PrefixLayout::new(opts.semid_levels, opts.semid_codebook_size);
+        if !layout.fits() {
+            return Err(Error::invalid(format!(
+                "{} SemID levels of {} codes do not fit the 56-bit prefix key",
+                opts.semid_levels, opts.semid_codebook_size
+            )));
+        }
+        Ok(ReadConfig {
+            retention: Retention {
+                max_events: opts.max_events_per_user as usize,
+                max_age_ms: opts.max_event_age_ms,
+            },
+            layout,
+            dim: opts.embedding_dim as usize,
+            codebook_size: opts.semid_codebook_size,
+        })
+    }
+
     pub fn check_semid(&self, s: &SemId) -> Result<()> {
         if s.levels() != usize::from(self.layout.levels) {
             return Err(Error::invalid(format!(

@@ -1,22 +1,27 @@
-//! The one module that talks to RocksDB. Everything durable and mutable lives here: the write
-//! path (pending events), user locations, the item catalog, the manifest, the config and the
-//! per-source sequence numbers. Keeping the crate behind this file means a RocksDB upgrade
-//! touches only this file.
+//! The one module that talks to RocksDB, and the one that knows its keys. Everything durable
+//! and mutable lives here: the write path (pending events), user locations, the item catalog, the
+//! manifest, the config, the compaction generation, the write count and the per-source sequence
+//! numbers. Other modules read and write typed records ([`Store::manifest`], [`Batch::put_item`],
+//! ...) and never see a key or a column family's layout, so that a RocksDB upgrade or a key
+//! change touches only this file. Values are framed and checksummed by `records`.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rocksdb::{
     BottommostLevelCompaction, ColumnFamilyDescriptor, CompactOptions, DBCompressionType,
     DBRecoveryMode, IteratorMode, WriteBatch, WriteOptions, DB,
 };
 
-use crate::error::{Error, Result};
+use crate::entry::Ev;
+use crate::error::{corrupt, DecodeError, DecodeResult, Error, Result};
+use crate::records::{self, Config, ItemRecord, Location, Manifest};
 use crate::types::Durability;
 
 /// Column families.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cf {
-    /// `config`, `manifest`.
+    /// The meta keys below: config, manifest, generation, write count.
     Meta,
     /// (user BE, append seq BE) -> events of one user from one append batch.
     Pending,
@@ -42,18 +47,59 @@ impl Cf {
     }
 }
 
-pub struct Store {
-    db: DB,
-    path: PathBuf,
-    /// Write batches committed so far (persisted with each batch under [`WRITES_KEY`]).
-    writes: std::sync::atomic::AtomicU64,
+// ---------------------------------------------------------------------------------------------
+// Keys
+
+/// Meta key of the settings fixed at creation ([`Config`]).
+const CONFIG_KEY: &[u8] = b"config";
+/// Meta key of the live segment files ([`Manifest`]).
+const MANIFEST_KEY: &[u8] = b"manifest";
+/// Meta key of the compaction generation (see `records::encode_generation`).
+const GENERATION_KEY: &[u8] = b"generation";
+/// Meta key of the write count (see [`Store::writes`]).
+const WRITES_KEY: &[u8] = b"writes";
+
+fn user_key(user: u64) -> [u8; 8] {
+    user.to_be_bytes()
 }
 
-/// Meta key of the write count.
-pub const WRITES_KEY: &[u8] = b"writes";
+fn item_key(item: u64) -> [u8; 8] {
+    item.to_be_bytes()
+}
+
+/// Big-endian, so that a user's pending records are adjacent and in append order.
+fn pending_key(user: u64, seq: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&user.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The (user, append sequence number) of a pending record's key.
+pub fn parse_pending_key(k: &[u8]) -> DecodeResult<(u64, u64)> {
+    let Ok(k) = <&[u8; 16]>::try_from(k) else {
+        corrupt!("pending key of {} bytes", k.len());
+    };
+    let (user, seq) = k.split_at(8);
+    Ok((
+        parse_u64_key(user, "user")?,
+        parse_u64_key(seq, "sequence")?,
+    ))
+}
+
+/// A user or item key.
+pub fn parse_u64_key(k: &[u8], what: &str) -> DecodeResult<u64> {
+    match <[u8; 8]>::try_from(k) {
+        Ok(b) => Ok(u64::from_be_bytes(b)),
+        Err(_) => corrupt!("{what} key of {} bytes", k.len()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
 
 /// Map a RocksDB error: corruption becomes [`Error::DataCorruption`] naming the RocksDB
-/// directory; anything else is [`Error::Store`].
+/// directory; anything else is [`Error::Store`], with RocksDB's error as its source.
 fn map_err(path: &Path, context: &'static str, e: rocksdb::Error) -> Error {
     if e.kind() == rocksdb::ErrorKind::Corruption {
         Error::DataCorruption {
@@ -64,7 +110,7 @@ fn map_err(path: &Path, context: &'static str, e: rocksdb::Error) -> Error {
     } else {
         Error::Store {
             context,
-            message: e.into_string(),
+            source: Box::new(e),
         }
     }
 }
@@ -75,7 +121,10 @@ fn cf_options() -> rocksdb::Options {
     o
 }
 
-/// A group of writes applied atomically.
+// ---------------------------------------------------------------------------------------------
+// Writes
+
+/// A group of writes applied atomically by [`Store::write`].
 #[derive(Default)]
 pub struct Batch {
     ops: Vec<Op>,
@@ -88,16 +137,94 @@ enum Op {
 }
 
 impl Batch {
-    pub fn put(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: Vec<u8>) {
+    fn put(&mut self, cf: Cf, key: impl Into<Vec<u8>>, value: Vec<u8>) {
         self.ops.push(Op::Put(cf, key.into(), value));
     }
-    pub fn delete(&mut self, cf: Cf, key: impl Into<Vec<u8>>) {
+
+    fn delete(&mut self, cf: Cf, key: impl Into<Vec<u8>>) {
         self.ops.push(Op::Delete(cf, key.into()));
     }
+
     /// Delete keys in `[from, to)`.
-    pub fn delete_range(&mut self, cf: Cf, from: impl Into<Vec<u8>>, to: impl Into<Vec<u8>>) {
+    fn delete_range(&mut self, cf: Cf, from: impl Into<Vec<u8>>, to: impl Into<Vec<u8>>) {
         self.ops.push(Op::DeleteRange(cf, from.into(), to.into()));
     }
+
+    pub fn put_config(&mut self, config: &Config) {
+        self.put(Cf::Meta, CONFIG_KEY, records::encode_config(config));
+    }
+
+    pub fn put_manifest(&mut self, manifest: &Manifest) {
+        self.put(Cf::Meta, MANIFEST_KEY, records::encode_manifest(manifest));
+    }
+
+    pub fn put_generation(&mut self, generation: u64) {
+        self.put(
+            Cf::Meta,
+            GENERATION_KEY,
+            records::encode_generation(generation),
+        );
+    }
+
+    pub fn put_item(&mut self, item: u64, record: &ItemRecord) {
+        self.put(Cf::Items, item_key(item), records::encode_item(record));
+    }
+
+    /// Where `user`'s compacted entry is.
+    pub fn put_location(&mut self, user: u64, location: &Location) {
+        self.put(
+            Cf::Users,
+            user_key(user),
+            records::encode_location(location),
+        );
+    }
+
+    /// `user`'s events from the append with sequence number `seq`.
+    pub fn put_pending(&mut self, user: u64, seq: u64, events: &[Ev]) {
+        self.put(
+            Cf::Pending,
+            pending_key(user, seq),
+            records::encode_pending(events),
+        );
+    }
+
+    /// The last sequence number applied from append source `name`.
+    pub fn put_source(&mut self, name: &str, last_seq: u64) {
+        self.put(
+            Cf::Sources,
+            name.as_bytes(),
+            records::encode_source(last_seq),
+        );
+    }
+
+    /// Delete `user`'s pending records with sequence numbers up to and including `upto`.
+    pub fn delete_pending_through(&mut self, user: u64, upto: u64) {
+        let from = pending_key(user, 0);
+        match upto.checked_add(1) {
+            Some(end) => self.delete_range(Cf::Pending, from, pending_key(user, end)),
+            None => {
+                // The range's end is exclusive: the last possible key goes on its own.
+                self.delete_range(Cf::Pending, from, pending_key(user, u64::MAX));
+                self.delete(Cf::Pending, pending_key(user, u64::MAX));
+            }
+        }
+    }
+
+    /// Delete every record of `user`: its pending records and its location.
+    pub fn delete_user(&mut self, user: u64) {
+        self.delete_pending_through(user, u64::MAX);
+        self.delete(Cf::Users, user_key(user));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The store
+
+pub struct Store {
+    db: DB,
+    path: PathBuf,
+    /// Write batches committed so far (persisted with each batch under [`WRITES_KEY`]).
+    writes: AtomicU64,
 }
 
 impl Store {
@@ -123,17 +250,17 @@ impl Store {
         let store = Store {
             db,
             path: path.to_path_buf(),
-            writes: std::sync::atomic::AtomicU64::new(0),
+            writes: AtomicU64::new(0),
         };
-        if let Some(b) = store.get(Cf::Meta, WRITES_KEY)? {
-            let n = crate::records::decode_writes(&b).map_err(|e| e.at(path, "write count"))?;
-            store.writes.store(n, std::sync::atomic::Ordering::Relaxed);
+        if let Some(n) = store.get_meta(WRITES_KEY, "write count", records::decode_writes)? {
+            store.writes.store(n, Ordering::Relaxed);
         }
         Ok(store)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// A corruption of the records kept here, in `block`: it names the RocksDB directory.
+    pub fn corruption(&self, block: &str, e: DecodeError) -> Error {
+        e.at(&self.path, block)
     }
 
     fn cf(&self, cf: Cf) -> &rocksdb::ColumnFamily {
@@ -142,14 +269,44 @@ impl Store {
             .expect("every column family is created at open")
     }
 
-    pub fn get(&self, cf: Cf, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    fn get(&self, cf: Cf, key: &[u8], context: &'static str) -> Result<Option<Vec<u8>>> {
         self.db
             .get_cf(self.cf(cf), key)
-            .map_err(|e| map_err(&self.path, "reading", e))
+            .map_err(|e| map_err(&self.path, context, e))
+    }
+
+    /// A meta record, decoded; corruption names it as `block`.
+    fn get_meta<T>(
+        &self,
+        key: &[u8],
+        block: &'static str,
+        decode: fn(&[u8]) -> DecodeResult<T>,
+    ) -> Result<Option<T>> {
+        match self.get(Cf::Meta, key, "reading a meta record")? {
+            Some(b) => decode(&b).map(Some).map_err(|e| self.corruption(block, e)),
+            None => Ok(None),
+        }
+    }
+
+    /// The settings fixed at creation; `None` in a new store.
+    pub fn config(&self) -> Result<Option<Config>> {
+        self.get_meta(CONFIG_KEY, "config", records::decode_config)
+    }
+
+    /// The live segment files; `None` before the first compaction or deletion.
+    pub fn manifest(&self) -> Result<Option<Manifest>> {
+        self.get_meta(MANIFEST_KEY, "manifest", records::decode_manifest)
+    }
+
+    /// Compactions that changed the set of segment files (0 in a new store).
+    pub fn generation(&self) -> Result<u64> {
+        Ok(self
+            .get_meta(GENERATION_KEY, "generation", records::decode_generation)?
+            .unwrap_or(0))
     }
 
     /// Visit every key and value of a column family in key order.
-    pub fn scan(&self, cf: Cf, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
+    fn scan(&self, cf: Cf, mut f: impl FnMut(&[u8], &[u8]) -> Result<()>) -> Result<()> {
         for kv in self.db.iterator_cf(self.cf(cf), IteratorMode::Start) {
             let (k, v) = kv.map_err(|e| map_err(&self.path, "scanning", e))?;
             f(&k, &v)?;
@@ -157,9 +314,75 @@ impl Store {
         Ok(())
     }
 
-    /// Write batches committed so far.
+    /// Every catalog item, in item id order.
+    pub fn for_each_item(&self, mut f: impl FnMut(u64, ItemRecord) -> Result<()>) -> Result<()> {
+        self.scan(Cf::Items, |k, v| {
+            let id = parse_u64_key(k, "item").map_err(|e| self.corruption("items", e))?;
+            let rec =
+                records::decode_item(v).map_err(|e| self.corruption(&format!("item {id}"), e))?;
+            f(id, rec)
+        })
+    }
+
+    /// Every user's location, in user order.
+    pub fn for_each_location(&self, mut f: impl FnMut(u64, Location) -> Result<()>) -> Result<()> {
+        self.scan(Cf::Users, |k, v| {
+            let user = parse_u64_key(k, "user").map_err(|e| self.corruption("users", e))?;
+            let loc = records::decode_location(v)
+                .map_err(|e| self.corruption(&format!("location of user {user}"), e))?;
+            f(user, loc)
+        })
+    }
+
+    /// Every pending record as (user, append sequence number, events), in that order: per
+    /// user, in arrival order.
+    pub fn for_each_pending(
+        &self,
+        mut f: impl FnMut(u64, u64, Vec<Ev>) -> Result<()>,
+    ) -> Result<()> {
+        self.scan(Cf::Pending, |k, v| {
+            let (user, seq) = parse_pending_key(k).map_err(|e| self.corruption("pending", e))?;
+            let evs = records::decode_pending(v).map_err(|e| {
+                self.corruption(&format!("pending record user={user} seq={seq}"), e)
+            })?;
+            f(user, seq, evs)
+        })
+    }
+
+    /// Every append source with its last applied sequence number.
+    pub fn for_each_source(&self, mut f: impl FnMut(String, u64) -> Result<()>) -> Result<()> {
+        self.scan(Cf::Sources, |k, v| {
+            let name = String::from_utf8_lossy(k).into_owned();
+            let last = records::decode_source(v)
+                .map_err(|e| self.corruption(&format!("source {name}"), e))?;
+            f(name, last)
+        })
+    }
+
+    /// Decode every record of every column family. Returns how many records there are and what
+    /// is wrong with them, without stopping at the first problem.
+    pub fn verify(&self) -> (usize, Vec<Error>) {
+        let mut count = 0;
+        let mut problems = Vec::new();
+        for cf in Cf::ALL {
+            let res = self.scan(cf, |k, v| {
+                count += 1;
+                if let Err(e) = check_record(cf, k, v) {
+                    problems.push(self.corruption(&format!("{} record {:02x?}", cf.name(), k), e));
+                }
+                Ok(())
+            });
+            if let Err(e) = res {
+                problems.push(e);
+            }
+        }
+        (count, problems)
+    }
+
+    /// Write batches committed so far. Every batch stores the new count, so a RocksDB that lost
+    /// recent writes shows a smaller one (checked against the WATERMARK at open).
     pub fn writes(&self) -> u64 {
-        self.writes.load(std::sync::atomic::Ordering::Relaxed)
+        self.writes.load(Ordering::Relaxed)
     }
 
     /// Commit `batch` atomically. Callers serialise writes (the engine's writer lock), so the
@@ -167,11 +390,7 @@ impl Store {
     pub fn write(&self, batch: Batch, durability: Durability) -> Result<()> {
         let n = self.writes() + 1;
         let mut wb = WriteBatch::default();
-        wb.put_cf(
-            self.cf(Cf::Meta),
-            WRITES_KEY,
-            crate::records::encode_writes(n),
-        );
+        wb.put_cf(self.cf(Cf::Meta), WRITES_KEY, records::encode_writes(n));
         for op in batch.ops {
             match op {
                 Op::Put(cf, k, v) => wb.put_cf(self.cf(cf), k, v),
@@ -187,8 +406,8 @@ impl Store {
         }
         self.db
             .write_opt(wb, &wo)
-            .map_err(|e| map_err(&self.path, "writing", e))?;
-        self.writes.store(n, std::sync::atomic::Ordering::Relaxed);
+            .map_err(|e| map_err(&self.path, "writing a batch", e))?;
+        self.writes.store(n, Ordering::Relaxed);
         Ok(())
     }
 
@@ -235,5 +454,20 @@ impl Store {
             .ok()
             .flatten()
             .unwrap_or(0)
+    }
+}
+
+/// Decode one record as `verify` does.
+fn check_record(cf: Cf, k: &[u8], v: &[u8]) -> DecodeResult<()> {
+    match cf {
+        Cf::Meta if k == CONFIG_KEY => records::decode_config(v).map(drop),
+        Cf::Meta if k == MANIFEST_KEY => records::decode_manifest(v).map(drop),
+        Cf::Meta if k == GENERATION_KEY => records::decode_generation(v).map(drop),
+        Cf::Meta if k == WRITES_KEY => records::decode_writes(v).map(drop),
+        Cf::Meta => Err(DecodeError::corrupt("unknown meta key")),
+        Cf::Pending => parse_pending_key(k).and_then(|_| records::decode_pending(v).map(drop)),
+        Cf::Users => parse_u64_key(k, "user").and_then(|_| records::decode_location(v).map(drop)),
+        Cf::Items => parse_u64_key(k, "item").and_then(|_| records::decode_item(v).map(drop)),
+        Cf::Sources => records::decode_source(v).map(drop),
     }
 }

@@ -83,14 +83,15 @@ impl<'s> SegPart<'s> {
     }
 
     fn dict(&mut self) -> Result<DictView<'s>> {
-        if self.dict.is_none() {
-            let d = self
-                .view
-                .dict()
-                .map_err(|e| self.segment.corruption(self.record, e))?;
-            self.dict = Some(d);
+        if let Some(d) = self.dict {
+            return Ok(d);
         }
-        Ok(self.dict.unwrap())
+        let d = self
+            .view
+            .dict()
+            .map_err(|e| self.segment.corruption(self.record, e))?;
+        self.dict = Some(d);
+        Ok(d)
     }
 }
 
@@ -257,10 +258,10 @@ impl<'s> UserView<'s> {
     pub fn split(&mut self, m: usize) -> Result<(usize, usize)> {
         let (ns, np) = (self.seg_len(), self.pending.len());
         debug_assert!(m <= ns + np);
-        if np == 0 || ns == 0 {
-            return Ok((m.min(ns), m - m.min(ns)));
-        }
-        let last_s = self.seg.as_ref().unwrap().view.header.last_ts;
+        let last_s = match &self.seg {
+            Some(seg) if np > 0 && ns > 0 => seg.view.header.last_ts,
+            _ => return Ok((m.min(ns), m - m.min(ns))),
+        };
         if self.pending[0].ev.ts >= last_s {
             // The usual case: pending events are newer, so the sequence is S then P.
             let i = m.min(ns);

@@ -415,6 +415,23 @@ fn bad_arguments_are_refused() {
 }
 
 #[test]
+fn rocksdb_errors_keep_their_source_and_say_what_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let _db = Db::open(dir.path(), opts()).unwrap();
+    // RocksDB's lock on its directory refuses a second open: an I/O error, not corruption.
+    let Err(e) = Db::open(dir.path(), opts()) else {
+        panic!("a second open of a database in use succeeded");
+    };
+    let Error::Store { context, .. } = &e else {
+        panic!("expected a store error, got {e:?}");
+    };
+    assert_eq!(*context, "opening");
+    let source = std::error::Error::source(&e).expect("RocksDB's error is the source");
+    assert!(source.to_string().contains("lock"), "{source}");
+    assert!(e.to_string().contains(&source.to_string()), "{e}");
+}
+
+#[test]
 fn items_round_trip_and_upsert_replaces() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path(), opts()).unwrap();

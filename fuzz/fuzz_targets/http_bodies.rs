@@ -8,13 +8,13 @@ use std::sync::OnceLock;
 use axum::body::Body;
 use axum::http::{Method, Request};
 use libfuzzer_sys::fuzz_target;
-use siren_model::experiment::{self, DatasetDir};
+use siren_http::config::Config;
+use siren_http::state::{open, AppState};
+use siren_model::dataset::{self, DatasetDir};
 use siren_model::models::ModelConfig;
 use siren_model::semid::RqKmeansConfig;
 use siren_model::synth::PlantedConfig;
 use siren_model::train::{train, TrainConfig};
-use siren_server::config::Config;
-use siren_server::state::{open_ranker, AppState};
 use tower::ServiceExt;
 
 struct Fixture {
@@ -39,9 +39,9 @@ fn fixture() -> &'static Fixture {
             ..PlantedConfig::default()
         };
         let semid = RqKmeansConfig { codebook_size: 8, ..RqKmeansConfig::default() };
-        experiment::import_synthetic(&planted, &data, &semid).expect("import");
+        dataset::import_synthetic(&planted, &data, &semid).expect("import");
         let model = ModelConfig { dim: 8, recent: 8, retrieved: 8, layers: 1, ..ModelConfig::named("siren-hard").expect("model") };
-        let (_db, _m, prepared) = experiment::prepare(&data, std::slice::from_ref(&model), 1).expect("prepare");
+        let (_db, _m, prepared) = dataset::prepare(&data, std::slice::from_ref(&model), 1).expect("prepare");
         let t = train(&model, &TrainConfig { epochs: 1, ..TrainConfig::default() }, &prepared).expect("train");
         let ck = dir.path().join("model");
         t.save(&ck, &prepared.vocabs, prepared.levels).expect("save");
@@ -56,19 +56,20 @@ fn fixture() -> &'static Fixture {
         config.limits.max_body_bytes = 1 << 16;
         config.limits.max_candidates = 64;
         config.limits.max_k = 64;
-        let ranker = open_ranker(&config).expect("open");
-        let state = AppState::new(std::sync::Arc::new(ranker), config);
+        let (db, ranker) = open(&config).expect("open");
+        let state = AppState::new(std::sync::Arc::new(db), std::sync::Arc::new(ranker), config);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        Fixture { _dir: dir, app: siren_server::api::app(state), rt }
+        Fixture { _dir: dir, app: siren_http::api::app(state), rt }
     })
 }
 
-const ROUTES: [(&str, &str); 10] = [
+const ROUTES: [(&str, &str); 11] = [
     ("POST", "/v1/score"),
     ("POST", "/v1/retrieve"),
     ("POST", "/v1/events"),
     ("POST", "/v1/items"),
     ("POST", "/v1/admin/reload"),
+    ("POST", "/v1/admin/checkpoint"),
     ("POST", "/v1/admin/snapshot"),
     ("POST", "/v1/admin/compact"),
     ("GET", "/v1/users/"),

@@ -1,5 +1,5 @@
 //! Research: GAUC of oracles that know part of the planted click model.
-use siren_model::experiment::DatasetDir;
+use siren_model::dataset::DatasetDir;
 use siren_model::metrics::gauc;
 use siren_model::synth::{Planted, PlantedConfig};
 

@@ -1,6 +1,6 @@
 //! Research probe: GAUC of hand-made features on a dataset's validation split.
-use siren_model::experiment::DatasetDir;
-use siren_model::features::{build_samples, ItemTable, SeqKind, NO_ROW};
+use siren_model::dataset::DatasetDir;
+use siren_model::features::{build_samples, ItemTable, Retrieval, SeqKind, NO_ROW};
 use siren_model::metrics::gauc;
 
 fn main() {
@@ -9,7 +9,7 @@ fn main() {
     let snap = db.snapshot();
     let items = ItemTable::from_snapshot(&snap, meta.embedding_dim);
     let imps = &splits.valid;
-    let spec = [(SeqKind::Recent, 50), (SeqKind::Category, 1000), (SeqKind::Hard, 50), (SeqKind::Soft, 50)];
+    let spec = [(SeqKind::Recent, 50), (SeqKind::Retrieved(Retrieval::Category), 1000), (SeqKind::Retrieved(Retrieval::Hard), 50), (SeqKind::Retrieved(Retrieval::Soft), 50)];
     let set = build_samples(&snap, &items, imps, &spec, 2).unwrap();
     let users: Vec<u64> = imps.iter().map(|i| i.user).collect();
     let labels: Vec<f32> = imps.iter().map(|i| i.label).collect();
@@ -23,7 +23,7 @@ fn main() {
         let r = set.seq(SeqKind::Recent, i).unwrap();
         f_recent.push(r.iter().filter(|t| t.row != NO_ROW && cat_of(t.row) == tc).count() as f32);
         f_cat.push(set.lens[1][i] as f32);
-        let h = set.seq(SeqKind::Hard, i).unwrap();
+        let h = set.seq(SeqKind::Retrieved(Retrieval::Hard), i).unwrap();
         f_hard.push(h.iter().map(|t| t.depth as f32).sum::<f32>());
         f_hardlen.push(set.lens[2][i] as f32);
     }

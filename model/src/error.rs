@@ -5,6 +5,7 @@ use std::path::PathBuf;
 pub type Result<T, E = ModelError> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ModelError {
     #[error(transparent)]
     Engine(#[from] siren_engine::Error),
@@ -19,7 +20,7 @@ pub enum ModelError {
         source: std::io::Error,
     },
 
-    /// A text or parquet input could not be read as the format it claims to be.
+    /// An input file could not be read as the format it claims to be.
     #[error("{path}: {detail}")]
     Input { path: PathBuf, detail: String },
 
@@ -37,10 +38,6 @@ pub enum ModelError {
 
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
-
-    /// Scoring was asked of a ranker that has no model loaded.
-    #[error("no model is loaded")]
-    NoModel,
 }
 
 impl ModelError {

@@ -16,25 +16,37 @@ use siren_engine::{Event, Item, ReadRange, SemId, Snapshot};
 use crate::data::Impression;
 use crate::error::{ModelError, Result};
 
-/// Which behaviours a sequence holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum SeqKind {
-    /// The most recent behaviours, newest first.
-    Recent,
-    /// GSU by cosine between multimodal embeddings (the engine's soft retrieval).
+/// How the General Search Unit (GSU) finds the behaviours of a user's history that are relevant
+/// to a target item. Training reads a sample's GSU sequence with the model's own retrieval;
+/// serving may feed another one into the same slot (`siren-serve` decides).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+pub enum Retrieval {
+    /// By cosine between multimodal embeddings (the engine's soft retrieval).
     Soft,
-    /// GSU by SemID prefix (the engine's hard retrieval through its prefix bitmaps).
+    /// By SemID prefix (the engine's hard retrieval through its prefix bitmaps).
+    #[default]
     Hard,
     /// Behaviours with the target's category, newest first (SIM's hard search).
     Category,
 }
 
+/// Which behaviours a sequence holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum SeqKind {
+    /// The most recent behaviours, newest first.
+    Recent,
+    /// The behaviours a retrieval found for the target (the GSU sequence).
+    Retrieved(Retrieval),
+}
+
 impl SeqKind {
     pub const ALL: [SeqKind; 4] = [
         SeqKind::Recent,
-        SeqKind::Soft,
-        SeqKind::Hard,
-        SeqKind::Category,
+        SeqKind::Retrieved(Retrieval::Soft),
+        SeqKind::Retrieved(Retrieval::Hard),
+        SeqKind::Retrieved(Retrieval::Category),
     ];
 }
 
@@ -252,7 +264,7 @@ impl SampleSet {
     }
 }
 
-pub(crate) fn token(items: &ItemTable, target: u32, imp: &Impression, e: &Event) -> Result<Token> {
+pub fn token(items: &ItemTable, target: u32, imp: &Impression, e: &Event) -> Result<Token> {
     if e.ts >= imp.ts {
         return Err(ModelError::invalid(format!(
             "the engine returned an event at {} for an impression at {} (as_of violated)",
@@ -279,12 +291,7 @@ pub(crate) fn token(items: &ItemTable, target: u32, imp: &Impression, e: &Event)
 }
 
 /// The newest `len` behaviours of `user` before `as_of`, newest first.
-pub(crate) fn recent(
-    snap: &Snapshot,
-    user: u64,
-    len: usize,
-    as_of: Option<i64>,
-) -> Result<Vec<Event>> {
+pub fn recent(snap: &Snapshot, user: u64, len: usize, as_of: Option<i64>) -> Result<Vec<Event>> {
     let mut v = snap.read(
         user,
         ReadRange {
@@ -310,7 +317,7 @@ fn sequence(
     let as_of = Some(imp.ts);
     let events: Vec<Event> = match kind {
         SeqKind::Recent => recent(snap, imp.user, len, as_of)?,
-        SeqKind::Soft => {
+        SeqKind::Retrieved(Retrieval::Soft) => {
             if target == NO_ROW || !items.has_emb[target as usize] {
                 Vec::new()
             } else {
@@ -320,7 +327,7 @@ fn sequence(
                     .collect()
             }
         }
-        SeqKind::Hard => match (target != NO_ROW)
+        SeqKind::Retrieved(Retrieval::Hard) => match (target != NO_ROW)
             .then(|| items.semid[target as usize])
             .flatten()
         {
@@ -331,7 +338,7 @@ fn sequence(
                 .collect(),
             None => Vec::new(),
         },
-        SeqKind::Category => {
+        SeqKind::Retrieved(Retrieval::Category) => {
             // The engine has no category index: SIM's category search scans the user's history
             // (read once per user, as of the user's latest impression, then cut at this one's).
             if target == NO_ROW {
@@ -403,7 +410,10 @@ pub fn build_samples(
                     let with_evidence = evidence_on();
                     for &i in *part {
                         let imp = &imps[i];
-                        if (with_evidence || spec.iter().any(|(k, _)| *k == SeqKind::Category))
+                        if (with_evidence
+                            || spec
+                                .iter()
+                                .any(|(k, _)| *k == SeqKind::Retrieved(Retrieval::Category)))
                             && current_user != Some(imp.user)
                         {
                             let latest = part
@@ -461,7 +471,7 @@ pub fn build_samples(
 
 /// Pad each impression's token lists (`(impression index, one list per sequence of spec)`) to
 /// the lengths of `spec`.
-pub(crate) fn assemble(
+pub fn assemble(
     items: &ItemTable,
     imps: &[Impression],
     spec: &[(SeqKind, usize)],
@@ -498,148 +508,4 @@ fn levels_of(items: &ItemTable) -> usize {
     items.semid.iter().flatten().map(|s| s.levels()).max().unwrap_or(0)
 }
 
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-    use siren_engine::{AppendOptions, Db, Durability, Item, Options};
 
-    /// A small database where many events share timestamps with impressions: items 0..20 in 3
-    /// categories, users 1..=3 with 300 compacted events each, user 2 with 30 pending ones.
-    pub(crate) fn fixture() -> (tempfile::TempDir, Db, Vec<Impression>) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(
-            dir.path(),
-            Options {
-                embedding_dim: 4,
-                semid_levels: 2,
-                semid_codebook_size: 4,
-                auto_compact: None,
-                ..Options::default()
-            },
-        )
-        .unwrap();
-        let items: Vec<Item> = (0..20u64)
-            .map(|i| Item {
-                id: i,
-                category: (i % 3) as u32,
-                semid: Some(SemId::new(&[(i % 4) as u16, (i / 4 % 4) as u16]).unwrap()),
-                embedding: Some(vec![(i % 4) as f32 + 0.5, 1.0, (i % 3) as f32, -1.0]),
-            })
-            .collect();
-        db.upsert_items(&items, Durability::Sync).unwrap();
-        let mut evs = Vec::new();
-        for u in 1..=3u64 {
-            for k in 0..300i64 {
-                // Several events per timestamp, some exactly at impression times.
-                evs.push(Event {
-                    user: u,
-                    ts: (k / 3) * 1000,
-                    item: ((k * 7 + u as i64) % 20) as u64,
-                    action: (k % 2) as u8,
-                    domain: 0,
-                });
-            }
-        }
-        db.append(&evs, &AppendOptions::default()).unwrap();
-        db.compact().unwrap();
-        // Some later events stay pending so reads merge both.
-        let late: Vec<Event> = (0..30)
-            .map(|k| Event {
-                user: 2,
-                ts: 100_000 + k * 500,
-                item: (k % 20) as u64,
-                action: 1,
-                domain: 0,
-            })
-            .collect();
-        db.append(&late, &AppendOptions::default()).unwrap();
-        let imps = (1..=3u64)
-            .flat_map(|u| {
-                (0..15).map(move |j| Impression {
-                    user: u,
-                    item: (j * 3 % 20) as u64,
-                    ts: 10_000 + j * 7_000,
-                    label: (j % 2) as f32,
-                    domain: 0,
-                })
-            })
-            .collect();
-        (dir, db, imps)
-    }
-
-    #[test]
-    fn no_sample_sees_an_event_at_or_after_its_time() {
-        let (_dir, db, imps) = fixture();
-        let snap = db.snapshot();
-        let items = ItemTable::from_snapshot(&snap, 4);
-        let spec: Vec<(SeqKind, usize)> = SeqKind::ALL.iter().map(|&k| (k, 12)).collect();
-        let set = build_samples(&snap, &items, &imps, &spec, 2).unwrap();
-        let (mut at, mut after) = (0, 0);
-        for (i, imp) in imps.iter().enumerate() {
-            // Everything the engine holds for this user, brute force.
-            let all = snap.read(imp.user, ReadRange::all()).unwrap();
-            let earlier: Vec<&Event> = all.iter().filter(|e| e.ts < imp.ts).collect();
-            at += all.iter().filter(|e| e.ts == imp.ts).count();
-            after += all.iter().filter(|e| e.ts > imp.ts).count();
-            for &(kind, len) in &spec {
-                let toks = set.seq(kind, i).unwrap();
-                let real = set.lens[spec.iter().position(|s| s.0 == kind).unwrap()][i] as usize;
-                assert!(real <= len);
-                for t in &toks[..real] {
-                    assert!(t.age_s >= 1, "{kind:?} token at or after the impression");
-                }
-                assert!(toks[real..].iter().all(|t| t.row == NO_ROW));
-                if kind == SeqKind::Recent {
-                    // Exactly the newest `len` strictly earlier events, newest first.
-                    let want: Vec<u32> = earlier
-                        .iter()
-                        .rev()
-                        .take(len)
-                        .map(|e| items.row(e.item).unwrap())
-                        .collect();
-                    let got: Vec<u32> = toks[..real].iter().map(|t| t.row).collect();
-                    assert_eq!(got, want);
-                }
-            }
-        }
-        assert!(
-            at > 0 && after > 0,
-            "the fixture must hold events at and after impression times"
-        );
-    }
-
-    #[test]
-    fn results_do_not_depend_on_thread_count() {
-        let (_dir, db, imps) = fixture();
-        let snap = db.snapshot();
-        let items = ItemTable::from_snapshot(&snap, 4);
-        let spec = [
-            (SeqKind::Soft, 8),
-            (SeqKind::Hard, 8),
-            (SeqKind::Category, 5),
-            (SeqKind::Recent, 10),
-        ];
-        let a = build_samples(&snap, &items, &imps, &spec, 1).unwrap();
-        let b = build_samples(&snap, &items, &imps, &spec, 3).unwrap();
-        for (x, y) in a.seqs.iter().zip(&b.seqs) {
-            assert_eq!(x.0, y.0);
-            let same = x.2.iter().zip(&y.2).all(|(p, q)| {
-                p.row == q.row
-                    && p.age_s == q.age_s
-                    && p.depth == q.depth
-                    && (p.sim == q.sim || (p.sim.is_nan() && q.sim.is_nan()))
-            });
-            assert!(same);
-        }
-        assert_eq!(a.lens, b.lens);
-        // Category search returns only the target's category; hard search only shared prefixes.
-        for (i, &t) in a.target_row.iter().enumerate() {
-            for tok in &a.seq(SeqKind::Category, i).unwrap()[..a.lens[2][i] as usize] {
-                assert_eq!(items.category[tok.row as usize], items.category[t as usize]);
-            }
-            for tok in &a.seq(SeqKind::Hard, i).unwrap()[..a.lens[1][i] as usize] {
-                assert!(tok.depth >= 1);
-            }
-        }
-    }
-}

@@ -1,28 +1,27 @@
 //! # siren-model
 //!
 //! Everything from item embeddings to a trained, evaluated scorer, on the CPU with candle:
-//! Semantic IDs by residual k-means ([`semid`]), datasets imported into the engine
-//! ([`data`], [`synth`]), training samples read through the same retrieval calls serving uses
-//! ([`features`]), the SIREN ESU and its baselines ([`models`]), the trainer ([`train`]) and the
-//! evaluator ([`metrics`] with per-domain GAUC, [`collapse`], [`report`]), and in-database scoring of candidates for serving
-//! ([`ranker`]).
+//! Semantic IDs by residual k-means ([`semid`]), the dataset directory and the synthetic dataset
+//! ([`dataset`], [`synth`]), training samples read through the same retrieval calls serving uses
+//! ([`features`], [`batch`]), the SIREN ESU and its baselines ([`models`]), the trainer and its
+//! checkpoints ([`train`]), ranking metrics with per-domain GAUC ([`metrics`]) and embedding
+//! collapse ([`collapse`]).
+//!
+//! Offline-only formats (CSV, parquet, plots) live in `siren-lab`; scoring for serving lives in
+//! `siren-serve`.
 
 pub mod batch;
-pub mod candidates;
 pub mod collapse;
 pub mod data;
+pub mod dataset;
 pub mod error;
-pub mod experiment;
 pub mod features;
 pub mod metrics;
 pub mod models;
-pub mod plot;
-pub mod ranker;
-pub mod report;
 pub mod sealed;
 pub mod semid;
 pub mod synth;
 pub mod train;
 
 pub use error::{ModelError, Result};
-pub use ranker::{CandidateScore, Gsu, Ranker, ScoreOptions, Scored, ServedModel};
+pub use features::{Retrieval, SeqKind};

@@ -12,6 +12,8 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::data::Impression;
+
 /// How far from 0 and 1 [`log_loss`] clamps a probability: one confident mistake then costs
 /// about 16.1 nats instead of infinity, so a single outlier cannot make the mean meaningless.
 pub const LOG_LOSS_EPS: f64 = 1e-7;
@@ -291,7 +293,7 @@ pub fn log_loss(probs: &[f32], labels: &[f32]) -> f64 {
 /// The undefined cases are `None` rather than NaN so that the struct survives a JSON round trip
 /// (serde_json writes NaN as `null` and cannot read it back as `f64`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Metrics {
+pub struct RankingMetrics {
     pub auc: Option<f64>,
     pub gauc: Option<f64>,
     /// Users that entered GAUC (both classes present); 0 when `gauc` is `None`.
@@ -303,16 +305,16 @@ pub struct Metrics {
     pub positives: usize,
 }
 
-impl Metrics {
+impl RankingMetrics {
     /// All metrics of one test set; `probs` are the model's predicted click probabilities
     /// (after the sigmoid), which rank the same as logits but are also what log loss needs.
     ///
     /// # Panics
     /// When the three slices differ in length.
-    pub fn compute(users: &[u64], probs: &[f32], labels: &[f32]) -> Metrics {
+    pub fn compute(users: &[u64], probs: &[f32], labels: &[f32]) -> RankingMetrics {
         let g = gauc(users, probs, labels);
         let ll = log_loss(probs, labels);
-        Metrics {
+        RankingMetrics {
             auc: auc(probs, labels),
             gauc: g.map(|g| g.value),
             gauc_users: g.map_or(0, |g| g.users),
@@ -323,11 +325,11 @@ impl Metrics {
     }
 }
 
-/// Metrics of one domain's impressions.
+/// The metrics of one domain's impressions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DomainMetrics {
     pub domain: u16,
-    pub metrics: Metrics,
+    pub metrics: RankingMetrics,
 }
 
 /// Metrics per domain (ascending), and over the tail: every domain but `head`, with GAUC grouped
@@ -342,7 +344,7 @@ pub fn per_domain(
     probs: &[f32],
     labels: &[f32],
     head: u16,
-) -> (Vec<DomainMetrics>, Option<Metrics>) {
+) -> (Vec<DomainMetrics>, Option<RankingMetrics>) {
     assert_eq!(users.len(), domains.len(), "per_domain: length mismatch");
     let mut ids: Vec<u16> = domains.to_vec();
     ids.sort_unstable();
@@ -352,7 +354,7 @@ pub fn per_domain(
         let u: Vec<u64> = idx.iter().map(|&i| key(i)).collect();
         let p: Vec<f32> = idx.iter().map(|&i| probs[i]).collect();
         let y: Vec<f32> = idx.iter().map(|&i| labels[i]).collect();
-        Metrics::compute(&u, &p, &y)
+        RankingMetrics::compute(&u, &p, &y)
     };
     let each = ids
         .iter()
@@ -374,6 +376,36 @@ pub fn per_domain(
         .any(|&d| d != head)
         .then(|| pick(&|x| x != head, &|i| keys[i]));
     (each, tail)
+}
+
+/// Metrics of scored impressions per domain and over the tail (every domain but `head`).
+pub fn score_domains(
+    imps: &[Impression],
+    scores: &[f32],
+    head: u16,
+) -> (Vec<DomainMetrics>, Option<RankingMetrics>) {
+    per_domain(
+        &imps.iter().map(|i| i.user).collect::<Vec<_>>(),
+        &imps.iter().map(|i| i.domain).collect::<Vec<_>>(),
+        scores,
+        &imps.iter().map(|i| i.label).collect::<Vec<_>>(),
+        head,
+    )
+}
+
+/// Mean and sample standard deviation (NaN for no values, 0 spread for one).
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let m = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
 }
 
 #[cfg(test)]
@@ -552,7 +584,7 @@ mod tests {
         let users = [1, 1, 2, 2];
         let probs = [0.2, 0.7, 0.6, 0.4];
         let labels = [0.0, 1.0, 0.0, 1.0];
-        let m = Metrics::compute(&users, &probs, &labels);
+        let m = RankingMetrics::compute(&users, &probs, &labels);
         // Each user is ranked perfectly or inversely (GAUC 1/2) but across users 0.7 and 0.4
         // beat 0.2, and 0.7 beats 0.6.
         assert_eq!(m.auc, Some(0.75));
@@ -560,13 +592,14 @@ mod tests {
         assert_eq!(m.gauc_users, 2);
         assert_eq!((m.n, m.positives), (4, 2));
         assert!(close(m.log_loss.unwrap(), log_loss(&probs, &labels)));
-        let back: Metrics = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        let back: RankingMetrics =
+            serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
         assert_eq!(back, m);
 
-        let empty = Metrics::compute(&[], &[], &[]);
+        let empty = RankingMetrics::compute(&[], &[], &[]);
         assert_eq!(
             empty,
-            Metrics {
+            RankingMetrics {
                 auc: None,
                 gauc: None,
                 gauc_users: 0,
@@ -575,7 +608,8 @@ mod tests {
                 positives: 0
             }
         );
-        let back: Metrics = serde_json::from_str(&serde_json::to_string(&empty).unwrap()).unwrap();
+        let back: RankingMetrics =
+            serde_json::from_str(&serde_json::to_string(&empty).unwrap()).unwrap();
         assert_eq!(back, empty);
     }
 

@@ -29,10 +29,10 @@ use std::fmt;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use siren_engine::{SemId, MAX_SEMID_LEVELS};
 
@@ -57,10 +57,9 @@ const BLOCK: usize = 4;
 /// Centroids per group of the distance kernel.
 const LANES: usize = 8;
 
-/// Below this many multiply-adds per thread, spawning a thread costs more than it saves.
+/// Below this many multiply-adds per piece of work, handing it to another thread costs more
+/// than it saves.
 const MIN_WORK_PER_THREAD: usize = 1 << 20;
-/// More threads than this only contend for memory bandwidth on the data sizes Siren fits.
-const MAX_THREADS: usize = 8;
 
 /// Seeding looks at no more than this many points per centroid. Greedy k-means++ costs several
 /// Lloyd steps on the full data, yet a random subset of a few dozen points per centroid already
@@ -194,30 +193,25 @@ impl Kernel {
     }
 }
 
-/// How many threads may share row-wise work. Results never depend on it: rows are independent
-/// and every reduction across rows runs on one thread in row order.
+/// How row-wise work is shared out on rayon's pool. Results never depend on the split or the
+/// thread count: rows are independent and every reduction across rows runs on one thread in
+/// row order.
 #[derive(Debug, Clone, Copy)]
 struct Par {
-    threads: usize,
+    /// Multiply-adds a piece of rows must hold at least: below that, handing a piece to another
+    /// thread costs more than it saves.
     min_work: usize,
 }
 
 impl Par {
     fn auto() -> Par {
-        static THREADS: OnceLock<usize> = OnceLock::new();
-        let threads = *THREADS.get_or_init(|| {
-            std::thread::available_parallelism()
-                .map_or(1, |n| n.get())
-                .min(MAX_THREADS)
-        });
         Par {
-            threads,
             min_work: MIN_WORK_PER_THREAD,
         }
     }
 
-    /// Run `f(first_row, rows)` over contiguous pieces of `out`, one piece per thread. `out`
-    /// holds `width` values per row; pieces are whole rows.
+    /// Run `f(first_row, rows)` over contiguous pieces of `out`, in parallel. `out` holds
+    /// `width` values per row; pieces are whole rows.
     fn rows<T: Send>(
         self,
         out: &mut [T],
@@ -226,22 +220,17 @@ impl Par {
         f: impl Fn(usize, &mut [T]) + Sync,
     ) {
         let n = out.len() / width;
-        let by_work = n.saturating_mul(cost_per_row) / self.min_work.max(1);
-        let threads = self.threads.min(by_work).min(n).max(1);
-        if threads == 1 {
+        // A few pieces per thread balance the load; more only add overhead.
+        let by_threads = n.div_ceil(4 * rayon::current_num_threads());
+        let by_work = self.min_work / cost_per_row.max(1);
+        let rows = by_threads.max(by_work).max(1);
+        if rows >= n {
             f(0, out);
             return;
         }
-        let chunk = n.div_ceil(threads);
-        std::thread::scope(|s| {
-            let mut pieces = out.chunks_mut(chunk * width).enumerate();
-            let (_, head) = pieces.next().expect("n > 0");
-            for (i, piece) in pieces {
-                let f = &f;
-                s.spawn(move || f(i * chunk, piece));
-            }
-            f(0, head);
-        });
+        out.par_chunks_mut(rows * width)
+            .enumerate()
+            .for_each(|(i, piece)| f(i * rows, piece));
     }
 }
 
@@ -601,15 +590,7 @@ impl Codebook {
             self.dim,
             "embedding length must equal the codebook's dim"
         );
-        self.assign_par(
-            x,
-            Par {
-                threads: 1,
-                min_work: 1,
-            },
-        )
-        .pop()
-        .expect("one row")
+        self.assign_par(x, Par::auto()).pop().expect("one row")
     }
 
     /// [`Codebook::assign`] for each row of `xs` (`n × dim`, row-major), with the same results.
@@ -1104,13 +1085,18 @@ mod tests {
         let b = Codebook::fit(&xs, dim, &cfg).unwrap();
         assert_eq!(a, b);
         for threads in [1, 2, 3, 7] {
-            let par = Par {
-                threads,
-                min_work: 1,
-            };
-            let c = Codebook::fit_par(&xs, dim, &cfg, par).unwrap();
+            // No minimum work per piece: as many pieces as the pool makes.
+            let par = Par { min_work: 1 };
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let (c, assigned) = pool.install(|| {
+                let c = Codebook::fit_par(&xs, dim, &cfg, par).unwrap();
+                (c, a.assign_par(&xs, par))
+            });
             assert_eq!(a, c, "{threads} threads");
-            assert_eq!(a.assign_par(&xs, par), a.assign_all(&xs));
+            assert_eq!(assigned, a.assign_all(&xs));
         }
         let other = Codebook::fit(
             &xs,

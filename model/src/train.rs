@@ -21,7 +21,7 @@ use crate::batch::{make_batch, RowIndex, Vocabs};
 use crate::data::Splits;
 use crate::error::{ModelError, Result};
 use crate::features::{build_samples, ItemTable, SampleSet, SeqKind};
-use crate::metrics::Metrics;
+use crate::metrics::RankingMetrics;
 use crate::models::layers::Params;
 use crate::models::{build, Dims, ModelConfig, Scorer};
 
@@ -157,7 +157,7 @@ pub struct EpochLog {
     /// (Crocodile's cross-expert covariance penalty).
     #[serde(default)]
     pub train_penalty: Option<f64>,
-    pub valid: Metrics,
+    pub valid: RankingMetrics,
     pub seconds: f64,
     pub train_samples_per_s: f64,
 }
@@ -217,11 +217,11 @@ pub fn evaluate(
     cfg: &ModelConfig,
     data: &Prepared,
     set: &SampleSet,
-) -> Result<(Metrics, Vec<f32>)> {
+) -> Result<(RankingMetrics, Vec<f32>)> {
     let p = predict(model, cfg, data, set, 1024)?;
     let users: Vec<u64> = set.impressions.iter().map(|i| i.user).collect();
     let labels: Vec<f32> = set.impressions.iter().map(|i| i.label).collect();
-    Ok((Metrics::compute(&users, &p, &labels), p))
+    Ok((RankingMetrics::compute(&users, &p, &labels), p))
 }
 
 pub fn train(cfg: &ModelConfig, tcfg: &TrainConfig, data: &Prepared) -> Result<Trained> {

@@ -11,7 +11,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use rand::{Rng, SeedableRng};
-use siren_model::experiment::{self, DatasetDir};
+use siren_model::dataset::{self, DatasetDir};
 use siren_model::semid::{Codebook, RqKmeansConfig};
 use siren_model::synth::PlantedConfig;
 use siren_model::train::{load_checkpoint, train, TrainConfig};
@@ -101,9 +101,9 @@ fn damaged_model_files_are_detected_or_harmless() {
         codebook_size: 16,
         ..RqKmeansConfig::default()
     };
-    experiment::import_synthetic(&planted, &data, &semid).unwrap();
+    dataset::import_synthetic(&planted, &data, &semid).unwrap();
     let model = common::cfg("siren-hard");
-    let (_db, _m, prepared) = experiment::prepare(&data, std::slice::from_ref(&model), 1).unwrap();
+    let (_db, _m, prepared) = dataset::prepare(&data, std::slice::from_ref(&model), 1).unwrap();
     drop(_db);
     let t = train(
         &model,

@@ -10,23 +10,7 @@ use siren_model::metrics::per_domain;
 use siren_model::models::domain::cross_covariance_penalty;
 use siren_model::models::{DomainMode, ModelConfig};
 use siren_model::synth::{Planted, PlantedConfig, DOMAIN_BLOCK};
-use siren_model::train::{evaluate, load_checkpoint, train, TrainConfig};
-use siren_model::{Ranker, ScoreOptions, ServedModel};
-
-fn multi() -> PlantedConfig {
-    PlantedConfig {
-        items: 1_500,
-        dim: 16,
-        clusters: 12,
-        users: 120,
-        min_events: 300,
-        max_events: 1_000,
-        impressions_per_user: 30,
-        domain_shares: vec![0.7, 0.2, 0.1],
-        domain_shift: 1.5,
-        ..PlantedConfig::default()
-    }
-}
+use siren_model::train::{evaluate, load_checkpoint, train};
 
 #[test]
 fn names_parse_and_print_back() {
@@ -63,7 +47,7 @@ fn names_parse_and_print_back() {
 fn synthetic_domains_are_long_tailed_and_differ() {
     let p = Planted::new(PlantedConfig {
         users: 400,
-        ..multi()
+        ..common::multi()
     });
     let mut counts = [0usize; 3];
     let mut events = [0usize; 3];
@@ -107,7 +91,7 @@ fn synthetic_domains_are_long_tailed_and_differ() {
     let single = Planted::new(PlantedConfig {
         users: 3,
         domain_shares: vec![1.0],
-        ..multi()
+        ..common::multi()
     });
     for u in single.users() {
         let h = single.history(u);
@@ -187,17 +171,9 @@ fn covariance_penalty_matches_its_definition() {
     assert_eq!(zero, 0.0);
 }
 
-fn tcfg(epochs: usize) -> TrainConfig {
-    TrainConfig {
-        epochs,
-        patience: epochs,
-        ..TrainConfig::default()
-    }
-}
-
 #[test]
 fn every_multi_domain_model_trains_scores_per_domain_and_round_trips() {
-    let (_dir, _db, data) = common::small_from(multi());
+    let (_dir, _db, data) = common::small_from(common::multi());
     assert_eq!(data.vocabs.domain.ids, vec![0, 1, 2], "most frequent first");
     let dev = Device::Cpu;
     let imps = &data.test.impressions;
@@ -208,7 +184,7 @@ fn every_multi_domain_model_trains_scores_per_domain_and_round_trips() {
         "siren-hard+crocodile-m2",
     ] {
         let cfg = common::cfg(name);
-        let t = train(&cfg, &tcfg(1), &data).unwrap();
+        let t = train(&cfg, &common::tcfg(1), &data).unwrap();
         let penalty = t.history[0].train_penalty;
         assert_eq!(
             penalty.is_some(),
@@ -281,9 +257,9 @@ fn every_multi_domain_model_trains_scores_per_domain_and_round_trips() {
 
 #[test]
 fn covariance_weight_decorrelates_the_experts() {
-    let (_dir, _db, data) = common::small_from(multi());
+    let (_dir, _db, data) = common::small_from(common::multi());
     let run = |name: &str| {
-        let t = train(&common::cfg(name), &tcfg(2), &data).unwrap();
+        let t = train(&common::cfg(name), &common::tcfg(2), &data).unwrap();
         t.history.last().unwrap().train_penalty.unwrap()
     };
     let free = run("din+crocodile-m2-nocov");
@@ -292,45 +268,4 @@ fn covariance_weight_decorrelates_the_experts() {
         held < 0.5 * free,
         "penalty {held} with weight 5 vs {free} without"
     );
-}
-
-#[test]
-fn served_crocodile_scores_by_the_requested_domain() {
-    let (_dir, db, data) = common::small_from(multi());
-    let cfg = common::cfg("siren-hard+crocodile-m2");
-    let t = train(&cfg, &tcfg(1), &data).unwrap();
-    let ck = tempfile::tempdir().unwrap();
-    t.save(ck.path(), &data.vocabs, data.levels).unwrap();
-    let served = ServedModel::load(ck.path()).unwrap();
-    let ranker = Ranker::new(db.clone(), Some(served), None).unwrap();
-    let m = ranker.model().unwrap();
-    // A test impression in a tail domain, its item and twenty others.
-    let imp = *data
-        .test
-        .impressions
-        .iter()
-        .find(|i| i.domain == 2)
-        .expect("a domain-2 test impression");
-    let mut cands = vec![imp.item];
-    cands.extend(data.items.ids.iter().step_by(37).take(20));
-    let score = |domain: u16| -> Vec<f32> {
-        let opts = ScoreOptions {
-            at: Some(imp.ts),
-            domain,
-            ..ScoreOptions::default()
-        };
-        let got = ranker.score(imp.user, &cands, &opts).unwrap();
-        got.scores.iter().map(|s| s.score).collect()
-    };
-    let served_tail = score(2);
-    let want = common::reference(&db, &data, &m, imp, &cands);
-    assert!(
-        common::close(&served_tail, &want),
-        "{served_tail:?} vs {want:?}"
-    );
-    // Another domain picks other gates and another tower; a domain training never saw is
-    // scored as the head domain.
-    let served_head = score(0);
-    assert!(!common::close(&served_tail, &served_head));
-    assert_eq!(score(77), served_head);
 }

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::{Batch, SeqBatch, Vocabs, GAP_BUCKETS, SIMTIER_BINS, SIM_BUCKETS};
 use crate::error::{ModelError, Result as ModelResult};
-use crate::features::SeqKind;
+use crate::features::{Retrieval, SeqKind};
 use layers::{
     flat, key_bias, masked_mean, masked_softmax, ones, sum_levels, Mlp, Params, TargetAttention,
     TransformerLayer,
@@ -269,16 +269,16 @@ impl ModelConfig {
         match self.kind {
             ModelKind::NoSeq => vec![],
             ModelKind::Din => vec![(SeqKind::Recent, self.recent)],
-            ModelKind::SimHard => vec![(SeqKind::Category, self.retrieved)],
+            ModelKind::SimHard => vec![(SeqKind::Retrieved(Retrieval::Category), self.retrieved)],
             ModelKind::Muse => vec![
                 (SeqKind::Recent, self.recent),
-                (SeqKind::Soft, self.retrieved),
+                (SeqKind::Retrieved(Retrieval::Soft), self.retrieved),
             ],
             ModelKind::SirenSoft | ModelKind::SirenHard => {
                 let gsu = if self.kind == ModelKind::SirenSoft {
-                    SeqKind::Soft
+                    SeqKind::Retrieved(Retrieval::Soft)
                 } else {
-                    SeqKind::Hard
+                    SeqKind::Retrieved(Retrieval::Hard)
                 };
                 let mut v = vec![(gsu, self.retrieved)];
                 if self.recent > 0 {
@@ -480,7 +480,7 @@ struct Muse {
 impl Backbone for Muse {
     fn features(&self, bt: &Batch) -> Result<Tensor> {
         let short = seq(bt, SeqKind::Recent)?;
-        let long = seq(bt, SeqKind::Soft)?;
+        let long = seq(bt, SeqKind::Retrieved(Retrieval::Soft))?;
         let tq = self.ids.target(bt)?;
         let short_keys = self.ids.behaviours(short)?;
         let din = self.din.features(&self.ids, &tq, short)?;
@@ -613,7 +613,7 @@ pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<B
                 kind: if cfg.kind == ModelKind::Din {
                     SeqKind::Recent
                 } else {
-                    SeqKind::Category
+                    SeqKind::Retrieved(Retrieval::Category)
                 },
             }),
             (TargetInterest::WIDTH + 2) * dim,
@@ -657,9 +657,9 @@ pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<B
             };
             let net = Siren {
                 kind: if cfg.kind == ModelKind::SirenSoft {
-                    SeqKind::Soft
+                    SeqKind::Retrieved(Retrieval::Soft)
                 } else {
-                    SeqKind::Hard
+                    SeqKind::Retrieved(Retrieval::Hard)
                 },
                 recent: if cfg.recent > 0 {
                     Some(TargetInterest::new(p, "recent_att", dim)?)

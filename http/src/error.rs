@@ -1,0 +1,241 @@
+//! The one place where errors become HTTP responses.
+//!
+//! Every error answer is `{"error": {"code": "...", "message": "..."}}` with a stable `code`
+//! (the table below, also in the OpenAPI document); the message is for people and may change.
+//!
+//! | status | code |
+//! |---|---|
+//! | 400 | `invalid_json`, `invalid_request`, `invalid_argument` |
+//! | 401 | `unauthorized` |
+//! | 403 | `forbidden` |
+//! | 404 | `not_found` |
+//! | 405 | `method_not_allowed` |
+//! | 413 | `payload_too_large` |
+//! | 415 | `unsupported_media_type` |
+//! | 422 | `too_many` (candidates, events, items, `k`, `limit` over the configured limits) |
+//! | 500 | `data_corruption`, `internal` |
+//! | 503 | `overloaded`, `timeout`, `no_model`, `shutting_down` (with `Retry-After`) |
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use siren_model::ModelError;
+use siren_serve::ServeError;
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable.
+    pub code: String,
+    /// For people.
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_argument", message)
+    }
+
+    pub fn too_many(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "too_many", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    pub fn overloaded() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the server is at its concurrency limit; retry later",
+        )
+    }
+
+    pub fn timeout() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the request did not finish within the server's time limit",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() && self.status != StatusCode::SERVICE_UNAVAILABLE {
+            tracing::error!(code = self.code, message = %self.message, "request failed");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
+        let mut resp = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+impl From<siren_engine::Error> for ApiError {
+    fn from(e: siren_engine::Error) -> Self {
+        use siren_engine::Error as E;
+        match e {
+            E::InvalidArgument(m) => ApiError::invalid(m),
+            E::DataCorruption { .. } | E::UnsupportedVersion { .. } => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "data_corruption",
+                e.to_string(),
+            ),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ModelError> for ApiError {
+    fn from(e: ModelError) -> Self {
+        match e {
+            ModelError::Engine(e) => e.into(),
+            ModelError::InvalidArgument(m) => ApiError::invalid(m),
+            ModelError::DataCorruption { .. } | ModelError::UnsupportedVersion { .. } => {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "data_corruption",
+                    e.to_string(),
+                )
+            }
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ServeError> for ApiError {
+    fn from(e: ServeError) -> Self {
+        match e {
+            ServeError::Engine(e) => e.into(),
+            ServeError::Model(e) => e.into(),
+            ServeError::InvalidArgument(m) => ApiError::invalid(m),
+            ServeError::NoModel => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no_model",
+                "no model is loaded; load one with POST /v1/admin/reload",
+            ),
+            other => ApiError::internal(other.to_string()),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        match r {
+            JsonRejection::JsonDataError(e) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                // serde's message names the field and the expected type.
+                format!(
+                    "the body does not match the request's schema: {}",
+                    inner_source(&e)
+                ),
+            ),
+            JsonRejection::JsonSyntaxError(e) => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("the body is not valid JSON: {}", inner_source(&e)),
+            ),
+            JsonRejection::MissingJsonContentType(_) => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as JSON with `Content-Type: application/json`",
+            ),
+            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "the body is larger than the server's limit (limits.max_body_bytes)",
+                )
+            }
+            other => ApiError::new(other.status(), "invalid_request", other.body_text()),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", r.body_text())
+    }
+}
+
+/// The innermost cause of an error (serde's own message, without axum's prefix).
+fn inner_source(e: &dyn std::error::Error) -> String {
+    let mut cur: &dyn std::error::Error = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_and_model_errors_map_to_stable_codes() {
+        let e: ApiError =
+            siren_engine::Error::InvalidArgument("k must be at least 1".into()).into();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::BAD_REQUEST, "invalid_argument")
+        );
+        let e: ApiError = ServeError::NoModel.into();
+        assert_eq!(
+            (e.status, e.code),
+            (StatusCode::SERVICE_UNAVAILABLE, "no_model")
+        );
+        let e: ApiError = siren_engine::Error::DataCorruption {
+            path: "x".into(),
+            block: "b".into(),
+            detail: "d".into(),
+        }
+        .into();
+        assert_eq!(e.code, "data_corruption");
+        let resp = ApiError::overloaded().into_response();
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+    }
+}

@@ -1,0 +1,145 @@
+//! The ESU inputs of one user and many candidate items at one moment: the serving path.
+//!
+//! Training reads each impression's sequences with one engine call per sequence
+//! (`siren_model::features::build_samples`). Serving scores N candidates for one user at once,
+//! so it reads the recent behaviours once and runs the GSU as one batched engine call for all
+//! candidates ([`crate::retrieval`]). The tokens are made by the same `token` function from the
+//! same catalog rows, so a candidate scored here gets exactly the features training would have
+//! given the impression `(user, candidate, at)`; a test checks it.
+
+use std::collections::HashSet;
+use std::time::Instant;
+
+use siren_engine::{Item, Snapshot};
+use siren_model::data::Impression;
+use siren_model::features::{assemble, token, ItemTable, SampleSet, Token, NO_ROW};
+use siren_model::SeqKind;
+
+use crate::error::Result;
+use crate::retrieval::{micros, retrieve, ReadTimings, Retrieved, SeqPlan, Targets};
+
+/// Where the time of building went, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct BuildTimings {
+    /// Reading the recent behaviours (and, for category search, the history).
+    pub read_us: f64,
+    /// The batched GSU call.
+    pub retrieve_us: f64,
+    /// Catalog look-ups and tokens.
+    pub tokens_us: f64,
+}
+
+/// Samples of `(user, candidate, at)` for every candidate, in candidate order.
+pub struct CandidateSamples {
+    /// The candidates and every retrieved behaviour's item (the rows tokens refer to).
+    pub items: ItemTable,
+    /// Sequences in the slots of the plan.
+    pub set: SampleSet,
+    /// Per candidate: whether the catalog holds it.
+    pub in_catalog: Vec<bool>,
+    /// Per candidate: what the GSU sequence retrieved (empty without one).
+    pub retrieved: Vec<Vec<Retrieved>>,
+    /// Events of the user before `at`.
+    pub history_len: usize,
+    pub timings: BuildTimings,
+}
+
+/// Read the sequences of `plan` for `user` and each of `candidates` as of `at` (events
+/// strictly before `at`), with one engine call per sequence.
+pub fn candidate_samples(
+    snap: &Snapshot,
+    user: u64,
+    at: i64,
+    domain: u16,
+    candidates: &[u64],
+    plan: &[SeqPlan],
+    dim: usize,
+) -> Result<CandidateSamples> {
+    let t = Instant::now();
+    let targets = Targets::look_up(snap, candidates, dim);
+    let lookup_us = micros(t);
+    let history_len = snap.user_len(user, Some(at))?;
+    let mut read = ReadTimings::default();
+    // Per sequence of the plan: per candidate, its events (and what retrieval said of them).
+    let mut per_seq: Vec<Vec<Vec<Retrieved>>> = plan
+        .iter()
+        .map(|p| retrieve(snap, user, at, p.read, p.len, &targets, &mut read))
+        .collect::<Result<_>>()?;
+
+    let t = Instant::now();
+    let items = item_table(snap, &targets, &per_seq, dim);
+    let imps: Vec<Impression> = candidates
+        .iter()
+        .map(|&item| Impression {
+            user,
+            item,
+            ts: at,
+            label: 0.0,
+            domain,
+        })
+        .collect();
+    let tokens = tokens(&items, &imps, &per_seq)?;
+    let spec: Vec<(SeqKind, usize)> = plan.iter().map(|p| (p.slot, p.len)).collect();
+    let set = assemble(&items, &imps, &spec, tokens);
+    let retrieved = match plan
+        .iter()
+        .position(|p| matches!(p.slot, SeqKind::Retrieved(_)))
+    {
+        Some(s) => per_seq.swap_remove(s),
+        None => vec![Vec::new(); candidates.len()],
+    };
+    Ok(CandidateSamples {
+        items,
+        set,
+        in_catalog: targets.items.iter().map(Option::is_some).collect(),
+        retrieved,
+        history_len,
+        timings: BuildTimings {
+            read_us: read.read_us,
+            retrieve_us: read.retrieve_us,
+            tokens_us: lookup_us + micros(t),
+        },
+    })
+}
+
+/// Every item a token refers to: the candidates, then the behaviours' items.
+fn item_table(
+    snap: &Snapshot,
+    targets: &Targets,
+    per_seq: &[Vec<Vec<Retrieved>>],
+    dim: usize,
+) -> ItemTable {
+    let mut rows: Vec<Item> = targets.items.iter().flatten().cloned().collect();
+    let mut seen: HashSet<u64> = rows.iter().map(|it| it.id).collect();
+    for r in per_seq.iter().flatten().flatten() {
+        if seen.insert(r.event.item) {
+            if let Some(it) = snap.item(r.event.item) {
+                rows.push(it);
+            }
+        }
+    }
+    ItemTable::from_items(rows, dim)
+}
+
+/// Per impression, one token list per sequence.
+fn tokens(
+    items: &ItemTable,
+    imps: &[Impression],
+    per_seq: &[Vec<Vec<Retrieved>>],
+) -> Result<Vec<(usize, Vec<Vec<Token>>)>> {
+    let mut out = Vec::with_capacity(imps.len());
+    for (c, imp) in imps.iter().enumerate() {
+        let target = items.row(imp.item).unwrap_or(NO_ROW);
+        let seqs = per_seq
+            .iter()
+            .map(|lists| {
+                lists[c]
+                    .iter()
+                    .map(|r| token(items, target, imp, &r.event))
+                    .collect::<siren_model::Result<Vec<Token>>>()
+            })
+            .collect::<siren_model::Result<Vec<_>>>()?;
+        out.push((c, seqs));
+    }
+    Ok(out)
+}
