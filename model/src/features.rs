@@ -184,7 +184,7 @@ pub const EVIDENCE_WINDOW: usize = 50;
 
 /// Numbers per sample in [`SampleSet::evidence`] for `levels` SemID levels.
 pub fn evidence_len(levels: usize) -> usize {
-    3 * levels + crate::batch::SIMTIER_BINS + 1
+    3 * (levels + 1) + crate::batch::SIMTIER_BINS + 1
 }
 
 /// Research: whether samples carry evidence features.
@@ -199,44 +199,52 @@ pub fn evidence_on() -> bool {
 /// cosine with the target (log(1 + count) per 0.1-wide bin); log(1 + len).
 pub fn evidence(items: &ItemTable, hist: &[Event], target: u32, levels: usize) -> Vec<f32> {
     let bins = crate::batch::SIMTIER_BINS;
+    // Groups: the target's category (index 0), then SemID depths 1..=levels.
+    let groups = levels + 1;
     let mut out = vec![0f32; evidence_len(levels)];
     let n = hist.len();
-    out[3 * levels + bins] = (n as f32).ln_1p();
+    out[3 * groups + bins] = (n as f32).ln_1p();
+    let none = (n as f32 + 1.0).ln_1p();
     if target == NO_ROW {
-        for d in 0..levels {
-            out[3 * d + 2] = (n as f32 + 1.0).ln_1p();
+        for g in 0..groups {
+            out[3 * g + 2] = none;
         }
         return out;
     }
-    let mut count = vec![0usize; levels + 1];
-    let mut recent = vec![0usize; levels + 1];
-    let mut newest: Vec<Option<usize>> = vec![None; levels + 1];
-    let mut per_item: HashMap<u32, (usize, u8)> = HashMap::new();
+    let tcat = items.category[target as usize];
+    let mut count = vec![0usize; groups];
+    let mut recent = vec![0usize; groups];
+    let mut newest: Vec<Option<usize>> = vec![None; groups];
+    // Per distinct item: occurrences, shared depth, same category.
+    let mut per_item: HashMap<u32, (usize, u8, bool)> = HashMap::new();
     for (back, e) in hist.iter().rev().enumerate() {
         let Some(row) = items.row(e.item) else { continue };
-        let entry = per_item.entry(row).or_insert((0, items.depth(row, target)));
+        let entry = per_item.entry(row).or_insert_with(|| {
+            (0, items.depth(row, target), items.category[row as usize] == tcat)
+        });
         entry.0 += 1;
         let depth = usize::from(entry.1).min(levels);
-        for d in 1..=depth {
-            count[d] += 1;
+        let same_cat = entry.2;
+        for g in (0..=depth).filter(|&g| g > 0 || same_cat) {
+            count[g] += 1;
             if back < EVIDENCE_WINDOW {
-                recent[d] += 1;
+                recent[g] += 1;
             }
-            newest[d].get_or_insert(back);
+            newest[g].get_or_insert(back);
         }
     }
-    for d in 1..=levels {
-        out[3 * (d - 1)] = (count[d] as f32).ln_1p();
-        out[3 * (d - 1) + 1] = (recent[d] as f32).ln_1p();
-        out[3 * (d - 1) + 2] = newest[d].map_or((n as f32 + 1.0).ln_1p(), |b| (b as f32).ln_1p());
+    for g in 0..groups {
+        out[3 * g] = (count[g] as f32).ln_1p();
+        out[3 * g + 1] = (recent[g] as f32).ln_1p();
+        out[3 * g + 2] = newest[g].map_or(none, |b| (b as f32).ln_1p());
     }
-    for (&row, &(c, _)) in &per_item {
+    for (&row, &(c, _, _)) in &per_item {
         if let Some(cos) = items.cosine(row, target) {
             let bin = (((cos.clamp(-1.0, 1.0) + 1.0) / 0.1).floor() as usize).min(bins - 1);
-            out[3 * levels + bin] += c as f32;
+            out[3 * groups + bin] += c as f32;
         }
     }
-    for x in &mut out[3 * levels..3 * levels + bins] {
+    for x in &mut out[3 * groups..3 * groups + bins] {
         *x = x.ln_1p();
     }
     out

@@ -700,11 +700,17 @@ pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<B
 struct Single {
     body: Box<dyn Backbone>,
     head: Mlp,
+    /// Research: a linear term of the evidence features added to the logit.
+    wide: Option<Linear>,
 }
 
 impl Scorer for Single {
     fn logits(&self, b: &Batch) -> Result<Tensor> {
-        flat(self.head.forward(&self.body.features(b)?)?)
+        let deep = flat(self.head.forward(&self.body.features(b)?)?)?;
+        match (&self.wide, &b.evidence) {
+            (Some(w), Some(e)) => deep + flat(w.forward(e)?)?,
+            _ => Ok(deep),
+        }
     }
 }
 
@@ -718,7 +724,13 @@ pub fn build(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<Box<dyn Sco
     sizes.extend(&body.head);
     sizes.push(1);
     let dropout = std::env::var("SIREN_X_DROPOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let wide = if xf("WIDE") && matches!(cfg.kind, ModelKind::SirenSoft | ModelKind::SirenHard) {
+        Some(p.linear("wide", crate::features::evidence_len(d.prefix.len()), 1)?)
+    } else {
+        None
+    };
     Ok(Box::new(Single {
+        wide,
         head: Mlp::new(p, "head", &sizes)?.with_dropout(dropout),
         body: body.net,
     }))
