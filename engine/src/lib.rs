@@ -31,6 +31,15 @@
 // (`allow-unwrap-in-tests` in this crate's clippy.toml).
 #![deny(clippy::unwrap_used)]
 
+/// A failpoint (docs/ARCHITECTURE.md, "Recovery"): with the `failpoints` feature, a
+/// `fail::fail_point!` the crash tests arm; without it, nothing at all.
+macro_rules! failpoint {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
+    };
+}
+
 mod cache;
 mod catalog;
 mod compaction;
