@@ -1,7 +1,7 @@
 //! Siren side by side with the stores its users would otherwise pick, in one run on one machine:
 //! bytes on disk, durable ingest, whole-history reads, hard and soft retrieval, end-to-end
-//! scoring against its floor, and scaling curves. Writes `BENCHMARKS.md`, a JSON file and PNG
-//! plots.
+//! scoring against its floor, the ESU forward against PyTorch and ONNX Runtime, and scaling
+//! curves. Writes `BENCHMARKS.md`, a JSON file and PNG plots.
 //!
 //! cargo run --release -p siren-benches --bin compare -- --users 10 --events-per-user 100000
 
@@ -21,6 +21,7 @@ use siren_lab::movielens::{MovieLens, MovieLensPaths};
 use siren_model::synth::{self, SynthConfig};
 use siren_serve::{Ranker, Retrieval, ScoreOptions, ScoreTimings};
 
+mod esu;
 mod report;
 
 type Res<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -643,6 +644,7 @@ struct Results {
     per_user: usize,
     users_curve: Vec<(usize, Sizes)>,
     score: Scoring,
+    esu: esu::EsuCmp,
     targets: Vec<Target>,
 }
 
@@ -708,12 +710,14 @@ fn main() -> Res<()> {
     let per_user = 10_000;
     let users_curve = measure_users_curve(&args, &cfg, &catalog, per_user, &scratch, &log)?;
     let score = measure_scoring(&args, reps, &log)?;
+    let esu = esu::measure(reps, &log)?;
     let command =
         std::iter::once("cargo run --release -p siren-benches --bin compare --".to_string())
             .chain(std::env::args().skip(1))
             .collect::<Vec<_>>()
             .join(" ");
-    let targets = targets(&synthetic, &score);
+    let mut targets = targets(&synthetic, &score);
+    targets.extend(esu::targets(&esu));
     let results = Results {
         command,
         synthetic,
@@ -721,6 +725,7 @@ fn main() -> Res<()> {
         per_user,
         users_curve,
         score,
+        esu,
         targets,
     };
     plots(&results, &args.out)?;
