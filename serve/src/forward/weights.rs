@@ -135,29 +135,19 @@ impl Dense {
     /// `y = x W^T + b` for `rows` rows of `x` (`rows x inp`), into `y` (`rows x out`), then
     /// ReLU when `relu`.
     pub fn forward(&self, y: &mut [f32], x: &[f32], rows: usize, relu: bool) {
-        super::kernels::matmul(
-            y,
-            self.out,
-            super::kernels::View::rows(x, rows, self.inp),
-            self.wt(),
-            false,
-        );
-        for r in y[..rows * self.out].chunks_exact_mut(self.out) {
-            super::kernels::bias_act(r, &self.b, relu);
-        }
+        self.apply(y, x, rows, false, relu);
     }
 
     /// `y += x W^T + b` (a residual connection) for `rows` rows.
     pub fn forward_add(&self, y: &mut [f32], x: &[f32], rows: usize) {
-        super::kernels::matmul(
-            y,
-            self.out,
-            super::kernels::View::rows(x, rows, self.inp),
-            self.wt(),
-            true,
-        );
+        self.apply(y, x, rows, true, false);
+    }
+
+    fn apply(&self, y: &mut [f32], x: &[f32], rows: usize, accumulate: bool, relu: bool) {
+        let x = super::kernels::View::rows(x, rows, self.inp);
+        super::kernels::matmul(y, self.out, x, self.wt(), accumulate);
         for r in y[..rows * self.out].chunks_exact_mut(self.out) {
-            super::kernels::bias_act(r, &self.b, false);
+            super::kernels::bias_act(r, &self.b, relu);
         }
     }
 }
