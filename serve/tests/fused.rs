@@ -20,6 +20,10 @@ use siren_serve::forward::weights::Named;
 use siren_serve::forward::FusedEsu;
 use siren_serve::retrieval::plan;
 
+/// Held by every test here that builds a model: the evidence variants switch the research
+/// environment variable on while they build theirs.
+static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Every parameter of `p` replaced by random values of a scale that keeps the probabilities
 /// away from 0 and 1 (so that a difference shows).
 fn randomise(p: &Params, seed: u64, dir: &std::path::Path) {
@@ -106,6 +110,7 @@ fn compare(model: &dyn Scorer, fused: &FusedEsu, b: &Batch) -> (f32, f32) {
 
 #[test]
 fn fused_forward_equals_candle_on_every_covered_variant() {
+    let _env = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let (dir, db, data) = common::small_with_db();
     let snap = db.snapshot();
     let dims = data.dims();
@@ -187,6 +192,7 @@ fn fused_forward_equals_candle_on_every_covered_variant() {
 
 #[test]
 fn models_the_fused_forward_does_not_cover_fall_back() {
+    let _env = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let (_dir, data) = common::small();
     for name in [
         "din",
@@ -209,6 +215,7 @@ fn models_the_fused_forward_does_not_cover_fall_back() {
 /// A loaded SIREN checkpoint is served by the fused forward, a baseline by candle.
 #[test]
 fn served_siren_models_use_the_fused_forward() {
+    let _env = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     use siren_model::train::{train, TrainConfig};
     let (_dir, data) = common::small();
     for (name, fused) in [("siren-hard", true), ("din", false)] {

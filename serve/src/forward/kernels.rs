@@ -58,6 +58,17 @@ impl<'a> View<'a> {
     }
 }
 
+/// `v` copied row-major into `buf` (reused across calls), as a contiguous view: the `gemm`
+/// kernels run two to three times faster on a small contiguous operand than on a strided one
+/// (a head's columns of a wider row, a transposed block).
+pub fn pack<'b>(buf: &'b mut Vec<f32>, v: View<'_>) -> View<'b> {
+    buf.clear();
+    for i in 0..v.rows {
+        buf.extend((0..v.cols).map(|j| v.data[i * v.rs + j * v.cs]));
+    }
+    View::rows(buf, v.rows, v.cols)
+}
+
 /// `dst = a b` (or `dst += a b` with `accumulate`), `dst` row-major with row stride `dst_rs`.
 ///
 /// # Panics
@@ -225,6 +236,13 @@ mod tests {
         let want2 = naive(&narrow, &b2, m, 2, n);
         let got2: Vec<f32> = (0..m * n).map(|i| out[(i / n) * 5 + 1 + i % n]).collect();
         assert!(close(&got2, &want2));
+        // The same product over packed copies of the strided operands.
+        let (mut pa, mut pb) = (Vec::new(), Vec::new());
+        let a2 = pack(&mut pa, View::columns(&wide, m, 6, 2, 2));
+        let b3 = pack(&mut pb, View::rows(&b2, 2, n).t().t());
+        let mut packed = vec![0.0; m * n];
+        matmul(&mut packed, n, a2, b3, false);
+        assert!(close(&packed, &want2));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use siren_model::{Retrieval, SeqKind};
 
 use crate::error::{Result, ServeError};
 use inputs::{Inputs, Seq};
-use kernels::{layer_norm, layer_norm_into, masked_softmax, matmul, sigmoid, View};
+use kernels::{layer_norm, layer_norm_into, masked_softmax, matmul, pack, sigmoid, View};
 use weights::{Dense, Named, Norm, Table};
 
 /// ID tables shared by the target and the behaviours.
@@ -396,31 +396,47 @@ impl Attention<'_> {
         v: &[f32],
         kv_rs: usize,
         ctx: &mut [f32],
-        scores: &mut [f32],
+        scratch: &mut Scratch,
     ) {
         let dh = self.d / self.heads;
         let scale = 1.0 / (dh as f32).sqrt();
+        let Scratch {
+            q: qb,
+            k: kb,
+            v: vb,
+            scores,
+        } = scratch;
         for h in 0..self.heads {
-            let s = &mut scores[..tq * self.t1];
-            let qh = View::columns(q, tq, q_rs, h * dh, dh);
-            let kh = View::columns(k, self.t1, kv_rs, h * dh, dh).t();
-            matmul(s, self.t1, qh, kh, false);
-            for row in s.chunks_exact_mut(self.t1) {
+            scores.resize(tq * self.t1, 0.0);
+            let qh = pack(qb, View::columns(q, tq, q_rs, h * dh, dh));
+            let kt = pack(kb, View::columns(k, self.t1, kv_rs, h * dh, dh).t());
+            matmul(scores, self.t1, qh, kt, false);
+            for row in scores.chunks_exact_mut(self.t1) {
                 for x in row.iter_mut() {
                     *x *= scale;
                 }
                 masked_softmax(row, |j| (self.valid)(cand, j));
             }
-            let vh = View::columns(v, self.t1, kv_rs, h * dh, dh);
+            let vh = pack(vb, View::columns(v, self.t1, kv_rs, h * dh, dh));
             matmul(
                 &mut ctx[h * dh..],
                 self.d,
-                View::rows(s, tq, self.t1),
+                View::rows(scores, tq, self.t1),
                 vh,
                 false,
             );
         }
     }
+}
+
+/// Buffers one attention reuses across candidates and heads: a head's packed query, keys
+/// (transposed) and values, and its scores.
+#[derive(Default)]
+struct Scratch {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    scores: Vec<f32>,
 }
 
 impl Layer {
@@ -454,7 +470,7 @@ impl Layer {
         let mut qkv = vec![0.0; rows * 3 * d];
         self.qkv.forward(&mut qkv, &h, rows, false);
         let mut ctx = h;
-        let mut scores = vec![0.0; t1 * t1];
+        let mut scratch = Scratch::default();
         for cand in 0..c {
             let q = &qkv[cand * t1 * 3 * d..(cand + 1) * t1 * 3 * d];
             let out = &mut ctx[cand * t1 * d..(cand + 1) * t1 * d];
@@ -467,7 +483,7 @@ impl Layer {
                 &q[2 * d..],
                 3 * d,
                 out,
-                &mut scores,
+                &mut scratch,
             );
         }
         self.out.forward_add(x, &ctx, rows);
@@ -490,12 +506,12 @@ impl Layer {
         let mut q = vec![0.0; c * d];
         self.q.forward(&mut q, &first(&h), c, false);
         let mut ctx = vec![0.0; c * d];
-        let mut scores = vec![0.0; t1];
+        let mut scratch = Scratch::default();
         for cand in 0..c {
             let kvc = &kv[cand * t1 * 2 * d..(cand + 1) * t1 * 2 * d];
             let qc = &q[cand * d..(cand + 1) * d];
             let out = &mut ctx[cand * d..(cand + 1) * d];
-            att.heads(cand, qc, d, 1, kvc, &kvc[d..], 2 * d, out, &mut scores);
+            att.heads(cand, qc, d, 1, kvc, &kvc[d..], 2 * d, out, &mut scratch);
         }
         let mut y = first(x);
         self.out.forward_add(&mut y, &ctx, c);
