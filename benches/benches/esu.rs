@@ -1,15 +1,13 @@
 //! The SIREN ESU forward for 100 candidates with 50 retrieved behaviours each at width 32:
 //! candle's forward against the fused serving forward, on the same weights and the same batch,
-//! in the same run, with their ratio.
+//! in the same run (calls alternating, so that both see the same load), with their ratio.
 //!
 //! cargo bench -p siren-benches --bench esu
 
 use std::hint::black_box;
-use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use siren_benches::esu::esu_fixture;
-use siren_benches::timing::measure;
 
 fn esu(c: &mut Criterion) {
     let f = esu_fixture(100, 50, 32, 7);
@@ -21,8 +19,7 @@ fn esu(c: &mut Criterion) {
         .fold(0f32, f32::max);
     assert!(diff < 1e-5, "the two forwards differ by {diff}");
 
-    let candle = measure(50, Duration::from_secs(3), || f.candle_probs());
-    let fused = measure(50, Duration::from_secs(3), || f.fused_probs());
+    let (candle, fused) = f.time_both(200);
     eprintln!(
         "ESU forward, {} candidates x {} retrieved, width {}: candle p50 {:.3} ms, fused p50 {:.3} ms, fused / candle {:.3} ({} threads)",
         f.candidates,

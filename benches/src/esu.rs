@@ -6,6 +6,9 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Instant;
+
+use crate::timing::{summarize, Sample};
 
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
@@ -159,6 +162,21 @@ impl EsuFixture {
 
     pub fn fused_probs(&self) -> Vec<f32> {
         self.fused.probs(&self.batch).expect("fused forward")
+    }
+
+    /// Candle's forward and the fused one, `runs` times each, alternating so that both see the
+    /// same load on a shared machine: their timings, seconds.
+    pub fn time_both(&self, runs: usize) -> (Sample, Sample) {
+        let time = |f: &dyn Fn() -> Vec<f32>| {
+            let t = Instant::now();
+            std::hint::black_box(f());
+            t.elapsed().as_secs_f64()
+        };
+        let (candle, fused): (Vec<f64>, Vec<f64>) = (0..runs + 1)
+            .map(|_| (time(&|| self.candle_probs()), time(&|| self.fused_probs())))
+            .skip(1)
+            .unzip();
+        (summarize(candle), summarize(fused))
     }
 
     /// The network for `benches/torch_esu.py`: `esu.json` with the configuration, every

@@ -217,8 +217,11 @@ impl FusedEsu {
             .forward(&mut mm, &x.emb[lo * x.emb_dim..hi * x.emb_dim], c, false);
         let mut tokens = self.tokens(x, &mm, lo, hi)?;
         let seq = &x.retrieved;
-        let valid = |cand: usize, p: usize| p == 0 || seq.valid(lo + cand, p - 1);
-        let interest = self.encode(&mut tokens, c, seq.len + 1, &valid);
+        let t1 = seq.len + 1;
+        let valid: Vec<bool> = (0..c * t1)
+            .map(|i| i % t1 == 0 || seq.valid(lo + i / t1, i % t1 - 1))
+            .collect();
+        let interest = self.encode(&mut tokens, c, t1, &valid);
         let feats = self.features(x, keys, &interest, &mm, lo, hi)?;
         let width = self.head[0].inp;
         Ok(mlp(&self.head, feats, c, width)
@@ -279,13 +282,7 @@ impl FusedEsu {
 
     /// The transformer over `c` candidates' `t1` tokens each: every layer but the last over
     /// all positions, the last for the target only. Returns the interest vectors `[c, d]`.
-    fn encode(
-        &self,
-        x: &mut [f32],
-        c: usize,
-        t1: usize,
-        valid: &dyn Fn(usize, usize) -> bool,
-    ) -> Vec<f32> {
+    fn encode(&self, x: &mut [f32], c: usize, t1: usize, valid: &[bool]) -> Vec<f32> {
         let att = Attention {
             d: self.dim,
             heads: self.heads,
@@ -373,12 +370,12 @@ fn head(w: &Named, width: usize) -> Result<Vec<Dense>> {
 }
 
 /// The shape of one attention: width, heads, positions per candidate, which key positions
-/// are real.
+/// are real (`t1` per candidate).
 struct Attention<'a> {
     d: usize,
     heads: usize,
     t1: usize,
-    valid: &'a dyn Fn(usize, usize) -> bool,
+    valid: &'a [bool],
 }
 
 impl Attention<'_> {
@@ -415,7 +412,7 @@ impl Attention<'_> {
                 for x in row.iter_mut() {
                     *x *= scale;
                 }
-                masked_softmax(row, |j| (self.valid)(cand, j));
+                masked_softmax(row, &self.valid[cand * self.t1..(cand + 1) * self.t1]);
             }
             let vh = pack(vb, View::columns(v, self.t1, kv_rs, h * dh, dh));
             matmul(
@@ -636,7 +633,8 @@ impl Recent {
         }
         let mut logits = vec![0.0; r];
         self.score.forward(&mut logits, &pre, r, false);
-        masked_softmax(&mut logits, |p| s.valid(c, p));
+        let valid: Vec<bool> = (0..r).map(|p| s.valid(c, p)).collect();
+        masked_softmax(&mut logits, &valid);
         let (pooled, qp) = rest.split_at_mut(e);
         matmul(
             pooled,

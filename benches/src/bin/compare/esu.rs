@@ -27,8 +27,7 @@ pub struct EsuCmp {
 
 pub fn measure(reps: Reps, log: Log<'_>) -> Res<EsuCmp> {
     let f = esu_fixture(CANDIDATES, RETRIEVED, DIM, 7);
-    let candle = reps.measure(|| f.candle_probs());
-    let fused = reps.measure(|| f.fused_probs());
+    let (candle, fused) = f.time_both(if reps.runs < 30 { 20 } else { 300 });
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let dir = tempfile::tempdir()?;
     let python = torch_esu(
