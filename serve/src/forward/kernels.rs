@@ -152,10 +152,11 @@ pub fn add(acc: &mut [f32], row: &[f32]) {
     }
 }
 
-/// Softmax of `scores` in place over the positions `valid` marks real; the others get weight
-/// 0, and a row without any real position is all zeros (the candle model's masked softmax: an
-/// additive -1e9 underflows to exactly 0 after the exponential).
-pub fn masked_softmax(scores: &mut [f32], valid: &[bool]) {
+/// Softmax of `scale * scores` in place over the positions `valid` marks real; the others get
+/// weight 0, and a row without any real position is all zeros (the candle model's masked
+/// softmax: an additive -1e9 underflows to exactly 0 after the exponential). `scale` must be
+/// positive (attention's `1 / sqrt(head width)`, folded into the pass that subtracts the max).
+pub fn masked_softmax(scores: &mut [f32], valid: &[bool], scale: f32) {
     let max = scores
         .iter()
         .zip(valid)
@@ -167,12 +168,16 @@ pub fn masked_softmax(scores: &mut [f32], valid: &[bool]) {
         return;
     }
     for (s, &v) in scores.iter_mut().zip(valid) {
-        *s = if v { *s - max } else { f32::NEG_INFINITY };
+        *s = if v {
+            (*s - max) * scale
+        } else {
+            f32::NEG_INFINITY
+        };
     }
     exp_in_place(scores);
-    let sum: f32 = scores.iter().sum();
+    let inv = 1.0 / scores.iter().sum::<f32>();
     for s in scores.iter_mut() {
-        *s /= sum;
+        *s *= inv;
     }
 }
 
@@ -289,12 +294,16 @@ mod tests {
     #[test]
     fn masked_softmax_ignores_padding_and_zeroes_empty_rows() {
         let mut s = vec![1.0, 5.0, 2.0];
-        masked_softmax(&mut s, &[true, false, true]);
+        masked_softmax(&mut s, &[true, false, true], 1.0);
         let e = 1f32.exp() + 2f32.exp();
         assert!(close(&s, &[1f32.exp() / e, 0.0, 2f32.exp() / e]));
         let mut none = vec![3.0, 4.0];
-        masked_softmax(&mut none, &[false, false]);
+        masked_softmax(&mut none, &[false, false], 1.0);
         assert_eq!(none, vec![0.0, 0.0]);
+        let mut scaled = vec![2.0, 4.0];
+        masked_softmax(&mut scaled, &[true, true], 0.5);
+        let e = 1f32.exp() + 2f32.exp();
+        assert!(close(&scaled, &[1f32.exp() / e, 2f32.exp() / e]));
         let mut r = vec![-1.0, 2.0];
         bias_act(&mut r, &[0.5, 0.5], true);
         assert_eq!(r, vec![0.0, 2.5]);

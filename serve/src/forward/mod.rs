@@ -409,10 +409,8 @@ impl Attention<'_> {
             let kt = pack(kb, View::columns(k, self.t1, kv_rs, h * dh, dh).t());
             matmul(scores, self.t1, qh, kt, false);
             for row in scores.chunks_exact_mut(self.t1) {
-                for x in row.iter_mut() {
-                    *x *= scale;
-                }
-                masked_softmax(row, &self.valid[cand * self.t1..(cand + 1) * self.t1]);
+                let valid = &self.valid[cand * self.t1..(cand + 1) * self.t1];
+                masked_softmax(row, valid, scale);
             }
             let vh = pack(vb, View::columns(v, self.t1, kv_rs, h * dh, dh));
             matmul(
@@ -634,7 +632,7 @@ impl Recent {
         let mut logits = vec![0.0; r];
         self.score.forward(&mut logits, &pre, r, false);
         let valid: Vec<bool> = (0..r).map(|p| s.valid(c, p)).collect();
-        masked_softmax(&mut logits, &valid);
+        masked_softmax(&mut logits, &valid, 1.0);
         let (pooled, qp) = rest.split_at_mut(e);
         matmul(
             pooled,
