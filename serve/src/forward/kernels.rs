@@ -2,6 +2,8 @@
 //! `gemm` crate (the kernels candle's CPU matmul uses), and the row-wise parts (gather-and-sum,
 //! layer norm, bias and activation, masked softmax) applied to one row while it is in cache.
 
+use wide::f32x8;
+
 /// A read-only matrix over a slice: element `(i, j)` is `data[i * rs + j * cs]`. A transposed
 /// view of a row-major weight is a view with the strides swapped, so no weight is ever copied
 /// to be transposed.
@@ -152,33 +154,54 @@ pub fn add(acc: &mut [f32], row: &[f32]) {
     }
 }
 
-/// Softmax of `scale * scores` in place over the positions `valid` marks real; the others get
-/// weight 0, and a row without any real position is all zeros (the candle model's masked
-/// softmax: an additive -1e9 underflows to exactly 0 after the exponential). `scale` must be
-/// positive (attention's `1 / sqrt(head width)`, folded into the pass that subtracts the max).
-pub fn masked_softmax(scores: &mut [f32], valid: &[bool], scale: f32) {
-    let max = scores
-        .iter()
-        .zip(valid)
-        .filter(|(_, &v)| v)
-        .map(|(&s, _)| s)
-        .fold(f32::NEG_INFINITY, f32::max);
+/// Softmax of `scale * scores` in place, `mask` added first (0 for a real position, `-inf`
+/// for padding, see [`mask_bias`]): padding gets weight 0, and a row without any real
+/// position is all zeros (the candle model's masked softmax: an additive -1e9 underflows to
+/// exactly 0 after the exponential). `scale` must be positive (attention's
+/// `1 / sqrt(head width)`, folded into the pass that subtracts the max). Every pass runs eight
+/// lanes at a time.
+pub fn masked_softmax(scores: &mut [f32], mask: &[f32], scale: f32) {
+    add(scores, mask);
+    let max = lanes(scores, f32::NEG_INFINITY, f32x8::max, f32::max);
     if max == f32::NEG_INFINITY {
         scores.fill(0.0);
         return;
     }
-    for (s, &v) in scores.iter_mut().zip(valid) {
-        *s = if v {
-            (*s - max) * scale
-        } else {
-            f32::NEG_INFINITY
-        };
+    for s in scores.iter_mut() {
+        *s = (*s - max) * scale;
     }
     exp_in_place(scores);
-    let inv = 1.0 / scores.iter().sum::<f32>();
+    let inv = 1.0 / lanes(scores, 0.0, |a, b| a + b, |a, b| a + b);
     for s in scores.iter_mut() {
         *s *= inv;
     }
+}
+
+/// The additive mask of [`masked_softmax`]: 0 where `valid`, `-inf` elsewhere.
+pub fn mask_bias(valid: impl IntoIterator<Item = bool>) -> Vec<f32> {
+    valid
+        .into_iter()
+        .map(|v| if v { 0.0 } else { f32::NEG_INFINITY })
+        .collect()
+}
+
+/// A reduction of `x` (max, sum) eight lanes at a time, then across the lanes and the tail.
+fn lanes(
+    x: &[f32],
+    init: f32,
+    wide_op: impl Fn(f32x8, f32x8) -> f32x8,
+    op: impl Fn(f32, f32) -> f32,
+) -> f32 {
+    let mut chunks = x.chunks_exact(8);
+    let mut acc = f32x8::splat(init);
+    for c in &mut chunks {
+        acc = wide_op(
+            acc,
+            f32x8::from(<[f32; 8]>::try_from(c).expect("chunks of 8")),
+        );
+    }
+    let lanes = acc.to_array().into_iter().fold(init, &op);
+    chunks.remainder().iter().fold(lanes, |a, &b| op(a, b))
 }
 
 /// `e^x` of every element, eight at a time (`wide`'s polynomial, within a few ulp of
@@ -186,7 +209,7 @@ pub fn masked_softmax(scores: &mut [f32], valid: &[bool], scale: f32) {
 pub fn exp_in_place(x: &mut [f32]) {
     let mut chunks = x.chunks_exact_mut(8);
     for c in &mut chunks {
-        let v = wide::f32x8::from(<[f32; 8]>::try_from(&*c).expect("chunks of 8"));
+        let v = f32x8::from(<[f32; 8]>::try_from(&*c).expect("chunks of 8"));
         c.copy_from_slice(&v.exp().to_array());
     }
     for v in chunks.into_remainder() {
@@ -264,6 +287,27 @@ mod tests {
     }
 
     #[test]
+    fn a_long_row_softmax_equals_the_definition() {
+        let raw: Vec<f32> = (0..37).map(|i| (i as f32 * 0.7).sin() * 3.0).collect();
+        let valid: Vec<bool> = (0..37).map(|i| i % 5 != 3).collect();
+        let mut got = raw.clone();
+        masked_softmax(&mut got, &mask_bias(valid.iter().copied()), 0.25);
+        let e: Vec<f32> = raw.iter().map(|x| (x * 0.25).exp()).collect();
+        let z: f32 = e
+            .iter()
+            .zip(&valid)
+            .filter(|(_, &v)| v)
+            .map(|(x, _)| x)
+            .sum();
+        let want: Vec<f32> = e
+            .iter()
+            .zip(&valid)
+            .map(|(x, &v)| if v { x / z } else { 0.0 })
+            .collect();
+        assert!(close(&got, &want), "{got:?} vs {want:?}");
+    }
+
+    #[test]
     fn vector_exponentials_match_the_scalar_ones() {
         let xs: Vec<f32> = (0..203).map(|i| -60.0 + i as f32 * 0.37).collect();
         let mut got = xs.clone();
@@ -294,14 +338,14 @@ mod tests {
     #[test]
     fn masked_softmax_ignores_padding_and_zeroes_empty_rows() {
         let mut s = vec![1.0, 5.0, 2.0];
-        masked_softmax(&mut s, &[true, false, true], 1.0);
+        masked_softmax(&mut s, &mask_bias([true, false, true]), 1.0);
         let e = 1f32.exp() + 2f32.exp();
         assert!(close(&s, &[1f32.exp() / e, 0.0, 2f32.exp() / e]));
         let mut none = vec![3.0, 4.0];
-        masked_softmax(&mut none, &[false, false], 1.0);
+        masked_softmax(&mut none, &mask_bias([false, false]), 1.0);
         assert_eq!(none, vec![0.0, 0.0]);
         let mut scaled = vec![2.0, 4.0];
-        masked_softmax(&mut scaled, &[true, true], 0.5);
+        masked_softmax(&mut scaled, &[0.0, 0.0], 0.5);
         let e = 1f32.exp() + 2f32.exp();
         assert!(close(&scaled, &[1f32.exp() / e, 2f32.exp() / e]));
         let mut r = vec![-1.0, 2.0];

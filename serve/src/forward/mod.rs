@@ -30,7 +30,9 @@ use siren_model::{Retrieval, SeqKind};
 
 use crate::error::{Result, ServeError};
 use inputs::{Inputs, Seq};
-use kernels::{layer_norm, layer_norm_into, masked_softmax, matmul, pack, sigmoid, View};
+use kernels::{
+    layer_norm, layer_norm_into, mask_bias, masked_softmax, matmul, pack, sigmoid, View,
+};
 use weights::{Dense, Named, Norm, Table};
 
 /// ID tables shared by the target and the behaviours.
@@ -218,9 +220,8 @@ impl FusedEsu {
         let mut tokens = self.tokens(x, &mm, lo, hi)?;
         let seq = &x.retrieved;
         let t1 = seq.len + 1;
-        let valid: Vec<bool> = (0..c * t1)
-            .map(|i| i % t1 == 0 || seq.valid(lo + i / t1, i % t1 - 1))
-            .collect();
+        let valid =
+            mask_bias((0..c * t1).map(|i| i % t1 == 0 || seq.valid(lo + i / t1, i % t1 - 1)));
         let interest = self.encode(&mut tokens, c, t1, &valid);
         let feats = self.features(x, keys, &interest, &mm, lo, hi)?;
         let width = self.head[0].inp;
@@ -282,7 +283,7 @@ impl FusedEsu {
 
     /// The transformer over `c` candidates' `t1` tokens each: every layer but the last over
     /// all positions, the last for the target only. Returns the interest vectors `[c, d]`.
-    fn encode(&self, x: &mut [f32], c: usize, t1: usize, valid: &[bool]) -> Vec<f32> {
+    fn encode(&self, x: &mut [f32], c: usize, t1: usize, valid: &[f32]) -> Vec<f32> {
         let att = Attention {
             d: self.dim,
             heads: self.heads,
@@ -370,12 +371,12 @@ fn head(w: &Named, width: usize) -> Result<Vec<Dense>> {
 }
 
 /// The shape of one attention: width, heads, positions per candidate, which key positions
-/// are real (`t1` per candidate).
+/// are real (`t1` per candidate, as [`kernels::mask_bias`]).
 struct Attention<'a> {
     d: usize,
     heads: usize,
     t1: usize,
-    valid: &'a [bool],
+    valid: &'a [f32],
 }
 
 impl Attention<'_> {
@@ -631,8 +632,7 @@ impl Recent {
         }
         let mut logits = vec![0.0; r];
         self.score.forward(&mut logits, &pre, r, false);
-        let valid: Vec<bool> = (0..r).map(|p| s.valid(c, p)).collect();
-        masked_softmax(&mut logits, &valid, 1.0);
+        masked_softmax(&mut logits, &mask_bias((0..r).map(|p| s.valid(c, p))), 1.0);
         let (pooled, qp) = rest.split_at_mut(e);
         matmul(
             pooled,
