@@ -7,7 +7,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use siren_benches::esu::esu_fixture;
+use siren_benches::esu::{esu_fixture, threads};
 
 fn esu(c: &mut Criterion) {
     let f = esu_fixture(100, 50, 32, 7);
@@ -28,7 +28,7 @@ fn esu(c: &mut Criterion) {
         candle.p50 * 1e3,
         fused.p50 * 1e3,
         fused.p50 / candle.p50,
-        rayon_threads(),
+        threads(),
     );
 
     let mut g = c.benchmark_group("esu_forward_100x50_d32");
@@ -36,10 +36,6 @@ fn esu(c: &mut Criterion) {
     g.bench_function("candle", |b| b.iter(|| black_box(f.candle_probs())));
     g.bench_function("fused", |b| b.iter(|| black_box(f.fused_probs())));
     g.finish();
-}
-
-fn rayon_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 criterion_group!(benches, esu);

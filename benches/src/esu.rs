@@ -250,6 +250,16 @@ pub enum Python {
     },
 }
 
+/// Threads both forwards use: `RAYON_NUM_THREADS` when set (candle and the rayon pool both
+/// read it), else the machine's.
+pub fn threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// Run `benches/torch_esu.py` on the network exported to `json` with `threads` threads; the
 /// script's last line of output is its answer.
 pub fn torch_esu(json: &std::path::Path, threads: usize, runs: usize) -> Python {

@@ -123,11 +123,14 @@ pub fn matmul(dst: &mut [f32], dst_rs: usize, a: View<'_>, b: View<'_>, accumula
 /// Layer norm of `x` in place (eps 1e-5, biased variance, as candle's `LayerNorm`).
 pub fn layer_norm(x: &mut [f32], gamma: &[f32], beta: &[f32]) {
     let n = x.len() as f32;
-    let mean = x.iter().sum::<f32>() / n;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let mean = sum(x) / n;
+    for v in x.iter_mut() {
+        *v -= mean;
+    }
+    let var = lanes_of(x, |v| v * v, |v| v * v) / n;
     let inv = 1.0 / (var + 1e-5).sqrt();
     for ((v, g), b) in x.iter_mut().zip(gamma).zip(beta) {
-        *v = (*v - mean) * inv * g + b;
+        *v = *v * inv * g + b;
     }
 }
 
@@ -171,7 +174,7 @@ pub fn masked_softmax(scores: &mut [f32], mask: &[f32], scale: f32) {
         *s = (*s - max) * scale;
     }
     exp_in_place(scores);
-    let inv = 1.0 / lanes(scores, 0.0, |a, b| a + b, |a, b| a + b);
+    let inv = 1.0 / sum(scores);
     for s in scores.iter_mut() {
         *s *= inv;
     }
@@ -183,6 +186,21 @@ pub fn mask_bias(valid: impl IntoIterator<Item = bool>) -> Vec<f32> {
         .into_iter()
         .map(|v| if v { 0.0 } else { f32::NEG_INFINITY })
         .collect()
+}
+
+/// The sum of `x`, eight lanes at a time.
+fn sum(x: &[f32]) -> f32 {
+    lanes(x, 0.0, |a, b| a + b, |a, b| a + b)
+}
+
+/// The sum of `f` over `x`, eight lanes at a time (`wide_f` and `f` the same function).
+fn lanes_of(x: &[f32], wide_f: impl Fn(f32x8) -> f32x8, f: impl Fn(f32) -> f32) -> f32 {
+    let mut chunks = x.chunks_exact(8);
+    let mut acc = f32x8::ZERO;
+    for c in &mut chunks {
+        acc += wide_f(f32x8::from(<[f32; 8]>::try_from(c).expect("chunks of 8")));
+    }
+    acc.reduce_add() + chunks.remainder().iter().map(|&v| f(v)).sum::<f32>()
 }
 
 /// A reduction of `x` (max, sum) eight lanes at a time, then across the lanes and the tail.

@@ -3,7 +3,7 @@
 //! is present), on the same weights and inputs, in the same run, with the same thread count.
 
 use serde::Serialize;
-use siren_benches::esu::{esu_fixture, torch_esu, Python};
+use siren_benches::esu::{esu_fixture, threads, torch_esu, Python};
 use siren_benches::timing::Sample;
 use siren_lab::table::Table;
 
@@ -28,7 +28,7 @@ pub struct EsuCmp {
 pub fn measure(reps: Reps, log: Log<'_>) -> Res<EsuCmp> {
     let f = esu_fixture(CANDIDATES, RETRIEVED, DIM, 7);
     let (candle, fused) = f.time_both(if reps.runs < 30 { 20 } else { 300 });
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = threads();
     let dir = tempfile::tempdir()?;
     let python = torch_esu(
         &f.export(dir.path())?,
