@@ -162,10 +162,53 @@ pub struct TrainFlags {
     /// Threads for reading samples from the engine.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Leave the behaviours' action (rating, click type) out of every model's tokens.
+    #[arg(long)]
+    no_action: bool,
+    /// Leave the time gap between behaviour and impression out of every model's tokens.
+    #[arg(long)]
+    no_gap: bool,
+    /// MUSE's reference regime, overriding the flags above: one epoch, batch 1,000, dense
+    /// learning rate 2e-4, embedding learning rate 2e-3, embedding std 0.001, no action or
+    /// time-gap features, and the validation impressions trained on (no hold-out).
+    #[arg(long)]
+    reference: bool,
 }
 
 impl TrainFlags {
+    /// The flags with `--reference` applied.
+    fn resolved(&self) -> TrainFlags {
+        if !self.reference {
+            return self.clone();
+        }
+        TrainFlags {
+            epochs: 1,
+            batch_size: 1_000,
+            lr: 2e-4,
+            embedding_lr: 2e-3,
+            embedding_std: 1e-3,
+            no_action: true,
+            no_gap: true,
+            ..self.clone()
+        }
+    }
+
+    /// `cfg` with the input switches applied.
+    fn model(&self, cfg: ModelConfig) -> ModelConfig {
+        let f = self.resolved();
+        ModelConfig {
+            no_action: f.no_action,
+            no_gap: f.no_gap,
+            ..cfg
+        }
+    }
+
     fn config(&self) -> TrainConfig {
+        let f = self.resolved();
+        f.config_as_given()
+    }
+
+    fn config_as_given(&self) -> TrainConfig {
         TrainConfig {
             epochs: self.epochs,
             batch_size: self.batch_size,
@@ -304,9 +347,15 @@ pub fn semid_fit(db_path: &Path, out: &Path, semid: &SemidArgs) -> CliResult {
 }
 
 pub fn train_cmd(a: &TrainArgs) -> CliResult {
-    let cfg = ModelConfig::named(&a.model)?;
+    let cfg = a.train.model(ModelConfig::named(&a.model)?);
     let dir = DatasetDir::new(&a.data);
-    let (_db, _meta, data) = dataset::prepare(&dir, std::slice::from_ref(&cfg), a.train.threads)?;
+    let (_db, _meta, data) = dataset::prepare_with(
+        &dir,
+        std::slice::from_ref(&cfg),
+        a.train.threads,
+        a.train.min_count,
+        a.train.reference,
+    )?;
     let t = train(&cfg, &a.train.config(), &data)?;
     t.save(&a.out, &data.vocabs, data.levels)?;
     let (m, _) = evaluate(t.model.as_ref(), &cfg, &data, &data.test)?;
@@ -359,7 +408,7 @@ pub fn compare(
 ) -> CliResult {
     let models = models
         .split(',')
-        .map(|m| ModelConfig::named(m.trim()))
+        .map(|m| ModelConfig::named(m.trim()).map(|c| flags.model(c)))
         .collect::<Result<Vec<_>, _>>()?;
     let seeds = seeds
         .split(',')
@@ -372,6 +421,7 @@ pub fn compare(
         &flags.config(),
         out,
         flags.threads,
+        flags.reference,
     )?;
     println!("{}", siren_lab::report::compare_markdown(&report));
     println!(

@@ -338,17 +338,24 @@ pub fn prepare(
     models: &[ModelConfig],
     threads: usize,
 ) -> Result<(Db, DatasetMeta, Prepared)> {
-    prepare_with(dir, models, threads, 1)
+    prepare_with(dir, models, threads, 1, false)
 }
 
-/// [`prepare`], with ids seen fewer than `min_count` times in training folded into row 0.
+/// [`prepare`], with ids seen fewer than `min_count` times in training folded into row 0, and
+/// with the validation impressions also trained on when `train_on_valid` (the reference
+/// regime: no hold-out; validation figures are then in-sample and choose nothing).
 pub fn prepare_with(
     dir: &DatasetDir,
     models: &[ModelConfig],
     threads: usize,
     min_count: usize,
+    train_on_valid: bool,
 ) -> Result<(Db, DatasetMeta, Prepared)> {
-    let (db, meta, splits) = dir.open()?;
+    let (db, meta, mut splits) = dir.open()?;
+    if train_on_valid {
+        let valid = splits.valid.clone();
+        splits.train.extend(valid);
+    }
     let snap = db.snapshot();
     let items = ItemTable::from_snapshot(&snap, meta.embedding_dim);
     let spec = sequences_for(models);
@@ -367,6 +374,7 @@ pub fn prepare_with(
         items,
         &splits,
         &spec,
+        models.iter().any(|m| m.evidence),
         meta.semid_levels as usize,
         threads,
         min_count,
@@ -388,6 +396,7 @@ pub fn score_test(
         items,
         &splits.test,
         &loaded.cfg.model.sequences(),
+        loaded.cfg.model.evidence,
         loaded.cfg.vocabs.clone(),
         loaded.cfg.levels,
         threads,

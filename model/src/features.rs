@@ -187,67 +187,105 @@ pub fn evidence_len(levels: usize) -> usize {
     3 * (levels + 1) + crate::batch::SIMTIER_BINS + 1
 }
 
-/// Research: whether samples carry evidence features.
-pub fn evidence_on() -> bool {
-    crate::models::xf("EVIDENCE")
+/// A user's as-of history summarised once, so that the evidence features of many targets
+/// (every candidate of a request, or one impression in training) cost one pass over its
+/// distinct items each rather than over every behaviour.
+#[derive(Debug, Clone, Default)]
+pub struct HistorySummary {
+    /// Behaviours in the history, with or without a catalog row.
+    len: usize,
+    /// Per distinct item with a catalog row, in order of its newest occurrence (newest first).
+    items: Vec<ItemCount>,
 }
 
-/// What the whole as-of history `hist` (oldest first) says about `target`: per SemID depth
-/// d = 1..levels, log(1 + behaviours sharing at least d levels), log(1 + those among the
-/// newest [`EVIDENCE_WINDOW`]), log(1 + how many behaviours are newer than the newest of
-/// them) (log(2 + len) when there is none); the similarity-tier histogram of every behaviour's
-/// cosine with the target (log(1 + count) per 0.1-wide bin); log(1 + len).
-pub fn evidence(items: &ItemTable, hist: &[Event], target: u32, levels: usize) -> Vec<f32> {
-    let bins = crate::batch::SIMTIER_BINS;
-    // Groups: the target's category (index 0), then SemID depths 1..=levels.
-    let groups = levels + 1;
-    let mut out = vec![0f32; evidence_len(levels)];
-    let n = hist.len();
-    out[3 * groups + bins] = (n as f32).ln_1p();
-    let none = (n as f32 + 1.0).ln_1p();
-    if target == NO_ROW {
-        for g in 0..groups {
-            out[3 * g + 2] = none;
-        }
-        return out;
-    }
-    let tcat = items.category[target as usize];
-    let mut count = vec![0usize; groups];
-    let mut recent = vec![0usize; groups];
-    let mut newest: Vec<Option<usize>> = vec![None; groups];
-    // Per distinct item: occurrences, shared depth, same category.
-    let mut per_item: HashMap<u32, (usize, u8, bool)> = HashMap::new();
-    for (back, e) in hist.iter().rev().enumerate() {
-        let Some(row) = items.row(e.item) else { continue };
-        let entry = per_item.entry(row).or_insert_with(|| {
-            (0, items.depth(row, target), items.category[row as usize] == tcat)
-        });
-        entry.0 += 1;
-        let depth = usize::from(entry.1).min(levels);
-        let same_cat = entry.2;
-        for g in (0..=depth).filter(|&g| g > 0 || same_cat) {
-            count[g] += 1;
+#[derive(Debug, Clone, Copy)]
+struct ItemCount {
+    row: u32,
+    /// Occurrences in the whole history.
+    count: u32,
+    /// Occurrences among the newest [`EVIDENCE_WINDOW`] behaviours.
+    recent: u32,
+    /// Behaviours newer than its newest occurrence.
+    newest: u32,
+}
+
+impl HistorySummary {
+    /// Summarise `hist` (oldest first); behaviours whose item has no row in `items` count in
+    /// the length only.
+    pub fn new(items: &ItemTable, hist: &[Event]) -> HistorySummary {
+        let mut index: HashMap<u32, usize> = HashMap::new();
+        let mut out: Vec<ItemCount> = Vec::new();
+        for (back, e) in hist.iter().rev().enumerate() {
+            let Some(row) = items.row(e.item) else {
+                continue;
+            };
+            let k = *index.entry(row).or_insert_with(|| {
+                out.push(ItemCount {
+                    row,
+                    count: 0,
+                    recent: 0,
+                    newest: back as u32,
+                });
+                out.len() - 1
+            });
+            out[k].count += 1;
             if back < EVIDENCE_WINDOW {
-                recent[g] += 1;
+                out[k].recent += 1;
             }
-            newest[g].get_or_insert(back);
+        }
+        HistorySummary {
+            len: hist.len(),
+            items: out,
         }
     }
-    for g in 0..groups {
-        out[3 * g] = (count[g] as f32).ln_1p();
-        out[3 * g + 1] = (recent[g] as f32).ln_1p();
-        out[3 * g + 2] = newest[g].map_or(none, |b| (b as f32).ln_1p());
-    }
-    for (&row, &(c, _, _)) in &per_item {
-        if let Some(cos) = items.cosine(row, target) {
-            let bin = (((cos.clamp(-1.0, 1.0) + 1.0) / 0.1).floor() as usize).min(bins - 1);
-            out[3 * groups + bin] += c as f32;
+
+    /// What the history says about `target` ([`evidence_len`]`(levels)` numbers). For each
+    /// group — the target's category, then SemID depths d = 1..=levels (behaviours sharing at
+    /// least d levels) — log(1 + its behaviours), log(1 + those among the newest
+    /// [`EVIDENCE_WINDOW`]) and log(1 + behaviours newer than its newest) (log(2 + len) when
+    /// it has none); then the similarity-tier histogram of every behaviour's cosine with the
+    /// target (log(1 + count) per 0.1-wide bin); then log(1 + len). Coarse counts rather than
+    /// ids, so they mean the same for users never seen in training.
+    pub fn evidence(&self, items: &ItemTable, target: u32, levels: usize) -> Vec<f32> {
+        let bins = crate::batch::SIMTIER_BINS;
+        let groups = levels + 1;
+        let mut out = vec![0f32; evidence_len(levels)];
+        let n = self.len as f32;
+        out[3 * groups + bins] = n.ln_1p();
+        let none = (n + 1.0).ln_1p();
+        if target == NO_ROW {
+            for g in 0..groups {
+                out[3 * g + 2] = none;
+            }
+            return out;
         }
+        let tcat = items.category[target as usize];
+        let mut count = vec![0u32; groups];
+        let mut recent = vec![0u32; groups];
+        let mut newest: Vec<Option<u32>> = vec![None; groups];
+        for c in &self.items {
+            let depth = usize::from(items.depth(c.row, target)).min(levels);
+            let same_cat = items.category[c.row as usize] == tcat;
+            for g in (0..=depth).filter(|&g| g > 0 || same_cat) {
+                count[g] += c.count;
+                recent[g] += c.recent;
+                newest[g] = Some(newest[g].map_or(c.newest, |b| b.min(c.newest)));
+            }
+            if let Some(cos) = items.cosine(c.row, target) {
+                let bin = (((cos.clamp(-1.0, 1.0) + 1.0) / 0.1).floor() as usize).min(bins - 1);
+                out[3 * groups + bin] += c.count as f32;
+            }
+        }
+        for g in 0..groups {
+            out[3 * g] = (count[g] as f32).ln_1p();
+            out[3 * g + 1] = (recent[g] as f32).ln_1p();
+            out[3 * g + 2] = newest[g].map_or(none, |b| (b as f32).ln_1p());
+        }
+        for x in &mut out[3 * groups..3 * groups + bins] {
+            *x = x.ln_1p();
+        }
+        out
     }
-    for x in &mut out[3 * groups..3 * groups + bins] {
-        *x = x.ln_1p();
-    }
-    out
 }
 
 impl SampleSet {
@@ -377,14 +415,15 @@ fn sequence(
         .collect()
 }
 
-/// Build the sequences `spec` (kind, length) for each impression. Impressions are processed
-/// per user on `threads` threads; the result is in the order of `imps` and does not depend on
-/// the thread count.
+/// Build the sequences `spec` (kind, length) for each impression, and its evidence features
+/// over `evidence` SemID levels when given. Impressions are processed per user on `threads` threads; the result is
+/// in the order of `imps` and does not depend on the thread count.
 pub fn build_samples(
     snap: &Snapshot,
     items: &ItemTable,
     imps: &[Impression],
     spec: &[(SeqKind, usize)],
+    evidence: Option<usize>,
     threads: usize,
 ) -> Result<SampleSet> {
     let n = imps.len();
@@ -415,10 +454,9 @@ pub fn build_samples(
                     let mut out = Vec::with_capacity(part.len());
                     let mut current_user = None;
                     let mut history: Option<Vec<Event>> = None;
-                    let with_evidence = evidence_on();
                     for &i in *part {
                         let imp = &imps[i];
-                        if (with_evidence
+                        if (evidence.is_some()
                             || spec
                                 .iter()
                                 .any(|(k, _)| *k == SeqKind::Retrieved(Retrieval::Category)))
@@ -438,10 +476,11 @@ pub fn build_samples(
                         for &(kind, len) in spec {
                             seqs.push(sequence(snap, items, imp, target, kind, len, &mut history)?);
                         }
-                        let ev = match (&history, with_evidence) {
-                            (Some(h), true) => {
+                        let ev = match (&history, evidence) {
+                            (Some(h), Some(levels)) => {
                                 let cut = h.partition_point(|e| e.ts < imp.ts);
-                                evidence(items, &h[..cut], target, levels_of(items))
+                                HistorySummary::new(items, &h[..cut])
+                                    .evidence(items, target, levels)
                             }
                             _ => Vec::new(),
                         };
@@ -510,10 +549,3 @@ pub fn assemble(
         evidence: Vec::new(),
     }
 }
-
-/// SemID levels of the catalog (the longest SemID).
-fn levels_of(items: &ItemTable) -> usize {
-    items.semid.iter().flatten().map(|s| s.levels()).max().unwrap_or(0)
-}
-
-
