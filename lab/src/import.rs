@@ -3,7 +3,7 @@
 //! fitted, compaction, codebook, impressions, `dataset.json`).
 
 use siren_engine::Db;
-use siren_model::dataset::{finish, DatasetDir, DatasetMeta};
+use siren_model::dataset::{finish, DatasetDir, DatasetMeta, SideTables};
 use siren_model::semid::RqKmeansConfig;
 
 use crate::error::Result;
@@ -25,9 +25,9 @@ pub fn import_movielens(
         dir,
         &db,
         "movielens",
-        ml.dim,
         semid,
         &splits,
+        &SideTables::default(),
         details,
     )?)
 }
@@ -48,9 +48,9 @@ pub fn import_taobao(
         dir,
         &db,
         "taobao-mm",
-        taobao::EMBEDDING_DIM,
         semid,
         &imported.splits,
+        &SideTables::default(),
         details,
     )?)
 }
