@@ -202,13 +202,23 @@ impl DatasetDir {
     /// had none, and for version 3 datasets, which predate side tables.
     pub fn item_attributes(&self, meta: &DatasetMeta) -> Result<ItemAttributes> {
         let p = self.item_attributes_path();
-        self.read_side(meta, &p, meta.item_attributes_crc32c, tables::decode_item_attributes)
+        self.read_side(
+            meta,
+            &p,
+            meta.item_attributes_crc32c,
+            tables::decode_item_attributes,
+        )
     }
 
     /// Profile ids of users (`130_1`..`130_5` of Taobao-MM), by user; empty as above.
     pub fn user_profiles(&self, meta: &DatasetMeta) -> Result<UserProfiles> {
         let p = self.user_profiles_path();
-        self.read_side(meta, &p, meta.user_profiles_crc32c, tables::decode_user_profiles)
+        self.read_side(
+            meta,
+            &p,
+            meta.user_profiles_crc32c,
+            tables::decode_user_profiles,
+        )
     }
 
     fn read_side<T: Default>(
