@@ -1160,10 +1160,12 @@ impl<'a> EventSink<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow_array::builder::{ListBuilder, PrimitiveBuilder};
+    use crate::taobao_export::{
+        embedding_columns, item_columns, sample_columns, user_columns, write_table, Columns,
+        TableWriter,
+    };
     use arrow_array::{Int64Array, Int8Array, StringArray};
     use arrow_schema::Field;
-    use parquet::arrow::ArrowWriter;
     use proptest::prelude::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -1214,95 +1216,31 @@ mod tests {
         check_schema(b.schema(), T::COLUMNS).unwrap();
     }
 
-    // The write side, for test files only: the published schema of each table (Snappy, like
-    // the authors' files; list children named "element", everything nullable, as pyarrow
-    // writes them), with the columns Siren does not read filled with zeros.
-
-    fn list_builder<T: ArrowPrimitiveType>(rows: usize) -> ListBuilder<PrimitiveBuilder<T>> {
-        ListBuilder::with_capacity(PrimitiveBuilder::<T>::new(), rows)
-            .with_field(Arc::new(Field::new("element", T::DATA_TYPE, true)))
-    }
-
-    fn lists<'a, T: ArrowPrimitiveType>(v: impl IntoIterator<Item = &'a [T::Native]>) -> ArrayRef {
-        let mut b = list_builder::<T>(0);
-        for l in v {
-            b.values().append_slice(l);
-            b.append(true);
-        }
-        Arc::new(b.finish())
-    }
-
-    fn i64s_of(v: impl IntoIterator<Item = i64>) -> ArrayRef {
-        Arc::new(Int64Array::from_iter_values(v))
+    fn lists_of<'a, T: ArrowPrimitiveType>(v: impl IntoIterator<Item = &'a [T::Native]>) -> ArrayRef {
+        crate::taobao_export::lists::<T>(v)
     }
 
     /// Write a parquet file with these columns, in this order, all nullable.
-    fn write_raw(path: &Path, cols: Vec<(&str, ArrayRef)>) {
-        let batch =
-            RecordBatch::try_from_iter_with_nullable(cols.into_iter().map(|(n, a)| (n, a, true)))
-                .unwrap();
-        let props = parquet::file::properties::WriterProperties::builder()
-            .set_compression(parquet::basic::Compression::SNAPPY)
-            .build();
-        let mut w =
-            ArrowWriter::try_new(File::create(path).unwrap(), batch.schema(), Some(props)).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
+    fn write_raw(path: &Path, cols: Columns) {
+        let mut w = TableWriter::create(path);
+        w.write_batch(cols).unwrap();
+        w.close::<TaobaoSample>(sample_columns).unwrap();
     }
 
     fn write_samples(path: impl AsRef<Path>, rows: &[TaobaoSample]) {
-        let labels: Vec<[i8; 2]> = rows
-            .iter()
-            .map(|r| [i8::from(!r.click), i8::from(r.click)])
-            .collect();
-        write_raw(
-            path.as_ref(),
-            vec![
-                (col::LABEL, lists::<Int8Type>(labels.iter().map(|l| &l[..]))),
-                (col::USER, i64s_of(rows.iter().map(|r| r.user))),
-                (col::ITEM, i64s_of(rows.iter().map(|r| r.item))),
-            ],
-        );
+        write_table(path.as_ref(), rows, sample_columns).unwrap();
     }
 
     fn write_users(path: impl AsRef<Path>, rows: &[TaobaoUser]) {
-        let mut cols = vec![(col::USER, i64s_of(rows.iter().map(|r| r.user)))];
-        for name in col::PROFILE {
-            cols.push((name, i64s_of(rows.iter().map(|_| 0))));
-        }
-        cols.push((
-            col::SEQ_ITEMS,
-            lists::<Int64Type>(rows.iter().map(|r| &r.items[..])),
-        ));
-        cols.push((
-            col::SEQ_CATEGORIES,
-            lists::<Int64Type>(rows.iter().map(|r| &r.categories[..])),
-        ));
-        write_raw(path.as_ref(), cols);
+        write_table(path.as_ref(), rows, user_columns).unwrap();
     }
 
     fn write_items(path: impl AsRef<Path>, rows: &[TaobaoItem]) {
-        let mut cols = vec![
-            (col::ITEM, i64s_of(rows.iter().map(|r| r.item))),
-            (col::ITEM_CATEGORY, i64s_of(rows.iter().map(|r| r.category))),
-        ];
-        for name in &col::ITEM_ATTRS[1..] {
-            cols.push((name, i64s_of(rows.iter().map(|_| 0))));
-        }
-        write_raw(path.as_ref(), cols);
+        write_table(path.as_ref(), rows, item_columns).unwrap();
     }
 
     fn write_embeddings(path: impl AsRef<Path>, rows: &[TaobaoEmbedding]) {
-        write_raw(
-            path.as_ref(),
-            vec![
-                (col::ITEM, i64s_of(rows.iter().map(|r| r.item))),
-                (
-                    col::EMBEDDING,
-                    lists::<Int8Type>(rows.iter().map(|r| &r.embedding[..])),
-                ),
-            ],
-        );
+        write_table(path.as_ref(), rows, embedding_columns).unwrap();
     }
 
     fn open_db(dir: &Path, dim: u32) -> Db {
@@ -1458,9 +1396,12 @@ mod tests {
         // sequences.
         let item_rows = items[..150]
             .iter()
-            .map(|&item| TaobaoItem {
+            .enumerate()
+            .map(|(k, &item)| TaobaoItem {
                 item,
                 category: item_cat[&item],
+                // Every third item has no attributes.
+                attributes: if k % 3 == 0 { [0, 0] } else { [k as i64, -(k as i64) * 7] },
             })
             .collect();
         let user = |rng: &mut StdRng, len: usize| {
@@ -1469,6 +1410,7 @@ mod tests {
                 .collect();
             TaobaoUser {
                 user: nonzero(rng),
+                profile: if len % 2 == 0 { [0; 5] } else { [len as i64, 0, 3, -4, i64::MIN] },
                 categories: seq.iter().map(|i| item_cat[i]).collect(),
                 items: seq,
             }
@@ -1477,6 +1419,12 @@ mod tests {
             .map(|k| user(&mut rng, if k == 3 { 1 } else { 20 + k * 20 }))
             .collect();
         let mut test_users: Vec<TaobaoUser> = (0..6).map(|k| user(&mut rng, 50 + k)).collect();
+        // Two train users whose ids hash into validation.
+        for u in &mut train_users[2..4] {
+            while user_split(u.user as u64) != UserSplit::Valid {
+                u.user = nonzero(&mut rng);
+            }
+        }
         // Padding in one sequence.
         train_users[1].items[4] = 0;
         train_users[1].categories[4] = 0;
@@ -1589,6 +1537,7 @@ mod tests {
                 .into_iter()
                 .map(|(user, seq)| TaobaoUser {
                     user,
+                    profile: [user, 1, 2, 3, user.wrapping_neg()],
                     items: seq.iter().map(|p| p.0).collect(),
                     categories: seq.iter().map(|p| p.1).collect(),
                 })
@@ -1616,11 +1565,11 @@ mod tests {
     }
 
     fn lists8(v: &[&[i8]]) -> ArrayRef {
-        lists::<Int8Type>(v.iter().copied())
+        lists_of::<Int8Type>(v.iter().copied())
     }
 
     fn lists64(v: &[&[i64]]) -> ArrayRef {
-        lists::<Int64Type>(v.iter().copied())
+        lists_of::<Int64Type>(v.iter().copied())
     }
 
     /// The error must be `Input`, name the file and mention every `needles`.
@@ -1827,9 +1776,13 @@ mod tests {
         assert_eq!(r.padding_skipped, 2);
         assert_eq!(r.events, users.iter().map(|u| stored(u)).sum::<u64>());
         assert_eq!((r.embeddings, r.item_rows, r.items), (200, 150, 200));
+        let is_valid = |smp: &&TaobaoSample| user_split(smp.user as u64) == UserSplit::Valid;
+        let (valid, train): (Vec<TaobaoSample>, Vec<TaobaoSample>) =
+            s.train_samples.iter().partition(is_valid);
+        assert!(!valid.is_empty() && !train.is_empty());
         assert_eq!(
             (r.train_samples, r.valid_samples, r.test_samples),
-            (72, 8, 20)
+            (train.len() as u64, valid.len() as u64, 20)
         );
         assert_eq!(r.samples_without_sequence, 5);
         assert_eq!(r.categories[0], 0);
@@ -1889,20 +1842,32 @@ mod tests {
                 assert_eq!(snap.read(imp.user, ReadRange::as_of(imp.ts)).unwrap(), all);
             }
         };
-        check(&sp.train, &s.train_samples[..72]);
-        check(&sp.valid, &s.train_samples[72..]);
+        check(&sp.train, &train);
+        check(&sp.valid, &valid);
         check(&sp.test, &s.test_samples);
-        let ts: Vec<i64> = sp
-            .train
+        // One time for every sample, a step after every history: no time encodes a file row.
+        let every = sp.train.iter().chain(&sp.valid).chain(&sp.test);
+        assert!(every.map(|i| i.ts).all(|t| t == opts.history_end_ms + opts.step_ms));
+        // Validation users are never training users.
+        let train_users: HashSet<u64> = sp.train.iter().map(|i| i.user).collect();
+        assert!(sp.valid.iter().all(|i| !train_users.contains(&i.user)));
+
+        // Side tables: the attributes of the items that have any, the profiles of the users
+        // whose sequence was kept.
+        let attrs: HashMap<u64, [u64; 2]> = s
+            .item_rows
             .iter()
-            .chain(&sp.valid)
-            .chain(&sp.test)
-            .map(|i| i.ts)
+            .filter(|r| r.attributes != [0, 0])
+            .map(|r| (r.item as u64, r.attributes.map(|a| a as u64)))
             .collect();
-        assert!(
-            ts.windows(2).all(|w| w[0] < w[1]),
-            "splits are ordered in time"
-        );
+        assert_eq!(out.side.item_attributes, attrs);
+        let profiles: HashMap<u64, [u64; 5]> = users
+            .iter()
+            .filter(|u| u.profile != [0; 5])
+            .map(|u| (u.user as u64, u.profile.map(|p| p as u64)))
+            .collect();
+        assert!(!profiles.is_empty());
+        assert_eq!(out.side.user_profiles, profiles);
 
         // Compaction changes nothing visible; a second import adds nothing.
         db.compact().unwrap();
@@ -1926,7 +1891,7 @@ mod tests {
         let r = import(&db, &files, &TaobaoImportOptions::default());
         assert_input(r, files.embeddings.as_ref().unwrap(), &["embedding_dim"]);
         let bad = TaobaoImportOptions {
-            valid_fraction: 1.5,
+            step_ms: 0,
             ..TaobaoImportOptions::default()
         };
         assert!(matches!(
@@ -1950,10 +1915,17 @@ mod tests {
         assert_eq!(r.users, 20);
         assert_eq!(r.events + r.padding_skipped, 19 * 1000 + 351);
         assert_eq!((r.embeddings, r.item_rows), (10, 10));
+        let train = read::<TaobaoSample>(dir.join(file::TRAIN_SAMPLES)).unwrap();
+        let valid = train
+            .iter()
+            .filter(|s| user_split(s.user as u64) == UserSplit::Valid)
+            .count() as u64;
         assert_eq!(
             (r.train_samples, r.valid_samples, r.test_samples),
-            (9, 1, 10)
+            (10 - valid, valid, 10)
         );
+        // The demo's profile and attribute columns are read.
+        assert!(r.users_with_profile > 0 && r.items_with_attributes > 0, "{r:?}");
         // The demo tables do not join (README): no sample's user has a sequence.
         assert_eq!(r.samples_without_sequence, 20);
         let users = read::<TaobaoUser>(dir.join(file::TRAIN_USERS)).unwrap();

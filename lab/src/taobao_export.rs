@@ -52,7 +52,8 @@ use crate::taobao::{
 // ---------------------------------------------------------------------------------------------
 // Writing tables
 
-type Columns = Vec<(&'static str, ArrayRef)>;
+/// Named columns of one record batch, in file order.
+pub type Columns = Vec<(&'static str, ArrayRef)>;
 
 /// A parquet file being written a record batch at a time.
 pub struct TableWriter {
@@ -71,40 +72,36 @@ impl TableWriter {
     /// Append `rows` as columns made by `cols`, in batches of at most [`DEFAULT_BATCH_ROWS`].
     pub fn write<T>(&mut self, rows: &[T], cols: fn(&[T]) -> Columns) -> Result<()> {
         for chunk in rows.chunks(DEFAULT_BATCH_ROWS) {
-            let batch = RecordBatch::try_from_iter_with_nullable(
-                cols(chunk).into_iter().map(|(n, a)| (n, a, true)),
-            )
-            .map_err(|e| self.err(e))?;
-            if self.writer.is_none() {
-                let props = parquet::file::properties::WriterProperties::builder()
-                    .set_compression(parquet::basic::Compression::SNAPPY)
-                    .build();
-                let f = File::create(&self.path).map_err(|e| LabError::io(&self.path, e))?;
-                let w = ArrowWriter::try_new(f, batch.schema(), Some(props))
-                    .map_err(|e| self.err(e))?;
-                self.writer = Some(w);
-            }
-            let w = self.writer.as_mut().expect("opened above");
-            w.write(&batch)
-                .map_err(|e| LabError::io(&self.path, e.into()))?;
+            self.write_batch(cols(chunk))?;
         }
         Ok(())
     }
 
-    /// Finish the file; a writer that got no rows writes a file of `empty` rows (schema only).
-    pub fn close<T>(mut self, empty: fn(&[T]) -> Columns) -> Result<()> {
+    /// Append one record batch of these columns (the first batch fixes the schema).
+    pub fn write_batch(&mut self, cols: Columns) -> Result<()> {
+        let batch =
+            RecordBatch::try_from_iter_with_nullable(cols.into_iter().map(|(n, a)| (n, a, true)))
+                .map_err(|e| self.err(e))?;
         if self.writer.is_none() {
-            let batch = RecordBatch::try_from_iter_with_nullable(
-                empty(&[]).into_iter().map(|(n, a)| (n, a, true)),
-            )
-            .map_err(|e| self.err(e))?;
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_compression(parquet::basic::Compression::SNAPPY)
+                .build();
             let f = File::create(&self.path).map_err(|e| LabError::io(&self.path, e))?;
-            let mut w = ArrowWriter::try_new(f, batch.schema(), None).map_err(|e| self.err(e))?;
-            w.write(&batch).map_err(|e| self.err(e))?;
+            let w =
+                ArrowWriter::try_new(f, batch.schema(), Some(props)).map_err(|e| self.err(e))?;
             self.writer = Some(w);
         }
+        let w = self.writer.as_mut().expect("opened above");
+        w.write(&batch).map_err(|e| self.err(e))
+    }
+
+    /// Finish the file; a writer that got no rows writes the schema of `cols` with no rows.
+    pub fn close<T>(mut self, cols: fn(&[T]) -> Columns) -> Result<()> {
+        if self.writer.is_none() {
+            self.write_batch(cols(&[]))?;
+        }
         let w = self.writer.take().expect("set above");
-        w.close().map_err(|e| LabError::io(&self.path, e.into()))?;
+        w.close().map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -132,7 +129,8 @@ fn list_builder<T: ArrowPrimitiveType>(rows: usize) -> ListBuilder<PrimitiveBuil
     )))
 }
 
-fn lists<'a, T: ArrowPrimitiveType>(v: impl IntoIterator<Item = &'a [T::Native]>) -> ArrayRef {
+/// A list column of these rows (children named `element`, as pyarrow writes them).
+pub fn lists<'a, T: ArrowPrimitiveType>(v: impl IntoIterator<Item = &'a [T::Native]>) -> ArrayRef {
     let mut b = list_builder::<T>(0);
     for l in v {
         b.values().append_slice(l);
