@@ -1216,7 +1216,9 @@ mod tests {
         check_schema(b.schema(), T::COLUMNS).unwrap();
     }
 
-    fn lists_of<'a, T: ArrowPrimitiveType>(v: impl IntoIterator<Item = &'a [T::Native]>) -> ArrayRef {
+    fn lists_of<'a, T: ArrowPrimitiveType>(
+        v: impl IntoIterator<Item = &'a [T::Native]>,
+    ) -> ArrayRef {
         crate::taobao_export::lists::<T>(v)
     }
 
@@ -1401,7 +1403,11 @@ mod tests {
                 item,
                 category: item_cat[&item],
                 // Every third item has no attributes.
-                attributes: if k % 3 == 0 { [0, 0] } else { [k as i64, -(k as i64) * 7] },
+                attributes: if k % 3 == 0 {
+                    [0, 0]
+                } else {
+                    [k as i64, -(k as i64) * 7]
+                },
             })
             .collect();
         let user = |rng: &mut StdRng, len: usize| {
@@ -1410,7 +1416,11 @@ mod tests {
                 .collect();
             TaobaoUser {
                 user: nonzero(rng),
-                profile: if len % 2 == 0 { [0; 5] } else { [len as i64, 0, 3, -4, i64::MIN] },
+                profile: if len % 2 == 0 {
+                    [0; 5]
+                } else {
+                    [len as i64, 0, 3, -4, i64::MIN]
+                },
                 categories: seq.iter().map(|i| item_cat[i]).collect(),
                 items: seq,
             }
@@ -1847,7 +1857,9 @@ mod tests {
         check(&sp.test, &s.test_samples);
         // One time for every sample, a step after every history: no time encodes a file row.
         let every = sp.train.iter().chain(&sp.valid).chain(&sp.test);
-        assert!(every.map(|i| i.ts).all(|t| t == opts.history_end_ms + opts.step_ms));
+        assert!(every
+            .map(|i| i.ts)
+            .all(|t| t == opts.history_end_ms + opts.step_ms));
         // Validation users are never training users.
         let train_users: HashSet<u64> = sp.train.iter().map(|i| i.user).collect();
         assert!(sp.valid.iter().all(|i| !train_users.contains(&i.user)));
@@ -1925,7 +1937,10 @@ mod tests {
             (10 - valid, valid, 10)
         );
         // The demo's profile and attribute columns are read.
-        assert!(r.users_with_profile > 0 && r.items_with_attributes > 0, "{r:?}");
+        assert!(
+            r.users_with_profile > 0 && r.items_with_attributes > 0,
+            "{r:?}"
+        );
         // The demo tables do not join (README): no sample's user has a sequence.
         assert_eq!(r.samples_without_sequence, 20);
         let users = read::<TaobaoUser>(dir.join(file::TRAIN_USERS)).unwrap();
