@@ -1158,7 +1158,7 @@ impl<'a> EventSink<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::taobao_export::{
         embedding_columns, item_columns, sample_columns, user_columns, write_table, Columns,
@@ -1357,15 +1357,15 @@ mod tests {
     }
 
     /// A consistent little dataset: every sequence item has an embedding and one category.
-    struct Synth {
-        items: Vec<i64>,
-        item_cat: HashMap<i64, i64>,
-        embeddings: Vec<TaobaoEmbedding>,
-        item_rows: Vec<TaobaoItem>,
-        train_users: Vec<TaobaoUser>,
-        test_users: Vec<TaobaoUser>,
-        train_samples: Vec<TaobaoSample>,
-        test_samples: Vec<TaobaoSample>,
+    pub(crate) struct Synth {
+        pub(crate) items: Vec<i64>,
+        pub(crate) item_cat: HashMap<i64, i64>,
+        pub(crate) embeddings: Vec<TaobaoEmbedding>,
+        pub(crate) item_rows: Vec<TaobaoItem>,
+        pub(crate) train_users: Vec<TaobaoUser>,
+        pub(crate) test_users: Vec<TaobaoUser>,
+        pub(crate) train_samples: Vec<TaobaoSample>,
+        pub(crate) test_samples: Vec<TaobaoSample>,
     }
 
     fn nonzero(rng: &mut StdRng) -> i64 {
@@ -1377,7 +1377,7 @@ mod tests {
         }
     }
 
-    fn synth(seed: u64) -> Synth {
+    pub(crate) fn synth(seed: u64) -> Synth {
         let mut rng = StdRng::seed_from_u64(seed);
         let cats: Vec<i64> = (0..12).map(|_| nonzero(&mut rng)).collect();
         let items: Vec<i64> = (0..200).map(|_| nonzero(&mut rng)).collect();
@@ -1471,7 +1471,7 @@ mod tests {
         }
     }
 
-    fn write_synth(s: &Synth, dir: &Path) -> TaobaoFiles {
+    pub(crate) fn write_synth(s: &Synth, dir: &Path) -> TaobaoFiles {
         std::fs::create_dir_all(dir).unwrap();
         write_samples(dir.join(file::TRAIN_SAMPLES), &s.train_samples);
         write_samples(dir.join(file::TEST_SAMPLES), &s.test_samples);

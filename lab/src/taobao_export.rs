@@ -369,7 +369,7 @@ fn padding_id(what: &str) -> LabError {
     ))
 }
 
-/// `e` scaled so that its largest component is ±127, rounded.
+/// `e` scaled so that its largest component is ±127, rounded; a non-finite component is 0.
 pub fn quantise(e: &[f32]) -> Vec<i8> {
     let max = e.iter().fold(0f32, |m, v| m.max(v.abs()));
     if max == 0.0 || !max.is_finite() {
@@ -476,4 +476,96 @@ fn write_shards(
         w.close(shard_columns)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::import::import_taobao;
+    use crate::taobao::read;
+    use crate::taobao::tests::{synth, write_synth};
+    use siren_model::semid::RqKmeansConfig;
+
+    fn semid() -> RqKmeansConfig {
+        RqKmeansConfig {
+            levels: 1,
+            codebook_size: 4,
+            iterations: 5,
+            ..RqKmeansConfig::default()
+        }
+    }
+
+    fn cosine(a: &[f32], b: &[f32]) -> f32 {
+        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+        let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        dot / (n(a) * n(b))
+    }
+
+    #[test]
+    fn quantise_scales_the_largest_component_to_127() {
+        assert_eq!(quantise(&[0.5, -1.0, 0.25]), [64, -127, 32]);
+        assert_eq!(quantise(&[0.0, 0.0]), [0, 0]);
+        assert_eq!(quantise(&[f32::NAN, 1.0]), [0, 127]);
+    }
+
+    /// Taobao-MM files imported, exported and imported again keep the side tables, the
+    /// categories (as a partition), and the embeddings up to int8 rounding.
+    #[test]
+    fn side_tables_categories_and_embeddings_survive_an_export() {
+        let s = synth(6);
+        let tmp = tempfile::tempdir().unwrap();
+        let at = |p: &str| tmp.path().join(p);
+        write_synth(&s, &at("src"));
+        let first = DatasetDir::new(at("first"));
+        import_taobao(&at("src"), &first, &semid()).unwrap();
+        let report = export(&first, &at("out"), &ExportOptions::default()).unwrap();
+        assert_eq!(report.embeddings, s.embeddings.len() as u64);
+        let second = DatasetDir::new(at("second"));
+        import_taobao(&at("out"), &second, &semid()).unwrap();
+        let (m1, m2) = (first.read_meta().unwrap(), second.read_meta().unwrap());
+
+        let attrs = first.item_attributes(&m1).unwrap();
+        assert!(!attrs.is_empty());
+        assert_eq!(second.item_attributes(&m2).unwrap(), attrs);
+        // Profiles of the users with samples (the only users the format keeps).
+        let splits = first.read_splits(&m1).unwrap();
+        let sampled: HashSet<u64> = [&splits.train, &splits.valid, &splits.test]
+            .iter()
+            .flat_map(|v| v.iter().map(|i| i.user))
+            .collect();
+        let mut profiles = first.user_profiles(&m1).unwrap();
+        profiles.retain(|u, _| sampled.contains(u));
+        assert!(!profiles.is_empty());
+        assert_eq!(second.user_profiles(&m2).unwrap(), profiles);
+
+        // Categories: no exported item has 0 (unknown), and the items sharing a category
+        // before share one after.
+        let items = read::<TaobaoItem>(at("out").join(file::ITEMS)).unwrap();
+        assert!(items.iter().all(|r| r.category >= 1));
+        let (db1, _, _) = first.open().unwrap();
+        let (db2, _, _) = second.open().unwrap();
+        let (a, b) = (db1.snapshot(), db2.snapshot());
+        let mut pairs = HashMap::new();
+        for it in a.items() {
+            let other = b.item(it.id).unwrap();
+            assert_eq!(
+                *pairs.entry(it.category).or_insert(other.category),
+                other.category
+            );
+            let (e1, e2) = (it.embedding.unwrap(), other.embedding.unwrap());
+            assert!(cosine(&e1, &e2) > 0.99);
+        }
+        for e in read::<TaobaoEmbedding>(at("out").join(file::EMBEDDINGS)).unwrap() {
+            assert_eq!(
+                e.embedding.iter().map(|v| v.unsigned_abs()).max(),
+                Some(127)
+            );
+        }
+        assert!(matches!(
+            export(&first, &at("out"), &ExportOptions::default()),
+            Err(LabError::Model(_))
+        ));
+    }
 }
