@@ -282,8 +282,14 @@ pub fn export(data: &DatasetDir, out: &Path, opts: &ExportOptions) -> Result<Exp
     drop(embeddings);
     let categories: HashMap<i64, i64> = items.iter().map(|r| (r.item, r.category)).collect();
 
+    let mut earliest: HashMap<u64, i64> = HashMap::new();
+    for i in splits.train.iter().chain(&splits.valid).chain(&splits.test) {
+        let t = earliest.entry(i.user).or_insert(i.ts);
+        *t = (*t).min(i.ts);
+    }
     let train: Vec<Impression> = splits.train.iter().chain(&splits.valid).copied().collect();
     let mut users = UserRows {
+        earliest: &earliest,
         snap: &snap,
         categories: &categories,
         profiles: &profiles,
@@ -383,6 +389,8 @@ pub fn quantise(e: &[f32]) -> Vec<i8> {
 /// What building user rows reads.
 struct UserRows<'a> {
     snap: &'a Snapshot,
+    /// Each user's earliest impression over every split.
+    earliest: &'a HashMap<u64, i64>,
     categories: &'a HashMap<i64, i64>,
     profiles: &'a siren_model::tables::UserProfiles,
     max_history: usize,
@@ -391,15 +399,14 @@ struct UserRows<'a> {
 }
 
 impl UserRows<'_> {
-    /// The row of every user of `imps`: its history strictly before its earliest impression.
+    /// The row of every user of `imps`: its history strictly before its earliest impression
+    /// in any split (so a user in both tables has one history, and the test table shows
+    /// nothing after the user's first training impression).
     fn histories(&mut self, imps: &[Impression]) -> Result<BTreeMap<i64, TaobaoUser>> {
-        let mut earliest: BTreeMap<u64, i64> = BTreeMap::new();
-        for i in imps {
-            let t = earliest.entry(i.user).or_insert(i.ts);
-            *t = (*t).min(i.ts);
-        }
+        let users: std::collections::BTreeSet<u64> = imps.iter().map(|i| i.user).collect();
         let mut out = BTreeMap::new();
-        for (user, as_of) in earliest {
+        for user in users {
+            let as_of = self.earliest[&user];
             let range = ReadRange {
                 as_of: Some(as_of),
                 last: Some(self.max_history),

@@ -180,3 +180,56 @@ fn taobao_folders_without_a_layout_or_embeddings_are_refused() {
     }
     assert!(!out.root.exists());
 }
+
+/// With impressions between a user's events (the interleaved synthetic layout), the exported
+/// history is what the user did strictly before the earliest impression, at most `max_history`.
+#[test]
+fn taobao_export_keeps_the_history_before_the_first_impression() {
+    let tmp = tempfile::tempdir().unwrap();
+    let native = DatasetDir::new(tmp.path().join("native"));
+    let cfg = PlantedConfig {
+        items: 400,
+        dim: 16,
+        clusters: 8,
+        users: 24,
+        min_events: 300,
+        max_events: 600,
+        impressions_per_user: 6,
+        layout: Layout::Interleaved,
+        ..PlantedConfig::default()
+    };
+    import_synthetic(&cfg, &native, &semid()).unwrap();
+    let opts = ExportOptions {
+        max_history: 250,
+        ..ExportOptions::default()
+    };
+    let out = tmp.path().join("out");
+    let report = export(&native, &out, &opts).unwrap();
+    assert!(report.truncated_histories > 0);
+
+    let (db, _, splits) = native.open().unwrap();
+    let snap = db.snapshot();
+    let mut earliest: HashMap<u64, i64> = HashMap::new();
+    for i in splits.train.iter().chain(&splits.valid).chain(&splits.test) {
+        let t = earliest.entry(i.user).or_insert(i.ts);
+        *t = (*t).min(i.ts);
+    }
+    let files = TaobaoFiles::discover(&out).unwrap();
+    let mut seen = 0;
+    for path in [files.train_users, files.test_users].iter().flatten() {
+        for u in siren_lab::taobao::read::<siren_lab::taobao::TaobaoUser>(path).unwrap() {
+            let user = u.user as u64;
+            let before = snap.read(user, ReadRange::as_of(earliest[&user])).unwrap();
+            let want: Vec<i64> = before
+                .iter()
+                .rev()
+                .take(250)
+                .rev()
+                .map(|e| e.item as i64)
+                .collect();
+            assert_eq!(u.items, want, "user {user}");
+            seen += 1;
+        }
+    }
+    assert!(seen >= cfg.users);
+}
