@@ -221,6 +221,17 @@ impl DatasetDir {
         )
     }
 
+    /// Every table of the directory, each checked against `dataset.json` (`siren verify`).
+    pub fn read_tables(&self) -> Result<(DatasetMeta, Splits, SideTables)> {
+        let meta = self.read_meta()?;
+        let splits = self.read_splits(&meta)?;
+        let side = SideTables {
+            item_attributes: self.item_attributes(&meta)?,
+            user_profiles: self.user_profiles(&meta)?,
+        };
+        Ok((meta, splits, side))
+    }
+
     fn read_side<T: Default>(
         &self,
         meta: &DatasetMeta,
