@@ -204,6 +204,8 @@ pub struct TrainFlags {
 }
 
 impl TrainFlags {
+    // Settings without a flag take their defaults, including fields added later.
+    #[allow(clippy::needless_update)]
     fn config(&self) -> TrainConfig {
         TrainConfig {
             epochs: self.epochs,

@@ -1403,7 +1403,7 @@ pub(crate) mod tests {
                 item,
                 category: item_cat[&item],
                 // Every third item has no attributes.
-                attributes: if k % 3 == 0 {
+                attributes: if k.is_multiple_of(3) {
                     [0, 0]
                 } else {
                     [k as i64, -(k as i64) * 7]
@@ -1416,7 +1416,7 @@ pub(crate) mod tests {
                 .collect();
             TaobaoUser {
                 user: nonzero(rng),
-                profile: if len % 2 == 0 {
+                profile: if len.is_multiple_of(2) {
                     [0; 5]
                 } else {
                     [len as i64, 0, 3, -4, i64::MIN]

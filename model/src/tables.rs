@@ -59,11 +59,11 @@ pub fn decode_impressions(bytes: &[u8], path: &Path) -> Result<Splits> {
     for row in rows(bytes, path, IMPRESSIONS_HEADER, 0)? {
         let (line, f) = row?;
         let imp = Impression {
-            user: field(&f[1], path, line)?,
-            item: field(&f[2], path, line)?,
-            ts: field(&f[3], path, line)?,
-            label: field(&f[4], path, line)?,
-            domain: field(&f[5], path, line)?,
+            user: field(f[1], path, line)?,
+            item: field(f[2], path, line)?,
+            ts: field(f[3], path, line)?,
+            label: field(f[4], path, line)?,
+            domain: field(f[5], path, line)?,
         };
         match f[0] {
             "train" => s.train.push(imp),
@@ -128,7 +128,7 @@ fn decode_id_rows<const N: usize>(
     let mut out = HashMap::new();
     for row in rows(body, path, header, 1)? {
         let (line, f) = row?;
-        let key: u64 = field(&f[0], path, line)?;
+        let key: u64 = field(f[0], path, line)?;
         let mut ids = [0u64; N];
         for (id, s) in ids.iter_mut().zip(&f[1..]) {
             *id = field(s, path, line)?;
