@@ -1257,7 +1257,7 @@ pub(crate) mod tests {
         .unwrap()
     }
 
-    fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f32 {
         let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
         let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
         dot / (n(a) * n(b))

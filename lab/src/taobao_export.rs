@@ -492,7 +492,7 @@ mod tests {
     use super::*;
     use crate::import::import_taobao;
     use crate::taobao::read;
-    use crate::taobao::tests::{synth, write_synth};
+    use crate::taobao::tests::{cosine, synth, write_synth};
     use siren_model::semid::RqKmeansConfig;
 
     fn semid() -> RqKmeansConfig {
@@ -502,12 +502,6 @@ mod tests {
             iterations: 5,
             ..RqKmeansConfig::default()
         }
-    }
-
-    fn cosine(a: &[f32], b: &[f32]) -> f32 {
-        let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
-        let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
-        dot / (n(a) * n(b))
     }
 
     #[test]
