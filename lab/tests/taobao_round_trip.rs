@@ -23,7 +23,7 @@ fn planted() -> PlantedConfig {
         items: 2_000,
         dim: 16,
         clusters: 12,
-        users: 480,
+        users: 400,
         min_events: 120,
         max_events: 120,
         impressions_per_user: 12,
