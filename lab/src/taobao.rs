@@ -1173,7 +1173,7 @@ pub(crate) mod tests {
     use std::sync::Arc;
 
     /// The authors' demo files, if this checkout has them; the crate must not depend on them.
-    fn demo_dir() -> Option<PathBuf> {
+    pub(crate) fn demo_dir() -> Option<PathBuf> {
         let dir = match std::env::var_os("SIREN_SHARED_DATA") {
             Some(d) => PathBuf::from(d).join("taobao-mm-demo"),
             None => PathBuf::from(concat!(

@@ -492,7 +492,7 @@ mod tests {
     use super::*;
     use crate::import::import_taobao;
     use crate::taobao::read;
-    use crate::taobao::tests::{cosine, synth, write_synth};
+    use crate::taobao::tests::{cosine, demo_dir, synth, write_synth};
     use siren_model::semid::RqKmeansConfig;
 
     fn semid() -> RqKmeansConfig {
@@ -568,5 +568,42 @@ mod tests {
             export(&first, &at("out"), &ExportOptions::default()),
             Err(LabError::Model(_))
         ));
+    }
+
+    /// The published demo files: their `213`/`214` and `130_*` columns reach the dataset
+    /// directory's side tables, and every sample is at the one time after the histories.
+    #[test]
+    fn demo_attributes_and_profiles_reach_the_dataset_directory() {
+        let Some(src) = demo_dir() else { return };
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DatasetDir::new(tmp.path().join("demo"));
+        import_taobao(&src, &dir, &semid()).unwrap();
+        let (meta, splits, side) = dir.read_tables().unwrap();
+        assert_eq!(meta.embedding_dim, crate::taobao::EMBEDDING_DIM);
+
+        let items = read::<TaobaoItem>(src.join(file::ITEMS)).unwrap();
+        let want: siren_model::tables::ItemAttributes = items
+            .iter()
+            .filter(|r| r.attributes != [0, 0])
+            .map(|r| (r.item as u64, r.attributes.map(|a| a as u64)))
+            .collect();
+        assert!(!want.is_empty());
+        assert_eq!(side.item_attributes, want);
+        let mut want = siren_model::tables::UserProfiles::new();
+        for f in [file::TRAIN_USERS, file::TEST_USERS] {
+            for u in read::<TaobaoUser>(src.join(f)).unwrap() {
+                if u.profile != [0; 5] {
+                    want.insert(u.user as u64, u.profile.map(|p| p as u64));
+                }
+            }
+        }
+        assert!(!want.is_empty());
+        assert_eq!(side.user_profiles, want);
+
+        let ts = crate::taobao::TaobaoImportOptions::default()
+            .sample_ts()
+            .unwrap();
+        let all = [&splits.train, &splits.valid, &splits.test];
+        assert!(all.iter().all(|v| v.iter().all(|i| i.ts == ts)));
     }
 }
