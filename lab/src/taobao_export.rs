@@ -40,7 +40,7 @@ use arrow_schema::Field;
 use parquet::arrow::ArrowWriter;
 use serde::Serialize;
 use siren_engine::{ReadRange, Snapshot};
-use siren_model::data::Impression;
+use siren_model::data::{Impression, Splits};
 use siren_model::dataset::{create_new_dir, DatasetDir};
 
 use crate::error::{LabError, Result};
@@ -280,58 +280,45 @@ pub fn export(data: &DatasetDir, out: &Path, opts: &ExportOptions) -> Result<Exp
     report.embeddings = embeddings.len() as u64;
     write_table(out.join(file::EMBEDDINGS), &embeddings, embedding_columns)?;
     drop(embeddings);
-    let categories: HashMap<i64, i64> = items.iter().map(|r| (r.item, r.category)).collect();
 
-    let mut earliest: HashMap<u64, i64> = HashMap::new();
-    for i in splits.train.iter().chain(&splits.valid).chain(&splits.test) {
-        let t = earliest.entry(i.user).or_insert(i.ts);
-        *t = (*t).min(i.ts);
-    }
-    let train: Vec<Impression> = splits.train.iter().chain(&splits.valid).copied().collect();
-    let mut users = UserRows {
-        earliest: &earliest,
-        snap: &snap,
-        categories: &categories,
-        profiles: &profiles,
-        max_history: opts.max_history,
-        events: 0,
-        truncated: 0,
-    };
+    let mut users = UserRows::new(&snap, &items, &profiles, &splits, opts.max_history);
     let targets: HashMap<i64, TaobaoItem> = match opts.shards {
         Some(_) => items.iter().map(|r| (r.item, *r)).collect(),
         None => HashMap::new(),
     };
-    for (k, imps) in [train, splits.test].iter().enumerate() {
+    let mut split = |k: usize, imps: &[Impression]| -> Result<(u64, u64)> {
         let rows = users.histories(imps)?;
         let samples: Vec<TaobaoSample> = imps.iter().map(sample_row).collect();
         let counts = (rows.len() as u64, samples.len() as u64);
-        if k == 0 {
-            (report.train_users, report.train_samples) = counts;
-        } else {
-            (report.test_users, report.test_samples) = counts;
-        }
-        let (samples_file, users_file) = [
-            (file::TRAIN_SAMPLES, file::TRAIN_USERS),
-            (file::TEST_SAMPLES, file::TEST_USERS),
-        ][k];
         match opts.shards {
             None => {
+                let (samples_file, users_file) = TABLE_FILES[k];
                 write_table(out.join(samples_file), &samples, sample_columns)?;
                 let rows: Vec<TaobaoUser> = rows.into_values().collect();
                 write_table(out.join(users_file), &rows, user_columns)?;
             }
             Some(n) => {
-                let split = SHARD_DIRS[k];
-                write_shards(&out.join(split), split, n, &samples, &rows, &targets)?;
+                let name = SHARD_DIRS[k];
+                write_shards(&out.join(name), name, n, &samples, &rows, &targets)?;
             }
         }
-    }
+        Ok(counts)
+    };
+    let train: Vec<Impression> = splits.train.iter().chain(&splits.valid).copied().collect();
+    (report.train_users, report.train_samples) = split(0, &train)?;
+    (report.test_users, report.test_samples) = split(1, &splits.test)?;
     if opts.shards.is_none() {
         write_table(out.join(file::ITEMS), &items, item_columns)?;
     }
     (report.events, report.truncated_histories) = (users.events, users.truncated);
     Ok(report)
 }
+
+/// The samples and user tables of the train (0) and test (1) split.
+const TABLE_FILES: [(&str, &str); 2] = [
+    (file::TRAIN_SAMPLES, file::TRAIN_USERS),
+    (file::TEST_SAMPLES, file::TEST_USERS),
+];
 
 fn sample_row(i: &Impression) -> TaobaoSample {
     TaobaoSample {
@@ -386,19 +373,43 @@ pub fn quantise(e: &[f32]) -> Vec<i8> {
         .collect()
 }
 
-/// What building user rows reads.
+/// What building user rows reads, and what it counted.
 struct UserRows<'a> {
     snap: &'a Snapshot,
     /// Each user's earliest impression over every split.
-    earliest: &'a HashMap<u64, i64>,
-    categories: &'a HashMap<i64, i64>,
+    earliest: HashMap<u64, i64>,
+    /// Exported category of each catalog item.
+    categories: HashMap<i64, i64>,
     profiles: &'a siren_model::tables::UserProfiles,
     max_history: usize,
     events: u64,
     truncated: u64,
 }
 
-impl UserRows<'_> {
+impl<'a> UserRows<'a> {
+    fn new(
+        snap: &'a Snapshot,
+        items: &[TaobaoItem],
+        profiles: &'a siren_model::tables::UserProfiles,
+        splits: &Splits,
+        max_history: usize,
+    ) -> Self {
+        let mut earliest: HashMap<u64, i64> = HashMap::new();
+        for i in splits.train.iter().chain(&splits.valid).chain(&splits.test) {
+            let t = earliest.entry(i.user).or_insert(i.ts);
+            *t = (*t).min(i.ts);
+        }
+        UserRows {
+            snap,
+            earliest,
+            categories: items.iter().map(|r| (r.item, r.category)).collect(),
+            profiles,
+            max_history,
+            events: 0,
+            truncated: 0,
+        }
+    }
+
     /// The row of every user of `imps`: its history strictly before its earliest impression
     /// in any split (so a user in both tables has one history, and the test table shows
     /// nothing after the user's first training impression).
