@@ -1,5 +1,6 @@
-//! Taobao-MM parquet (the public format of the MUSE dataset): a reader of its six tables and an
-//! importer that loads them into the engine.
+//! Taobao-MM parquet (the public format of the MUSE dataset): a reader of its tables, in either
+//! of its two layouts, and an importer that loads them into the engine. The write side is
+//! [`crate::taobao_export`].
 //!
 //! # The tables
 //!
@@ -7,19 +8,23 @@
 //! |---|---|---|
 //! | samples | `train_samples.parquet`, `test_samples.parquet` | `label_0: list<int8>` one-hot `[non-click, click]`, `129_1` user, `205` target item |
 //! | user features | `train_user_features.parquet`, `test_user_features.parquet` | `129_1` user, `130_1`..`130_5` profile ids, `150_2_180: list<int64>` items, `151_2_180: list<int64>` their categories |
-//! | item features | `item_features.parquet` | `205` item, `206`, `213`, `214` attribute ids |
+//! | item features | `item_features.parquet` | `205` item, `206` category, `213`, `214` attribute ids |
 //! | embeddings | `scl_embedding_int8_p90.parquet` | `205` item, `205_c: list<int8>` (128 values) |
+//! | joined shards | `train/*-shard-*.parquet`, `test/*-shard-*.parquet` | a sample's columns with its user's and its target's, one row per sample |
+//!
+//! The six tables are the layout of the authors' `data_demo/`; the joined shards
+//! (`form_sample_table` in their `utils/preprocess.py`) are the public release's, next to the
+//! embedding table. [`TaobaoFiles::discover`] tells them apart.
 //!
 //! Every id is a hashed signed 64-bit integer. The engine's ids are `u64`; the importer bit-casts
 //! (`as u64`), which is reversible (`as i64`), so nothing is lost and no vocabulary is needed.
 //!
 //! A row type ([`TaobaoRow`]) names the columns it reads and their types; the reader projects the
-//! file onto exactly those columns by name and decodes nothing else, so the MUSE authors' joined
-//! training shards (`form_sample_table` in their `utils/preprocess.py`, which holds the sample,
-//! user and item columns in one row) read as samples, as user features and as item features, and
-//! reading another column (the profile ids `130_*`, the item attributes `213`/`214`) is a field
-//! and a line in a row type. Today's row types read what the importer uses. Nulls are rejected:
-//! the authors' preprocessing writes `0` for a missing value, never null.
+//! file onto exactly those columns by name and decodes nothing else, so a joined shard row
+//! ([`TaobaoShardRow`]) is the sample, user and item row types decoded from one batch. The
+//! profile ids `130_*` and the attributes `213`/`214` become the dataset's side tables
+//! (`siren_model::dataset::SideTables`). Nulls are rejected: the authors' preprocessing writes
+//! `0` for a missing value, never null.
 //!
 //! # Which end of a sequence is the newest
 //!
