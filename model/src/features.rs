@@ -213,9 +213,7 @@ pub fn evidence(items: &ItemTable, hist: &[Event], target: u32, levels: usize) -
     let mut newest: Vec<Option<usize>> = vec![None; levels + 1];
     let mut per_item: HashMap<u32, (usize, u8)> = HashMap::new();
     for (back, e) in hist.iter().rev().enumerate() {
-        let Some(row) = items.row(e.item) else {
-            continue;
-        };
+        let Some(row) = items.row(e.item) else { continue };
         let entry = per_item.entry(row).or_insert((0, items.depth(row, target)));
         entry.0 += 1;
         let depth = usize::from(entry.1).min(levels);
@@ -507,11 +505,7 @@ pub fn assemble(
 
 /// SemID levels of the catalog (the longest SemID).
 fn levels_of(items: &ItemTable) -> usize {
-    items
-        .semid
-        .iter()
-        .flatten()
-        .map(|s| s.levels())
-        .max()
-        .unwrap_or(0)
+    items.semid.iter().flatten().map(|s| s.levels()).max().unwrap_or(0)
 }
+
+

@@ -235,10 +235,7 @@ pub fn train(cfg: &ModelConfig, tcfg: &TrainConfig, data: &Prepared) -> Result<T
     let model = build(cfg, &dims, &params)?;
     let vars = params.varmap().all_vars();
     let mut sparse = SparseAdam::new(tcfg.embedding_lr);
-    sparse.weight_decay = std::env::var("SIREN_X_EMB_WD")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    sparse.weight_decay = std::env::var("SIREN_X_EMB_WD").ok().and_then(|v| v.parse().ok()).unwrap_or(0.0);
     let mut opt = AdamW::new(
         vars.clone(),
         ParamsAdamW {
@@ -494,12 +491,10 @@ pub fn load_checkpoint(dir: &Path) -> Result<Loaded> {
     }
     let params = Params::new(0, &Device::Cpu);
     let model = build(&cfg.model, &cfg.dims, &params)?;
-    params
-        .load(&weights)
-        .map_err(|e| ModelError::DataCorruption {
-            path: weights.clone(),
-            detail: e.to_string(),
-        })?;
+    params.load(&weights).map_err(|e| ModelError::DataCorruption {
+        path: weights.clone(),
+        detail: e.to_string(),
+    })?;
     Ok(Loaded { cfg, params, model })
 }
 
@@ -523,10 +518,7 @@ mod tests {
             .map(|(&x, y)| x.max(0.0) - x * y + (1.0 + (-x.abs()).exp()).ln())
             .sum::<f64>()
             / 6.0;
-        assert!(
-            got.is_finite() && (f64::from(got) - want).abs() < 1e-5,
-            "{got} vs {want}"
-        );
+        assert!(got.is_finite() && (f64::from(got) - want).abs() < 1e-5, "{got} vs {want}");
         let naive = candle_nn::loss::binary_cross_entropy_with_logit(&x, &y)
             .unwrap()
             .to_scalar::<f32>()

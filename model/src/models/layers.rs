@@ -70,11 +70,7 @@ impl Params {
     }
 
     /// One sparse Adam step on every embedding table, from the gradients of a batch.
-    pub fn sparse_step(
-        &self,
-        grads: &candle_core::backprop::GradStore,
-        opt: &SparseAdam,
-    ) -> Result<()> {
+    pub fn sparse_step(&self, grads: &candle_core::backprop::GradStore, opt: &SparseAdam) -> Result<()> {
         for t in self.tables() {
             t.sparse_step(grads, opt)?;
         }
@@ -116,9 +112,9 @@ impl Params {
             var.set(&t)?;
         }
         for table in self.tables() {
-            let t = map
-                .remove(table.name())
-                .ok_or_else(|| candle_core::Error::Msg(format!("no parameter {}", table.name())))?;
+            let t = map.remove(table.name()).ok_or_else(|| {
+                candle_core::Error::Msg(format!("no parameter {}", table.name()))
+            })?;
             table.load(&t)?;
         }
         Ok(())
@@ -188,14 +184,7 @@ impl Params {
         let rows = rows.max(1);
         let name = format!("{}{name}.weight", self.scope);
         let values = self.draw(rows * dim, Init::TruncatedNormal(self.embedding_std));
-        let t = EmbeddingTable::new(
-            name.clone(),
-            rows,
-            dim,
-            values,
-            &self.dev,
-            self.training.clone(),
-        );
+        let t = EmbeddingTable::new(name.clone(), rows, dim, values, &self.dev, self.training.clone());
         let mut tables = self.tables.lock().expect("tables lock");
         assert!(
             tables.iter().all(|x| x.name() != name),
@@ -248,11 +237,7 @@ impl Mlp {
             .enumerate()
             .map(|(i, w)| p.linear(&format!("{name}.{i}"), w[0], w[1]))
             .collect::<Result<_>>()?;
-        let seed = p
-            .rng
-            .lock()
-            .expect("parameter generator lock")
-            .random::<u64>();
+        let seed = p.rng.lock().expect("parameter generator lock").random::<u64>();
         Ok(Mlp {
             layers,
             training: p.training.clone(),
@@ -271,13 +256,7 @@ impl Mlp {
         let mask: Vec<f32> = {
             let mut rng = self.rng.lock().expect("dropout generator lock");
             (0..n)
-                .map(|_| {
-                    if rng.random::<f32>() < keep {
-                        scale
-                    } else {
-                        0.0
-                    }
-                })
+                .map(|_| if rng.random::<f32>() < keep { scale } else { 0.0 })
                 .collect()
         };
         x * Tensor::from_vec(mask, x.shape(), x.device())?

@@ -17,8 +17,8 @@ pub mod table;
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::Linear;
-use serde::{Deserialize, Serialize};
 use table::EmbeddingTable;
+use serde::{Deserialize, Serialize};
 
 use crate::batch::{Batch, SeqBatch, Vocabs, GAP_BUCKETS, SIMTIER_BINS, SIM_BUCKETS};
 use crate::error::{ModelError, Result as ModelResult};
@@ -383,13 +383,7 @@ impl Ids {
     /// item; summed, the two mix, and target attention over ID embeddings does not learn to
     /// match categories (DIN was no better than no sequence at all).
     fn target(&self, b: &Batch) -> Result<Tensor> {
-        Tensor::cat(
-            &[
-                self.item.forward(&b.item)?,
-                self.category.forward(&b.category)?,
-            ],
-            1,
-        )
+        Tensor::cat(&[self.item.forward(&b.item)?, self.category.forward(&b.category)?], 1)
     }
 
     /// `[item + action + time gap, category]` of each behaviour, `[B, T, 2d]`.
@@ -685,22 +679,15 @@ pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<B
                     .collect::<Result<_>>()?,
                 ids,
                 evidence: if xf("EVIDENCE") {
-                    Some(p.linear(
-                        "evidence",
-                        crate::features::evidence_len(d.prefix.len()),
-                        dim,
-                    )?)
+                    Some(p.linear("evidence", crate::features::evidence_len(d.prefix.len()), dim)?)
                 } else {
                     None
                 },
             };
             (
                 Box::new(net),
-                (3 + if cfg.recent > 0 {
-                    TargetInterest::WIDTH
-                } else {
-                    2
-                } + usize::from(xf("EVIDENCE")))
+                (3 + if cfg.recent > 0 { TargetInterest::WIDTH } else { 2 }
+                    + usize::from(xf("EVIDENCE")))
                     * dim,
                 vec![64, 32],
             )
@@ -730,10 +717,7 @@ pub fn build(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<Box<dyn Sco
     let mut sizes = vec![body.width];
     sizes.extend(&body.head);
     sizes.push(1);
-    let dropout = std::env::var("SIREN_X_DROPOUT")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0);
+    let dropout = std::env::var("SIREN_X_DROPOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(0.0);
     Ok(Box::new(Single {
         head: Mlp::new(p, "head", &sizes)?.with_dropout(dropout),
         body: body.net,

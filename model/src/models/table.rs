@@ -77,11 +77,7 @@ pub struct EmbeddingTable(Arc<Inner>);
 
 impl std::fmt::Debug for EmbeddingTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "EmbeddingTable({} {}x{})",
-            self.0.name, self.0.rows, self.0.dim
-        )
+        write!(f, "EmbeddingTable({} {}x{})", self.0.name, self.0.rows, self.0.dim)
     }
 }
 
@@ -139,11 +135,7 @@ impl EmbeddingTable {
             Storage::Frozen(t) => Ok(t.clone()),
             Storage::Training { w, cache, .. } => {
                 if cache.is_none() {
-                    *cache = Some(Tensor::from_slice(
-                        w,
-                        (self.0.rows, self.0.dim),
-                        &self.0.dev,
-                    )?);
+                    *cache = Some(Tensor::from_slice(w, (self.0.rows, self.0.dim), &self.0.dev)?);
                 }
                 Ok(cache.clone().expect("just built"))
             }
@@ -319,34 +311,18 @@ mod tests {
     #[test]
     fn sparse_step_moves_only_touched_rows_like_adam() {
         let t = table(6, 3);
-        let before: Vec<f32> = t
-            .tensor()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let before: Vec<f32> = t.tensor().unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let ids = Tensor::new(&[[4u32, 1], [4, 4]], &Device::Cpu).unwrap();
         let out = t.forward(&ids).unwrap();
         assert_eq!(out.dims(), &[2, 2, 3]);
-        let plain = t
-            .tensor()
-            .unwrap()
-            .index_select(&ids.flatten_all().unwrap(), 0)
-            .unwrap();
+        let plain = t.tensor().unwrap().index_select(&ids.flatten_all().unwrap(), 0).unwrap();
         let got: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(got, plain.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         // loss = sum of all outputs: row 4 gets gradient 3 per element, row 1 gets 1.
         let grads = out.sum_all().unwrap().backward().unwrap();
         let opt = SparseAdam::new(0.1);
         t.sparse_step(&grads, &opt).unwrap();
-        let after: Vec<f32> = t
-            .tensor()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let after: Vec<f32> = t.tensor().unwrap().flatten_all().unwrap().to_vec1().unwrap();
         for r in 0..6 {
             for j in 0..3 {
                 let k = r * 3 + j;
