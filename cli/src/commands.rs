@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use siren_lab::movielens::MovieLensPaths;
-use siren_lab::taobao::TaobaoFiles;
 use siren_lab::{experiment, import};
 use siren_model::dataset::{self, DatasetDir};
 use siren_model::models::ModelConfig;
@@ -108,7 +107,8 @@ pub enum ImportCommand {
     Jsonl(crate::jsonl::JsonlArgs),
     /// Taobao-MM parquet (the MUSE dataset's format).
     Taobao {
-        /// Folder with the parquet files under their standard names.
+        /// Folder in either Taobao-MM layout: the six tables under their standard names, or
+        /// joined shards in train/ and test/ next to scl_embedding_int8_p90.parquet.
         #[arg(long)]
         dir: PathBuf,
         #[arg(long)]
@@ -116,6 +116,45 @@ pub enum ImportCommand {
         #[command(flatten)]
         semid: SemidArgs,
     },
+}
+
+#[derive(Subcommand)]
+pub enum ExportCommand {
+    /// Taobao-MM parquet: the six tables, or joined shards with --shards (embeddings as int8,
+    /// categories + 1, each user's history strictly before its earliest impression).
+    Taobao {
+        /// Dataset directory made by `siren import`.
+        #[arg(long)]
+        data: PathBuf,
+        /// New folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Write the public release's joined shards, this many per split, instead of the six
+        /// tables.
+        #[arg(long)]
+        shards: Option<usize>,
+        /// Newest events kept of each user's history.
+        #[arg(long, default_value_t = 1000)]
+        max_history: usize,
+    },
+}
+
+/// `siren export`.
+pub fn export(cmd: ExportCommand) -> CliResult {
+    let ExportCommand::Taobao {
+        data,
+        out,
+        shards,
+        max_history,
+    } = cmd;
+    let opts = siren_lab::taobao_export::ExportOptions {
+        shards,
+        max_history,
+    };
+    let report = siren_lab::taobao_export::export(&DatasetDir::new(data), &out, &opts)?;
+    println!("exported to {}", out.display());
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args)]
@@ -208,6 +247,8 @@ impl TrainFlags {
         f.config_as_given()
     }
 
+    // Settings without a flag take their defaults, including fields added later.
+    #[allow(clippy::needless_update)]
     fn config_as_given(&self) -> TrainConfig {
         TrainConfig {
             epochs: self.epochs,
@@ -305,11 +346,9 @@ pub fn import(cmd: ImportCommand) -> CliResult {
             };
             dataset::import_synthetic(&cfg, &DatasetDir::new(out), &semid.config())?
         }
-        ImportCommand::Taobao { dir, out, semid } => import::import_taobao(
-            &TaobaoFiles::in_dir(&dir),
-            &DatasetDir::new(out),
-            &semid.config(),
-        )?,
+        ImportCommand::Taobao { dir, out, semid } => {
+            import::import_taobao(&dir, &DatasetDir::new(out), &semid.config())?
+        }
         ImportCommand::Jsonl(a) => return crate::jsonl::run(&a),
     };
     println!(

@@ -41,6 +41,9 @@ enum Command {
     /// Import a dataset into a new dataset directory (database, SemIDs, impressions).
     #[command(subcommand)]
     Import(commands::ImportCommand),
+    /// Write a dataset directory in an outside format.
+    #[command(subcommand)]
+    Export(commands::ExportCommand),
     /// Semantic IDs.
     #[command(subcommand)]
     Semid(commands::SemidCommand),
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Command::Inspect { path } => inspect::inspect(&path),
         Command::Verify { path } => inspect::verify(&path),
         Command::Import(cmd) => commands::import(cmd),
+        Command::Export(cmd) => commands::export(cmd),
         Command::Semid(commands::SemidCommand::Fit { db, out, semid }) => {
             commands::semid_fit(&db, &out, &semid)
         }
