@@ -1,7 +1,7 @@
 //! Compaction: fold pending events into new segment files and free old ones.
 //!
 //! 1. Under the writer lock, give every item seen only in pending events a stub catalog row, so
-//!    that every dictionary entry has an internal number.
+//!    that every dictionary entry has an internal number, and take the snapshot to compact.
 //! 2. Without locks, from a snapshot: rewrite each chosen user's whole retained sequence (entry +
 //!    pending) into new segment files, fsync them and rename them into place.
 //! 3. Under the writer lock, one synced RocksDB batch: the users' new locations, deletion of the
@@ -55,11 +55,14 @@ pub(crate) fn compact(inner: &Inner) -> Result<CompactionStats> {
 fn run(inner: &Inner) -> Result<CompactionStats> {
     // Users deleted before this point must leave RocksDB's files by the end of this compaction.
     let deleted_before = inner.users_deleted.swap(false, Ordering::AcqRel);
+    // The snapshot to compact is the one the stubs were made for: an append after it may bring
+    // items without catalog rows, and its events stay pending until the next compaction.
+    let (stub_items, s0) = create_stubs(inner)?;
     let mut stats = CompactionStats {
-        stub_items: create_stubs(inner)?,
+        stub_items,
         ..Default::default()
     };
-    let s0 = inner.state.load_full();
+    failpoint!("compaction::after_stubs");
     let users = choose_users(inner, &s0)?;
     let any_dead = s0.segments.values().any(|s| s.live_users == 0);
     if users.is_empty() && !any_dead {
@@ -83,13 +86,15 @@ fn run(inner: &Inner) -> Result<CompactionStats> {
     Ok(stats)
 }
 
-/// Step 1: give every item seen only in pending events a stub catalog row.
-fn create_stubs(inner: &Inner) -> Result<u64> {
+/// Step 1: give every item seen only in pending events a stub catalog row. Returns how many
+/// were made and the state they were made for, taken under the same writer lock: every item of
+/// its pending events has a row.
+fn create_stubs(inner: &Inner) -> Result<(u64, Arc<State>)> {
     let _w = inner.writer.lock();
     let st = inner.state.load_full();
     let missing = items_without_rows(&st);
     if missing.is_empty() {
-        return Ok(0);
+        return Ok((0, st));
     }
     let mut catalog = st.catalog.clone();
     let mut batch = Batch::default();
@@ -108,8 +113,9 @@ fn create_stubs(inner: &Inner) -> Result<u64> {
     inner.store.write(batch, Durability::Sync)?;
     let mut next = (*st).clone();
     next.catalog = catalog;
-    inner.state.store(Arc::new(next));
-    Ok(missing.len() as u64)
+    let next = Arc::new(next);
+    inner.state.store(Arc::clone(&next));
+    Ok((missing.len() as u64, next))
 }
 
 /// Items of pending events that have no catalog row, in id order.
@@ -325,6 +331,7 @@ fn commit(
     });
     batch.put_manifest(&next.manifest());
     inner.store.write(batch, Durability::Sync)?;
+    failpoint!("compaction::after_commit");
     inner.state.store(Arc::new(next));
     Ok(Committed { dead, generation })
 }
@@ -437,6 +444,7 @@ fn remove_dead_files(inner: &Inner, dead: &[SegState]) -> Result<bool> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(p, e)),
         }
+        failpoint!("compaction::between_deletions");
         erased |= d.needs_erase;
     }
     if !dead.is_empty() {

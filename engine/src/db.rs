@@ -21,14 +21,15 @@ use crate::error::{Error, Result};
 use crate::inner::{CompactorSignal, Inner};
 use crate::records::{ItemRecord, Watermark};
 use crate::recovery::{self, ROCKSDB_DIR, SEGMENTS_DIR};
-use crate::segment::{segment_file_name, sync_dir};
+use crate::segment::{create_dirs, segment_file_name, sync_dir};
 use crate::snapshot::{ReadConfig, Snapshot};
 use crate::state::{merge_pending, State, UserState};
 use crate::store::{Batch, Cf};
 use crate::types::{AppendOptions, AppendOutcome, Durability, Event, Item, Options};
 use crate::watermark;
 
-const MAX_SOURCE_NAME: usize = 1024;
+/// Longest append source name, in bytes.
+pub const MAX_SOURCE_NAME: usize = 1024;
 
 /// An open Siren database. Cheap to share across threads (`&Db` is `Sync`); writes are
 /// serialised, reads never block and each sees a consistent [`Snapshot`].
@@ -84,6 +85,10 @@ pub struct Stats {
     pub last_background_error: Option<String>,
     /// Compactions that changed something since the database was opened.
     pub compactions: u64,
+    /// Set when open found a torn or damaged record in RocksDB's write-ahead log (after a power
+    /// cut, an unsynced write half on disk; or damage on the medium) and recovered to the point
+    /// before it: writes from that record on were dropped. RocksDB's message.
+    pub wal_damage: Option<String>,
 }
 
 /// Counts that cost O(1) to read, for frequent polling (metrics); [`Db::stats`] walks every
@@ -376,7 +381,15 @@ impl Db {
         let st = inner.state.load_full();
         let segments = st.segments.clone();
         let seg_dest = dest.join(SEGMENTS_DIR);
-        fs::create_dir_all(&seg_dest).map_err(|e| Error::io(&seg_dest, e))?;
+        create_dirs(&seg_dest)?;
+        // The copy's watermark may only claim writes that are surely in RocksDB's checkpoint:
+        // those committed before it starts. Read under the writer lock, after which no batch is
+        // half-counted; writes that land during the checkpoint may be in the copy too, which a
+        // lower watermark allows.
+        let durable_writes = {
+            let _w = inner.writer.lock();
+            inner.store.writes()
+        };
         inner.store.checkpoint(&dest.join(ROCKSDB_DIR))?;
         let mut stats = CheckpointStats::default();
         for ss in segments.values() {
@@ -396,7 +409,7 @@ impl Db {
             dest,
             &Watermark {
                 generation: st.generation,
-                durable_writes: inner.store.writes(),
+                durable_writes,
             },
         )?;
         Ok(stats)
@@ -440,6 +453,7 @@ impl Db {
             },
             last_background_error: self.inner.last_bg_error.lock().clone(),
             compactions: self.inner.compactions.load(Ordering::Relaxed),
+            wal_damage: store.wal_damage().map(str::to_string),
         }
     }
 
@@ -453,6 +467,12 @@ impl Db {
             compactions: self.inner.compactions.load(Ordering::Relaxed),
             cache_bytes: self.inner.cache.bytes() as u64,
         }
+    }
+
+    /// What open found wrong in RocksDB's write-ahead log, if anything (see
+    /// [`Stats::wal_damage`]); O(1), unlike [`Db::stats`].
+    pub fn wal_damage(&self) -> Option<&str> {
+        self.inner.store.wal_damage()
     }
 
     /// Check every checksum of every segment file and every record Siren keeps in RocksDB.

@@ -31,6 +31,15 @@
 // (`allow-unwrap-in-tests` in this crate's clippy.toml).
 #![deny(clippy::unwrap_used)]
 
+/// A failpoint (docs/ARCHITECTURE.md, "Recovery"): with the `failpoints` feature, a
+/// `fail::fail_point!` the crash tests arm; without it, nothing at all.
+macro_rules! failpoint {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
+    };
+}
+
 mod cache;
 mod catalog;
 mod compaction;
@@ -56,6 +65,7 @@ mod segment;
 pub use compaction::CompactionStats;
 pub use db::{
     CheckpointStats, ColumnBytes, Counters, CreatedWith, Db, RocksBytes, Stats, VerifyReport,
+    MAX_SOURCE_NAME,
 };
 pub use error::{DecodeError, Error, Result};
 pub use retrieve::{HardHit, SoftHit};

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::catalog::Catalog;
 use crate::error::{DecodeError, Error, Result};
 use crate::records::{Config, Manifest, Watermark};
-use crate::segment::{parse_segment_file_name, segment_file_name, Segment};
+use crate::segment::{create_dirs, parse_segment_file_name, segment_file_name, Segment};
 use crate::state::{merge_pending, EntryRef, PendingEv, SegState, State, UserState};
 use crate::store::{Batch, Store};
 use crate::types::{Durability, Options};
@@ -43,6 +43,14 @@ pub(crate) struct Recovered {
 pub(crate) fn recover(path: &Path, opts: &Options) -> Result<Recovered> {
     let seg_dir = path.join(SEGMENTS_DIR);
     let store = open_store(path, opts.create_if_missing)?;
+    if let Some(damage) = store.wal_damage() {
+        tracing::warn!(
+            db = %path.display(),
+            %damage,
+            "RocksDB's write-ahead log had a torn or damaged record: recovered to the point \
+             before it, dropping the writes from it on"
+        );
+    }
     let mark = watermark::read(path)?;
     check_config(&store, &config_of(opts), &seg_dir, mark.is_some())?;
     let generation = store.generation()?;
@@ -111,10 +119,9 @@ fn open_store(path: &Path, create_if_missing: bool) -> Result<Store> {
         if !create_if_missing {
             return Err(Error::NotFound(path.to_path_buf()));
         }
-        fs::create_dir_all(&rocks_dir).map_err(|e| Error::io(&rocks_dir, e))?;
+        create_dirs(&rocks_dir)?;
     }
-    let seg_dir = path.join(SEGMENTS_DIR);
-    fs::create_dir_all(&seg_dir).map_err(|e| Error::io(&seg_dir, e))?;
+    create_dirs(&path.join(SEGMENTS_DIR))?;
     Store::open(&rocks_dir)
 }
 
@@ -195,6 +202,7 @@ fn remove_unlisted_segment_files(seg_dir: &Path, manifest: &Manifest) -> Result<
         let keep = parse_segment_file_name(&name).is_some_and(|id| listed.contains(&id));
         if !keep {
             fs::remove_file(dent.path()).map_err(|e| Error::io(dent.path(), e))?;
+            failpoint!("recovery::between_deletions");
         }
     }
     Ok(())

@@ -180,6 +180,7 @@ impl SegmentWriter {
         drop(file);
         let path = self.dir.join(segment_file_name(self.id));
         fs::rename(&self.tmp, &path).map_err(|e| Error::io(&path, e))?;
+        failpoint!("segment::after_rename");
         sync_dir(&self.dir)?;
         Ok((path, self.offset))
     }
@@ -189,6 +190,19 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| Error::io(dir, e))
+}
+
+/// Create `dir` and its missing parents, durably: each new directory's entry is fsynced in its
+/// parent, or a power cut could lose the directory with every file synced into it since.
+pub fn create_dirs(dir: &Path) -> Result<()> {
+    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    for new in missing.iter().rev() {
+        if let Some(parent) = new.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
 }
 
 /// An open, memory-mapped segment file.

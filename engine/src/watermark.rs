@@ -27,6 +27,7 @@ pub fn read(db: &Path) -> Result<Option<Watermark>> {
 /// Replace `<db>/WATERMARK` atomically and durably: write a temporary file, fsync it, rename it
 /// over the old one and fsync the directory.
 pub fn write(db: &Path, w: &Watermark) -> Result<()> {
+    failpoint!("watermark::before_write");
     let tmp = db.join(format!("{WATERMARK_FILE}.tmp"));
     let dest = db.join(WATERMARK_FILE);
     let mut f = fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;

@@ -209,26 +209,13 @@ fn fsync_fault_child() {
 #[test]
 fn failing_fsyncs_give_errors_and_lose_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let shim = tmp.path().join("fsync_shim.so");
-    let src = tmp.path().join("shim.c");
-    std::fs::write(&src, SHIM).unwrap();
-    let built = Command::new("cc")
-        .args(["-shared", "-fPIC", "-O1", "-o"])
-        .arg(&shim)
-        .arg(&src)
-        .arg("-ldl")
-        .output();
-    match built {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            eprintln!("skipped: cc failed: {}", String::from_utf8_lossy(&o.stderr));
+    let shim = match common::build_preload(SHIM, tmp.path(), "fsync_shim") {
+        Ok(so) => so,
+        Err(why) => {
+            eprintln!("skipped: cannot build the fsync shim: {why}");
             return;
         }
-        Err(e) => {
-            eprintln!("skipped: no C compiler for the fsync shim ({e})");
-            return;
-        }
-    }
+    };
     let db_dir = tmp.path().join("db");
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([

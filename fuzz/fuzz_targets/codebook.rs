@@ -8,7 +8,9 @@ use libfuzzer_sys::fuzz_target;
 use siren_model::semid::Codebook;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(cb) = Codebook::decode(data, Path::new("fuzz.codebook")) else { return };
+    let Ok(cb) = Codebook::decode(data, Path::new("fuzz.codebook")) else {
+        return;
+    };
     let again = cb.encode();
     let back = Codebook::decode(&again, Path::new("again")).expect("re-encoded codebook decodes");
     assert_eq!(back.encode(), again);

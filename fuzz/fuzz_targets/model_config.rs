@@ -10,7 +10,9 @@ use siren_model::models::layers::Params;
 use siren_model::train::CheckpointConfig;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(cfg) = CheckpointConfig::decode(data, Path::new("config.json")) else { return };
+    let Ok(cfg) = CheckpointConfig::decode(data, Path::new("config.json")) else {
+        return;
+    };
     let params = Params::new(0, &candle_core::Device::Cpu);
     let _ = build(&cfg.model, &cfg.dims, &params);
 });

@@ -318,7 +318,9 @@ pub fn token(items: &ItemTable, target: u32, imp: &Impression, e: &Event) -> Res
         )));
     }
     let row = items.row(e.item).unwrap_or(NO_ROW);
-    let age_ms = imp.ts - e.ts;
+    // Saturating: an impression at `i64::MAX` (a request's `as_of`) and an event at a negative
+    // time are further apart than an i64 holds; the age is clamped to u32 seconds anyway.
+    let age_ms = imp.ts.saturating_sub(e.ts);
     let (sim, depth) = if row == NO_ROW || target == NO_ROW {
         (f32::NAN, 0)
     } else {
@@ -330,7 +332,7 @@ pub fn token(items: &ItemTable, target: u32, imp: &Impression, e: &Event) -> Res
     Ok(Token {
         row,
         action: e.action,
-        age_s: ((age_ms + 999) / 1000).min(i64::from(u32::MAX)) as u32,
+        age_s: (age_ms.saturating_add(999) / 1000).min(i64::from(u32::MAX)) as u32,
         sim,
         depth,
     })

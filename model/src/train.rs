@@ -484,11 +484,18 @@ const MAX_SEQUENCE: usize = 10_000;
 const MAX_EMBEDDING_DIM: usize = 8192;
 
 pub fn load_checkpoint(dir: &Path) -> Result<Loaded> {
+    load_checkpoint_within(dir, u64::MAX)
+}
+
+/// [`load_checkpoint`], refusing a `config.json` or weights file larger than `max_file_bytes`
+/// before reading it (a server reloading models on request bounds what a request makes it
+/// read). The weights are built from the very bytes whose checksum was checked.
+pub fn load_checkpoint_within(dir: &Path, max_file_bytes: u64) -> Result<Loaded> {
     let path = dir.join("config.json");
-    let bytes = std::fs::read(&path).map_err(|e| ModelError::io(&path, e))?;
+    let bytes = read_within(&path, max_file_bytes)?;
     let cfg = CheckpointConfig::decode(&bytes, &path)?;
     let weights = dir.join("model.safetensors");
-    let wbytes = std::fs::read(&weights).map_err(|e| ModelError::io(&weights, e))?;
+    let wbytes = read_within(&weights, max_file_bytes)?;
     if !siren_engine::format::checksum_matches(cfg.weights_crc32c, crc32c::crc32c(&wbytes)) {
         return Err(ModelError::DataCorruption {
             path: weights,
@@ -498,12 +505,33 @@ pub fn load_checkpoint(dir: &Path) -> Result<Loaded> {
     let params = Params::new(0, &Device::Cpu);
     let model = build(&cfg.model, &cfg.dims, &params)?;
     params
-        .load(&weights)
+        .load_buffer(&wbytes)
         .map_err(|e| ModelError::DataCorruption {
             path: weights.clone(),
             detail: e.to_string(),
         })?;
     Ok(Loaded { cfg, params, model })
+}
+
+/// The whole file, refused with [`ModelError::InvalidArgument`] if it holds more than `max`
+/// bytes (checked on the open file, and again while reading, so a file growing meanwhile is
+/// caught too).
+fn read_within(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let too_big = || ModelError::invalid(format!("{} is larger than {max} bytes", path.display()));
+    let f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let len = f.metadata().map_err(|e| ModelError::io(path, e))?.len();
+    if len > max {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    f.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| ModelError::io(path, e))?;
+    if bytes.len() as u64 > max {
+        return Err(too_big());
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -190,3 +190,67 @@ pub fn zipf_events(rng: &mut StdRng, user: u64, n: usize, items: &[u64], t0: i64
 pub fn rng(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
 }
+
+/// Copy a directory tree (a crashed database, to check it while the original is recovered).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create the copy");
+    for e in std::fs::read_dir(from)
+        .expect("read the directory")
+        .flatten()
+    {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).expect("copy a file");
+        }
+    }
+}
+
+/// Compile the C source `src` into an LD_PRELOAD library in `dir`; an error says why not (no C
+/// compiler, or it failed).
+pub fn build_preload(
+    src: &str,
+    dir: &std::path::Path,
+    name: &str,
+) -> Result<std::path::PathBuf, String> {
+    let c = dir.join(format!("{name}.c"));
+    let so = dir.join(format!("{name}.so"));
+    std::fs::write(&c, src).map_err(|e| format!("write {}: {e}", c.display()))?;
+    let out = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O1", "-o"])
+        .arg(&so)
+        .arg(&c)
+        .arg("-ldl")
+        .arg("-lpthread")
+        .output()
+        .map_err(|e| format!("no C compiler ({e})"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cc failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(so)
+}
+
+/// The number in environment variable `name` (a campaign's size), or `default`.
+pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The campaigns' small database (4-dimensional embeddings, two-level SemIDs of 8 codes), with
+/// background compaction after `pending_events` pending events or every `interval`.
+pub fn compacting_options(pending_events: u64, interval_ms: u64, block_events: u32) -> Options {
+    Options {
+        block_events,
+        auto_compact: Some(siren_engine::AutoCompact {
+            pending_events,
+            interval: std::time::Duration::from_millis(interval_ms),
+        }),
+        ..test_options(4, 2, 8)
+    }
+}

@@ -106,9 +106,10 @@ impl Params {
         candle_core::safetensors::save(&map, path)
     }
 
-    /// Read every parameter from a safetensors file; a missing or misshapen one is an error.
-    pub fn load(&self, path: &std::path::Path) -> Result<()> {
-        let mut map = candle_core::safetensors::load(path, &self.dev)?;
+    /// Read every parameter from the bytes of a safetensors file; a missing or misshapen one is
+    /// an error.
+    pub fn load_buffer(&self, bytes: &[u8]) -> Result<()> {
+        let mut map = candle_core::safetensors::load_buffer(bytes, &self.dev)?;
         for (name, var) in self.varmap.data().lock().expect("varmap lock").iter() {
             let t = map
                 .remove(name)
