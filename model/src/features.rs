@@ -122,13 +122,8 @@ impl ItemTable {
 
     /// Cosine between two items, `None` if either has no embedding.
     pub fn cosine(&self, a: u32, b: u32) -> Option<f32> {
-        (self.has_emb[a as usize] && self.has_emb[b as usize]).then(|| {
-            self.embedding(a)
-                .iter()
-                .zip(self.embedding(b))
-                .map(|(x, y)| x * y)
-                .sum()
-        })
+        (self.has_emb[a as usize] && self.has_emb[b as usize])
+            .then(|| dot(self.embedding(a), self.embedding(b)))
     }
 
     /// SemID levels shared by two items (0 when either has none).
@@ -138,6 +133,26 @@ impl ItemTable {
             _ => 0,
         }
     }
+}
+
+/// Dot product in a fixed order of eight running sums, which the compiler turns into SIMD (a
+/// single running sum cannot be reordered, so it runs one multiply-add at a time). Training and
+/// serving both compute cosines here, so they round alike.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// Row value of a token whose item the catalog does not know.
@@ -188,55 +203,88 @@ pub fn evidence_len(levels: usize) -> usize {
 }
 
 /// A user's as-of history summarised once, so that the evidence features of many targets
-/// (every candidate of a request, or one impression in training) cost one pass over its
-/// distinct items each rather than over every behaviour.
+/// (every candidate of a request, or one impression in training) cost a few look-ups and one
+/// pass of dot products over the history's distinct items each.
 #[derive(Debug, Clone, Default)]
 pub struct HistorySummary {
     /// Behaviours in the history, with or without a catalog row.
     len: usize,
-    /// Per distinct item with a catalog row, in order of its newest occurrence (newest first).
-    items: Vec<ItemCount>,
+    /// Per distinct item with a catalog row: its row and occurrences.
+    items: Vec<(u32, u32)>,
+    /// Behaviours per category.
+    by_category: HashMap<u32, Matches>,
+    /// Behaviours per SemID prefix, keyed by [`prefix_key`].
+    by_prefix: HashMap<u128, Matches>,
 }
 
+/// The first `d` levels of `semid` and `d` itself in one number (at most six 16-bit codes).
+fn prefix_key(semid: &SemId, d: usize) -> u128 {
+    semid.codes()[..d]
+        .iter()
+        .fold(d as u128, |k, &c| (k << 16) | u128::from(c))
+}
+
+/// The behaviours of one group (a category, a SemID prefix).
 #[derive(Debug, Clone, Copy)]
-struct ItemCount {
-    row: u32,
-    /// Occurrences in the whole history.
+struct Matches {
     count: u32,
-    /// Occurrences among the newest [`EVIDENCE_WINDOW`] behaviours.
+    /// Among the newest [`EVIDENCE_WINDOW`] behaviours.
     recent: u32,
-    /// Behaviours newer than its newest occurrence.
+    /// Behaviours newer than the group's newest.
     newest: u32,
+}
+
+impl Matches {
+    fn add(slot: Option<&mut Matches>, back: usize) -> Option<Matches> {
+        let recent = u32::from(back < EVIDENCE_WINDOW);
+        match slot {
+            Some(m) => {
+                m.count += 1;
+                m.recent += recent;
+                None
+            }
+            None => Some(Matches {
+                count: 1,
+                recent,
+                newest: back as u32,
+            }),
+        }
+    }
 }
 
 impl HistorySummary {
     /// Summarise `hist` (oldest first); behaviours whose item has no row in `items` count in
     /// the length only.
     pub fn new(items: &ItemTable, hist: &[Event]) -> HistorySummary {
+        let mut out = HistorySummary {
+            len: hist.len(),
+            ..HistorySummary::default()
+        };
         let mut index: HashMap<u32, usize> = HashMap::new();
-        let mut out: Vec<ItemCount> = Vec::new();
+        // Newest first, so that a group's first behaviour is its newest.
         for (back, e) in hist.iter().rev().enumerate() {
             let Some(row) = items.row(e.item) else {
                 continue;
             };
             let k = *index.entry(row).or_insert_with(|| {
-                out.push(ItemCount {
-                    row,
-                    count: 0,
-                    recent: 0,
-                    newest: back as u32,
-                });
-                out.len() - 1
+                out.items.push((row, 0));
+                out.items.len() - 1
             });
-            out[k].count += 1;
-            if back < EVIDENCE_WINDOW {
-                out[k].recent += 1;
+            out.items[k].1 += 1;
+            let cat = items.category[row as usize];
+            if let Some(m) = Matches::add(out.by_category.get_mut(&cat), back) {
+                out.by_category.insert(cat, m);
+            }
+            if let Some(semid) = &items.semid[row as usize] {
+                for d in 1..=semid.levels() {
+                    let key = prefix_key(semid, d);
+                    if let Some(m) = Matches::add(out.by_prefix.get_mut(&key), back) {
+                        out.by_prefix.insert(key, m);
+                    }
+                }
             }
         }
-        HistorySummary {
-            len: hist.len(),
-            items: out,
-        }
+        out
     }
 
     /// What the history says about `target` ([`evidence_len`]`(levels)` numbers). For each
@@ -253,33 +301,37 @@ impl HistorySummary {
         let n = self.len as f32;
         out[3 * groups + bins] = n.ln_1p();
         let none = (n + 1.0).ln_1p();
+        let mut put = |g: usize, m: Option<&Matches>| {
+            let m = m.copied().unwrap_or(Matches {
+                count: 0,
+                recent: 0,
+                newest: u32::MAX,
+            });
+            out[3 * g] = (m.count as f32).ln_1p();
+            out[3 * g + 1] = (m.recent as f32).ln_1p();
+            out[3 * g + 2] = if m.count == 0 {
+                none
+            } else {
+                (m.newest as f32).ln_1p()
+            };
+        };
         if target == NO_ROW {
-            for g in 0..groups {
-                out[3 * g + 2] = none;
-            }
+            (0..groups).for_each(|g| put(g, None));
             return out;
         }
-        let tcat = items.category[target as usize];
-        let mut count = vec![0u32; groups];
-        let mut recent = vec![0u32; groups];
-        let mut newest: Vec<Option<u32>> = vec![None; groups];
-        for c in &self.items {
-            let depth = usize::from(items.depth(c.row, target)).min(levels);
-            let same_cat = items.category[c.row as usize] == tcat;
-            for g in (0..=depth).filter(|&g| g > 0 || same_cat) {
-                count[g] += c.count;
-                recent[g] += c.recent;
-                newest[g] = Some(newest[g].map_or(c.newest, |b| b.min(c.newest)));
-            }
-            if let Some(cos) = items.cosine(c.row, target) {
-                let bin = (((cos.clamp(-1.0, 1.0) + 1.0) / 0.1).floor() as usize).min(bins - 1);
-                out[3 * groups + bin] += c.count as f32;
-            }
+        put(0, self.by_category.get(&items.category[target as usize]));
+        let tsem = items.semid[target as usize].as_ref();
+        for d in 1..=levels {
+            let m = tsem
+                .filter(|t| d <= t.levels())
+                .and_then(|t| self.by_prefix.get(&prefix_key(t, d)));
+            put(d, m);
         }
-        for g in 0..groups {
-            out[3 * g] = (count[g] as f32).ln_1p();
-            out[3 * g + 1] = (recent[g] as f32).ln_1p();
-            out[3 * g + 2] = newest[g].map_or(none, |b| (b as f32).ln_1p());
+        for &(row, count) in &self.items {
+            if let Some(cos) = items.cosine(row, target) {
+                let bin = (((cos.clamp(-1.0, 1.0) + 1.0) / 0.1).floor() as usize).min(bins - 1);
+                out[3 * groups + bin] += count as f32;
+            }
         }
         for x in &mut out[3 * groups..3 * groups + bins] {
             *x = x.ln_1p();
