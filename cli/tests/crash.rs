@@ -3,6 +3,9 @@
 //! and check that every acknowledged batch is there exactly once, in order, that no batch is
 //! there in part, and that scoring still answers.
 //!
+//! The campaign fails loudly: any answer other than 200 (a 5xx above all) fails it, and so does a
+//! server that died before its kill; the server's log is kept and shown then.
+//!
 //! Kills: `SIREN_CRASH_KILLS` (default 3).
 
 #[path = "../../http/tests/common/mod.rs"]
@@ -33,13 +36,16 @@ fn batch(b: u64) -> Vec<Value> {
     out
 }
 
+/// The one token of the campaign's server (admin: every scope).
+const TOKEN: &str = "crash-campaign-admin-token";
+
 /// A minimal HTTP/1.1 exchange (the server may die at any moment; no retries, no pooling).
 fn http(addr: &str, method: &str, path: &str, body: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(20))).ok()?;
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     )
     .ok()?;
@@ -50,21 +56,24 @@ fn http(addr: &str, method: &str, path: &str, body: &str) -> Option<(u16, String
     Some((status, body))
 }
 
-fn start(config: &std::path::Path) -> (Child, String) {
+/// Start `siren serve`, its stderr into `log`; its address.
+fn start(config: &std::path::Path, log: &std::path::Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_siren"))
         .args(["serve", "--config", config.to_str().unwrap()])
         .env("SIREN_LOG", "info")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap();
     let out = child.stdout.take().unwrap();
     let mut lines = BufReader::new(out).lines();
     let addr = loop {
-        let line = lines
-            .next()
-            .expect("the server exited before listening")
-            .unwrap();
+        let Some(Ok(line)) = lines.next() else {
+            panic!(
+                "the server exited before listening: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        };
         if let Some(rest) = line.split("addr=").nth(1) {
             break rest.split_whitespace().next().unwrap().to_string();
         }
@@ -87,19 +96,26 @@ fn kill_minus_nine_over_http_loses_no_acknowledged_batch() {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:0\"\ndb = {:?}\nmodel = {:?}\n[engine]\ncompact_pending_events = 60\ncompact_interval_ms = 20\n",
+            "listen = \"127.0.0.1:0\"\ndb = {:?}\nmodel = {:?}\nmodel_dir = {:?}\n\
+             [engine]\ncompact_pending_events = 60\ncompact_interval_ms = 20\n\
+             [[tokens]]\ntoken = \"{TOKEN}\"\nscopes = [\"admin\"]\n",
             dir.path().join("db").display().to_string(),
-            b.model.display().to_string()
+            b.model.display().to_string(),
+            b.model.parent().unwrap().display().to_string(),
         ),
     )
     .unwrap();
-    let model = b.model.display().to_string();
+    // Reloads name the model under `model_dir`.
+    let model = b.model.file_name().unwrap().to_string_lossy().into_owned();
+    // Answers other than 200, with what was asked.
+    let failures: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut rng = rand::rngs::StdRng::seed_from_u64(42);
     let acked: Arc<Mutex<Vec<u64>>> = Arc::default();
     let next = Arc::new(AtomicU64::new(0));
     let (mut reloads, mut compactions) = (0, 0);
     for round in 0..=kills {
-        let (mut child, addr) = start(&config);
+        let log = dir.path().join(format!("serve-{round}.log"));
+        let (mut child, addr) = start(&config, &log);
         check(&addr, &acked.lock().unwrap(), next.load(Ordering::SeqCst));
         if round == kills {
             child.kill().unwrap();
@@ -110,39 +126,60 @@ fn kill_minus_nine_over_http_loses_no_acknowledged_batch() {
         let dead = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::new();
         for _ in 0..2 {
-            let (addr, acked, next, dead) =
-                (addr.clone(), acked.clone(), next.clone(), dead.clone());
+            let (addr, acked, next, dead, failures) = (
+                addr.clone(),
+                acked.clone(),
+                next.clone(),
+                dead.clone(),
+                failures.clone(),
+            );
             workers.push(std::thread::spawn(move || {
                 while !dead.load(Ordering::SeqCst) {
                     let b = next.fetch_add(1, Ordering::SeqCst);
                     let body = json!({"events": batch(b), "durability": "sync"}).to_string();
                     match http(&addr, "POST", "/v1/events", &body) {
                         Some((200, _)) => acked.lock().unwrap().push(b),
-                        _ => break,
+                        answer => {
+                            note_failure(&failures, "append", answer);
+                            break;
+                        }
                     }
                 }
                 (0, 0)
             }));
         }
         {
-            let (addr, dead, model) = (addr.clone(), dead.clone(), model.clone());
+            let (addr, dead, model, failures) =
+                (addr.clone(), dead.clone(), model.clone(), failures.clone());
             workers.push(std::thread::spawn(move || {
                 let (mut r, mut c) = (0, 0);
                 while !dead.load(Ordering::SeqCst) {
                     let reload = json!({ "model": model }).to_string();
                     match http(&addr, "POST", "/v1/admin/reload", &reload) {
                         Some((200, _)) => r += 1,
-                        _ => break,
+                        answer => {
+                            note_failure(&failures, "reload", answer);
+                            break;
+                        }
                     }
                     match http(&addr, "POST", "/v1/admin/compact", "") {
                         Some((200, _)) => c += 1,
-                        _ => break,
+                        answer => {
+                            note_failure(&failures, "compact", answer);
+                            break;
+                        }
                     }
                 }
                 (r, c)
             }));
         }
         std::thread::sleep(Duration::from_millis(rng.random_range(100..900)));
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "round {round}: the server died before its kill ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
         child.kill().unwrap();
         let _ = child.wait();
         dead.store(true, Ordering::SeqCst);
@@ -151,12 +188,29 @@ fn kill_minus_nine_over_http_loses_no_acknowledged_batch() {
             reloads += r;
             compactions += c;
         }
+        let failed = std::mem::take(&mut *failures.lock().unwrap());
+        assert!(
+            failed.is_empty(),
+            "round {round}: {failed:?}; server log: {}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
     }
     let n = acked.lock().unwrap().len();
     eprintln!(
         "{kills} kills: {n} acknowledged batches, {reloads} model reloads, {compactions} requested compactions, all intact"
     );
     assert!(n > 0);
+    assert!(kills == 0 || reloads > 0, "no model reload succeeded");
+}
+
+/// Record an answer other than 200 (a request cut by the kill has none, and is fine).
+fn note_failure(failures: &Mutex<Vec<String>>, what: &str, answer: Option<(u16, String)>) {
+    if let Some((status, body)) = answer {
+        failures
+            .lock()
+            .unwrap()
+            .push(format!("{what} answered {status}: {body}"));
+    }
 }
 
 /// Every acknowledged batch is present once and whole; any other batch is absent or whole; the

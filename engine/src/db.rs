@@ -28,7 +28,8 @@ use crate::store::{Batch, Cf};
 use crate::types::{AppendOptions, AppendOutcome, Durability, Event, Item, Options};
 use crate::watermark;
 
-const MAX_SOURCE_NAME: usize = 1024;
+/// Longest append source name, in bytes.
+pub const MAX_SOURCE_NAME: usize = 1024;
 
 /// An open Siren database. Cheap to share across threads (`&Db` is `Sync`); writes are
 /// serialised, reads never block and each sees a consistent [`Snapshot`].
@@ -466,6 +467,12 @@ impl Db {
             compactions: self.inner.compactions.load(Ordering::Relaxed),
             cache_bytes: self.inner.cache.bytes() as u64,
         }
+    }
+
+    /// What open found wrong in RocksDB's write-ahead log, if anything (see
+    /// [`Stats::wal_damage`]); O(1), unlike [`Db::stats`].
+    pub fn wal_damage(&self) -> Option<&str> {
+        self.inner.store.wal_damage()
     }
 
     /// Check every checksum of every segment file and every record Siren keeps in RocksDB.

@@ -65,6 +65,7 @@ mod segment;
 pub use compaction::CompactionStats;
 pub use db::{
     CheckpointStats, ColumnBytes, Counters, CreatedWith, Db, RocksBytes, Stats, VerifyReport,
+    MAX_SOURCE_NAME,
 };
 pub use error::{DecodeError, Error, Result};
 pub use retrieve::{HardHit, SoftHit};

@@ -38,19 +38,40 @@ fn fixture() -> &'static Fixture {
             impressions_per_user: 8,
             ..PlantedConfig::default()
         };
-        let semid = RqKmeansConfig { codebook_size: 8, ..RqKmeansConfig::default() };
+        let semid = RqKmeansConfig {
+            codebook_size: 8,
+            ..RqKmeansConfig::default()
+        };
         dataset::import_synthetic(&planted, &data, &semid).expect("import");
-        let model = ModelConfig { dim: 8, recent: 8, retrieved: 8, layers: 1, ..ModelConfig::named("siren-hard").expect("model") };
-        let (_db, _m, prepared) = dataset::prepare(&data, std::slice::from_ref(&model), 1).expect("prepare");
-        let t = train(&model, &TrainConfig { epochs: 1, ..TrainConfig::default() }, &prepared).expect("train");
+        let model = ModelConfig {
+            dim: 8,
+            recent: 8,
+            retrieved: 8,
+            layers: 1,
+            ..ModelConfig::named("siren-hard").expect("model")
+        };
+        let (_db, _m, prepared) =
+            dataset::prepare(&data, std::slice::from_ref(&model), 1).expect("prepare");
+        let t = train(
+            &model,
+            &TrainConfig {
+                epochs: 1,
+                ..TrainConfig::default()
+            },
+            &prepared,
+        )
+        .expect("train");
         let ck = dir.path().join("model");
-        t.save(&ck, &prepared.vocabs, prepared.levels).expect("save");
+        t.save(&ck, &prepared.vocabs, prepared.levels)
+            .expect("save");
         drop(_db);
         let mut config = Config {
             db: data.db_path(),
             model: Some(ck),
             codebook: Some(data.codebook_path()),
             backup_dir: Some(dir.path().join("backups")),
+            // No tokens here: let the admin routes' bodies through to their handlers.
+            allow_unauthenticated_admin: true,
             ..Config::default()
         };
         config.limits.max_body_bytes = 1 << 16;
@@ -58,8 +79,15 @@ fn fixture() -> &'static Fixture {
         config.limits.max_k = 64;
         let (db, ranker) = open(&config).expect("open");
         let state = AppState::new(std::sync::Arc::new(db), std::sync::Arc::new(ranker), config);
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        Fixture { _dir: dir, app: siren_http::api::app(state), rt }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        Fixture {
+            _dir: dir,
+            app: siren_http::api::app(state),
+            rt,
+        }
     })
 }
 
@@ -78,7 +106,9 @@ const ROUTES: [(&str, &str); 11] = [
 ];
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&which, rest)) = data.split_first() else { return };
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
     let f = fixture();
     let (method, path) = ROUTES[usize::from(which) % ROUTES.len()];
     // Paths that take a parameter get the input's text (up to the first newline) appended.
@@ -100,7 +130,9 @@ fuzz_target!(|data: &[u8]| {
     else {
         return;
     };
-    let resp = f.rt.block_on(f.app.clone().oneshot(req)).expect("infallible");
+    let resp =
+        f.rt.block_on(f.app.clone().oneshot(req))
+            .expect("infallible");
     let status = resp.status();
     assert!(
         !status.is_server_error() || status.as_u16() == 503,

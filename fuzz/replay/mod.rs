@@ -35,7 +35,10 @@ pub const REPLAYED: [(&str, &[&str]); 3] = [
             "user_entry",
         ],
     ),
-    ("siren-model", &["codebook", "model_config"]),
+    (
+        "siren-model",
+        &["codebook", "dataset_tables", "model_config"],
+    ),
     ("siren-http", &["http_bodies"]),
 ];
 

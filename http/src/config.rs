@@ -5,8 +5,10 @@
 //! listen = "127.0.0.1:7070"
 //! db = "siren-demo/db"
 //! model = "siren-demo/model"          # optional: without it /v1/score answers 503
+//! model_dir = "siren-demo/models"      # optional: where POST /v1/admin/reload finds models by name
 //! codebook = "siren-demo/codebook.bin" # optional: SemIDs for items upserted without one
-//! backup_dir = "siren-demo/backups"    # optional: where POST /v1/admin/snapshot writes
+//! backup_dir = "siren-demo/backups"    # optional: where POST /v1/admin/checkpoint writes
+//! allow_unauthenticated_admin = false  # without tokens, admin routes refuse unless this is true
 //!
 //! [limits]
 //! max_body_bytes = 16777216
@@ -19,6 +21,7 @@
 //! max_in_flight = 64
 //! max_connections = 1024
 //! header_read_timeout_ms = 10000
+//! max_model_bytes = 1073741824
 //!
 //! [engine]
 //! compact_pending_events = 1000000
@@ -72,7 +75,9 @@ pub struct Limits {
     pub max_events_per_request: usize,
     pub max_items_per_request: usize,
     pub max_history_limit: usize,
-    /// A request still running after this long is answered 503 with `Retry-After`.
+    /// A request not answered after this long is answered 503 `timeout` with `Retry-After`,
+    /// unless it has started a write: a write is answered with its outcome once it ends
+    /// (`admission` explains why).
     pub request_timeout_ms: u64,
     /// Requests served at once; more are shed at once with 503 and `Retry-After` rather than
     /// queued.
@@ -82,6 +87,8 @@ pub struct Limits {
     /// A connection that has not sent a whole request head this long after it opened (or after
     /// its previous request) is closed: slow clients cannot hold connections.
     pub header_read_timeout_ms: u64,
+    /// Largest checkpoint file (`config.json`, `model.safetensors`) a model reload reads.
+    pub max_model_bytes: u64,
 }
 
 impl Default for Limits {
@@ -97,6 +104,7 @@ impl Default for Limits {
             max_in_flight: 64,
             max_connections: 1024,
             header_read_timeout_ms: 10_000,
+            max_model_bytes: 1 << 30,
         }
     }
 }
@@ -136,8 +144,14 @@ pub struct Config {
     /// `semid_codebook_size` below; an existing database keeps its own).
     pub db: PathBuf,
     pub model: Option<PathBuf>,
+    /// `POST /v1/admin/reload {"model": "<name>"}` loads `<model_dir>/<name>` and nothing
+    /// outside it; without `model_dir` a reload can only load `model` again.
+    pub model_dir: Option<PathBuf>,
     pub codebook: Option<PathBuf>,
     pub backup_dir: Option<PathBuf>,
+    /// With no token configured, admin routes (reload, compact, checkpoint) answer 403 unless
+    /// this is set: anyone who can reach the loopback interface could call them otherwise.
+    pub allow_unauthenticated_admin: bool,
     pub embedding_dim: u32,
     pub semid_levels: u8,
     pub semid_codebook_size: u32,
@@ -152,8 +166,10 @@ impl Default for Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7070)),
             db: PathBuf::from("siren-data"),
             model: None,
+            model_dir: None,
             codebook: None,
             backup_dir: None,
+            allow_unauthenticated_admin: false,
             embedding_dim: 64,
             semid_levels: 3,
             semid_codebook_size: 256,
@@ -203,6 +219,7 @@ impl Config {
             ("request_timeout_ms", l.request_timeout_ms as usize),
             ("max_connections", l.max_connections),
             ("header_read_timeout_ms", l.header_read_timeout_ms as usize),
+            ("max_model_bytes", l.max_model_bytes as usize),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(ConfigError::Invalid(format!(

@@ -10,13 +10,14 @@
 //! | 403 | `forbidden` |
 //! | 404 | `not_found` |
 //! | 405 | `method_not_allowed` |
+//! | 409 | `conflict` (a checkpoint name already taken) |
 //! | 413 | `payload_too_large` |
 //! | 415 | `unsupported_media_type` |
 //! | 422 | `too_many` (candidates, events, items, `k`, `limit` over the configured limits) |
 //! | 500 | `data_corruption`, `internal` |
-//! | 503 | `overloaded`, `timeout`, `no_model`, `shutting_down` (with `Retry-After`) |
+//! | 503 | `overloaded`, `timeout` (nothing was applied), `no_model` (with `Retry-After`) |
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -79,12 +80,19 @@ impl ApiError {
         )
     }
 
+    /// A request not answered by its deadline. Only requests that had not started a write
+    /// are answered so (see `admission`), hence "nothing was applied".
     pub fn timeout() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "timeout",
-            "the request did not finish within the server's time limit",
+            "the request did not finish within the server's time limit \
+             (limits.request_timeout_ms); nothing was applied, so it is safe to retry",
         )
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
     }
 }
 
@@ -156,40 +164,6 @@ impl From<ServeError> for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        match r {
-            JsonRejection::JsonDataError(e) => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                // serde's message names the field and the expected type.
-                format!(
-                    "the body does not match the request's schema: {}",
-                    inner_source(&e)
-                ),
-            ),
-            JsonRejection::JsonSyntaxError(e) => ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("the body is not valid JSON: {}", inner_source(&e)),
-            ),
-            JsonRejection::MissingJsonContentType(_) => ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send the body as JSON with `Content-Type: application/json`",
-            ),
-            JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "the body is larger than the server's limit (limits.max_body_bytes)",
-                )
-            }
-            other => ApiError::new(other.status(), "invalid_request", other.body_text()),
-        }
-    }
-}
-
 impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", r.body_text())
@@ -200,15 +174,6 @@ impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_request", r.body_text())
     }
-}
-
-/// The innermost cause of an error (serde's own message, without axum's prefix).
-fn inner_source(e: &dyn std::error::Error) -> String {
-    let mut cur: &dyn std::error::Error = e;
-    while let Some(next) = cur.source() {
-        cur = next;
-    }
-    cur.to_string()
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! become JSON in one place, [`error::ApiError`]. The `siren` binary (`siren-cli`) and tests
 //! start it in-process.
 
+pub mod admission;
 pub mod api;
 pub mod config;
 pub mod error;

@@ -1,6 +1,7 @@
 //! Prometheus metrics (OpenMetrics text at `GET /metrics`): requests and their latency per
-//! route, events ingested, items upserted, requests shed, and the engine's O(1) counters
-//! (users, pending events, segments, compactions) read at each scrape.
+//! route, events ingested, items upserted, requests shed or timed out, admission permits held,
+//! the engine's O(1) counters (users, pending events, segments, compactions) read at each
+//! scrape, and whether open recovered past damage in RocksDB's write-ahead log.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,7 +42,10 @@ pub struct ServerMetrics {
     pub events_ingested: Counter,
     pub items_upserted: Counter,
     pub shed: Counter,
+    pub timed_out: Counter,
     in_flight: Gauge<i64, AtomicI64>,
+    admitted: Gauge<i64, AtomicI64>,
+    wal_damage: Gauge<i64, AtomicI64>,
     users: Gauge<i64, AtomicI64>,
     pending_events: Gauge<i64, AtomicI64>,
     segments: Gauge<i64, AtomicI64>,
@@ -50,14 +54,8 @@ pub struct ServerMetrics {
     compactions_seen: AtomicU64,
 }
 
-impl Default for ServerMetrics {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl ServerMetrics {
-    pub fn new() -> ServerMetrics {
+    pub fn new(db: &siren_engine::Db) -> ServerMetrics {
         let mut registry = Registry::with_prefix("siren");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency: Family<RouteLabels, Histogram, fn() -> Histogram> =
@@ -68,7 +66,10 @@ impl ServerMetrics {
             events_ingested: Counter::default(),
             items_upserted: Counter::default(),
             shed: Counter::default(),
+            timed_out: Counter::default(),
             in_flight: Gauge::default(),
+            admitted: Gauge::default(),
+            wal_damage: Gauge::default(),
             users: Gauge::default(),
             pending_events: Gauge::default(),
             segments: Gauge::default(),
@@ -99,8 +100,26 @@ impl ServerMetrics {
         );
         registry.register(
             "requests_shed",
-            "Requests answered 503 because the server was at its concurrency limit or timed out",
+            "Requests answered 503 because the server was at its concurrency limit",
             m.shed.clone(),
+        );
+        registry.register(
+            "requests_timed_out",
+            "Requests answered 503 at their deadline, before any write of theirs started",
+            m.timed_out.clone(),
+        );
+        registry.register(
+            "admitted_requests",
+            "Admission permits held: /v1 requests being served, and the work of timed-out reads \
+             still running",
+            m.admitted.clone(),
+        );
+        registry.register(
+            "wal_damage",
+            "1 if opening the database found a torn or damaged record in RocksDB's write-ahead log \
+             and recovered to the point before it (writes from it on were dropped; the log says \
+             more), else 0",
+            m.wal_damage.clone(),
         );
         registry.register(
             "http_requests_in_flight",
@@ -124,11 +143,14 @@ impl ServerMetrics {
             "Compactions that changed something (background and requested)",
             m.compactions.clone(),
         );
+        m.wal_damage.set(i64::from(db.wal_damage().is_some()));
         ServerMetrics { registry, ..m }
     }
 
-    /// The OpenMetrics text, with the engine's counters read now.
-    pub fn render(&self, db: &siren_engine::Db) -> String {
+    /// The OpenMetrics text, with the engine's counters and the permits held (`admitted`) read
+    /// now.
+    pub fn render(&self, db: &siren_engine::Db, admitted: usize) -> String {
+        self.admitted.set(admitted as i64);
         let c = db.counters();
         self.users.set(c.users as i64);
         self.pending_events.set(c.pending_events as i64);

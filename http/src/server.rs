@@ -131,6 +131,11 @@ impl Running {
         self.task
             .await
             .map_err(|e| std::io::Error::other(format!("server task failed: {e}")))?;
+        // Work whose client is gone (a timed-out read, a write whose connection dropped) may
+        // still run: let it end before the last flush.
+        if !self.state.admission.drained(DRAIN).await {
+            tracing::warn!("work still running after {DRAIN:?}; flushing anyway");
+        }
         let db = self.state.db.clone();
         tokio::task::spawn_blocking(move || db.flush())
             .await

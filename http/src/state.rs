@@ -8,6 +8,7 @@ use siren_engine::{Db, Options};
 use siren_model::semid::Codebook;
 use siren_serve::{Ranker, ServedModel};
 
+use crate::admission::Admission;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::metrics::ServerMetrics;
@@ -20,6 +21,8 @@ pub struct AppState {
     pub ranker: Arc<Ranker>,
     pub config: Arc<Config>,
     pub metrics: Arc<ServerMetrics>,
+    /// The `/v1` routes' concurrency permits and time limit.
+    pub admission: Arc<Admission>,
     /// Set when shutdown begins: `/readyz` answers 503 so that load balancers stop sending.
     pub shutting_down: Arc<AtomicBool>,
 }
@@ -27,10 +30,11 @@ pub struct AppState {
 impl AppState {
     pub fn new(db: Arc<Db>, ranker: Arc<Ranker>, config: Config) -> AppState {
         AppState {
+            metrics: Arc::new(ServerMetrics::new(&db)),
+            admission: Arc::new(Admission::new(&config.limits)),
             db,
             ranker,
             config: Arc::new(config),
-            metrics: Arc::new(ServerMetrics::new()),
             shutting_down: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -77,30 +81,22 @@ pub fn open(cfg: &Config) -> Result<(Db, Ranker), OpenError> {
     Ok((db, ranker))
 }
 
-/// Run blocking work (engine and model calls) off the async threads; a panic in it becomes a
-/// 500 rather than taking the connection down.
-pub async fn blocking<T, F>(f: F) -> Result<T, ApiError>
-where
-    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(format!("the request's worker failed: {e}")))?
-}
+/// The names a request may give for a directory under a configured one (a checkpoint under
+/// `backup_dir`, a model under `model_dir`): one path component, never `..` or hidden. The
+/// OpenAPI document declares the same pattern.
+pub const CHILD_NAME_PATTERN: &str = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$";
 
-/// A checked backup name: one path component under the backup directory.
-pub fn backup_path(dir: &Path, name: &str) -> Result<std::path::PathBuf, ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 100
+/// `dir/name` for a checked `name` (see [`CHILD_NAME_PATTERN`]); `what` names it in the error.
+pub fn child_path(dir: &Path, name: &str, what: &str) -> Result<std::path::PathBuf, ApiError> {
+    let ok = (1..=100).contains(&name.len())
         && !name.starts_with('.')
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if !ok {
-        return Err(ApiError::invalid(
-            "a checkpoint name is 1 to 100 letters, digits, '-', '_' or '.', not starting with '.'",
-        ));
+        return Err(ApiError::invalid(format!(
+            "a {what} name is 1 to 100 letters, digits, '-', '_' or '.', not starting with '.'"
+        )));
     }
     Ok(dir.join(name))
 }

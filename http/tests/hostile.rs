@@ -11,21 +11,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{some_user_and_items, TestServer};
+use common::{rss_kib, some_user_and_items, TestServer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Map, Value};
-
-fn rss_kib() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
 
 /// Values for a JSON schema of the OpenAPI document: mostly valid, sometimes not.
 struct Gen<'a> {
@@ -154,14 +144,7 @@ async fn thousands_of_generated_requests_get_no_5xx_but_503() {
     })
     .await;
     let c = Client::new();
-    let doc: Value = c
-        .get(s.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = s.openapi().await;
     let (user, items) = some_user_and_items(&s);
     let mut ids = items.clone();
     ids.push(user);

@@ -27,7 +27,8 @@ fn code(v: &Value) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_over_a_socket_matches_the_library() {
-    let s = TestServer::start(|_| {}).await;
+    // No tokens: admin routes need the explicit flag (see `admin_refuses_without_a_token`).
+    let s = TestServer::start(|c| c.allow_unauthenticated_admin = true).await;
     let c = Client::new();
     let (user, items) = some_user_and_items(&s);
 
@@ -271,6 +272,7 @@ async fn end_to_end_over_a_socket_matches_the_library() {
     let (st, v) = get(&c, s.url("/v1/stats")).await;
     assert_eq!(st, StatusCode::OK);
     assert!(v["users"].as_u64().unwrap() > 0 && v["compactions"].as_u64().unwrap() >= 1);
+    assert!(v["wal_damage"].is_null(), "{v}");
     let m = c
         .get(s.url("/metrics"))
         .send()
@@ -285,6 +287,10 @@ async fn end_to_end_over_a_socket_matches_the_library() {
         "siren_events_ingested_total 32",
         "siren_compactions_total",
         "siren_users ",
+        // Opening found no damage in RocksDB's write-ahead log; nor does /v1/stats.
+        "siren_wal_damage 0",
+        "siren_admitted_requests ",
+        "siren_requests_timed_out_total 0",
     ] {
         assert!(m.contains(want), "{want} missing from metrics:\n{m}");
     }
@@ -294,6 +300,7 @@ async fn end_to_end_over_a_socket_matches_the_library() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_4xx_with_a_stable_code() {
     let s = TestServer::start(|c| {
+        c.allow_unauthenticated_admin = true;
         c.limits.max_body_bytes = 64 * 1024;
         c.limits.max_candidates = 50;
         c.limits.max_k = 100;
@@ -400,7 +407,7 @@ async fn bad_input_gets_a_4xx_with_a_stable_code() {
             "/v1/items",
             json!({"items": [{"id": 4_242_424_242u64, "embedding": vec![1e39; 16]}]}),
             StatusCode::BAD_REQUEST,
-            "invalid_json",
+            "invalid_request",
         ),
         (
             "/v1/items",
@@ -473,7 +480,7 @@ async fn bad_input_gets_a_4xx_with_a_stable_code() {
             "/v1/retrieve",
             json!({"user": user, "k": 5, "mode": "soft", "embedding": vec![1e39; 16]}),
             StatusCode::BAD_REQUEST,
-            "invalid_json",
+            "invalid_request",
         ),
         (
             "/v1/retrieve",
@@ -776,4 +783,92 @@ async fn graceful_shutdown_finishes_requests_and_keeps_writes() {
     .unwrap();
     assert_eq!(db.snapshot().user_len(31337, None).unwrap(), 100);
     drop(s.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_refuses_without_a_token_and_reload_stays_in_the_model_dir() {
+    let c = Client::new();
+    // No token configured and no explicit flag: every admin route refuses, reads still work.
+    let s = TestServer::start(|_| {}).await;
+    for (path, body) in [
+        ("/v1/admin/compact", json!(null)),
+        ("/v1/admin/checkpoint", json!({"name": "b"})),
+        ("/v1/admin/snapshot", json!({"name": "b"})),
+        ("/v1/admin/reload", json!({})),
+    ] {
+        let (st, v) = post(&c, s.url(path), body).await;
+        assert_eq!(
+            (st, code(&v)),
+            (StatusCode::FORBIDDEN, "forbidden"),
+            "{path}"
+        );
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains("token"),
+            "{v}"
+        );
+    }
+    assert!(!s.dir.path().join("backups").join("b").exists());
+    assert_eq!(get(&c, s.url("/v1/stats")).await.0, StatusCode::OK);
+    s.running.shutdown().await.unwrap();
+
+    // With an admin token: reload loads only names under `model_dir`, within the size bound.
+    let admin = "admin--0123456789";
+    let models = common::built().model.parent().unwrap().to_path_buf();
+    let start = |max_model_bytes: u64| {
+        let models = models.clone();
+        TestServer::start(move |c| {
+            c.tokens = vec![Token {
+                token: admin.into(),
+                scopes: vec![Scope::Admin],
+                name: None,
+            }];
+            c.model_dir = Some(models);
+            c.limits.max_model_bytes = max_model_bytes;
+        })
+    };
+    let call = |s: &TestServer, path: &str, body: Value| {
+        let r = c.post(s.url(path)).bearer_auth(admin).json(&body).send();
+        async move {
+            let r = r.await.unwrap();
+            let st = r.status();
+            (st, r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let s = start(1 << 30).await;
+    let (st, v) = call(&s, "/v1/admin/reload", json!({"model": "model"})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    for (name, want, want_code) in [
+        ("../model", StatusCode::BAD_REQUEST, "invalid_argument"),
+        ("/etc", StatusCode::BAD_REQUEST, "invalid_argument"),
+        (".hidden", StatusCode::BAD_REQUEST, "invalid_argument"),
+        ("no-such-model", StatusCode::NOT_FOUND, "not_found"),
+    ] {
+        let (st, v) = call(&s, "/v1/admin/reload", json!({"model": name})).await;
+        assert_eq!((st, code(&v)), (want, want_code), "{name}: {v}");
+    }
+    // A checkpoint name is taken once.
+    let (st, v) = call(&s, "/v1/admin/checkpoint", json!({"name": "c1"})).await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    let (st, v) = call(&s, "/v1/admin/checkpoint", json!({"name": "c1"})).await;
+    assert_eq!((st, code(&v)), (StatusCode::CONFLICT, "conflict"), "{v}");
+    s.running.shutdown().await.unwrap();
+
+    // Files over `max_model_bytes` are refused unread; the loaded model stays.
+    let s = start(1_000).await;
+    let before = s.model_version();
+    let (st, v) = call(&s, "/v1/admin/reload", json!({"model": "model"})).await;
+    assert_eq!(
+        (st, code(&v)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model")
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("larger than"),
+        "{v}"
+    );
+    assert!(before.is_some());
+    assert_eq!(before, s.model_version());
+    s.running.shutdown().await.unwrap();
 }

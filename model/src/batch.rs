@@ -82,7 +82,12 @@ impl Vocabs {
     /// gets no row of its own and shares row 0 with the ids training never showed: a row
     /// trained on one or two samples can only memorise them, and row 0 is then trained on rare
     /// ids, which is what an unseen id at scoring time is.
-    pub fn from_train(train: &SampleSet, items: &ItemTable, levels: usize, min_count: usize) -> Vocabs {
+    pub fn from_train(
+        train: &SampleSet,
+        items: &ItemTable,
+        levels: usize,
+        min_count: usize,
+    ) -> Vocabs {
         let mut c = Counts::new(levels);
         let count_row = |c: &mut Counts, row: u32| {
             if row == NO_ROW {
@@ -458,7 +463,10 @@ mod tests {
         let all = c.vocab(1);
         assert_eq!((all.get(5), all.get(9), all.get(7)), (1, 2, 3));
         let v = c.vocab(2);
-        assert_eq!((v.get(5), v.get(9), v.get(7), v.get(1), v.size()), (1, 2, 0, 0, 3));
+        assert_eq!(
+            (v.get(5), v.get(9), v.get(7), v.get(1), v.size()),
+            (1, 2, 0, 0, 3)
+        );
         assert_eq!(c.vocab(4).size(), 1);
     }
 

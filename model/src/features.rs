@@ -122,13 +122,8 @@ impl ItemTable {
 
     /// Cosine between two items, `None` if either has no embedding.
     pub fn cosine(&self, a: u32, b: u32) -> Option<f32> {
-        (self.has_emb[a as usize] && self.has_emb[b as usize]).then(|| {
-            self.embedding(a)
-                .iter()
-                .zip(self.embedding(b))
-                .map(|(x, y)| x * y)
-                .sum()
-        })
+        (self.has_emb[a as usize] && self.has_emb[b as usize])
+            .then(|| dot(self.embedding(a), self.embedding(b)))
     }
 
     /// SemID levels shared by two items (0 when either has none).
@@ -138,6 +133,26 @@ impl ItemTable {
             _ => 0,
         }
     }
+}
+
+/// Dot product in a fixed order of eight running sums, which the compiler turns into SIMD (a
+/// single running sum cannot be reordered, so it runs one multiply-add at a time). Training and
+/// serving both compute cosines here, so they round alike.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// Row value of a token whose item the catalog does not know.
@@ -187,67 +202,142 @@ pub fn evidence_len(levels: usize) -> usize {
     3 * (levels + 1) + crate::batch::SIMTIER_BINS + 1
 }
 
-/// Research: whether samples carry evidence features.
-pub fn evidence_on() -> bool {
-    crate::models::xf("EVIDENCE")
+/// A user's as-of history summarised once, so that the evidence features of many targets
+/// (every candidate of a request, or one impression in training) cost a few look-ups and one
+/// pass of dot products over the history's distinct items each.
+#[derive(Debug, Clone, Default)]
+pub struct HistorySummary {
+    /// Behaviours in the history, with or without a catalog row.
+    len: usize,
+    /// Per distinct item with a catalog row: its row and occurrences.
+    items: Vec<(u32, u32)>,
+    /// Behaviours per category.
+    by_category: HashMap<u32, Matches>,
+    /// Behaviours per SemID prefix, keyed by [`prefix_key`].
+    by_prefix: HashMap<u128, Matches>,
 }
 
-/// What the whole as-of history `hist` (oldest first) says about `target`: per SemID depth
-/// d = 1..levels, log(1 + behaviours sharing at least d levels), log(1 + those among the
-/// newest [`EVIDENCE_WINDOW`]), log(1 + how many behaviours are newer than the newest of
-/// them) (log(2 + len) when there is none); the similarity-tier histogram of every behaviour's
-/// cosine with the target (log(1 + count) per 0.1-wide bin); log(1 + len).
-pub fn evidence(items: &ItemTable, hist: &[Event], target: u32, levels: usize) -> Vec<f32> {
-    let bins = crate::batch::SIMTIER_BINS;
-    // Groups: the target's category (index 0), then SemID depths 1..=levels.
-    let groups = levels + 1;
-    let mut out = vec![0f32; evidence_len(levels)];
-    let n = hist.len();
-    out[3 * groups + bins] = (n as f32).ln_1p();
-    let none = (n as f32 + 1.0).ln_1p();
-    if target == NO_ROW {
-        for g in 0..groups {
-            out[3 * g + 2] = none;
-        }
-        return out;
-    }
-    let tcat = items.category[target as usize];
-    let mut count = vec![0usize; groups];
-    let mut recent = vec![0usize; groups];
-    let mut newest: Vec<Option<usize>> = vec![None; groups];
-    // Per distinct item: occurrences, shared depth, same category.
-    let mut per_item: HashMap<u32, (usize, u8, bool)> = HashMap::new();
-    for (back, e) in hist.iter().rev().enumerate() {
-        let Some(row) = items.row(e.item) else { continue };
-        let entry = per_item.entry(row).or_insert_with(|| {
-            (0, items.depth(row, target), items.category[row as usize] == tcat)
-        });
-        entry.0 += 1;
-        let depth = usize::from(entry.1).min(levels);
-        let same_cat = entry.2;
-        for g in (0..=depth).filter(|&g| g > 0 || same_cat) {
-            count[g] += 1;
-            if back < EVIDENCE_WINDOW {
-                recent[g] += 1;
+/// The first `d` levels of `semid` and `d` itself in one number (at most six 16-bit codes).
+fn prefix_key(semid: &SemId, d: usize) -> u128 {
+    semid.codes()[..d]
+        .iter()
+        .fold(d as u128, |k, &c| (k << 16) | u128::from(c))
+}
+
+/// The behaviours of one group (a category, a SemID prefix).
+#[derive(Debug, Clone, Copy)]
+struct Matches {
+    count: u32,
+    /// Among the newest [`EVIDENCE_WINDOW`] behaviours.
+    recent: u32,
+    /// Behaviours newer than the group's newest.
+    newest: u32,
+}
+
+impl Matches {
+    fn add(slot: Option<&mut Matches>, back: usize) -> Option<Matches> {
+        let recent = u32::from(back < EVIDENCE_WINDOW);
+        match slot {
+            Some(m) => {
+                m.count += 1;
+                m.recent += recent;
+                None
             }
-            newest[g].get_or_insert(back);
+            None => Some(Matches {
+                count: 1,
+                recent,
+                newest: back as u32,
+            }),
         }
     }
-    for g in 0..groups {
-        out[3 * g] = (count[g] as f32).ln_1p();
-        out[3 * g + 1] = (recent[g] as f32).ln_1p();
-        out[3 * g + 2] = newest[g].map_or(none, |b| (b as f32).ln_1p());
-    }
-    for (&row, &(c, _, _)) in &per_item {
-        if let Some(cos) = items.cosine(row, target) {
-            let bin = (((cos.clamp(-1.0, 1.0) + 1.0) / 0.1).floor() as usize).min(bins - 1);
-            out[3 * groups + bin] += c as f32;
+}
+
+impl HistorySummary {
+    /// Summarise `hist` (oldest first); behaviours whose item has no row in `items` count in
+    /// the length only.
+    pub fn new(items: &ItemTable, hist: &[Event]) -> HistorySummary {
+        let mut out = HistorySummary {
+            len: hist.len(),
+            ..HistorySummary::default()
+        };
+        let mut index: HashMap<u32, usize> = HashMap::new();
+        // Newest first, so that a group's first behaviour is its newest.
+        for (back, e) in hist.iter().rev().enumerate() {
+            let Some(row) = items.row(e.item) else {
+                continue;
+            };
+            let k = *index.entry(row).or_insert_with(|| {
+                out.items.push((row, 0));
+                out.items.len() - 1
+            });
+            out.items[k].1 += 1;
+            let cat = items.category[row as usize];
+            if let Some(m) = Matches::add(out.by_category.get_mut(&cat), back) {
+                out.by_category.insert(cat, m);
+            }
+            if let Some(semid) = &items.semid[row as usize] {
+                for d in 1..=semid.levels() {
+                    let key = prefix_key(semid, d);
+                    if let Some(m) = Matches::add(out.by_prefix.get_mut(&key), back) {
+                        out.by_prefix.insert(key, m);
+                    }
+                }
+            }
         }
+        out
     }
-    for x in &mut out[3 * groups..3 * groups + bins] {
-        *x = x.ln_1p();
+
+    /// What the history says about `target` ([`evidence_len`]`(levels)` numbers). For each
+    /// group — the target's category, then SemID depths d = 1..=levels (behaviours sharing at
+    /// least d levels) — log(1 + its behaviours), log(1 + those among the newest
+    /// [`EVIDENCE_WINDOW`]) and log(1 + behaviours newer than its newest) (log(2 + len) when
+    /// it has none); then the similarity-tier histogram of every behaviour's cosine with the
+    /// target (log(1 + count) per 0.1-wide bin); then log(1 + len). Coarse counts rather than
+    /// ids, so they mean the same for users never seen in training.
+    pub fn evidence(&self, items: &ItemTable, target: u32, levels: usize) -> Vec<f32> {
+        let bins = crate::batch::SIMTIER_BINS;
+        let groups = levels + 1;
+        let mut out = vec![0f32; evidence_len(levels)];
+        let n = self.len as f32;
+        out[3 * groups + bins] = n.ln_1p();
+        let none = (n + 1.0).ln_1p();
+        let mut put = |g: usize, m: Option<&Matches>| {
+            let m = m.copied().unwrap_or(Matches {
+                count: 0,
+                recent: 0,
+                newest: u32::MAX,
+            });
+            out[3 * g] = (m.count as f32).ln_1p();
+            out[3 * g + 1] = (m.recent as f32).ln_1p();
+            out[3 * g + 2] = if m.count == 0 {
+                none
+            } else {
+                (m.newest as f32).ln_1p()
+            };
+        };
+        if target == NO_ROW {
+            (0..groups).for_each(|g| put(g, None));
+            return out;
+        }
+        put(0, self.by_category.get(&items.category[target as usize]));
+        let tsem = items.semid[target as usize].as_ref();
+        for d in 1..=levels {
+            let m = tsem
+                .filter(|t| d <= t.levels())
+                .and_then(|t| self.by_prefix.get(&prefix_key(t, d)));
+            put(d, m);
+        }
+        for &(row, count) in &self.items {
+            if let Some(cos) = items.cosine(row, target) {
+                let bin = (((cos.clamp(-1.0, 1.0) + 1.0) / 0.1).floor() as usize).min(bins - 1);
+                out[3 * groups + bin] += count as f32;
+            }
+        }
+        for x in &mut out[3 * groups..3 * groups + bins] {
+            *x = x.ln_1p();
+        }
+        out
     }
-    out
 }
 
 impl SampleSet {
@@ -280,7 +370,9 @@ pub fn token(items: &ItemTable, target: u32, imp: &Impression, e: &Event) -> Res
         )));
     }
     let row = items.row(e.item).unwrap_or(NO_ROW);
-    let age_ms = imp.ts - e.ts;
+    // Saturating: an impression at `i64::MAX` (a request's `as_of`) and an event at a negative
+    // time are further apart than an i64 holds; the age is clamped to u32 seconds anyway.
+    let age_ms = imp.ts.saturating_sub(e.ts);
     let (sim, depth) = if row == NO_ROW || target == NO_ROW {
         (f32::NAN, 0)
     } else {
@@ -292,7 +384,7 @@ pub fn token(items: &ItemTable, target: u32, imp: &Impression, e: &Event) -> Res
     Ok(Token {
         row,
         action: e.action,
-        age_s: ((age_ms + 999) / 1000).min(i64::from(u32::MAX)) as u32,
+        age_s: (age_ms.saturating_add(999) / 1000).min(i64::from(u32::MAX)) as u32,
         sim,
         depth,
     })
@@ -377,14 +469,15 @@ fn sequence(
         .collect()
 }
 
-/// Build the sequences `spec` (kind, length) for each impression. Impressions are processed
-/// per user on `threads` threads; the result is in the order of `imps` and does not depend on
-/// the thread count.
+/// Build the sequences `spec` (kind, length) for each impression, and its evidence features
+/// over `evidence` SemID levels when given. Impressions are processed per user on `threads` threads; the result is
+/// in the order of `imps` and does not depend on the thread count.
 pub fn build_samples(
     snap: &Snapshot,
     items: &ItemTable,
     imps: &[Impression],
     spec: &[(SeqKind, usize)],
+    evidence: Option<usize>,
     threads: usize,
 ) -> Result<SampleSet> {
     let n = imps.len();
@@ -415,10 +508,9 @@ pub fn build_samples(
                     let mut out = Vec::with_capacity(part.len());
                     let mut current_user = None;
                     let mut history: Option<Vec<Event>> = None;
-                    let with_evidence = evidence_on();
                     for &i in *part {
                         let imp = &imps[i];
-                        if (with_evidence
+                        if (evidence.is_some()
                             || spec
                                 .iter()
                                 .any(|(k, _)| *k == SeqKind::Retrieved(Retrieval::Category)))
@@ -438,10 +530,11 @@ pub fn build_samples(
                         for &(kind, len) in spec {
                             seqs.push(sequence(snap, items, imp, target, kind, len, &mut history)?);
                         }
-                        let ev = match (&history, with_evidence) {
-                            (Some(h), true) => {
+                        let ev = match (&history, evidence) {
+                            (Some(h), Some(levels)) => {
                                 let cut = h.partition_point(|e| e.ts < imp.ts);
-                                evidence(items, &h[..cut], target, levels_of(items))
+                                HistorySummary::new(items, &h[..cut])
+                                    .evidence(items, target, levels)
                             }
                             _ => Vec::new(),
                         };
@@ -510,10 +603,3 @@ pub fn assemble(
         evidence: Vec::new(),
     }
 }
-
-/// SemID levels of the catalog (the longest SemID).
-fn levels_of(items: &ItemTable) -> usize {
-    items.semid.iter().flatten().map(|s| s.levels()).max().unwrap_or(0)
-}
-
-

@@ -539,8 +539,14 @@ mod tests {
         );
         // Batches of 2: user 1 becomes two groups (AUC 1, then 0), user 2 one (AUC 1): 2/3.
         // Over the whole set user 1 wins 3 of 4 pairs: (0.75·4 + 1·2) / 6.
-        assert!(close(gauc_per_batch(&users, &scores, &labels, 2).unwrap().value, 2.0 / 3.0));
-        assert!(close(gauc(&users, &scores, &labels).unwrap().value, 5.0 / 6.0));
+        assert!(close(
+            gauc_per_batch(&users, &scores, &labels, 2).unwrap().value,
+            2.0 / 3.0
+        ));
+        assert!(close(
+            gauc(&users, &scores, &labels).unwrap().value,
+            5.0 / 6.0
+        ));
     }
 
     /// The bootstrap interval holds its estimate, narrows with more users, and a model compared

@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal, Zipf};
 use siren_engine::{AppendOptions, Db, Durability, Event, Item, SemId};
 
-use crate::data::{Impression, Splits};
+use crate::data::{user_split, Impression, Splits, UserSplit};
 use crate::error::Result;
 
 #[derive(Debug, Clone)]
@@ -558,15 +558,15 @@ impl Planted {
     }
 }
 
-/// Split impressions by user: a user's every impression goes to one split, test for one user
-/// in ten, validation for another one in eight (by a hash of the id), training for the rest.
+/// Split impressions by user with [`user_split`]: a user's every impression goes to one split
+/// (one user in eight test, another one in eight validation, the rest training).
 pub fn split_by_user(truths: &[Truth]) -> Splits {
     let mut s = Splits::default();
     for t in truths {
-        let part = match t.impression.user.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60 {
-            0..=1 => &mut s.test,
-            2..=3 => &mut s.valid,
-            _ => &mut s.train,
+        let part = match user_split(t.impression.user) {
+            UserSplit::Test => &mut s.test,
+            UserSplit::Valid => &mut s.valid,
+            UserSplit::Train => &mut s.train,
         };
         part.push(t.impression);
     }

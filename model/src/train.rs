@@ -92,20 +92,24 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Read every split's sequences `spec` from `snap` (with `as_of` = each impression's time);
-    /// ids seen fewer than `min_count` times in training share the unknown row.
+    /// Read every split's sequences `spec` (and the evidence features when `evidence`) from
+    /// `snap` (with `as_of` = each impression's time); ids seen fewer than `min_count` times in
+    /// training share the unknown row.
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         snap: &siren_engine::Snapshot,
         items: ItemTable,
         splits: &Splits,
         spec: &[(SeqKind, usize)],
+        evidence: bool,
         levels: usize,
         threads: usize,
         min_count: usize,
     ) -> Result<Prepared> {
-        let train = build_samples(snap, &items, &splits.train, spec, threads)?;
-        let valid = build_samples(snap, &items, &splits.valid, spec, threads)?;
-        let test = build_samples(snap, &items, &splits.test, spec, threads)?;
+        let ev = evidence.then_some(levels);
+        let train = build_samples(snap, &items, &splits.train, spec, ev, threads)?;
+        let valid = build_samples(snap, &items, &splits.valid, spec, ev, threads)?;
+        let test = build_samples(snap, &items, &splits.test, spec, ev, threads)?;
         let vocabs = Vocabs::from_train(&train, &items, levels, min_count);
         let rows = RowIndex::new(&vocabs, &items);
         Ok(Prepared {
@@ -120,18 +124,21 @@ impl Prepared {
     }
 
     /// Samples of `imps` (as the test split) with vocabularies fixed by a checkpoint.
+    #[allow(clippy::too_many_arguments)]
     pub fn for_scoring(
         snap: &siren_engine::Snapshot,
         items: ItemTable,
         imps: &[crate::data::Impression],
         spec: &[(SeqKind, usize)],
+        evidence: bool,
         vocabs: Vocabs,
         levels: usize,
         threads: usize,
     ) -> Result<Prepared> {
-        let test = build_samples(snap, &items, imps, spec, threads)?;
-        let empty = build_samples(snap, &items, &[], spec, 1)?;
-        let empty2 = build_samples(snap, &items, &[], spec, 1)?;
+        let ev = evidence.then_some(levels);
+        let test = build_samples(snap, &items, imps, spec, ev, threads)?;
+        let empty = build_samples(snap, &items, &[], spec, ev, 1)?;
+        let empty2 = build_samples(snap, &items, &[], spec, ev, 1)?;
         let rows = RowIndex::new(&vocabs, &items);
         Ok(Prepared {
             items,
@@ -234,8 +241,7 @@ pub fn train(cfg: &ModelConfig, tcfg: &TrainConfig, data: &Prepared) -> Result<T
     let params = Params::with_embedding_std(tcfg.seed, &dev, tcfg.embedding_std);
     let model = build(cfg, &dims, &params)?;
     let vars = params.varmap().all_vars();
-    let mut sparse = SparseAdam::new(tcfg.embedding_lr);
-    sparse.weight_decay = std::env::var("SIREN_X_EMB_WD").ok().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let sparse = SparseAdam::new(tcfg.embedding_lr);
     let mut opt = AdamW::new(
         vars.clone(),
         ParamsAdamW {
@@ -478,11 +484,18 @@ const MAX_SEQUENCE: usize = 10_000;
 const MAX_EMBEDDING_DIM: usize = 8192;
 
 pub fn load_checkpoint(dir: &Path) -> Result<Loaded> {
+    load_checkpoint_within(dir, u64::MAX)
+}
+
+/// [`load_checkpoint`], refusing a `config.json` or weights file larger than `max_file_bytes`
+/// before reading it (a server reloading models on request bounds what a request makes it
+/// read). The weights are built from the very bytes whose checksum was checked.
+pub fn load_checkpoint_within(dir: &Path, max_file_bytes: u64) -> Result<Loaded> {
     let path = dir.join("config.json");
-    let bytes = std::fs::read(&path).map_err(|e| ModelError::io(&path, e))?;
+    let bytes = read_within(&path, max_file_bytes)?;
     let cfg = CheckpointConfig::decode(&bytes, &path)?;
     let weights = dir.join("model.safetensors");
-    let wbytes = std::fs::read(&weights).map_err(|e| ModelError::io(&weights, e))?;
+    let wbytes = read_within(&weights, max_file_bytes)?;
     if !siren_engine::format::checksum_matches(cfg.weights_crc32c, crc32c::crc32c(&wbytes)) {
         return Err(ModelError::DataCorruption {
             path: weights,
@@ -491,11 +504,34 @@ pub fn load_checkpoint(dir: &Path) -> Result<Loaded> {
     }
     let params = Params::new(0, &Device::Cpu);
     let model = build(&cfg.model, &cfg.dims, &params)?;
-    params.load(&weights).map_err(|e| ModelError::DataCorruption {
-        path: weights.clone(),
-        detail: e.to_string(),
-    })?;
+    params
+        .load_buffer(&wbytes)
+        .map_err(|e| ModelError::DataCorruption {
+            path: weights.clone(),
+            detail: e.to_string(),
+        })?;
     Ok(Loaded { cfg, params, model })
+}
+
+/// The whole file, refused with [`ModelError::InvalidArgument`] if it holds more than `max`
+/// bytes (checked on the open file, and again while reading, so a file growing meanwhile is
+/// caught too).
+fn read_within(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let too_big = || ModelError::invalid(format!("{} is larger than {max} bytes", path.display()));
+    let f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+    let len = f.metadata().map_err(|e| ModelError::io(path, e))?.len();
+    if len > max {
+        return Err(too_big());
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    f.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| ModelError::io(path, e))?;
+    if bytes.len() as u64 > max {
+        return Err(too_big());
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -518,7 +554,10 @@ mod tests {
             .map(|(&x, y)| x.max(0.0) - x * y + (1.0 + (-x.abs()).exp()).ln())
             .sum::<f64>()
             / 6.0;
-        assert!(got.is_finite() && (f64::from(got) - want).abs() < 1e-5, "{got} vs {want}");
+        assert!(
+            got.is_finite() && (f64::from(got) - want).abs() < 1e-5,
+            "{got} vs {want}"
+        );
         let naive = candle_nn::loss::binary_cross_entropy_with_logit(&x, &y)
             .unwrap()
             .to_scalar::<f32>()

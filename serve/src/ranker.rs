@@ -169,7 +169,18 @@ impl Ranker {
         let at = opts.at.unwrap_or_else(now_ms);
         let (plan, fed) = plan(&model.config.model.sequences(), opts.retrieval);
         let dim = self.shape.embedding_dim as usize;
-        let mut built = candidate_samples(snap, user, at, opts.domain, candidates, &plan, dim)?;
+        let cfg = &model.config;
+        let evidence = cfg.model.evidence.then_some(cfg.levels);
+        let mut built = candidate_samples(
+            snap,
+            user,
+            at,
+            opts.domain,
+            candidates,
+            &plan,
+            evidence,
+            dim,
+        )?;
         let t = Instant::now();
         let vocabs = &model.config.vocabs;
         let rows = RowIndex::new(vocabs, &built.items);

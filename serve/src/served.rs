@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use siren_engine::Db;
 use siren_model::models::Scorer;
 use siren_model::semid::Codebook;
-use siren_model::train::{load_checkpoint, CheckpointConfig};
+use siren_model::train::{load_checkpoint_within, CheckpointConfig};
 
 use crate::error::{Result, ServeError};
 use crate::forward::weights::Named;
@@ -75,7 +75,16 @@ impl ServedModel {
     /// Load a checkpoint directory written by `siren train`. Its version is the model name and
     /// the checksum of its weights, so two loads of the same weights have the same version.
     pub fn load(dir: impl AsRef<Path>) -> siren_model::Result<ServedModel> {
-        let loaded = load_checkpoint(dir.as_ref())?;
+        Self::load_within(dir, u64::MAX)
+    }
+
+    /// [`ServedModel::load`], refusing checkpoint files larger than `max_file_bytes` before
+    /// reading them.
+    pub fn load_within(
+        dir: impl AsRef<Path>,
+        max_file_bytes: u64,
+    ) -> siren_model::Result<ServedModel> {
+        let loaded = load_checkpoint_within(dir.as_ref(), max_file_bytes)?;
         let weights = Named::new(loaded.params.named_tensors()?);
         let fused = FusedEsu::load(&loaded.cfg.model, &weights).map_err(|e| match e {
             ServeError::Model(m) => m,

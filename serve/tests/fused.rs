@@ -8,9 +8,8 @@ mod common;
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use siren_engine::{ReadRange, Snapshot};
+use siren_engine::Snapshot;
 use siren_model::batch::{make_batch, Batch, RowIndex};
-use siren_model::features::{evidence, ItemTable, NO_ROW};
 use siren_model::models::layers::Params;
 use siren_model::models::{build, ModelConfig, Scorer};
 use siren_model::train::Prepared;
@@ -19,10 +18,6 @@ use siren_serve::candidates::candidate_samples;
 use siren_serve::forward::weights::Named;
 use siren_serve::forward::FusedEsu;
 use siren_serve::retrieval::plan;
-
-/// Held by every test here that builds a model: the evidence variants switch the research
-/// environment variable on while they build theirs.
-static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Every parameter of `p` replaced by random values of a scale that keeps the probabilities
 /// away from 0 and 1 (so that a difference shows).
@@ -47,11 +42,11 @@ fn randomise(p: &Params, seed: u64, dir: &std::path::Path) {
     }
     let path = dir.join(format!("random-{seed}.safetensors"));
     candle_core::safetensors::save(&map, &path).unwrap();
-    p.load(&path).unwrap();
+    p.load_buffer(&std::fs::read(&path).unwrap()).unwrap();
 }
 
-/// The serving path's batch for `user` and `cands` at `at` (with the real evidence features
-/// of each candidate when `with_evidence`).
+/// The serving path's batch for `user` and `cands` at `at` (with the served evidence features
+/// when `with_evidence`).
 fn served_batch(
     snap: &Snapshot,
     data: &Prepared,
@@ -66,15 +61,8 @@ fn served_batch(
         Retrieval::Hard
     };
     let (plan, _) = plan(&cfg.sequences(), retrieval);
-    let mut built = candidate_samples(snap, user, at, 0, cands, &plan, 16).unwrap();
-    if with_evidence {
-        let all = ItemTable::from_snapshot(snap, 16);
-        let hist = snap.read(user, ReadRange::as_of(at)).unwrap();
-        built.set.evidence = cands
-            .iter()
-            .flat_map(|&c| evidence(&all, &hist, all.row(c).unwrap_or(NO_ROW), data.levels))
-            .collect();
-    }
+    let evidence = with_evidence.then_some(data.levels);
+    let built = candidate_samples(snap, user, at, 0, cands, &plan, evidence, 16).unwrap();
     let rows = RowIndex::new(&data.vocabs, &built.items);
     let kinds: Vec<SeqKind> = plan.iter().map(|p| p.slot).collect();
     let idx: Vec<usize> = (0..cands.len()).collect();
@@ -110,7 +98,6 @@ fn compare(model: &dyn Scorer, fused: &FusedEsu, b: &Batch) -> (f32, f32) {
 
 #[test]
 fn fused_forward_equals_candle_on_every_covered_variant() {
-    let _env = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let (dir, db, data) = common::small_with_db();
     let snap = db.snapshot();
     let dims = data.dims();
@@ -136,10 +123,6 @@ fn fused_forward_equals_candle_on_every_covered_variant() {
     ];
     let mut checked = 0;
     for with_evidence in [false, true] {
-        // Research switch read when the model is built (to become a `ModelConfig` field).
-        if with_evidence {
-            std::env::set_var("SIREN_X_EVIDENCE", "1");
-        }
         for (v, name) in names.iter().enumerate() {
             for recent in [16, 0] {
                 for seed in [1u64, 2, 3] {
@@ -149,6 +132,10 @@ fn fused_forward_equals_candle_on_every_covered_variant() {
                         retrieved: 16,
                         layers: 1 + (seed as usize + v) % 2,
                         heads: 2,
+                        evidence: with_evidence,
+                        // The behaviours' action and time gap left out in turn.
+                        no_action: seed == 2,
+                        no_gap: seed == 3,
                         ..ModelConfig::named(name).unwrap()
                     };
                     let p = Params::new(seed, &Device::Cpu);
@@ -185,14 +172,12 @@ fn fused_forward_equals_candle_on_every_covered_variant() {
                 }
             }
         }
-        std::env::remove_var("SIREN_X_EVIDENCE");
     }
     assert_eq!(checked, 2 * names.len() * 2 * 3 * requests.len());
 }
 
 #[test]
 fn models_the_fused_forward_does_not_cover_fall_back() {
-    let _env = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     let (_dir, data) = common::small();
     for name in [
         "din",
@@ -215,7 +200,6 @@ fn models_the_fused_forward_does_not_cover_fall_back() {
 /// A loaded SIREN checkpoint is served by the fused forward, a baseline by candle.
 #[test]
 fn served_siren_models_use_the_fused_forward() {
-    let _env = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
     use siren_model::train::{train, TrainConfig};
     let (_dir, data) = common::small();
     for (name, fused) in [("siren-hard", true), ("din", false)] {

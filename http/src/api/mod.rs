@@ -9,23 +9,23 @@
 //! | `GET /healthz`, `GET /readyz`, `GET /metrics`, `GET /openapi.json` | none |
 //!
 //! The `/v1` routes run under a global concurrency limit that sheds excess requests at once
-//! (503 with `Retry-After`) rather than queueing them, and a per-request timeout.
+//! (503 with `Retry-After`) rather than queueing them, and a per-request deadline that never
+//! cuts a write short (`crate::admission`).
 
 pub mod admin;
+pub mod doc;
+pub mod json;
 pub mod read;
 pub mod types;
 pub mod write;
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::{BoxError, Json, Router};
-use tower::ServiceBuilder;
+use axum::{Json, Router};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -35,11 +35,6 @@ use crate::config::Scope;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::AppState;
 use types::{HealthResponse, ReadyResponse};
-
-/// A JSON body whose rejections are [`ApiError`]s.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct ApiJson<T>(pub T);
 
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Path), rejection(ApiError))]
@@ -54,10 +49,18 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Check the bearer token for `need`. With no token configured the server listens on loopback
-/// only and everything is allowed.
+/// only; reads and writes are allowed, admin routes only with `allow_unauthenticated_admin`.
 fn authorize(state: &AppState, headers: &HeaderMap, need: Scope) -> Result<(), ApiError> {
     let tokens = &state.config.tokens;
     if tokens.is_empty() {
+        if need == Scope::Admin && !state.config.allow_unauthenticated_admin {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "admin routes need a token with the admin scope: configure [[tokens]] (or, on a \
+                 machine whose every user may administer the server, allow_unauthenticated_admin)",
+            ));
+        }
         return Ok(());
     }
     let given = headers
@@ -142,7 +145,7 @@ pub async fn readyz(State(st): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
 pub async fn metrics(State(st): State<AppState>) -> Response {
-    let body = st.metrics.render(&st.db);
+    let body = st.metrics.render(&st.db, st.admission.in_use());
     (
         [(
             header::CONTENT_TYPE,
@@ -176,18 +179,6 @@ impl Modify for BearerAuth {
     modifiers(&BearerAuth)
 )]
 struct ApiDoc;
-
-/// Map the errors of the shedding and timeout layers to responses.
-fn overload_error(st: &AppState, err: BoxError) -> ApiError {
-    st.metrics.shed.inc();
-    if err.is::<tower::load_shed::error::Overloaded>() {
-        ApiError::overloaded()
-    } else if err.is::<tower::timeout::error::Elapsed>() {
-        ApiError::timeout()
-    } else {
-        ApiError::internal(format!("middleware: {err}"))
-    }
-}
 
 async fn not_found() -> ApiError {
     ApiError::not_found("no such route; see /openapi.json")
@@ -223,33 +214,22 @@ fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(admin::checkpoint))
         .routes(routes!(admin::snapshot))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
-    let limits = &state.config.limits;
     let (v1, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(read)
         .merge(write)
         .merge(admin)
         .split_for_parts();
-    let v1 = v1.layer(
-        ServiceBuilder::new()
-            .layer(HandleErrorLayer::new({
-                let st = state.clone();
-                move |err: BoxError| {
-                    let e = overload_error(&st, err);
-                    async move { e }
-                }
-            }))
-            .load_shed()
-            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-                limits.max_in_flight,
-            ))
-            .timeout(Duration::from_millis(limits.request_timeout_ms)),
-    );
+    let v1 = v1.layer(middleware::from_fn_with_state(
+        state.clone(),
+        crate::admission::admit,
+    ));
     let (ops, ops_doc) = OpenApiRouter::new()
         .routes(routes!(healthz))
         .routes(routes!(readyz))
         .routes(routes!(metrics))
         .split_for_parts();
     doc.merge(ops_doc);
+    doc::complete(&mut doc);
     (v1.merge(ops), doc)
 }
 

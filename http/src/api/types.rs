@@ -6,7 +6,38 @@ use siren_engine::{Durability, Event, SemId};
 use siren_serve::Retrieval;
 use utoipa::{IntoParams, ToSchema};
 
+use super::json;
 use crate::error::ApiError;
+
+/// An optional SemID: codes 0 to 65535 (how many and how large the database decides).
+fn semid_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+                .maximum(Some(u16::MAX)),
+        )
+        .build()
+}
+
+/// An optional embedding: numbers within the range of an f32 (how many the database decides).
+fn embedding_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaFormat, SchemaType, Type};
+    use utoipa::openapi::KnownFormat;
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::Number)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Float)))
+                .minimum(Some(-f64::from(f32::MAX)))
+                .maximum(Some(f64::from(f32::MAX))),
+        )
+        .build()
+}
 
 /// How durable a write is when the response is sent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
@@ -33,16 +64,19 @@ impl From<DurabilityIn> for Durability {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EventIn {
+    #[serde(deserialize_with = "json::int")]
     pub user: u64,
     /// Milliseconds since the Unix epoch.
+    #[serde(deserialize_with = "json::int")]
     pub ts: i64,
+    #[serde(deserialize_with = "json::int")]
     pub item: u64,
     /// Action code (view, click, buy, a rating, ...), 0 to 255.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::int")]
     #[schema(maximum = 255)]
     pub action: u8,
     /// Scenario or surface, 0 to 65535.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::int")]
     #[schema(maximum = 65535)]
     pub domain: u16,
 }
@@ -84,14 +118,23 @@ impl From<Event> for EventOut {
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceIn {
+    /// 1 to 256 characters.
+    #[schema(min_length = 1, max_length = 256)]
     pub name: String,
+    #[serde(deserialize_with = "json::int")]
     pub seq: u64,
 }
+
+/// Longest source name over HTTP, in characters: at most the engine's limit in bytes
+/// ([`siren_engine::MAX_SOURCE_NAME`]) however the characters are encoded, so that a name the
+/// OpenAPI document allows is one the engine takes.
+pub const MAX_SOURCE_NAME_CHARS: usize = siren_engine::MAX_SOURCE_NAME / 4;
 
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppendRequest {
     /// Events of any users, stored atomically: all of them or, on error, none.
+    #[serde(deserialize_with = "json::events")]
     pub events: Vec<EventIn>,
     #[serde(default)]
     pub durability: DurabilityIn,
@@ -112,22 +155,25 @@ pub struct AppendResponse {
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ItemIn {
+    #[serde(deserialize_with = "json::int")]
     pub id: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::int")]
     pub category: u32,
-    /// Codes, coarse to fine; as many as the database's SemID levels. Assigned from the
-    /// server's codebook when absent and an embedding is given.
-    #[serde(default)]
-    #[schema(value_type = Option<Vec<u16>>, maximum = 65535)]
+    /// Codes, coarse to fine; as many as the database's SemID levels, each below its codebook
+    /// size. Assigned from the server's codebook when absent and an embedding is given.
+    #[serde(default, deserialize_with = "json::semid")]
+    #[schema(schema_with = semid_schema)]
     pub semid: Option<Vec<u16>>,
-    /// As many finite values as the database's embedding dimension.
-    #[serde(default)]
+    /// As many values as the database's embedding dimension, each within the range of an f32.
+    #[serde(default, deserialize_with = "json::embedding")]
+    #[schema(schema_with = embedding_schema)]
     pub embedding: Option<Vec<f32>>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpsertItemsRequest {
+    #[serde(deserialize_with = "json::items")]
     pub items: Vec<ItemIn>,
     #[serde(default)]
     pub durability: DurabilityIn,
@@ -172,14 +218,16 @@ impl From<GsuIn> for Retrieval {
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScoreRequest {
+    #[serde(deserialize_with = "json::int")]
     pub user: u64,
     /// Item ids to score (at most `limits.max_candidates`). Ids the catalog does not hold are
     /// scored as cold items and marked `in_catalog: false`.
+    #[serde(deserialize_with = "json::candidates")]
     pub candidates: Vec<u64>,
     #[serde(default)]
     pub gsu: GsuIn,
     /// Score as of this time (ms): only events strictly before it are seen. Default: now.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::opt_int")]
     pub as_of: Option<i64>,
     /// Return the behaviours the GSU retrieved for each candidate.
     #[serde(default)]
@@ -187,7 +235,8 @@ pub struct ScoreRequest {
     /// The domain (scenario, surface) the candidates are shown in. Multi-domain models use it
     /// to pick their gates and tower; an unknown domain is scored as the largest training
     /// domain. Default 0.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::int")]
+    #[schema(maximum = 65535)]
     pub domain: u16,
 }
 
@@ -246,18 +295,24 @@ pub struct ScoreResponse {
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetrieveRequest {
+    #[serde(deserialize_with = "json::int")]
     pub user: u64,
     #[serde(default)]
     pub mode: GsuIn,
     /// How many behaviours (1 to `limits.max_k`).
+    #[serde(deserialize_with = "json::int")]
     pub k: usize,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::opt_int")]
     pub as_of: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "json::opt_int")]
     pub item: Option<u64>,
-    #[serde(default)]
+    /// Hard retrieval only.
+    #[serde(default, deserialize_with = "json::semid")]
+    #[schema(schema_with = semid_schema)]
     pub semid: Option<Vec<u16>>,
-    #[serde(default)]
+    /// Soft retrieval only.
+    #[serde(default, deserialize_with = "json::embedding")]
+    #[schema(schema_with = embedding_schema)]
     pub embedding: Option<Vec<f32>>,
 }
 
@@ -271,10 +326,13 @@ pub struct RetrieveResponse {
 #[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
     /// Only events with `ts >= since`.
+    #[serde(default, deserialize_with = "json::opt_digits")]
     pub since: Option<i64>,
     /// Only events with `ts < as_of`.
+    #[serde(default, deserialize_with = "json::opt_digits")]
     pub as_of: Option<i64>,
     /// The newest `limit` events (default 1000, at most `limits.max_history_limit`).
+    #[serde(default, deserialize_with = "json::opt_digits")]
     pub limit: Option<usize>,
 }
 
@@ -306,14 +364,19 @@ pub struct StatsResponse {
     pub column_bytes: std::collections::BTreeMap<String, u64>,
     pub compactions: u64,
     pub last_background_error: Option<String>,
+    /// Set when opening the database found a torn or damaged record in RocksDB's write-ahead
+    /// log and recovered to the point before it (writes from that record on were dropped).
+    pub wal_damage: Option<String>,
     pub model_version: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReloadRequest {
-    /// A checkpoint directory; default: the configured `model`.
+    /// The name of a checkpoint directory under the configured `model_dir`; without it, the
+    /// configured `model` is loaded again.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")]
     pub model: Option<String>,
 }
 
@@ -337,6 +400,7 @@ pub struct CompactResponse {
 pub struct CheckpointRequest {
     /// A new directory under the configured `backup_dir`: letters, digits, `-`, `_`, `.`
     /// (not starting with `.`), at most 100 characters.
+    #[schema(pattern = "^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")]
     pub name: String,
 }
 

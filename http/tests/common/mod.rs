@@ -125,3 +125,32 @@ pub fn some_user_and_items(s: &TestServer) -> (u64, Vec<u64>) {
     let items: Vec<u64> = snap.items().take(40).map(|i| i.id).collect();
     (user, items)
 }
+
+/// This process's resident memory, KiB (Linux).
+pub fn rss_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+impl TestServer {
+    /// The server's OpenAPI document, as served.
+    pub async fn openapi(&self) -> serde_json::Value {
+        reqwest::get(self.url("/openapi.json"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The version of the model loaded now.
+    pub fn model_version(&self) -> Option<String> {
+        let m = self.running.state.ranker.model()?;
+        Some(m.version().to_string())
+    }
+}

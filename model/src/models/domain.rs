@@ -37,7 +37,10 @@ enum Gate {
     PerExpert(Linear),
     /// Crocodile: the domain's embedding to logits `[experts * EXPERT_OUT]`, soft-maxed over the
     /// experts separately for every element.
-    PerElement { domain: EmbeddingTable, proj: Linear },
+    PerElement {
+        domain: EmbeddingTable,
+        proj: Linear,
+    },
 }
 
 pub(crate) struct MultiDomain {

@@ -70,7 +70,11 @@ impl Params {
     }
 
     /// One sparse Adam step on every embedding table, from the gradients of a batch.
-    pub fn sparse_step(&self, grads: &candle_core::backprop::GradStore, opt: &SparseAdam) -> Result<()> {
+    pub fn sparse_step(
+        &self,
+        grads: &candle_core::backprop::GradStore,
+        opt: &SparseAdam,
+    ) -> Result<()> {
         for t in self.tables() {
             t.sparse_step(grads, opt)?;
         }
@@ -102,9 +106,10 @@ impl Params {
         candle_core::safetensors::save(&map, path)
     }
 
-    /// Read every parameter from a safetensors file; a missing or misshapen one is an error.
-    pub fn load(&self, path: &std::path::Path) -> Result<()> {
-        let mut map = candle_core::safetensors::load(path, &self.dev)?;
+    /// Read every parameter from the bytes of a safetensors file; a missing or misshapen one is
+    /// an error.
+    pub fn load_buffer(&self, bytes: &[u8]) -> Result<()> {
+        let mut map = candle_core::safetensors::load_buffer(bytes, &self.dev)?;
         for (name, var) in self.varmap.data().lock().expect("varmap lock").iter() {
             let t = map
                 .remove(name)
@@ -112,9 +117,9 @@ impl Params {
             var.set(&t)?;
         }
         for table in self.tables() {
-            let t = map.remove(table.name()).ok_or_else(|| {
-                candle_core::Error::Msg(format!("no parameter {}", table.name()))
-            })?;
+            let t = map
+                .remove(table.name())
+                .ok_or_else(|| candle_core::Error::Msg(format!("no parameter {}", table.name())))?;
             table.load(&t)?;
         }
         Ok(())
@@ -184,7 +189,14 @@ impl Params {
         let rows = rows.max(1);
         let name = format!("{}{name}.weight", self.scope);
         let values = self.draw(rows * dim, Init::TruncatedNormal(self.embedding_std));
-        let t = EmbeddingTable::new(name.clone(), rows, dim, values, &self.dev, self.training.clone());
+        let t = EmbeddingTable::new(
+            name.clone(),
+            rows,
+            dim,
+            values,
+            &self.dev,
+            self.training.clone(),
+        );
         let mut tables = self.tables.lock().expect("tables lock");
         assert!(
             tables.iter().all(|x| x.name() != name),
@@ -237,7 +249,11 @@ impl Mlp {
             .enumerate()
             .map(|(i, w)| p.linear(&format!("{name}.{i}"), w[0], w[1]))
             .collect::<Result<_>>()?;
-        let seed = p.rng.lock().expect("parameter generator lock").random::<u64>();
+        let seed = p
+            .rng
+            .lock()
+            .expect("parameter generator lock")
+            .random::<u64>();
         Ok(Mlp {
             layers,
             training: p.training.clone(),
@@ -256,7 +272,13 @@ impl Mlp {
         let mask: Vec<f32> = {
             let mut rng = self.rng.lock().expect("dropout generator lock");
             (0..n)
-                .map(|_| if rng.random::<f32>() < keep { scale } else { 0.0 })
+                .map(|_| {
+                    if rng.random::<f32>() < keep {
+                        scale
+                    } else {
+                        0.0
+                    }
+                })
                 .collect()
         };
         x * Tensor::from_vec(mask, x.shape(), x.device())?
@@ -343,11 +365,7 @@ impl TargetAttention {
             pre = pre.broadcast_add(bias)?;
         }
         let logits = self.mlp.forward_from(pre)?.squeeze(2)?;
-        let w = if super::xf("ATT_SIGMOID") {
-            (candle_nn::ops::sigmoid(&logits)? * mask)?
-        } else {
-            masked_softmax(&logits, mask)?
-        };
+        let w = masked_softmax(&logits, mask)?;
         w.unsqueeze(1)?.matmul(keys)?.squeeze(1)
     }
 }

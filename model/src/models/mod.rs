@@ -17,8 +17,8 @@ pub mod table;
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::Linear;
-use table::EmbeddingTable;
 use serde::{Deserialize, Serialize};
+use table::EmbeddingTable;
 
 use crate::batch::{Batch, SeqBatch, Vocabs, GAP_BUCKETS, SIMTIER_BINS, SIM_BUCKETS};
 use crate::error::{ModelError, Result as ModelResult};
@@ -63,6 +63,21 @@ pub struct ModelConfig {
     /// Weight of Crocodile's cross-expert covariance penalty in the loss.
     #[serde(default)]
     pub cov_weight: f64,
+    /// SIREN: feed the head the evidence features (`features::HistorySummary`): how much of
+    /// the whole as-of history matches the target by category and by each SemID prefix, how
+    /// recently, and the histogram of every behaviour's cosine with the target.
+    #[serde(default)]
+    pub evidence: bool,
+    /// Dropout on the head's input while training (0 = none).
+    #[serde(default)]
+    pub dropout: f32,
+    /// Leave the behaviours' action (e.g. the rating) out of their tokens, as MUSE's
+    /// reference code does.
+    #[serde(default)]
+    pub no_action: bool,
+    /// Leave the time gap between a behaviour and the impression out of its token.
+    #[serde(default)]
+    pub no_gap: bool,
 }
 
 /// How a model uses the domain an impression was shown in.
@@ -123,7 +138,7 @@ pub fn valid_cov_weight(w: f64) -> bool {
 
 impl ModelConfig {
     /// Names accepted by `siren train --model`.
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 12] = [
         "no-seq",
         "din",
         "sim-hard",
@@ -132,6 +147,8 @@ impl ModelConfig {
         "siren-hard",
         "siren-soft-nosim",
         "siren-soft-noprefix",
+        "siren-soft-noev",
+        "siren-hard-noev",
         "siren-hard-nosim",
         "siren-hard-noprefix",
     ];
@@ -202,18 +219,25 @@ impl ModelConfig {
             domain: DomainMode::Shared,
             experts: DEFAULT_EXPERTS,
             cov_weight: 0.0,
+            evidence: false,
+            dropout: 0.0,
+            no_action: false,
+            no_gap: false,
         };
-        let (kind, nosim, noprefix) = match name {
-            "no-seq" => (ModelKind::NoSeq, false, false),
-            "din" => (ModelKind::Din, false, false),
-            "sim-hard" => (ModelKind::SimHard, false, false),
-            "muse" => (ModelKind::Muse, false, false),
-            "siren-soft" => (ModelKind::SirenSoft, false, false),
-            "siren-hard" => (ModelKind::SirenHard, false, false),
-            "siren-soft-nosim" => (ModelKind::SirenSoft, true, false),
-            "siren-soft-noprefix" => (ModelKind::SirenSoft, false, true),
-            "siren-hard-nosim" => (ModelKind::SirenHard, true, false),
-            "siren-hard-noprefix" => (ModelKind::SirenHard, false, true),
+        // (kind, sim buckets, prefix SemIDs, evidence)
+        let (kind, sim, prefix, evidence) = match name {
+            "no-seq" => (ModelKind::NoSeq, true, true, false),
+            "din" => (ModelKind::Din, true, true, false),
+            "sim-hard" => (ModelKind::SimHard, true, true, false),
+            "muse" => (ModelKind::Muse, true, true, false),
+            "siren-soft" => (ModelKind::SirenSoft, true, true, true),
+            "siren-hard" => (ModelKind::SirenHard, true, true, true),
+            "siren-soft-nosim" => (ModelKind::SirenSoft, false, true, true),
+            "siren-soft-noprefix" => (ModelKind::SirenSoft, true, false, true),
+            "siren-hard-nosim" => (ModelKind::SirenHard, false, true, true),
+            "siren-hard-noprefix" => (ModelKind::SirenHard, true, false, true),
+            "siren-soft-noev" => (ModelKind::SirenSoft, true, true, false),
+            "siren-hard-noev" => (ModelKind::SirenHard, true, true, false),
             _ => {
                 return Err(ModelError::invalid(format!(
                     "unknown model {name:?}; one of {}",
@@ -223,8 +247,9 @@ impl ModelConfig {
         };
         Ok(ModelConfig {
             kind,
-            sim_buckets: !nosim,
-            prefix_semids: !noprefix,
+            sim_buckets: sim,
+            prefix_semids: prefix,
+            evidence,
             ..base
         })
     }
@@ -245,6 +270,9 @@ impl ModelConfig {
             }
             if !self.prefix_semids {
                 n.push_str("-noprefix");
+            }
+            if !self.evidence {
+                n.push_str("-noev");
             }
         }
         if let Some(s) = self.domain.suffix() {
@@ -321,11 +349,6 @@ impl Dims {
     }
 }
 
-/// Research switch (temporary): `SIREN_X_<NAME>` in the environment.
-pub fn xf(name: &str) -> bool {
-    std::env::var(format!("SIREN_X_{name}")).is_ok_and(|v| v == "1")
-}
-
 /// A click model: logits `[B]` for a batch. Shared across serving threads.
 pub trait Scorer: Send + Sync {
     fn logits(&self, b: &Batch) -> Result<Tensor>;
@@ -347,22 +370,39 @@ struct Ids {
     item: EmbeddingTable,
     category: EmbeddingTable,
     user: EmbeddingTable,
-    action: EmbeddingTable,
-    gap: EmbeddingTable,
+    /// Behaviour context: the action and the time gap (absent when the config leaves them out).
+    action: Option<EmbeddingTable>,
+    gap: Option<EmbeddingTable>,
     /// The target's multimodal embedding projected to the model width.
     mm: Linear,
 }
 
 impl Ids {
-    fn new(p: &Params, d: &Dims, dim: usize) -> Result<Ids> {
+    fn new(p: &Params, d: &Dims, cfg: &ModelConfig) -> Result<Ids> {
+        let dim = cfg.dim;
         Ok(Ids {
             item: p.embedding("item", d.items, dim)?,
             category: p.embedding("category", d.categories, dim)?,
             user: p.embedding("user", d.users, dim)?,
-            action: p.embedding("action", 256, dim)?,
-            gap: p.embedding("gap", GAP_BUCKETS, dim)?,
+            action: (!cfg.no_action)
+                .then(|| p.embedding("action", 256, dim))
+                .transpose()?,
+            gap: (!cfg.no_gap)
+                .then(|| p.embedding("gap", GAP_BUCKETS, dim))
+                .transpose()?,
             mm: p.linear("mm", d.emb_dim.max(1), dim)?,
         })
+    }
+
+    /// `x` plus each behaviour's action and time-gap embeddings, when the model reads them.
+    fn with_context(&self, mut x: Tensor, s: &SeqBatch) -> Result<Tensor> {
+        if let Some(a) = &self.action {
+            x = (x + a.forward(&s.action)?)?;
+        }
+        if let Some(g) = &self.gap {
+            x = (x + g.forward(&s.gap)?)?;
+        }
+        Ok(x)
     }
 
     /// Item + category of the target, `[B, d]`: the target token of the SIREN transformer,
@@ -373,9 +413,8 @@ impl Ids {
 
     /// Item + category + action + time gap of each behaviour, `[B, T, d]` (SIREN's tokens).
     fn behaviours_sum(&self, s: &SeqBatch) -> Result<Tensor> {
-        ((self.item.forward(&s.item)? + self.category.forward(&s.category)?)?
-            + self.action.forward(&s.action)?)?
-            + self.gap.forward(&s.gap)?
+        let ids = (self.item.forward(&s.item)? + self.category.forward(&s.category)?)?;
+        self.with_context(ids, s)
     }
 
     /// `[item, category]` of the target, `[B, 2d]`. Item and category stay in separate halves
@@ -383,13 +422,18 @@ impl Ids {
     /// item; summed, the two mix, and target attention over ID embeddings does not learn to
     /// match categories (DIN was no better than no sequence at all).
     fn target(&self, b: &Batch) -> Result<Tensor> {
-        Tensor::cat(&[self.item.forward(&b.item)?, self.category.forward(&b.category)?], 1)
+        Tensor::cat(
+            &[
+                self.item.forward(&b.item)?,
+                self.category.forward(&b.category)?,
+            ],
+            1,
+        )
     }
 
     /// `[item + action + time gap, category]` of each behaviour, `[B, T, 2d]`.
     fn behaviours(&self, s: &SeqBatch) -> Result<Tensor> {
-        let item = ((self.item.forward(&s.item)? + self.action.forward(&s.action)?)?
-            + self.gap.forward(&s.gap)?)?;
+        let item = self.with_context(self.item.forward(&s.item)?, s)?;
         Tensor::cat(&[item, self.category.forward(&s.category)?], 2)
     }
 }
@@ -535,7 +579,7 @@ struct Siren {
     target_type: Tensor,
     ln_in: candle_nn::LayerNorm,
     layers: Vec<TransformerLayer>,
-    /// Evidence features `[B, E]` to the model width (research).
+    /// Evidence features `[B, E]` to the model width.
     evidence: Option<Linear>,
 }
 
@@ -603,7 +647,7 @@ pub(crate) struct Body {
 /// Build the backbone of `cfg` (its own embedding tables included) with its parameters in `p`.
 pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<Body> {
     let dim = cfg.dim;
-    let ids = Ids::new(p, d, dim)?;
+    let ids = Ids::new(p, d, cfg)?;
     let (net, width, head): (Box<dyn Backbone>, usize, Vec<usize>) = match cfg.kind {
         ModelKind::NoSeq => (Box::new(NoSeq { ids }), 4 * dim, vec![64, 32]),
         ModelKind::Din | ModelKind::SimHard => (
@@ -678,16 +722,23 @@ pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<B
                     .map(|l| TransformerLayer::new(p, &format!("layer{l}"), dim, cfg.heads))
                     .collect::<Result<_>>()?,
                 ids,
-                evidence: if xf("EVIDENCE") {
-                    Some(p.linear("evidence", crate::features::evidence_len(d.prefix.len()), dim)?)
+                evidence: if cfg.evidence {
+                    Some(p.linear(
+                        "evidence",
+                        crate::features::evidence_len(d.prefix.len()),
+                        dim,
+                    )?)
                 } else {
                     None
                 },
             };
             (
                 Box::new(net),
-                (3 + if cfg.recent > 0 { TargetInterest::WIDTH } else { 2 }
-                    + usize::from(xf("EVIDENCE")))
+                (3 + if cfg.recent > 0 {
+                    TargetInterest::WIDTH
+                } else {
+                    2
+                } + usize::from(cfg.evidence))
                     * dim,
                 vec![64, 32],
             )
@@ -700,17 +751,11 @@ pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<B
 struct Single {
     body: Box<dyn Backbone>,
     head: Mlp,
-    /// Research: a linear term of the evidence features added to the logit.
-    wide: Option<Linear>,
 }
 
 impl Scorer for Single {
     fn logits(&self, b: &Batch) -> Result<Tensor> {
-        let deep = flat(self.head.forward(&self.body.features(b)?)?)?;
-        match (&self.wide, &b.evidence) {
-            (Some(w), Some(e)) => deep + flat(w.forward(e)?)?,
-            _ => Ok(deep),
-        }
+        flat(self.head.forward(&self.body.features(b)?)?)
     }
 }
 
@@ -723,15 +768,8 @@ pub fn build(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<Box<dyn Sco
     let mut sizes = vec![body.width];
     sizes.extend(&body.head);
     sizes.push(1);
-    let dropout = std::env::var("SIREN_X_DROPOUT").ok().and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    let wide = if xf("WIDE") && matches!(cfg.kind, ModelKind::SirenSoft | ModelKind::SirenHard) {
-        Some(p.linear("wide", crate::features::evidence_len(d.prefix.len()), 1)?)
-    } else {
-        None
-    };
     Ok(Box::new(Single {
-        wide,
-        head: Mlp::new(p, "head", &sizes)?.with_dropout(dropout),
+        head: Mlp::new(p, "head", &sizes)?.with_dropout(cfg.dropout),
         body: body.net,
     }))
 }

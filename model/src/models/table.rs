@@ -24,8 +24,6 @@ use candle_core::{Device, Result, Tensor, Var};
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SparseAdam {
     pub lr: f64,
-    /// Decoupled weight decay, applied to the rows of a batch only.
-    pub weight_decay: f64,
     pub beta1: f64,
     pub beta2: f64,
     pub eps: f64,
@@ -35,7 +33,6 @@ impl SparseAdam {
     pub fn new(lr: f64) -> SparseAdam {
         SparseAdam {
             lr,
-            weight_decay: 0.0,
             beta1: 0.9,
             beta2: 0.999,
             eps: 1e-8,
@@ -77,7 +74,11 @@ pub struct EmbeddingTable(Arc<Inner>);
 
 impl std::fmt::Debug for EmbeddingTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "EmbeddingTable({} {}x{})", self.0.name, self.0.rows, self.0.dim)
+        write!(
+            f,
+            "EmbeddingTable({} {}x{})",
+            self.0.name, self.0.rows, self.0.dim
+        )
     }
 }
 
@@ -135,7 +136,11 @@ impl EmbeddingTable {
             Storage::Frozen(t) => Ok(t.clone()),
             Storage::Training { w, cache, .. } => {
                 if cache.is_none() {
-                    *cache = Some(Tensor::from_slice(w, (self.0.rows, self.0.dim), &self.0.dev)?);
+                    *cache = Some(Tensor::from_slice(
+                        w,
+                        (self.0.rows, self.0.dim),
+                        &self.0.dev,
+                    )?);
                 }
                 Ok(cache.clone().expect("just built"))
             }
@@ -254,14 +259,13 @@ impl EmbeddingTable {
         let t = *step as f64;
         let step_size = (opt.lr * (1.0 - b2.powf(t)).sqrt() / (1.0 - b1.powf(t))) as f32;
         let (b1, b2, eps) = (b1 as f32, b2 as f32, opt.eps as f32);
-        let decay = (1.0 - opt.lr * opt.weight_decay) as f32;
         for (r, g) in sum {
             let base = r as usize * d;
             for (j, &gj) in g.iter().enumerate() {
                 let k = base + j;
                 m[k] = b1 * m[k] + (1.0 - b1) * gj;
                 v[k] = b2 * v[k] + (1.0 - b2) * gj * gj;
-                w[k] = w[k] * decay - step_size * m[k] / (v[k].sqrt() + eps);
+                w[k] -= step_size * m[k] / (v[k].sqrt() + eps);
             }
         }
         *cache = None;
@@ -311,18 +315,34 @@ mod tests {
     #[test]
     fn sparse_step_moves_only_touched_rows_like_adam() {
         let t = table(6, 3);
-        let before: Vec<f32> = t.tensor().unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let before: Vec<f32> = t
+            .tensor()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let ids = Tensor::new(&[[4u32, 1], [4, 4]], &Device::Cpu).unwrap();
         let out = t.forward(&ids).unwrap();
         assert_eq!(out.dims(), &[2, 2, 3]);
-        let plain = t.tensor().unwrap().index_select(&ids.flatten_all().unwrap(), 0).unwrap();
+        let plain = t
+            .tensor()
+            .unwrap()
+            .index_select(&ids.flatten_all().unwrap(), 0)
+            .unwrap();
         let got: Vec<f32> = out.flatten_all().unwrap().to_vec1().unwrap();
         assert_eq!(got, plain.flatten_all().unwrap().to_vec1::<f32>().unwrap());
         // loss = sum of all outputs: row 4 gets gradient 3 per element, row 1 gets 1.
         let grads = out.sum_all().unwrap().backward().unwrap();
         let opt = SparseAdam::new(0.1);
         t.sparse_step(&grads, &opt).unwrap();
-        let after: Vec<f32> = t.tensor().unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let after: Vec<f32> = t
+            .tensor()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         for r in 0..6 {
             for j in 0..3 {
                 let k = r * 3 + j;

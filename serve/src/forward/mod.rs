@@ -15,9 +15,9 @@
 //!   ([`kernels::matmul`]).
 //!
 //! What it covers is [`FusedEsu::load`]'s test: `siren-soft` and `siren-hard` with or without
-//! the recent branch, prefix SemIDs, similarity buckets and the evidence input, in the
-//! single-domain form. Everything else (the baselines, the multi-domain forms, the research
-//! wide term) is served by candle.
+//! the recent branch, prefix SemIDs, similarity buckets, the behaviours' action and time gap,
+//! and the evidence input, in the single-domain form. Everything else (the baselines, the
+//! multi-domain forms) is served by candle.
 
 pub mod inputs;
 pub mod kernels;
@@ -35,13 +35,27 @@ use kernels::{
 };
 use weights::{Dense, Named, Norm, Table};
 
-/// ID tables shared by the target and the behaviours.
+/// ID tables shared by the target and the behaviours (action and time gap absent when the
+/// model leaves them out of its behaviours).
 struct Ids {
     item: Table,
     category: Table,
     user: Table,
-    action: Table,
-    gap: Table,
+    action: Option<Table>,
+    gap: Option<Table>,
+}
+
+impl Ids {
+    /// `row += ` the action and time-gap rows of position `i` of `s`, when the model reads them.
+    fn add_context(&self, row: &mut [f32], s: &Seq, i: usize) -> Result<()> {
+        if let Some(a) = &self.action {
+            a.add_row(row, s.action[i])?;
+        }
+        if let Some(g) = &self.gap {
+            g.add_row(row, s.gap[i])?;
+        }
+        Ok(())
+    }
 }
 
 /// Per-level prefix SemID tables and the shared-depth table.
@@ -105,14 +119,14 @@ struct RecentKeys {
 impl FusedEsu {
     /// The fused forward of `cfg` over the weights `w`, or `None` when it does not cover the
     /// model (the caller serves it with candle): a kind other than `siren-soft`/`siren-hard`,
-    /// a multi-domain form, or the research wide term.
+    /// or a multi-domain form.
     pub fn load(cfg: &ModelConfig, w: &Named) -> Result<Option<FusedEsu>> {
         let retrieved = match cfg.kind {
             ModelKind::SirenSoft => SeqKind::Retrieved(Retrieval::Soft),
             ModelKind::SirenHard => SeqKind::Retrieved(Retrieval::Hard),
             _ => return Ok(None),
         };
-        if cfg.domain != DomainMode::Shared || w.has("wide.weight") {
+        if cfg.domain != DomainMode::Shared {
             return Ok(None);
         }
         let d = cfg.dim;
@@ -139,11 +153,10 @@ impl FusedEsu {
         } else {
             None
         };
-        let evidence = if w.has("evidence.weight") {
-            Some(w.dense("evidence", None, Some(d))?)
-        } else {
-            None
-        };
+        let evidence = cfg
+            .evidence
+            .then(|| w.dense("evidence", None, Some(d)))
+            .transpose()?;
         let width =
             d * (3 + if recent.is_some() { 6 } else { 2 } + usize::from(evidence.is_some()));
         let esu = FusedEsu {
@@ -154,8 +167,8 @@ impl FusedEsu {
                 item: table("item")?,
                 category: table("category")?,
                 user: table("user")?,
-                action: table("action")?,
-                gap: table("gap")?,
+                action: (!cfg.no_action).then(|| table("action")).transpose()?,
+                gap: (!cfg.no_gap).then(|| table("gap")).transpose()?,
             },
             mm: w.dense("mm", None, Some(d))?,
             sim_bucket: cfg.sim_buckets.then(|| table("sim_bucket")).transpose()?,
@@ -269,13 +282,12 @@ impl FusedEsu {
         Ok(())
     }
 
-    /// Item + category + action + time gap (+ similarity bucket) (+ prefix SemIDs and shared
+    /// Item + category (+ action + time gap) (+ similarity bucket) (+ prefix SemIDs and shared
     /// depth) of position `i` of a sequence.
     fn behaviour_token(&self, row: &mut [f32], s: &Seq, levels: usize, i: usize) -> Result<()> {
         row.copy_from_slice(self.ids.item.row(s.item[i])?);
         self.ids.category.add_row(row, s.category[i])?;
-        self.ids.action.add_row(row, s.action[i])?;
-        self.ids.gap.add_row(row, s.gap[i])?;
+        self.ids.add_context(row, s, i)?;
         if let Some(sb) = &self.sim_bucket {
             sb.add_row(row, s.sim_bucket[i])?;
         }
@@ -595,7 +607,7 @@ impl Recent {
         Ok(k)
     }
 
-    /// `[item + action + gap, category]` of candidate `c`'s recent behaviours: `[R, 2d]`.
+    /// `[item (+ action + gap), category]` of candidate `c`'s recent behaviours: `[R, 2d]`.
     fn behaviour_keys(&self, ids: &Ids, s: &Seq, c: usize) -> Result<Vec<f32>> {
         let d = ids.item.dim;
         let mut keys = vec![0.0; s.len * 2 * d];
@@ -603,8 +615,7 @@ impl Recent {
             let i = c * s.len + p;
             let (it, cat) = row.split_at_mut(d);
             it.copy_from_slice(ids.item.row(s.item[i])?);
-            ids.action.add_row(it, s.action[i])?;
-            ids.gap.add_row(it, s.gap[i])?;
+            ids.add_context(it, s, i)?;
             cat.copy_from_slice(ids.category.row(s.category[i])?);
         }
         Ok(keys)
