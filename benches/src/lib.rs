@@ -2,6 +2,7 @@
 //! baselines the engine is compared with in the same run, and the stores users would otherwise
 //! pick (Parquet, RocksDB with one row per event) for the comparison command.
 
+pub mod appends;
 pub mod esu;
 pub mod parquet_events;
 pub mod rocks_rows;

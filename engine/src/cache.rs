@@ -1,36 +1,29 @@
-//! Decoded pieces of segment entries, shared by every reader of a database: decoded blocks,
-//! prefix bitmaps, dictionary rows, and which entries' checksums matched. Point reads (a retrieval's hits, an `as_of` bound,
-//! the GSU's item column) touch the same pieces of a hot user again and again; decoding them
-//! costs a checksum, often a zstd frame, and an unpack or a bitmap build each time.
+//! Decoded user entries, shared by every reader of a database. Reads and retrieval of a hot
+//! user touch the same entry again and again; decoding it costs checksums, bit unpacking, a
+//! scatter of position lists and the grouping of positions by SemID prefix. The cache keeps each
+//! entry decoded whole ([`Decoded`]), so a hot user's queries run on plain arrays.
 //!
 //! Entries are immutable once written (a compaction writes new ones under new segment ids,
-//! which are never reused while the database is open), so a key never goes stale: a cached
-//! piece of a segment that is later deleted just ages out. Everything cached was checked
-//! (checksum and structure) when it was decoded. Memory is bounded by
-//! [`crate::Options::cache_bytes`]; when full, the least recently used quarter is dropped.
+//! which are never reused while the database is open), so a key never goes stale but for the
+//! SemIDs its postings were grouped by: the key carries the catalog's SemID generation, and a
+//! change of any item's SemID makes every reader build its entries again. Copies of a user's
+//! embeddings carry the catalog's embedding generation too, bumped by every upsert of an existing
+//! item. A piece of a segment that is later deleted just ages out. Everything cached was checked (checksums and structure)
+//! when it was decoded. Memory is bounded by [`crate::Options::cache_bytes`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-use roaring::RoaringBitmap;
-
-use crate::entry::Block;
+use crate::decoded::{Decoded, Embeddings};
 use crate::error::{DecodeError, Result};
 use crate::segment::Segment;
 
 /// What part of an entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Part {
-    /// Block `n`, every column.
-    Block(u32),
-    /// That the entry's sections (block index, dictionary, index directory) match their
-    /// checksums.
-    Checked,
-    /// The dictionary as catalog rows.
-    Rows,
-    /// The prefix bitmap of a directory key.
-    Bitmap(u64),
+    /// The whole entry, its postings grouped by the SemIDs of catalog generation `semid_gen`.
+    Decoded { semid_gen: u64 },
+    /// The embeddings of the entry's items, copied from the catalog as of its generations.
+    Embeddings { semid_gen: u64, emb_gen: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,35 +35,21 @@ pub struct Key {
 
 #[derive(Clone)]
 pub enum Value {
-    Block(Arc<Block>),
-    Checked,
-    Rows(Arc<[u32]>),
-    /// `None`: the user has no position with that prefix.
-    Bitmap(Option<Arc<RoaringBitmap>>),
+    Decoded(Arc<Decoded>),
+    Embeddings(Arc<Embeddings>),
 }
 
 impl Value {
-    pub fn into_block(self) -> Option<Arc<Block>> {
+    pub fn into_decoded(self) -> Option<Arc<Decoded>> {
         match self {
-            Value::Block(b) => Some(b),
+            Value::Decoded(d) => Some(d),
             _ => None,
         }
     }
 
-    pub fn into_checked(self) -> Option<()> {
-        matches!(self, Value::Checked).then_some(())
-    }
-
-    pub fn into_rows(self) -> Option<Arc<[u32]>> {
+    pub fn into_embeddings(self) -> Option<Arc<Embeddings>> {
         match self {
-            Value::Rows(r) => Some(r),
-            _ => None,
-        }
-    }
-
-    pub fn into_bitmap(self) -> Option<Option<Arc<RoaringBitmap>>> {
-        match self {
-            Value::Bitmap(b) => Some(b),
+            Value::Embeddings(e) => Some(e),
             _ => None,
         }
     }
@@ -80,45 +59,45 @@ impl Value {
         const OVERHEAD: usize = 64;
         OVERHEAD
             + match self {
-                Value::Block(b) => {
-                    b.ts.len() * 8 + b.item.len() * 4 + b.action.len() + b.domain.len() * 2
-                }
-                Value::Checked => 0,
-                Value::Rows(r) => r.len() * 4,
-                Value::Bitmap(b) => b.as_ref().map_or(0, |b| b.serialized_size()),
+                Value::Decoded(d) => d.bytes(),
+                Value::Embeddings(e) => e.bytes(),
             }
     }
 }
 
-struct Slot {
-    value: Value,
-    bytes: usize,
-    used: u64,
+/// The weight of a cached piece: its approximate heap bytes (at least 1, as a zero weight would
+/// never be evicted).
+#[derive(Clone)]
+struct Bytes;
+
+impl quick_cache::Weighter<Key, Value> for Bytes {
+    fn weight(&self, _key: &Key, value: &Value) -> u64 {
+        value.bytes() as u64
+    }
 }
 
-#[derive(Default)]
-struct Inner {
-    map: HashMap<Key, Slot>,
-    bytes: usize,
-    clock: u64,
-}
-
+/// A concurrent, weighted cache (quick_cache: sharded, S3-FIFO eviction; a hit sets one atomic
+/// bit under a shard's read lock, and eviction walks a queue instead of sorting every entry).
 pub struct DecodedCache {
     capacity: usize,
-    inner: Mutex<Inner>,
+    cache: quick_cache::sync::Cache<Key, Value, Bytes>,
 }
+
+/// Typical size of a cached piece, for the cache's initial table size.
+const TYPICAL_PIECE: usize = 16 << 10;
 
 impl DecodedCache {
     /// A cache of at most `capacity` bytes; 0 turns caching off.
     pub fn new(capacity: usize) -> Self {
+        let items = (capacity / TYPICAL_PIECE).max(16);
         DecodedCache {
             capacity,
-            inner: Mutex::new(Inner::default()),
+            cache: quick_cache::sync::Cache::with_weighter(items, capacity.max(1) as u64, Bytes),
         }
     }
 
-    /// The cached value of `key`, else `decode()`'s, which is then kept. The lock is not held
-    /// while decoding, so two readers may decode the same piece at once; both get equal values.
+    /// The cached value of `key`, else `decode()`'s, which is then kept. Readers asking for a
+    /// piece being decoded wait for it rather than decoding it again.
     pub fn get_or_insert<E>(
         &self,
         key: Key,
@@ -127,35 +106,7 @@ impl DecodedCache {
         if self.capacity == 0 {
             return decode();
         }
-        {
-            let mut g = self.inner.lock();
-            g.clock += 1;
-            let now = g.clock;
-            if let Some(slot) = g.map.get_mut(&key) {
-                slot.used = now;
-                return Ok(slot.value.clone());
-            }
-        }
-        let value = decode()?;
-        let bytes = value.bytes();
-        if bytes <= self.capacity / 4 {
-            let mut g = self.inner.lock();
-            g.clock += 1;
-            let used = g.clock;
-            let old = g.map.insert(
-                key,
-                Slot {
-                    value: value.clone(),
-                    bytes,
-                    used,
-                },
-            );
-            g.bytes = g.bytes + bytes - old.map_or(0, |s| s.bytes);
-            if g.bytes > self.capacity {
-                evict(&mut g, self.capacity - self.capacity / 4);
-            }
-        }
-        Ok(value)
+        self.cache.get_or_insert_with(&key, decode)
     }
 
     /// Whether anything can be kept (a capacity above 0).
@@ -165,7 +116,7 @@ impl DecodedCache {
 
     /// Bytes held.
     pub fn bytes(&self) -> usize {
-        self.inner.lock().bytes
+        self.cache.weight() as usize
     }
 }
 
@@ -200,36 +151,27 @@ pub fn cached<T>(
     })
 }
 
-/// Drop the least recently used entries until at most `target` bytes remain.
-fn evict(g: &mut Inner, target: usize) {
-    let mut by_age: Vec<(u64, Key, usize)> =
-        g.map.iter().map(|(k, s)| (s.used, *k, s.bytes)).collect();
-    by_age.sort_unstable_by_key(|e| e.0);
-    for (_, k, b) in by_age {
-        if g.bytes <= target {
-            break;
-        }
-        g.map.remove(&k);
-        g.bytes -= b;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decoded::Columns;
+    use crate::postings::Postings;
 
     fn key(n: u32) -> Key {
         Key {
             segment: 1,
-            record: 0,
-            part: Part::Block(n),
+            record: n,
+            part: Part::Decoded { semid_gen: 0 },
         }
     }
 
-    fn times(n: usize) -> Value {
-        let mut b = Block::default();
-        b.ts = vec![0i64; n];
-        Value::Block(Arc::new(b))
+    fn entry(n: usize) -> Value {
+        Value::Decoded(Arc::new(Decoded {
+            cols: Columns {
+                events: vec![Default::default(); n],
+            },
+            postings: Postings::default(),
+        }))
     }
 
     #[test]
@@ -239,23 +181,25 @@ mod tests {
         for _ in 0..3 {
             c.get_or_insert::<()>(key(0), || {
                 calls += 1;
-                Ok(times(100))
+                Ok(entry(100))
             })
             .unwrap();
         }
         assert_eq!(calls, 1);
         for n in 1..1000 {
-            c.get_or_insert::<()>(key(n), || Ok(times(100))).unwrap();
+            c.get_or_insert::<()>(key(n), || Ok(entry(100))).unwrap();
             assert!(c.bytes() <= 64 * 1024);
         }
-        // The oldest went first.
-        let mut redecoded = false;
-        c.get_or_insert::<()>(key(1), || {
-            redecoded = true;
-            Ok(times(100))
-        })
-        .unwrap();
-        assert!(redecoded);
+        // Pieces seen once were evicted to make room.
+        let mut redecoded = 0;
+        for n in 1..1000 {
+            c.get_or_insert::<()>(key(n), || {
+                redecoded += 1;
+                Ok(entry(100))
+            })
+            .unwrap();
+        }
+        assert!(redecoded > 500, "{redecoded}");
     }
 
     #[test]
@@ -264,7 +208,7 @@ mod tests {
         assert!(c.get_or_insert(key(0), || Err("bad")).is_err());
         assert_eq!(c.bytes(), 0);
         let off = DecodedCache::new(0);
-        off.get_or_insert::<()>(key(0), || Ok(times(10))).unwrap();
+        off.get_or_insert::<()>(key(0), || Ok(entry(10))).unwrap();
         assert_eq!(off.bytes(), 0);
     }
 }

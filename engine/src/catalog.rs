@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use crate::dot::Kernel;
 use crate::error::{Error, Result};
 use crate::records::ItemRecord;
 use crate::types::{Item, SemId};
@@ -75,70 +76,16 @@ pub fn inv_norm(q: &[i8]) -> f32 {
     }
 }
 
-/// Exact int8 dot product (vectorised with AVX2 where the CPU has it).
+/// Exact int8 dot product, with the best kernel for this CPU (see `dot`).
 #[inline]
 pub fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-    dot_i8_kernel()(a, b)
+    (kernel().dot)(a, b)
 }
 
-/// The best [`dot_i8`] for this CPU, chosen once: loops over many embeddings call it through
-/// the pointer rather than checking the CPU per product.
-pub fn dot_i8_kernel() -> fn(&[i8], &[i8]) -> i32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        return |a, b| {
-            // SAFETY: chosen only when the CPU supports AVX2.
-            unsafe { dot_i8_avx2(a, b) }
-        };
-    }
-    dot_i8_portable
-}
-
-fn dot_i8_portable(a: &[i8], b: &[i8]) -> i32 {
-    // Chunks of 16 with products summed into i32 lanes vectorise on any target.
-    let mut acc = [0i32; 16];
-    let (ca, ra) = a.as_chunks::<16>();
-    let (cb, rb) = b.as_chunks::<16>();
-    for (x, y) in ca.iter().zip(cb) {
-        for l in 0..16 {
-            acc[l] += i32::from(x[l]) * i32::from(y[l]);
-        }
-    }
-    let mut s: i32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += i32::from(*x) * i32::from(*y);
-    }
-    s
-}
-
-/// 16 bytes at a time: sign-extend to i16 lanes, then `vpmaddwd` multiplies and adds adjacent
-/// pairs into i32 lanes (at most 2 * 128 * 128 each, so no overflow below 2^16 chunks).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn dot_i8_avx2(a: &[i8], b: &[i8]) -> i32 {
-    use std::arch::x86_64::*;
-    let n = a.len().min(b.len());
-    let chunks = n / 16;
-    let mut acc = _mm256_setzero_si256();
-    for c in 0..chunks {
-        // SAFETY: c * 16 + 16 <= n, within both slices; loadu has no alignment requirement.
-        let (x, y) = unsafe {
-            (
-                _mm_loadu_si128(a.as_ptr().add(c * 16).cast()),
-                _mm_loadu_si128(b.as_ptr().add(c * 16).cast()),
-            )
-        };
-        let prod = _mm256_madd_epi16(_mm256_cvtepi8_epi16(x), _mm256_cvtepi8_epi16(y));
-        acc = _mm256_add_epi32(acc, prod);
-    }
-    let mut lanes = [0i32; 8];
-    // SAFETY: `lanes` is 32 bytes; storeu has no alignment requirement.
-    unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), acc) };
-    let mut s: i32 = lanes.iter().sum();
-    for i in chunks * 16..n {
-        s += i32::from(a[i]) * i32::from(b[i]);
-    }
-    s
+/// The dot-product kernels for this CPU, chosen once.
+pub fn kernel() -> Kernel {
+    static BEST: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
+    *BEST.get_or_init(Kernel::best)
 }
 
 /// Check and quantise a caller's embedding.
@@ -169,6 +116,10 @@ pub struct Catalog {
     /// Bumped each time an upsert changes the SemID of an item that was already stored (see
     /// docs/ARCHITECTURE.md, "Prefix index freshness").
     semid_gen: u64,
+    /// Bumped each time an upsert rewrites a row that already existed (its embedding may have
+    /// changed), so that copies of users' embeddings know they are stale. In memory only: a
+    /// reopened database has no copies.
+    emb_gen: u64,
 }
 
 impl Catalog {
@@ -179,7 +130,13 @@ impl Catalog {
             len: 0,
             by_id: imbl::HashMap::new(),
             semid_gen: 0,
+            emb_gen: 0,
         }
+    }
+
+    /// Embedding dimension.
+    pub fn dim(&self) -> usize {
+        self.dim
     }
 
     /// Rows, stubs included.
@@ -189,6 +146,10 @@ impl Catalog {
 
     pub fn semid_gen(&self) -> u64 {
         self.semid_gen
+    }
+
+    pub fn emb_gen(&self) -> u64 {
+        self.emb_gen
     }
 
     pub fn lookup(&self, id: u64) -> Option<u32> {
@@ -272,6 +233,9 @@ impl Catalog {
                 ));
             }
         }
+        if row < self.len {
+            self.emb_gen += 1;
+        }
         if row == self.len {
             if (self.len as usize).is_multiple_of(CHUNK_ROWS) {
                 self.chunks.push(Arc::new(Chunk::new(self.dim)));
@@ -310,20 +274,6 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    proptest::proptest! {
-        /// The dispatched (AVX2 where available) dot product is exact: equal to the portable
-        /// one and to a plain sum, for every length, including the extremes -128 and 127.
-        #[test]
-        fn dot_i8_is_exact(a in proptest::collection::vec(proptest::num::i8::ANY, 0..300), seed in 0u64..1000) {
-            let b: Vec<i8> = a.iter().enumerate().map(|(i, &x)| {
-                if (i as u64 + seed).is_multiple_of(7) { -128 } else { x.wrapping_mul(3).wrapping_add(seed as i8) }
-            }).collect();
-            let plain: i32 = a.iter().zip(&b).map(|(&x, &y)| i32::from(x) * i32::from(y)).sum();
-            proptest::prop_assert_eq!(dot_i8(&a, &b), plain);
-            proptest::prop_assert_eq!(dot_i8_portable(&a, &b), plain);
-        }
-    }
 
     #[test]
     fn quantised_cosine_is_close_to_exact() {

@@ -146,6 +146,16 @@ pub fn push_crc(out: &mut Vec<u8>, start: usize) {
     out.extend_from_slice(&crc.to_le_bytes());
 }
 
+thread_local! {
+    /// Unpacked low bits of a time block: reused, as a long read decodes many blocks.
+    static LOWS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Run `f` with this thread's buffer for the unpacked low bits of a time block.
+pub fn with_time_lows<R>(f: impl FnOnce(&mut Vec<u32>) -> R) -> R {
+    LOWS.with_borrow_mut(f)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Bit packing
 

@@ -135,15 +135,10 @@ pub fn decode_time(raw: &[u8], n: usize, out: &mut Vec<i64>) -> DecodeResult<()>
         corrupt!("{n_exc} time exceptions for {} deltas", n - 1);
     }
     let packed = r.bytes(bitpacked_len(n - 1, w))?;
-    LOWS.with_borrow_mut(|lows| {
+    crate::codec::with_time_lows(|lows| {
         bitunpack(packed, w, n - 1, lows)?;
         sum_deltas(raw, r.position(), lows, first, n_exc, w, out)
     })
-}
-
-thread_local! {
-    /// The unpacked low bits of a time block: reused, as a long read decodes many blocks.
-    static LOWS: std::cell::RefCell<Vec<u32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Patch the exceptions' high bits into the deltas `lows` and sum them from `first`.

@@ -19,15 +19,15 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use crate::entry::{build_entry, EntryParams, EntrySizes, Ev};
+use crate::entry::{build_entry, EntryParams, Ev};
 use crate::error::{DecodeError, Error, Result};
 use crate::inner::Inner;
 use crate::records::ItemRecord;
 use crate::segment::{segment_file_name, sync_dir, DirRecord, Segment, SegmentWriter};
-use crate::state::{EntryRef, PendingEv, SegState, State, UserState};
+use crate::state::{EntryRef, SegState, State, UserState};
 use crate::store::{Batch, Cf};
 use crate::types::Durability;
-use crate::view::UserView;
+use crate::view::{UserView, ViewConfig};
 
 /// What one compaction did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -148,11 +148,11 @@ fn choose_users(inner: &Inner, s0: &State) -> Result<BTreeSet<u64>> {
         .collect();
     for (&u, us) in s0.users.iter() {
         let Some(e) = &us.entry else { continue };
-        if rewrite.contains(&e.segment.id) {
+        // Entries of format version 1 are rewritten as version 2 (docs/FORMAT.md, "Versions").
+        if rewrite.contains(&e.segment.id) || e.segment.version() == 1 {
             users.insert(u);
-        } else if e.segment.entry(e.record)?.header.semid_gen < s0.catalog.semid_gen() {
-            let retention = inner.read.retention;
-            let mut v = UserView::of(us, &s0.catalog, u, retention, None, None)?;
+        } else if e.segment.entry(e.record)?.semid_gen() < s0.catalog.semid_gen() {
+            let mut v = UserView::of(us, u, view_config(inner, s0), None)?;
             if !v.index_is_fresh()? {
                 users.insert(u);
             }
@@ -198,13 +198,12 @@ fn write_segments(
     };
     for &u in users {
         let Some(us) = s0.users.get(&u) else { continue };
-        let evs =
-            UserView::of(us, &s0.catalog, u, inner.read.retention, None, None)?.read(None, None)?;
+        let evs = UserView::of(us, u, view_config(inner, s0), None)?.read(None, None)?;
         if evs.is_empty() {
             continue;
         }
-        let (bytes, sizes) = build_user_entry(inner, s0, u, &evs, &params)?;
-        files.add(u, us.born, &bytes, sizes, evs.len() as u32)?;
+        let bytes = build_user_entry(inner, s0, u, &evs, &params)?;
+        files.add(u, us.born, &bytes, evs.len() as u32)?;
         stats.users_written += 1;
         stats.events_written += evs.len() as u64;
     }
@@ -219,6 +218,16 @@ fn write_segments(
     Ok(new_segments)
 }
 
+/// Compaction reads without the shared cache: it reads each user once.
+fn view_config<'s>(inner: &Inner, s0: &'s State) -> ViewConfig<'s> {
+    ViewConfig {
+        catalog: &s0.catalog,
+        layout: inner.read.layout,
+        retention: inner.read.retention,
+        cache: None,
+    }
+}
+
 /// Encode one user's entry. Each distinct item is resolved once; one without a catalog row
 /// (stubs were made for every pending item in step 1) means the catalog lost a record.
 fn build_user_entry(
@@ -227,7 +236,7 @@ fn build_user_entry(
     user: u64,
     evs: &[Ev],
     params: &EntryParams,
-) -> Result<(Vec<u8>, EntrySizes)> {
+) -> Result<Vec<u8>> {
     let mut missing = None;
     let built = build_entry(user, evs, params, |id| match s0.catalog.lookup(id) {
         Some(row) => (row, s0.catalog.semid(row)),
@@ -237,7 +246,7 @@ fn build_user_entry(
         }
     });
     match missing {
-        None => Ok(built),
+        None => Ok(built.0),
         Some(id) => Err(inner.store.corruption(
             "items",
             DecodeError::corrupt(format!("item {id} of user {user} has no catalog row")),
@@ -256,7 +265,7 @@ struct NewFiles<'a> {
 }
 
 impl NewFiles<'_> {
-    fn add(&mut self, user: u64, born: u64, entry: &[u8], sizes: EntrySizes, n: u32) -> Result<()> {
+    fn add(&mut self, user: u64, born: u64, entry: &[u8], n: u32) -> Result<()> {
         let (w, entries) = match &mut self.open {
             Some(open) => open,
             None => {
@@ -265,7 +274,7 @@ impl NewFiles<'_> {
                 self.open.insert((w, Vec::new()))
             }
         };
-        let record = w.add(user, entry, sizes, n)?;
+        let record = w.add(user, entry, n)?;
         entries.push(WrittenEntry { user, record, born });
         if w.len() >= self.target_bytes {
             self.finish_open()?;
@@ -388,12 +397,7 @@ impl Commit<'_> {
         }
         self.batch.put_location(user, &entry.location());
         self.batch.delete_pending_through(user, self.upto);
-        let remaining: Vec<PendingEv> = cur
-            .pending
-            .iter()
-            .copied()
-            .filter(|p| p.seq > self.upto)
-            .collect();
+        let remaining = cur.pending.after(self.upto);
         self.next.pending_events -= (cur.pending.len() - remaining.len()) as u64;
         if remaining.is_empty() {
             self.next.pending_users.remove(&user);
@@ -402,7 +406,7 @@ impl Commit<'_> {
             user,
             Arc::new(UserState {
                 entry: Some(entry),
-                pending: remaining.into(),
+                pending: remaining,
                 born: cur.born,
             }),
         );

@@ -23,7 +23,7 @@ use crate::records::{ItemRecord, Watermark};
 use crate::recovery::{self, ROCKSDB_DIR, SEGMENTS_DIR};
 use crate::segment::{create_dirs, segment_file_name, sync_dir};
 use crate::snapshot::{ReadConfig, Snapshot};
-use crate::state::{merge_pending, State, UserState};
+use crate::state::{Pending, State, UserState};
 use crate::store::{Batch, Cf};
 use crate::types::{AppendOptions, AppendOutcome, Durability, Event, Item, Options};
 use crate::watermark;
@@ -42,14 +42,16 @@ pub struct Db {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ColumnBytes {
     pub time: u64,
+    /// Item codes: of short histories (the forward layout), and version 1's item columns.
     pub item: u64,
     pub action: u64,
     pub domain: u64,
     /// Per-user item dictionaries.
     pub dict: u64,
-    /// SemID prefix directories and bitmaps.
+    /// SemID index: the position lists of long histories (the inverted layout, where they are
+    /// the item column too), and version 1's prefix bitmaps.
     pub index: u64,
-    /// Entry headers and block indexes.
+    /// Entry headers, page checksums and block indexes.
     pub meta: u64,
 }
 
@@ -423,7 +425,8 @@ impl Db {
             if let Some(e) = &us.entry {
                 let r = e.segment.record(e.record);
                 events += u64::from(r.n_events);
-                let s = r.sizes;
+                // Statistics only: a damaged entry counts as empty here; `verify` reports it.
+                let s = e.segment.sizes(e.record).unwrap_or_default();
                 live.time += u64::from(s.time);
                 live.item += u64::from(s.item);
                 live.action += u64::from(s.action);
@@ -527,12 +530,12 @@ fn with_appended(st: &State, by_user: &BTreeMap<u64, Vec<Ev>>, seq: u64) -> Stat
         let us = match st.users.get(user) {
             Some(u) => UserState {
                 entry: u.entry.clone(),
-                pending: merge_pending(&u.pending, evs, seq),
+                pending: u.pending.with_appended(evs, seq),
                 born: u.born,
             },
             None => UserState {
                 entry: None,
-                pending: merge_pending(&[], evs, seq),
+                pending: Pending::default().with_appended(evs, seq),
                 born: seq,
             },
         };

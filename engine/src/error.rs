@@ -103,6 +103,14 @@ impl DecodeError {
         DecodeError::Corrupt(detail.into())
     }
 
+    /// Prefix a corruption's detail with the part being decoded.
+    pub fn context(self, what: impl fmt::Display) -> Self {
+        match self {
+            DecodeError::Corrupt(d) => DecodeError::Corrupt(format!("{what}: {d}")),
+            v => v,
+        }
+    }
+
     /// Attach the file and the block this decoder was reading.
     pub fn at(self, path: impl Into<PathBuf>, block: impl fmt::Display) -> Error {
         match self {

@@ -55,9 +55,15 @@ mod types;
 mod view;
 mod watermark;
 
+mod block;
 mod codec;
 mod columns;
+mod decoded;
+mod dot;
+mod ef;
 mod entry;
+mod entry_v1;
+mod postings;
 mod prefix;
 mod records;
 mod segment;
@@ -79,15 +85,22 @@ pub use types::{
 /// inspect files. Not a stable API.
 #[doc(hidden)]
 pub mod format {
+    pub use crate::block::{decode_block, encode_block, stamp_at, Block, Stamp};
     pub use crate::catalog::{dot_i8, inv_norm, quantize};
     pub use crate::codec::{bitpack, bitunpack, checksum_matches, read_chunk, write_chunk, Reader};
     pub use crate::columns::{
         decode_time, encode_dict, encode_packed, encode_time, DictView, Packed,
     };
-    pub use crate::entry::{build_entry, Block, Cols, EntryParams, EntryView, Ev};
+    pub use crate::ef::encode as encode_ef;
+    pub use crate::ef::{BitWriter, EfList};
+    pub use crate::entry::{build_entry, EntryParams, EntryView, Ev, Layout, Lists};
     pub use crate::prefix::{
         decode_bitmap, IndexCache, PrefixIndex, PrefixIndexBuilder, PrefixLayout,
     };
+    /// Format version 1, read (and written by the tests) for compatibility.
+    pub mod v1 {
+        pub use crate::entry_v1::{build_entry, Block, Cols, EntryView};
+    }
     pub use crate::records::{
         decode_config, decode_generation, decode_item, decode_location, decode_manifest,
         decode_pending, decode_source, decode_watermark, decode_writes, encode_config,
@@ -95,6 +108,6 @@ pub mod format {
         encode_source, encode_watermark, encode_writes, Config, ItemRecord, Location, Manifest,
         SegmentInfo, Watermark,
     };
-    pub use crate::segment::{Segment, SegmentWriter};
+    pub use crate::segment::{Entry, Segment, SegmentWriter};
     pub use crate::store::{parse_pending_key, parse_u64_key};
 }

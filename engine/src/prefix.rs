@@ -1,4 +1,4 @@
-//! Per-user SemID prefix index: for every prefix of every SemID in the user's history (level 1,
+//! SemID prefix keys, and the per-user SemID prefix index of format version 1: for every prefix of every SemID in the user's history (level 1,
 //! levels 1-2, ..., the full SemID), a roaring bitmap of the sequence positions whose item has
 //! that prefix.
 //!
@@ -47,6 +47,35 @@ impl PrefixLayout {
             key |= u64::from(c) << shift;
         }
         key
+    }
+
+    /// The key that orders a version-2 entry's items by SemID: the full key, items without a
+    /// SemID last.
+    pub fn order_key(&self, semid: Option<SemId>) -> u64 {
+        semid.map_or(u64::MAX, |s| self.key(&s, usize::from(self.levels)))
+    }
+
+    /// The depth-`d` key of a full key (one of depth `levels`).
+    pub fn truncate(&self, full: u64, d: usize) -> u64 {
+        let bits = d as u32 * u32::from(self.code_bits);
+        let mask = if bits == 0 {
+            0
+        } else {
+            ((1u64 << bits) - 1) << (56 - bits)
+        };
+        ((d as u64) << 56) | (full & mask)
+    }
+
+    /// The full keys of the SemIDs that share the first `d` codes with `target`: `[lo, hi)`.
+    pub fn key_range(&self, target: &SemId, d: usize) -> (u64, u64) {
+        let levels = usize::from(self.levels);
+        let full = self.key(target, levels);
+        let depth = (levels as u64) << 56;
+        let lo = depth | (self.truncate(full, d) & ((1 << 56) - 1));
+        (
+            lo,
+            lo + (1u64 << (56 - d as u32 * u32::from(self.code_bits))),
+        )
     }
 }
 

@@ -19,7 +19,7 @@ use crate::catalog::Catalog;
 use crate::error::{DecodeError, Error, Result};
 use crate::records::{Config, Manifest, Watermark};
 use crate::segment::{create_dirs, parse_segment_file_name, segment_file_name, Segment};
-use crate::state::{merge_pending, EntryRef, PendingEv, SegState, State, UserState};
+use crate::state::{EntryRef, Pending, SegState, State, UserState};
 use crate::store::{Batch, Store};
 use crate::types::{Durability, Options};
 use crate::watermark;
@@ -298,7 +298,7 @@ fn load_locations(
             user,
             Arc::new(UserState {
                 entry: Some(entry),
-                pending: Arc::new([]),
+                pending: Pending::default(),
                 born: 0,
             }),
         );
@@ -325,15 +325,17 @@ fn load_pending(
         events: 0,
         max_seq: 0,
     };
-    let mut current: Option<(u64, Vec<PendingEv>)> = None;
+    let mut current: Option<(u64, Pending)> = None;
     store.for_each_pending(|user, seq, evs| {
         totals.max_seq = totals.max_seq.max(seq);
         totals.events += evs.len() as u64;
         totals.users.insert(user);
         match &mut current {
-            Some((u, acc)) if *u == user => *acc = merge_pending(acc, &evs, seq).to_vec(),
+            // Each record's events join the user's persistent vector: no copy of what came
+            // before.
+            Some((u, acc)) if *u == user => acc.append(&evs, seq),
             _ => {
-                let next = (user, merge_pending(&[], &evs, seq).to_vec());
+                let next = (user, Pending::default().with_appended(&evs, seq));
                 if let Some(done) = current.replace(next) {
                     set_pending(users, done);
                 }
@@ -347,16 +349,16 @@ fn load_pending(
     Ok(totals)
 }
 
-fn set_pending(users: &mut imbl::HashMap<u64, Arc<UserState>>, (user, evs): (u64, Vec<PendingEv>)) {
+fn set_pending(users: &mut imbl::HashMap<u64, Arc<UserState>>, (user, evs): (u64, Pending)) {
     let mut us = users
         .get(&user)
         .map(|u| (**u).clone())
         .unwrap_or(UserState {
             entry: None,
-            pending: Arc::new([]),
+            pending: Pending::default(),
             born: 0,
         });
-    us.pending = evs.into();
+    us.pending = evs;
     users.insert(user, Arc::new(us));
 }
 

@@ -9,14 +9,86 @@ use memmap2::Mmap;
 
 use crate::codec::{le_u32, le_u64, Reader};
 use crate::entry::{EntrySizes, EntryView};
+use crate::entry_v1;
 use crate::error::{corrupt, DecodeError, DecodeResult, Error, Result};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"SIRENSEG";
 pub const FOOTER_MAGIC: &[u8; 8] = b"SIRENFTR";
-pub const SEGMENT_VERSION: u32 = 1;
+/// The version this build writes; it reads [`OLDEST_SEGMENT_VERSION`] on.
+pub const SEGMENT_VERSION: u32 = 2;
+pub const OLDEST_SEGMENT_VERSION: u32 = 1;
 pub const HEADER_LEN: usize = 28;
 pub const FOOTER_LEN: usize = 40;
-pub const DIR_RECORD_LEN: usize = 56;
+/// Directory record length of version 2 (version 1's is [`DIR_RECORD_LEN_V1`]).
+pub const DIR_RECORD_LEN: usize = 28;
+pub const DIR_RECORD_LEN_V1: usize = 56;
+
+/// Directory record length of a segment version (1 or 2).
+fn dir_record_len(version: u32) -> usize {
+    if version == 1 {
+        DIR_RECORD_LEN_V1
+    } else {
+        DIR_RECORD_LEN
+    }
+}
+
+/// A user entry of either format version.
+#[derive(Clone, Copy)]
+pub enum Entry<'a> {
+    V1(entry_v1::EntryView<'a>),
+    V2(EntryView<'a>),
+}
+
+impl<'a> Entry<'a> {
+    pub fn n_events(&self) -> usize {
+        match self {
+            Entry::V1(v) => v.n_events(),
+            Entry::V2(v) => v.n_events(),
+        }
+    }
+
+    pub fn user(&self) -> u64 {
+        match self {
+            Entry::V1(v) => v.header.user,
+            Entry::V2(v) => v.header.user,
+        }
+    }
+
+    pub fn header_crc(&self) -> u32 {
+        match self {
+            Entry::V1(v) => v.header.header_crc,
+            Entry::V2(v) => v.header.header_crc,
+        }
+    }
+
+    pub fn semid_gen(&self) -> u64 {
+        match self {
+            Entry::V1(v) => v.header.semid_gen,
+            Entry::V2(v) => v.header.semid_gen,
+        }
+    }
+
+    pub fn first_ts(&self) -> i64 {
+        match self {
+            Entry::V1(v) => v.header.first_ts,
+            Entry::V2(v) => v.header.first_ts,
+        }
+    }
+
+    pub fn last_ts(&self) -> i64 {
+        match self {
+            Entry::V1(v) => v.header.last_ts,
+            Entry::V2(v) => v.header.last_ts,
+        }
+    }
+
+    pub fn validate(&self) -> DecodeResult<()> {
+        match self {
+            Entry::V1(v) => v.validate(),
+            Entry::V2(v) => v.validate(),
+        }
+    }
+}
 
 pub fn segment_file_name(id: u64) -> String {
     format!("{id:016x}.seg")
@@ -30,47 +102,58 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
         .flatten()
 }
 
-/// One directory record: where a user's entry is and what it spends on each part.
+/// One directory record: where a user's entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DirRecord {
     pub user: u64,
     pub offset: u64,
     pub len: u32,
     pub n_events: u32,
-    pub sizes: EntrySizes,
     /// The entry header's checksum, to cross-check the directory against the entry.
     pub header_crc: u32,
+    /// What the entry spends on each part (version 1 keeps it in the directory; version 2 in
+    /// the entry's header).
+    pub sizes_v1: Option<EntrySizes>,
 }
 
 impl DirRecord {
+    /// Version 2: user, offset, length, events, header checksum.
     fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.user.to_le_bytes());
         out.extend_from_slice(&self.offset.to_le_bytes());
         out.extend_from_slice(&self.len.to_le_bytes());
         out.extend_from_slice(&self.n_events.to_le_bytes());
-        let s = &self.sizes;
-        for v in [s.time, s.item, s.action, s.domain, s.dict, s.index, s.meta] {
-            out.extend_from_slice(&v.to_le_bytes());
-        }
         out.extend_from_slice(&self.header_crc.to_le_bytes());
     }
 
-    fn decode(b: &[u8]) -> DirRecord {
+    fn decode(b: &[u8], version: u32) -> DirRecord {
+        let (user, offset, len, n_events) =
+            (le_u64(b, 0), le_u64(b, 8), le_u32(b, 16), le_u32(b, 20));
+        if version == 1 {
+            return DirRecord {
+                user,
+                offset,
+                len,
+                n_events,
+                header_crc: le_u32(b, 52),
+                sizes_v1: Some(EntrySizes {
+                    time: le_u32(b, 24),
+                    item: le_u32(b, 28),
+                    action: le_u32(b, 32),
+                    domain: le_u32(b, 36),
+                    dict: le_u32(b, 40),
+                    index: le_u32(b, 44),
+                    meta: le_u32(b, 48),
+                }),
+            };
+        }
         DirRecord {
-            user: le_u64(b, 0),
-            offset: le_u64(b, 8),
-            len: le_u32(b, 16),
-            n_events: le_u32(b, 20),
-            sizes: EntrySizes {
-                time: le_u32(b, 24),
-                item: le_u32(b, 28),
-                action: le_u32(b, 32),
-                domain: le_u32(b, 36),
-                dict: le_u32(b, 40),
-                index: le_u32(b, 44),
-                meta: le_u32(b, 48),
-            },
-            header_crc: le_u32(b, 52),
+            user,
+            offset,
+            len,
+            n_events,
+            header_crc: le_u32(b, 24),
+            sizes_v1: None,
         }
     }
 }
@@ -129,25 +212,23 @@ impl SegmentWriter {
         self.records.is_empty()
     }
 
-    /// Add a user's entry. Users must be added in ascending order.
-    pub fn add(
-        &mut self,
-        user: u64,
-        entry: &[u8],
-        sizes: EntrySizes,
-        n_events: u32,
-    ) -> Result<DirRecord> {
+    /// Add a user's entry (version 2, as `build_entry` made it). Users must be added in
+    /// ascending order.
+    pub fn add(&mut self, user: u64, entry: &[u8], n_events: u32) -> Result<DirRecord> {
         assert!(
             self.records.last().is_none_or(|r| r.user < user),
             "segment users must be added in ascending order"
         );
+        let header_crc = EntryView::parse_with(entry, false)
+            .map(|v| v.header.header_crc)
+            .map_err(|e| e.at(&self.tmp, format!("user {user} entry")))?;
         let rec = DirRecord {
             user,
             offset: self.offset,
             len: entry.len() as u32,
             n_events,
-            sizes,
-            header_crc: le_u32(entry, crate::entry::ENTRY_HEADER_LEN - 4),
+            header_crc,
+            sizes_v1: None,
         };
         self.write(entry)?;
         self.records.push(rec);
@@ -213,6 +294,8 @@ pub struct Segment {
     pub id: u64,
     pub path: PathBuf,
     mmap: Mmap,
+    /// Format version of the file (1 or 2).
+    version: u32,
     dir_offset: usize,
     count: usize,
 }
@@ -241,24 +324,25 @@ impl Segment {
         // SAFETY: segment files are immutable once renamed into place, and Siren never writes
         // to them again; the mapping is read-only. See the struct documentation.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-        let (dir_offset, count) =
+        let (version, dir_offset, count) =
             Self::parse_frame(&mmap, expected_id).map_err(|(block, e)| e.at(path, block))?;
         Ok(Segment {
             id: expected_id,
             path: path.to_path_buf(),
             mmap,
+            version,
             dir_offset,
             count,
         })
     }
 
-    /// Check header, footer and directory of a whole file image; returns (directory offset,
-    /// record count). Exposed for the fuzz targets.
+    /// Check header, footer and directory of a whole file image; returns (format version,
+    /// directory offset, record count). Exposed for the fuzz targets.
     pub fn parse_frame(
         bytes: &[u8],
         expected_id: u64,
-    ) -> std::result::Result<(usize, usize), (&'static str, DecodeError)> {
-        let header = || -> DecodeResult<()> {
+    ) -> std::result::Result<(u32, usize, usize), (&'static str, DecodeError)> {
+        let header = || -> DecodeResult<u32> {
             if bytes.len() < HEADER_LEN + FOOTER_LEN {
                 corrupt!("file of {} bytes is too short", bytes.len());
             }
@@ -269,7 +353,7 @@ impl Segment {
             if magic != SEGMENT_MAGIC {
                 corrupt!("bad segment magic");
             }
-            if version != SEGMENT_VERSION {
+            if !(OLDEST_SEGMENT_VERSION..=SEGMENT_VERSION).contains(&version) {
                 return Err(DecodeError::Version {
                     what: "segment file",
                     found: version,
@@ -281,23 +365,24 @@ impl Segment {
             if id != expected_id {
                 corrupt!("segment id {id} where {expected_id} was expected");
             }
-            Ok(())
+            Ok(version)
         };
-        header().map_err(|e| ("header", e))?;
+        let version = header().map_err(|e| ("header", e))?;
+        let record_len = dir_record_len(version);
         let footer = || -> DecodeResult<(usize, usize, u32)> {
             let f = &bytes[bytes.len() - FOOTER_LEN..];
             let body = crate::codec::split_crc(f, "segment footer")?;
             let mut r = Reader::new(body);
             let magic = r.bytes(8)?;
-            let version = r.u32()?;
+            let footer_version = r.u32()?;
             if magic != FOOTER_MAGIC {
                 corrupt!("bad footer magic");
             }
-            if version != SEGMENT_VERSION {
+            if footer_version != version {
                 return Err(DecodeError::Version {
                     what: "segment footer",
-                    found: version,
-                    supported: SEGMENT_VERSION,
+                    found: footer_version,
+                    supported: version,
                 });
             }
             let count = r.u32()? as usize;
@@ -310,7 +395,7 @@ impl Segment {
             let dir_end = (bytes.len() - FOOTER_LEN) as u64;
             if dir_offset < HEADER_LEN as u64
                 || dir_offset > dir_end
-                || (dir_end - dir_offset) != (count as u64) * DIR_RECORD_LEN as u64
+                || (dir_end - dir_offset) != (count as u64) * record_len as u64
             {
                 corrupt!("directory of {count} records does not fit at offset {dir_offset}");
             }
@@ -318,14 +403,14 @@ impl Segment {
         };
         let (dir_offset, count, dir_crc) = footer().map_err(|e| ("footer", e))?;
         let directory = || -> DecodeResult<()> {
-            let dir = &bytes[dir_offset..dir_offset + count * DIR_RECORD_LEN];
+            let dir = &bytes[dir_offset..dir_offset + count * record_len];
             if !crate::codec::checksum_matches(dir_crc, crc32c::crc32c(dir)) {
                 corrupt!("directory checksum mismatch");
             }
             let mut expect = HEADER_LEN as u64;
             let mut prev_user = None;
             for i in 0..count {
-                let r = DirRecord::decode(&dir[i * DIR_RECORD_LEN..]);
+                let r = DirRecord::decode(&dir[i * record_len..], version);
                 if prev_user.is_some_and(|p| p >= r.user) {
                     corrupt!("directory users not ascending at record {i}");
                 }
@@ -333,7 +418,7 @@ impl Segment {
                 if r.offset != expect {
                     corrupt!("entry {i} at offset {}, expected {expect}", r.offset);
                 }
-                if r.sizes.total() != u64::from(r.len) {
+                if r.sizes_v1.is_some_and(|s| s.total() != u64::from(r.len)) {
                     corrupt!("entry {i} part sizes do not add up to its length");
                 }
                 expect += u64::from(r.len);
@@ -344,7 +429,7 @@ impl Segment {
             Ok(())
         };
         directory().map_err(|e| ("directory", e))?;
-        Ok((dir_offset, count))
+        Ok((version, dir_offset, count))
     }
 
     pub fn len(&self) -> usize {
@@ -359,8 +444,28 @@ impl Segment {
         self.mmap.len() as u64
     }
 
+    /// The file's format version (1 or 2).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
     pub fn record(&self, i: usize) -> DirRecord {
-        DirRecord::decode(&self.mmap[self.dir_offset + i * DIR_RECORD_LEN..])
+        let len = dir_record_len(self.version);
+        DirRecord::decode(&self.mmap[self.dir_offset + i * len..], self.version)
+    }
+
+    /// What entry `i` spends on each part.
+    pub fn sizes(&self, i: usize) -> Result<EntrySizes> {
+        match self.record(i).sizes_v1 {
+            Some(s) => Ok(s),
+            None => match self.entry_with(i, false)? {
+                Entry::V2(v) => Ok(v.sizes()),
+                Entry::V1(_) => Err(self.corruption(
+                    i,
+                    DecodeError::corrupt("a version-1 entry in a version-2 file"),
+                )),
+            },
+        }
     }
 
     /// Directory index of `user`, if this segment holds an entry for it.
@@ -368,7 +473,10 @@ impl Segment {
         let (mut lo, mut hi) = (0, self.count);
         while lo < hi {
             let mid = (lo + hi) / 2;
-            let u = le_u64(&self.mmap, self.dir_offset + mid * DIR_RECORD_LEN);
+            let u = le_u64(
+                &self.mmap,
+                self.dir_offset + mid * dir_record_len(self.version),
+            );
             match u.cmp(&user) {
                 std::cmp::Ordering::Equal => return Some(mid),
                 std::cmp::Ordering::Less => lo = mid + 1,
@@ -382,18 +490,22 @@ impl Segment {
         format!("user {} entry", self.record(i).user)
     }
 
-    /// The entry of directory record `i`, header and block index checked.
-    pub fn entry(&self, i: usize) -> Result<EntryView<'_>> {
+    /// The entry of directory record `i`, header and sections checked.
+    pub fn entry(&self, i: usize) -> Result<Entry<'_>> {
         self.entry_with(i, true)
     }
 
-    /// [`Segment::entry`]; `sections` as in [`EntryView::parse_with`].
-    pub fn entry_with(&self, i: usize, sections: bool) -> Result<EntryView<'_>> {
+    /// [`Segment::entry`]; `sections` as in [`EntryView::parse_with`]. A version-1 file holds
+    /// version-1 entries, a version-2 file version-2 ones.
+    pub fn entry_with(&self, i: usize, sections: bool) -> Result<Entry<'_>> {
         let r = self.record(i);
         let bytes = &self.mmap[r.offset as usize..r.offset as usize + r.len as usize];
-        let view = EntryView::parse_with(bytes, sections)
-            .map_err(|e| e.at(&self.path, self.block_name(i)))?;
-        if view.header.user != r.user || view.header.header_crc != r.header_crc {
+        let view = match self.version {
+            1 => entry_v1::EntryView::parse_with(bytes, sections).map(Entry::V1),
+            _ => EntryView::parse_with(bytes, sections).map(Entry::V2),
+        }
+        .map_err(|e| e.at(&self.path, self.block_name(i)))?;
+        if view.user() != r.user || view.header_crc() != r.header_crc {
             return Err(
                 DecodeError::corrupt("entry header disagrees with the directory")
                     .at(&self.path, self.block_name(i)),
@@ -452,8 +564,8 @@ mod tests {
                     domain: 0,
                 })
                 .collect();
-            let (bytes, sizes) = build_entry(u, &evs, &p, |id| (id as u32, None));
-            w.add(u, &bytes, sizes, evs.len() as u32).unwrap();
+            let (bytes, _) = build_entry(u, &evs, &p, |id| (id as u32, None));
+            w.add(u, &bytes, evs.len() as u32).unwrap();
         }
         w.finish().unwrap().0
     }
@@ -470,7 +582,7 @@ mod tests {
         assert_eq!(seg.len(), 3);
         assert_eq!(seg.find(7), Some(1));
         assert_eq!(seg.find(8), None);
-        assert_eq!(seg.entry(2).unwrap().header.user, 9);
+        assert_eq!(seg.entry(2).unwrap().user(), 9);
         assert!(seg.verify().is_empty());
         assert!(Segment::open(&path, 6).is_err());
     }

@@ -10,7 +10,7 @@ use crate::prefix::PrefixLayout;
 use crate::retrieve::{self, HardHit, SoftHit};
 use crate::state::State;
 use crate::types::{Event, Item, Options, ReadRange, SemId};
-use crate::view::{Retention, UserView};
+use crate::view::{Retention, UserView, ViewConfig};
 
 /// Settings every read needs.
 #[derive(Debug, Clone, Copy)]
@@ -85,14 +85,14 @@ impl Snapshot {
     }
 
     fn view(&self, user: u64, as_of: Option<i64>) -> Result<Option<UserView<'_>>> {
-        UserView::open(
-            &self.state,
-            user,
-            self.cfg.retention,
-            as_of,
+        let cfg = ViewConfig {
+            catalog: &self.state.catalog,
+            layout: self.cfg.layout,
+            retention: self.cfg.retention,
             // A disabled cache is no cache: readers then take the paths that decode least.
-            self.cache.enabled().then_some(&*self.cache),
-        )
+            cache: self.cache.enabled().then_some(&*self.cache),
+        };
+        UserView::open(&self.state, user, cfg, as_of)
     }
 
     /// A user's events within `range`, oldest first. An unknown user has no events.
@@ -144,9 +144,7 @@ impl Snapshot {
             self.cfg.check_semid(t)?;
         }
         match self.view(user, as_of)? {
-            Some(mut v) if !v.is_empty() => {
-                retrieve::hard(&mut v, &self.state.catalog, self.cfg.layout, targets, k)
-            }
+            Some(mut v) if !v.is_empty() => retrieve::hard(&mut v, self.cfg.layout, targets, k),
             _ => Ok(vec![Vec::new(); targets.len()]),
         }
     }
@@ -182,7 +180,7 @@ impl Snapshot {
             .map(|t| query_vec(t.as_ref(), self.cfg.dim))
             .collect::<Result<Vec<_>>>()?;
         match self.view(user, as_of)? {
-            Some(mut v) if !v.is_empty() => retrieve::soft(&mut v, &self.state.catalog, &qs, k),
+            Some(mut v) if !v.is_empty() => retrieve::soft(&mut v, &qs, k),
             _ => Ok(vec![Vec::new(); targets.len()]),
         }
     }

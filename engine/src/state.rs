@@ -41,7 +41,7 @@ impl EntryRef {
 pub struct UserState {
     pub entry: Option<EntryRef>,
     /// Not-yet-compacted events, sorted by time; equal times keep arrival order.
-    pub pending: Arc<[PendingEv]>,
+    pub pending: Pending,
     /// Sequence number of the append that created this user (after its last deletion). A
     /// compaction that started before a delete recognises the user as a different one.
     pub born: u64,
@@ -98,23 +98,84 @@ impl State {
     }
 }
 
-/// Merge `new` (in arrival order) into `old` (sorted by time, arrival order on ties).
-pub fn merge_pending(old: &[PendingEv], new: &[Ev], seq: u64) -> Arc<[PendingEv]> {
-    let mut add: Vec<PendingEv> = new.iter().map(|&ev| PendingEv { ev, seq }).collect();
-    add.sort_by_key(|p| p.ev.ts); // stable: keeps batch order on ties
-    let mut out = Vec::with_capacity(old.len() + add.len());
-    let (mut i, mut j) = (0, 0);
-    while i < old.len() && j < add.len() {
-        // Older arrivals first on equal times.
-        if old[i].ev.ts <= add[j].ev.ts {
-            out.push(old[i]);
-            i += 1;
-        } else {
-            out.push(add[j]);
-            j += 1;
+/// A user's pending events, sorted by time (arrival order on equal times), as a persistent
+/// vector: an append shares everything but the few tree nodes it touches with the version
+/// readers hold, so it costs O(log n) per event however many events are pending, instead of a
+/// copy of the whole array. Indexing is O(log n) with a small constant (64-way nodes).
+#[derive(Debug, Clone, Default)]
+pub struct Pending(imbl::Vector<PendingEv>);
+
+impl Pending {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Event `j` (`j < len`).
+    #[inline]
+    pub fn get(&self, j: usize) -> PendingEv {
+        self.0[j]
+    }
+
+    pub fn last(&self) -> Option<PendingEv> {
+        self.0.last().copied()
+    }
+
+    /// Number of events with `ts < t`.
+    pub fn count_lt(&self, t: i64) -> usize {
+        self.partition(|p| p.ev.ts < t)
+    }
+
+    /// The first index whose event fails `pred`, for a `pred` true on a prefix.
+    fn partition(&self, pred: impl Fn(&PendingEv) -> bool) -> usize {
+        let found = self.0.binary_search_by(|p| {
+            if pred(p) {
+                std::cmp::Ordering::Less
+            } else {
+                std::cmp::Ordering::Greater
+            }
+        });
+        found.unwrap_or_else(|i| i)
+    }
+
+    /// Events `range`, in order.
+    pub fn range(&self, range: std::ops::Range<usize>) -> impl Iterator<Item = PendingEv> + '_ {
+        self.0.focus().narrow(range).into_iter().copied()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = PendingEv> + '_ {
+        self.0.iter().copied()
+    }
+
+    /// These events with `new` (one append, in arrival order, sequence number `seq`) merged in:
+    /// each goes after every event at or before its time, so equal times keep arrival order.
+    /// Events at or after the last one (the usual case) are pushed at the end.
+    pub fn with_appended(&self, new: &[Ev], seq: u64) -> Pending {
+        let mut out = self.clone();
+        out.append(new, seq);
+        out
+    }
+
+    /// [`Pending::with_appended`] in place.
+    pub fn append(&mut self, new: &[Ev], seq: u64) {
+        let mut add: Vec<PendingEv> = new.iter().map(|&ev| PendingEv { ev, seq }).collect();
+        add.sort_by_key(|p| p.ev.ts); // stable: keeps batch order on ties
+        for p in add {
+            match self.0.last() {
+                Some(last) if last.ev.ts > p.ev.ts => {
+                    let at = self.partition(|q| q.ev.ts <= p.ev.ts);
+                    self.0.insert(at, p);
+                }
+                _ => self.0.push_back(p),
+            }
         }
     }
-    out.extend_from_slice(&old[i..]);
-    out.extend_from_slice(&add[j..]);
-    out.into()
+
+    /// The events of appends after sequence number `upto`.
+    pub fn after(&self, upto: u64) -> Pending {
+        Pending(self.0.iter().filter(|p| p.seq > upto).copied().collect())
+    }
 }

@@ -6,7 +6,7 @@
 //! change touches only this file. Values are framed and checksummed by `records`.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rocksdb::{
     BottommostLevelCompaction, ColumnFamilyDescriptor, CompactOptions, DBCompressionType,
@@ -227,6 +227,8 @@ pub struct Store {
     writes: AtomicU64,
     /// See [`Store::wal_damage`].
     wal_damage: Option<String>,
+    /// A write failed: see [`Store::check_writable`].
+    write_failed: AtomicBool,
 }
 
 /// Open RocksDB at `path` replaying its write-ahead log in `mode`.
@@ -272,6 +274,7 @@ impl Store {
             path: path.to_path_buf(),
             writes: AtomicU64::new(0),
             wal_damage,
+            write_failed: AtomicBool::new(false),
         };
         if let Some(n) = store.get_meta(WRITES_KEY, "write count", records::decode_writes)? {
             store.writes.store(n, Ordering::Relaxed);
@@ -406,6 +409,21 @@ impl Store {
         (count, problems)
     }
 
+    /// Refuse to write, flush or checkpoint once a write failed (a full disk, a failed fsync):
+    /// the write-ahead log's state is then unknown, RocksDB keeps its writer's error, and a flush
+    /// or sync of that writer aborts the process in RocksDB builds with assertions. A reopen
+    /// replays the log and clears this.
+    fn check_writable(&self, context: &'static str) -> Result<()> {
+        if self.write_failed.load(Ordering::Relaxed) {
+            return Err(Error::Store {
+                context,
+                source: "an earlier write failed (disk full or I/O error); reopen the database"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Write batches committed so far. Every batch stores the new count, so a RocksDB that lost
     /// recent writes shows a smaller one (checked against the WATERMARK at open).
     pub fn writes(&self) -> u64 {
@@ -415,6 +433,7 @@ impl Store {
     /// Commit `batch` atomically. Callers serialise writes (the engine's writer lock), so the
     /// write count each batch carries is exact.
     pub fn write(&self, batch: Batch, durability: Durability) -> Result<()> {
+        self.check_writable("writing a batch")?;
         let n = self.writes() + 1;
         let mut wb = WriteBatch::default();
         wb.put_cf(self.cf(Cf::Meta), WRITES_KEY, records::encode_writes(n));
@@ -431,9 +450,10 @@ impl Store {
             Durability::Buffered => {}
             Durability::Unlogged => wo.disable_wal(true),
         }
-        self.db
-            .write_opt(wb, &wo)
-            .map_err(|e| map_err(&self.path, "writing a batch", e))?;
+        self.db.write_opt(wb, &wo).map_err(|e| {
+            self.write_failed.store(true, Ordering::Relaxed);
+            map_err(&self.path, "writing a batch", e)
+        })?;
         self.writes.store(n, Ordering::Relaxed);
         Ok(())
     }
@@ -442,6 +462,7 @@ impl Store {
     /// goes last: a MANIFEST that loses the tail of its edits then loses the write count with
     /// the data, which the WATERMARK check at open detects.
     pub fn flush(&self) -> Result<()> {
+        self.check_writable("flushing")?;
         for cf in [Cf::Pending, Cf::Users, Cf::Items, Cf::Sources, Cf::Meta] {
             self.db
                 .flush_cf(self.cf(cf))
@@ -455,6 +476,7 @@ impl Store {
     /// Run RocksDB's own compaction over a whole column family, bottommost level included, so
     /// that deleted keys and their tombstones are physically dropped from its files.
     pub fn compact_cf(&self, cf: Cf) -> Result<()> {
+        self.check_writable("flushing")?;
         self.db
             .flush_cf(self.cf(cf))
             .map_err(|e| map_err(&self.path, "flushing", e))?;
@@ -468,6 +490,7 @@ impl Store {
     /// A consistent copy of the whole store in the new directory `dest` (RocksDB's checkpoint:
     /// SST files hard-linked, memtables flushed first, so `Unlogged` writes are included).
     pub fn checkpoint(&self, dest: &Path) -> Result<()> {
+        self.check_writable("writing a checkpoint")?;
         let cp = rocksdb::checkpoint::Checkpoint::new(&self.db)
             .map_err(|e| map_err(&self.path, "preparing a checkpoint", e))?;
         cp.create_checkpoint(dest)

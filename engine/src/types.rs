@@ -137,7 +137,8 @@ pub struct Options {
     pub max_event_age_ms: Option<i64>,
     /// Events per column block in segment files (a block is the unit of decompression).
     pub block_events: u32,
-    /// zstd level for segment blocks.
+    /// zstd level of format-1 segment blocks; format 2 (what compaction writes) compresses nothing
+    /// (docs/FORMAT.md, "Versions"), so this setting has no effect and is kept for configurations.
     pub zstd_level: i32,
     /// Background compaction; `None` means compaction runs only when [`crate::Db::compact`] is
     /// called.

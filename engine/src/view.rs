@@ -7,13 +7,35 @@
 
 use std::sync::Arc;
 
+use crate::block::Block;
+use crate::block::Stamp;
 use crate::cache::{self, DecodedCache, Part, Value};
 use crate::catalog::Catalog;
-use crate::columns::DictView;
-use crate::entry::{Block, Cols, EntryView, Ev};
-use crate::error::{Error, Result};
-use crate::segment::Segment;
-use crate::state::{PendingEv, State, UserState};
+use crate::decoded::{self, Decoded, Embeddings};
+use crate::entry::{Ev, PageMemo};
+use crate::entry_v1::{self, Cols};
+use crate::error::{DecodeError, Error, Result};
+use crate::postings::Postings;
+use crate::prefix::PrefixLayout;
+use crate::segment::{Entry, Segment};
+use crate::state::{Pending, State, UserState};
+
+/// A user's postings: the decoded cache's, or built for one view.
+pub enum PostingsRef {
+    Shared(Arc<Decoded>),
+    Owned(Box<Postings>),
+}
+
+impl std::ops::Deref for PostingsRef {
+    type Target = Postings;
+
+    fn deref(&self) -> &Postings {
+        match self {
+            PostingsRef::Shared(d) => &d.postings,
+            PostingsRef::Owned(p) => p,
+        }
+    }
+}
 
 /// What a user keeps (see [`crate::Options::max_events_per_user`] and `max_event_age_ms`).
 #[derive(Debug, Clone, Copy)]
@@ -22,16 +44,30 @@ pub struct Retention {
     pub max_age_ms: Option<i64>,
 }
 
+/// The settings a view needs besides the user's state.
+#[derive(Clone, Copy)]
+pub struct ViewConfig<'s> {
+    pub catalog: &'s Catalog,
+    pub layout: PrefixLayout,
+    pub retention: Retention,
+    /// The shared cache of decoded entries; `None` decodes what each view needs itself.
+    pub cache: Option<&'s DecodedCache>,
+}
+
 struct SegPart<'s> {
     segment: &'s Segment,
     record: usize,
-    view: EntryView<'s>,
-    dict: Option<DictView<'s>>,
-    scratch: Vec<u8>,
-    /// Blocks decoded for point reads, kept for the life of the view and shared through
-    /// `cache` when given.
-    blocks: Vec<Option<Arc<Block>>>,
+    entry: Entry<'s>,
     cache: Option<&'s DecodedCache>,
+    /// Through the cache: the whole entry, decoded once for every reader.
+    hot: Option<Arc<Decoded>>,
+    /// Without it: the blocks this view decoded (time, action, domain) ...
+    blocks: Vec<Option<Block>>,
+    /// ... and the dictionary rows and item codes, once a read needed them, and the pages
+    /// whose checksums it checked.
+    rows: Option<Arc<[u32]>>,
+    codes: Option<Arc<[u32]>>,
+    pages: PageMemo,
 }
 
 impl<'s> SegPart<'s> {
@@ -40,119 +76,177 @@ impl<'s> SegPart<'s> {
         record: usize,
         cache: Option<&'s DecodedCache>,
     ) -> Result<SegPart<'s>> {
-        // The section checksums are computed once per entry while the cache remembers that
-        // they matched (and on every open without a cache).
-        cache::cached(
-            cache,
-            segment,
-            record,
-            Part::Checked,
-            Value::into_checked,
-            || {
-                segment.entry(record)?;
-                Ok(Value::Checked)
-            },
-        )?;
-        let view = segment.entry_with(record, false)?;
+        // With the cache, the section checksums are checked when the entry is decoded whole;
+        // without it, here.
+        let entry = segment.entry_with(record, cache.is_none())?;
         Ok(SegPart {
             segment,
             record,
-            blocks: vec![None; view.n_blocks()],
-            view,
-            dict: None,
-            scratch: Vec::new(),
+            blocks: Vec::new(),
+            entry,
             cache,
+            hot: None,
+            rows: None,
+            codes: None,
+            pages: PageMemo::default(),
         })
     }
 
-    /// Block `b` with every column decoded, through the shared cache.
-    fn block(&mut self, b: usize) -> Result<&Block> {
-        if self.blocks[b].is_none() {
-            let (view, segment, record) = (self.view, self.segment, self.record);
-            let scratch = &mut self.scratch;
-            let part = Part::Block(b as u32);
-            let blk = cache::cached(self.cache, segment, record, part, Value::into_block, || {
-                let mut blk = Block::default();
-                view.decode_block(b, Cols::ALL, &mut blk, scratch)
-                    .map_err(|e| segment.corruption(record, e))?;
-                Ok(Value::Block(Arc::new(blk)))
-            })?;
-            self.blocks[b] = Some(blk);
-        }
-        Ok(self.blocks[b].as_deref().expect("decoded above"))
+    fn err(&self, e: DecodeError) -> Error {
+        self.segment.corruption(self.record, e)
     }
 
-    fn dict(&mut self) -> Result<DictView<'s>> {
-        if let Some(d) = self.dict {
-            return Ok(d);
+    /// The whole entry decoded, through the cache (`None` without one).
+    fn hot(&mut self, catalog: &Catalog, layout: &PrefixLayout) -> Result<Option<&Decoded>> {
+        if self.hot.is_none() {
+            let Some(c) = self.cache else { return Ok(None) };
+            let (segment, record) = (self.segment, self.record);
+            let part = Part::Decoded {
+                semid_gen: catalog.semid_gen(),
+            };
+            let d = cache::cached(Some(c), segment, record, part, Value::into_decoded, || {
+                // Checked whole here: the view parsed it without its section checksums.
+                let entry = segment.entry_with(record, true)?;
+                decoded::decode(&entry, catalog, layout, true)
+                    .map(|d| Value::Decoded(Arc::new(d)))
+                    .map_err(|e| segment.corruption(record, e))
+            })?;
+            self.hot = Some(d);
         }
-        let d = self
-            .view
-            .dict()
-            .map_err(|e| self.segment.corruption(self.record, e))?;
-        self.dict = Some(d);
-        Ok(d)
+        Ok(self.hot.as_deref())
+    }
+
+    /// Block `b` (time, action, domain), decoded by this view.
+    fn block(&mut self, b: usize) -> Result<&Block> {
+        if self.blocks.is_empty() {
+            self.blocks = vec![None; n_blocks(&self.entry)];
+        }
+        if self.blocks[b].is_none() {
+            let mut blk = Block::default();
+            let r = match &self.entry {
+                Entry::V2(v) => v.decode_block(b, &mut blk),
+                Entry::V1(v) => {
+                    let mut old = entry_v1::Block::default();
+                    let cols = Cols {
+                        item: false,
+                        ..Cols::ALL
+                    };
+                    v.decode_block(b, cols, &mut old, &mut Vec::new())
+                        .map(|()| {
+                            blk.ts = old.ts;
+                            blk.action = old.action;
+                            blk.domain = old.domain;
+                        })
+                }
+            };
+            r.map_err(|e| self.err(e))?;
+            self.blocks[b] = Some(blk);
+        }
+        Ok(self.blocks[b].as_ref().expect("decoded above"))
+    }
+
+    /// The dictionary's catalog rows, in its own order.
+    fn rows(&mut self) -> Result<Arc<[u32]>> {
+        if self.rows.is_none() {
+            let rows = match &self.entry {
+                Entry::V2(v) => v.dict_rows(),
+                Entry::V1(v) => v.dict().map(|d| d.to_vec()),
+            };
+            self.rows = Some(rows.map_err(|e| self.err(e))?.into());
+        }
+        Ok(self.rows.clone().expect("read above"))
+    }
+
+    /// The dictionary code of every event.
+    fn codes(&mut self) -> Result<Arc<[u32]>> {
+        if self.codes.is_none() {
+            let codes = match &self.entry {
+                Entry::V2(v) => v.codes(),
+                Entry::V1(v) => {
+                    let mut b = entry_v1::Block::default();
+                    let mut scratch = Vec::new();
+                    let mut codes = Vec::with_capacity(v.n_events());
+                    (0..v.n_blocks())
+                        .try_for_each(|i| {
+                            v.decode_block(i, Cols::ITEM, &mut b, &mut scratch)?;
+                            codes.extend_from_slice(&b.item);
+                            Ok(())
+                        })
+                        .map(|()| codes)
+                }
+            };
+            self.codes = Some(codes.map_err(|e| self.err(e))?.into());
+        }
+        Ok(self.codes.clone().expect("read above"))
+    }
+}
+
+fn n_blocks(entry: &Entry<'_>) -> usize {
+    match entry {
+        Entry::V1(v) => v.n_blocks(),
+        Entry::V2(v) => v.n_blocks(),
+    }
+}
+
+fn block_events(entry: &Entry<'_>) -> usize {
+    match entry {
+        Entry::V1(v) => v.block_events(),
+        Entry::V2(v) => v.block_events(),
     }
 }
 
 pub struct UserView<'s> {
     pub user: u64,
-    catalog: &'s Catalog,
+    cfg: ViewConfig<'s>,
     seg: Option<SegPart<'s>>,
-    pending: &'s [PendingEv],
+    pending: &'s Pending,
     /// Visible S positions `[s0, s1)` and P positions `[p0, p1)`; `(s0, p0)` is where retention
     /// starts the sequence, `(s1, p1)` where `as_of` ends it.
     pub s0: usize,
     pub s1: usize,
     pub p0: usize,
     pub p1: usize,
-    /// The dictionary as catalog rows, once a point read needed it.
-    rows: Option<Arc<[u32]>>,
 }
 
 impl<'s> UserView<'s> {
     /// The view of `user`, or `None` if the user has no events.
-    /// `cache` shares decoded blocks and bitmaps between readers.
     pub fn open(
         state: &'s State,
         user: u64,
-        retention: Retention,
+        cfg: ViewConfig<'s>,
         as_of: Option<i64>,
-        cache: Option<&'s DecodedCache>,
     ) -> Result<Option<UserView<'s>>> {
         let Some(us) = state.users.get(&user) else {
             return Ok(None);
         };
-        Self::of(us, &state.catalog, user, retention, as_of, cache).map(Some)
+        Self::of(us, user, cfg, as_of).map(Some)
     }
 
     pub fn of(
         us: &'s UserState,
-        catalog: &'s Catalog,
         user: u64,
-        retention: Retention,
+        cfg: ViewConfig<'s>,
         as_of: Option<i64>,
-        cache: Option<&'s DecodedCache>,
     ) -> Result<UserView<'s>> {
         let seg = match &us.entry {
-            Some(e) => Some(SegPart::new(&e.segment, e.record, cache)?),
+            Some(e) => Some(SegPart::new(&e.segment, e.record, cfg.cache)?),
             None => None,
         };
         let mut v = UserView {
             user,
-            catalog,
+            cfg,
             seg,
             pending: &us.pending,
             s0: 0,
             s1: 0,
             p0: 0,
             p1: 0,
-            rows: None,
         };
         let (ns, np) = (v.seg_len(), v.pending.len());
         if ns + np == 0 {
             return Ok(v);
         }
+        let retention = cfg.retention;
         // Retention: drop the oldest beyond the cap, and those too old relative to the newest.
         let (mut s0, mut p0) = v.split((ns + np).saturating_sub(retention.max_events))?;
         if let Some(age) = retention.max_age_ms {
@@ -172,11 +266,15 @@ impl<'s> UserView<'s> {
         Ok(v)
     }
 
-    pub fn seg_len(&self) -> usize {
-        self.seg.as_ref().map_or(0, |s| s.view.n_events())
+    pub fn catalog(&self) -> &'s Catalog {
+        self.cfg.catalog
     }
 
-    pub fn pending(&self) -> &'s [PendingEv] {
+    pub fn seg_len(&self) -> usize {
+        self.seg.as_ref().map_or(0, |s| s.entry.n_events())
+    }
+
+    pub fn pending(&self) -> &'s Pending {
         self.pending
     }
 
@@ -190,68 +288,106 @@ impl<'s> UserView<'s> {
     }
 
     fn newest_ts(&self) -> i64 {
-        let s = self.seg.as_ref().map(|s| s.view.header.last_ts);
+        let s = self.seg.as_ref().map(|s| s.entry.last_ts());
         let p = self.pending.last().map(|p| p.ev.ts);
         s.into_iter().chain(p).max().unwrap_or(i64::MIN)
     }
 
-    fn err(&self, e: crate::error::DecodeError) -> Error {
-        let s = self
-            .seg
-            .as_ref()
-            .expect("segment errors come from a segment part");
-        s.segment.corruption(s.record, e)
+    fn seg(&mut self) -> &mut SegPart<'s> {
+        self.seg.as_mut().expect("compacted events imply an entry")
     }
 
-    /// The entry (for the prefix index and its header).
-    pub fn entry(&self) -> Option<(&'s Segment, usize, EntryView<'s>)> {
-        self.seg.as_ref().map(|s| (s.segment, s.record, s.view))
+    /// The entry, where its bytes are read in place (the cold paths).
+    pub fn entry(&self) -> Option<(&'s Segment, usize, Entry<'s>)> {
+        self.seg.as_ref().map(|s| (s.segment, s.record, s.entry))
     }
 
-    /// Block `b`, every column decoded.
-    fn seg_block(&mut self, b: usize) -> Result<&Block> {
-        self.seg
-            .as_mut()
-            .expect("block of a user without an entry")
-            .block(b)
+    /// The entry decoded whole, when the view has the shared cache.
+    pub fn hot(&mut self) -> Result<Option<&Decoded>> {
+        let (catalog, layout) = (self.cfg.catalog, self.cfg.layout);
+        match &mut self.seg {
+            Some(s) => s.hot(catalog, &layout),
+            None => Ok(None),
+        }
     }
 
-    /// The shared cache of decoded pieces, if this view uses one.
-    pub fn cache(&self) -> Option<&'s DecodedCache> {
-        self.seg.as_ref().and_then(|s| s.cache)
+    /// The entry's postings: through the cache, or built for this view (`full` as in
+    /// [`Postings::build`]).
+    pub fn postings(&mut self, full: bool) -> Result<PostingsRef> {
+        let (catalog, layout) = (self.cfg.catalog, self.cfg.layout);
+        let seg = self.seg();
+        if seg.cache.is_some() {
+            seg.hot(catalog, &layout)?;
+            let d = seg.hot.clone().expect("a cache gives a decoded entry");
+            return Ok(PostingsRef::Shared(d));
+        }
+        let (segment, record, entry) = (seg.segment, seg.record, seg.entry);
+        let built = decoded::decode_postings(&entry, catalog, &layout, full)
+            .map_err(|e| segment.corruption(record, e))?;
+        Ok(PostingsRef::Owned(Box::new(built)))
     }
 
-    fn block_events(&self) -> usize {
-        self.seg.as_ref().map_or(1, |s| s.view.block_events())
-    }
-
-    pub fn dict(&mut self) -> Result<DictView<'s>> {
-        self.seg
-            .as_mut()
-            .expect("dictionary of a user without an entry")
-            .dict()
+    /// The embeddings of the items of `postings` (this entry's), gathered from the catalog:
+    /// through the cache, or for this view.
+    pub fn embeddings(&mut self, postings: &Postings) -> Result<Arc<Embeddings>> {
+        let catalog = self.cfg.catalog;
+        let seg = self.seg();
+        let gather = || {
+            Ok(Value::Embeddings(Arc::new(Embeddings::gather(
+                postings, catalog,
+            ))))
+        };
+        match seg.cache {
+            Some(c) => {
+                let part = Part::Embeddings {
+                    semid_gen: catalog.semid_gen(),
+                    emb_gen: catalog.emb_gen(),
+                };
+                cache::cached(
+                    Some(c),
+                    seg.segment,
+                    seg.record,
+                    part,
+                    Value::into_embeddings,
+                    gather,
+                )
+            }
+            None => Ok(Arc::new(Embeddings::gather(postings, catalog))),
+        }
     }
 
     pub fn seg_ts(&mut self, i: usize) -> Result<i64> {
-        let be = self.block_events();
-        Ok(self.seg_block(i / be)?.ts[i % be])
+        let (catalog, layout) = (self.cfg.catalog, self.cfg.layout);
+        let seg = self.seg();
+        if let Some(d) = seg.hot(catalog, &layout)? {
+            return Ok(d.cols.events[i].ts);
+        }
+        let be = block_events(&seg.entry);
+        Ok(seg.block(i / be)?.ts[i % be])
     }
 
     /// Number of S events with `ts < t`.
     pub fn seg_count_lt(&mut self, t: i64) -> Result<usize> {
-        let Some(seg) = &self.seg else { return Ok(0) };
-        let b = seg.view.first_block_reaching(t);
-        if b == seg.view.n_blocks() {
-            return Ok(seg.view.n_events());
+        let (catalog, layout) = (self.cfg.catalog, self.cfg.layout);
+        let Some(seg) = &mut self.seg else {
+            return Ok(0);
+        };
+        if let Some(d) = seg.hot(catalog, &layout)? {
+            return Ok(d.cols.events.partition_point(|x| x.ts < t));
         }
-        let be = seg.view.block_events();
-        let blk = self.seg_block(b)?;
-        let ts = &blk.ts;
-        Ok(b * be + ts.partition_point(|&x| x < t))
+        let b = match &seg.entry {
+            Entry::V1(v) => v.first_block_reaching(t),
+            Entry::V2(v) => v.first_block_reaching(t),
+        };
+        if b == n_blocks(&seg.entry) {
+            return Ok(seg.entry.n_events());
+        }
+        let be = block_events(&seg.entry);
+        Ok(b * be + seg.block(b)?.ts.partition_point(|&x| x < t))
     }
 
     pub fn pend_count_lt(&self, t: i64) -> usize {
-        self.pending.partition_point(|p| p.ev.ts < t)
+        self.pending.count_lt(t)
     }
 
     /// How many of the first `m` merged events come from S and from P.
@@ -259,10 +395,10 @@ impl<'s> UserView<'s> {
         let (ns, np) = (self.seg_len(), self.pending.len());
         debug_assert!(m <= ns + np);
         let last_s = match &self.seg {
-            Some(seg) if np > 0 && ns > 0 => seg.view.header.last_ts,
+            Some(seg) if np > 0 && ns > 0 => seg.entry.last_ts(),
             _ => return Ok((m.min(ns), m - m.min(ns))),
         };
-        if self.pending[0].ev.ts >= last_s {
+        if self.pending.get(0).ev.ts >= last_s {
             // The usual case: pending events are newer, so the sequence is S then P.
             let i = m.min(ns);
             return Ok((i, m - i));
@@ -293,7 +429,7 @@ impl<'s> UserView<'s> {
 
     /// Position in the retained sequence of P event `j` (`p0 <= j < p1`).
     pub fn pending_position(&mut self, j: usize) -> Result<usize> {
-        let t = self.pending[j].ev.ts;
+        let t = self.pending.get(j).ev.ts;
         let le = match t.checked_add(1) {
             Some(t1) => self.seg_count_lt(t1)?,
             None => self.seg_len(),
@@ -301,89 +437,56 @@ impl<'s> UserView<'s> {
         Ok((j - self.p0) + le.saturating_sub(self.s0))
     }
 
-    /// Item id of catalog row `row` taken from this user's dictionary.
-    fn item_id(&self, row: u32) -> Result<u64> {
-        if row >= self.catalog.len() {
-            let e = crate::error::DecodeError::corrupt(format!(
-                "dictionary names catalog row {row}, the catalog has {}",
-                self.catalog.len()
-            ));
-            return Err(self.err(e));
+    /// S event `i`, whose item is known (a retrieval found it in that item's position list).
+    pub fn seg_event_of(&mut self, i: usize, item: u64) -> Result<Ev> {
+        let (catalog, layout) = (self.cfg.catalog, self.cfg.layout);
+        let seg = self.seg();
+        if let Some(d) = seg.hot(catalog, &layout)? {
+            let s = d.cols.events[i];
+            return Ok(Ev {
+                ts: s.ts,
+                item,
+                action: s.action,
+                domain: s.domain,
+            });
         }
-        Ok(self.catalog.id(row))
-    }
-
-    /// S event `i`, from its decoded block (kept for the view and in the decoded cache).
-    pub fn seg_event(&mut self, i: usize) -> Result<Ev> {
-        let be = self.block_events();
-        let (b, o) = (i / be, i % be);
-        // With the cache, the dictionary is decoded once for all readers; without it, decoding
-        // every entry would cost more than looking up the few that point reads need.
-        if self.rows.is_none() && self.cache().is_some() {
-            self.rows = Some(self.dict_rows()?);
-        }
-        let blk = self.seg_block(b)?;
-        let (ts, code, action, domain) = (blk.ts[o], blk.item[o], blk.action[o], blk.domain[o]);
-        // decode_block checked the item codes against the dictionary's length.
-        let row = match &self.rows {
-            Some(rows) => rows[code as usize],
-            None => self.dict()?.get(code as usize),
+        let s = match seg.entry {
+            // One event of a block: only what it needs is decoded.
+            Entry::V2(v) => v.stamp_at(i, &mut seg.pages).map_err(|e| seg.err(e))?,
+            Entry::V1(_) => {
+                let be = block_events(&seg.entry);
+                let blk = seg.block(i / be)?;
+                let o = i % be;
+                Stamp {
+                    ts: blk.ts[o],
+                    action: blk.action[o],
+                    domain: blk.domain[o],
+                }
+            }
         };
         Ok(Ev {
-            ts,
-            item: self.item_id(row)?,
-            action,
-            domain,
+            ts: s.ts,
+            item,
+            action: s.action,
+            domain: s.domain,
         })
     }
 
-    /// Dictionary indexes of the visible S events, in order.
-    pub fn visible_seg_items(&mut self) -> Result<Vec<u32>> {
-        let mut out = Vec::with_capacity(self.s1 - self.s0);
-        if self.s1 == self.s0 {
-            return Ok(out);
-        }
-        let be = self.block_events();
-        for b in self.s0 / be..=(self.s1 - 1) / be {
-            let lo = self.s0.max(b * be) - b * be;
-            let hi = self.s1.min((b + 1) * be) - b * be;
-            out.extend_from_slice(&self.seg_block(b)?.item[lo..hi]);
-        }
-        Ok(out)
-    }
-
-    /// Catalog rows of the dictionary entries, checked to exist.
-    ///
-    /// Through the shared cache: the catalog only grows, so rows that existed when they were
-    /// checked still exist.
-    pub fn dict_rows(&mut self) -> Result<Arc<[u32]>> {
-        let Some(seg) = &self.seg else {
-            return Ok(Arc::from(Vec::new()));
-        };
-        let (cache, segment, record) = (seg.cache, seg.segment, seg.record);
-        cache::cached(cache, segment, record, Part::Rows, Value::into_rows, || {
-            let rows = self.dict()?.to_vec();
-            if let Some(&bad) = rows.iter().find(|&&r| r >= self.catalog.len()) {
-                self.item_id(bad)?;
-            }
-            Ok(Value::Rows(rows.into()))
-        })
-    }
-
-    /// Whether the entry's prefix index still matches the catalog's SemIDs: no item of this
-    /// user changed its SemID after the entry was written.
+    /// Whether the entry's own SemID order still matches the catalog's SemIDs: no item of this
+    /// user changed its SemID after the entry was written. (Postings are built with the
+    /// current SemIDs and need no such check.)
     pub fn index_is_fresh(&mut self) -> Result<bool> {
-        let Some(seg) = &self.seg else {
+        let catalog = self.cfg.catalog;
+        let Some(seg) = &mut self.seg else {
             return Ok(true);
         };
-        let gen = seg.view.header.semid_gen;
-        if gen >= self.catalog.semid_gen() {
+        let gen = seg.entry.semid_gen();
+        if gen >= catalog.semid_gen() {
             return Ok(true);
         }
-        let rows = self.dict_rows()?;
-        Ok(rows
-            .iter()
-            .all(|&r| self.catalog.semid_changed_gen(r) <= gen))
+        let rows = seg.rows()?;
+        decoded::check_rows(&rows, catalog).map_err(|e| seg.err(e))?;
+        Ok(rows.iter().all(|&r| catalog.semid_changed_gen(r) <= gen))
     }
 
     /// The visible events with `ts >= since`, at most the `last` most recent, oldest first.
@@ -413,127 +516,222 @@ impl<'s> UserView<'s> {
             }
         }
         let mut out = Vec::with_capacity((self.s1 - a_s) + (self.p1 - a_p));
-        let pending = self.pending;
-        let mut j = a_p;
+        let mut merge = Merge {
+            pending: self.pending,
+            j: a_p,
+            p1: self.p1,
+        };
         if a_s < self.s1 {
-            let ids = self.dict_ids(self.s1 - a_s)?;
-            let seg = self.seg.as_mut().expect("visible S events imply an entry");
-            let be = seg.view.block_events();
-            // One block buffer for the whole pass: a long read touches every block once, so
-            // keeping them (as point lookups do) would only cost allocations.
-            let mut blk = Block::default();
-            for b in a_s / be..=(self.s1 - 1) / be {
-                if let Err(e) = seg
-                    .view
-                    .decode_block(b, Cols::ALL, &mut blk, &mut seg.scratch)
-                {
-                    return Err(seg.segment.corruption(seg.record, e));
-                }
-                let lo = a_s.max(b * be) - b * be;
-                let hi = self.s1.min((b + 1) * be) - b * be;
-                let mut o = lo;
-                while o < hi {
-                    // Pending events go before the first S event with a later time.
-                    while j < self.p1 && pending[j].ev.ts < blk.ts[o] {
-                        out.push(f(pending[j].ev));
-                        j += 1;
-                    }
-                    // Then a run of S events up to the next pending event, in one pass.
-                    let run_end = match pending.get(j).filter(|_| j < self.p1) {
-                        Some(p) => o + blk.ts[o..hi].partition_point(|&t| t <= p.ev.ts),
-                        None => hi,
-                    };
-                    let run = o..run_end;
-                    let bad = match &ids {
-                        DictIds::Resolved(v) => push_run(&mut out, &blk, run, &f, |c| Ok(v[c])),
-                        DictIds::Lazy(..) => push_run(&mut out, &blk, run, &f, |c| ids.get(c)),
-                    };
-                    if let Some(row) = bad {
-                        let e = crate::error::DecodeError::corrupt(format!(
-                            "dictionary names catalog row {row}, the catalog has {}",
-                            self.catalog.len()
-                        ));
-                        return Err(seg.segment.corruption(seg.record, e));
-                    }
-                    o = run_end;
-                }
+            let (catalog, layout, s1) = (self.cfg.catalog, self.cfg.layout, self.s1);
+            let seg = self.seg();
+            if let Some(d) = seg.hot(catalog, &layout)? {
+                let run = a_s..s1;
+                merge.push(
+                    &mut out,
+                    &Stamped {
+                        events: &d.cols.events[run.clone()],
+                        codes: &d.postings.codes[run],
+                    },
+                    &Ids::Direct(&d.postings.ids),
+                    &f,
+                );
+            } else {
+                read_cold(seg, catalog, a_s..s1, &mut merge, &mut out, &f)?;
             }
         }
-        out.extend(pending[j..self.p1].iter().map(|p| f(p.ev)));
+        out.extend(merge.pending.range(merge.j..merge.p1).map(|p| f(p.ev)));
         Ok(out)
     }
+}
 
-    /// Item ids of the dictionary for a read of `events` events: resolved (and checked
-    /// against the catalog) up front when that is fewer look-ups than resolving each event,
-    /// else on demand.
-    fn dict_ids(&mut self, events: usize) -> Result<DictIds<'s>> {
-        let dict = self.dict()?;
-        if dict.len() < events {
-            let rows = self.dict_rows()?;
-            Ok(DictIds::Resolved(
-                rows.iter().map(|&r| self.catalog.id(r)).collect(),
-            ))
-        } else {
-            Ok(DictIds::Lazy(dict, self.catalog))
+/// Compacted events `range` of an entry read without the cache, block by block (one reused
+/// block buffer: a long read touches every block once), merged with pending events.
+fn read_cold<T>(
+    seg: &mut SegPart<'_>,
+    catalog: &Catalog,
+    range: std::ops::Range<usize>,
+    merge: &mut Merge<'_>,
+    out: &mut Vec<T>,
+    f: &impl Fn(Ev) -> T,
+) -> Result<()> {
+    let rows = seg.rows()?;
+    decoded::check_rows(&rows, catalog).map_err(|e| seg.err(e))?;
+    let codes = seg.codes()?;
+    let ids = Ids::new(&rows, catalog, range.len());
+    let be = block_events(&seg.entry);
+    for b in range.start / be..=(range.end - 1) / be {
+        let lo = range.start.max(b * be);
+        let hi = range.end.min((b + 1) * be);
+        let blk = seg.block(b)?;
+        let (o, p) = (lo - b * be, hi - b * be);
+        merge.push(
+            out,
+            &Run {
+                ts: &blk.ts[o..p],
+                codes: &codes[lo..hi],
+                action: &blk.action[o..p],
+                domain: &blk.domain[o..p],
+            },
+            &ids,
+            f,
+        );
+        // Point reads keep blocks; a long read does not need them again.
+        seg.blocks[b] = None;
+    }
+    Ok(())
+}
+
+/// Consecutive compacted events: their times, dictionary codes, actions and domains.
+trait Events {
+    fn len(&self) -> usize;
+    fn ts(&self, i: usize) -> i64;
+    fn code(&self, i: usize) -> u32;
+    fn action(&self, i: usize) -> u8;
+    fn domain(&self, i: usize) -> u16;
+}
+
+/// Events of a decoded block, column by column.
+struct Run<'a> {
+    ts: &'a [i64],
+    codes: &'a [u32],
+    action: &'a [u8],
+    domain: &'a [u16],
+}
+
+impl Events for Run<'_> {
+    fn len(&self) -> usize {
+        self.ts.len()
+    }
+    #[inline(always)]
+    fn ts(&self, i: usize) -> i64 {
+        self.ts[i]
+    }
+    #[inline(always)]
+    fn code(&self, i: usize) -> u32 {
+        self.codes[i]
+    }
+    #[inline(always)]
+    fn action(&self, i: usize) -> u8 {
+        self.action[i]
+    }
+    #[inline(always)]
+    fn domain(&self, i: usize) -> u16 {
+        self.domain[i]
+    }
+}
+
+/// Events of a decoded entry.
+struct Stamped<'a> {
+    events: &'a [Stamp],
+    codes: &'a [u32],
+}
+
+impl Events for Stamped<'_> {
+    fn len(&self) -> usize {
+        self.events.len()
+    }
+    #[inline(always)]
+    fn ts(&self, i: usize) -> i64 {
+        self.events[i].ts
+    }
+    #[inline(always)]
+    fn code(&self, i: usize) -> u32 {
+        self.codes[i]
+    }
+    #[inline(always)]
+    fn action(&self, i: usize) -> u8 {
+        self.events[i].action
+    }
+    #[inline(always)]
+    fn domain(&self, i: usize) -> u16 {
+        self.events[i].domain
+    }
+}
+
+/// Pending events `j..p1` still to merge into a read.
+struct Merge<'s> {
+    pending: &'s Pending,
+    j: usize,
+    p1: usize,
+}
+
+impl Merge<'_> {
+    /// Append `run` to `out`, each pending event before the first compacted event with a later
+    /// time, runs of compacted events between them in one pass.
+    fn push<T>(
+        &mut self,
+        out: &mut Vec<T>,
+        run: &impl Events,
+        ids: &Ids<'_>,
+        f: &impl Fn(Ev) -> T,
+    ) {
+        let n = run.len();
+        let mut o = 0;
+        while o < n {
+            while self.j < self.p1 && self.pending.get(self.j).ev.ts < run.ts(o) {
+                out.push(f(self.pending.get(self.j).ev));
+                self.j += 1;
+            }
+            let end = match (self.j < self.p1).then(|| self.pending.get(self.j)) {
+                Some(p) => {
+                    let (mut lo, mut hi) = (o, n);
+                    while lo < hi {
+                        let mid = (lo + hi) / 2;
+                        if run.ts(mid) <= p.ev.ts {
+                            lo = mid + 1;
+                        } else {
+                            hi = mid;
+                        }
+                    }
+                    lo
+                }
+                None => n,
+            };
+            match ids {
+                Ids::Resolved(v) => push_run(out, run, o..end, f, |c| v[c]),
+                Ids::Direct(v) => push_run(out, run, o..end, f, |c| v[c]),
+                Ids::Lazy(rows, c) => push_run(out, run, o..end, f, |code| c.id(rows[code])),
+            }
+            o = end;
         }
     }
 }
 
-/// Append events `run` of `blk` to `out` through `f`, items resolved by `id` (a dictionary
-/// code to an item id, or the bad catalog row). Returns the first bad row. Generic over `id` so
-/// that the common, pre-resolved case compiles to a plain loop.
+/// Append events `range` of `run` to `out` through `f`, items resolved by `id` (a dictionary
+/// code to an item id). Generic over `id` so that the pre-resolved case is a plain loop.
 #[inline(always)]
 fn push_run<T>(
     out: &mut Vec<T>,
-    blk: &Block,
-    run: std::ops::Range<usize>,
+    run: &impl Events,
+    range: std::ops::Range<usize>,
     f: &impl Fn(Ev) -> T,
-    id: impl Fn(usize) -> std::result::Result<u64, u32>,
-) -> Option<u32> {
-    let mut bad = None;
-    out.extend(
-        blk.ts[run.clone()]
-            .iter()
-            .zip(&blk.item[run.clone()])
-            .zip(&blk.action[run.clone()])
-            .zip(&blk.domain[run])
-            .map(|(((&ts, &code), &action), &domain)| {
-                // decode_block checked the codes against the dictionary's length.
-                let item = id(code as usize).unwrap_or_else(|row| {
-                    bad = Some(row);
-                    0
-                });
-                f(Ev {
-                    ts,
-                    item,
-                    action,
-                    domain,
-                })
-            }),
-    );
-    bad
+    id: impl Fn(usize) -> u64,
+) {
+    out.extend(range.map(|i| {
+        f(Ev {
+            ts: run.ts(i),
+            item: id(run.code(i) as usize),
+            action: run.action(i),
+            domain: run.domain(i),
+        })
+    }));
 }
 
-/// A user's dictionary entries as item ids (see [`UserView::dict_ids`]).
-enum DictIds<'s> {
+/// A user's dictionary entries as item ids: resolved up front when a read covers more events
+/// than there are entries, else looked up per event. Rows were checked against the catalog.
+enum Ids<'a> {
     Resolved(Vec<u64>),
-    Lazy(DictView<'s>, &'s Catalog),
+    /// The postings' own ids, by postings entry.
+    Direct(&'a [u64]),
+    Lazy(&'a [u32], &'a Catalog),
 }
 
-impl DictIds<'_> {
-    /// The item id of entry `i`, or the catalog row it names when that row does not exist.
-    #[inline]
-    fn get(&self, i: usize) -> std::result::Result<u64, u32> {
-        match self {
-            DictIds::Resolved(ids) => Ok(ids[i]),
-            DictIds::Lazy(d, c) => {
-                let row = d.get(i);
-                if row < c.len() {
-                    Ok(c.id(row))
-                } else {
-                    Err(row)
-                }
-            }
+impl<'a> Ids<'a> {
+    fn new(rows: &'a [u32], catalog: &'a Catalog, events: usize) -> Ids<'a> {
+        if rows.len() < events {
+            Ids::Resolved(rows.iter().map(|&r| catalog.id(r)).collect())
+        } else {
+            Ids::Lazy(rows, catalog)
         }
     }
 }

@@ -60,6 +60,8 @@ fn build(dir: &Path, left: Left) -> Vec<Answers> {
     let items = catalog(&mut r, 200, 8, 2, 8);
     db.upsert_items(&items, Durability::Sync).unwrap();
     let ids: Vec<u64> = items.iter().map(|i| i.id).collect();
+    // Short histories (the forward layout) and one long one (the inverted layout: position
+    // lists and their count table).
     for u in 0..8 {
         db.append(
             &zipf_events(&mut r, u, 400, &ids, 0),
@@ -67,6 +69,11 @@ fn build(dir: &Path, left: Left) -> Vec<Answers> {
         )
         .unwrap();
     }
+    db.append(
+        &zipf_events(&mut r, 20, 5_000, &ids, 0),
+        &AppendOptions::default(),
+    )
+    .unwrap();
     db.compact().unwrap();
     let mut states = vec![answers(&db).unwrap()];
     for u in 5..12 {
@@ -126,27 +133,38 @@ enum Outcome {
     EarlierSilent,
 }
 
-fn attempt(dir: &Path, states: &[Answers]) -> Outcome {
+/// A typed error for damage; damage to segment file `segment` must be reported naming it.
+fn detected(e: &Error, segment: Option<&str>) -> Outcome {
+    if let Some(name) = segment {
+        assert!(
+            e.to_string().contains(name),
+            "damage to {name} reported without naming it: {e}"
+        );
+    }
+    Outcome::Detected
+}
+
+/// Open the damaged copy (with the decoded cache, or without it, so that both read paths meet
+/// the damage), answer, verify. `segment`: the damaged file, when it is a segment.
+fn attempt(dir: &Path, states: &[Answers], cache: bool, segment: Option<&str>) -> Outcome {
     let db = match Db::open(
         dir,
         Options {
             create_if_missing: false,
+            cache_bytes: if cache { 64 << 20 } else { 0 },
             ..opts()
         },
     ) {
         Ok(db) => db,
         Err(Error::InvalidArgument(m)) => panic!("open reported damage as a caller error: {m}"),
-        Err(_) => return Outcome::Detected,
+        Err(e) => return detected(&e, segment),
     };
     let expect = states.last().expect("a state");
     match answers(&db) {
-        Ok(a) if &a == expect => {
-            if db.verify().is_ok() {
-                Outcome::Correct
-            } else {
-                Outcome::Detected
-            }
-        }
+        Ok(a) if &a == expect => match db.verify().problems.first() {
+            None => Outcome::Correct,
+            Some(e) => detected(e, segment),
+        },
         Ok(a) => {
             if !states.contains(&a) {
                 let sizes = |x: &Answers| {
@@ -167,7 +185,7 @@ fn attempt(dir: &Path, states: &[Answers]) -> Outcome {
             }
         }
         Err(Error::InvalidArgument(m)) => panic!("read reported damage as a caller error: {m}"),
-        Err(_) => Outcome::Detected,
+        Err(e) => detected(&e, segment),
     }
 }
 
@@ -226,8 +244,15 @@ fn campaign(work: &Path, pristine: &Path, states: &[Answers]) -> BTreeMap<String
                 continue;
             }
             fs::write(&target, &bytes).unwrap();
-            let outcome = catch_unwind(AssertUnwindSafe(|| attempt(&copy, states)))
-                .unwrap_or_else(|_| panic!("panic with {name} byte {pos} damaged"));
+            let outcome = catch_unwind(AssertUnwindSafe(|| {
+                attempt(
+                    &copy,
+                    states,
+                    t % 2 == 0,
+                    is_segment.then_some(name.as_str()),
+                )
+            }))
+            .unwrap_or_else(|_| panic!("panic with {name} byte {pos} damaged"));
             if is_segment {
                 assert_eq!(
                     outcome,

@@ -20,9 +20,11 @@ macro_rules! targets {
 
 targets!(
     catalog_record = "../../fuzz/fuzz_targets/catalog_record.rs",
+    column_block = "../../fuzz/fuzz_targets/column_block.rs",
     column_chunk = "../../fuzz/fuzz_targets/column_chunk.rs",
     manifest = "../../fuzz/fuzz_targets/manifest.rs",
     pending_record = "../../fuzz/fuzz_targets/pending_record.rs",
+    position_lists = "../../fuzz/fuzz_targets/position_lists.rs",
     prefix_index = "../../fuzz/fuzz_targets/prefix_index.rs",
     segment_file = "../../fuzz/fuzz_targets/segment_file.rs",
     user_entry = "../../fuzz/fuzz_targets/user_entry.rs",

@@ -107,7 +107,8 @@ fn scenario(seed: u64, opts: Options) {
     model.upsert(early);
     let ids: Vec<u64> = items.iter().map(|i| i.id).collect();
     let users: Vec<u64> = vec![1, 2, 3, 77, u64::MAX];
-    let sizes = [0usize, 1, 300, 2_000, 900];
+    // 5,000 events: the inverted layout (position lists); the others the forward one.
+    let sizes = [0usize, 1, 300, 5_000, 900];
     let mut all = Vec::new();
     for (&u, &n) in users.iter().zip(&sizes) {
         let t0 = 1_700_000_000_000 + r.random_range(0..1_000_000);
@@ -169,6 +170,21 @@ fn agrees_with_brute_force() {
     }
 }
 
+/// Without the decoded cache, every read and retrieval decodes what it needs from the entry
+/// itself (hard retrieval on a long history reads its position lists in place).
+#[test]
+fn agrees_with_brute_force_without_the_cache() {
+    for seed in 20..22 {
+        scenario(
+            seed,
+            Options {
+                cache_bytes: 0,
+                ..test_options(DIM as u32, 3, 4)
+            },
+        );
+    }
+}
+
 #[test]
 fn agrees_with_brute_force_with_retention() {
     let mut o = test_options(DIM as u32, 2, 8);
@@ -181,11 +197,17 @@ fn agrees_with_brute_force_with_retention() {
 
 #[test]
 fn hundred_thousand_event_user() {
-    let opts = Options {
-        embedding_dim: DIM as u32,
-        auto_compact: None,
-        ..Options::default()
-    };
+    for cache_bytes in [64 << 20, 0] {
+        hundred_thousand_events(Options {
+            embedding_dim: DIM as u32,
+            auto_compact: None,
+            cache_bytes,
+            ..Options::default()
+        });
+    }
+}
+
+fn hundred_thousand_events(opts: Options) {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path(), opts.clone()).unwrap();
     let mut model = Model::new(&opts);

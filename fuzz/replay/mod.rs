@@ -27,9 +27,11 @@ pub const REPLAYED: [(&str, &[&str]); 3] = [
         "siren-engine",
         &[
             "catalog_record",
+            "column_block",
             "column_chunk",
             "manifest",
             "pending_record",
+            "position_lists",
             "prefix_index",
             "segment_file",
             "user_entry",

@@ -57,7 +57,8 @@ fn write_fuzz_seeds() {
         })
         .collect();
     db.upsert_items(&items, Durability::Sync).unwrap();
-    for (u, n) in [(1u64, 5usize), (2, 40), (3, 300)] {
+    // User 4 is long enough for the inverted layout (position lists).
+    for (u, n) in [(1u64, 5usize), (2, 40), (3, 300), (4, 4_500)] {
         let evs: Vec<Event> = (0..n)
             .map(|k| Event {
                 user: u,
@@ -83,7 +84,7 @@ fn write_fuzz_seeds() {
     for off in [16usize, as_one.len() - 12] {
         as_one[off..off + 8].copy_from_slice(&1u64.to_le_bytes());
     }
-    put("segment_file", "three_users.seg", &as_one);
+    put("segment_file", "four_users.seg", &as_one);
     let seg = Segment::open(&seg_path, id).unwrap();
     for i in 0..seg.len() {
         let r = seg.record(i);
@@ -91,7 +92,35 @@ fn write_fuzz_seeds() {
         put("user_entry", &format!("user{}.entry", r.user), entry);
     }
 
-    // Column chunks: [selector][n u16][max width][chunk].
+    // Version-2 column blocks: [n u16][first ts i64][block]; position lists:
+    // [c u16][u - 1 u16][offset u8][kind u8][bytes].
+    let n = 200usize;
+    let bts: Vec<i64> = (0..n as i64)
+        .scan(1_700_000_000_000i64, |t, k| {
+            *t += 1000 * (k % 3);
+            Some(*t)
+        })
+        .collect();
+    let action: Vec<u32> = (0..n as u32).map(|k| u32::from(k % 9 == 0)).collect();
+    for (name, domain) in [
+        ("sparse_constant", vec![0u32; n]),
+        ("packed", (0..n as u32).map(|k| k % 5).collect()),
+    ] {
+        let mut seed = (n as u16).to_le_bytes().to_vec();
+        seed.extend_from_slice(&bts[0].to_le_bytes());
+        siren_engine::format::encode_block(&bts, &action, &domain, &mut seed);
+        put("column_block", name, &seed);
+    }
+    let values: Vec<u32> = (0..300u32).map(|k| k * 7 + k % 3).collect();
+    let mut bits = siren_engine::format::BitWriter::default();
+    siren_engine::format::encode_ef(&values, 2_200, &mut bits);
+    let mut seed = 300u16.to_le_bytes().to_vec();
+    seed.extend_from_slice(&2_199u16.to_le_bytes());
+    seed.extend_from_slice(&[0, 0]);
+    seed.extend_from_slice(&bits.into_bytes());
+    put("position_lists", "one_list", &seed);
+
+    // Column chunks (format version 1): [selector][n u16][max width][chunk].
     let ts: Vec<i64> = (0..100)
         .map(|k| 1_700_000_000_000 + k * 1234 - k % 7)
         .collect();

@@ -1,7 +1,9 @@
 //! Siren side by side with the stores its users would otherwise pick, in one run on one machine:
-//! bytes on disk, durable ingest, whole-history reads, hard and soft retrieval, end-to-end
-//! scoring against its floor, the ESU forward against PyTorch and ONNX Runtime, and scaling
-//! curves. Writes `BENCHMARKS.md`, a JSON file and PNG plots.
+//! bytes on disk on three workloads (long synthetic histories, many short ones, MovieLens) and
+//! against the long histories' lossless floor, durable ingest, appends to a hot user, whole-history
+//! reads, hard and soft retrieval, end-to-end scoring against its floor, the ESU forward against
+//! PyTorch and ONNX Runtime, and scaling curves. Writes `BENCHMARKS.md`, a JSON file and PNG
+//! plots.
 //!
 //! cargo run --release -p siren-benches --bin compare -- --users 10 --events-per-user 100000
 
@@ -9,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use siren_benches::appends::{self, APPENDED, HOT_PENDING, HOT_USER};
 use siren_benches::parquet_events::{self, ParquetEvents};
 use siren_benches::rocks_rows::RocksRows;
 use siren_benches::timing::{files_under, measure, Sample};
@@ -18,7 +21,7 @@ use siren_engine::{
 };
 use siren_lab::chart::{self, Panel, Series};
 use siren_lab::movielens::{MovieLens, MovieLensPaths};
-use siren_model::synth::{self, SynthConfig};
+use siren_model::synth::{self, HistoryEntropy, Planted, PlantedConfig, SynthConfig};
 use siren_serve::{Ranker, Retrieval, ScoreOptions, ScoreTimings};
 
 mod esu;
@@ -42,6 +45,10 @@ struct Args {
     /// Events per acknowledged durable write (fsynced), for both stores.
     #[arg(long, default_value_t = 1_000)]
     batch: usize,
+    /// Users of the short-history workload (`PlantedConfig` histories: log-uniform 20 to 200
+    /// events, at least 250); 0 skips it.
+    #[arg(long, default_value_t = 20_000)]
+    short_users: usize,
     /// MovieLens folder (ratings.csv, movies.csv, movies_minilm384.f32); skipped when absent.
     #[arg(long, default_value = "../shared/data/movielens-latest-small")]
     movielens: PathBuf,
@@ -641,8 +648,8 @@ struct Results {
     command: String,
     synthetic: Synthetic,
     movielens: Option<MovieLensRun>,
-    per_user: usize,
-    users_curve: Vec<(usize, Sizes)>,
+    short: Option<Sizes>,
+    length_curve: Vec<LengthPoint>,
     score: Scoring,
     esu: esu::EsuCmp,
     targets: Vec<Target>,
@@ -652,9 +659,12 @@ struct Results {
 struct Synthetic {
     sizes: Sizes,
     entropy: [f64; 4],
+    /// The generator's own entropy per event, averaged over the users.
+    floor: HistoryEntropy,
     ingest: Ingest,
     reads: ReadCmp,
     retrieval: RetrievalCmp,
+    appends: AppendCmp,
 }
 
 /// MovieLens in the three stores: sizes, ingest, and the heaviest user's whole-history read.
@@ -707,8 +717,8 @@ fn main() -> Res<()> {
     let catalog = synth::catalog(&cfg);
     let synthetic = measure_synthetic(&args, &cfg, &catalog, reps, &scratch, &log)?;
     let movielens = measure_movielens(&args, reps, &scratch, &log)?;
-    let per_user = 10_000;
-    let users_curve = measure_users_curve(&args, &cfg, &catalog, per_user, &scratch, &log)?;
+    let short = measure_short(&args, &scratch, &log)?;
+    let length_curve = measure_length_curve(&args, &cfg, &catalog, &scratch, &log)?;
     let score = measure_scoring(&args, reps, &log)?;
     let esu = esu::measure(reps, &log)?;
     let command =
@@ -716,14 +726,14 @@ fn main() -> Res<()> {
             .chain(std::env::args().skip(1))
             .collect::<Vec<_>>()
             .join(" ");
-    let mut targets = targets(&synthetic, &score);
+    let mut targets = targets(&synthetic, short.as_ref(), movielens.as_ref(), &score);
     targets.extend(esu::targets(&esu));
     let results = Results {
         command,
         synthetic,
         movielens,
-        per_user,
-        users_curve,
+        short,
+        length_curve,
         score,
         esu,
         targets,
@@ -775,6 +785,11 @@ fn measure_synthetic(
     let sizes = syn.sizes;
     let entropy = column_entropy(&events);
     log(&format!("order-0 column entropy, bytes/event: {entropy:?}"));
+    let floor = mean_entropy(catalog, cfg.seed, &users);
+    log(&format!(
+        "generator's entropy, bits/event: {floor:?} = {:.3} bytes/event",
+        floor.bytes_per_event()
+    ));
     let ingest = measure_ingest(scratch, &catalog.items, args.dim, &events, args.batch)?;
     log(&format!("ingest {ingest:?}"));
     drop(events);
@@ -809,12 +824,17 @@ fn measure_synthetic(
     retrieval.hard_uncached = Some(hard);
     retrieval.soft_uncached = Some(soft);
     log(&format!("retrieval {retrieval:?}"));
+    drop(cold);
+    let appends = compare_appends(scratch, reps)?;
+    log(&format!("appends {appends:?}"));
     Ok(Synthetic {
         sizes,
         entropy,
+        floor,
         ingest,
         reads,
         retrieval,
+        appends,
     })
 }
 
@@ -860,29 +880,134 @@ fn measure_movielens(
     }))
 }
 
-/// Disk bytes as users grow, `per_user` events each.
-fn measure_users_curve(
+/// The generator's entropy per event (`synth::history_entropy`), averaged over `users`.
+fn mean_entropy(catalog: &synth::Catalog, seed: u64, users: &[u64]) -> HistoryEntropy {
+    let n = users.len().max(1) as f64;
+    let mut m = HistoryEntropy {
+        time: 0.0,
+        item: 0.0,
+        action: 0.0,
+        domain: 0.0,
+    };
+    for &u in users {
+        let h = synth::history_entropy(catalog, seed, u);
+        m.time += h.time / n;
+        m.item += h.item / n;
+        m.action += h.action / n;
+        m.domain += h.domain / n;
+    }
+    m
+}
+
+/// Appending events one by one to a user with many pending events and to users with none.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct AppendCmp {
+    hot_pending: usize,
+    appended: usize,
+    /// Seconds per `appended` appends.
+    to_hot_user: Sample,
+    to_fresh_user: Sample,
+}
+
+fn compare_appends(scratch: &Path, reps: Reps) -> Res<AppendCmp> {
+    let dir = scratch.join("appends");
+    let db = appends::hot_user_db(&dir)?;
+    let mut t = HOT_PENDING as i64;
+    let to_hot_user = reps.measure(|| {
+        appends::append_one_by_one(&db, HOT_USER, t);
+        t += APPENDED as i64;
+    });
+    let mut fresh = 1_000_000u64;
+    let to_fresh_user = reps.measure(|| {
+        fresh += 1;
+        appends::append_one_by_one(&db, fresh, 0);
+    });
+    drop(db);
+    std::fs::remove_dir_all(dir)?;
+    Ok(AppendCmp {
+        hot_pending: HOT_PENDING,
+        appended: APPENDED,
+        to_hot_user,
+        to_fresh_user,
+    })
+}
+
+/// Sizes of the short-history workload; `None` when `--short-users 0`.
+fn measure_short(args: &Args, scratch: &Path, log: Log<'_>) -> Res<Option<Sizes>> {
+    if args.short_users == 0 {
+        return Ok(None);
+    }
+    let planted = Planted::new(PlantedConfig {
+        users: args.short_users,
+        min_events: 20,
+        max_events: 200,
+        impressions_per_user: 1,
+        ..PlantedConfig::default()
+    });
+    let events = stream(planted.users().map(|u| planted.history(u)).collect());
+    log(&format!(
+        "short histories: {} users, {} events",
+        args.short_users,
+        events.len()
+    ));
+    let st = build_stores(
+        scratch,
+        "short",
+        &planted.catalog.items,
+        planted.cfg.dim,
+        &events,
+    )?;
+    log(&format!("short sizes {:?}", st.sizes));
+    let sizes = st.sizes;
+    drop(st);
+    std::fs::remove_dir_all(scratch.join("short"))?;
+    Ok(Some(sizes))
+}
+
+/// One point of the bytes-per-event curve: users of `events_per_user` events each.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+struct LengthPoint {
+    events_per_user: usize,
+    users: usize,
+    sizes: Sizes,
+    /// The generator's entropy in bytes per event (`synth::history_entropy`, first ten users).
+    floor: f64,
+}
+
+/// Disk bytes per event as histories grow, about 300,000 events per point.
+fn measure_length_curve(
     args: &Args,
     cfg: &SynthConfig,
     catalog: &synth::Catalog,
-    per_user: usize,
     scratch: &Path,
     log: Log<'_>,
-) -> Res<Vec<(usize, Sizes)>> {
-    let user_counts: &[usize] = if args.quick {
-        &[1, 5]
+) -> Res<Vec<LengthPoint>> {
+    let (lengths, budget): (&[usize], usize) = if args.quick {
+        (&[100, 1_000, 10_000], 30_000)
     } else {
-        &[1, 10, 30, 100]
+        (
+            &[30, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000],
+            300_000,
+        )
     };
     let mut curve = Vec::new();
-    for &nu in user_counts {
-        let hs = (1..=nu as u64)
-            .map(|u| synth::history(catalog, cfg.seed, u, per_user, 1_600_000_000_000))
+    for &len in lengths {
+        let nu = (budget / len).clamp(3, 10_000);
+        let users: Vec<u64> = (1..=nu as u64).collect();
+        let hs = users
+            .iter()
+            .map(|&u| synth::history(catalog, cfg.seed, u, len, 1_600_000_000_000))
             .collect();
-        let name = format!("users{nu}");
+        let name = format!("len{len}");
         let st = build_stores(scratch, &name, &catalog.items, args.dim, &stream(hs))?;
-        log(&format!("{nu} users x {per_user}: {:?}", st.sizes));
-        curve.push((nu, st.sizes));
+        let floor = mean_entropy(catalog, cfg.seed, &users[..nu.min(10)]).bytes_per_event();
+        log(&format!("{nu} users x {len}: {:?}", st.sizes));
+        curve.push(LengthPoint {
+            events_per_user: len,
+            users: nu,
+            sizes: st.sizes,
+            floor,
+        });
         drop(st);
         std::fs::remove_dir_all(scratch.join(name))?;
     }
@@ -956,25 +1081,57 @@ fn measure_scoring(args: &Args, reps: Reps, log: Log<'_>) -> Res<Scoring> {
     })
 }
 
-/// The goals, each a ratio of two figures of this run.
-fn targets(syn: &Synthetic, score: &Scoring) -> Vec<Target> {
+/// Siren's bytes over Parquet's.
+fn vs_parquet(s: &Sizes) -> f64 {
+    s.siren_bytes as f64 / s.parquet_bytes as f64
+}
+
+/// The goals, each a ratio of two figures of this run (the cold hard retrieval's, a time).
+fn targets(
+    syn: &Synthetic,
+    short: Option<&Sizes>,
+    movielens: Option<&MovieLensRun>,
+    score: &Scoring,
+) -> Vec<Target> {
     let (sizes, ingest, reads, retrieval) = (&syn.sizes, &syn.ingest, &syn.reads, &syn.retrieval);
     let hard = &score.hard;
-    vec![
+    let mut disk = vec![
         at_most(
-            "disk: Siren / Parquet bytes",
-            sizes.siren_bytes as f64 / sizes.parquet_bytes as f64,
-            0.6,
+            "disk, long synthetic histories: Siren / Parquet bytes",
+            vs_parquet(sizes),
+            1.0,
         ),
         at_most(
-            "disk: Siren / RocksDB-row bytes",
-            sizes.siren_bytes as f64 / sizes.rocks_bytes as f64,
-            0.3,
+            "disk, long synthetic histories: Siren / the generator's entropy (lossless floor)",
+            sizes.siren_bytes as f64 / sizes.events as f64 / syn.floor.bytes_per_event(),
+            1.6,
         ),
+    ];
+    if let Some(s) = short {
+        disk.push(at_most(
+            "disk, short synthetic histories: Siren / Parquet bytes",
+            vs_parquet(s),
+            1.0,
+        ));
+    }
+    if let Some(m) = movielens {
+        disk.push(at_most(
+            "disk, MovieLens: Siren / Parquet bytes",
+            vs_parquet(&m.sizes),
+            1.0,
+        ));
+    }
+    let a = &syn.appends;
+    disk.into_iter().chain([
         at_least(
             "ingest: Siren / RocksDB-row events per second (Siren until every event is compacted and indexed, compaction every 200,000 pending events)",
             ingest.siren_rate / ingest.rocks_rate,
             1.0,
+        ),
+        at_most(
+            "appends: 1,000 one-event appends to a user with 100,000 pending / to users with none",
+            a.to_hot_user.p50 / a.to_fresh_user.p50,
+            2.0,
         ),
         at_least(
             "whole-history read: RocksDB prefix scan / Siren time",
@@ -997,6 +1154,11 @@ fn targets(syn: &Synthetic, score: &Scoring) -> Vec<Target> {
             0.02,
         ),
         at_most(
+            "hard retrieval, decoded cache off: µs per target",
+            retrieval.hard_uncached.map_or(f64::NAN, |s| s.p50 * 1e6),
+            50.0,
+        ),
+        at_most(
             "soft retrieval: Siren / memory floor time",
             retrieval.soft.p50 / retrieval.soft_memory_floor.p50,
             2.0,
@@ -1007,7 +1169,7 @@ fn targets(syn: &Synthetic, score: &Scoring) -> Vec<Target> {
             2.0,
         ),
         at_most("score, hard, 100 candidates: p99 / p50", hard.p99 / hard.p50, 2.0),
-    ]
+    ]).collect()
 }
 
 /// `scaling_latency.png` and `scaling_disk.png` under `out`.
@@ -1048,24 +1210,26 @@ fn plots(r: &Results, out: &Path) -> Res<()> {
         520,
         360,
     )?;
-    let uline = |name: &str, f: &dyn Fn(&Sizes) -> u64| Series {
+    let curve = |name: &str, f: &dyn Fn(&LengthPoint) -> f64| Series {
         name: name.into(),
         points: r
-            .users_curve
+            .length_curve
             .iter()
-            .map(|(n, s)| (*n as f64, f(s) as f64 / s.events as f64))
+            .map(|p| (lx(p.events_per_user), f(p)))
             .collect(),
     };
+    let per_event = |b: u64, p: &LengthPoint| b as f64 / p.sizes.events as f64;
     chart::render(
         &out.join("scaling_disk.png"),
         &[lines(
-            format!("bytes per event on disk, users x {} events", r.per_user),
-            "users",
+            "bytes per event on disk as histories grow".into(),
+            "log10 events per user",
             "bytes/event",
             vec![
-                uline("siren", &|s| s.siren_bytes),
-                uline("parquet", &|s| s.parquet_bytes),
-                uline("rocksdb-row", &|s| s.rocks_bytes),
+                curve("siren", &|p| per_event(p.sizes.siren_bytes, p)),
+                curve("parquet", &|p| per_event(p.sizes.parquet_bytes, p)),
+                curve("rocksdb-row", &|p| per_event(p.sizes.rocks_bytes, p)),
+                curve("entropy floor", &|p| p.floor),
             ],
         )],
         620,
