@@ -1,4 +1,4 @@
-//! The SIREN ESU on its own: the network of `siren-hard` (width 32, two pre-norm layers of two
+//! The SIREN ESU on its own: the network of `siren-hard` without its evidence input (width 32, two pre-norm layers of two
 //! heads, the recent branch over the last 50, head 64-32-1) over one batch of N candidates
 //! with T retrieved behaviours each, for timing candle's forward against the fused serving
 //! forward on the same weights and the same batch, and for handing the same network to the
@@ -45,6 +45,8 @@ pub fn esu_fixture(candidates: usize, retrieved: usize, dim: usize, seed: u64) -
     let cfg = ModelConfig {
         dim,
         retrieved,
+        // The network: no evidence input (the PyTorch script builds none).
+        evidence: false,
         ..ModelConfig::named("siren-hard").expect("siren-hard")
     };
     let dims = Dims {
