@@ -3,6 +3,7 @@
 //! pick (Parquet, RocksDB with one row per event) for the comparison command.
 
 pub mod appends;
+pub mod esu;
 pub mod parquet_events;
 pub mod rocks_rows;
 pub mod timing;

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 use siren_lab::movielens::MovieLensPaths;
-use siren_lab::taobao::TaobaoFiles;
 use siren_lab::{experiment, import};
 use siren_model::dataset::{self, DatasetDir};
 use siren_model::models::ModelConfig;
@@ -66,16 +65,30 @@ pub enum ImportCommand {
     Synthetic {
         #[arg(long)]
         out: PathBuf,
-        #[arg(long, default_value_t = 1_000)]
-        users: usize,
+        /// Start from the lifelong Taobao-MM-like preset (20,000 users with 1,000 events each,
+        /// 10 impressions after the history, popularity in the click model, split by user);
+        /// the flags below override it.
+        #[arg(long)]
+        lifelong: bool,
+        #[arg(long)]
+        users: Option<usize>,
         #[arg(long, default_value_t = 50_000)]
         items: usize,
-        #[arg(long, default_value_t = 1_000)]
-        min_events: usize,
-        #[arg(long, default_value_t = 100_000)]
-        max_events: usize,
-        #[arg(long, default_value_t = 40)]
-        impressions_per_user: usize,
+        #[arg(long)]
+        min_events: Option<usize>,
+        #[arg(long)]
+        max_events: Option<usize>,
+        #[arg(long)]
+        impressions_per_user: Option<usize>,
+        /// Logit weight of item popularity in the click model.
+        #[arg(long)]
+        w_popularity: Option<f64>,
+        /// Logit weight of a long-term interest (clusters seen only before the last 200 events).
+        #[arg(long)]
+        w_long: Option<f64>,
+        /// Logit weight of a current interest (clusters of the last 200 events).
+        #[arg(long)]
+        w_current: Option<f64>,
         #[arg(long, default_value_t = 64)]
         dim: usize,
         #[arg(long, default_value_t = 11)]
@@ -94,7 +107,8 @@ pub enum ImportCommand {
     Jsonl(crate::jsonl::JsonlArgs),
     /// Taobao-MM parquet (the MUSE dataset's format).
     Taobao {
-        /// Folder with the parquet files under their standard names.
+        /// Folder in either Taobao-MM layout: the six tables under their standard names, or
+        /// joined shards in train/ and test/ next to scl_embedding_int8_p90.parquet.
         #[arg(long)]
         dir: PathBuf,
         #[arg(long)]
@@ -102,6 +116,45 @@ pub enum ImportCommand {
         #[command(flatten)]
         semid: SemidArgs,
     },
+}
+
+#[derive(Subcommand)]
+pub enum ExportCommand {
+    /// Taobao-MM parquet: the six tables, or joined shards with --shards (embeddings as int8,
+    /// categories + 1, each user's history strictly before its earliest impression).
+    Taobao {
+        /// Dataset directory made by `siren import`.
+        #[arg(long)]
+        data: PathBuf,
+        /// New folder to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Write the public release's joined shards, this many per split, instead of the six
+        /// tables.
+        #[arg(long)]
+        shards: Option<usize>,
+        /// Newest events kept of each user's history.
+        #[arg(long, default_value_t = 1000)]
+        max_history: usize,
+    },
+}
+
+/// `siren export`.
+pub fn export(cmd: ExportCommand) -> CliResult {
+    let ExportCommand::Taobao {
+        data,
+        out,
+        shards,
+        max_history,
+    } = cmd;
+    let opts = siren_lab::taobao_export::ExportOptions {
+        shards,
+        max_history,
+    };
+    let report = siren_lab::taobao_export::export(&DatasetDir::new(data), &out, &opts)?;
+    println!("exported to {}", out.display());
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Args)]
@@ -130,6 +183,17 @@ pub struct TrainFlags {
     batch_size: usize,
     #[arg(long, default_value_t = 2e-3)]
     lr: f64,
+    /// Learning rate of the embedding tables (sparse Adam).
+    #[arg(long, default_value_t = 2e-3)]
+    embedding_lr: f64,
+    /// Standard deviation of new embedding rows.
+    #[arg(long, default_value_t = 0.05)]
+    embedding_std: f64,
+    #[arg(long, default_value_t = 1e-4)]
+    weight_decay: f64,
+    /// Ids seen fewer times than this in training share the unknown row.
+    #[arg(long, default_value_t = 1)]
+    min_count: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[arg(long, default_value_t = 1)]
@@ -137,14 +201,63 @@ pub struct TrainFlags {
     /// Threads for reading samples from the engine.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Leave the behaviours' action (rating, click type) out of every model's tokens.
+    #[arg(long)]
+    no_action: bool,
+    /// Leave the time gap between behaviour and impression out of every model's tokens.
+    #[arg(long)]
+    no_gap: bool,
+    /// MUSE's reference regime, overriding the flags above: one epoch, batch 1,000, dense
+    /// learning rate 2e-4, embedding learning rate 2e-3, embedding std 0.001, no action or
+    /// time-gap features, and the validation impressions trained on (no hold-out).
+    #[arg(long)]
+    reference: bool,
 }
 
 impl TrainFlags {
+    /// The flags with `--reference` applied.
+    fn resolved(&self) -> TrainFlags {
+        if !self.reference {
+            return self.clone();
+        }
+        TrainFlags {
+            epochs: 1,
+            batch_size: 1_000,
+            lr: 2e-4,
+            embedding_lr: 2e-3,
+            embedding_std: 1e-3,
+            no_action: true,
+            no_gap: true,
+            ..self.clone()
+        }
+    }
+
+    /// `cfg` with the input switches applied.
+    fn model(&self, cfg: ModelConfig) -> ModelConfig {
+        let f = self.resolved();
+        ModelConfig {
+            no_action: f.no_action,
+            no_gap: f.no_gap,
+            ..cfg
+        }
+    }
+
     fn config(&self) -> TrainConfig {
+        let f = self.resolved();
+        f.config_as_given()
+    }
+
+    // Settings without a flag take their defaults, including fields added later.
+    #[allow(clippy::needless_update)]
+    fn config_as_given(&self) -> TrainConfig {
         TrainConfig {
             epochs: self.epochs,
             batch_size: self.batch_size,
             lr: self.lr,
+            embedding_lr: self.embedding_lr,
+            embedding_std: self.embedding_std,
+            weight_decay: self.weight_decay,
+            min_count: self.min_count,
             seed: self.seed,
             patience: self.patience,
             progress: true,
@@ -182,6 +295,10 @@ pub fn import(cmd: ImportCommand) -> CliResult {
         }
         ImportCommand::Synthetic {
             out,
+            lifelong,
+            w_popularity,
+            w_long,
+            w_current,
             users,
             items,
             min_events,
@@ -207,25 +324,31 @@ pub fn import(cmd: ImportCommand) -> CliResult {
             if !(domain_shift.is_finite() && domain_shift >= 0.0) {
                 return Err("--domain-shift must be a non-negative number".into());
             }
+            let base = if lifelong {
+                PlantedConfig::lifelong()
+            } else {
+                PlantedConfig::default()
+            };
             let cfg = PlantedConfig {
                 domain_shares,
                 domain_shift,
-                users,
+                users: users.unwrap_or(base.users),
                 items,
-                min_events,
-                max_events,
-                impressions_per_user,
+                min_events: min_events.unwrap_or(base.min_events),
+                max_events: max_events.unwrap_or(base.max_events),
+                impressions_per_user: impressions_per_user.unwrap_or(base.impressions_per_user),
+                w_popularity: w_popularity.unwrap_or(base.w_popularity),
+                w_long: w_long.unwrap_or(base.w_long),
+                w_current: w_current.unwrap_or(base.w_current),
                 dim,
                 seed,
-                ..PlantedConfig::default()
+                ..base
             };
             dataset::import_synthetic(&cfg, &DatasetDir::new(out), &semid.config())?
         }
-        ImportCommand::Taobao { dir, out, semid } => import::import_taobao(
-            &TaobaoFiles::in_dir(&dir),
-            &DatasetDir::new(out),
-            &semid.config(),
-        )?,
+        ImportCommand::Taobao { dir, out, semid } => {
+            import::import_taobao(&dir, &DatasetDir::new(out), &semid.config())?
+        }
         ImportCommand::Jsonl(a) => return crate::jsonl::run(&a),
     };
     println!(
@@ -263,9 +386,15 @@ pub fn semid_fit(db_path: &Path, out: &Path, semid: &SemidArgs) -> CliResult {
 }
 
 pub fn train_cmd(a: &TrainArgs) -> CliResult {
-    let cfg = ModelConfig::named(&a.model)?;
+    let cfg = a.train.model(ModelConfig::named(&a.model)?);
     let dir = DatasetDir::new(&a.data);
-    let (_db, _meta, data) = dataset::prepare(&dir, std::slice::from_ref(&cfg), a.train.threads)?;
+    let (_db, _meta, data) = dataset::prepare_with(
+        &dir,
+        std::slice::from_ref(&cfg),
+        a.train.threads,
+        a.train.min_count,
+        a.train.reference,
+    )?;
     let t = train(&cfg, &a.train.config(), &data)?;
     t.save(&a.out, &data.vocabs, data.levels)?;
     let (m, _) = evaluate(t.model.as_ref(), &cfg, &data, &data.test)?;
@@ -318,7 +447,7 @@ pub fn compare(
 ) -> CliResult {
     let models = models
         .split(',')
-        .map(|m| ModelConfig::named(m.trim()))
+        .map(|m| ModelConfig::named(m.trim()).map(|c| flags.model(c)))
         .collect::<Result<Vec<_>, _>>()?;
     let seeds = seeds
         .split(',')
@@ -331,6 +460,7 @@ pub fn compare(
         &flags.config(),
         out,
         flags.threads,
+        flags.reference,
     )?;
     println!("{}", siren_lab::report::compare_markdown(&report));
     println!(

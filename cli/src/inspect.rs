@@ -108,7 +108,7 @@ pub fn verify(path: &Path) -> Result<ExitCode, Box<dyn std::error::Error>> {
     let mut damaged = Vec::new();
     if let Some(d) = &layout.dataset {
         let dir = siren_model::dataset::DatasetDir::new(d);
-        match dir.read_meta().and_then(|m| dir.read_splits(&m)) {
+        match dir.read_tables() {
             Ok(_) => println!("dataset {} ok", d.display()),
             Err(e) => damaged.push(e.to_string()),
         }

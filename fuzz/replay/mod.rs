@@ -37,7 +37,10 @@ pub const REPLAYED: [(&str, &[&str]); 4] = [
             "user_entry",
         ],
     ),
-    ("siren-model", &["codebook", "model_config"]),
+    (
+        "siren-model",
+        &["codebook", "dataset_tables", "model_config"],
+    ),
     ("siren-http", &["http_bodies"]),
     ("siren-cluster", &["cluster_checkpoint", "cluster_log"]),
 ];

@@ -24,6 +24,11 @@ pub enum LabError {
     #[error("{path}: {detail}")]
     Input { path: PathBuf, detail: String },
 
+    /// A folder given as a dataset in an outside format does not hold that format's files (for
+    /// Taobao-MM: neither of its layouts, both, or no embedding table).
+    #[error("{dir}: not a usable dataset folder: {detail}")]
+    Layout { dir: PathBuf, detail: String },
+
     /// A chart could not be drawn or written.
     #[error("drawing {path}: {detail}")]
     Chart { path: PathBuf, detail: String },

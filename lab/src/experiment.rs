@@ -7,15 +7,22 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use siren_model::data::Impression;
-use siren_model::dataset::{prepare, score_test, DatasetDir};
-use siren_model::metrics::{mean_std, score_domains};
+use siren_model::dataset::{prepare_with, score_test, DatasetDir};
+use siren_model::metrics::{
+    gauc_difference_interval, gauc_interval, gauc_per_batch, mean_std, score_domains, user_aucs,
+    UserAuc, BOOTSTRAP_RESAMPLES,
+};
 use siren_model::models::ModelConfig;
 use siren_model::train::{evaluate, load_checkpoint, train, Prepared, TrainConfig};
 
 use crate::error::{LabError, Result};
 use crate::report::{
-    write_compare, write_eval, CompareReport, CompareRow, DomainRow, EvalEntry, RunResult,
+    write_compare, write_eval, CompareReport, CompareRow, Difference, DomainRow, EvalEntry,
+    RunResult, BATCH_GAUC_ROWS,
 };
+
+/// Seed of the bootstrap resampling (fixed, so a report is reproducible).
+const BOOTSTRAP_SEED: u64 = 7;
 
 /// Write `user,item,timestamp,label,score` rows.
 pub fn write_predictions(path: &Path, imps: &[Impression], scores: &[f32]) -> Result<()> {
@@ -29,8 +36,9 @@ pub fn write_predictions(path: &Path, imps: &[Impression], scores: &[f32]) -> Re
     w.flush().map_err(io)
 }
 
-/// Train every model with every seed on one prepared dataset; write `compare.json`,
-/// `compare.md`, `compare.png` and each run's test predictions under `out`.
+/// Train every model with every seed on one prepared dataset (on the validation impressions
+/// too when `train_on_valid`); write `compare.json`, `compare.md`, `compare.png` and each
+/// run's test predictions under `out`.
 pub fn compare(
     dir: &DatasetDir,
     models: &[ModelConfig],
@@ -38,14 +46,24 @@ pub fn compare(
     tcfg: &TrainConfig,
     out: &Path,
     threads: usize,
+    train_on_valid: bool,
 ) -> Result<CompareReport> {
-    let (_db, meta, data) = prepare(dir, models, threads)?;
+    let start = Instant::now();
+    let (_db, meta, data) = prepare_with(dir, models, threads, tcfg.min_count, train_on_valid)?;
+    let built = data.train.len() + data.valid.len() + data.test.len();
+    let build_sps = built as f64 / start.elapsed().as_secs_f64().max(1e-9);
     let predictions = out.join("predictions");
     std::fs::create_dir_all(&predictions).map_err(|e| LabError::io(out, e))?;
     let mut runs = Vec::new();
+    // Per model: each seed's per-user test AUCs.
+    let mut aucs: Vec<Vec<Vec<UserAuc>>> = Vec::new();
     for m in models {
+        let mut per_seed = Vec::new();
         for &seed in seeds {
-            let run = run_once(m, seed, tcfg, &data, &predictions)?;
+            let (mut run, users) = run_once(m, seed, tcfg, &data, &predictions)?;
+            // Reading samples through the engine and training, as if done once per epoch.
+            run.end_to_end_samples_per_s = 1.0 / (1.0 / run.train_samples_per_s + 1.0 / build_sps);
+            per_seed.push(users);
             if tcfg.progress {
                 eprintln!(
                     "{} seed {seed}: test GAUC {:.4} AUC {:.4} tail GAUC {:.4} (best epoch {})",
@@ -58,10 +76,16 @@ pub fn compare(
             }
             runs.push(run);
         }
+        aucs.push(per_seed);
     }
+    let means: Vec<Vec<UserAuc>> = aucs.iter().map(|s| seed_mean(s)).collect();
     let rows = models
         .iter()
-        .map(|m| compare_row(m.name(), &runs))
+        .zip(&means)
+        .map(|(m, users)| CompareRow {
+            gauc_interval: gauc_interval(users, BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED),
+            ..compare_row(m.name(), &runs)
+        })
         .collect();
     let report = CompareReport {
         dataset: meta.name.clone(),
@@ -69,19 +93,68 @@ pub fn compare(
         rows,
         runs,
         details: meta.details.clone(),
+        differences: differences(models, &means),
     };
     write_compare(out, &report)?;
     Ok(report)
 }
 
-/// Train `m` with `seed`, score the test split, write its predictions under `predictions`.
+/// Each user's AUC averaged over the seeds (the users every seed scored): its
+/// impression-weighted mean is the mean over the seeds of their GAUCs.
+fn seed_mean(per_seed: &[Vec<UserAuc>]) -> Vec<UserAuc> {
+    let Some(first) = per_seed.first() else {
+        return Vec::new();
+    };
+    let by_user: Vec<std::collections::HashMap<u64, f64>> = per_seed
+        .iter()
+        .map(|s| s.iter().map(|v| (v.user, v.auc)).collect())
+        .collect();
+    first
+        .iter()
+        .filter_map(|u| {
+            let same: Vec<f64> = by_user
+                .iter()
+                .filter_map(|m| m.get(&u.user).copied())
+                .collect();
+            (same.len() == per_seed.len()).then(|| UserAuc {
+                auc: same.iter().sum::<f64>() / same.len() as f64,
+                ..*u
+            })
+        })
+        .collect()
+}
+
+/// Every ordered pair of models: the paired interval of their seed-mean GAUC difference.
+fn differences(models: &[ModelConfig], means: &[Vec<UserAuc>]) -> Vec<Difference> {
+    let mut out = Vec::new();
+    for (i, a) in models.iter().enumerate() {
+        for (j, b) in models.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let d =
+                gauc_difference_interval(&means[i], &means[j], BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED);
+            if let Some(interval) = d {
+                out.push(Difference {
+                    a: a.name(),
+                    b: b.name(),
+                    interval,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Train `m` with `seed`, score the test split, write its predictions under `predictions`;
+/// the run and its per-user test AUCs.
 fn run_once(
     m: &ModelConfig,
     seed: u64,
     tcfg: &TrainConfig,
     data: &Prepared,
     predictions: &Path,
-) -> Result<RunResult> {
+) -> Result<(RunResult, Vec<UserAuc>)> {
     let tc = TrainConfig {
         seed,
         ..tcfg.clone()
@@ -98,7 +171,14 @@ fn run_once(
     let trained_epochs = t.history.len().max(1) as f64;
     let head_domain = data.vocabs.head_domain();
     let (domains, tail) = score_domains(&data.test.impressions, &scores, head_domain);
-    Ok(RunResult {
+    let imps = &data.test.impressions;
+    let users: Vec<u64> = imps.iter().map(|i| i.user).collect();
+    let labels: Vec<f32> = imps.iter().map(|i| i.label).collect();
+    let per_user = user_aucs(&users, &scores, &labels).unwrap_or_default();
+    let batch_gauc = gauc_per_batch(&users, &scores, &labels, BATCH_GAUC_ROWS).map(|g| g.value);
+    let run = RunResult {
+        batch_gauc,
+        end_to_end_samples_per_s: 0.0,
         domains,
         tail,
         head_domain,
@@ -112,7 +192,8 @@ fn run_once(
             / trained_epochs,
         epochs: t.history,
         score_samples_per_s: score_sps,
-    })
+    };
+    Ok((run, per_user))
 }
 
 /// The runs of model `name` over the seeds: means and spreads.
@@ -125,7 +206,10 @@ fn compare_row(name: String, runs: &[RunResult]) -> CompareRow {
         r.tail.as_ref().and_then(|t| t.gauc).unwrap_or(f64::NAN)
     }));
     let has_tail = rs.iter().any(|r| r.tail.is_some());
+    let batch: Vec<f64> = rs.iter().filter_map(|r| r.batch_gauc).collect();
     CompareRow {
+        gauc_interval: None,
+        batch_gauc_mean: (batch.len() == rs.len() && !batch.is_empty()).then(|| mean_std(&batch).0),
         domains: domain_rows(&rs),
         tail_gauc_mean: has_tail.then_some(tail_mean),
         tail_gauc_std: has_tail.then_some(tail_std),

@@ -2,8 +2,10 @@
 //! loads its files into a database, then the directory is finished the same way for all (SemIDs
 //! fitted, compaction, codebook, impressions, `dataset.json`).
 
+use std::path::Path;
+
 use siren_engine::Db;
-use siren_model::dataset::{finish, DatasetDir, DatasetMeta};
+use siren_model::dataset::{finish, DatasetDir, DatasetMeta, SideTables};
 use siren_model::semid::RqKmeansConfig;
 
 use crate::error::Result;
@@ -25,32 +27,33 @@ pub fn import_movielens(
         dir,
         &db,
         "movielens",
-        ml.dim,
         semid,
         &splits,
+        &SideTables::default(),
         details,
     )?)
 }
 
-pub fn import_taobao(
-    files: &TaobaoFiles,
-    dir: &DatasetDir,
-    semid: &RqKmeansConfig,
-) -> Result<DatasetMeta> {
+/// Import the Taobao-MM folder `src` in either of its layouts ([`TaobaoFiles::discover`]); the
+/// embedding length is the embedding table's (128 in the published data).
+pub fn import_taobao(src: &Path, dir: &DatasetDir, semid: &RqKmeansConfig) -> Result<DatasetMeta> {
+    let files = TaobaoFiles::discover(src)?;
+    let emb = files
+        .embeddings
+        .as_deref()
+        .expect("discover requires embeddings");
+    let dim = taobao::embedding_dim(emb)?;
     dir.create()?;
-    let db = Db::open(
-        dir.db_path(),
-        DatasetDir::db_options(taobao::EMBEDDING_DIM, semid),
-    )?;
-    let imported = taobao::import(&db, files, &TaobaoImportOptions::default())?;
+    let db = Db::open(dir.db_path(), DatasetDir::db_options(dim, semid))?;
+    let imported = taobao::import(&db, &files, &TaobaoImportOptions::default())?;
     let details = serde_json::to_value(&imported.report).expect("report serialises");
     Ok(finish(
         dir,
         &db,
         "taobao-mm",
-        taobao::EMBEDDING_DIM,
         semid,
         &imported.splits,
+        &imported.side,
         details,
     )?)
 }

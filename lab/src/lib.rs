@@ -4,7 +4,8 @@
 //! experiments over them. Nothing here is needed to serve.
 //!
 //! - Importers: [`movielens`] (CSV) and [`taobao`] (Taobao-MM parquet) read their formats;
-//!   [`import`] writes a dataset directory (`siren_model::dataset`) from either. The synthetic
+//!   [`import`] writes a dataset directory (`siren_model::dataset`) from either;
+//!   [`taobao_export`] writes a dataset directory back out in the Taobao-MM format. The synthetic
 //!   dataset has no outside format and lives in `siren-model`
 //!   (`siren_model::dataset::import_synthetic`); JSON lines of the HTTP API's shapes are
 //!   imported by the CLI (`siren import jsonl`), next to those shapes.
@@ -21,5 +22,6 @@ pub mod movielens;
 pub mod report;
 pub mod table;
 pub mod taobao;
+pub mod taobao_export;
 
 pub use error::{LabError, Result};

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 use siren_model::collapse::TableCollapse;
-use siren_model::metrics::{DomainMetrics, RankingMetrics};
+use siren_model::metrics::{DomainMetrics, Interval, RankingMetrics};
 use siren_model::train::{EpochLog, TrainConfig};
 
 use crate::chart::{render, Bar, Panel, Series};
@@ -17,9 +17,16 @@ pub struct RunResult {
     pub model: String,
     pub seed: u64,
     pub test: RankingMetrics,
+    /// GAUC with users grouped within consecutive batches of [`BATCH_GAUC_ROWS`] test rows, as
+    /// MUSE's published evaluation computes it.
+    #[serde(default)]
+    pub batch_gauc: Option<f64>,
     pub best_epoch: usize,
     pub epochs: Vec<EpochLog>,
     pub train_samples_per_s: f64,
+    /// Training samples per second including reading the samples from the engine.
+    #[serde(default)]
+    pub end_to_end_samples_per_s: f64,
     pub score_samples_per_s: f64,
     /// Test metrics per domain, and over the tail (every domain but the head, the largest in
     /// training).
@@ -44,12 +51,20 @@ pub struct DomainRow {
     pub gauc_std: f64,
 }
 
+/// Rows per batch of the per-batch GAUC.
+pub const BATCH_GAUC_ROWS: usize = 1_000;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompareRow {
     pub model: String,
     pub runs: usize,
     pub gauc_mean: f64,
     pub gauc_std: f64,
+    /// 95% interval of the seed-mean GAUC over test users resampled with replacement.
+    #[serde(default)]
+    pub gauc_interval: Option<Interval>,
+    #[serde(default)]
+    pub batch_gauc_mean: Option<f64>,
     pub auc_mean: f64,
     pub auc_std: f64,
     pub log_loss_mean: f64,
@@ -73,6 +88,18 @@ pub struct CompareReport {
     pub rows: Vec<CompareRow>,
     pub runs: Vec<RunResult>,
     pub details: serde_json::Value,
+    /// Paired user-bootstrap intervals of the seed-mean GAUC differences between models.
+    #[serde(default)]
+    pub differences: Vec<Difference>,
+}
+
+/// GAUC(a) − GAUC(b) (each the mean over seeds) with a 95% interval over the same test users
+/// resampled for both.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Difference {
+    pub a: String,
+    pub b: String,
+    pub interval: Interval,
 }
 
 /// One evaluated checkpoint.
@@ -135,17 +162,22 @@ pub fn compare_markdown(r: &CompareReport) -> String {
         "model",
         "GAUC mean",
         "GAUC std",
+        "GAUC 95% CI (users)",
+        "GAUC per 1000 rows",
         "AUC mean",
         "AUC std",
         "log loss",
         "train samples/s",
         "score samples/s",
     ]);
+    let opt = |x: Option<f64>| x.map_or("-".to_string(), |v| format!("{v:.4}"));
     for row in &r.rows {
         t.row([
             row.model.clone(),
             format!("{:.4}", row.gauc_mean),
             format!("{:.4}", row.gauc_std),
+            row.gauc_interval.map_or("-".into(), |i| interval(&i)),
+            opt(row.batch_gauc_mean),
             format!("{:.4}", row.auc_mean),
             format!("{:.4}", row.auc_std),
             format!("{:.4}", row.log_loss_mean),
@@ -154,11 +186,40 @@ pub fn compare_markdown(r: &CompareReport) -> String {
         ]);
     }
     format!(
-        "# {} : {} seeds per model\n\n{t}{}",
+        "# {} : {} seeds per model\n\n{t}{}{}",
         r.dataset,
         r.rows.first().map_or(0, |x| x.runs),
+        difference_markdown(r),
         domain_markdown(r)
     )
+}
+
+fn interval(i: &Interval) -> String {
+    format!("[{:.4}, {:.4}]", i.lo, i.hi)
+}
+
+/// The paired differences as a matrix: row model minus column model.
+fn difference_markdown(r: &CompareReport) -> String {
+    if r.differences.is_empty() {
+        return String::new();
+    }
+    let names: Vec<&str> = r.rows.iter().map(|row| row.model.as_str()).collect();
+    let mut header = vec!["row − column".to_string()];
+    header.extend(names.iter().map(|n| n.to_string()));
+    let mut t = Table::numeric(header);
+    for a in &names {
+        let mut cells = vec![a.to_string()];
+        cells.extend(names.iter().map(|b| {
+            r.differences
+                .iter()
+                .find(|d| d.a == *a && d.b == *b)
+                .map_or(String::new(), |d| {
+                    format!("{:+.4} {}", d.interval.estimate, interval(&d.interval))
+                })
+        }));
+        t.row(cells);
+    }
+    format!("\n## Paired differences of seed-mean GAUC (95% user bootstrap)\n\n{t}")
 }
 
 /// GAUC per domain and over the tail, and each table's collapse figure, when the test set has

@@ -1,5 +1,6 @@
-//! Taobao-MM parquet (the public format of the MUSE dataset): a reader of its six tables and an
-//! importer that loads them into the engine.
+//! Taobao-MM parquet (the public format of the MUSE dataset): a reader of its tables, in either
+//! of its two layouts, and an importer that loads them into the engine. The write side is
+//! [`crate::taobao_export`].
 //!
 //! # The tables
 //!
@@ -7,19 +8,23 @@
 //! |---|---|---|
 //! | samples | `train_samples.parquet`, `test_samples.parquet` | `label_0: list<int8>` one-hot `[non-click, click]`, `129_1` user, `205` target item |
 //! | user features | `train_user_features.parquet`, `test_user_features.parquet` | `129_1` user, `130_1`..`130_5` profile ids, `150_2_180: list<int64>` items, `151_2_180: list<int64>` their categories |
-//! | item features | `item_features.parquet` | `205` item, `206`, `213`, `214` attribute ids |
+//! | item features | `item_features.parquet` | `205` item, `206` category, `213`, `214` attribute ids |
 //! | embeddings | `scl_embedding_int8_p90.parquet` | `205` item, `205_c: list<int8>` (128 values) |
+//! | joined shards | `train/*-shard-*.parquet`, `test/*-shard-*.parquet` | a sample's columns with its user's and its target's, one row per sample |
+//!
+//! The six tables are the layout of the authors' `data_demo/`; the joined shards
+//! (`form_sample_table` in their `utils/preprocess.py`) are the public release's, next to the
+//! embedding table. [`TaobaoFiles::discover`] tells them apart.
 //!
 //! Every id is a hashed signed 64-bit integer. The engine's ids are `u64`; the importer bit-casts
 //! (`as u64`), which is reversible (`as i64`), so nothing is lost and no vocabulary is needed.
 //!
 //! A row type ([`TaobaoRow`]) names the columns it reads and their types; the reader projects the
-//! file onto exactly those columns by name and decodes nothing else, so the MUSE authors' joined
-//! training shards (`form_sample_table` in their `utils/preprocess.py`, which holds the sample,
-//! user and item columns in one row) read as samples, as user features and as item features, and
-//! reading another column (the profile ids `130_*`, the item attributes `213`/`214`) is a field
-//! and a line in a row type. Today's row types read what the importer uses. Nulls are rejected:
-//! the authors' preprocessing writes `0` for a missing value, never null.
+//! file onto exactly those columns by name and decodes nothing else, so a joined shard row
+//! ([`TaobaoShardRow`]) is the sample, user and item row types decoded from one batch. The
+//! profile ids `130_*` and the attributes `213`/`214` become the dataset's side tables
+//! (`siren_model::dataset::SideTables`). Nulls are rejected: the authors' preprocessing writes
+//! `0` for a missing value, never null.
 //!
 //! # Which end of a sequence is the newest
 //!
@@ -59,6 +64,8 @@ use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchR
 use parquet::arrow::ProjectionMask;
 use serde::Serialize;
 use siren_engine::{AppendOptions, Db, Durability, Event, Item, Snapshot};
+use siren_model::data::{user_split, UserSplit};
+use siren_model::dataset::SideTables;
 
 use crate::error::{LabError, Result};
 use siren_model::data::{Impression, Splits};
@@ -74,7 +81,9 @@ pub mod col {
     pub const ITEM: &str = "205";
     /// The item's category; `213` and `214` are further attribute ids.
     pub const ITEM_CATEGORY: &str = "206";
-    pub const ITEM_ATTRS: [&str; 3] = [ITEM_CATEGORY, "213", "214"];
+    pub const ITEM_ATTRS: [&str; 3] = [ITEM_CATEGORY, ATTRIBUTES[0], ATTRIBUTES[1]];
+    /// The item attribute ids beyond the category, kept as a side table of the dataset.
+    pub const ATTRIBUTES: [&str; 2] = ["213", "214"];
     pub const EMBEDDING: &str = "205_c";
 }
 
@@ -103,11 +112,13 @@ pub struct TaobaoSample {
     pub click: bool,
 }
 
-/// One row of a user-feature table: the lifelong behaviour sequence, oldest first, with the
-/// category of each behaviour's item.
+/// One row of a user-feature table: the profile ids and the lifelong behaviour sequence,
+/// oldest first, with the category of each behaviour's item.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TaobaoUser {
     pub user: i64,
+    /// `130_1`..`130_5`; 0 is unknown.
+    pub profile: [i64; 5],
     pub items: Vec<i64>,
     pub categories: Vec<i64>,
 }
@@ -119,6 +130,17 @@ pub struct TaobaoUser {
 pub struct TaobaoItem {
     pub item: i64,
     pub category: i64,
+    /// `213`, `214`; 0 is unknown.
+    pub attributes: [i64; 2],
+}
+
+/// One row of a joined shard (the public release's per-sample layout): the sample with its
+/// user's features and its target item's features.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TaobaoShardRow {
+    pub sample: TaobaoSample,
+    pub user: TaobaoUser,
+    pub item: TaobaoItem,
 }
 
 /// One row of the embedding table.
@@ -340,6 +362,19 @@ fn int64_col<'a>(
 }
 
 /// A list column of a batch, checked for nulls at both levels.
+/// Several int64 columns of a batch, in the order of `names`.
+fn int64_cols<'a, const N: usize>(
+    batch: &'a RecordBatch,
+    names: &[&str; N],
+    cur: &Cursor,
+) -> std::result::Result<[&'a [i64]; N], String> {
+    let mut out = [&[][..]; N];
+    for (o, name) in out.iter_mut().zip(names) {
+        *o = int64_col(batch, name, cur)?;
+    }
+    Ok(out)
+}
+
 struct ListCol<'a, T: ArrowPrimitiveType> {
     offsets: &'a [i32],
     values: &'a [T::Native],
@@ -422,12 +457,18 @@ impl TaobaoRow for TaobaoUser {
     const WHAT: &'static str = "user features";
     const COLUMNS: &'static [(&'static str, ColType)] = &[
         (col::USER, ColType::Int64),
+        (col::PROFILE[0], ColType::Int64),
+        (col::PROFILE[1], ColType::Int64),
+        (col::PROFILE[2], ColType::Int64),
+        (col::PROFILE[3], ColType::Int64),
+        (col::PROFILE[4], ColType::Int64),
         (col::SEQ_ITEMS, ColType::ListInt64),
         (col::SEQ_CATEGORIES, ColType::ListInt64),
     ];
 
     fn decode(batch: &RecordBatch, cur: &mut Cursor) -> std::result::Result<Vec<Self>, String> {
         let user = int64_col(batch, col::USER, cur)?;
+        let profile = int64_cols(batch, &col::PROFILE, cur)?;
         let items = ListCol::<Int64Type>::get(batch, col::SEQ_ITEMS, cur)?;
         let cats = ListCol::<Int64Type>::get(batch, col::SEQ_CATEGORIES, cur)?;
         (0..batch.num_rows())
@@ -445,6 +486,7 @@ impl TaobaoRow for TaobaoUser {
                 }
                 Ok(TaobaoUser {
                     user: user[i],
+                    profile: profile.map(|c| c[i]),
                     items: it.to_vec(),
                     categories: ct.to_vec(),
                 })
@@ -458,16 +500,52 @@ impl TaobaoRow for TaobaoItem {
     const COLUMNS: &'static [(&'static str, ColType)] = &[
         (col::ITEM, ColType::Int64),
         (col::ITEM_CATEGORY, ColType::Int64),
+        (col::ATTRIBUTES[0], ColType::Int64),
+        (col::ATTRIBUTES[1], ColType::Int64),
     ];
 
     fn decode(batch: &RecordBatch, cur: &mut Cursor) -> std::result::Result<Vec<Self>, String> {
         let item = int64_col(batch, col::ITEM, cur)?;
         let category = int64_col(batch, col::ITEM_CATEGORY, cur)?;
+        let attributes = int64_cols(batch, &col::ATTRIBUTES, cur)?;
         Ok((0..batch.num_rows())
             .map(|i| TaobaoItem {
                 item: item[i],
                 category: category[i],
+                attributes: attributes.map(|c| c[i]),
             })
+            .collect())
+    }
+}
+
+impl TaobaoRow for TaobaoShardRow {
+    const WHAT: &'static str = "joined shard";
+    const COLUMNS: &'static [(&'static str, ColType)] = &[
+        (col::LABEL, ColType::ListInt8),
+        (col::USER, ColType::Int64),
+        (col::ITEM, ColType::Int64),
+        (col::PROFILE[0], ColType::Int64),
+        (col::PROFILE[1], ColType::Int64),
+        (col::PROFILE[2], ColType::Int64),
+        (col::PROFILE[3], ColType::Int64),
+        (col::PROFILE[4], ColType::Int64),
+        (col::SEQ_ITEMS, ColType::ListInt64),
+        (col::SEQ_CATEGORIES, ColType::ListInt64),
+        (col::ITEM_CATEGORY, ColType::Int64),
+        (col::ATTRIBUTES[0], ColType::Int64),
+        (col::ATTRIBUTES[1], ColType::Int64),
+    ];
+
+    /// Each part reads its own columns by name from the one batch.
+    fn decode(batch: &RecordBatch, cur: &mut Cursor) -> std::result::Result<Vec<Self>, String> {
+        let samples = TaobaoSample::decode(batch, cur)?;
+        let users = TaobaoUser::decode(batch, cur)?;
+        let items = TaobaoItem::decode(batch, cur)?;
+        Ok(samples
+            .into_iter()
+            .zip(users)
+            .zip(items)
+            .map(|((sample, user), item)| TaobaoShardRow { sample, user, item })
             .collect())
     }
 }
@@ -501,6 +579,14 @@ impl TaobaoRow for TaobaoEmbedding {
     }
 }
 
+/// The length of the embeddings of an embedding table, from its first row.
+pub fn embedding_dim(path: &Path) -> Result<usize> {
+    match read_batches::<TaobaoEmbedding>(path, 1)?.next() {
+        Some(rows) => Ok(rows?.first().map_or(0, |r| r.embedding.len())),
+        None => Err(LabError::input(path, "the embedding table has no rows")),
+    }
+}
+
 /// The published embeddings are all 128 long; other lengths are accepted for synthetic data as
 /// long as one file is consistent, because a catalog has one dimension.
 fn check_embedding_len(cur: &mut Cursor, len: usize) -> std::result::Result<(), String> {
@@ -522,8 +608,13 @@ fn check_embedding_len(cur: &mut Cursor, len: usize) -> std::result::Result<(), 
 // ---------------------------------------------------------------------------------------------
 // Import
 
-/// The files of one import; any may be absent. The published dataset keeps train and test in
-/// separate tables.
+/// Where the joined shards of each split live, relative to the dataset folder.
+pub const SHARD_DIRS: [&str; 2] = ["train", "test"];
+
+/// The files of one import, in either layout of the format (or, for tests, any mix): the six
+/// tables of the authors' `data_demo/`, or the joined per-sample shards of the public release
+/// (`train/*-shard-*.parquet`, `test/*-shard-*.parquet`, each row holding the sample, its user's
+/// features and its target's features) next to the embedding table. Any may be absent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TaobaoFiles {
     pub train_samples: Option<PathBuf>,
@@ -532,10 +623,14 @@ pub struct TaobaoFiles {
     pub test_users: Option<PathBuf>,
     pub items: Option<PathBuf>,
     pub embeddings: Option<PathBuf>,
+    /// Joined shards of the train table, in name order.
+    pub train_shards: Vec<PathBuf>,
+    /// Joined shards of the test table, in name order.
+    pub test_shards: Vec<PathBuf>,
 }
 
 impl TaobaoFiles {
-    /// The files with the standard names ([`mod@file`]) that exist in `dir`.
+    /// The files with the standard names ([`mod@file`]) and the shards that exist in `dir`.
     pub fn in_dir(dir: impl AsRef<Path>) -> Self {
         let dir = dir.as_ref();
         let get = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
@@ -546,8 +641,57 @@ impl TaobaoFiles {
             test_users: get(file::TEST_USERS),
             items: get(file::ITEMS),
             embeddings: get(file::EMBEDDINGS),
+            train_shards: shards_in(&dir.join(SHARD_DIRS[0])),
+            test_shards: shards_in(&dir.join(SHARD_DIRS[1])),
         }
     }
+
+    /// [`TaobaoFiles::in_dir`], refusing a folder that holds neither layout (or both) or no
+    /// embedding table, with an error that says what was looked for.
+    pub fn discover(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let f = Self::in_dir(dir);
+        let tables = f.train_samples.is_some() || f.test_samples.is_some();
+        let shards = !f.train_shards.is_empty() || !f.test_shards.is_empty();
+        match (tables, shards) {
+            (false, false) => Err(LabError::Layout {
+                dir: dir.to_path_buf(),
+                detail: format!(
+                    "neither the six tables ({} or {}) nor joined shards \
+                     ({}/*-shard-*.parquet or {}/*-shard-*.parquet)",
+                    file::TRAIN_SAMPLES,
+                    file::TEST_SAMPLES,
+                    SHARD_DIRS[0],
+                    SHARD_DIRS[1]
+                ),
+            }),
+            (true, true) => Err(LabError::Layout {
+                dir: dir.to_path_buf(),
+                detail: "both the six tables and joined shards; keep one layout".into(),
+            }),
+            _ if f.embeddings.is_none() => Err(LabError::Layout {
+                dir: dir.to_path_buf(),
+                detail: format!("no embedding table {}", file::EMBEDDINGS),
+            }),
+            _ => Ok(f),
+        }
+    }
+}
+
+/// The `*-shard-*.parquet` files of `dir`, in name order; none if `dir` does not exist.
+fn shards_in(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            p.is_file() && name.contains("-shard-") && name.ends_with(".parquet")
+        })
+        .collect();
+    v.sort();
+    v
 }
 
 /// How an import lays out time and talks to the engine.
@@ -557,10 +701,9 @@ pub struct TaobaoImportOptions {
     /// laid out backwards from one common "now": the real tables are one snapshot of every
     /// user's history taken when the samples were logged.
     pub history_end_ms: i64,
-    /// Milliseconds between consecutive behaviours, and between consecutive samples.
+    /// Milliseconds between consecutive behaviours, and from the newest behaviour to the
+    /// samples, which all share the time `history_end_ms + step_ms`.
     pub step_ms: i64,
-    /// Share of the train samples, the last ones in file order, held out as validation.
-    pub valid_fraction: f64,
     /// Events per engine append (whole users only, so a user's sequence is stored atomically).
     pub events_per_append: usize,
     /// Items per catalog upsert.
@@ -575,7 +718,6 @@ impl Default for TaobaoImportOptions {
         TaobaoImportOptions {
             history_end_ms: 1_700_000_000_000,
             step_ms: 1000,
-            valid_fraction: 0.1,
             events_per_append: 10_000,
             items_per_upsert: 10_000,
             batch_rows: DEFAULT_BATCH_ROWS,
@@ -589,15 +731,19 @@ impl TaobaoImportOptions {
         if self.step_ms <= 0 {
             return Err(LabError::invalid("step_ms must be positive"));
         }
-        if !(0.0..=1.0).contains(&self.valid_fraction) {
-            return Err(LabError::invalid("valid_fraction must be in [0, 1]"));
-        }
         if self.events_per_append == 0 || self.items_per_upsert == 0 || self.batch_rows == 0 {
             return Err(LabError::invalid(
                 "events_per_append, items_per_upsert and batch_rows must be positive",
             ));
         }
         Ok(())
+    }
+
+    /// The one time of every sample: a step after every history.
+    pub fn sample_ts(&self) -> Result<i64> {
+        self.history_end_ms
+            .checked_add(self.step_ms)
+            .ok_or_else(|| LabError::invalid("history_end_ms + step_ms overflows"))
     }
 }
 
@@ -615,11 +761,16 @@ pub struct ImportReport {
     pub items: u64,
     pub item_rows: u64,
     pub embeddings: u64,
+    /// Rows of joined shards read.
+    pub shard_rows: u64,
     pub train_samples: u64,
     pub valid_samples: u64,
     pub test_samples: u64,
     /// Samples whose user has no events; they stay in their split and see an empty history.
     pub samples_without_sequence: u64,
+    /// Items with a nonzero `213` or `214`, users with a nonzero `130_*`.
+    pub items_with_attributes: u64,
+    pub users_with_profile: u64,
     /// `categories[c]` is the Taobao category id of engine category `c`; 0 maps to 0 (unknown),
     /// the rest are numbered from 1 in order of first appearance (item features, then train and
     /// test sequences).
@@ -630,197 +781,242 @@ pub struct ImportReport {
 #[derive(Debug, Clone, Default)]
 pub struct TaobaoImport {
     pub splits: Splits,
+    /// Item attributes (`213`, `214`) and user profiles (`130_*`), ids bit-cast to `u64`.
+    pub side: SideTables,
     pub report: ImportReport,
 }
 
 /// Load Taobao-MM tables into `db` and turn the samples into impressions.
 ///
-/// Order of work: embeddings, item features, train then test user features, then samples.
-/// Items are read-modify-written through the catalog, so an item's embedding, category and any
-/// SemID already in the database survive whichever table mentions it later. An item's category
-/// is its `206` when the item-feature table has it, else the category of its first appearance
-/// in a sequence.
+/// Order of work: embeddings, item features, train then test user features, train then test
+/// shards, then samples. Items are read-modify-written through the catalog, so an item's
+/// embedding, category and any SemID already in the database survive whichever table mentions
+/// it later. An item's category is its `206` when the item features (or a shard row with the
+/// item as target) have it, else the category of its first appearance in a sequence.
 ///
 /// Time: user `u`'s `n` behaviours get `history_end_ms - (n-1-k) * step_ms`, `k = 0..n`, so
-/// every history ends at `history_end_ms` and the order of the file is kept. Samples come after
-/// every history: train sample `i` at `history_end_ms + (1+i) * step_ms`, test samples after the
-/// last train sample, so `as_of = ts` sees the user's whole sequence and the splits are ordered
-/// in time (train, then valid, then test).
+/// every history ends at `history_end_ms` and the order of the file is kept. Every sample, train
+/// or test, is at the one time `history_end_ms + step_ms`: the tables are one snapshot of
+/// histories taken when the samples were logged, and a per-row time would make the gap between
+/// a sample and its history encode the sample's row in the file, a feature that separates the
+/// splits and means nothing. `as_of = ts` sees the user's whole sequence.
+///
+/// Splits: the test table is the test split; train-table users whose id hashes into
+/// validation by [`user_split`] (the rule of the synthetic data's split by user) are the
+/// validation split, so validation users, like test users, are never seen in training.
 ///
 /// A user who already has events when its row comes (a repeated row, a user in both the train
-/// and the test table, or one imported before) is skipped and counted in
-/// `report.duplicate_users`. Train users go first, so a user in both tables keeps its train
-/// sequence: taking the test-time sequence would show train samples behaviours from their
-/// future. In the published data the two tables hold different users, so this does not arise;
-/// it also makes re-running an interrupted import safe (each user is one append).
+/// and the test table, one imported before, or the same user on another shard row) is skipped
+/// and counted in `report.duplicate_users`. Train users go first, so a user in both tables keeps
+/// its train sequence: taking the test-time sequence would show train samples behaviours from
+/// their future. In the published data the two tables hold different users; in shards every
+/// sample row of a user repeats the user's sequence and the first is kept. Re-running an
+/// interrupted import is safe (each user is one append).
 ///
 /// The database must have `embedding_dim` equal to the embeddings' length (128 for the
 /// published data) if an embedding file is given.
 pub fn import(db: &Db, files: &TaobaoFiles, opts: &TaobaoImportOptions) -> Result<TaobaoImport> {
     opts.validate()?;
-    let mut report = ImportReport::default();
-    let mut cats = Categories::new();
-    let mut items = ItemSink::new(db, opts);
-
+    let mut im = Importer {
+        opts,
+        sample_ts: opts.sample_ts()?,
+        report: ImportReport::default(),
+        cats: Categories::new(),
+        items: ItemSink::new(db, opts),
+        events: EventSink::new(db, opts),
+        out: TaobaoImport::default(),
+    };
     if let Some(path) = &files.embeddings {
-        let dim = db.options().embedding_dim as usize;
-        for batch in read_batches::<TaobaoEmbedding>(path, opts.batch_rows)? {
-            for row in batch? {
-                if row.embedding.len() != dim {
-                    return Err(LabError::input(
-                        path,
-                        format!(
-                            "embeddings have {} values, the database's embedding_dim is {dim}",
-                            row.embedding.len()
-                        ),
-                    ));
-                }
-                let e: Vec<f32> = row.embedding.iter().map(|&v| f32::from(v)).collect();
-                report.items += u64::from(items.update(row.item as u64, |it| {
-                    it.embedding = Some(e);
-                    true
-                })?);
-                report.embeddings += 1;
-            }
-        }
+        im.embeddings(path, db.options().embedding_dim as usize)?;
     }
-
     if let Some(path) = &files.items {
-        for batch in read_batches::<TaobaoItem>(path, opts.batch_rows)? {
-            for row in batch? {
-                let c = cats.dense(row.category, path)?;
-                report.items += u64::from(items.update(row.item as u64, |it| {
-                    it.category = c;
-                    true
-                })?);
-                report.item_rows += 1;
-            }
+        for row in read_all::<TaobaoItem>(path, opts)? {
+            im.item(&row?, path)?;
         }
     }
-
-    let mut events = EventSink::new(db, opts);
     for path in [&files.train_users, &files.test_users]
         .into_iter()
         .flatten()
     {
-        for batch in read_batches::<TaobaoUser>(path, opts.batch_rows)? {
-            for row in batch? {
-                import_user(
-                    &row,
-                    path,
-                    opts,
-                    &mut cats,
-                    &mut items,
-                    &mut events,
-                    &mut report,
-                )?;
+        for row in read_all::<TaobaoUser>(path, opts)? {
+            im.user(&row?, path)?;
+        }
+    }
+    for (paths, test) in [(&files.train_shards, false), (&files.test_shards, true)] {
+        for path in paths {
+            for row in read_all::<TaobaoShardRow>(path, opts)? {
+                let row = row?;
+                im.item(&row.item, path)?;
+                im.user(&row.user, path)?;
+                im.sample(row.sample, test);
+                im.report.shard_rows += 1;
             }
         }
     }
-    events.flush()?;
-    items.flush()?;
-
-    let snap = db.snapshot();
-    let mut splits = Splits::default();
-    let mut next_ts = opts.history_end_ms;
-    if let Some(path) = &files.train_samples {
-        let mut train = read_impressions(path, opts, &snap, &mut next_ts, &mut report)?;
-        let n_valid = ((train.len() as f64) * opts.valid_fraction).round() as usize;
-        splits.valid = train.split_off(train.len() - n_valid.min(train.len()));
-        splits.train = train;
+    for (path, test) in [(&files.train_samples, false), (&files.test_samples, true)] {
+        if let Some(path) = path {
+            for s in read_all::<TaobaoSample>(path, opts)? {
+                im.sample(s?, test);
+            }
+        }
     }
-    if let Some(path) = &files.test_samples {
-        splits.test = read_impressions(path, opts, &snap, &mut next_ts, &mut report)?;
-    }
-    report.train_samples = splits.train.len() as u64;
-    report.valid_samples = splits.valid.len() as u64;
-    report.test_samples = splits.test.len() as u64;
-    report.categories = cats.raw;
-    db.flush()?;
-    Ok(TaobaoImport { splits, report })
+    im.finish(db)
 }
 
-fn import_user(
-    row: &TaobaoUser,
+/// Every row of a file, batch by batch.
+fn read_all<T: TaobaoRow>(
     path: &Path,
     opts: &TaobaoImportOptions,
-    cats: &mut Categories,
-    items: &mut ItemSink<'_>,
-    events: &mut EventSink<'_>,
-    report: &mut ImportReport,
-) -> Result<()> {
-    // Categories are numbered even for skipped rows, so that re-running an import numbers them
-    // the same way.
-    let dense: Vec<u32> = row
-        .categories
-        .iter()
-        .map(|&c| cats.dense(c, path))
-        .collect::<Result<_>>()?;
-    let user = row.user as u64;
-    if events.has_user(user)? {
-        report.duplicate_users += 1;
-        return Ok(());
-    }
-    let kept = row.items.iter().filter(|&&i| i != 0).count();
-    report.padding_skipped += (row.items.len() - kept) as u64;
-    if kept == 0 {
-        return Ok(());
-    }
-    let oldest = (kept as i64 - 1)
-        .checked_mul(opts.step_ms)
-        .and_then(|span| opts.history_end_ms.checked_sub(span))
-        .ok_or_else(|| LabError::invalid("history_end_ms - sequence length * step_ms overflows"))?;
-    let mut evs = Vec::with_capacity(kept);
-    for (&item, &c) in row.items.iter().zip(&dense).filter(|(&i, _)| i != 0) {
-        let id = item as u64;
-        report.items += u64::from(items.update(id, |it| {
-            let fill = it.category == 0 && c != 0;
-            if fill {
-                it.category = c;
+) -> Result<impl Iterator<Item = Result<T>>> {
+    Ok(
+        read_batches::<T>(path, opts.batch_rows)?.flat_map(|b| match b {
+            Ok(rows) => rows.into_iter().map(Ok).collect::<Vec<_>>(),
+            Err(e) => vec![Err(e)],
+        }),
+    )
+}
+
+/// The state of one import.
+struct Importer<'a> {
+    opts: &'a TaobaoImportOptions,
+    sample_ts: i64,
+    report: ImportReport,
+    cats: Categories,
+    items: ItemSink<'a>,
+    events: EventSink<'a>,
+    out: TaobaoImport,
+}
+
+impl Importer<'_> {
+    fn embeddings(&mut self, path: &Path, dim: usize) -> Result<()> {
+        for row in read_all::<TaobaoEmbedding>(path, self.opts)? {
+            let row = row?;
+            if row.embedding.len() != dim {
+                return Err(LabError::input(
+                    path,
+                    format!(
+                        "embeddings have {} values, the database's embedding_dim is {dim}",
+                        row.embedding.len()
+                    ),
+                ));
             }
-            fill
+            let e: Vec<f32> = row.embedding.iter().map(|&v| f32::from(v)).collect();
+            self.report.items += u64::from(self.items.update(row.item as u64, |it| {
+                it.embedding = Some(e);
+                true
+            })?);
+            self.report.embeddings += 1;
+        }
+        Ok(())
+    }
+
+    fn item(&mut self, row: &TaobaoItem, path: &Path) -> Result<()> {
+        let c = self.cats.dense(row.category, path)?;
+        self.report.items += u64::from(self.items.update(row.item as u64, |it| {
+            let changed = it.category != c;
+            it.category = c;
+            changed
         })?);
-        evs.push(Event {
-            user,
-            ts: oldest + evs.len() as i64 * opts.step_ms,
-            item: id,
-            action: 0,
-            domain: 0,
-        });
+        self.report.item_rows += 1;
+        if row.attributes.iter().any(|&a| a != 0) {
+            let ids = row.attributes.map(|a| a as u64);
+            let attrs = &mut self.out.side.item_attributes;
+            self.report.items_with_attributes +=
+                u64::from(attrs.insert(row.item as u64, ids).is_none());
+        }
+        Ok(())
     }
-    report.users += 1;
-    report.events += evs.len() as u64;
-    events.push_user(user, evs)
-}
 
-fn read_impressions(
-    path: &Path,
-    opts: &TaobaoImportOptions,
-    snap: &Snapshot,
-    next_ts: &mut i64,
-    report: &mut ImportReport,
-) -> Result<Vec<Impression>> {
-    let batches = read_batches::<TaobaoSample>(path, opts.batch_rows)?;
-    let mut out = Vec::with_capacity(reserve(batches.num_rows()));
-    for batch in batches {
-        for s in batch? {
-            let user = s.user as u64;
-            *next_ts = next_ts
-                .checked_add(opts.step_ms)
-                .ok_or_else(|| LabError::invalid("sample timestamps overflow i64"))?;
-            if snap.user_len(user, None)? == 0 {
-                report.samples_without_sequence += 1;
-            }
-            out.push(Impression {
+    fn user(&mut self, row: &TaobaoUser, path: &Path) -> Result<()> {
+        // Categories are numbered even for skipped rows, so that re-running an import numbers
+        // them the same way.
+        let dense: Vec<u32> = row
+            .categories
+            .iter()
+            .map(|&c| self.cats.dense(c, path))
+            .collect::<Result<_>>()?;
+        let user = row.user as u64;
+        if self.events.has_user(user)? {
+            self.report.duplicate_users += 1;
+            return Ok(());
+        }
+        if row.profile.iter().any(|&p| p != 0) {
+            self.out
+                .side
+                .user_profiles
+                .insert(user, row.profile.map(|p| p as u64));
+            self.report.users_with_profile += 1;
+        }
+        let kept = row.items.iter().filter(|&&i| i != 0).count();
+        self.report.padding_skipped += (row.items.len() - kept) as u64;
+        if kept == 0 {
+            return Ok(());
+        }
+        let step = self.opts.step_ms;
+        let oldest = (kept as i64 - 1)
+            .checked_mul(step)
+            .and_then(|span| self.opts.history_end_ms.checked_sub(span))
+            .ok_or_else(|| {
+                LabError::invalid("history_end_ms - sequence length * step_ms overflows")
+            })?;
+        let mut evs = Vec::with_capacity(kept);
+        for (&item, &c) in row.items.iter().zip(&dense).filter(|(&i, _)| i != 0) {
+            let id = item as u64;
+            self.report.items += u64::from(self.items.update(id, |it| {
+                let fill = it.category == 0 && c != 0;
+                if fill {
+                    it.category = c;
+                }
+                fill
+            })?);
+            evs.push(Event {
                 user,
-                item: s.item as u64,
-                ts: *next_ts,
-                label: if s.click { 1.0 } else { 0.0 },
+                ts: oldest + evs.len() as i64 * step,
+                item: id,
+                action: 0,
                 domain: 0,
             });
         }
+        self.report.users += 1;
+        self.report.events += evs.len() as u64;
+        self.events.push_user(user, evs)
     }
-    Ok(out)
+
+    fn sample(&mut self, s: TaobaoSample, test: bool) {
+        let user = s.user as u64;
+        let split = &mut self.out.splits;
+        let to = match (test, user_split(user)) {
+            (true, _) => &mut split.test,
+            (false, UserSplit::Valid) => &mut split.valid,
+            (false, _) => &mut split.train,
+        };
+        to.push(Impression {
+            user,
+            item: s.item as u64,
+            ts: self.sample_ts,
+            label: if s.click { 1.0 } else { 0.0 },
+            domain: 0,
+        });
+    }
+
+    fn finish(mut self, db: &Db) -> Result<TaobaoImport> {
+        self.events.flush()?;
+        self.items.flush()?;
+        db.flush()?;
+        let snap = db.snapshot();
+        let s = &self.out.splits;
+        for imp in s.train.iter().chain(&s.valid).chain(&s.test) {
+            if snap.user_len(imp.user, None)? == 0 {
+                self.report.samples_without_sequence += 1;
+            }
+        }
+        self.report.train_samples = s.train.len() as u64;
+        self.report.valid_samples = s.valid.len() as u64;
+        self.report.test_samples = s.test.len() as u64;
+        self.report.categories = self.cats.raw;
+        self.out.report = self.report;
+        Ok(self.out)
+    }
 }
 
 /// Taobao category ids to the engine's dense `u32` categories.
@@ -967,12 +1163,14 @@ impl<'a> EventSink<'a> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use arrow_array::builder::{ListBuilder, PrimitiveBuilder};
+    use crate::taobao_export::{
+        embedding_columns, item_columns, sample_columns, user_columns, write_table, Columns,
+        TableWriter,
+    };
     use arrow_array::{Int64Array, Int8Array, StringArray};
     use arrow_schema::Field;
-    use parquet::arrow::ArrowWriter;
     use proptest::prelude::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
@@ -980,7 +1178,7 @@ mod tests {
     use std::sync::Arc;
 
     /// The authors' demo files, if this checkout has them; the crate must not depend on them.
-    fn demo_dir() -> Option<PathBuf> {
+    pub(crate) fn demo_dir() -> Option<PathBuf> {
         let dir = match std::env::var_os("SIREN_SHARED_DATA") {
             Some(d) => PathBuf::from(d).join("taobao-mm-demo"),
             None => PathBuf::from(concat!(
@@ -1023,95 +1221,33 @@ mod tests {
         check_schema(b.schema(), T::COLUMNS).unwrap();
     }
 
-    // The write side, for test files only: the published schema of each table (Snappy, like
-    // the authors' files; list children named "element", everything nullable, as pyarrow
-    // writes them), with the columns Siren does not read filled with zeros.
-
-    fn list_builder<T: ArrowPrimitiveType>(rows: usize) -> ListBuilder<PrimitiveBuilder<T>> {
-        ListBuilder::with_capacity(PrimitiveBuilder::<T>::new(), rows)
-            .with_field(Arc::new(Field::new("element", T::DATA_TYPE, true)))
-    }
-
-    fn lists<'a, T: ArrowPrimitiveType>(v: impl IntoIterator<Item = &'a [T::Native]>) -> ArrayRef {
-        let mut b = list_builder::<T>(0);
-        for l in v {
-            b.values().append_slice(l);
-            b.append(true);
-        }
-        Arc::new(b.finish())
-    }
-
-    fn i64s_of(v: impl IntoIterator<Item = i64>) -> ArrayRef {
-        Arc::new(Int64Array::from_iter_values(v))
+    fn lists_of<'a, T: ArrowPrimitiveType>(
+        v: impl IntoIterator<Item = &'a [T::Native]>,
+    ) -> ArrayRef {
+        crate::taobao_export::lists::<T>(v)
     }
 
     /// Write a parquet file with these columns, in this order, all nullable.
-    fn write_raw(path: &Path, cols: Vec<(&str, ArrayRef)>) {
-        let batch =
-            RecordBatch::try_from_iter_with_nullable(cols.into_iter().map(|(n, a)| (n, a, true)))
-                .unwrap();
-        let props = parquet::file::properties::WriterProperties::builder()
-            .set_compression(parquet::basic::Compression::SNAPPY)
-            .build();
-        let mut w =
-            ArrowWriter::try_new(File::create(path).unwrap(), batch.schema(), Some(props)).unwrap();
-        w.write(&batch).unwrap();
-        w.close().unwrap();
+    fn write_raw(path: &Path, cols: Columns) {
+        let mut w = TableWriter::create(path);
+        w.write_batch(cols).unwrap();
+        w.close::<TaobaoSample>(sample_columns).unwrap();
     }
 
     fn write_samples(path: impl AsRef<Path>, rows: &[TaobaoSample]) {
-        let labels: Vec<[i8; 2]> = rows
-            .iter()
-            .map(|r| [i8::from(!r.click), i8::from(r.click)])
-            .collect();
-        write_raw(
-            path.as_ref(),
-            vec![
-                (col::LABEL, lists::<Int8Type>(labels.iter().map(|l| &l[..]))),
-                (col::USER, i64s_of(rows.iter().map(|r| r.user))),
-                (col::ITEM, i64s_of(rows.iter().map(|r| r.item))),
-            ],
-        );
+        write_table(path.as_ref(), rows, sample_columns).unwrap();
     }
 
     fn write_users(path: impl AsRef<Path>, rows: &[TaobaoUser]) {
-        let mut cols = vec![(col::USER, i64s_of(rows.iter().map(|r| r.user)))];
-        for name in col::PROFILE {
-            cols.push((name, i64s_of(rows.iter().map(|_| 0))));
-        }
-        cols.push((
-            col::SEQ_ITEMS,
-            lists::<Int64Type>(rows.iter().map(|r| &r.items[..])),
-        ));
-        cols.push((
-            col::SEQ_CATEGORIES,
-            lists::<Int64Type>(rows.iter().map(|r| &r.categories[..])),
-        ));
-        write_raw(path.as_ref(), cols);
+        write_table(path.as_ref(), rows, user_columns).unwrap();
     }
 
     fn write_items(path: impl AsRef<Path>, rows: &[TaobaoItem]) {
-        let mut cols = vec![
-            (col::ITEM, i64s_of(rows.iter().map(|r| r.item))),
-            (col::ITEM_CATEGORY, i64s_of(rows.iter().map(|r| r.category))),
-        ];
-        for name in &col::ITEM_ATTRS[1..] {
-            cols.push((name, i64s_of(rows.iter().map(|_| 0))));
-        }
-        write_raw(path.as_ref(), cols);
+        write_table(path.as_ref(), rows, item_columns).unwrap();
     }
 
     fn write_embeddings(path: impl AsRef<Path>, rows: &[TaobaoEmbedding]) {
-        write_raw(
-            path.as_ref(),
-            vec![
-                (col::ITEM, i64s_of(rows.iter().map(|r| r.item))),
-                (
-                    col::EMBEDDING,
-                    lists::<Int8Type>(rows.iter().map(|r| &r.embedding[..])),
-                ),
-            ],
-        );
+        write_table(path.as_ref(), rows, embedding_columns).unwrap();
     }
 
     fn open_db(dir: &Path, dim: u32) -> Db {
@@ -1126,7 +1262,7 @@ mod tests {
         .unwrap()
     }
 
-    fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    pub(crate) fn cosine(a: &[f32], b: &[f32]) -> f32 {
         let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
         let n = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt();
         dot / (n(a) * n(b))
@@ -1226,15 +1362,15 @@ mod tests {
     }
 
     /// A consistent little dataset: every sequence item has an embedding and one category.
-    struct Synth {
-        items: Vec<i64>,
-        item_cat: HashMap<i64, i64>,
-        embeddings: Vec<TaobaoEmbedding>,
-        item_rows: Vec<TaobaoItem>,
-        train_users: Vec<TaobaoUser>,
-        test_users: Vec<TaobaoUser>,
-        train_samples: Vec<TaobaoSample>,
-        test_samples: Vec<TaobaoSample>,
+    pub(crate) struct Synth {
+        pub(crate) items: Vec<i64>,
+        pub(crate) item_cat: HashMap<i64, i64>,
+        pub(crate) embeddings: Vec<TaobaoEmbedding>,
+        pub(crate) item_rows: Vec<TaobaoItem>,
+        pub(crate) train_users: Vec<TaobaoUser>,
+        pub(crate) test_users: Vec<TaobaoUser>,
+        pub(crate) train_samples: Vec<TaobaoSample>,
+        pub(crate) test_samples: Vec<TaobaoSample>,
     }
 
     fn nonzero(rng: &mut StdRng) -> i64 {
@@ -1246,7 +1382,7 @@ mod tests {
         }
     }
 
-    fn synth(seed: u64) -> Synth {
+    pub(crate) fn synth(seed: u64) -> Synth {
         let mut rng = StdRng::seed_from_u64(seed);
         let cats: Vec<i64> = (0..12).map(|_| nonzero(&mut rng)).collect();
         let items: Vec<i64> = (0..200).map(|_| nonzero(&mut rng)).collect();
@@ -1267,9 +1403,16 @@ mod tests {
         // sequences.
         let item_rows = items[..150]
             .iter()
-            .map(|&item| TaobaoItem {
+            .enumerate()
+            .map(|(k, &item)| TaobaoItem {
                 item,
                 category: item_cat[&item],
+                // Every third item has no attributes.
+                attributes: if k.is_multiple_of(3) {
+                    [0, 0]
+                } else {
+                    [k as i64, -(k as i64) * 7]
+                },
             })
             .collect();
         let user = |rng: &mut StdRng, len: usize| {
@@ -1278,6 +1421,11 @@ mod tests {
                 .collect();
             TaobaoUser {
                 user: nonzero(rng),
+                profile: if len.is_multiple_of(2) {
+                    [0; 5]
+                } else {
+                    [len as i64, 0, 3, -4, i64::MIN]
+                },
                 categories: seq.iter().map(|i| item_cat[i]).collect(),
                 items: seq,
             }
@@ -1286,6 +1434,12 @@ mod tests {
             .map(|k| user(&mut rng, if k == 3 { 1 } else { 20 + k * 20 }))
             .collect();
         let mut test_users: Vec<TaobaoUser> = (0..6).map(|k| user(&mut rng, 50 + k)).collect();
+        // Two train users whose ids hash into validation.
+        for u in &mut train_users[2..4] {
+            while user_split(u.user as u64) != UserSplit::Valid {
+                u.user = nonzero(&mut rng);
+            }
+        }
         // Padding in one sequence.
         train_users[1].items[4] = 0;
         train_users[1].categories[4] = 0;
@@ -1322,7 +1476,7 @@ mod tests {
         }
     }
 
-    fn write_synth(s: &Synth, dir: &Path) -> TaobaoFiles {
+    pub(crate) fn write_synth(s: &Synth, dir: &Path) -> TaobaoFiles {
         std::fs::create_dir_all(dir).unwrap();
         write_samples(dir.join(file::TRAIN_SAMPLES), &s.train_samples);
         write_samples(dir.join(file::TEST_SAMPLES), &s.test_samples);
@@ -1398,6 +1552,7 @@ mod tests {
                 .into_iter()
                 .map(|(user, seq)| TaobaoUser {
                     user,
+                    profile: [user, 1, 2, 3, user.wrapping_neg()],
                     items: seq.iter().map(|p| p.0).collect(),
                     categories: seq.iter().map(|p| p.1).collect(),
                 })
@@ -1425,11 +1580,11 @@ mod tests {
     }
 
     fn lists8(v: &[&[i8]]) -> ArrayRef {
-        lists::<Int8Type>(v.iter().copied())
+        lists_of::<Int8Type>(v.iter().copied())
     }
 
     fn lists64(v: &[&[i64]]) -> ArrayRef {
-        lists::<Int64Type>(v.iter().copied())
+        lists_of::<Int64Type>(v.iter().copied())
     }
 
     /// The error must be `Input`, name the file and mention every `needles`.
@@ -1636,9 +1791,13 @@ mod tests {
         assert_eq!(r.padding_skipped, 2);
         assert_eq!(r.events, users.iter().map(|u| stored(u)).sum::<u64>());
         assert_eq!((r.embeddings, r.item_rows, r.items), (200, 150, 200));
+        let is_valid = |smp: &&TaobaoSample| user_split(smp.user as u64) == UserSplit::Valid;
+        let (valid, train): (Vec<TaobaoSample>, Vec<TaobaoSample>) =
+            s.train_samples.iter().partition(is_valid);
+        assert!(!valid.is_empty() && !train.is_empty());
         assert_eq!(
             (r.train_samples, r.valid_samples, r.test_samples),
-            (72, 8, 20)
+            (train.len() as u64, valid.len() as u64, 20)
         );
         assert_eq!(r.samples_without_sequence, 5);
         assert_eq!(r.categories[0], 0);
@@ -1698,20 +1857,34 @@ mod tests {
                 assert_eq!(snap.read(imp.user, ReadRange::as_of(imp.ts)).unwrap(), all);
             }
         };
-        check(&sp.train, &s.train_samples[..72]);
-        check(&sp.valid, &s.train_samples[72..]);
+        check(&sp.train, &train);
+        check(&sp.valid, &valid);
         check(&sp.test, &s.test_samples);
-        let ts: Vec<i64> = sp
-            .train
-            .iter()
-            .chain(&sp.valid)
-            .chain(&sp.test)
+        // One time for every sample, a step after every history: no time encodes a file row.
+        let every = sp.train.iter().chain(&sp.valid).chain(&sp.test);
+        assert!(every
             .map(|i| i.ts)
+            .all(|t| t == opts.history_end_ms + opts.step_ms));
+        // Validation users are never training users.
+        let train_users: HashSet<u64> = sp.train.iter().map(|i| i.user).collect();
+        assert!(sp.valid.iter().all(|i| !train_users.contains(&i.user)));
+
+        // Side tables: the attributes of the items that have any, the profiles of the users
+        // whose sequence was kept.
+        let attrs: HashMap<u64, [u64; 2]> = s
+            .item_rows
+            .iter()
+            .filter(|r| r.attributes != [0, 0])
+            .map(|r| (r.item as u64, r.attributes.map(|a| a as u64)))
             .collect();
-        assert!(
-            ts.windows(2).all(|w| w[0] < w[1]),
-            "splits are ordered in time"
-        );
+        assert_eq!(out.side.item_attributes, attrs);
+        let profiles: HashMap<u64, [u64; 5]> = users
+            .iter()
+            .filter(|u| u.profile != [0; 5])
+            .map(|u| (u.user as u64, u.profile.map(|p| p as u64)))
+            .collect();
+        assert!(!profiles.is_empty());
+        assert_eq!(out.side.user_profiles, profiles);
 
         // Compaction changes nothing visible; a second import adds nothing.
         db.compact().unwrap();
@@ -1735,7 +1908,7 @@ mod tests {
         let r = import(&db, &files, &TaobaoImportOptions::default());
         assert_input(r, files.embeddings.as_ref().unwrap(), &["embedding_dim"]);
         let bad = TaobaoImportOptions {
-            valid_fraction: 1.5,
+            step_ms: 0,
             ..TaobaoImportOptions::default()
         };
         assert!(matches!(
@@ -1759,9 +1932,19 @@ mod tests {
         assert_eq!(r.users, 20);
         assert_eq!(r.events + r.padding_skipped, 19 * 1000 + 351);
         assert_eq!((r.embeddings, r.item_rows), (10, 10));
+        let train = read::<TaobaoSample>(dir.join(file::TRAIN_SAMPLES)).unwrap();
+        let valid = train
+            .iter()
+            .filter(|s| user_split(s.user as u64) == UserSplit::Valid)
+            .count() as u64;
         assert_eq!(
             (r.train_samples, r.valid_samples, r.test_samples),
-            (9, 1, 10)
+            (10 - valid, valid, 10)
+        );
+        // The demo's profile and attribute columns are read.
+        assert!(
+            r.users_with_profile > 0 && r.items_with_attributes > 0,
+            "{r:?}"
         );
         // The demo tables do not join (README): no sample's user has a sequence.
         assert_eq!(r.samples_without_sequence, 20);

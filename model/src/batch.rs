@@ -78,35 +78,48 @@ pub struct Vocabs {
 
 impl Vocabs {
     /// From the training samples: their users, targets and every behaviour in their sequences.
-    pub fn from_train(train: &SampleSet, items: &ItemTable, levels: usize) -> Vocabs {
-        let mut v = Vocabs {
-            prefix: vec![Vocab::default(); levels],
-            ..Vocabs::default()
-        };
-        let add_row = |v: &mut Vocabs, row: u32| {
+    /// An id seen fewer than `min_count` times (a user: in fewer than `min_count` impressions)
+    /// gets no row of its own and shares row 0 with the ids training never showed: a row
+    /// trained on one or two samples can only memorise them, and row 0 is then trained on rare
+    /// ids, which is what an unseen id at scoring time is.
+    pub fn from_train(
+        train: &SampleSet,
+        items: &ItemTable,
+        levels: usize,
+        min_count: usize,
+    ) -> Vocabs {
+        let mut c = Counts::new(levels);
+        let count_row = |c: &mut Counts, row: u32| {
             if row == NO_ROW {
                 return;
             }
             let r = row as usize;
-            v.item.add(items.ids[r]);
-            v.category.add(u64::from(items.category[r]));
+            *c.item.entry(items.ids[r]).or_default() += 1;
+            *c.category.entry(u64::from(items.category[r])).or_default() += 1;
             if let Some(s) = &items.semid[r] {
                 for l in 1..=levels.min(s.levels()) {
-                    v.prefix[l - 1].add(prefix_key(s, l));
+                    *c.prefix[l - 1].entry(prefix_key(s, l)).or_default() += 1;
                 }
             }
         };
         for (i, imp) in train.impressions.iter().enumerate() {
-            v.user.add(imp.user);
-            add_row(&mut v, train.target_row[i]);
-        }
-        for d in domains_by_frequency(train.impressions.iter().map(|i| i.domain)) {
-            v.domain.add(u64::from(d));
+            *c.user.entry(imp.user).or_default() += 1;
+            count_row(&mut c, train.target_row[i]);
         }
         for (_, _, toks) in &train.seqs {
             for t in toks {
-                add_row(&mut v, t.row);
+                count_row(&mut c, t.row);
             }
+        }
+        let mut v = Vocabs {
+            item: c.item.vocab(min_count),
+            category: c.category.vocab(min_count),
+            user: c.user.vocab(min_count),
+            prefix: c.prefix.iter().map(|p| p.vocab(min_count)).collect(),
+            ..Vocabs::default()
+        };
+        for d in domains_by_frequency(train.impressions.iter().map(|i| i.domain)) {
+            v.domain.add(u64::from(d));
         }
         v
     }
@@ -139,6 +152,52 @@ impl Vocabs {
 
     pub fn levels(&self) -> usize {
         self.prefix.len()
+    }
+}
+
+/// Occurrences of ids in first-seen order, per table.
+struct Counts {
+    item: Counted,
+    category: Counted,
+    user: Counted,
+    prefix: Vec<Counted>,
+}
+
+impl Counts {
+    fn new(levels: usize) -> Counts {
+        Counts {
+            item: Counted::default(),
+            category: Counted::default(),
+            user: Counted::default(),
+            prefix: (0..levels).map(|_| Counted::default()).collect(),
+        }
+    }
+}
+
+/// Ids with their counts, remembering the order they were first seen in (the vocabulary's row
+/// order, so that it does not depend on hashing).
+#[derive(Default)]
+struct Counted {
+    order: Vec<u64>,
+    count: HashMap<u64, usize>,
+}
+
+impl Counted {
+    fn entry(&mut self, id: u64) -> std::collections::hash_map::Entry<'_, u64, usize> {
+        if !self.count.contains_key(&id) {
+            self.order.push(id);
+        }
+        self.count.entry(id)
+    }
+
+    fn vocab(&self, min_count: usize) -> Vocab {
+        let mut v = Vocab::default();
+        for id in &self.order {
+            if self.count[id] >= min_count {
+                v.add(*id);
+            }
+        }
+        v
     }
 }
 
@@ -233,6 +292,8 @@ pub struct Batch {
     /// `[B, E]` f32 unit-length multimodal embedding (zeros when unknown).
     pub emb: Tensor,
     pub seqs: Vec<SeqBatch>,
+    /// `[B, E]` evidence features, when the samples carry them.
+    pub evidence: Option<Tensor>,
 }
 
 impl Batch {
@@ -354,6 +415,16 @@ pub fn make_batch(
         prefix: Tensor::from_vec(prefix, (b, l), dev)?,
         emb: Tensor::from_vec(emb, (b, dim), dev)?,
         seqs,
+        evidence: if set.evidence.is_empty() {
+            None
+        } else {
+            let e = set.evidence.len() / set.len();
+            let mut v = Vec::with_capacity(b * e);
+            for &i in idx {
+                v.extend_from_slice(&set.evidence[i * e..(i + 1) * e]);
+            }
+            Some(Tensor::from_vec(v, (b, e), dev)?)
+        },
     })
 }
 
@@ -379,6 +450,24 @@ mod tests {
             prefix_key(&s, 2),
             prefix_key(&SemId::new(&[3, 4, 9]).unwrap(), 2)
         );
+    }
+
+    /// Ids seen fewer than `min_count` times share row 0 with unseen ids; the rest keep rows in
+    /// the order they were first seen.
+    #[test]
+    fn rare_ids_fold_into_the_unknown_row() {
+        let mut c = Counted::default();
+        for id in [5u64, 9, 5, 7, 9, 5] {
+            *c.entry(id).or_default() += 1;
+        }
+        let all = c.vocab(1);
+        assert_eq!((all.get(5), all.get(9), all.get(7)), (1, 2, 3));
+        let v = c.vocab(2);
+        assert_eq!(
+            (v.get(5), v.get(9), v.get(7), v.get(1), v.size()),
+            (1, 2, 0, 0, 3)
+        );
+        assert_eq!(c.vocab(4).size(), 1);
     }
 
     #[test]

@@ -26,24 +26,19 @@ const TABLES: [&str; 3] = ["item.weight", "category.weight", "user.weight"];
 
 /// Collapse of every item, category and user table of a model, by parameter name.
 pub fn tables(params: &Params) -> candle_core::Result<Vec<TableCollapse>> {
-    let map = params.varmap().data().lock().expect("varmap lock");
-    let mut names: Vec<&String> = map
-        .keys()
-        .filter(|n| {
+    params
+        .named_tensors()?
+        .into_iter()
+        .filter(|(n, _)| {
             TABLES
                 .iter()
                 .any(|t| n.as_str() == *t || n.ends_with(&format!(".{t}")))
         })
-        .collect();
-    names.sort();
-    names
-        .into_iter()
-        .map(|name| {
-            let w: &Tensor = map[name].as_tensor();
+        .map(|(name, w): (String, Tensor)| {
             let (rows, dim) = w.dims2()?;
             let values = w.flatten_all()?.to_vec1::<f32>()?;
             Ok(TableCollapse {
-                table: name.clone(),
+                table: name,
                 rows,
                 dim,
                 sum_over_max: sum_over_max(&singular_values(&values, rows, dim)),

@@ -7,11 +7,13 @@
 //! <dir>/db/              the Siren database (events, catalog with SemIDs), compacted
 //! <dir>/codebook.bin     the RQ-KMeans codebook the SemIDs come from
 //! <dir>/impressions.csv  split,user,item,ts,label,domain
-//! <dir>/dataset.json     what was imported, with counts and the codebook report
+//! <dir>/item_attributes.csv  item,attr_213,attr_214 (side table; see crate::tables)
+//! <dir>/user_profiles.csv    user,profile_1..profile_5 (side table)
+//! <dir>/dataset.json     what was imported, with counts, the codebook report and the
+//!                        checksums of the three tables
 //! ```
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use siren_engine::{Db, Durability, Item, Options};
@@ -24,11 +26,15 @@ use crate::metrics::{gauc, per_domain, RankingMetrics};
 use crate::models::ModelConfig;
 use crate::semid::{unit_length, Codebook, CodebookReport, RqKmeansConfig};
 use crate::synth::{Planted, PlantedConfig};
+use crate::tables::{self, ItemAttributes, UserProfiles};
 use crate::train::{evaluate, Loaded, Prepared};
 
 /// Version 2 added checksums of `dataset.json` and `impressions.csv`; version 3 the impression's
-/// domain.
-pub const DATASET_VERSION: u32 = 3;
+/// domain; version 4 the side tables (item attributes, user profiles).
+pub const DATASET_VERSION: u32 = 4;
+
+/// The oldest version still opened: a version 3 dataset reads as one without side tables.
+pub const OLDEST_DATASET_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DatasetMeta {
@@ -46,6 +52,12 @@ pub struct DatasetMeta {
     pub details: serde_json::Value,
     /// CRC32C of `impressions.csv`.
     pub impressions_crc32c: u32,
+    /// CRC32C of `item_attributes.csv` (every version 4 dataset has one; version 3 has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_attributes_crc32c: Option<u32>,
+    /// CRC32C of `user_profiles.csv` (likewise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_profiles_crc32c: Option<u32>,
     /// CRC32C of this file's canonical form ([`crate::sealed`]).
     #[serde(default)]
     pub checksum: u32,
@@ -54,13 +66,38 @@ pub struct DatasetMeta {
 impl crate::sealed::Sealed for DatasetMeta {
     const WHAT: &'static str = "dataset.json";
     const VERSION: u32 = DATASET_VERSION;
+    const OLDEST: u32 = OLDEST_DATASET_VERSION;
     fn checksum_mut(&mut self) -> &mut u32 {
         &mut self.checksum
     }
 }
 
+/// What an importer knows beyond events, catalog and impressions: ids of item attributes and
+/// user profiles (Taobao-MM columns `213`/`214` and `130_1`..`130_5`), empty when it has none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SideTables {
+    pub item_attributes: ItemAttributes,
+    pub user_profiles: UserProfiles,
+}
+
 pub struct DatasetDir {
     pub root: PathBuf,
+}
+
+/// Create `dir` for writing, refusing anything but an empty or missing directory.
+pub fn create_new_dir(dir: &Path) -> Result<()> {
+    if dir.exists()
+        && std::fs::read_dir(dir)
+            .map_err(|e| ModelError::io(dir, e))?
+            .next()
+            .is_some()
+    {
+        return Err(ModelError::invalid(format!(
+            "{} is not empty; write into a new directory",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))
 }
 
 impl DatasetDir {
@@ -79,21 +116,16 @@ impl DatasetDir {
     pub fn meta_path(&self) -> PathBuf {
         self.root.join("dataset.json")
     }
+    pub fn item_attributes_path(&self) -> PathBuf {
+        self.root.join("item_attributes.csv")
+    }
+    pub fn user_profiles_path(&self) -> PathBuf {
+        self.root.join("user_profiles.csv")
+    }
 
     /// Refuse to import over anything but an empty or missing directory.
     pub fn create(&self) -> Result<()> {
-        if self.root.exists()
-            && std::fs::read_dir(&self.root)
-                .map_err(|e| ModelError::io(&self.root, e))?
-                .next()
-                .is_some()
-        {
-            return Err(ModelError::invalid(format!(
-                "{} is not empty; import into a new directory",
-                self.root.display()
-            )));
-        }
-        std::fs::create_dir_all(&self.root).map_err(|e| ModelError::io(&self.root, e))
+        create_new_dir(&self.root)
     }
 
     pub fn db_options(dim: usize, semid: &RqKmeansConfig) -> Options {
@@ -139,64 +171,82 @@ impl DatasetDir {
         std::fs::write(&p, crate::sealed::seal(m)).map_err(|e| ModelError::io(&p, e))
     }
 
-    /// Write the impressions; returns the file's CRC32C.
-    fn write_splits(&self, s: &Splits) -> Result<u32> {
-        let mut w = Vec::new();
-        writeln!(w, "split,user,item,ts,label,domain").expect("writing to memory");
-        for (name, v) in [("train", &s.train), ("valid", &s.valid), ("test", &s.test)] {
-            for i in v {
-                writeln!(
-                    w,
-                    "{name},{},{},{},{},{}",
-                    i.user, i.item, i.ts, i.label, i.domain
-                )
-                .expect("writing to memory");
-            }
+    /// Write `bytes` to `path`; returns their CRC32C.
+    fn write_table(path: &Path, bytes: &[u8]) -> Result<u32> {
+        std::fs::write(path, bytes).map_err(|e| ModelError::io(path, e))?;
+        Ok(crc32c::crc32c(bytes))
+    }
+
+    /// The bytes of `path`, checked against the CRC32C `dataset.json` holds of them.
+    fn read_table(path: &Path, expected: u32) -> Result<Vec<u8>> {
+        let bytes = std::fs::read(path).map_err(|e| ModelError::io(path, e))?;
+        let actual = crc32c::crc32c(&bytes);
+        if !siren_engine::format::checksum_matches(expected, actual) {
+            return Err(ModelError::DataCorruption {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "checksum mismatch (dataset.json says {expected:08x}, computed {actual:08x})"
+                ),
+            });
         }
-        let p = self.impressions_path();
-        std::fs::write(&p, &w).map_err(|e| ModelError::io(&p, e))?;
-        Ok(crc32c::crc32c(&w))
+        Ok(bytes)
     }
 
     /// The impressions, checked against the checksum in `meta`.
     pub fn read_splits(&self, meta: &DatasetMeta) -> Result<Splits> {
         let p = self.impressions_path();
-        let bytes = std::fs::read(&p).map_err(|e| ModelError::io(&p, e))?;
-        let actual = crc32c::crc32c(&bytes);
-        if !siren_engine::format::checksum_matches(meta.impressions_crc32c, actual) {
-            return Err(ModelError::DataCorruption {
-                path: p,
-                detail: format!(
-                    "checksum mismatch (dataset.json says {:08x}, computed {actual:08x})",
-                    meta.impressions_crc32c
-                ),
-            });
+        tables::decode_impressions(&Self::read_table(&p, meta.impressions_crc32c)?, &p)
+    }
+
+    /// Attribute ids of items (`213`, `214` of Taobao-MM), by item; empty when the importer
+    /// had none, and for version 3 datasets, which predate side tables.
+    pub fn item_attributes(&self, meta: &DatasetMeta) -> Result<ItemAttributes> {
+        let p = self.item_attributes_path();
+        self.read_side(
+            meta,
+            &p,
+            meta.item_attributes_crc32c,
+            tables::decode_item_attributes,
+        )
+    }
+
+    /// Profile ids of users (`130_1`..`130_5` of Taobao-MM), by user; empty as above.
+    pub fn user_profiles(&self, meta: &DatasetMeta) -> Result<UserProfiles> {
+        let p = self.user_profiles_path();
+        self.read_side(
+            meta,
+            &p,
+            meta.user_profiles_crc32c,
+            tables::decode_user_profiles,
+        )
+    }
+
+    /// Every table of the directory, each checked against `dataset.json` (`siren verify`).
+    pub fn read_tables(&self) -> Result<(DatasetMeta, Splits, SideTables)> {
+        let meta = self.read_meta()?;
+        let splits = self.read_splits(&meta)?;
+        let side = SideTables {
+            item_attributes: self.item_attributes(&meta)?,
+            user_profiles: self.user_profiles(&meta)?,
+        };
+        Ok((meta, splits, side))
+    }
+
+    fn read_side<T: Default>(
+        &self,
+        meta: &DatasetMeta,
+        path: &Path,
+        crc: Option<u32>,
+        decode: fn(&[u8], &Path) -> Result<T>,
+    ) -> Result<T> {
+        match crc {
+            Some(crc) => decode(&Self::read_table(path, crc)?, path),
+            None if meta.format_version < 4 => Ok(T::default()),
+            None => Err(ModelError::DataCorruption {
+                path: self.meta_path(),
+                detail: format!("no checksum of {}", path.display()),
+            }),
         }
-        // The file is Siren's own (numbers only, no quoting), so a split on commas reads it.
-        let text = std::str::from_utf8(&bytes)
-            .map_err(|_| ModelError::input(&p, "impressions are not UTF-8"))?;
-        let mut s = Splits::default();
-        for (line, rec) in text.lines().enumerate().skip(1) {
-            let bad = || ModelError::input(&p, format!("row {}: malformed impression", line + 1));
-            let f: Vec<&str> = rec.split(',').collect();
-            if f.len() != 6 {
-                return Err(bad());
-            }
-            let imp = Impression {
-                user: f[1].parse().map_err(|_| bad())?,
-                item: f[2].parse().map_err(|_| bad())?,
-                ts: f[3].parse().map_err(|_| bad())?,
-                label: f[4].parse().map_err(|_| bad())?,
-                domain: f[5].parse().map_err(|_| bad())?,
-            };
-            match f[0] {
-                "train" => s.train.push(imp),
-                "valid" => s.valid.push(imp),
-                "test" => s.test.push(imp),
-                _ => return Err(bad()),
-            }
-        }
-        Ok(s)
     }
 }
 
@@ -235,19 +285,22 @@ pub fn finish(
     dir: &DatasetDir,
     db: &Db,
     name: &str,
-    dim: usize,
     semid: &RqKmeansConfig,
     splits: &Splits,
+    side: &SideTables,
     details: serde_json::Value,
 ) -> Result<DatasetMeta> {
     let (codebook, report) = fit_semids(db, semid)?;
     db.compact()?;
     codebook.save(dir.codebook_path())?;
-    let impressions_crc32c = dir.write_splits(splits)?;
+    let write = DatasetDir::write_table;
+    let impressions_crc32c = write(&dir.impressions_path(), &tables::encode_impressions(splits))?;
+    let attributes = tables::encode_item_attributes(&side.item_attributes);
+    let profiles = tables::encode_user_profiles(&side.user_profiles);
     let mut meta = DatasetMeta {
         format_version: DATASET_VERSION,
         name: name.to_string(),
-        embedding_dim: dim,
+        embedding_dim: db.options().embedding_dim as usize,
         semid_levels: semid.levels as u8,
         codebook_size: semid.codebook_size as u32,
         codebook: report,
@@ -256,6 +309,8 @@ pub fn finish(
         test: splits.test.len(),
         details,
         impressions_crc32c,
+        item_attributes_crc32c: Some(write(&dir.item_attributes_path(), &attributes)?),
+        user_profiles_crc32c: Some(write(&dir.user_profiles_path(), &profiles)?),
         checksum: 0,
     };
     dir.write_meta(&mut meta)?;
@@ -314,7 +369,8 @@ pub fn import_synthetic(
         test_gauc_tail: tail.and_then(|t| t.gauc),
     };
     let details = serde_json::json!({ "config": cfg, "ceiling": ceiling });
-    finish(dir, &db, "synthetic", cfg.dim, semid, &splits, details)
+    let side = SideTables::default();
+    finish(dir, &db, "synthetic", semid, &splits, &side, details)
 }
 
 /// Every sequence the given models read, each at the longest length any of them asks for.
@@ -338,7 +394,24 @@ pub fn prepare(
     models: &[ModelConfig],
     threads: usize,
 ) -> Result<(Db, DatasetMeta, Prepared)> {
-    let (db, meta, splits) = dir.open()?;
+    prepare_with(dir, models, threads, 1, false)
+}
+
+/// [`prepare`], with ids seen fewer than `min_count` times in training folded into row 0, and
+/// with the validation impressions also trained on when `train_on_valid` (the reference
+/// regime: no hold-out; validation figures are then in-sample and choose nothing).
+pub fn prepare_with(
+    dir: &DatasetDir,
+    models: &[ModelConfig],
+    threads: usize,
+    min_count: usize,
+    train_on_valid: bool,
+) -> Result<(Db, DatasetMeta, Prepared)> {
+    let (db, meta, mut splits) = dir.open()?;
+    if train_on_valid {
+        let valid = splits.valid.clone();
+        splits.train.extend(valid);
+    }
     let snap = db.snapshot();
     let items = ItemTable::from_snapshot(&snap, meta.embedding_dim);
     let spec = sequences_for(models);
@@ -357,8 +430,10 @@ pub fn prepare(
         items,
         &splits,
         &spec,
+        models.iter().any(|m| m.evidence),
         meta.semid_levels as usize,
         threads,
+        min_count,
     )?;
     Ok((db, meta, prepared))
 }
@@ -377,10 +452,114 @@ pub fn score_test(
         items,
         &splits.test,
         &loaded.cfg.model.sequences(),
+        loaded.cfg.model.evidence,
         loaded.cfg.vocabs.clone(),
         loaded.cfg.levels,
         threads,
     )?;
     let (m, scores) = evaluate(loaded.model.as_ref(), &loaded.cfg.model, &data, &data.test)?;
     Ok((splits.test, scores, m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A finished dataset of four items, one impression, and the given side tables.
+    fn small(root: &Path, side: &SideTables) -> (DatasetDir, DatasetMeta) {
+        let dir = DatasetDir::new(root);
+        dir.create().unwrap();
+        let semid = RqKmeansConfig {
+            levels: 2,
+            codebook_size: 2,
+            ..RqKmeansConfig::default()
+        };
+        let db = Db::open(dir.db_path(), DatasetDir::db_options(2, &semid)).unwrap();
+        let items: Vec<Item> = (1..=4u64)
+            .map(|id| Item {
+                id,
+                category: 0,
+                semid: None,
+                embedding: Some(vec![id as f32, 1.0]),
+            })
+            .collect();
+        db.upsert_items(&items, Durability::Buffered).unwrap();
+        let imp = Impression {
+            user: 7,
+            item: 1,
+            ts: 5,
+            label: 1.0,
+            domain: 0,
+        };
+        let splits = Splits {
+            train: vec![imp],
+            ..Splits::default()
+        };
+        let details = serde_json::json!({});
+        let meta = finish(&dir, &db, "t", &semid, &splits, side, details).unwrap();
+        (dir, meta)
+    }
+
+    fn side() -> SideTables {
+        SideTables {
+            item_attributes: [(1, [3, 4]), (2, [0, 9])].into(),
+            user_profiles: [(7, [1, 0, 0, 0, 2])].into(),
+        }
+    }
+
+    #[test]
+    fn side_tables_are_written_sealed_and_read_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, meta) = small(tmp.path(), &side());
+        assert_eq!(meta.format_version, DATASET_VERSION);
+        let meta = dir.read_meta().unwrap();
+        assert_eq!(dir.item_attributes(&meta).unwrap(), side().item_attributes);
+        assert_eq!(dir.user_profiles(&meta).unwrap(), side().user_profiles);
+
+        // A changed byte is caught by the checksum in dataset.json.
+        let p = dir.item_attributes_path();
+        let mut b = std::fs::read(&p).unwrap();
+        let last = b.len() - 2;
+        b[last] ^= 1;
+        std::fs::write(&p, &b).unwrap();
+        let e = dir.item_attributes(&meta).unwrap_err();
+        assert!(matches!(e, ModelError::DataCorruption { .. }), "{e}");
+        assert!(e.to_string().contains("item_attributes.csv"), "{e}");
+
+        // A version 4 dataset.json without the checksum is refused, not read as empty.
+        let mut m = meta.clone();
+        m.user_profiles_crc32c = None;
+        dir.write_meta(&mut m).unwrap();
+        let m = dir.read_meta().unwrap();
+        let e = dir.user_profiles(&m).unwrap_err();
+        assert!(matches!(e, ModelError::DataCorruption { .. }), "{e}");
+    }
+
+    #[test]
+    fn version_3_datasets_open_without_side_tables_and_version_2_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dir, mut meta) = small(tmp.path(), &SideTables::default());
+        // A version 3 dataset.json, as earlier builds wrote it: no side-table fields at all.
+        meta.format_version = 3;
+        meta.item_attributes_crc32c = None;
+        meta.user_profiles_crc32c = None;
+        dir.write_meta(&mut meta).unwrap();
+        let text = std::fs::read_to_string(dir.meta_path()).unwrap();
+        assert!(!text.contains("item_attributes"), "{text}");
+        std::fs::remove_file(dir.item_attributes_path()).unwrap();
+        std::fs::remove_file(dir.user_profiles_path()).unwrap();
+        let (_db, meta, splits) = dir.open().unwrap();
+        assert_eq!(meta.format_version, 3);
+        assert_eq!(splits.train.len(), 1);
+        assert!(dir.item_attributes(&meta).unwrap().is_empty());
+        assert!(dir.user_profiles(&meta).unwrap().is_empty());
+
+        let mut old = meta;
+        old.format_version = 2;
+        dir.write_meta(&mut old).unwrap();
+        match dir.read_meta() {
+            Err(ModelError::UnsupportedVersion { found: 2, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -122,13 +122,8 @@ impl ItemTable {
 
     /// Cosine between two items, `None` if either has no embedding.
     pub fn cosine(&self, a: u32, b: u32) -> Option<f32> {
-        (self.has_emb[a as usize] && self.has_emb[b as usize]).then(|| {
-            self.embedding(a)
-                .iter()
-                .zip(self.embedding(b))
-                .map(|(x, y)| x * y)
-                .sum()
-        })
+        (self.has_emb[a as usize] && self.has_emb[b as usize])
+            .then(|| dot(self.embedding(a), self.embedding(b)))
     }
 
     /// SemID levels shared by two items (0 when either has none).
@@ -138,6 +133,26 @@ impl ItemTable {
             _ => 0,
         }
     }
+}
+
+/// Dot product in a fixed order of eight running sums, which the compiler turns into SIMD (a
+/// single running sum cannot be reordered, so it runs one multiply-add at a time). Training and
+/// serving both compute cosines here, so they round alike.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// Row value of a token whose item the catalog does not know.
@@ -174,6 +189,155 @@ pub struct SampleSet {
     /// Per kind: its length and `n × len` tokens (padding is [`Token::PAD`] after the real ones).
     pub seqs: Vec<(SeqKind, usize, Vec<Token>)>,
     pub lens: Vec<Vec<u16>>,
+    /// Per sample, [`evidence_len`] numbers summarising the whole as-of history against the
+    /// target (empty when not computed).
+    pub evidence: Vec<f32>,
+}
+
+/// Behaviours counted as recent by the evidence features.
+pub const EVIDENCE_WINDOW: usize = 50;
+
+/// Numbers per sample in [`SampleSet::evidence`] for `levels` SemID levels.
+pub fn evidence_len(levels: usize) -> usize {
+    3 * (levels + 1) + crate::batch::SIMTIER_BINS + 1
+}
+
+/// A user's as-of history summarised once, so that the evidence features of many targets
+/// (every candidate of a request, or one impression in training) cost a few look-ups and one
+/// pass of dot products over the history's distinct items each.
+#[derive(Debug, Clone, Default)]
+pub struct HistorySummary {
+    /// Behaviours in the history, with or without a catalog row.
+    len: usize,
+    /// Per distinct item with a catalog row: its row and occurrences.
+    items: Vec<(u32, u32)>,
+    /// Behaviours per category.
+    by_category: HashMap<u32, Matches>,
+    /// Behaviours per SemID prefix, keyed by [`prefix_key`].
+    by_prefix: HashMap<u128, Matches>,
+}
+
+/// The first `d` levels of `semid` and `d` itself in one number (at most six 16-bit codes).
+fn prefix_key(semid: &SemId, d: usize) -> u128 {
+    semid.codes()[..d]
+        .iter()
+        .fold(d as u128, |k, &c| (k << 16) | u128::from(c))
+}
+
+/// The behaviours of one group (a category, a SemID prefix).
+#[derive(Debug, Clone, Copy)]
+struct Matches {
+    count: u32,
+    /// Among the newest [`EVIDENCE_WINDOW`] behaviours.
+    recent: u32,
+    /// Behaviours newer than the group's newest.
+    newest: u32,
+}
+
+impl Matches {
+    fn add(slot: Option<&mut Matches>, back: usize) -> Option<Matches> {
+        let recent = u32::from(back < EVIDENCE_WINDOW);
+        match slot {
+            Some(m) => {
+                m.count += 1;
+                m.recent += recent;
+                None
+            }
+            None => Some(Matches {
+                count: 1,
+                recent,
+                newest: back as u32,
+            }),
+        }
+    }
+}
+
+impl HistorySummary {
+    /// Summarise `hist` (oldest first); behaviours whose item has no row in `items` count in
+    /// the length only.
+    pub fn new(items: &ItemTable, hist: &[Event]) -> HistorySummary {
+        let mut out = HistorySummary {
+            len: hist.len(),
+            ..HistorySummary::default()
+        };
+        let mut index: HashMap<u32, usize> = HashMap::new();
+        // Newest first, so that a group's first behaviour is its newest.
+        for (back, e) in hist.iter().rev().enumerate() {
+            let Some(row) = items.row(e.item) else {
+                continue;
+            };
+            let k = *index.entry(row).or_insert_with(|| {
+                out.items.push((row, 0));
+                out.items.len() - 1
+            });
+            out.items[k].1 += 1;
+            let cat = items.category[row as usize];
+            if let Some(m) = Matches::add(out.by_category.get_mut(&cat), back) {
+                out.by_category.insert(cat, m);
+            }
+            if let Some(semid) = &items.semid[row as usize] {
+                for d in 1..=semid.levels() {
+                    let key = prefix_key(semid, d);
+                    if let Some(m) = Matches::add(out.by_prefix.get_mut(&key), back) {
+                        out.by_prefix.insert(key, m);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// What the history says about `target` ([`evidence_len`]`(levels)` numbers). For each
+    /// group — the target's category, then SemID depths d = 1..=levels (behaviours sharing at
+    /// least d levels) — log(1 + its behaviours), log(1 + those among the newest
+    /// [`EVIDENCE_WINDOW`]) and log(1 + behaviours newer than its newest) (log(2 + len) when
+    /// it has none); then the similarity-tier histogram of every behaviour's cosine with the
+    /// target (log(1 + count) per 0.1-wide bin); then log(1 + len). Coarse counts rather than
+    /// ids, so they mean the same for users never seen in training.
+    pub fn evidence(&self, items: &ItemTable, target: u32, levels: usize) -> Vec<f32> {
+        let bins = crate::batch::SIMTIER_BINS;
+        let groups = levels + 1;
+        let mut out = vec![0f32; evidence_len(levels)];
+        let n = self.len as f32;
+        out[3 * groups + bins] = n.ln_1p();
+        let none = (n + 1.0).ln_1p();
+        let mut put = |g: usize, m: Option<&Matches>| {
+            let m = m.copied().unwrap_or(Matches {
+                count: 0,
+                recent: 0,
+                newest: u32::MAX,
+            });
+            out[3 * g] = (m.count as f32).ln_1p();
+            out[3 * g + 1] = (m.recent as f32).ln_1p();
+            out[3 * g + 2] = if m.count == 0 {
+                none
+            } else {
+                (m.newest as f32).ln_1p()
+            };
+        };
+        if target == NO_ROW {
+            (0..groups).for_each(|g| put(g, None));
+            return out;
+        }
+        put(0, self.by_category.get(&items.category[target as usize]));
+        let tsem = items.semid[target as usize].as_ref();
+        for d in 1..=levels {
+            let m = tsem
+                .filter(|t| d <= t.levels())
+                .and_then(|t| self.by_prefix.get(&prefix_key(t, d)));
+            put(d, m);
+        }
+        for &(row, count) in &self.items {
+            if let Some(cos) = items.cosine(row, target) {
+                let bin = (((cos.clamp(-1.0, 1.0) + 1.0) / 0.1).floor() as usize).min(bins - 1);
+                out[3 * groups + bin] += count as f32;
+            }
+        }
+        for x in &mut out[3 * groups..3 * groups + bins] {
+            *x = x.ln_1p();
+        }
+        out
+    }
 }
 
 impl SampleSet {
@@ -305,14 +469,15 @@ fn sequence(
         .collect()
 }
 
-/// Build the sequences `spec` (kind, length) for each impression. Impressions are processed
-/// per user on `threads` threads; the result is in the order of `imps` and does not depend on
-/// the thread count.
+/// Build the sequences `spec` (kind, length) for each impression, and its evidence features
+/// over `evidence` SemID levels when given. Impressions are processed per user on `threads` threads; the result is
+/// in the order of `imps` and does not depend on the thread count.
 pub fn build_samples(
     snap: &Snapshot,
     items: &ItemTable,
     imps: &[Impression],
     spec: &[(SeqKind, usize)],
+    evidence: Option<usize>,
     threads: usize,
 ) -> Result<SampleSet> {
     let n = imps.len();
@@ -333,8 +498,8 @@ pub fn build_samples(
         parts.push(a);
         rest = b;
     }
-    // Per thread: (impression index, one token list per sequence of `spec`).
-    type Part = Vec<(usize, Vec<Vec<Token>>)>;
+    // Per thread: (impression index, one token list per sequence of `spec`, evidence).
+    type Part = Vec<(usize, Vec<Vec<Token>>, Vec<f32>)>;
     let results: Vec<Result<Part>> = std::thread::scope(|s| {
         let handles: Vec<_> = parts
             .iter()
@@ -345,9 +510,10 @@ pub fn build_samples(
                     let mut history: Option<Vec<Event>> = None;
                     for &i in *part {
                         let imp = &imps[i];
-                        if spec
-                            .iter()
-                            .any(|(k, _)| *k == SeqKind::Retrieved(Retrieval::Category))
+                        if (evidence.is_some()
+                            || spec
+                                .iter()
+                                .any(|(k, _)| *k == SeqKind::Retrieved(Retrieval::Category)))
                             && current_user != Some(imp.user)
                         {
                             let latest = part
@@ -364,7 +530,15 @@ pub fn build_samples(
                         for &(kind, len) in spec {
                             seqs.push(sequence(snap, items, imp, target, kind, len, &mut history)?);
                         }
-                        out.push((i, seqs));
+                        let ev = match (&history, evidence) {
+                            (Some(h), Some(levels)) => {
+                                let cut = h.partition_point(|e| e.ts < imp.ts);
+                                HistorySummary::new(items, &h[..cut])
+                                    .evidence(items, target, levels)
+                            }
+                            _ => Vec::new(),
+                        };
+                        out.push((i, seqs, ev));
                     }
                     Ok(out)
                 })
@@ -376,10 +550,24 @@ pub fn build_samples(
             .collect()
     });
     let mut all = Vec::with_capacity(n);
+    let mut evs = Vec::new();
     for r in results {
-        all.extend(r?);
+        for (i, seqs, ev) in r? {
+            all.push((i, seqs));
+            if !ev.is_empty() {
+                evs.push((i, ev));
+            }
+        }
     }
-    Ok(assemble(items, imps, spec, all))
+    let mut set = assemble(items, imps, spec, all);
+    if let Some((_, first)) = evs.first() {
+        let e = first.len();
+        set.evidence = vec![0.0; n * e];
+        for (i, ev) in evs {
+            set.evidence[i * e..(i + 1) * e].copy_from_slice(&ev);
+        }
+    }
+    Ok(set)
 }
 
 /// Pad each impression's token lists (`(impression index, one list per sequence of spec)`) to
@@ -412,5 +600,6 @@ pub fn assemble(
             .collect(),
         seqs,
         lens,
+        evidence: Vec::new(),
     }
 }

@@ -1,8 +1,8 @@
 //! # siren-model
 //!
 //! Everything from item embeddings to a trained, evaluated scorer, on the CPU with candle:
-//! Semantic IDs by residual k-means ([`semid`]), the dataset directory and the synthetic dataset
-//! ([`dataset`], [`synth`]), training samples read through the same retrieval calls serving uses
+//! Semantic IDs by residual k-means ([`semid`]), the dataset directory, its CSV tables and the
+//! synthetic dataset ([`dataset`], [`tables`], [`synth`]), training samples read through the same retrieval calls serving uses
 //! ([`features`], [`batch`]), the SIREN ESU and its baselines ([`models`]), the trainer and its
 //! checkpoints ([`train`]), ranking metrics with per-domain GAUC ([`metrics`]) and embedding
 //! collapse ([`collapse`]).
@@ -21,6 +21,7 @@ pub mod models;
 pub mod sealed;
 pub mod semid;
 pub mod synth;
+pub mod tables;
 pub mod train;
 
 pub use error::{ModelError, Result};

@@ -99,6 +99,32 @@ pub struct Gauc {
 /// # Panics
 /// When the three slices differ in length.
 pub fn gauc(users: &[u64], scores: &[f32], labels: &[f32]) -> Option<Gauc> {
+    let aucs = user_aucs(users, scores, labels)?;
+    let impressions: usize = aucs.iter().map(|u| u.impressions).sum();
+    if aucs.is_empty() {
+        return None;
+    }
+    let weighted: f64 = aucs.iter().map(|u| u.auc * u.impressions as f64).sum();
+    Some(Gauc {
+        value: weighted / impressions as f64,
+        users: aucs.len(),
+        impressions,
+    })
+}
+
+/// One user's AUC and impression count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UserAuc {
+    pub user: u64,
+    pub auc: f64,
+    pub impressions: usize,
+}
+
+/// The AUC of every user that has both classes, in user order; `None` when any score is NaN.
+///
+/// # Panics
+/// When the three slices differ in length.
+pub fn user_aucs(users: &[u64], scores: &[f32], labels: &[f32]) -> Option<Vec<UserAuc>> {
     assert_eq!(
         users.len(),
         scores.len(),
@@ -119,9 +145,7 @@ pub fn gauc(users: &[u64], scores: &[f32], labels: &[f32]) -> Option<Gauc> {
             .cmp(&users[b])
             .then(scores[a].total_cmp(&scores[b]))
     });
-    let mut weighted = 0.0f64;
-    let mut n_users = 0usize;
-    let mut impressions = 0usize;
+    let mut out = Vec::new();
     let mut start = 0;
     while start < order.len() {
         let user = users[order[start]];
@@ -130,20 +154,103 @@ pub fn gauc(users: &[u64], scores: &[f32], labels: &[f32]) -> Option<Gauc> {
             end += 1;
         }
         let group = &order[start..end];
-        if let Some(a) = auc_of_sorted(group, scores, labels) {
-            weighted += a * group.len() as f64;
-            n_users += 1;
-            impressions += group.len();
+        if let Some(auc) = auc_of_sorted(group, scores, labels) {
+            out.push(UserAuc {
+                user,
+                auc,
+                impressions: group.len(),
+            });
         }
         start = end;
     }
-    if n_users == 0 {
+    Some(out)
+}
+
+/// GAUC as MUSE's published code computes it: users grouped within consecutive batches of
+/// `batch` rows (in the order given), so a user cut by a batch boundary counts as two groups.
+pub fn gauc_per_batch(users: &[u64], scores: &[f32], labels: &[f32], batch: usize) -> Option<Gauc> {
+    let batch = batch.max(1);
+    let mut keys: std::collections::HashMap<(usize, u64), u64> = std::collections::HashMap::new();
+    let grouped: Vec<u64> = users
+        .iter()
+        .enumerate()
+        .map(|(i, &u)| {
+            let n = keys.len() as u64;
+            *keys.entry((i / batch, u)).or_insert(n)
+        })
+        .collect();
+    gauc(&grouped, scores, labels)
+}
+
+/// A point estimate with a 95% percentile bootstrap interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Interval {
+    pub estimate: f64,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+/// Resamples of users drawn for the bootstrap intervals.
+pub const BOOTSTRAP_RESAMPLES: usize = 1_000;
+
+/// 95% interval of GAUC over users resampled with replacement (each resample weights its users'
+/// AUCs by their impressions, as GAUC does).
+pub fn gauc_interval(aucs: &[UserAuc], resamples: usize, seed: u64) -> Option<Interval> {
+    paired_interval(aucs, None, resamples, seed)
+}
+
+/// 95% interval of GAUC(a) − GAUC(b) with the same users resampled for both: the users that have
+/// an AUC under both (the same test set scored by two models has the same users).
+pub fn gauc_difference_interval(
+    a: &[UserAuc],
+    b: &[UserAuc],
+    resamples: usize,
+    seed: u64,
+) -> Option<Interval> {
+    let bmap: std::collections::HashMap<u64, &UserAuc> = b.iter().map(|u| (u.user, u)).collect();
+    let (pa, pb): (Vec<UserAuc>, Vec<UserAuc>) = a
+        .iter()
+        .filter_map(|u| bmap.get(&u.user).map(|v| (*u, **v)))
+        .unzip();
+    paired_interval(&pa, Some(&pb), resamples, seed)
+}
+
+fn paired_interval(
+    a: &[UserAuc],
+    b: Option<&[UserAuc]>,
+    resamples: usize,
+    seed: u64,
+) -> Option<Interval> {
+    use rand::{Rng, SeedableRng};
+    if a.is_empty() || resamples == 0 {
         return None;
     }
-    Some(Gauc {
-        value: weighted / impressions as f64,
-        users: n_users,
-        impressions,
+    let stat = |pick: &mut dyn Iterator<Item = usize>| {
+        let (mut wa, mut wb, mut n) = (0.0f64, 0.0f64, 0.0f64);
+        for i in pick {
+            let w = a[i].impressions as f64;
+            wa += a[i].auc * w;
+            if let Some(b) = b {
+                wb += b[i].auc * w;
+            }
+            n += w;
+        }
+        (wa - wb) / n
+    };
+    let estimate = stat(&mut (0..a.len()));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut draws: Vec<f64> = (0..resamples)
+        .map(|_| {
+            let idx: Vec<usize> = (0..a.len()).map(|_| rng.random_range(0..a.len())).collect();
+            stat(&mut idx.into_iter())
+        })
+        .collect();
+    draws.sort_by(f64::total_cmp);
+    let at = |q: f64| draws[((q * (resamples - 1) as f64).round() as usize).min(resamples - 1)];
+    Some(Interval {
+        estimate,
+        lo: at(0.025),
+        hi: at(0.975),
     })
 }
 
@@ -417,6 +524,51 @@ mod tests {
         // Both classes overall, but never within one user.
         assert_eq!(gauc(&[1, 2], &[0.3, 0.7], &[1.0, 0.0]), None);
         assert_eq!(gauc(&[1, 1], &[0.3, f32::NAN], &[1.0, 0.0]), None);
+    }
+
+    /// MUSE's per-batch GAUC: one batch covering everything is the whole-set GAUC; a user
+    /// cut by a batch boundary becomes two groups.
+    #[test]
+    fn gauc_per_batch_groups_users_within_batches() {
+        let users = [1, 1, 1, 1, 2, 2];
+        let scores = [0.9, 0.1, 0.2, 0.8, 0.4, 0.6];
+        let labels = [1.0, 0.0, 1.0, 0.0, 0.0, 1.0];
+        assert_eq!(
+            gauc_per_batch(&users, &scores, &labels, 100),
+            gauc(&users, &scores, &labels)
+        );
+        // Batches of 2: user 1 becomes two groups (AUC 1, then 0), user 2 one (AUC 1): 2/3.
+        // Over the whole set user 1 wins 3 of 4 pairs: (0.75·4 + 1·2) / 6.
+        assert!(close(
+            gauc_per_batch(&users, &scores, &labels, 2).unwrap().value,
+            2.0 / 3.0
+        ));
+        assert!(close(
+            gauc(&users, &scores, &labels).unwrap().value,
+            5.0 / 6.0
+        ));
+    }
+
+    /// The bootstrap interval holds its estimate, narrows with more users, and a model compared
+    /// with itself differs by exactly zero.
+    #[test]
+    fn bootstrap_intervals() {
+        let aucs = |n: usize| -> Vec<UserAuc> {
+            (0..n)
+                .map(|u| UserAuc {
+                    user: u as u64,
+                    auc: 0.5 + 0.4 * ((u * 7919) % 100) as f64 / 100.0,
+                    impressions: 2 + u % 5,
+                })
+                .collect()
+        };
+        let small = gauc_interval(&aucs(20), BOOTSTRAP_RESAMPLES, 1).unwrap();
+        let large = gauc_interval(&aucs(2_000), BOOTSTRAP_RESAMPLES, 1).unwrap();
+        assert!(small.lo <= small.estimate && small.estimate <= small.hi);
+        assert!(large.hi - large.lo < small.hi - small.lo);
+        let same = gauc_difference_interval(&aucs(50), &aucs(50), 200, 3).unwrap();
+        assert_eq!((same.estimate, same.lo, same.hi), (0.0, 0.0, 0.0));
+        assert_eq!(gauc_interval(&[], 10, 1), None);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! value written as pretty JSON with `checksum` 0). Reading parses the value, recomputes the
 //! canonical form and compares, so a flipped digit anywhere is caught while harmless changes
 //! (white space) are not errors. The format version is checked first, from the raw JSON, so that
-//! a file of another version reports its version rather than a checksum mismatch.
+//! a file of another version reports its version rather than a checksum mismatch; a kind may
+//! keep reading versions back to its `OLDEST`.
 
 use std::path::Path;
 
@@ -15,7 +16,11 @@ use crate::error::{ModelError, Result};
 pub trait Sealed: Serialize + DeserializeOwned {
     /// Name of the file kind, for errors.
     const WHAT: &'static str;
+    /// The version written.
     const VERSION: u32;
+    /// The oldest version still read (its missing fields take their defaults and must not be
+    /// serialised, so that its canonical form is unchanged).
+    const OLDEST: u32 = Self::VERSION;
     fn checksum_mut(&mut self) -> &mut u32;
 }
 
@@ -44,7 +49,7 @@ pub fn open<T: Sealed>(bytes: &[u8], path: &Path) -> Result<T> {
         .get("format_version")
         .and_then(serde_json::Value::as_u64)
         .unwrap_or(0);
-    if found != u64::from(T::VERSION) {
+    if !(u64::from(T::OLDEST)..=u64::from(T::VERSION)).contains(&found) {
         return Err(ModelError::UnsupportedVersion {
             path: path.to_path_buf(),
             what: T::WHAT,

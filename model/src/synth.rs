@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal, Zipf};
 use siren_engine::{AppendOptions, Db, Durability, Event, Item, SemId};
 
-use crate::data::{Impression, Splits};
+use crate::data::{user_split, Impression, Splits, UserSplit};
 use crate::error::Result;
 
 #[derive(Debug, Clone)]
@@ -245,6 +245,27 @@ pub struct PlantedConfig {
     /// Standard deviation of each tail domain's per-cluster click affinity (logit units).
     #[serde(default)]
     pub domain_shift: f64,
+    /// Logit weight of item popularity (the item's standardised log draw weight): clicks that
+    /// an ID embedding can learn from other users' impressions of the same item.
+    #[serde(default)]
+    pub w_popularity: f64,
+    /// How impressions are placed and split.
+    #[serde(default)]
+    pub layout: Layout,
+}
+
+/// Where impressions happen and how they are split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Layout {
+    /// Impressions inside the recent window, between its events; split by time (the latest
+    /// 20% test, the latest 10% of the rest validation): test users were seen in training.
+    #[default]
+    Interleaved,
+    /// The Taobao-MM layout: every impression after the user's whole history (all of a user's
+    /// impressions see the same history), split by user (one in eight test, one in eight
+    /// validation, the rest training), so validation and test users are never seen in training.
+    AfterHistory,
 }
 
 fn one_domain() -> Vec<f64> {
@@ -259,6 +280,22 @@ impl PlantedConfig {
     /// A long-tailed multi-domain configuration: one domain with 85% of the impressions and
     /// five with 5, 4, 3, 2 and 1%; more users with shorter histories than the default so that
     /// the 1% domain still has a few thousand impressions.
+    /// Lifelong histories in the Taobao-MM layout: histories of exactly 1,000 events, ten
+    /// impressions per user after the whole history, clicks driven by long-term interests (only
+    /// before the last 200 events), the current interest and popularity; validation and test
+    /// users never seen in training.
+    pub fn lifelong() -> PlantedConfig {
+        PlantedConfig {
+            users: 20_000,
+            min_events: 1_000,
+            max_events: 1_000,
+            impressions_per_user: 10,
+            w_popularity: 0.5,
+            layout: Layout::AfterHistory,
+            ..PlantedConfig::default()
+        }
+    }
+
     pub fn multi_domain() -> PlantedConfig {
         PlantedConfig {
             users: 4_000,
@@ -289,6 +326,8 @@ impl Default for PlantedConfig {
             bias: 1.6,
             domain_shares: one_domain(),
             domain_shift: 0.0,
+            w_popularity: 0.0,
+            layout: Layout::Interleaved,
         }
     }
 }
@@ -321,6 +360,25 @@ pub struct Planted {
     pub quality: Vec<f64>,
     /// Per domain, a click affinity per cluster (all zero for domain 0).
     pub affinity: Vec<Vec<f64>>,
+    /// Standardised popularity of each item: the log of its draw weight inside its cluster
+    /// (the generator draws items Zipf-distributed, most popular first).
+    pub popularity: Vec<f64>,
+}
+
+/// Standardised log Zipf weight of each item within its cluster.
+fn popularity(cat: &Catalog) -> Vec<f64> {
+    let mut raw = vec![0.0f64; cat.items.len()];
+    for members in &cat.by_cluster {
+        for (rank, &i) in members.iter().enumerate() {
+            raw[i] = -1.05 * ((rank + 1) as f64).ln();
+        }
+    }
+    let n = raw.len().max(1) as f64;
+    let mean = raw.iter().sum::<f64>() / n;
+    let sd = (raw.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n)
+        .sqrt()
+        .max(1e-9);
+    raw.iter().map(|x| (x - mean) / sd).collect()
 }
 
 fn sigmoid(x: f64) -> f64 {
@@ -348,11 +406,13 @@ impl Planted {
                     .collect()
             })
             .collect();
+        let popularity = popularity(&catalog);
         Planted {
             cfg,
             catalog,
             quality,
             affinity,
+            popularity,
         }
     }
 
@@ -481,6 +541,7 @@ impl Planted {
         let x = self.cfg.w_long * f64::from(u8::from(p.long_term.contains(&c)))
             + self.cfg.w_current * f64::from(u8::from(current.contains(&c)))
             + self.cfg.w_quality * self.quality[idx]
+            + self.cfg.w_popularity * self.popularity[idx]
             + self.affinity[usize::from(domain)][c]
             - self.cfg.bias;
         sigmoid(x)
@@ -493,6 +554,7 @@ impl Planted {
         let mut rng = self.user_rng(user, 4);
         let mut drng = self.user_rng(user, 7);
         let window = &history[history.len() - RECENT_WINDOW / 2..];
+        let after = history.last().map_or(p.t0, |e| e.ts) + 1_000;
         let mut domain = 0;
         (0..self.cfg.impressions_per_user)
             .map(|i| {
@@ -500,8 +562,10 @@ impl Planted {
                     domain = self.draw_domain(&mut drng);
                 }
                 let current = self.current_in(&p, domain);
-                let e = window[rng.random_range(0..window.len())];
-                let ts = e.ts + 1;
+                let ts = match self.cfg.layout {
+                    Layout::Interleaved => window[rng.random_range(0..window.len())].ts + 1,
+                    Layout::AfterHistory => after,
+                };
                 let cluster = match rng.random_range(0..3) {
                     0 => Some(p.long_term[rng.random_range(0..2)]),
                     1 => Some(current[rng.random_range(0..2)]),
@@ -562,8 +626,30 @@ impl Planted {
         }
         db.append(&pending, &opts)?;
         db.flush()?;
-        Ok((split_by_time(&truths, 0.8, 0.1), truths))
+        let splits = match self.cfg.layout {
+            Layout::Interleaved => split_by_time(&truths, 0.8, 0.1),
+            Layout::AfterHistory => split_by_user(&truths),
+        };
+        Ok((splits, truths))
     }
+}
+
+/// Split impressions by user with [`user_split`]: a user's every impression goes to one split
+/// (one user in eight test, another one in eight validation, the rest training).
+pub fn split_by_user(truths: &[Truth]) -> Splits {
+    let mut s = Splits::default();
+    for t in truths {
+        let part = match user_split(t.impression.user) {
+            UserSplit::Test => &mut s.test,
+            UserSplit::Valid => &mut s.valid,
+            UserSplit::Train => &mut s.train,
+        };
+        part.push(t.impression);
+    }
+    for v in [&mut s.train, &mut s.valid, &mut s.test] {
+        v.sort_by_key(|i| (i.ts, i.user, i.item));
+    }
+    s
 }
 
 /// Split impressions by time: those at or after the `test_from` quantile of times test, the

@@ -10,6 +10,8 @@ use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+
+use crate::models::table::SparseAdam;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -27,13 +29,36 @@ use crate::models::{build, Dims, ModelConfig, Scorer};
 pub struct TrainConfig {
     pub epochs: usize,
     pub batch_size: usize,
+    /// Learning rate of the dense weights (AdamW).
     pub lr: f64,
+    /// Learning rate of the embedding tables (sparse Adam: only the rows of a batch move).
+    #[serde(default = "default_embedding_lr")]
+    pub embedding_lr: f64,
+    /// Standard deviation of new embedding rows.
+    #[serde(default = "default_embedding_std")]
+    pub embedding_std: f64,
+    /// Weight decay of the dense weights.
     pub weight_decay: f64,
+    /// Ids seen fewer times than this in training share the unknown row.
+    #[serde(default = "one")]
+    pub min_count: usize,
     pub seed: u64,
     /// Stop after this many epochs without a better validation GAUC.
     pub patience: usize,
     /// Show a progress bar on the terminal.
     pub progress: bool,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn default_embedding_lr() -> f64 {
+    2e-3
+}
+
+fn default_embedding_std() -> f64 {
+    crate::models::layers::EMBEDDING_STD
 }
 
 impl Default for TrainConfig {
@@ -42,7 +67,10 @@ impl Default for TrainConfig {
             epochs: 5,
             batch_size: 256,
             lr: 2e-3,
+            embedding_lr: default_embedding_lr(),
+            embedding_std: default_embedding_std(),
             weight_decay: 1e-4,
+            min_count: 1,
             seed: 1,
             patience: 1,
             progress: false,
@@ -64,19 +92,25 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// Read every split's sequences `spec` from `snap` (with `as_of` = each impression's time).
+    /// Read every split's sequences `spec` (and the evidence features when `evidence`) from
+    /// `snap` (with `as_of` = each impression's time); ids seen fewer than `min_count` times in
+    /// training share the unknown row.
+    #[allow(clippy::too_many_arguments)]
     pub fn build(
         snap: &siren_engine::Snapshot,
         items: ItemTable,
         splits: &Splits,
         spec: &[(SeqKind, usize)],
+        evidence: bool,
         levels: usize,
         threads: usize,
+        min_count: usize,
     ) -> Result<Prepared> {
-        let train = build_samples(snap, &items, &splits.train, spec, threads)?;
-        let valid = build_samples(snap, &items, &splits.valid, spec, threads)?;
-        let test = build_samples(snap, &items, &splits.test, spec, threads)?;
-        let vocabs = Vocabs::from_train(&train, &items, levels);
+        let ev = evidence.then_some(levels);
+        let train = build_samples(snap, &items, &splits.train, spec, ev, threads)?;
+        let valid = build_samples(snap, &items, &splits.valid, spec, ev, threads)?;
+        let test = build_samples(snap, &items, &splits.test, spec, ev, threads)?;
+        let vocabs = Vocabs::from_train(&train, &items, levels, min_count);
         let rows = RowIndex::new(&vocabs, &items);
         Ok(Prepared {
             items,
@@ -90,18 +124,21 @@ impl Prepared {
     }
 
     /// Samples of `imps` (as the test split) with vocabularies fixed by a checkpoint.
+    #[allow(clippy::too_many_arguments)]
     pub fn for_scoring(
         snap: &siren_engine::Snapshot,
         items: ItemTable,
         imps: &[crate::data::Impression],
         spec: &[(SeqKind, usize)],
+        evidence: bool,
         vocabs: Vocabs,
         levels: usize,
         threads: usize,
     ) -> Result<Prepared> {
-        let test = build_samples(snap, &items, imps, spec, threads)?;
-        let empty = build_samples(snap, &items, &[], spec, 1)?;
-        let empty2 = build_samples(snap, &items, &[], spec, 1)?;
+        let ev = evidence.then_some(levels);
+        let test = build_samples(snap, &items, imps, spec, ev, threads)?;
+        let empty = build_samples(snap, &items, &[], spec, ev, 1)?;
+        let empty2 = build_samples(snap, &items, &[], spec, ev, 1)?;
         let rows = RowIndex::new(&vocabs, &items);
         Ok(Prepared {
             items,
@@ -201,9 +238,10 @@ pub fn train(cfg: &ModelConfig, tcfg: &TrainConfig, data: &Prepared) -> Result<T
     }
     let dev = Device::Cpu;
     let dims = data.dims();
-    let params = Params::new(tcfg.seed, &dev);
+    let params = Params::with_embedding_std(tcfg.seed, &dev, tcfg.embedding_std);
     let model = build(cfg, &dims, &params)?;
     let vars = params.varmap().all_vars();
+    let sparse = SparseAdam::new(tcfg.embedding_lr);
     let mut opt = AdamW::new(
         vars.clone(),
         ParamsAdamW {
@@ -238,13 +276,17 @@ pub fn train(cfg: &ModelConfig, tcfg: &TrainConfig, data: &Prepared) -> Result<T
                 &ks,
                 &dev,
             )?;
+            params.set_training(true);
             let (logits, penalty) = model.logits_and_penalty(&b)?;
-            let bce = candle_nn::loss::binary_cross_entropy_with_logit(&logits, &b.label)?;
+            let bce = bce_with_logits(&logits, &b.label)?;
             let loss = match &penalty {
                 Some(pen) if cfg.cov_weight > 0.0 => (&bce + (pen * cfg.cov_weight)?)?,
                 _ => bce.clone(),
             };
-            opt.backward_step(&loss)?;
+            let grads = loss.backward()?;
+            opt.step(&grads)?;
+            params.sparse_step(&grads, &sparse)?;
+            params.set_training(false);
             loss_sum += f64::from(bce.to_scalar::<f32>()?);
             if let Some(pen) = penalty {
                 *penalty_sum.get_or_insert(0.0) += f64::from(pen.to_scalar::<f32>()?);
@@ -278,10 +320,13 @@ pub fn train(cfg: &ModelConfig, tcfg: &TrainConfig, data: &Prepared) -> Result<T
         history.push(log);
         let score = valid.gauc.or(valid.auc).unwrap_or(f64::NEG_INFINITY);
         if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
-            let snapshot = vars
+            let mut snapshot: Vec<Tensor> = vars
                 .iter()
                 .map(|v| v.as_tensor().copy())
                 .collect::<candle_core::Result<_>>()?;
+            for t in params.tables() {
+                snapshot.push(t.tensor()?.copy()?);
+            }
             best = Some((score, epoch, snapshot));
         } else if epoch - best.as_ref().map_or(0, |b| b.1) > tcfg.patience {
             break;
@@ -290,6 +335,9 @@ pub fn train(cfg: &ModelConfig, tcfg: &TrainConfig, data: &Prepared) -> Result<T
     let (_, best_epoch, weights) = best.expect("at least one epoch ran");
     for (v, w) in vars.iter().zip(&weights) {
         v.set(w)?;
+    }
+    for (t, w) in params.tables().iter().zip(&weights[vars.len()..]) {
+        t.load(w)?;
     }
     Ok(Trained {
         cfg: cfg.clone(),
@@ -300,6 +348,15 @@ pub fn train(cfg: &ModelConfig, tcfg: &TrainConfig, data: &Prepared) -> Result<T
         history,
         best_epoch,
     })
+}
+
+/// Mean binary cross-entropy of `logits` against 0/1 `labels`, computed as
+/// `max(x, 0) - x·y + ln(1 + e^-|x|)`, which stays finite for any logit (candle's
+/// `binary_cross_entropy_with_logit` takes the log of a saturated sigmoid and turns NaN once a
+/// logit passes about 17).
+pub fn bce_with_logits(logits: &Tensor, labels: &Tensor) -> candle_core::Result<Tensor> {
+    let softplus = (logits.abs()?.neg()?.exp()? + 1.0)?.log()?;
+    ((logits.relu()? - (logits * labels)?)? + softplus)?.mean_all()
 }
 
 fn fmt_opt(v: Option<f64>) -> String {
@@ -356,7 +413,7 @@ impl Trained {
     pub fn save(&self, dir: &Path, vocabs: &Vocabs, levels: usize) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
         let weights = dir.join("model.safetensors");
-        self.params.varmap().save(&weights)?;
+        self.params.save(&weights)?;
         let bytes = std::fs::read(&weights).map_err(|e| ModelError::io(&weights, e))?;
         let cfg = CheckpointConfig {
             format_version: CHECKPOINT_VERSION,
@@ -447,24 +504,12 @@ pub fn load_checkpoint_within(dir: &Path, max_file_bytes: u64) -> Result<Loaded>
     }
     let params = Params::new(0, &Device::Cpu);
     let model = build(&cfg.model, &cfg.dims, &params)?;
-    let corrupt = |detail: String| ModelError::DataCorruption {
-        path: weights.clone(),
-        detail,
-    };
-    let tensors = candle_core::safetensors::load_buffer(&wbytes, &Device::Cpu)
-        .map_err(|e| corrupt(e.to_string()))?;
-    let vars = params
-        .varmap()
-        .data()
-        .lock()
-        .map_err(|e| corrupt(e.to_string()))?;
-    for (name, var) in vars.iter() {
-        let t = tensors
-            .get(name)
-            .ok_or_else(|| corrupt(format!("no tensor {name}")))?;
-        var.set(t).map_err(|e| corrupt(format!("{name}: {e}")))?;
-    }
-    drop(vars);
+    params
+        .load_buffer(&wbytes)
+        .map_err(|e| ModelError::DataCorruption {
+            path: weights.clone(),
+            detail: e.to_string(),
+        })?;
     Ok(Loaded { cfg, params, model })
 }
 
@@ -487,4 +532,36 @@ fn read_within(path: &Path, max: u64) -> Result<Vec<u8>> {
         return Err(too_big());
     }
     Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stable form equals the textbook one where that is finite, and stays finite where
+    /// the textbook one (candle's) is not.
+    #[test]
+    fn bce_is_stable() {
+        let dev = Device::Cpu;
+        let x = Tensor::new(&[-3f32, -0.5, 0.0, 2.0, 40.0, -40.0], &dev).unwrap();
+        let y = Tensor::new(&[0f32, 1.0, 1.0, 0.0, 0.0, 1.0], &dev).unwrap();
+        let got = bce_with_logits(&x, &y).unwrap().to_scalar::<f32>().unwrap();
+        let xs = [-3f64, -0.5, 0.0, 2.0, 40.0, -40.0];
+        let ys = [0f64, 1.0, 1.0, 0.0, 0.0, 1.0];
+        let want = xs
+            .iter()
+            .zip(ys)
+            .map(|(&x, y)| x.max(0.0) - x * y + (1.0 + (-x.abs()).exp()).ln())
+            .sum::<f64>()
+            / 6.0;
+        assert!(
+            got.is_finite() && (f64::from(got) - want).abs() < 1e-5,
+            "{got} vs {want}"
+        );
+        let naive = candle_nn::loss::binary_cross_entropy_with_logit(&x, &y)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(!naive.is_finite(), "candle's form saturates at |x| = 40");
+    }
 }

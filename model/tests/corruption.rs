@@ -1,6 +1,6 @@
-//! Damage every file the model crate writes (codebook, dataset metadata and impressions,
-//! checkpoint config and weights) by flipping, truncating and zeroing bytes at random offsets,
-//! many times. Each load must either give exactly what the undamaged file gave or fail with a
+//! Damage every file the model crate writes (codebook, dataset metadata, impressions and side
+//! tables, checkpoint config and weights) by flipping, truncating and zeroing bytes at random
+//! offsets, many times. Each load must either give exactly what the undamaged file gave or fail with a
 //! typed corruption (or version) error that names the file; nothing panics.
 //!
 //! Attempts per file: `SIREN_CORRUPTION_TRIES` (default 40).
@@ -26,10 +26,9 @@ fn load(kind: &str, dir: &Path) -> Result<String, ModelError> {
         ),
         "dataset" => {
             let d = DatasetDir::new(dir.join("data"));
-            let meta = d.read_meta()?;
-            let s = d.read_splits(&meta)?;
+            let (meta, s, side) = d.read_tables()?;
             format!(
-                "{}|{:?}|{:?}|{:?}",
+                "{}|{:?}|{:?}|{:?}|{side:?}",
                 serde_json::to_string(&meta).unwrap(),
                 s.train,
                 s.valid,
@@ -117,10 +116,12 @@ fn damaged_model_files_are_detected_or_harmless() {
     t.save(&pristine.join("model"), &prepared.vocabs, prepared.levels)
         .unwrap();
 
-    let files: [(&str, PathBuf); 5] = [
+    let files: [(&str, PathBuf); 7] = [
         ("codebook", PathBuf::from("data/codebook.bin")),
         ("dataset", PathBuf::from("data/dataset.json")),
         ("dataset", PathBuf::from("data/impressions.csv")),
+        ("dataset", PathBuf::from("data/item_attributes.csv")),
+        ("dataset", PathBuf::from("data/user_profiles.csv")),
         ("checkpoint", PathBuf::from("model/config.json")),
         ("checkpoint", PathBuf::from("model/model.safetensors")),
     ];

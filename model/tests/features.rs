@@ -4,8 +4,12 @@
 mod common;
 
 use common::fixture;
-use siren_engine::{Event, ReadRange};
-use siren_model::features::{build_samples, ItemTable, Retrieval, SeqKind, NO_ROW};
+use siren_engine::{Event, Item, ReadRange, SemId};
+use siren_model::batch::SIMTIER_BINS;
+use siren_model::features::{
+    build_samples, evidence_len, HistorySummary, ItemTable, Retrieval, SeqKind, EVIDENCE_WINDOW,
+    NO_ROW,
+};
 
 #[test]
 fn no_sample_sees_an_event_at_or_after_its_time() {
@@ -13,7 +17,7 @@ fn no_sample_sees_an_event_at_or_after_its_time() {
     let snap = db.snapshot();
     let items = ItemTable::from_snapshot(&snap, 4);
     let spec: Vec<(SeqKind, usize)> = SeqKind::ALL.iter().map(|&k| (k, 12)).collect();
-    let set = build_samples(&snap, &items, &imps, &spec, 2).unwrap();
+    let set = build_samples(&snap, &items, &imps, &spec, None, 2).unwrap();
     let (mut at, mut after) = (0, 0);
     for (i, imp) in imps.iter().enumerate() {
         // Everything the engine holds for this user, brute force.
@@ -59,8 +63,8 @@ fn results_do_not_depend_on_thread_count() {
         (SeqKind::Retrieved(Retrieval::Category), 5),
         (SeqKind::Recent, 10),
     ];
-    let a = build_samples(&snap, &items, &imps, &spec, 1).unwrap();
-    let b = build_samples(&snap, &items, &imps, &spec, 3).unwrap();
+    let a = build_samples(&snap, &items, &imps, &spec, Some(2), 1).unwrap();
+    let b = build_samples(&snap, &items, &imps, &spec, Some(2), 3).unwrap();
     for (x, y) in a.seqs.iter().zip(&b.seqs) {
         assert_eq!(x.0, y.0);
         let same = x.2.iter().zip(&y.2).all(|(p, q)| {
@@ -72,6 +76,8 @@ fn results_do_not_depend_on_thread_count() {
         assert!(same);
     }
     assert_eq!(a.lens, b.lens);
+    assert_eq!(a.evidence, b.evidence);
+    assert!(!a.evidence.is_empty());
     // Category search returns only the target's category; hard search only shared prefixes.
     for (i, &t) in a.target_row.iter().enumerate() {
         for tok in
@@ -84,4 +90,58 @@ fn results_do_not_depend_on_thread_count() {
             assert!(tok.depth >= 1);
         }
     }
+}
+
+/// The evidence features of a small history, counted by hand.
+#[test]
+fn evidence_counts_what_the_history_holds() {
+    let item = |id: u64, category: u32, semid: &[u16], e: [f32; 2]| Item {
+        id,
+        category,
+        semid: Some(SemId::new(semid).unwrap()),
+        embedding: Some(e.to_vec()),
+    };
+    // Target 1: category 7, SemID (1, 2). Item 2 shares both levels, item 3 the first level
+    // only and the category, item 4 nothing; item 9 is not in the catalog.
+    let items = ItemTable::from_items(
+        [
+            item(1, 7, &[1, 2], [1.0, 0.0]),
+            item(2, 5, &[1, 2], [1.0, 0.0]),
+            item(3, 7, &[1, 3], [0.55, 0.835]),
+            item(4, 6, &[2, 0], [-1.0, 0.0]),
+        ],
+        2,
+    );
+    let ev = |item: u64| Event {
+        user: 1,
+        ts: 0,
+        item,
+        action: 0,
+        domain: 0,
+    };
+    // Oldest first: 60 of item 4 push the two item-2 events out of the recent window.
+    let mut hist = vec![ev(2), ev(2), ev(3)];
+    hist.extend((0..EVIDENCE_WINDOW + 10).map(|_| ev(4)));
+    hist.push(ev(9));
+    let n = hist.len();
+    let summary = HistorySummary::new(&items, &hist);
+    let target = items.row(1).unwrap();
+    let got = summary.evidence(&items, target, 2);
+    assert_eq!(got.len(), evidence_len(2));
+    let l = |x: usize| (x as f32).ln_1p();
+    // Category 7: item 3 once, 61 behaviours newer than it.
+    assert_eq!(&got[0..3], &[l(1), 0.0, l(61)]);
+    // Depth 1: items 2 and 3; depth 2: item 2 twice, 62 newer.
+    assert_eq!(&got[3..6], &[l(3), 0.0, l(61)]);
+    assert_eq!(&got[6..9], &[l(2), 0.0, l(62)]);
+    // Cosine 1 (item 2), 0.55 (item 3), -1 (item 4): bins 20, 15 and 0.
+    let hist_bins = &got[9..9 + SIMTIER_BINS];
+    assert_eq!(hist_bins[20], l(2));
+    assert_eq!(hist_bins[15], l(1));
+    assert_eq!(hist_bins[0], l(EVIDENCE_WINDOW + 10));
+    assert_eq!(got[9 + SIMTIER_BINS], l(n));
+    // A target outside the catalog: no matches, "newest" past the end.
+    let none = summary.evidence(&items, NO_ROW, 2);
+    assert_eq!(none[2], ((n + 1) as f32).ln_1p());
+    assert_eq!(none[0], 0.0);
 }

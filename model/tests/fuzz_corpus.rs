@@ -11,13 +11,17 @@ mod replay;
 #[path = "../../fuzz/fuzz_targets/codebook.rs"]
 mod codebook;
 #[allow(unused_attributes)]
+#[path = "../../fuzz/fuzz_targets/dataset_tables.rs"]
+mod dataset_tables;
+#[allow(unused_attributes)]
 #[path = "../../fuzz/fuzz_targets/model_config.rs"]
 mod model_config;
 
 #[test]
 fn every_model_corpus_input_passes_its_fuzz_target() {
-    let targets: [replay::Target; 2] = [
+    let targets: [replay::Target; 3] = [
         ("codebook", codebook::run),
+        ("dataset_tables", dataset_tables::run),
         ("model_config", model_config::run),
     ];
     let (_, mine) = replay::REPLAYED

@@ -10,9 +10,9 @@
 use std::collections::HashSet;
 use std::time::Instant;
 
-use siren_engine::{Item, Snapshot};
+use siren_engine::{Event, Item, ReadRange, Snapshot};
 use siren_model::data::Impression;
-use siren_model::features::{assemble, token, ItemTable, SampleSet, Token, NO_ROW};
+use siren_model::features::{assemble, token, HistorySummary, ItemTable, SampleSet, Token, NO_ROW};
 use siren_model::SeqKind;
 
 use crate::error::Result;
@@ -45,7 +45,9 @@ pub struct CandidateSamples {
 }
 
 /// Read the sequences of `plan` for `user` and each of `candidates` as of `at` (events
-/// strictly before `at`), with one engine call per sequence.
+/// strictly before `at`), with one engine call per sequence, and the evidence features over
+/// `evidence` SemID levels when given (from one read of the whole as-of history).
+#[allow(clippy::too_many_arguments)]
 pub fn candidate_samples(
     snap: &Snapshot,
     user: u64,
@@ -53,6 +55,7 @@ pub fn candidate_samples(
     domain: u16,
     candidates: &[u64],
     plan: &[SeqPlan],
+    evidence: Option<usize>,
     dim: usize,
 ) -> Result<CandidateSamples> {
     let t = Instant::now();
@@ -66,8 +69,19 @@ pub fn candidate_samples(
         .map(|p| retrieve(snap, user, at, p.read, p.len, &targets, &mut read))
         .collect::<Result<_>>()?;
 
+    let history = match evidence {
+        Some(_) => {
+            let t = Instant::now();
+            let mut h = snap.read(user, ReadRange::as_of(at))?;
+            h.truncate(h.partition_point(|e| e.ts < at));
+            read.read_us += micros(t);
+            h
+        }
+        None => Vec::new(),
+    };
+
     let t = Instant::now();
-    let items = item_table(snap, &targets, &per_seq, dim);
+    let items = item_table(snap, &targets, &per_seq, &history, dim);
     let imps: Vec<Impression> = candidates
         .iter()
         .map(|&item| Impression {
@@ -80,7 +94,15 @@ pub fn candidate_samples(
         .collect();
     let tokens = tokens(&items, &imps, &per_seq)?;
     let spec: Vec<(SeqKind, usize)> = plan.iter().map(|p| (p.slot, p.len)).collect();
-    let set = assemble(&items, &imps, &spec, tokens);
+    let mut set = assemble(&items, &imps, &spec, tokens);
+    if let Some(levels) = evidence {
+        let summary = HistorySummary::new(&items, &history);
+        set.evidence = set
+            .target_row
+            .iter()
+            .flat_map(|&row| summary.evidence(&items, row, levels))
+            .collect();
+    }
     let retrieved = match plan
         .iter()
         .position(|p| matches!(p.slot, SeqKind::Retrieved(_)))
@@ -102,18 +124,21 @@ pub fn candidate_samples(
     })
 }
 
-/// Every item a token refers to: the candidates, then the behaviours' items.
+/// Every item a feature refers to: the candidates, the retrieved behaviours' items, then the
+/// history's (for the evidence features).
 fn item_table(
     snap: &Snapshot,
     targets: &Targets,
     per_seq: &[Vec<Vec<Retrieved>>],
+    history: &[Event],
     dim: usize,
 ) -> ItemTable {
     let mut rows: Vec<Item> = targets.items.iter().flatten().cloned().collect();
     let mut seen: HashSet<u64> = rows.iter().map(|it| it.id).collect();
-    for r in per_seq.iter().flatten().flatten() {
-        if seen.insert(r.event.item) {
-            if let Some(it) = snap.item(r.event.item) {
+    let behaviours = per_seq.iter().flatten().flatten().map(|r| &r.event);
+    for e in behaviours.chain(history) {
+        if seen.insert(e.item) {
+            if let Some(it) = snap.item(e.item) {
                 rows.push(it);
             }
         }

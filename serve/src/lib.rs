@@ -11,11 +11,14 @@
 //!   look-up, and the batched engine calls.
 //! - [`candidates`]: the ESU inputs of one user and many candidates, token for token what
 //!   training gives the same impressions.
+//! - [`forward`]: the fused serving forward of the SIREN ESU (candle stays the trainer and
+//!   the fallback for the models it does not cover).
 //! - [`semids`]: SemIDs for items upserted without one, from the codebook.
 //! - [`error`]: the crate's one error type.
 
 pub mod candidates;
 pub mod error;
+pub mod forward;
 pub mod ranker;
 pub mod retrieval;
 pub mod semids;

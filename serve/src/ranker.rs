@@ -4,7 +4,8 @@
 //! A call plans its sequences ([`crate::retrieval::plan`]: which retrieval feeds the model's
 //! GSU slot), reads them from the snapshot with one batched engine call per sequence, builds
 //! the ESU inputs exactly as training does ([`crate::candidates`]) and scores the candidates in
-//! batched forward passes.
+//! batched forward passes: the fused forward ([`crate::forward`]) for the SIREN models it
+//! covers, candle's for the rest.
 //!
 //! Defined answers for the edge cases:
 //! - an empty candidate list gives an empty list of scores;
@@ -168,7 +169,18 @@ impl Ranker {
         let at = opts.at.unwrap_or_else(now_ms);
         let (plan, fed) = plan(&model.config.model.sequences(), opts.retrieval);
         let dim = self.shape.embedding_dim as usize;
-        let mut built = candidate_samples(snap, user, at, opts.domain, candidates, &plan, dim)?;
+        let cfg = &model.config;
+        let evidence = cfg.model.evidence.then_some(cfg.levels);
+        let mut built = candidate_samples(
+            snap,
+            user,
+            at,
+            opts.domain,
+            candidates,
+            &plan,
+            evidence,
+            dim,
+        )?;
         let t = Instant::now();
         let vocabs = &model.config.vocabs;
         let rows = RowIndex::new(vocabs, &built.items);
@@ -185,8 +197,13 @@ impl Ranker {
                 &kinds,
                 &Device::Cpu,
             )?;
-            let p = candle_nn::ops::sigmoid(&model.scorer.logits(&b)?)?;
-            probs.extend(p.to_vec1::<f32>()?);
+            match &model.fused {
+                Some(fused) => probs.extend(fused.probs(&b)?),
+                None => {
+                    let p = candle_nn::ops::sigmoid(&model.scorer.logits(&b)?)?;
+                    probs.extend(p.to_vec1::<f32>()?);
+                }
+            }
         }
         let esu_us = t.elapsed().as_secs_f64() * 1e6;
         let retrieved = std::mem::take(&mut built.retrieved);

@@ -8,6 +8,8 @@ use siren_model::semid::Codebook;
 use siren_model::train::{load_checkpoint_within, CheckpointConfig};
 
 use crate::error::{Result, ServeError};
+use crate::forward::weights::Named;
+use crate::forward::FusedEsu;
 
 /// What a model and a codebook must agree with in the database they serve: fixed when the
 /// database was created.
@@ -55,6 +57,9 @@ pub struct ServedModel {
     source: PathBuf,
     pub config: CheckpointConfig,
     pub(crate) scorer: Box<dyn Scorer>,
+    /// The fused forward over the same weights, for the models it covers; `None` scores with
+    /// `scorer` (candle).
+    pub(crate) fused: Option<FusedEsu>,
 }
 
 impl std::fmt::Debug for ServedModel {
@@ -80,6 +85,11 @@ impl ServedModel {
         max_file_bytes: u64,
     ) -> siren_model::Result<ServedModel> {
         let loaded = load_checkpoint_within(dir.as_ref(), max_file_bytes)?;
+        let weights = Named::new(loaded.params.named_tensors()?);
+        let fused = FusedEsu::load(&loaded.cfg.model, &weights).map_err(|e| match e {
+            ServeError::Model(m) => m,
+            other => siren_model::ModelError::invalid(other.to_string()),
+        })?;
         Ok(ServedModel {
             version: format!(
                 "{}-{:08x}",
@@ -89,6 +99,7 @@ impl ServedModel {
             source: dir.as_ref().to_path_buf(),
             config: loaded.cfg,
             scorer: loaded.model,
+            fused,
         })
     }
 
@@ -98,6 +109,11 @@ impl ServedModel {
 
     pub fn name(&self) -> String {
         self.config.model.name()
+    }
+
+    /// Whether scores come from the fused forward ([`crate::forward`]) rather than candle.
+    pub fn is_fused(&self) -> bool {
+        self.fused.is_some()
     }
 
     pub fn source(&self) -> &Path {

@@ -5,12 +5,13 @@ mod common;
 
 use siren_engine::{AppendOptions, Durability, Event, Item};
 use siren_model::data::Impression;
-use siren_model::features::{build_samples, ItemTable, NO_ROW};
+use siren_model::features::{build_samples, evidence_len, ItemTable, NO_ROW};
 use siren_model::SeqKind;
 use siren_serve::candidates::candidate_samples;
 use siren_serve::retrieval::SeqPlan;
 
-/// The serving path gives each candidate the tokens training gives the same impression.
+/// The serving path gives each candidate the tokens and evidence features training gives the
+/// same impression.
 #[test]
 fn serving_samples_equal_training_samples() {
     let (_dir, db, _) = common::fixture();
@@ -53,7 +54,8 @@ fn serving_samples_equal_training_samples() {
                 len,
             })
             .collect();
-        let served = candidate_samples(&snap, user, at, 0, &cands, &plan, 4).unwrap();
+        let levels = 2;
+        let served = candidate_samples(&snap, user, at, 0, &cands, &plan, Some(levels), 4).unwrap();
         let imps: Vec<Impression> = cands
             .iter()
             .map(|&item| Impression {
@@ -64,8 +66,13 @@ fn serving_samples_equal_training_samples() {
                 domain: 0,
             })
             .collect();
-        let trained = build_samples(&snap, &all, &imps, &spec, 1).unwrap();
+        let trained = build_samples(&snap, &all, &imps, &spec, Some(levels), 1).unwrap();
         assert_eq!(served.set.lens, trained.lens, "at {at}");
+        assert_eq!(
+            served.set.evidence.len(),
+            cands.len() * evidence_len(levels)
+        );
+        assert_eq!(served.set.evidence, trained.evidence, "evidence at {at}");
         assert_eq!(served.history_len, snap.user_len(user, Some(at)).unwrap());
         let id = |t: &ItemTable, row: u32| (row != NO_ROW).then(|| t.ids[row as usize]);
         for (c, _) in cands.iter().enumerate() {

@@ -13,7 +13,9 @@
 //! multi-embedding buys nothing.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Embedding, Linear};
+use candle_nn::Linear;
+
+use super::table::EmbeddingTable;
 
 use super::layers::{flat, Mlp, Params};
 use super::{backbone, check_experts, Backbone, Dims, DomainMode, ModelConfig, Scorer};
@@ -35,7 +37,10 @@ enum Gate {
     PerExpert(Linear),
     /// Crocodile: the domain's embedding to logits `[experts * EXPERT_OUT]`, soft-maxed over the
     /// experts separately for every element.
-    PerElement { domain: Embedding, proj: Linear },
+    PerElement {
+        domain: EmbeddingTable,
+        proj: Linear,
+    },
 }
 
 pub(crate) struct MultiDomain {
@@ -137,7 +142,7 @@ impl MultiDomain {
                 // One gate table per domain, `[domains, experts, EXPERT_OUT]`, then each
                 // sample's row of it.
                 let table = proj
-                    .forward(domain.embeddings())?
+                    .forward(&domain.all()?)?
                     .reshape((domains, m, EXPERT_OUT))?;
                 let w = candle_nn::ops::softmax(&table, 1)?.index_select(&b.domain, 0)?;
                 (Tensor::stack(&outs, 1)? * w)?.sum(1)?

@@ -1,18 +1,27 @@
 //! Building blocks shared by the models.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Module, Result, Tensor, Var, D};
-use candle_nn::{Embedding, LayerNorm, Linear, VarMap};
+use candle_nn::{LayerNorm, Linear, VarMap};
+
+use super::table::{EmbeddingTable, SparseAdam};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 
-/// Creates every trainable tensor from one seeded generator, in code order, and registers it in a
-/// `VarMap` (for the optimiser and for safetensors). candle's own initialisers draw from a
-/// thread-local generator, which would make training depend on more than the seed.
+/// Creates every trainable tensor from one seeded generator, in code order, and registers it: dense
+/// weights in a `VarMap` (for the dense optimiser), embedding tables as [`EmbeddingTable`]s
+/// (sparse updates). candle's own initialisers draw from a thread-local generator, which would
+/// make training depend on more than the seed.
 pub struct Params {
     varmap: VarMap,
+    tables: Arc<Mutex<Vec<EmbeddingTable>>>,
+    /// Whether look-ups record gradients (set by the trainer around its steps).
+    training: Arc<AtomicBool>,
+    /// Standard deviation of embedding rows at creation (a normal truncated at 2 std).
+    embedding_std: f64,
     rng: Arc<Mutex<StdRng>>,
     dev: Device,
     /// Prepended to every name created through this handle ([`Params::scoped`]).
@@ -21,18 +30,99 @@ pub struct Params {
 
 enum Init {
     Normal(f64),
+    TruncatedNormal(f64),
     Uniform(f64),
     Const(f32),
 }
 
+/// Default standard deviation of new embedding rows.
+pub const EMBEDDING_STD: f64 = 0.05;
+
 impl Params {
     pub fn new(seed: u64, dev: &Device) -> Params {
+        Params::with_embedding_std(seed, dev, EMBEDDING_STD)
+    }
+
+    pub fn with_embedding_std(seed: u64, dev: &Device, embedding_std: f64) -> Params {
         Params {
             varmap: VarMap::new(),
+            tables: Arc::new(Mutex::new(Vec::new())),
+            training: Arc::new(AtomicBool::new(false)),
+            embedding_std,
             rng: Arc::new(Mutex::new(StdRng::seed_from_u64(seed))),
             dev: dev.clone(),
             scope: String::new(),
         }
+    }
+
+    /// Look-ups record gradients for [`Params::sparse_step`] while this is on.
+    pub fn set_training(&self, on: bool) {
+        self.training.store(on, Ordering::Relaxed);
+        if !on {
+            for t in self.tables() {
+                t.clear();
+            }
+        }
+    }
+
+    pub fn tables(&self) -> Vec<EmbeddingTable> {
+        self.tables.lock().expect("tables lock").clone()
+    }
+
+    /// One sparse Adam step on every embedding table, from the gradients of a batch.
+    pub fn sparse_step(
+        &self,
+        grads: &candle_core::backprop::GradStore,
+        opt: &SparseAdam,
+    ) -> Result<()> {
+        for t in self.tables() {
+            t.sparse_step(grads, opt)?;
+        }
+        Ok(())
+    }
+
+    /// Every parameter by name: the dense weights and the embedding tables (what a checkpoint
+    /// holds).
+    pub fn named_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let mut out: Vec<(String, Tensor)> = self
+            .varmap
+            .data()
+            .lock()
+            .expect("varmap lock")
+            .iter()
+            .map(|(n, v)| (n.clone(), v.as_tensor().clone()))
+            .collect();
+        for t in self.tables() {
+            out.push((t.name().to_string(), t.tensor()?));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Write every parameter to a safetensors file.
+    pub fn save(&self, path: &std::path::Path) -> Result<()> {
+        let map: std::collections::HashMap<String, Tensor> =
+            self.named_tensors()?.into_iter().collect();
+        candle_core::safetensors::save(&map, path)
+    }
+
+    /// Read every parameter from the bytes of a safetensors file; a missing or misshapen one is
+    /// an error.
+    pub fn load_buffer(&self, bytes: &[u8]) -> Result<()> {
+        let mut map = candle_core::safetensors::load_buffer(bytes, &self.dev)?;
+        for (name, var) in self.varmap.data().lock().expect("varmap lock").iter() {
+            let t = map
+                .remove(name)
+                .ok_or_else(|| candle_core::Error::Msg(format!("no parameter {name}")))?;
+            var.set(&t)?;
+        }
+        for table in self.tables() {
+            let t = map
+                .remove(table.name())
+                .ok_or_else(|| candle_core::Error::Msg(format!("no parameter {}", table.name())))?;
+            table.load(&t)?;
+        }
+        Ok(())
     }
 
     /// A handle onto the same parameters and generator whose names start with `prefix.`: a
@@ -42,6 +132,9 @@ impl Params {
             varmap: self.varmap.clone(),
             rng: self.rng.clone(),
             dev: self.dev.clone(),
+            tables: self.tables.clone(),
+            training: self.training.clone(),
+            embedding_std: self.embedding_std,
             scope: format!("{}{prefix}.", self.scope),
         }
     }
@@ -54,18 +147,33 @@ impl Params {
         &self.dev
     }
 
-    fn var(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let name = format!("{}{name}", self.scope);
+    fn draw(&self, n: usize, init: Init) -> Vec<f32> {
         let mut rng = self.rng.lock().expect("parameter generator lock");
-        let data: Vec<f32> = match init {
+        match init {
             Init::Normal(std) => {
                 let d = Normal::new(0.0, std).expect("positive std");
                 (0..n).map(|_| d.sample(&mut *rng) as f32).collect()
             }
+            Init::TruncatedNormal(std) => {
+                let d = Normal::new(0.0, std).expect("positive std");
+                (0..n)
+                    .map(|_| loop {
+                        let x = d.sample(&mut *rng);
+                        if x.abs() <= 2.0 * std {
+                            break x as f32;
+                        }
+                    })
+                    .collect()
+            }
             Init::Uniform(b) => (0..n).map(|_| rng.random_range(-b..b) as f32).collect(),
             Init::Const(c) => vec![c; n],
-        };
+        }
+    }
+
+    fn var(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let name = format!("{}{name}", self.scope);
+        let data = self.draw(n, init);
         let var = Var::from_tensor(&Tensor::from_vec(data, shape, &self.dev)?)?;
         let t = var.as_tensor().clone();
         let mut map = self.varmap.data().lock().expect("varmap lock");
@@ -76,13 +184,26 @@ impl Params {
         Ok(t)
     }
 
-    pub fn embedding(&self, name: &str, rows: usize, dim: usize) -> Result<Embedding> {
-        let w = self.var(
-            &format!("{name}.weight"),
-            &[rows.max(1), dim],
-            Init::Normal(0.05),
-        )?;
-        Ok(Embedding::new(w, dim))
+    /// An embedding table of `rows x dim`, trained with sparse updates.
+    pub fn embedding(&self, name: &str, rows: usize, dim: usize) -> Result<EmbeddingTable> {
+        let rows = rows.max(1);
+        let name = format!("{}{name}.weight", self.scope);
+        let values = self.draw(rows * dim, Init::TruncatedNormal(self.embedding_std));
+        let t = EmbeddingTable::new(
+            name.clone(),
+            rows,
+            dim,
+            values,
+            &self.dev,
+            self.training.clone(),
+        );
+        let mut tables = self.tables.lock().expect("tables lock");
+        assert!(
+            tables.iter().all(|x| x.name() != name),
+            "parameter {name} created twice"
+        );
+        tables.push(t.clone());
+        Ok(t)
     }
 
     pub fn linear(&self, name: &str, inp: usize, out: usize) -> Result<Linear> {
@@ -116,6 +237,9 @@ impl Params {
 /// Linear layers with ReLU between them; the last has no activation.
 pub struct Mlp {
     layers: Vec<Linear>,
+    training: Arc<AtomicBool>,
+    dropout: f32,
+    rng: Mutex<StdRng>,
 }
 
 impl Mlp {
@@ -125,11 +249,54 @@ impl Mlp {
             .enumerate()
             .map(|(i, w)| p.linear(&format!("{name}.{i}"), w[0], w[1]))
             .collect::<Result<_>>()?;
-        Ok(Mlp { layers })
+        let seed = p
+            .rng
+            .lock()
+            .expect("parameter generator lock")
+            .random::<u64>();
+        Ok(Mlp {
+            layers,
+            training: p.training.clone(),
+            dropout: 0.0,
+            rng: Mutex::new(StdRng::seed_from_u64(seed)),
+        })
+    }
+
+    /// `x` with each element zeroed with probability `dropout` and the rest scaled up, the mask
+    /// drawn from the model's seeded generator (candle's dropout draws from a thread-local one,
+    /// which would make training depend on more than the seed).
+    fn dropout_mask(&self, x: &Tensor) -> Result<Tensor> {
+        let n = x.elem_count();
+        let keep = 1.0 - self.dropout;
+        let scale = 1.0 / keep;
+        let mask: Vec<f32> = {
+            let mut rng = self.rng.lock().expect("dropout generator lock");
+            (0..n)
+                .map(|_| {
+                    if rng.random::<f32>() < keep {
+                        scale
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        };
+        x * Tensor::from_vec(mask, x.shape(), x.device())?
+    }
+
+    /// The same MLP with dropout `rate` on its input while training.
+    pub fn with_dropout(mut self, rate: f32) -> Mlp {
+        self.dropout = rate;
+        self
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_from(self.layers[0].forward(x)?)
+        let x = if self.dropout > 0.0 && self.training.load(Ordering::Relaxed) {
+            self.dropout_mask(x)?
+        } else {
+            x.clone()
+        };
+        self.forward_from(self.layers[0].forward(&x)?)
     }
 
     /// The rest of the network given the first layer's output (before its activation).
@@ -286,7 +453,7 @@ pub fn key_bias(mask: &Tensor) -> Result<Tensor> {
 }
 
 /// Sum over the prefix-level dimension of per-level embeddings: `ids` `[.., L]` -> `[.., d]`.
-pub fn sum_levels(tables: &[Embedding], ids: &Tensor) -> Result<Tensor> {
+pub fn sum_levels(tables: &[EmbeddingTable], ids: &Tensor) -> Result<Tensor> {
     let last = ids.rank() - 1;
     let mut acc: Option<Tensor> = None;
     for (l, table) in tables.iter().enumerate() {

@@ -13,10 +13,12 @@
 
 pub mod domain;
 pub mod layers;
+pub mod table;
 
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Embedding, Linear};
+use candle_nn::Linear;
 use serde::{Deserialize, Serialize};
+use table::EmbeddingTable;
 
 use crate::batch::{Batch, SeqBatch, Vocabs, GAP_BUCKETS, SIMTIER_BINS, SIM_BUCKETS};
 use crate::error::{ModelError, Result as ModelResult};
@@ -61,6 +63,21 @@ pub struct ModelConfig {
     /// Weight of Crocodile's cross-expert covariance penalty in the loss.
     #[serde(default)]
     pub cov_weight: f64,
+    /// SIREN: feed the head the evidence features (`features::HistorySummary`): how much of
+    /// the whole as-of history matches the target by category and by each SemID prefix, how
+    /// recently, and the histogram of every behaviour's cosine with the target.
+    #[serde(default)]
+    pub evidence: bool,
+    /// Dropout on the head's input while training (0 = none).
+    #[serde(default)]
+    pub dropout: f32,
+    /// Leave the behaviours' action (e.g. the rating) out of their tokens, as MUSE's
+    /// reference code does.
+    #[serde(default)]
+    pub no_action: bool,
+    /// Leave the time gap between a behaviour and the impression out of its token.
+    #[serde(default)]
+    pub no_gap: bool,
 }
 
 /// How a model uses the domain an impression was shown in.
@@ -121,7 +138,7 @@ pub fn valid_cov_weight(w: f64) -> bool {
 
 impl ModelConfig {
     /// Names accepted by `siren train --model`.
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 12] = [
         "no-seq",
         "din",
         "sim-hard",
@@ -130,6 +147,8 @@ impl ModelConfig {
         "siren-hard",
         "siren-soft-nosim",
         "siren-soft-noprefix",
+        "siren-soft-noev",
+        "siren-hard-noev",
         "siren-hard-nosim",
         "siren-hard-noprefix",
     ];
@@ -200,18 +219,25 @@ impl ModelConfig {
             domain: DomainMode::Shared,
             experts: DEFAULT_EXPERTS,
             cov_weight: 0.0,
+            evidence: false,
+            dropout: 0.0,
+            no_action: false,
+            no_gap: false,
         };
-        let (kind, nosim, noprefix) = match name {
-            "no-seq" => (ModelKind::NoSeq, false, false),
-            "din" => (ModelKind::Din, false, false),
-            "sim-hard" => (ModelKind::SimHard, false, false),
-            "muse" => (ModelKind::Muse, false, false),
-            "siren-soft" => (ModelKind::SirenSoft, false, false),
-            "siren-hard" => (ModelKind::SirenHard, false, false),
-            "siren-soft-nosim" => (ModelKind::SirenSoft, true, false),
-            "siren-soft-noprefix" => (ModelKind::SirenSoft, false, true),
-            "siren-hard-nosim" => (ModelKind::SirenHard, true, false),
-            "siren-hard-noprefix" => (ModelKind::SirenHard, false, true),
+        // (kind, sim buckets, prefix SemIDs, evidence)
+        let (kind, sim, prefix, evidence) = match name {
+            "no-seq" => (ModelKind::NoSeq, true, true, false),
+            "din" => (ModelKind::Din, true, true, false),
+            "sim-hard" => (ModelKind::SimHard, true, true, false),
+            "muse" => (ModelKind::Muse, true, true, false),
+            "siren-soft" => (ModelKind::SirenSoft, true, true, true),
+            "siren-hard" => (ModelKind::SirenHard, true, true, true),
+            "siren-soft-nosim" => (ModelKind::SirenSoft, false, true, true),
+            "siren-soft-noprefix" => (ModelKind::SirenSoft, true, false, true),
+            "siren-hard-nosim" => (ModelKind::SirenHard, false, true, true),
+            "siren-hard-noprefix" => (ModelKind::SirenHard, true, false, true),
+            "siren-soft-noev" => (ModelKind::SirenSoft, true, true, false),
+            "siren-hard-noev" => (ModelKind::SirenHard, true, true, false),
             _ => {
                 return Err(ModelError::invalid(format!(
                     "unknown model {name:?}; one of {}",
@@ -221,8 +247,9 @@ impl ModelConfig {
         };
         Ok(ModelConfig {
             kind,
-            sim_buckets: !nosim,
-            prefix_semids: !noprefix,
+            sim_buckets: sim,
+            prefix_semids: prefix,
+            evidence,
             ..base
         })
     }
@@ -243,6 +270,9 @@ impl ModelConfig {
             }
             if !self.prefix_semids {
                 n.push_str("-noprefix");
+            }
+            if !self.evidence {
+                n.push_str("-noev");
             }
         }
         if let Some(s) = self.domain.suffix() {
@@ -337,37 +367,97 @@ pub(crate) trait Backbone: Send + Sync {
 
 /// ID embedding tables shared by the target and the behaviours.
 struct Ids {
-    item: Embedding,
-    category: Embedding,
-    user: Embedding,
-    action: Embedding,
-    gap: Embedding,
+    item: EmbeddingTable,
+    category: EmbeddingTable,
+    user: EmbeddingTable,
+    /// Behaviour context: the action and the time gap (absent when the config leaves them out).
+    action: Option<EmbeddingTable>,
+    gap: Option<EmbeddingTable>,
     /// The target's multimodal embedding projected to the model width.
     mm: Linear,
 }
 
 impl Ids {
-    fn new(p: &Params, d: &Dims, dim: usize) -> Result<Ids> {
+    fn new(p: &Params, d: &Dims, cfg: &ModelConfig) -> Result<Ids> {
+        let dim = cfg.dim;
         Ok(Ids {
             item: p.embedding("item", d.items, dim)?,
             category: p.embedding("category", d.categories, dim)?,
             user: p.embedding("user", d.users, dim)?,
-            action: p.embedding("action", 256, dim)?,
-            gap: p.embedding("gap", GAP_BUCKETS, dim)?,
+            action: (!cfg.no_action)
+                .then(|| p.embedding("action", 256, dim))
+                .transpose()?,
+            gap: (!cfg.no_gap)
+                .then(|| p.embedding("gap", GAP_BUCKETS, dim))
+                .transpose()?,
             mm: p.linear("mm", d.emb_dim.max(1), dim)?,
         })
     }
 
-    /// Item + category of the target, `[B, d]`.
-    fn target(&self, b: &Batch) -> Result<Tensor> {
+    /// `x` plus each behaviour's action and time-gap embeddings, when the model reads them.
+    fn with_context(&self, mut x: Tensor, s: &SeqBatch) -> Result<Tensor> {
+        if let Some(a) = &self.action {
+            x = (x + a.forward(&s.action)?)?;
+        }
+        if let Some(g) = &self.gap {
+            x = (x + g.forward(&s.gap)?)?;
+        }
+        Ok(x)
+    }
+
+    /// Item + category of the target, `[B, d]`: the target token of the SIREN transformer,
+    /// whose tokens sum their embeddings.
+    fn target_sum(&self, b: &Batch) -> Result<Tensor> {
         self.item.forward(&b.item)? + self.category.forward(&b.category)?
     }
 
-    /// Item + category + action + time gap of each behaviour, `[B, T, d]`.
+    /// Item + category + action + time gap of each behaviour, `[B, T, d]` (SIREN's tokens).
+    fn behaviours_sum(&self, s: &SeqBatch) -> Result<Tensor> {
+        let ids = (self.item.forward(&s.item)? + self.category.forward(&s.category)?)?;
+        self.with_context(ids, s)
+    }
+
+    /// `[item, category]` of the target, `[B, 2d]`. Item and category stay in separate halves
+    /// so that a product with a behaviour's key compares category with category and item with
+    /// item; summed, the two mix, and target attention over ID embeddings does not learn to
+    /// match categories (DIN was no better than no sequence at all).
+    fn target(&self, b: &Batch) -> Result<Tensor> {
+        Tensor::cat(
+            &[
+                self.item.forward(&b.item)?,
+                self.category.forward(&b.category)?,
+            ],
+            1,
+        )
+    }
+
+    /// `[item + action + time gap, category]` of each behaviour, `[B, T, 2d]`.
     fn behaviours(&self, s: &SeqBatch) -> Result<Tensor> {
-        ((self.item.forward(&s.item)? + self.category.forward(&s.category)?)?
-            + self.action.forward(&s.action)?)?
-            + self.gap.forward(&s.gap)?
+        let item = self.with_context(self.item.forward(&s.item)?, s)?;
+        Tensor::cat(&[item, self.category.forward(&s.category)?], 2)
+    }
+}
+
+/// DIN's interest branch: target attention over one sequence of behaviours, then the target,
+/// the pooled interest and their element-wise product, `[B, 6d]`. The product hands the head
+/// the match between the target and what the user did as a feature it reads linearly; an MLP
+/// over the concatenation alone has to learn a product from data.
+struct TargetInterest {
+    att: TargetAttention,
+}
+
+impl TargetInterest {
+    const WIDTH: usize = 6;
+
+    fn new(p: &Params, name: &str, dim: usize) -> Result<TargetInterest> {
+        Ok(TargetInterest {
+            att: TargetAttention::new(p, name, 2 * dim)?,
+        })
+    }
+
+    fn features(&self, ids: &Ids, q: &Tensor, s: &SeqBatch) -> Result<Tensor> {
+        let pooled = self.att.pool(q, &ids.behaviours(s)?, &s.mask)?;
+        Tensor::cat(&[q, &pooled, &(q * &pooled)?], 1)
     }
 }
 
@@ -397,7 +487,7 @@ impl Backbone for NoSeq {
 /// DIN, and SIM (the same ESU over the category search instead of the recent behaviours).
 struct Din {
     ids: Ids,
-    att: TargetAttention,
+    interest: TargetInterest,
     kind: SeqKind,
 }
 
@@ -405,11 +495,9 @@ impl Backbone for Din {
     fn features(&self, b: &Batch) -> Result<Tensor> {
         let s = seq(b, self.kind)?;
         let q = self.ids.target(b)?;
-        let pooled = self.att.pool(&q, &self.ids.behaviours(s)?, &s.mask)?;
         Tensor::cat(
             &[
-                &q,
-                &pooled,
+                &self.interest.features(&self.ids, &q, s)?,
                 &self.ids.user.forward(&b.user)?,
                 &self.ids.mm.forward(&b.emb)?,
             ],
@@ -423,7 +511,7 @@ impl Backbone for Din {
 /// scaled cosine `m` as `b1*s + b2*m + b3*s*m`.
 struct Muse {
     ids: Ids,
-    din: TargetAttention,
+    din: TargetInterest,
     wq: Linear,
     wk: Linear,
     wv: Linear,
@@ -437,17 +525,10 @@ impl Backbone for Muse {
     fn features(&self, bt: &Batch) -> Result<Tensor> {
         let short = seq(bt, SeqKind::Recent)?;
         let long = seq(bt, SeqKind::Retrieved(Retrieval::Soft))?;
-        let q = self.ids.target(bt)?;
+        let tq = self.ids.target(bt)?;
         let short_keys = self.ids.behaviours(short)?;
-        let din = self.din.pool(&q, &short_keys, &short.mask)?;
+        let din = self.din.features(&self.ids, &tq, short)?;
         // SA-TA over the long (retrieved) sequence.
-        let tq = Tensor::cat(
-            &[
-                &self.ids.item.forward(&bt.item)?,
-                &self.ids.category.forward(&bt.category)?,
-            ],
-            1,
-        )?;
         let lk = Tensor::cat(
             &[
                 &self.ids.item.forward(&long.item)?,
@@ -467,7 +548,6 @@ impl Backbone for Muse {
         let tier = self.simtier.forward(&long.simtier)?;
         Tensor::cat(
             &[
-                &q,
                 &self.ids.mm.forward(&bt.emb)?,
                 &self.ids.user.forward(&bt.user)?,
                 &din,
@@ -493,18 +573,20 @@ impl Backbone for Muse {
 struct Siren {
     ids: Ids,
     kind: SeqKind,
-    recent: Option<TargetAttention>,
-    sim_bucket: Option<Embedding>,
-    prefix: Option<(Vec<Embedding>, Embedding)>,
+    recent: Option<TargetInterest>,
+    sim_bucket: Option<EmbeddingTable>,
+    prefix: Option<(Vec<EmbeddingTable>, EmbeddingTable)>,
     target_type: Tensor,
     ln_in: candle_nn::LayerNorm,
     layers: Vec<TransformerLayer>,
+    /// Evidence features `[B, E]` to the model width.
+    evidence: Option<Linear>,
 }
 
 impl Siren {
     /// Tokens of the retrieved behaviours, `[B, T, d]`.
     fn tokens(&self, s: &SeqBatch) -> Result<Tensor> {
-        let mut t = self.ids.behaviours(s)?;
+        let mut t = self.ids.behaviours_sum(s)?;
         if let Some(sb) = &self.sim_bucket {
             t = (t + sb.forward(&s.sim_bucket)?)?;
         }
@@ -518,7 +600,7 @@ impl Siren {
 impl Backbone for Siren {
     fn features(&self, b: &Batch) -> Result<Tensor> {
         let s = seq(b, self.kind)?;
-        let mut tgt = (self.ids.target(b)? + self.ids.mm.forward(&b.emb)?)?
+        let mut tgt = (self.ids.target_sum(b)? + self.ids.mm.forward(&b.emb)?)?
             .broadcast_add(&self.target_type)?;
         if let Some((levels, _)) = &self.prefix {
             tgt = (tgt + sum_levels(levels, &b.prefix)?)?;
@@ -535,13 +617,19 @@ impl Backbone for Siren {
         let q = self.ids.target(b)?;
         let mut feats = vec![
             interest,
-            q.clone(),
             self.ids.user.forward(&b.user)?,
             self.ids.mm.forward(&b.emb)?,
         ];
-        if let Some(att) = &self.recent {
-            let r = seq(b, SeqKind::Recent)?;
-            feats.push(att.pool(&q, &self.ids.behaviours(r)?, &r.mask)?);
+        match &self.recent {
+            Some(branch) => feats.push(branch.features(&self.ids, &q, seq(b, SeqKind::Recent)?)?),
+            None => feats.push(q),
+        }
+        if let Some(ev) = &self.evidence {
+            let e = b
+                .evidence
+                .as_ref()
+                .ok_or_else(|| candle_core::Error::Msg("batch lacks evidence features".into()))?;
+            feats.push(ev.forward(e)?.relu()?);
         }
         Tensor::cat(&feats, 1)
     }
@@ -559,26 +647,26 @@ pub(crate) struct Body {
 /// Build the backbone of `cfg` (its own embedding tables included) with its parameters in `p`.
 pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<Body> {
     let dim = cfg.dim;
-    let ids = Ids::new(p, d, dim)?;
+    let ids = Ids::new(p, d, cfg)?;
     let (net, width, head): (Box<dyn Backbone>, usize, Vec<usize>) = match cfg.kind {
         ModelKind::NoSeq => (Box::new(NoSeq { ids }), 4 * dim, vec![64, 32]),
         ModelKind::Din | ModelKind::SimHard => (
             Box::new(Din {
                 ids,
-                att: TargetAttention::new(p, "att", dim)?,
+                interest: TargetInterest::new(p, "att", dim)?,
                 kind: if cfg.kind == ModelKind::Din {
                     SeqKind::Recent
                 } else {
                     SeqKind::Retrieved(Retrieval::Category)
                 },
             }),
-            4 * dim,
+            (TargetInterest::WIDTH + 2) * dim,
             vec![64, 32],
         ),
         ModelKind::Muse => (
             Box::new(Muse {
                 ids,
-                din: TargetAttention::new(p, "din", dim)?,
+                din: TargetInterest::new(p, "din", dim)?,
                 wq: p.linear("sata.q", 2 * dim, dim)?,
                 wk: p.linear("sata.k", 2 * dim, dim)?,
                 wv: p.linear("sata.v", 2 * dim, dim)?,
@@ -590,7 +678,7 @@ pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<B
                 ],
                 simtier: p.linear_no_bias("simtier", SIMTIER_BINS, dim)?,
             }),
-            8 * dim,
+            (TargetInterest::WIDTH + 8) * dim,
             vec![128, 64],
         ),
         ModelKind::SirenSoft | ModelKind::SirenHard => {
@@ -618,7 +706,7 @@ pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<B
                     SeqKind::Retrieved(Retrieval::Hard)
                 },
                 recent: if cfg.recent > 0 {
-                    Some(TargetAttention::new(p, "recent_att", dim)?)
+                    Some(TargetInterest::new(p, "recent_att", dim)?)
                 } else {
                     None
                 },
@@ -634,10 +722,24 @@ pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<B
                     .map(|l| TransformerLayer::new(p, &format!("layer{l}"), dim, cfg.heads))
                     .collect::<Result<_>>()?,
                 ids,
+                evidence: if cfg.evidence {
+                    Some(p.linear(
+                        "evidence",
+                        crate::features::evidence_len(d.prefix.len()),
+                        dim,
+                    )?)
+                } else {
+                    None
+                },
             };
             (
                 Box::new(net),
-                (4 + usize::from(cfg.recent > 0)) * dim,
+                (3 + if cfg.recent > 0 {
+                    TargetInterest::WIDTH
+                } else {
+                    2
+                } + usize::from(cfg.evidence))
+                    * dim,
                 vec![64, 32],
             )
         }
@@ -667,7 +769,7 @@ pub fn build(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<Box<dyn Sco
     sizes.extend(&body.head);
     sizes.push(1);
     Ok(Box::new(Single {
-        head: Mlp::new(p, "head", &sizes)?,
+        head: Mlp::new(p, "head", &sizes)?.with_dropout(cfg.dropout),
         body: body.net,
     }))
 }

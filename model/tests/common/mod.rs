@@ -50,7 +50,7 @@ pub fn small_from(cfg: PlantedConfig) -> (tempfile::TempDir, std::sync::Arc<Db>,
     let snap = db.snapshot();
     let items = ItemTable::from_snapshot(&snap, 16);
     let spec: Vec<(SeqKind, usize)> = SeqKind::ALL.iter().map(|&k| (k, 16)).collect();
-    let data = Prepared::build(&snap, items, &splits, &spec, 3, 2).unwrap();
+    let data = Prepared::build(&snap, items, &splits, &spec, true, 3, 2, 1).unwrap();
     (dir, std::sync::Arc::new(db), data)
 }
 

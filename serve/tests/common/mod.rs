@@ -29,6 +29,7 @@ pub fn reference(
         ItemTable::from_snapshot(&snap, data.items.dim),
         &imps,
         &m.config.model.sequences(),
+        m.config.model.evidence,
         m.config.vocabs.clone(),
         m.config.levels,
         1,

@@ -1,8 +1,9 @@
 //! Siren side by side with the stores its users would otherwise pick, in one run on one machine:
 //! bytes on disk on three workloads (long synthetic histories, many short ones, MovieLens) and
 //! against the long histories' lossless floor, durable ingest, appends to a hot user, whole-history
-//! reads, hard and soft retrieval, end-to-end scoring against its floor, and scaling curves.
-//! Writes `BENCHMARKS.md`, a JSON file and PNG plots.
+//! reads, hard and soft retrieval, end-to-end scoring against its floor, the ESU forward against
+//! PyTorch and ONNX Runtime, and scaling curves. Writes `BENCHMARKS.md`, a JSON file and PNG
+//! plots.
 //!
 //! cargo run --release -p siren-benches --bin compare -- --users 10 --events-per-user 100000
 
@@ -23,6 +24,7 @@ use siren_lab::movielens::{MovieLens, MovieLensPaths};
 use siren_model::synth::{self, HistoryEntropy, Planted, PlantedConfig, SynthConfig};
 use siren_serve::{Ranker, Retrieval, ScoreOptions, ScoreTimings};
 
+mod esu;
 mod report;
 
 type Res<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -649,6 +651,7 @@ struct Results {
     short: Option<Sizes>,
     length_curve: Vec<LengthPoint>,
     score: Scoring,
+    esu: esu::EsuCmp,
     targets: Vec<Target>,
 }
 
@@ -717,12 +720,14 @@ fn main() -> Res<()> {
     let short = measure_short(&args, &scratch, &log)?;
     let length_curve = measure_length_curve(&args, &cfg, &catalog, &scratch, &log)?;
     let score = measure_scoring(&args, reps, &log)?;
+    let esu = esu::measure(reps, &log)?;
     let command =
         std::iter::once("cargo run --release -p siren-benches --bin compare --".to_string())
             .chain(std::env::args().skip(1))
             .collect::<Vec<_>>()
             .join(" ");
-    let targets = targets(&synthetic, short.as_ref(), movielens.as_ref(), &score);
+    let mut targets = targets(&synthetic, short.as_ref(), movielens.as_ref(), &score);
+    targets.extend(esu::targets(&esu));
     let results = Results {
         command,
         synthetic,
@@ -730,6 +735,7 @@ fn main() -> Res<()> {
         short,
         length_curve,
         score,
+        esu,
         targets,
     };
     plots(&results, &args.out)?;

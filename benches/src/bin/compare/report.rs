@@ -37,6 +37,7 @@ pub fn json(args: &Args, r: &Results) -> Value {
         "movielens": r.movielens.as_ref().map(|m| json!({
             "sizes": m.sizes, "ingest": m.ingest, "read_whole_history": m.reads, "user": m.user,
         })),
+        "esu_forward": r.esu,
         "targets": r.targets,
     })
 }
@@ -52,6 +53,7 @@ pub fn markdown(args: &Args, r: &Results) -> String {
         reads(r),
         retrieval(r),
         score(r),
+        crate::esu::markdown(&r.esu),
         scaling(r),
         length_curve(r),
     ]

@@ -1,0 +1,311 @@
+//! The SIREN ESU on its own: the network of `siren-hard` without its evidence input (width 32, two pre-norm layers of two
+//! heads, the recent branch over the last 50, head 64-32-1) over one batch of N candidates
+//! with T retrieved behaviours each, for timing candle's forward against the fused serving
+//! forward on the same weights and the same batch, and for handing the same network to the
+//! PyTorch / ONNX Runtime script (`benches/torch_esu.py`).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use crate::timing::{summarize, Sample};
+
+use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use siren_model::batch::{Batch, SeqBatch, GAP_BUCKETS, SIMTIER_BINS, SIM_BUCKETS};
+use siren_model::models::layers::Params;
+use siren_model::models::{build, Dims, ModelConfig, Scorer};
+use siren_model::{Retrieval, SeqKind};
+use siren_serve::forward::weights::Named;
+use siren_serve::forward::FusedEsu;
+
+/// One model, its fused form over the same weights, and one batch of one user's candidates.
+pub struct EsuFixture {
+    pub cfg: ModelConfig,
+    pub dims: Dims,
+    pub params: Params,
+    pub model: Box<dyn Scorer>,
+    pub fused: FusedEsu,
+    pub batch: Batch,
+    pub candidates: usize,
+}
+
+/// Catalog sizes of the fixture's tables (those of the scoring fixture's synthetic catalog).
+const ITEMS: usize = 20_000;
+const CATEGORIES: usize = 200;
+const USERS: usize = 1_000;
+const PREFIX: [usize; 3] = [256, 4_096, 20_000];
+const EMB_DIM: usize = 64;
+
+/// `siren-hard` with `dim`, over a batch of `candidates` candidates with `retrieved` retrieved
+/// behaviours each (all real) and one user's 50 recent behaviours; weights from `seed`.
+pub fn esu_fixture(candidates: usize, retrieved: usize, dim: usize, seed: u64) -> EsuFixture {
+    let cfg = ModelConfig {
+        dim,
+        retrieved,
+        // The network: no evidence input (the PyTorch script builds none).
+        evidence: false,
+        ..ModelConfig::named("siren-hard").expect("siren-hard")
+    };
+    let dims = Dims {
+        items: ITEMS + 1,
+        categories: CATEGORIES + 1,
+        users: USERS + 1,
+        prefix: PREFIX.iter().map(|p| p + 1).collect(),
+        emb_dim: EMB_DIM,
+        domains: 1,
+    };
+    let params = Params::new(seed, &Device::Cpu);
+    let model = build(&cfg, &dims, &params).expect("build");
+    let weights = Named::new(params.named_tensors().expect("weights"));
+    let fused = FusedEsu::load(&cfg, &weights)
+        .expect("fused")
+        .expect("siren-hard is covered");
+    let batch = esu_batch(&cfg, candidates, seed).expect("batch");
+    EsuFixture {
+        cfg,
+        dims,
+        params,
+        model,
+        fused,
+        batch,
+        candidates,
+    }
+}
+
+/// Random `[rows, cols]` indexes below `bound` (1-based: row 0 is the unknown row).
+fn ids(rng: &mut StdRng, rows: usize, cols: usize, bound: usize) -> Vec<u32> {
+    (0..rows * cols)
+        .map(|_| rng.random_range(1..bound as u32))
+        .collect()
+}
+
+/// A sequence of `t` real behaviours per candidate; `shared` gives every candidate the same
+/// ones (a user's recent behaviours).
+fn seq(
+    rng: &mut StdRng,
+    kind: SeqKind,
+    b: usize,
+    t: usize,
+    shared: bool,
+) -> candle_core::Result<SeqBatch> {
+    let n = if shared { 1 } else { b };
+    let dev = &Device::Cpu;
+    let l = PREFIX.len();
+    let mut u = |bound: usize, cols: usize| {
+        let one = ids(rng, n, t * cols, bound);
+        let all: Vec<u32> = (0..b)
+            .flat_map(|i| one[(i % n) * t * cols..][..t * cols].to_vec())
+            .collect();
+        all
+    };
+    let (item, category, action) = (u(ITEMS + 1, 1), u(CATEGORIES + 1, 1), u(4, 1));
+    let (gap, sim_bucket, depth) = (u(GAP_BUCKETS, 1), u(SIM_BUCKETS, 1), u(l + 1, 1));
+    let prefix = u(PREFIX[0] + 1, l);
+    let t2 = |v: Vec<u32>| Tensor::from_vec(v, (b, t), dev);
+    Ok(SeqBatch {
+        kind,
+        item: t2(item)?,
+        category: t2(category)?,
+        action: t2(action)?,
+        gap: t2(gap)?,
+        sim_bucket: t2(sim_bucket)?,
+        depth: t2(depth)?,
+        prefix: Tensor::from_vec(prefix, (b, t, l), dev)?,
+        sim: Tensor::zeros((b, t), candle_core::DType::F32, dev)?,
+        mask: Tensor::ones((b, t), candle_core::DType::F32, dev)?,
+        simtier: Tensor::zeros((b, SIMTIER_BINS), candle_core::DType::F32, dev)?,
+    })
+}
+
+fn esu_batch(cfg: &ModelConfig, b: usize, seed: u64) -> candle_core::Result<Batch> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let dev = &Device::Cpu;
+    let retrieved = seq(
+        &mut rng,
+        SeqKind::Retrieved(Retrieval::Hard),
+        b,
+        cfg.retrieved,
+        false,
+    )?;
+    let recent = seq(&mut rng, SeqKind::Recent, b, cfg.recent, true)?;
+    let user = rng.random_range(1..=USERS as u32);
+    let emb: Vec<f32> = (0..b * EMB_DIM)
+        .map(|_| rng.random_range(-1.0f32..1.0) / (EMB_DIM as f32).sqrt())
+        .collect();
+    let one = |v: Vec<u32>| Tensor::from_vec(v, b, dev);
+    Ok(Batch {
+        size: b,
+        label: Tensor::zeros(b, candle_core::DType::F32, dev)?,
+        user: one(vec![user; b])?,
+        domain: one(vec![0; b])?,
+        item: one(ids(&mut rng, b, 1, ITEMS + 1))?,
+        category: one(ids(&mut rng, b, 1, CATEGORIES + 1))?,
+        prefix: Tensor::from_vec(
+            ids(&mut rng, b, PREFIX.len(), PREFIX[0] + 1),
+            (b, PREFIX.len()),
+            dev,
+        )?,
+        emb: Tensor::from_vec(emb, (b, EMB_DIM), dev)?,
+        seqs: vec![retrieved, recent],
+        evidence: None,
+    })
+}
+
+impl EsuFixture {
+    /// Candle's click probabilities (the model's logits through a sigmoid).
+    pub fn candle_probs(&self) -> Vec<f32> {
+        candle_nn::ops::sigmoid(&self.model.logits(&self.batch).expect("forward"))
+            .and_then(|p| p.to_vec1::<f32>())
+            .expect("probabilities")
+    }
+
+    pub fn fused_probs(&self) -> Vec<f32> {
+        self.fused.probs(&self.batch).expect("fused forward")
+    }
+
+    /// Candle's forward and the fused one, `runs` times each, alternating so that both see the
+    /// same load on a shared machine: their timings, seconds.
+    pub fn time_both(&self, runs: usize) -> (Sample, Sample) {
+        let time = |f: &dyn Fn() -> Vec<f32>| {
+            let t = Instant::now();
+            std::hint::black_box(f());
+            t.elapsed().as_secs_f64()
+        };
+        let (candle, fused): (Vec<f64>, Vec<f64>) = (0..runs + 1)
+            .map(|_| (time(&|| self.candle_probs()), time(&|| self.fused_probs())))
+            .skip(1)
+            .unzip();
+        (summarize(candle), summarize(fused))
+    }
+
+    /// The network for `benches/torch_esu.py`: `esu.json` with the configuration, every
+    /// parameter by name (row-major), the batch's inputs and candle's probabilities (which the
+    /// script must reproduce before it times anything).
+    pub fn export(
+        &self,
+        dir: &Path,
+    ) -> Result<std::path::PathBuf, Box<dyn std::error::Error + Send + Sync>> {
+        let flat = |t: &Tensor| -> candle_core::Result<Value> {
+            let v: Value = match t.dtype() {
+                candle_core::DType::U32 => t.flatten_all()?.to_vec1::<u32>()?.into(),
+                _ => t.flatten_all()?.to_vec1::<f32>()?.into(),
+            };
+            Ok(json!({"shape": t.dims(), "data": v}))
+        };
+        let mut params = serde_json::Map::new();
+        for (name, t) in self.params.named_tensors()? {
+            params.insert(name, flat(&t)?);
+        }
+        let b = &self.batch;
+        let mut seqs = serde_json::Map::new();
+        for s in &b.seqs {
+            let key = if s.kind == SeqKind::Recent {
+                "recent"
+            } else {
+                "retrieved"
+            };
+            seqs.insert(
+                key.into(),
+                json!({
+                    "item": flat(&s.item)?, "category": flat(&s.category)?,
+                    "action": flat(&s.action)?, "gap": flat(&s.gap)?,
+                    "sim_bucket": flat(&s.sim_bucket)?, "depth": flat(&s.depth)?,
+                    "prefix": flat(&s.prefix)?, "mask": flat(&s.mask)?,
+                }),
+            );
+        }
+        let doc = json!({
+            "config": {"dim": self.cfg.dim, "heads": self.cfg.heads, "layers": self.cfg.layers,
+                       "recent": self.cfg.recent, "retrieved": self.cfg.retrieved,
+                       "levels": PREFIX.len()},
+            "params": params,
+            "inputs": {"user": flat(&b.user)?, "item": flat(&b.item)?,
+                       "category": flat(&b.category)?, "prefix": flat(&b.prefix)?,
+                       "emb": flat(&b.emb)?, "seqs": seqs},
+            "candle_probs": self.candle_probs(),
+        });
+        let path = dir.join("esu.json");
+        std::fs::write(&path, serde_json::to_vec(&doc)?)?;
+        Ok(path)
+    }
+}
+
+/// What the Python script measured, why it did not (no torch or onnxruntime), or how it
+/// failed (a network that does not give candle's probabilities, a crash).
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(untagged)]
+pub enum Python {
+    Measured {
+        torch_p50_s: f64,
+        onnx_p50_s: f64,
+        threads: usize,
+        max_diff: f64,
+    },
+    Skipped {
+        skipped: String,
+    },
+    Failed {
+        error: String,
+    },
+}
+
+/// Threads both forwards use: `RAYON_NUM_THREADS` when set (candle and the rayon pool both
+/// read it), else the machine's.
+pub fn threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// Run `benches/torch_esu.py` on the network exported to `json` with `threads` threads; the
+/// script's last line of output is its answer.
+pub fn torch_esu(json: &std::path::Path, threads: usize, runs: usize) -> Python {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/torch_esu.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg("--json")
+        .arg(json)
+        .args([
+            "--threads",
+            &threads.to_string(),
+            "--runs",
+            &runs.to_string(),
+        ])
+        .output();
+    let skipped = |why: String| Python::Skipped { skipped: why };
+    let out = match out {
+        Ok(o) => o,
+        Err(e) => return skipped(format!("no python3 to run torch_esu.py: {e}")),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or("");
+    match serde_json::from_str::<serde_json::Value>(last) {
+        Ok(v) if v.get("torch_p50_s").is_some() => Python::Measured {
+            torch_p50_s: v["torch_p50_s"].as_f64().unwrap_or(f64::NAN),
+            onnx_p50_s: v["onnx_p50_s"].as_f64().unwrap_or(f64::NAN),
+            threads: v["threads"].as_u64().map_or(threads, |t| t as usize),
+            max_diff: v["max_diff"].as_f64().unwrap_or(f64::NAN),
+        },
+        Ok(v) if v.get("skipped").is_some() => {
+            skipped(v["skipped"].as_str().unwrap_or("").to_string())
+        }
+        Ok(v) => Python::Failed {
+            error: v["error"].as_str().unwrap_or("no answer").to_string(),
+        },
+        Err(_) => Python::Failed {
+            error: format!(
+                "torch_esu.py exited with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            ),
+        },
+    }
+}

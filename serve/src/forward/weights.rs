@@ -1,0 +1,159 @@
+//! The model's parameters, read by name once at model load into plain contiguous `f32`
+//! buffers: the same weights candle trains and serves with, in the layout the fused forward
+//! reads.
+
+use std::collections::HashMap;
+
+use candle_core::Tensor;
+
+use crate::error::{Result, ServeError};
+
+/// Parameters by name (what `Params::named_tensors` lists).
+pub struct Named(HashMap<String, Tensor>);
+
+impl Named {
+    pub fn new(tensors: Vec<(String, Tensor)>) -> Named {
+        Named(tensors.into_iter().collect())
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    /// The values of `name`, row-major, checked to have `shape` (`None` entries are read from
+    /// the tensor).
+    fn values(&self, name: &str, shape: &[Option<usize>]) -> Result<(Vec<usize>, Vec<f32>)> {
+        let t = self
+            .0
+            .get(name)
+            .ok_or_else(|| ServeError::invalid(format!("the model has no parameter {name}")))?;
+        let dims = t.dims().to_vec();
+        let fits = dims.len() == shape.len()
+            && dims
+                .iter()
+                .zip(shape)
+                .all(|(d, s)| s.is_none_or(|s| s == *d));
+        if !fits {
+            return Err(ServeError::invalid(format!(
+                "parameter {name} has shape {dims:?}, the fused forward expects {shape:?}"
+            )));
+        }
+        let v = t
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok((dims, v))
+    }
+
+    pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        Ok(self.values(name, &[Some(len)])?.1)
+    }
+
+    pub fn table(&self, name: &str, dim: usize) -> Result<Table> {
+        let (dims, data) = self.values(&format!("{name}.weight"), &[None, Some(dim)])?;
+        Ok(Table {
+            name: name.to_string(),
+            rows: dims[0],
+            dim,
+            data,
+        })
+    }
+
+    /// A linear layer `name`, its widths checked against `inp` and `out` where given, read
+    /// from the weight where not.
+    pub fn dense(&self, name: &str, inp: Option<usize>, out: Option<usize>) -> Result<Dense> {
+        let (dims, w) = self.values(&format!("{name}.weight"), &[out, inp])?;
+        let b = self.vector(&format!("{name}.bias"), dims[0])?;
+        Ok(Dense {
+            w,
+            b,
+            inp: dims[1],
+            out: dims[0],
+        })
+    }
+
+    pub fn norm(&self, name: &str, dim: usize) -> Result<Norm> {
+        Ok(Norm {
+            gamma: self.vector(&format!("{name}.weight"), dim)?,
+            beta: self.vector(&format!("{name}.bias"), dim)?,
+        })
+    }
+}
+
+/// An embedding table, row-major `rows x dim`.
+pub struct Table {
+    name: String,
+    pub rows: usize,
+    pub dim: usize,
+    data: Vec<f32>,
+}
+
+impl Table {
+    /// Row `i`; an index past the table is an error, as in candle's look-up.
+    pub fn row(&self, i: u32) -> Result<&[f32]> {
+        let i = i as usize;
+        if i >= self.rows {
+            return Err(ServeError::invalid(format!(
+                "index {i} outside the {} rows of table {}",
+                self.rows, self.name
+            )));
+        }
+        Ok(&self.data[i * self.dim..(i + 1) * self.dim])
+    }
+
+    /// `acc += row i`.
+    pub fn add_row(&self, acc: &mut [f32], i: u32) -> Result<()> {
+        super::kernels::add(acc, self.row(i)?);
+        Ok(())
+    }
+}
+
+/// A linear layer: weight `[out, inp]` row-major (as candle stores it), bias `[out]`.
+pub struct Dense {
+    pub w: Vec<f32>,
+    pub b: Vec<f32>,
+    pub inp: usize,
+    pub out: usize,
+}
+
+impl Dense {
+    /// Outputs `lo..hi` of the layer.
+    pub fn rows(&self, lo: usize, hi: usize) -> Dense {
+        Dense {
+            w: self.w[lo * self.inp..hi * self.inp].to_vec(),
+            b: self.b[lo..hi].to_vec(),
+            inp: self.inp,
+            out: hi - lo,
+        }
+    }
+
+    /// The weight as the right-hand side of `x W^T`: `inp x out`.
+    pub fn wt(&self) -> super::kernels::View<'_> {
+        super::kernels::View::rows(&self.w, self.out, self.inp).t()
+    }
+
+    /// `y = x W^T + b` for `rows` rows of `x` (`rows x inp`), into `y` (`rows x out`), then
+    /// ReLU when `relu`.
+    pub fn forward(&self, y: &mut [f32], x: &[f32], rows: usize, relu: bool) {
+        self.apply(y, x, rows, false, relu);
+    }
+
+    /// `y += x W^T + b` (a residual connection) for `rows` rows.
+    pub fn forward_add(&self, y: &mut [f32], x: &[f32], rows: usize) {
+        self.apply(y, x, rows, true, false);
+    }
+
+    fn apply(&self, y: &mut [f32], x: &[f32], rows: usize, accumulate: bool, relu: bool) {
+        let x = super::kernels::View::rows(x, rows, self.inp);
+        super::kernels::matmul(y, self.out, x, self.wt(), accumulate);
+        for r in y[..rows * self.out].chunks_exact_mut(self.out) {
+            super::kernels::bias_act(r, &self.b, relu);
+        }
+    }
+}
+
+/// Layer norm scale and shift.
+pub struct Norm {
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+}
