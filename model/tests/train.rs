@@ -53,16 +53,7 @@ fn sequence_models_learn_the_planted_signal() {
         seed: 1,
         ..TrainConfig::default()
     };
-    let gauc = |name: &str| {
-        let c = cfg(name);
-        let t = train(&c, &tc, &data).unwrap();
-        evaluate(t.model.as_ref(), &c, &data, &data.test)
-            .unwrap()
-            .0
-            .auc
-            .unwrap()
-    };
-    let soft = gauc("siren-soft");
+    let soft = test_metrics("siren-soft", &tc, &data).auc.unwrap();
     assert!(soft > 0.6, "siren-soft AUC {soft}");
 }
 
@@ -120,19 +111,22 @@ fn din_beats_no_seq_on_unseen_users_when_the_signal_is_recent() {
         seed: 1,
         ..TrainConfig::default()
     };
-    let gauc = |name: &str| {
-        let c = cfg(name);
-        let t = train(&c, &tc, &data).unwrap();
-        evaluate(t.model.as_ref(), &c, &data, &data.test)
-            .unwrap()
-            .0
-            .gauc
-            .unwrap()
-    };
+    let gauc = |name: &str| test_metrics(name, &tc, &data).gauc.unwrap();
     let (din, no_seq) = (gauc("din"), gauc("no-seq"));
     println!("test GAUC: din {din:.4}, no-seq {no_seq:.4}");
     assert!(
         din > no_seq + 0.1,
         "din {din:.4} does not beat no-seq {no_seq:.4} by 0.1"
     );
+}
+
+/// Train model `name` on `data` and score its test split.
+fn test_metrics(
+    name: &str,
+    tc: &TrainConfig,
+    data: &siren_model::train::Prepared,
+) -> siren_model::metrics::RankingMetrics {
+    let c = cfg(name);
+    let t = train(&c, tc, data).unwrap();
+    evaluate(t.model.as_ref(), &c, data, &data.test).unwrap().0
 }
