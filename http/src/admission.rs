@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -32,7 +32,6 @@ use tokio::time::Instant;
 
 use crate::config::Limits;
 use crate::error::ApiError;
-use crate::state::AppState;
 
 /// The permits and the time limit of the `/v1` routes.
 pub struct Admission {
@@ -137,10 +136,10 @@ impl Ticket {
     }
 }
 
-impl FromRequestParts<AppState> for Ticket {
+impl<S: Send + Sync> FromRequestParts<S> for Ticket {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &AppState) -> Result<Ticket, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Ticket, ApiError> {
         parts
             .extensions
             .get::<Ticket>()
@@ -149,12 +148,17 @@ impl FromRequestParts<AppState> for Ticket {
     }
 }
 
-/// Middleware of the `/v1` routes: shed without a free permit, answer 503 at the deadline unless
-/// a write has started.
-pub async fn admit(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
-    let admission = &st.admission;
+/// The work of the `/v1` middleware: shed without a free permit (calling `on_shed`), answer 503
+/// at the deadline unless a write has started (calling `on_late` once a request was late).
+pub async fn admit(
+    admission: &Admission,
+    mut req: Request,
+    next: Next,
+    on_shed: impl FnOnce(),
+    on_late: impl FnOnce(),
+) -> Response {
     let Ok(permit) = admission.permits.clone().try_acquire_owned() else {
-        st.metrics.shed.inc();
+        on_shed();
         return ApiError::overloaded().into_response();
     };
     let deadline = Instant::now() + admission.timeout;
@@ -181,7 +185,7 @@ pub async fn admit(State(st): State<AppState>, mut req: Request, next: Next) -> 
     // Counted once however it came about: here at the deadline, or by work refused because
     // the blocking pool reached it only after.
     if ticket.0.started_late.load(Ordering::SeqCst) {
-        st.metrics.timed_out.inc();
+        on_late();
     }
     answer
 }

@@ -223,10 +223,7 @@ fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(write)
         .merge(admin)
         .split_for_parts();
-    let v1 = v1.layer(middleware::from_fn_with_state(
-        state.clone(),
-        crate::admission::admit,
-    ));
+    let v1 = v1.layer(middleware::from_fn_with_state(state.clone(), admit));
     let (ops, ops_doc) = OpenApiRouter::new()
         .routes(routes!(healthz))
         .routes(routes!(readyz))
@@ -270,4 +267,21 @@ pub fn app(state: AppState) -> Router {
 /// The OpenAPI document alone (for `siren openapi` and tests).
 pub fn openapi(state: &AppState) -> utoipa::openapi::OpenApi {
     routes(state).1
+}
+
+/// Middleware of the `/v1` routes: admission (`crate::admission::admit`) with its counters.
+async fn admit(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let m = &st.metrics;
+    crate::admission::admit(
+        &st.admission,
+        req,
+        next,
+        || {
+            m.shed.inc();
+        },
+        || {
+            m.timed_out.inc();
+        },
+    )
+    .await
 }
