@@ -42,14 +42,7 @@ const GROUP_META: usize = 13;
 /// Block index record: first timestamp i64, byte offset u32 (blocks after the first).
 const BLOCK_INDEX_LEN: usize = 12;
 
-/// An event without its user, as a user entry stores it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Ev {
-    pub ts: i64,
-    pub item: u64,
-    pub action: u8,
-    pub domain: u16,
-}
+pub use crate::types::Ev;
 
 /// Bytes an entry spends on each part, for statistics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

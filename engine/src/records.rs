@@ -4,8 +4,8 @@
 //! checksums are not consulted.
 
 use crate::codec::{push_crc, split_crc, Reader};
-use crate::entry::Ev;
 use crate::error::{corrupt, DecodeError, DecodeResult};
+use crate::types::Ev;
 use crate::types::{SemId, MAX_SEMID_LEVELS};
 
 pub const RECORD_VERSION: u8 = 1;

@@ -263,3 +263,12 @@ impl ReadRange {
         }
     }
 }
+
+/// An event without its user, as a user entry stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ev {
+    pub ts: i64,
+    pub item: u64,
+    pub action: u8,
+    pub domain: u16,
+}

@@ -16,8 +16,7 @@ pub const GAP_BUCKETS: usize = 32;
 /// Similarity buckets over [-1, 1] of width 0.1 (21 of them, the last holding exactly 1.0),
 /// plus bucket 0 for "unknown".
 pub const SIM_BUCKETS: usize = 22;
-/// Bins of MUSE's similarity-tier histogram: width 0.1 over [-1, 1].
-pub const SIMTIER_BINS: usize = 21;
+pub use crate::features::SIMTIER_BINS;
 
 /// Raw id to dense index; 0 is unknown.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

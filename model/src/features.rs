@@ -194,12 +194,16 @@ pub struct SampleSet {
     pub evidence: Vec<f32>,
 }
 
+/// Bins of MUSE's similarity-tier histogram (and of the evidence features' cosine histogram):
+/// width 0.1 over [-1, 1].
+pub const SIMTIER_BINS: usize = 21;
+
 /// Behaviours counted as recent by the evidence features.
 pub const EVIDENCE_WINDOW: usize = 50;
 
 /// Numbers per sample in [`SampleSet::evidence`] for `levels` SemID levels.
 pub fn evidence_len(levels: usize) -> usize {
-    3 * (levels + 1) + crate::batch::SIMTIER_BINS + 1
+    3 * (levels + 1) + SIMTIER_BINS + 1
 }
 
 /// A user's as-of history summarised once, so that the evidence features of many targets
@@ -295,7 +299,7 @@ impl HistorySummary {
     /// target (log(1 + count) per 0.1-wide bin); then log(1 + len). Coarse counts rather than
     /// ids, so they mean the same for users never seen in training.
     pub fn evidence(&self, items: &ItemTable, target: u32, levels: usize) -> Vec<f32> {
-        let bins = crate::batch::SIMTIER_BINS;
+        let bins = SIMTIER_BINS;
         let groups = levels + 1;
         let mut out = vec![0f32; evidence_len(levels)];
         let n = self.len as f32;
