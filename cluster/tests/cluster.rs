@@ -10,6 +10,7 @@ use siren_cluster::{CatchUp, Error, Producer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_nodes_apply_every_acknowledged_write_exactly_once() {
+    let _serial = common::SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let Some(Setup {
         js,
@@ -88,6 +89,7 @@ async fn three_nodes_apply_every_acknowledged_write_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn partitions_move_by_checkpoint_and_by_replay_while_appends_continue() {
+    let _serial = common::SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let Some(Setup {
         js,
@@ -182,6 +184,7 @@ async fn partitions_move_by_checkpoint_and_by_replay_while_appends_continue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_node_is_replaced_and_reads_fail_over_to_the_surviving_replica() {
+    let _serial = common::SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let Some(Setup {
         js,
@@ -283,6 +286,7 @@ async fn a_dead_node_is_replaced_and_reads_fail_over_to_the_surviving_replica() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_training_read_with_pinned_positions_equals_the_single_node_run() {
+    let _serial = common::SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     // The single-node run reads a database fed only what was written before the pin.
     let Some(Setup {
@@ -393,6 +397,7 @@ async fn a_training_read_with_pinned_positions_equals_the_single_node_run() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stream_truncated_past_the_stored_position_is_refused() {
+    let _serial = common::SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let Some(js) = servers(dir.path(), 1) else {
         return;
@@ -477,6 +482,7 @@ async fn a_stream_truncated_past_the_stored_position_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_of_a_jetstream_server_while_publishing_loses_and_doubles_nothing() {
+    let _serial = common::SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let Some(Setup {
         mut js,

@@ -398,3 +398,9 @@ pub async fn setup(
         items,
     })
 }
+
+/// Held by each multi-node test for its whole run: they start JetStream servers and several
+/// nodes each, and run one at a time so that their failure detectors and timeouts are not
+/// judged on a machine oversubscribed by their neighbours.
+#[allow(dead_code)]
+pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
