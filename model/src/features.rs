@@ -239,20 +239,19 @@ struct Matches {
 }
 
 impl Matches {
-    fn add(slot: Option<&mut Matches>, back: usize) -> Option<Matches> {
-        let recent = u32::from(back < EVIDENCE_WINDOW);
-        match slot {
-            Some(m) => {
-                m.count += 1;
-                m.recent += recent;
-                None
-            }
-            None => Some(Matches {
-                count: 1,
-                recent,
-                newest: back as u32,
-            }),
+    /// The first (newest) behaviour of a group, `back` behaviours from the end.
+    fn first(back: usize) -> Matches {
+        Matches {
+            count: 1,
+            recent: u32::from(back < EVIDENCE_WINDOW),
+            newest: back as u32,
         }
+    }
+
+    /// One more, older, behaviour of the group.
+    fn add(&mut self, back: usize) {
+        self.count += 1;
+        self.recent += u32::from(back < EVIDENCE_WINDOW);
     }
 }
 
@@ -276,15 +275,16 @@ impl HistorySummary {
             });
             out.items[k].1 += 1;
             let cat = items.category[row as usize];
-            if let Some(m) = Matches::add(out.by_category.get_mut(&cat), back) {
-                out.by_category.insert(cat, m);
-            }
+            out.by_category
+                .entry(cat)
+                .and_modify(|m| m.add(back))
+                .or_insert_with(|| Matches::first(back));
             if let Some(semid) = &items.semid[row as usize] {
                 for d in 1..=semid.levels() {
-                    let key = prefix_key(semid, d);
-                    if let Some(m) = Matches::add(out.by_prefix.get_mut(&key), back) {
-                        out.by_prefix.insert(key, m);
-                    }
+                    out.by_prefix
+                        .entry(prefix_key(semid, d))
+                        .and_modify(|m| m.add(back))
+                        .or_insert_with(|| Matches::first(back));
                 }
             }
         }
