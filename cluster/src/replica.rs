@@ -140,7 +140,7 @@ async fn hold<B: Backend>(inner: &Arc<Inner<B>>, slot: &Arc<Slot>) -> Result<()>
         None if bounds.first == 1
             && !mine.wants_checkpoint
             && mine.checkpoint.is_none()
-            && (inner.cfg.catch_up == CatchUp::Replay || provider(&inner.dir, p).is_none()) =>
+            && (inner.cfg.catch_up == CatchUp::Replay || !ready_elsewhere(&inner.dir, p, me)) =>
         {
             start_replay(inner, slot).await?
         }
@@ -350,6 +350,19 @@ pub(crate) fn provider(dir: &Directory, p: u32) -> Option<String> {
                     .is_some_and(|n| n.info.serving.contains_key(&p))
         })
         .map(|r| r.node.clone())
+}
+
+/// Whether another replica of `p` is ready in the assignment, live or not. A joining replica
+/// asks for a checkpoint when one is: a provider that merely looks dead for a moment (its
+/// heartbeat late on a loaded machine, or not yet seen by a directory that has just started)
+/// must not turn a checkpoint catch-up into a replay of the whole stream. `fetch_checkpoint`
+/// still falls back to replay when no provider shows up for two `dead_after`.
+fn ready_elsewhere(dir: &Directory, p: u32, me: &str) -> bool {
+    dir.assignment(p).is_some_and(|(a, _)| {
+        a.replicas
+            .iter()
+            .any(|r| r.node != me && r.state == ReplicaState::Ready && !r.wants_checkpoint)
+    })
 }
 
 /// If this node is the provider and a replica waits for a checkpoint, ships one (in the
