@@ -2,22 +2,31 @@
 """The SIREN ESU in PyTorch and in ONNX Runtime, timed on the network `compare` exports.
 
 `compare` writes `esu.json` (the configuration, every parameter by name, one batch of inputs
-and candle's click probabilities for it) and runs this script with the thread count it used.
-The script builds the same network in PyTorch, checks that it gives candle's probabilities,
-times its forward, exports it to ONNX and times ONNX Runtime on the same inputs. It prints one
-JSON object on its last line of output:
+and candle's click probabilities for it) and starts this script with the thread count its own
+forwards use. The script builds the same network in PyTorch, checks that it gives candle's
+probabilities, exports it to ONNX, loads it in ONNX Runtime and checks that too, then prints
+one JSON line:
 
-    {"torch_p50_s": ..., "onnx_p50_s": ..., "threads": N, "max_diff": ...}
+    {"ready": true, "torch_max_diff": ..., "onnx_max_diff": ..., "threads": N, ...}
 
-or, when torch or onnxruntime cannot be imported, {"skipped": "<reason>"} (exit status 0), so
-that a machine without them still completes the comparison.
+or, when torch, onnxruntime or numpy cannot be imported, {"skipped": "<reason>"} (exit status
+0, so that a machine without them still completes the comparison), or {"error": "..."}.
+After "ready" it answers requests on standard input, one per line, so that `compare` can
+interleave rounds of its own forwards with rounds of these and all four see the same load:
 
-    python3 benches/torch_esu.py --json esu.json --threads 2 --runs 200
+    torch N   ->  {"times": [seconds of N forwards]}
+    onnx N    ->  {"times": [...]}
+    quit (or end of input)
+
+Install the pinned Python it needs with `scripts/bench-python.sh` (a venv in
+target/bench-python, which `compare` finds by itself). By hand:
+
+    target/bench-python/bin/python benches/torch_esu.py --json esu.json --threads 2
 """
 
 import argparse
 import json
-import statistics
+import os
 import sys
 import tempfile
 import time
@@ -32,8 +41,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", required=True, help="esu.json written by compare")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--runs", type=int, default=200)
     args = ap.parse_args()
+    # Before torch loads its OpenMP runtime: the same thread count everywhere.
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import importlib
 
     missing = []
@@ -43,7 +53,8 @@ def main():
         except ImportError:
             missing.append(name)
     if missing:
-        emit({"skipped": f"this Python ({sys.version.split()[0]}) lacks {', '.join(missing)}"})
+        emit({"skipped": f"{sys.executable} ({sys.version.split()[0]}) lacks "
+              f"{', '.join(missing)}; scripts/bench-python.sh installs them"})
         return 0
     import onnxruntime
     import torch
@@ -162,50 +173,78 @@ def inputs(doc, torch):
             t(c["gap"], i64), t(c["mask"], f32))
 
 
-def p50(f, runs):
-    f()
-    times = []
+def times(f, runs):
+    out = []
     for _ in range(runs):
         start = time.perf_counter()
         f()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+NAMES = ["user", "item", "category", "prefix", "emb", "r_item", "r_cat", "r_act", "r_gap",
+         "r_sb", "r_depth", "r_prefix", "r_mask", "c_item", "c_cat", "c_act", "c_gap", "c_mask"]
+
+
+def export_onnx(model, xs, path, torch):
+    """The model as ONNX at `path`: the exporter torch recommends (torch.export, dynamo), else
+    the TorchScript one."""
+    try:
+        torch.onnx.export(model, xs, path, input_names=NAMES, output_names=["probs"],
+                          dynamo=True, opset_version=18)
+        return "dynamo"
+    except Exception:  # noqa: BLE001 - older torch, or a graph the new exporter rejects
+        torch.onnx.export(model, xs, path, input_names=NAMES, output_names=["probs"],
+                          dynamo=False, opset_version=17)
+        return "torchscript"
 
 
 def run(doc, args, torch, ort):
     torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
     model = build(doc, torch)
     xs = inputs(doc, torch)
-    with torch.inference_mode():
-        probs = model(*xs)
     want = torch.tensor(doc["candle_probs"])
-    max_diff = float((probs - want).abs().max())
-    if max_diff > 1e-4:
-        emit({"error": f"PyTorch's probabilities differ from candle's by {max_diff}"})
-        return 1
     with torch.inference_mode():
-        torch_p50 = p50(lambda: model(*xs), args.runs)
-    names = ["user", "item", "category", "prefix", "emb", "r_item", "r_cat", "r_act", "r_gap",
-             "r_sb", "r_depth", "r_prefix", "r_mask", "c_item", "c_cat", "c_act", "c_gap",
-             "c_mask"]
+        torch_diff = float((model(*xs) - want).abs().max())
+    if not torch_diff <= 1e-4:
+        emit({"error": f"PyTorch's probabilities differ from candle's by {torch_diff}"})
+        return 1
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/esu.onnx"
-        torch.onnx.export(model, xs, path, input_names=names, output_names=["probs"],
-                          opset_version=17)
+        exporter = export_onnx(model, xs, path, torch)
         so = ort.SessionOptions()
         so.intra_op_num_threads = args.threads
         so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        feed = {n: v.numpy() for n, v in zip(names, xs)}
-        onnx_probs = sess.run(None, feed)[0]
-        onnx_diff = float(abs(onnx_probs - want.numpy()).max())
-        if onnx_diff > 1e-4:
-            emit({"error": f"ONNX Runtime's probabilities differ from candle's by {onnx_diff}"})
+    # By name: an exporter may drop an input the graph does not read.
+    wanted = {i.name for i in sess.get_inputs()}
+    feed = {n: v.numpy() for n, v in zip(NAMES, xs) if n in wanted}
+    onnx_diff = float(abs(sess.run(None, feed)[0] - want.numpy()).max())
+    if not onnx_diff <= 1e-4:
+        emit({"error": f"ONNX Runtime's probabilities differ from candle's by {onnx_diff}"})
+        return 1
+
+    def torch_forward():
+        with torch.inference_mode():
+            model(*xs)
+
+    forwards = {"torch": torch_forward, "onnx": lambda: sess.run(None, feed)}
+    for f in forwards.values():
+        f()
+    emit({"ready": True, "threads": args.threads, "torch_max_diff": torch_diff,
+          "onnx_max_diff": onnx_diff, "onnx_exporter": exporter,
+          "torch_version": torch.__version__, "onnxruntime_version": ort.__version__})
+    for line in sys.stdin:
+        what = line.split()
+        if not what or what[0] == "quit":
+            break
+        if what[0] not in forwards or len(what) != 2 or not what[1].isdigit():
+            emit({"error": f"unknown request {line.strip()!r}"})
             return 1
-        onnx_p50 = p50(lambda: sess.run(None, feed), args.runs)
-    emit({"torch_p50_s": torch_p50, "onnx_p50_s": onnx_p50, "threads": args.threads,
-          "max_diff": max(max_diff, onnx_diff), "torch_version": torch.__version__,
-          "onnxruntime_version": ort.__version__})
+        emit({"times": times(forwards[what[0]], int(what[1]))})
     return 0
 
 

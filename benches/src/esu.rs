@@ -4,8 +4,9 @@
 //! forward on the same weights and the same batch, and for handing the same network to the
 //! PyTorch / ONNX Runtime script (`benches/torch_esu.py`).
 
-use std::path::Path;
-use std::process::Command;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use crate::timing::{summarize, Sample};
@@ -13,6 +14,7 @@ use crate::timing::{summarize, Sample};
 use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use siren_model::batch::{Batch, SeqBatch, GAP_BUCKETS, SIMTIER_BINS, SIM_BUCKETS};
 use siren_model::models::layers::Params;
@@ -169,16 +171,21 @@ impl EsuFixture {
     /// Candle's forward and the fused one, `runs` times each, alternating so that both see the
     /// same load on a shared machine: their timings, seconds.
     pub fn time_both(&self, runs: usize) -> (Sample, Sample) {
+        let (candle, fused) = self.time_both_runs(runs);
+        (summarize(candle), summarize(fused))
+    }
+
+    /// The seconds of each run of [`EsuFixture::time_both`] (after one warm-up call each).
+    pub fn time_both_runs(&self, runs: usize) -> (Vec<f64>, Vec<f64>) {
         let time = |f: &dyn Fn() -> Vec<f32>| {
             let t = Instant::now();
             std::hint::black_box(f());
             t.elapsed().as_secs_f64()
         };
-        let (candle, fused): (Vec<f64>, Vec<f64>) = (0..runs + 1)
+        (0..runs + 1)
             .map(|_| (time(&|| self.candle_probs()), time(&|| self.fused_probs())))
             .skip(1)
-            .unzip();
-        (summarize(candle), summarize(fused))
+            .unzip()
     }
 
     /// The network for `benches/torch_esu.py`: `esu.json` with the configuration, every
@@ -233,25 +240,6 @@ impl EsuFixture {
     }
 }
 
-/// What the Python script measured, why it did not (no torch or onnxruntime), or how it
-/// failed (a network that does not give candle's probabilities, a crash).
-#[derive(Debug, Clone, serde::Serialize)]
-#[serde(untagged)]
-pub enum Python {
-    Measured {
-        torch_p50_s: f64,
-        onnx_p50_s: f64,
-        threads: usize,
-        max_diff: f64,
-    },
-    Skipped {
-        skipped: String,
-    },
-    Failed {
-        error: String,
-    },
-}
-
 /// Threads both forwards use: `RAYON_NUM_THREADS` when set (candle and the rayon pool both
 /// read it), else the machine's.
 pub fn threads() -> usize {
@@ -262,50 +250,231 @@ pub fn threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// Run `benches/torch_esu.py` on the network exported to `json` with `threads` threads; the
-/// script's last line of output is its answer.
-pub fn torch_esu(json: &std::path::Path, threads: usize, runs: usize) -> Python {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/torch_esu.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .arg("--json")
-        .arg(json)
-        .args([
-            "--threads",
-            &threads.to_string(),
-            "--runs",
-            &runs.to_string(),
-        ])
-        .output();
-    let skipped = |why: String| Python::Skipped { skipped: why };
-    let out = match out {
-        Ok(o) => o,
-        Err(e) => return skipped(format!("no python3 to run torch_esu.py: {e}")),
-    };
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().last().unwrap_or("");
-    match serde_json::from_str::<serde_json::Value>(last) {
-        Ok(v) if v.get("torch_p50_s").is_some() => Python::Measured {
-            torch_p50_s: v["torch_p50_s"].as_f64().unwrap_or(f64::NAN),
-            onnx_p50_s: v["onnx_p50_s"].as_f64().unwrap_or(f64::NAN),
-            threads: v["threads"].as_u64().map_or(threads, |t| t as usize),
-            max_diff: v["max_diff"].as_f64().unwrap_or(f64::NAN),
-        },
-        Ok(v) if v.get("skipped").is_some() => {
-            skipped(v["skipped"].as_str().unwrap_or("").to_string())
-        }
-        Ok(v) => Python::Failed {
-            error: v["error"].as_str().unwrap_or("no answer").to_string(),
-        },
-        Err(_) => Python::Failed {
-            error: format!(
-                "torch_esu.py exited with {}: {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-                    .lines()
-                    .last()
-                    .unwrap_or("")
-            ),
-        },
+/// The Python that runs `benches/torch_esu.py`: `SIREN_BENCH_PYTHON` when set, else the venv
+/// `scripts/bench-python.sh` installs (`target/bench-python`) when it exists, else `python3`.
+pub fn bench_python() -> PathBuf {
+    if let Some(p) = std::env::var_os("SIREN_BENCH_PYTHON").filter(|p| !p.is_empty()) {
+        return p.into();
     }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-python/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        "python3".into()
+    }
+}
+
+/// The two forwards the Python script times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framework {
+    Torch,
+    Onnx,
+}
+
+/// What the script reported once its two networks gave candle's probabilities.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ready {
+    pub threads: usize,
+    pub torch_max_diff: f64,
+    pub onnx_max_diff: f64,
+    pub onnx_exporter: String,
+    pub torch_version: String,
+    pub onnxruntime_version: String,
+}
+
+/// A running `benches/torch_esu.py` that has checked its networks against candle's
+/// probabilities and times them on request.
+pub struct TorchEsu {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    pub ready: Ready,
+}
+
+/// Why there is no running script: the Python lacks torch or onnxruntime (`Skipped`, the
+/// comparison still completes), or the script failed (a network that does not give candle's
+/// probabilities, a crash).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum NotRun {
+    Skipped(String),
+    Failed(String),
+}
+
+impl TorchEsu {
+    /// Start the script with `python` on the network exported to `json`, with `threads`
+    /// threads for PyTorch, its OpenMP runtime and ONNX Runtime.
+    pub fn start(python: &Path, json: &Path, threads: usize) -> Result<TorchEsu, NotRun> {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/torch_esu.py");
+        let mut child = Command::new(python)
+            .arg(script)
+            .arg("--json")
+            .arg(json)
+            .args(["--threads", &threads.to_string()])
+            .env("OMP_NUM_THREADS", threads.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                NotRun::Skipped(format!(
+                    "cannot run {} (scripts/bench-python.sh installs a Python with torch and \
+                     onnxruntime): {e}",
+                    python.display()
+                ))
+            })?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(NotRun::Failed("no pipes to torch_esu.py".into()));
+        };
+        let mut stdout = BufReader::new(stdout);
+        let answer = match read_answer(&mut stdout) {
+            Ok(v) => v,
+            Err(e) => return Err(NotRun::Failed(format!("{e}; {}", stderr_tail(child)))),
+        };
+        if let Some(why) = answer.get("skipped") {
+            let _ = child.wait();
+            return Err(NotRun::Skipped(why.as_str().unwrap_or("").to_string()));
+        }
+        match serde_json::from_value::<Ready>(answer.clone()) {
+            Ok(ready) => Ok(TorchEsu {
+                child,
+                stdin,
+                stdout,
+                ready,
+            }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(NotRun::Failed(
+                    answer["error"].as_str().unwrap_or("no answer").to_string(),
+                ))
+            }
+        }
+    }
+
+    /// Seconds of each of `runs` forwards of `which`.
+    pub fn time(&mut self, which: Framework, runs: usize) -> Result<Vec<f64>, String> {
+        let name = match which {
+            Framework::Torch => "torch",
+            Framework::Onnx => "onnx",
+        };
+        writeln!(self.stdin, "{name} {runs}")
+            .and_then(|()| self.stdin.flush())
+            .map_err(|e| format!("torch_esu.py stopped reading: {e}"))?;
+        let answer = read_answer(&mut self.stdout)?;
+        serde_json::from_value::<Vec<f64>>(answer["times"].clone())
+            .map_err(|_| format!("torch_esu.py answered {answer}"))
+    }
+}
+
+impl Drop for TorchEsu {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.stdin.flush();
+        let _ = self.child.wait();
+    }
+}
+
+/// The script's next line of output, as JSON.
+fn read_answer(stdout: &mut impl BufRead) -> Result<Value, String> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match stdout.read_line(&mut line) {
+            Ok(0) => return Err("torch_esu.py exited without an answer".into()),
+            Ok(_) => {
+                // Libraries may print to standard output too; answers are JSON objects.
+                if let Ok(v @ Value::Object(_)) = serde_json::from_str(line.trim()) {
+                    return Ok(v);
+                }
+            }
+            Err(e) => return Err(format!("reading torch_esu.py: {e}")),
+        }
+    }
+}
+
+/// The last line the script wrote to standard error, once it has exited.
+fn stderr_tail(child: Child) -> String {
+    match child.wait_with_output() {
+        Ok(out) => format!(
+            "exit {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        ),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// The ESU forward of one fixture in candle, fused, PyTorch and ONNX Runtime, with this
+/// process's thread count.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EsuTimes {
+    pub threads: usize,
+    pub rounds: usize,
+    pub candle: Sample,
+    pub fused: Sample,
+    pub python: Result<PythonTimes, NotRun>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PythonTimes {
+    pub ready: Ready,
+    pub torch: Sample,
+    pub onnx: Sample,
+    /// Fused / PyTorch and fused / ONNX Runtime p50 of each round, in round order (how much
+    /// the ratio moves with the machine's load).
+    pub torch_round_ratios: Vec<f64>,
+    pub onnx_round_ratios: Vec<f64>,
+}
+
+/// `rounds` rounds of `runs` forwards each of candle and fused (alternating), then PyTorch,
+/// then ONNX Runtime (when `python` runs the script), so that all four see the same load
+/// over the measurement; the fixture's network is exported to `dir`.
+pub fn time_all(
+    f: &EsuFixture,
+    python: &Path,
+    dir: &Path,
+    rounds: usize,
+    runs: usize,
+) -> Result<EsuTimes, Box<dyn std::error::Error + Send + Sync>> {
+    let (threads, runs) = (threads(), runs.max(1));
+    let mut script = TorchEsu::start(python, &f.export(dir)?, threads);
+    let (mut candle, mut fused, mut torch, mut onnx) = (vec![], vec![], vec![], vec![]);
+    let mut ratios = (vec![], vec![]);
+    let median = |v: &[f64]| summarize(v.to_vec()).p50;
+    for _ in 0..rounds.max(1) {
+        let (c, u) = f.time_both_runs(runs);
+        let fused_p50 = median(&u);
+        candle.extend(c);
+        fused.extend(u);
+        let Ok(s) = &mut script else { continue };
+        match (
+            s.time(Framework::Torch, runs),
+            s.time(Framework::Onnx, runs),
+        ) {
+            (Ok(t), Ok(o)) => {
+                ratios.0.push(fused_p50 / median(&t));
+                ratios.1.push(fused_p50 / median(&o));
+                torch.extend(t);
+                onnx.extend(o);
+            }
+            (Err(e), _) | (_, Err(e)) => script = Err(NotRun::Failed(e)),
+        }
+    }
+    let python = script.map(|s| PythonTimes {
+        ready: s.ready.clone(),
+        torch: summarize(torch),
+        onnx: summarize(onnx),
+        torch_round_ratios: ratios.0,
+        onnx_round_ratios: ratios.1,
+    });
+    Ok(EsuTimes {
+        threads,
+        rounds: rounds.max(1),
+        candle: summarize(candle),
+        fused: summarize(fused),
+        python,
+    })
 }

@@ -64,6 +64,36 @@ struct Args {
     /// Scratch space for the stores (a temporary folder by default).
     #[arg(long)]
     scratch: Option<PathBuf>,
+    /// Run one section alone and write its report into `--out` (`esu.md`, `esu.json`) rather
+    /// than `BENCHMARKS.md`: `esu` is the ESU forward against PyTorch and ONNX Runtime (a
+    /// minute or two instead of the whole comparison).
+    #[arg(long, value_enum)]
+    only: Option<Section>,
+    /// Thread counts of the ESU comparison, each in its own process.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    esu_threads: Vec<usize>,
+    /// Rounds of the ESU comparison (candle, fused, PyTorch, ONNX Runtime in turn) [default: 10,
+    /// 3 with --quick].
+    #[arg(long)]
+    esu_rounds: Option<usize>,
+    /// Calls of each forward per round [default: 30, 5 with --quick].
+    #[arg(long)]
+    esu_runs: Option<usize>,
+    /// The Python with torch and onnxruntime that runs `benches/torch_esu.py` [default:
+    /// `$SIREN_BENCH_PYTHON`, else `target/bench-python/bin/python` when
+    /// `scripts/bench-python.sh` installed it, else `python3`; without torch or onnxruntime the
+    /// comparison says so and goes on].
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Internal: measure the ESU at this process's thread count and print it as JSON.
+    #[arg(long, hide = true)]
+    esu_worker: bool,
+}
+
+/// A part of the comparison that can run alone.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Section {
+    Esu,
 }
 
 /// Repetition policy: at least `runs` calls and `secs` seconds per measurement.
@@ -700,32 +730,75 @@ fn main() -> Res<()> {
             secs: 2.0,
         }
     };
+    let esu_plan = esu::Plan {
+        threads: args.esu_threads.clone(),
+        rounds: args.esu_rounds.unwrap_or(if args.quick { 3 } else { 10 }),
+        runs: args.esu_runs.unwrap_or(if args.quick { 5 } else { 30 }),
+        python: args
+            .python
+            .clone()
+            .unwrap_or_else(siren_benches::esu::bench_python),
+    };
+    if args.esu_worker {
+        return esu::worker(&esu_plan);
+    }
+    std::fs::create_dir_all(&args.out)?;
+    let started = Instant::now();
+    let log = |s: &str| eprintln!("[{:>6.1}s] {s}", started.elapsed().as_secs_f64());
+    let command =
+        std::iter::once("cargo run --release -p siren-benches --bin compare --".to_string())
+            .chain(std::env::args().skip(1))
+            .collect::<Vec<_>>()
+            .join(" ");
+    match args.only {
+        Some(Section::Esu) => esu_alone(&args, &esu_plan, &command, &log),
+        None => everything(&args, reps, &esu_plan, command, &log),
+    }
+}
+
+/// `--only esu`: the ESU section into `esu.md` and `esu.json` under `--out`.
+fn esu_alone(args: &Args, plan: &esu::Plan, command: &str, log: Log<'_>) -> Res<()> {
+    let e = esu::measure(plan, log)?;
+    let targets = esu::targets(&e);
+    let json = args.out.join("esu.json");
+    std::fs::write(
+        &json,
+        serde_json::to_string_pretty(&serde_json::json!({
+            "machine": machine(), "command": command, "esu_forward": e, "targets": targets,
+        }))? + "\n",
+    )?;
+    let md = args.out.join("esu.md");
+    let table = report::targets_table(&targets);
+    std::fs::write(&md, esu::report(command, &machine(), &json, &e, &table))?;
+    log(&format!("wrote {}, {}", md.display(), json.display()));
+    Ok(())
+}
+
+/// The whole comparison into `BENCHMARKS.md`, `compare.json` and the plots.
+fn everything(
+    args: &Args,
+    reps: Reps,
+    esu_plan: &esu::Plan,
+    command: String,
+    log: Log<'_>,
+) -> Res<()> {
     let tmp = tempfile::tempdir()?;
     let scratch = args
         .scratch
         .clone()
         .unwrap_or_else(|| tmp.path().to_owned());
-    std::fs::create_dir_all(&args.out)?;
-    let started = Instant::now();
-    let log = |s: &str| eprintln!("[{:>6.1}s] {s}", started.elapsed().as_secs_f64());
-
     let cfg = SynthConfig {
         items: args.items,
         dim: args.dim,
         ..SynthConfig::default()
     };
     let catalog = synth::catalog(&cfg);
-    let synthetic = measure_synthetic(&args, &cfg, &catalog, reps, &scratch, &log)?;
-    let movielens = measure_movielens(&args, reps, &scratch, &log)?;
-    let short = measure_short(&args, &scratch, &log)?;
-    let length_curve = measure_length_curve(&args, &cfg, &catalog, &scratch, &log)?;
-    let score = measure_scoring(&args, reps, &log)?;
-    let esu = esu::measure(reps, &log)?;
-    let command =
-        std::iter::once("cargo run --release -p siren-benches --bin compare --".to_string())
-            .chain(std::env::args().skip(1))
-            .collect::<Vec<_>>()
-            .join(" ");
+    let synthetic = measure_synthetic(args, &cfg, &catalog, reps, &scratch, log)?;
+    let movielens = measure_movielens(args, reps, &scratch, log)?;
+    let short = measure_short(args, &scratch, log)?;
+    let length_curve = measure_length_curve(args, &cfg, &catalog, &scratch, log)?;
+    let score = measure_scoring(args, reps, log)?;
+    let esu = esu::measure(esu_plan, log)?;
     let mut targets = targets(&synthetic, short.as_ref(), movielens.as_ref(), &score);
     targets.extend(esu::targets(&esu));
     let results = Results {
@@ -741,9 +814,9 @@ fn main() -> Res<()> {
     plots(&results, &args.out)?;
     std::fs::write(
         args.out.join("compare.json"),
-        serde_json::to_string_pretty(&report::json(&args, &results))? + "\n",
+        serde_json::to_string_pretty(&report::json(args, &results))? + "\n",
     )?;
-    std::fs::write(&args.markdown, report::markdown(&args, &results))?;
+    std::fs::write(&args.markdown, report::markdown(args, &results))?;
     log(&format!(
         "wrote {}, {}",
         args.markdown.display(),
