@@ -55,6 +55,10 @@ pub enum ImportCommand {
         movies: Option<PathBuf>,
         #[arg(long)]
         embeddings: Option<PathBuf>,
+        /// Reduce the embeddings to their first N principal components, rounded to int8, as the
+        /// 128-d int8 vectors of MUSE's reference data (for a like-for-like comparison).
+        #[arg(long, value_name = "N")]
+        reduce_dim: Option<usize>,
         /// New dataset directory.
         #[arg(long)]
         out: PathBuf,
@@ -273,6 +277,7 @@ pub fn import(cmd: ImportCommand) -> CliResult {
             ratings,
             movies,
             embeddings,
+            reduce_dim,
             out,
             semid,
         } => {
@@ -291,7 +296,7 @@ pub fn import(cmd: ImportCommand) -> CliResult {
                     "embeddings",
                 )?,
             };
-            import::import_movielens(&paths, &DatasetDir::new(out), &semid.config())?
+            import::import_movielens(&paths, &DatasetDir::new(out), &semid.config(), reduce_dim)?
         }
         ImportCommand::Synthetic {
             out,

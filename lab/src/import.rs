@@ -16,13 +16,21 @@ pub fn import_movielens(
     paths: &MovieLensPaths,
     dir: &DatasetDir,
     semid: &RqKmeansConfig,
+    reduce_dim: Option<usize>,
 ) -> Result<DatasetMeta> {
-    let ml = MovieLens::load(paths)?;
+    let mut ml = MovieLens::load(paths)?;
+    if let Some(d) = reduce_dim {
+        ml.reduce_embeddings(d)?;
+    }
     dir.create()?;
     let db = Db::open(dir.db_path(), DatasetDir::db_options(ml.dim, semid))?;
     ml.import(&db, None)?;
     let (splits, protocol) = ml.impressions();
-    let details = serde_json::to_value(&protocol).expect("report serialises");
+    let mut details = serde_json::to_value(&protocol).expect("report serialises");
+    details["embeddings"] = match reduce_dim {
+        Some(d) => format!("first {d} principal components, int8").into(),
+        None => "as given (float)".into(),
+    };
     Ok(finish(
         dir,
         &db,

@@ -19,6 +19,7 @@ pub mod error;
 pub mod experiment;
 pub mod import;
 pub mod movielens;
+pub mod reduce;
 pub mod report;
 pub mod table;
 pub mod taobao;

@@ -153,6 +153,14 @@ impl MovieLens {
         })
     }
 
+    /// Replaces the embeddings by their first `dim` principal components rounded to int8, as
+    /// the 128-d int8 vectors of MUSE's reference data ([`crate::reduce::pca_int8`]).
+    pub fn reduce_embeddings(&mut self, dim: usize) -> Result<()> {
+        self.embeddings = crate::reduce::pca_int8(&self.embeddings, self.dim, dim)?;
+        self.dim = dim;
+        Ok(())
+    }
+
     fn load_movies(path: &Path) -> Result<(Vec<Movie>, Vec<String>)> {
         let mut r = read_csv(path)?;
         expect_header(path, &mut r, &["movieId", "title", "genres"])?;
