@@ -342,7 +342,7 @@ pub(crate) fn provider(dir: &Directory, p: u32) -> Option<String> {
     let (a, _) = dir.assignment(p)?;
     a.replicas
         .iter()
-        .filter(|r| r.state == ReplicaState::Ready && !r.wants_checkpoint)
+        .filter(|r| can_ship(r))
         .find(|r| {
             dir.is_live(&r.node)
                 && dir
@@ -358,11 +358,13 @@ pub(crate) fn provider(dir: &Directory, p: u32) -> Option<String> {
 /// must not turn a checkpoint catch-up into a replay of the whole stream. `fetch_checkpoint`
 /// still falls back to replay when no provider shows up for two `dead_after`.
 fn ready_elsewhere(dir: &Directory, p: u32, me: &str) -> bool {
-    dir.assignment(p).is_some_and(|(a, _)| {
-        a.replicas
-            .iter()
-            .any(|r| r.node != me && r.state == ReplicaState::Ready && !r.wants_checkpoint)
-    })
+    dir.assignment(p)
+        .is_some_and(|(a, _)| a.replicas.iter().any(|r| r.node != me && can_ship(r)))
+}
+
+/// A replica whose data is whole: ready and not waiting for a checkpoint of its own.
+fn can_ship(r: &Replica) -> bool {
+    r.state == ReplicaState::Ready && !r.wants_checkpoint
 }
 
 /// If this node is the provider and a replica waits for a checkpoint, ships one (in the

@@ -34,10 +34,13 @@ pub fn pca_int8(rows: &[f32], dim: usize, out_dim: usize) -> Result<Vec<f32>> {
     }
     let x = centred(rows, dim, n);
     let components = top_components(&x, out_dim);
-    let projected = &x * &components;
+    let projected = (&x * &components).map(|v| v as f32);
+    // nalgebra stores column-major; the transpose's columns are the projected rows.
     Ok(projected
-        .row_iter()
-        .flat_map(|r| int8_round_trip(&r.iter().map(|&v| v as f32).collect::<Vec<_>>()))
+        .transpose()
+        .as_slice()
+        .chunks(out_dim)
+        .flat_map(int8_round_trip)
         .collect())
 }
 
