@@ -76,6 +76,7 @@ impl Drop for Tmpfs {
 }
 
 #[test]
+#[ignore = "open defect: Debian's librocksdb 7.8.3 keeps its assertions, and a full disk aborts the process inside RocksDB in most runs (4 of 7 on 2026-12-02); docs/RELIABILITY.md"]
 fn a_full_disk_gives_errors_and_loses_nothing() {
     let outer = tempfile::tempdir().unwrap();
     let _fs = match Tmpfs::mount(outer.path(), "24m") {

@@ -328,6 +328,18 @@ pub struct Ceiling {
     pub test_gauc_by_domain: Vec<(u16, Option<f64>)>,
     #[serde(default)]
     pub test_gauc_tail: Option<f64>,
+    /// Test GAUC of the true probabilities without each item's latent quality: the best a
+    /// model can do that reads every user's interests perfectly but has not memorised each
+    /// item's own click rate from its training impressions (`Truth::p_without_quality`).
+    #[serde(default)]
+    pub test_gauc_without_quality: Option<f64>,
+    /// Test GAUC of the Bayes-optimal predictions given the labels a model can learn from
+    /// (training and validation): every user's interests known exactly, each item's quality
+    /// inferred from its own labelled impressions ([`Planted::bayes_probabilities`]). No model
+    /// trained on these labels can expect more; the distance from here to `test_gauc` is the
+    /// quality of items too rarely (or never) seen labelled.
+    #[serde(default)]
+    pub test_gauc_bayes: Option<f64>,
 }
 
 pub fn import_synthetic(
@@ -347,6 +359,18 @@ pub fn import_synthetic(
         .collect();
     let users: Vec<u64> = t.iter().map(|t| t.impression.user).collect();
     let p: Vec<f32> = t.iter().map(|t| t.p as f32).collect();
+    let p_known: Vec<f32> = t.iter().map(|t| t.p_without_quality as f32).collect();
+    let labelled: std::collections::HashSet<(u64, u64, i64)> = (splits.train.iter())
+        .chain(&splits.valid)
+        .map(|i| (i.user, i.item, i.ts))
+        .collect();
+    let seen: Vec<_> = truths
+        .iter()
+        .filter(|t| labelled.contains(&(t.impression.user, t.impression.item, t.impression.ts)))
+        .collect();
+    let p_bayes: Vec<f32> = (planted.bayes_probabilities(&seen, &t).into_iter())
+        .map(|p| p as f32)
+        .collect();
     let y: Vec<f32> = t.iter().map(|t| t.impression.label).collect();
     let domains: Vec<u16> = t.iter().map(|t| t.impression.domain).collect();
     // The head as the trainer will see it: the most frequent domain in training.
@@ -367,6 +391,8 @@ pub fn import_synthetic(
             Vec::new()
         },
         test_gauc_tail: tail.and_then(|t| t.gauc),
+        test_gauc_without_quality: gauc(&users, &p_known, &y).map(|g| g.value),
+        test_gauc_bayes: gauc(&users, &p_bayes, &y).map(|g| g.value),
     };
     let details = serde_json::json!({ "config": cfg, "ceiling": ceiling });
     let side = SideTables::default();

@@ -350,6 +350,10 @@ pub struct Profile {
 pub struct Truth {
     pub impression: Impression,
     pub p: f64,
+    /// The probability without the item's latent quality term: what a model knows that has
+    /// every user's interests right but has not memorised each item's own click rate (which
+    /// only the item's ID embedding can learn, from that item's training impressions).
+    pub p_without_quality: f64,
 }
 
 /// A dataset with planted long-term and recent interests.
@@ -536,15 +540,61 @@ impl Planted {
 
     /// True click probability of item `idx` for a user in `domain`.
     pub fn click_probability(&self, p: &Profile, idx: usize, domain: u16) -> f64 {
+        sigmoid(self.logit_without_quality(p, idx, domain) + self.cfg.w_quality * self.quality[idx])
+    }
+
+    /// The click logit of item `idx` without its latent quality term.
+    fn logit_without_quality(&self, p: &Profile, idx: usize, domain: u16) -> f64 {
         let c = self.catalog.cluster[idx];
         let current = self.current_in(p, domain);
-        let x = self.cfg.w_long * f64::from(u8::from(p.long_term.contains(&c)))
+        self.cfg.w_long * f64::from(u8::from(p.long_term.contains(&c)))
             + self.cfg.w_current * f64::from(u8::from(current.contains(&c)))
-            + self.cfg.w_quality * self.quality[idx]
             + self.cfg.w_popularity * self.popularity[idx]
             + self.affinity[usize::from(domain)][c]
-            - self.cfg.bias;
-        sigmoid(x)
+            - self.cfg.bias
+    }
+
+    /// Bayes-optimal click probabilities of `test` given the labels of `seen`: each user's
+    /// interests known exactly (the logit without quality), each item's latent quality
+    /// inferred from the labels of its own `seen` impressions under the generator's standard
+    /// normal prior, and the prediction the posterior predictive `E[sigmoid(a + w q) | labels]`
+    /// (on a grid of `q` over [-5, 5]). An item never seen labelled keeps the prior. No model
+    /// trained on `seen` can expect a better ranking.
+    pub fn bayes_probabilities(&self, seen: &[&Truth], test: &[&Truth]) -> Vec<f64> {
+        const STEPS: usize = 201;
+        let grid: Vec<f64> = (0..STEPS)
+            .map(|k| -5.0 + 10.0 * k as f64 / (STEPS - 1) as f64)
+            .collect();
+        let logit = |p: f64| (p / (1.0 - p)).ln();
+        let w = self.cfg.w_quality;
+        let mut log_post: std::collections::HashMap<u64, Vec<f64>> = Default::default();
+        for t in seen {
+            let a = logit(t.p_without_quality);
+            let lp = log_post
+                .entry(t.impression.item)
+                .or_insert_with(|| grid.iter().map(|q| -0.5 * q * q).collect());
+            for (l, q) in lp.iter_mut().zip(&grid) {
+                let p = sigmoid(a + w * q);
+                *l += if t.impression.label > 0.5 {
+                    p.ln()
+                } else {
+                    (1.0 - p).ln()
+                };
+            }
+        }
+        let prior: Vec<f64> = grid.iter().map(|q| -0.5 * q * q).collect();
+        test.iter()
+            .map(|t| {
+                let lp = log_post.get(&t.impression.item).unwrap_or(&prior);
+                let max = lp.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let a = logit(t.p_without_quality);
+                let (num, den) = lp.iter().zip(&grid).fold((0.0, 0.0), |(n, d), (l, q)| {
+                    let wgt = (l - max).exp();
+                    (n + wgt * sigmoid(a + w * q), d + wgt)
+                });
+                num / den
+            })
+            .collect()
     }
 
     /// Impressions at times inside the recent window (between its events), targets drawn a
@@ -582,6 +632,7 @@ impl Planted {
                         domain,
                     },
                     p: prob,
+                    p_without_quality: sigmoid(self.logit_without_quality(&p, idx, domain)),
                 }
             })
             .collect()
@@ -818,5 +869,65 @@ mod tests {
             .map(|t| t.p)
             .collect();
         assert_eq!(again, truths.iter().map(|t| t.p).collect::<Vec<_>>());
+    }
+
+    /// The Bayes predictions sit between the interests-only probabilities and the planted
+    /// ones, and learn from labels: an item seen clicked many times scores above what its
+    /// interests alone say, and an item never seen keeps the prior's ranking.
+    #[test]
+    fn bayes_predictions_learn_item_quality_from_labels_only() {
+        let p = Planted::new(PlantedConfig {
+            items: 400,
+            dim: 8,
+            clusters: 8,
+            users: 300,
+            min_events: 300,
+            max_events: 400,
+            impressions_per_user: 40,
+            ..PlantedConfig::default()
+        });
+        let truths: Vec<Truth> = p
+            .users()
+            .flat_map(|u| p.impressions(u, &p.history(u)))
+            .collect();
+        let (seen, test): (Vec<&Truth>, Vec<&Truth>) =
+            truths.iter().partition(|t| t.impression.user % 5 != 0);
+        let bayes = p.bayes_probabilities(&seen, &test);
+        let gauc_of = |scores: Vec<f32>| {
+            let users: Vec<u64> = test.iter().map(|t| t.impression.user).collect();
+            let labels: Vec<f32> = test.iter().map(|t| t.impression.label).collect();
+            crate::metrics::gauc(&users, &scores, &labels)
+                .expect("both classes")
+                .value
+        };
+        let without = gauc_of(test.iter().map(|t| t.p_without_quality as f32).collect());
+        let exact = gauc_of(test.iter().map(|t| t.p as f32).collect());
+        let learnt = gauc_of(bayes.iter().map(|&b| b as f32).collect());
+        assert!(
+            without < learnt && learnt < exact,
+            "{without} {learnt} {exact}"
+        );
+        // With no labels at all, the prediction is the prior predictive: a function of the
+        // interests' logit alone, so it ranks as the probabilities without quality do.
+        let mut prior: Vec<(f64, f64)> = (test.iter().map(|t| t.p_without_quality))
+            .zip(p.bayes_probabilities(&[], &test))
+            .collect();
+        prior.sort_by(|a, b| a.0.total_cmp(&b.0));
+        assert!(prior.windows(2).all(|w| w[0].1 <= w[1].1 + 1e-12));
+        // Ten clicks of one item lift its prediction above its prior; ten skips lower it.
+        let t = test[0];
+        let with = |label: f32| {
+            let mut copy = *t;
+            copy.impression.label = label;
+            let seen = vec![copy; 10];
+            p.bayes_probabilities(&seen.iter().collect::<Vec<_>>(), &[t])[0]
+        };
+        let none = p.bayes_probabilities(&[], &[t])[0];
+        assert!(
+            with(1.0) > none && with(0.0) < none,
+            "{} {none} {}",
+            with(1.0),
+            with(0.0)
+        );
     }
 }

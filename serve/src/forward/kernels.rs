@@ -1,8 +1,6 @@
-//! The fused forward's building blocks over plain `f32` slices: dense products through the
-//! `gemm` crate (the kernels candle's CPU matmul uses), and the row-wise parts (gather-and-sum,
-//! layer norm, bias and activation, masked softmax) applied to one row while it is in cache.
-
-use wide::f32x8;
+//! The fused forward's dense products over plain `f32` slices, through the `gemm` crate (the
+//! kernels candle's CPU matmul uses), and the small element-wise helpers around them. The
+//! row kernels (attention, softmax, layer norm) are in [`super::simd`].
 
 /// A read-only matrix over a slice: element `(i, j)` is `data[i * rs + j * cs]`. A transposed
 /// view of a row-major weight is a view with the strides swapped, so no weight is ever copied
@@ -60,17 +58,6 @@ impl<'a> View<'a> {
     }
 }
 
-/// `v` copied row-major into `buf` (reused across calls), as a contiguous view: the `gemm`
-/// kernels run two to three times faster on a small contiguous operand than on a strided one
-/// (a head's columns of a wider row, a transposed block).
-pub fn pack<'b>(buf: &'b mut Vec<f32>, v: View<'_>) -> View<'b> {
-    buf.clear();
-    for i in 0..v.rows {
-        buf.extend((0..v.cols).map(|j| v.data[i * v.rs + j * v.cs]));
-    }
-    View::rows(buf, v.rows, v.cols)
-}
-
 /// `dst = a b` (or `dst += a b` with `accumulate`), `dst` row-major with row stride `dst_rs`.
 ///
 /// # Panics
@@ -120,26 +107,6 @@ pub fn matmul(dst: &mut [f32], dst_rs: usize, a: View<'_>, b: View<'_>, accumula
     }
 }
 
-/// Layer norm of `x` in place (eps 1e-5, biased variance, as candle's `LayerNorm`).
-pub fn layer_norm(x: &mut [f32], gamma: &[f32], beta: &[f32]) {
-    let n = x.len() as f32;
-    let mean = sum(x) / n;
-    for v in x.iter_mut() {
-        *v -= mean;
-    }
-    let var = lanes_of(x, |v| v * v, |v| v * v) / n;
-    let inv = 1.0 / (var + 1e-5).sqrt();
-    for ((v, g), b) in x.iter_mut().zip(gamma).zip(beta) {
-        *v = *v * inv * g + b;
-    }
-}
-
-/// `out = layer_norm(x)` for one row, leaving `x` as it was (the residual stream).
-pub fn layer_norm_into(out: &mut [f32], x: &[f32], gamma: &[f32], beta: &[f32]) {
-    out.copy_from_slice(x);
-    layer_norm(out, gamma, beta);
-}
-
 /// `x += bias`, then ReLU when `relu`.
 pub fn bias_act(x: &mut [f32], bias: &[f32], relu: bool) {
     for (v, b) in x.iter_mut().zip(bias) {
@@ -154,84 +121,6 @@ pub fn bias_act(x: &mut [f32], bias: &[f32], relu: bool) {
 pub fn add(acc: &mut [f32], row: &[f32]) {
     for (a, r) in acc.iter_mut().zip(row) {
         *a += r;
-    }
-}
-
-/// Softmax of `scale * scores` in place, `mask` added first (0 for a real position, `-inf`
-/// for padding, see [`mask_bias`]): padding gets weight 0, and a row without any real
-/// position is all zeros (the candle model's masked softmax: an additive -1e9 underflows to
-/// exactly 0 after the exponential). `scale` must be positive (attention's
-/// `1 / sqrt(head width)`, folded into the pass that subtracts the max). Every pass runs eight
-/// lanes at a time.
-pub fn masked_softmax(scores: &mut [f32], mask: &[f32], scale: f32) {
-    add(scores, mask);
-    let max = lanes(scores, f32::NEG_INFINITY, f32x8::max, f32::max);
-    if max == f32::NEG_INFINITY {
-        scores.fill(0.0);
-        return;
-    }
-    for s in scores.iter_mut() {
-        *s = (*s - max) * scale;
-    }
-    exp_in_place(scores);
-    let inv = 1.0 / sum(scores);
-    for s in scores.iter_mut() {
-        *s *= inv;
-    }
-}
-
-/// The additive mask of [`masked_softmax`]: 0 where `valid`, `-inf` elsewhere.
-pub fn mask_bias(valid: impl IntoIterator<Item = bool>) -> Vec<f32> {
-    valid
-        .into_iter()
-        .map(|v| if v { 0.0 } else { f32::NEG_INFINITY })
-        .collect()
-}
-
-/// The sum of `x`, eight lanes at a time.
-fn sum(x: &[f32]) -> f32 {
-    lanes(x, 0.0, |a, b| a + b, |a, b| a + b)
-}
-
-/// The sum of `f` over `x`, eight lanes at a time (`wide_f` and `f` the same function).
-fn lanes_of(x: &[f32], wide_f: impl Fn(f32x8) -> f32x8, f: impl Fn(f32) -> f32) -> f32 {
-    let mut chunks = x.chunks_exact(8);
-    let mut acc = f32x8::ZERO;
-    for c in &mut chunks {
-        acc += wide_f(f32x8::from(<[f32; 8]>::try_from(c).expect("chunks of 8")));
-    }
-    acc.reduce_add() + chunks.remainder().iter().map(|&v| f(v)).sum::<f32>()
-}
-
-/// A reduction of `x` (max, sum) eight lanes at a time, then across the lanes and the tail.
-fn lanes(
-    x: &[f32],
-    init: f32,
-    wide_op: impl Fn(f32x8, f32x8) -> f32x8,
-    op: impl Fn(f32, f32) -> f32,
-) -> f32 {
-    let mut chunks = x.chunks_exact(8);
-    let mut acc = f32x8::splat(init);
-    for c in &mut chunks {
-        acc = wide_op(
-            acc,
-            f32x8::from(<[f32; 8]>::try_from(c).expect("chunks of 8")),
-        );
-    }
-    let lanes = acc.to_array().into_iter().fold(init, &op);
-    chunks.remainder().iter().fold(lanes, |a, &b| op(a, b))
-}
-
-/// `e^x` of every element, eight at a time (`wide`'s polynomial, within a few ulp of
-/// `f32::exp`; `-inf` gives 0). The exponentials are most of a softmax's time.
-pub fn exp_in_place(x: &mut [f32]) {
-    let mut chunks = x.chunks_exact_mut(8);
-    for c in &mut chunks {
-        let v = f32x8::from(<[f32; 8]>::try_from(&*c).expect("chunks of 8"));
-        c.copy_from_slice(&v.exp().to_array());
-    }
-    for v in chunks.into_remainder() {
-        *v = v.exp();
     }
 }
 
@@ -295,79 +184,15 @@ mod tests {
         let want2 = naive(&narrow, &b2, m, 2, n);
         let got2: Vec<f32> = (0..m * n).map(|i| out[(i / n) * 5 + 1 + i % n]).collect();
         assert!(close(&got2, &want2));
-        // The same product over packed copies of the strided operands.
-        let (mut pa, mut pb) = (Vec::new(), Vec::new());
-        let a2 = pack(&mut pa, View::columns(&wide, m, 6, 2, 2));
-        let b3 = pack(&mut pb, View::rows(&b2, 2, n).t().t());
-        let mut packed = vec![0.0; m * n];
-        matmul(&mut packed, n, a2, b3, false);
-        assert!(close(&packed, &want2));
     }
 
     #[test]
-    fn a_long_row_softmax_equals_the_definition() {
-        let raw: Vec<f32> = (0..37).map(|i| (i as f32 * 0.7).sin() * 3.0).collect();
-        let valid: Vec<bool> = (0..37).map(|i| i % 5 != 3).collect();
-        let mut got = raw.clone();
-        masked_softmax(&mut got, &mask_bias(valid.iter().copied()), 0.25);
-        let e: Vec<f32> = raw.iter().map(|x| (x * 0.25).exp()).collect();
-        let z: f32 = e
-            .iter()
-            .zip(&valid)
-            .filter(|(_, &v)| v)
-            .map(|(x, _)| x)
-            .sum();
-        let want: Vec<f32> = e
-            .iter()
-            .zip(&valid)
-            .map(|(x, &v)| if v { x / z } else { 0.0 })
-            .collect();
-        assert!(close(&got, &want), "{got:?} vs {want:?}");
-    }
-
-    #[test]
-    fn vector_exponentials_match_the_scalar_ones() {
-        let xs: Vec<f32> = (0..203).map(|i| -60.0 + i as f32 * 0.37).collect();
-        let mut got = xs.clone();
-        got.push(f32::NEG_INFINITY);
-        exp_in_place(&mut got);
-        for (x, g) in xs.iter().zip(&got) {
-            let want = x.exp();
-            assert!(
-                (g - want).abs() <= 4.0 * f32::EPSILON * want,
-                "{x}: {g} vs {want}"
-            );
-        }
-        assert_eq!(got[203], 0.0);
-    }
-
-    #[test]
-    fn layer_norm_centres_and_scales() {
-        let mut x = vec![1.0, 2.0, 3.0, 6.0];
-        layer_norm(&mut x, &[1.0; 4], &[0.5; 4]);
-        let mean: f32 = x.iter().sum::<f32>() / 4.0;
-        let var: f32 = x.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / 4.0;
-        assert!(
-            (mean - 0.5).abs() < 1e-6 && (var - 1.0).abs() < 1e-4,
-            "{mean} {var}"
-        );
-    }
-
-    #[test]
-    fn masked_softmax_ignores_padding_and_zeroes_empty_rows() {
-        let mut s = vec![1.0, 5.0, 2.0];
-        masked_softmax(&mut s, &mask_bias([true, false, true]), 1.0);
-        let e = 1f32.exp() + 2f32.exp();
-        assert!(close(&s, &[1f32.exp() / e, 0.0, 2f32.exp() / e]));
-        let mut none = vec![3.0, 4.0];
-        masked_softmax(&mut none, &mask_bias([false, false]), 1.0);
-        assert_eq!(none, vec![0.0, 0.0]);
-        let mut scaled = vec![2.0, 4.0];
-        masked_softmax(&mut scaled, &[0.0, 0.0], 0.5);
-        let e = 1f32.exp() + 2f32.exp();
-        assert!(close(&scaled, &[1f32.exp() / e, 2f32.exp() / e]));
+    fn bias_and_relu() {
         let mut r = vec![-1.0, 2.0];
         bias_act(&mut r, &[0.5, 0.5], true);
         assert_eq!(r, vec![0.0, 2.5]);
+        let mut r = vec![-1.0, 2.0];
+        bias_act(&mut r, &[0.5, 0.5], false);
+        assert_eq!(r, vec![-0.5, 2.5]);
     }
 }

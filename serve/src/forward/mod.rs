@@ -12,7 +12,8 @@
 //!   candidate and head with its `T x T` scores in a small reused buffer; bias, ReLU, residual
 //!   and layer norm applied row by row after each dense product; the last layer computes the
 //!   target position only; the head's MLP. Dense products go through the `gemm` crate
-//!   ([`kernels::matmul`]).
+//!   ([`kernels::matmul`]); attention, softmax and layer norm are the row kernels of
+//!   [`simd`], built for AVX2 and FMA where the CPU has them.
 //!
 //! What it covers is [`FusedEsu::load`]'s test: `siren-soft` and `siren-hard` with or without
 //! the recent branch, prefix SemIDs, similarity buckets, the behaviours' action and time gap,
@@ -21,6 +22,7 @@
 
 pub mod inputs;
 pub mod kernels;
+pub mod simd;
 pub mod weights;
 
 use rayon::prelude::*;
@@ -30,9 +32,8 @@ use siren_model::{Retrieval, SeqKind};
 
 use crate::error::{Result, ServeError};
 use inputs::{Inputs, Seq};
-use kernels::{
-    layer_norm, layer_norm_into, mask_bias, masked_softmax, matmul, pack, sigmoid, View,
-};
+use kernels::{matmul, sigmoid, View};
+use simd::{HeadInput, RowKernels};
 use weights::{Dense, Named, Norm, Table};
 
 /// ID tables shared by the target and the behaviours (action and time gap absent when the
@@ -102,6 +103,7 @@ pub struct FusedEsu {
     recent: Option<Recent>,
     evidence: Option<Dense>,
     head: Vec<Dense>,
+    kernels: RowKernels,
 }
 
 /// Candidates per block of work: the block's activations (about 1 MB at 16 candidates of 51
@@ -181,6 +183,7 @@ impl FusedEsu {
             recent,
             evidence,
             head: head(w, width)?,
+            kernels: RowKernels::best(),
         };
         Ok(Some(esu))
     }
@@ -195,9 +198,11 @@ impl FusedEsu {
             _ => None,
         };
         let n = x.size;
-        let chunk = n
-            .div_ceil(rayon::current_num_threads().max(1))
-            .clamp(1, BLOCK);
+        // Blocks of at most BLOCK, as many as a multiple of the threads, so that every thread
+        // gets the same share (100 candidates on 2 threads: 8 blocks of 13, not 7 of 16).
+        let threads = rayon::current_num_threads().max(1);
+        let blocks = n.div_ceil(BLOCK).div_ceil(threads) * threads;
+        let chunk = n.div_ceil(blocks.max(1)).max(1);
         let starts: Vec<usize> = (0..n).step_by(chunk).collect();
         let parts = starts
             .par_iter()
@@ -240,9 +245,11 @@ impl FusedEsu {
         let mut tokens = self.tokens(x, &mm, lo, hi)?;
         let seq = &x.retrieved;
         let t1 = seq.len + 1;
-        let valid =
-            mask_bias((0..c * t1).map(|i| i % t1 == 0 || seq.valid(lo + i / t1, i % t1 - 1)));
-        let interest = self.encode(&mut tokens, c, t1, &valid);
+        let keep: Vec<f32> = (0..c * t1)
+            .map(|i| i % t1 == 0 || seq.valid(lo + i / t1, i % t1 - 1))
+            .map(f32::from)
+            .collect();
+        let interest = self.encode(&mut tokens, c, t1, &keep);
         let feats = self.features(x, keys, &interest, &mm, lo, hi)?;
         let width = self.head[0].inp;
         Ok(mlp(&self.head, feats, c, width)
@@ -256,14 +263,17 @@ impl FusedEsu {
     fn tokens(&self, x: &Inputs, mm: &[f32], lo: usize, hi: usize) -> Result<Vec<f32>> {
         let (d, t) = (self.dim, x.retrieved.len);
         let mut out = vec![0.0; (hi - lo) * (t + 1) * d];
+        let norm = |row: &mut [f32]| {
+            (self.kernels.norm_in_place)(row, &self.ln_in.gamma, &self.ln_in.beta)
+        };
         for (cand, rows) in out.chunks_exact_mut((t + 1) * d).enumerate() {
             let (target, behaviours) = rows.split_at_mut(d);
             self.target_token(target, x, &mm[cand * d..(cand + 1) * d], lo + cand)?;
-            layer_norm(target, &self.ln_in.gamma, &self.ln_in.beta);
             for (p, row) in behaviours.chunks_exact_mut(d).enumerate() {
                 self.behaviour_token(row, &x.retrieved, x.levels, (lo + cand) * t + p)?;
-                layer_norm(row, &self.ln_in.gamma, &self.ln_in.beta);
             }
+            // The candidate's rows (about 6 KB) are still in cache.
+            norm(rows);
         }
         Ok(out)
     }
@@ -302,12 +312,13 @@ impl FusedEsu {
 
     /// The transformer over `c` candidates' `t1` tokens each: every layer but the last over
     /// all positions, the last for the target only. Returns the interest vectors `[c, d]`.
-    fn encode(&self, x: &mut [f32], c: usize, t1: usize, valid: &[f32]) -> Vec<f32> {
+    fn encode(&self, x: &mut [f32], c: usize, t1: usize, keep: &[f32]) -> Vec<f32> {
         let att = Attention {
             d: self.dim,
             heads: self.heads,
             t1,
-            valid,
+            keep,
+            kernels: self.kernels,
         };
         let (last, rest) = self
             .layers
@@ -352,7 +363,7 @@ impl FusedEsu {
             q[..d].copy_from_slice(self.ids.item.row(x.item[i])?);
             q[d..2 * d].copy_from_slice(self.ids.category.row(x.category[i])?);
             if let (Some(r), Some(k), Some(s)) = (&self.recent, keys, &x.recent) {
-                r.interest(q, k, s, i);
+                r.interest(q, k, s, i, &self.kernels);
             }
             if !e.is_empty() {
                 e.copy_from_slice(&ev[cand * d..(cand + 1) * d]);
@@ -390,12 +401,13 @@ fn head(w: &Named, width: usize) -> Result<Vec<Dense>> {
 }
 
 /// The shape of one attention: width, heads, positions per candidate, which key positions
-/// are real (`t1` per candidate, as [`kernels::mask_bias`]).
+/// are real (`t1` per candidate, 1 or 0), and the row kernels of this CPU.
 struct Attention<'a> {
     d: usize,
     heads: usize,
     t1: usize,
-    valid: &'a [f32],
+    keep: &'a [f32],
+    kernels: RowKernels,
 }
 
 impl Attention<'_> {
@@ -413,45 +425,25 @@ impl Attention<'_> {
         v: &[f32],
         kv_rs: usize,
         ctx: &mut [f32],
-        scratch: &mut Scratch,
+        scratch: &mut Vec<f32>,
     ) {
         let dh = self.d / self.heads;
-        let scale = 1.0 / (dh as f32).sqrt();
-        let Scratch {
-            q: qb,
-            k: kb,
-            v: vb,
-            scores,
-        } = scratch;
         for h in 0..self.heads {
-            scores.resize(tq * self.t1, 0.0);
-            let qh = pack(qb, View::columns(q, tq, q_rs, h * dh, dh));
-            let kt = pack(kb, View::columns(k, self.t1, kv_rs, h * dh, dh).t());
-            matmul(scores, self.t1, qh, kt, false);
-            for row in scores.chunks_exact_mut(self.t1) {
-                let valid = &self.valid[cand * self.t1..(cand + 1) * self.t1];
-                masked_softmax(row, valid, scale);
-            }
-            let vh = pack(vb, View::columns(v, self.t1, kv_rs, h * dh, dh));
-            matmul(
-                &mut ctx[h * dh..],
-                self.d,
-                View::rows(scores, tq, self.t1),
-                vh,
-                false,
-            );
+            let head = HeadInput {
+                q: &q[h * dh..],
+                q_rs,
+                tq,
+                k: &k[h * dh..],
+                v: &v[h * dh..],
+                kv_rs,
+                t1: self.t1,
+                dh,
+                keep: &self.keep[cand * self.t1..(cand + 1) * self.t1],
+                scale: 1.0 / (dh as f32).sqrt(),
+            };
+            (self.kernels.attend)(&head, (&mut ctx[h * dh..], self.d), scratch);
         }
     }
-}
-
-/// Buffers one attention reuses across candidates and heads: a head's packed query, keys
-/// (transposed) and values, and its scores.
-#[derive(Default)]
-struct Scratch {
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    scores: Vec<f32>,
 }
 
 impl Layer {
@@ -469,23 +461,16 @@ impl Layer {
         })
     }
 
-    /// `out = ln(x)` row by row over `d`-wide rows.
-    fn norm_rows(out: &mut [f32], x: &[f32], d: usize, n: &Norm) {
-        for (o, r) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-            layer_norm_into(o, r, &n.gamma, &n.beta);
-        }
-    }
-
     /// Every position of `c` candidates, in place.
     fn forward(&self, x: &mut [f32], c: usize, att: &Attention<'_>) {
         let (d, t1) = (att.d, att.t1);
         let rows = c * t1;
         let mut h = vec![0.0; rows * d];
-        Self::norm_rows(&mut h, x, d, &self.ln1);
+        (att.kernels.norm_rows)(&mut h, x, &self.ln1.gamma, &self.ln1.beta);
         let mut qkv = vec![0.0; rows * 3 * d];
         self.qkv.forward(&mut qkv, &h, rows, false);
         let mut ctx = h;
-        let mut scratch = Scratch::default();
+        let mut scratch = Vec::new();
         for cand in 0..c {
             let q = &qkv[cand * t1 * 3 * d..(cand + 1) * t1 * 3 * d];
             let out = &mut ctx[cand * t1 * d..(cand + 1) * t1 * d];
@@ -502,7 +487,7 @@ impl Layer {
             );
         }
         self.out.forward_add(x, &ctx, rows);
-        self.feed_forward(x, rows, d);
+        self.feed_forward(x, rows, att);
     }
 
     /// The target position only: `[c, d]`.
@@ -510,7 +495,7 @@ impl Layer {
         let (d, t1) = (att.d, att.t1);
         let rows = c * t1;
         let mut h = vec![0.0; rows * d];
-        Self::norm_rows(&mut h, x, d, &self.ln1);
+        (att.kernels.norm_rows)(&mut h, x, &self.ln1.gamma, &self.ln1.beta);
         let mut kv = vec![0.0; rows * 2 * d];
         self.kv.forward(&mut kv, &h, rows, false);
         let first = |m: &[f32]| -> Vec<f32> {
@@ -521,7 +506,7 @@ impl Layer {
         let mut q = vec![0.0; c * d];
         self.q.forward(&mut q, &first(&h), c, false);
         let mut ctx = vec![0.0; c * d];
-        let mut scratch = Scratch::default();
+        let mut scratch = Vec::new();
         for cand in 0..c {
             let kvc = &kv[cand * t1 * 2 * d..(cand + 1) * t1 * 2 * d];
             let qc = &q[cand * d..(cand + 1) * d];
@@ -530,14 +515,14 @@ impl Layer {
         }
         let mut y = first(x);
         self.out.forward_add(&mut y, &ctx, c);
-        self.feed_forward(&mut y, c, d);
+        self.feed_forward(&mut y, c, att);
         y
     }
 
     /// `x += ff2(relu(ff1(ln2(x))))` over `rows` rows.
-    fn feed_forward(&self, x: &mut [f32], rows: usize, d: usize) {
-        let mut h = vec![0.0; rows * d];
-        Self::norm_rows(&mut h, x, d, &self.ln2);
+    fn feed_forward(&self, x: &mut [f32], rows: usize, att: &Attention<'_>) {
+        let mut h = vec![0.0; rows * att.d];
+        (att.kernels.norm_rows)(&mut h, x, &self.ln2.gamma, &self.ln2.beta);
         let mut f = vec![0.0; rows * self.ff1.out];
         self.ff1.forward(&mut f, &h, rows, true);
         self.ff2.forward_add(x, &f, rows);
@@ -623,7 +608,14 @@ impl Recent {
 
     /// `[q, pooled, q * pooled]` into `out` (`6d`), whose first `2d` already hold the target
     /// query `q` of candidate `c`.
-    fn interest(&self, out: &mut [f32], keys: &RecentKeys, s: &Seq, c: usize) {
+    fn interest(
+        &self,
+        out: &mut [f32],
+        keys: &RecentKeys,
+        s: &Seq,
+        c: usize,
+        kernels: &RowKernels,
+    ) {
         let e = self.w_k.inp;
         let r = s.len;
         let hidden = self.w_k.out;
@@ -650,7 +642,8 @@ impl Recent {
         }
         let mut logits = vec![0.0; r];
         self.score.forward(&mut logits, &pre, r, false);
-        masked_softmax(&mut logits, &mask_bias((0..r).map(|p| s.valid(c, p))), 1.0);
+        let keep: Vec<f32> = (0..r).map(|p| f32::from(s.valid(c, p))).collect();
+        (kernels.softmax)(&mut logits, &keep, 1.0);
         let (pooled, qp) = rest.split_at_mut(e);
         matmul(
             pooled,

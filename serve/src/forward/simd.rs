@@ -1,0 +1,596 @@
+//! The fused forward's row kernels, compiled twice: once for any x86-64 (SSE2) and once with
+//! AVX2 and FMA, chosen at run time as the engine's dot products are ([`RowKernels::best`]).
+//!
+//! They are plain loops over slices written so that the compiler vectorises them: axpy forms
+//! (`row += a * x`) rather than dot products, whose horizontal sums it cannot vectorise under
+//! IEEE rules, and reductions into eight independent lanes. The generic bodies take the
+//! instruction set as a const parameter so that the FMA build uses fused multiply-adds and the
+//! portable build never calls the slow software `fmaf`.
+//!
+//! Attention is the main user: per candidate and head, `softmax(q k^T / sqrt(dh)) v` with the
+//! keys transposed once into a small buffer and each query's scores kept in cache from the
+//! product through the softmax to the weighted sum of values. Before these kernels it went
+//! through two packs and two `gemm` calls per candidate and head, whose per-call overhead
+//! outweighed `51 x 16` products.
+
+/// One head of one candidate's attention: `tq` queries `q_rs` apart, `t1` keys and values
+/// `kv_rs` apart, each `dh` wide starting at the slices' first element; `keep[j]` is 1 for a
+/// real key position and 0 for padding.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadInput<'a> {
+    pub q: &'a [f32],
+    pub q_rs: usize,
+    pub tq: usize,
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub kv_rs: usize,
+    pub t1: usize,
+    pub dh: usize,
+    pub keep: &'a [f32],
+    /// Applied to the scores before the softmax (`1 / sqrt(dh)`); positive.
+    pub scale: f32,
+}
+
+/// Where one head's context rows go: row `i` at `out[i * rs..i * rs + dh]`.
+pub type HeadOutput<'a> = (&'a mut [f32], usize);
+
+/// `out = layer_norm(x)` row by row: `(out, x, gamma, beta)`.
+pub type NormRows = fn(&mut [f32], &[f32], &[f32], &[f32]);
+
+/// The kernels for this CPU.
+#[derive(Clone, Copy)]
+pub struct RowKernels {
+    /// One head's attention (`scratch` is reused across calls).
+    pub attend: fn(&HeadInput<'_>, HeadOutput<'_>, &mut Vec<f32>),
+    /// `out = layer_norm(x)` row by row over `gamma.len()`-wide rows (eps 1e-5, biased
+    /// variance, as candle's `LayerNorm`); `out` and `x` have the same length.
+    pub norm_rows: NormRows,
+    /// Layer norm of every `gamma.len()`-wide row of `x` in place.
+    pub norm_in_place: fn(&mut [f32], &[f32], &[f32]),
+    /// Softmax of `scale * s` over the positions where `keep` is 1, the others 0; all zeros
+    /// when none is kept.
+    pub softmax: fn(&mut [f32], &[f32], f32),
+}
+
+impl RowKernels {
+    /// AVX2 and FMA where the CPU has them (detection is cached by the standard library), the
+    /// portable build elsewhere.
+    pub fn best() -> RowKernels {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                return RowKernels {
+                    // SAFETY: chosen only when the CPU has AVX2 and FMA.
+                    attend: |a, o, s| unsafe { x86::attend(a, o, s) },
+                    norm_rows: |o, x, g, b| unsafe { x86::norm_rows(o, x, g, b) },
+                    norm_in_place: |x, g, b| unsafe { x86::norm_in_place(x, g, b) },
+                    softmax: |s, k, scale| unsafe { x86::softmax(s, k, scale) },
+                };
+            }
+        }
+        RowKernels::portable()
+    }
+
+    /// The build for any CPU of the target.
+    pub fn portable() -> RowKernels {
+        RowKernels {
+            attend: attend::<false>,
+            norm_rows: norm_rows::<false>,
+            norm_in_place: norm_in_place::<false>,
+            softmax: masked_softmax::<false>,
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{HeadInput, HeadOutput, Lanes};
+    use std::arch::x86_64::{
+        __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps,
+        _mm256_storeu_ps,
+    };
+
+    /// [`super::block`] with its `N` sums in AVX registers: the compiler's own vectorisation
+    /// of the portable form splits them into mixed 8-, 4- and 1-wide pieces.
+    #[target_feature(enable = "avx2,fma")]
+    pub fn block<'r, const N: usize>(
+        out: &mut [Lanes],
+        w: &[f32],
+        row: &impl Fn(usize) -> &'r [Lanes],
+        at: usize,
+    ) {
+        let mut acc: [__m256; N] = [_mm256_setzero_ps(); N];
+        for (r, &wr) in w.iter().enumerate() {
+            let x: &[Lanes; N] = row(r)[at..at + N].try_into().expect("N lanes");
+            let wv = _mm256_set1_ps(wr);
+            for b in 0..N {
+                // SAFETY: `x[b]` is eight readable floats.
+                acc[b] = _mm256_fmadd_ps(wv, unsafe { _mm256_loadu_ps(x[b].as_ptr()) }, acc[b]);
+            }
+        }
+        for (o, a) in out.iter_mut().zip(acc) {
+            // SAFETY: `o` is eight writable floats.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn attend(a: &HeadInput<'_>, out: HeadOutput<'_>, scratch: &mut Vec<f32>) {
+        super::attend::<true>(a, out, scratch)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn norm_rows(out: &mut [f32], x: &[f32], gamma: &[f32], beta: &[f32]) {
+        super::norm_rows::<true>(out, x, gamma, beta)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn softmax(s: &mut [f32], keep: &[f32], scale: f32) {
+        super::masked_softmax::<true>(s, keep, scale)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn norm_in_place(x: &mut [f32], gamma: &[f32], beta: &[f32]) {
+        super::norm_in_place::<true>(x, gamma, beta)
+    }
+}
+
+/// `a * b + c`, fused when `FMA` (the build that has the instruction).
+#[inline(always)]
+fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
+    if FMA {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// Eight lanes: the unit every loop below works in. Fixed-size arrays let the compiler map
+/// them to one AVX register (two SSE ones); loops over runtime lengths as short as a head's 16
+/// columns or a row's 51 keys would otherwise fall into the scalar remainder of its wider
+/// unrolled vector loop.
+type Lanes = [f32; 8];
+
+fn lanes(x: &[f32]) -> &Lanes {
+    x.try_into().expect("eight lanes")
+}
+
+fn lanes_mut(x: &mut [f32]) -> &mut Lanes {
+    x.try_into().expect("eight lanes")
+}
+
+/// `x[i] = f(x[i])` for every element, eight at a time.
+#[inline(always)]
+fn map8(x: &mut [f32], f: impl Fn(f32) -> f32) {
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let c = lanes_mut(c);
+        for v in c.iter_mut() {
+            *v = f(*v);
+        }
+    }
+    for v in chunks.into_remainder() {
+        *v = f(*v);
+    }
+}
+
+/// `op` folded over `x` in eight independent lanes, which `combine` then joins: the form the
+/// compiler turns into one vector accumulator.
+#[inline(always)]
+fn reduce8(
+    x: &[f32],
+    init: f32,
+    op: impl Fn(f32, f32) -> f32 + Copy,
+    combine: impl Fn(f32, f32) -> f32,
+) -> f32 {
+    let mut acc = [init; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        let c = lanes(c);
+        for l in 0..8 {
+            acc[l] = op(acc[l], c[l]);
+        }
+    }
+    let lanes = acc.into_iter().fold(init, combine);
+    chunks.remainder().iter().fold(lanes, |a, &b| op(a, b))
+}
+
+#[inline(always)]
+fn add(a: f32, b: f32) -> f32 {
+    a + b
+}
+
+/// `e^x` for `x` in `[-87, 0]` (callers clamp): `2^n e^r` with `n = round(x / ln 2)`, `r`
+/// reduced in two steps (Cody and Waite) and `e^r` by its Taylor series to degree 7 (error
+/// below 1e-8 relative on `|r| <= ln 2 / 2`). Branch-free so that it vectorises.
+#[inline(always)]
+fn exp_neg<const FMA: bool>(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer in the FPU's mode.
+    const ROUND: f32 = 12_582_912.0;
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    let r = madd::<FMA>(n, -LN2_LO, madd::<FMA>(n, -LN2_HI, x));
+    let mut p = 1.0 / 5040.0;
+    for c in [
+        1.0 / 720.0,
+        1.0 / 120.0,
+        1.0 / 24.0,
+        1.0 / 6.0,
+        0.5,
+        1.0,
+        1.0,
+    ] {
+        p = madd::<FMA>(p, r, c);
+    }
+    // n is an integer in [-126, 0], and t's bits are 1.5 * 2^23's plus n (its unit in the
+    // last place is 1): integer arithmetic on them gives 2^n's exponent field, 127 + n, in
+    // the vector registers (a float-to-int cast would be Rust's saturating one, lane by lane).
+    let biased = t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127);
+    p * f32::from_bits(biased << 23)
+}
+
+/// Softmax of `scale * s` over the positions where `keep` is 1 (the others get 0); all zeros
+/// when none is kept (the candle model's masked softmax, whose additive -1e9 underflows to
+/// exactly 0 after the exponential). `keep` is as long as `s`.
+#[inline(always)]
+pub(super) fn masked_softmax<const FMA: bool>(s: &mut [f32], keep: &[f32], scale: f32) {
+    // Padding's scores become -inf, so that the maximum is one vectorised pass.
+    for (v, &k) in s.iter_mut().zip(keep) {
+        *v = if k == 0.0 { f32::NEG_INFINITY } else { *v };
+    }
+    let max = reduce8(s, f32::NEG_INFINITY, f32::max, f32::max);
+    if max == f32::NEG_INFINITY {
+        s.fill(0.0);
+        return;
+    }
+    // -inf - max clamps to -87, whose exponential is then cleared by the mask.
+    map8(s, |v| exp_neg::<FMA>(((v - max) * scale).clamp(-87.0, 0.0)));
+    for (v, &k) in s.iter_mut().zip(keep) {
+        *v *= k;
+    }
+    let inv = 1.0 / reduce8(s, 0.0, add, add);
+    map8(s, |v| v * inv);
+}
+
+// Inlined into the AVX2 wrappers, so that they are compiled with AVX2 and FMA.
+#[inline(always)]
+fn attend<const FMA: bool>(a: &HeadInput<'_>, out: HeadOutput<'_>, scratch: &mut Vec<f32>) {
+    let (t1, dh) = (a.t1, a.dh);
+    // Keys padded to whole lanes: the padding has zero keys and is masked.
+    let tp = t1.div_ceil(8) * 8;
+    let (out, out_rs) = out;
+    scratch.clear();
+    scratch.resize(dh * tp + 2 * tp, 0.0);
+    let (kt, rest) = scratch.split_at_mut(dh * tp);
+    let (keep, scores) = rest.split_at_mut(tp);
+    keep[..t1].copy_from_slice(&a.keep[..t1]);
+    for (j, kj) in a.k.chunks(a.kv_rs).take(t1).enumerate() {
+        for (c, &x) in kj[..dh].iter().enumerate() {
+            kt[c * tp + j] = x;
+        }
+    }
+    let (kt8, _) = kt.as_chunks::<8>();
+    for i in 0..a.tq {
+        let qi = &a.q[i * a.q_rs..i * a.q_rs + dh];
+        // scores = q K^T over the transposed keys' rows.
+        let (s8, _) = scores.as_chunks_mut::<8>();
+        blocked::<FMA>(s8, qi, |c| &kt8[c * (tp / 8)..(c + 1) * (tp / 8)]);
+        masked_softmax::<FMA>(scores, keep, a.scale);
+        weighted_values::<FMA>(&mut out[i * out_rs..i * out_rs + dh], &scores[..t1], a);
+    }
+}
+
+/// `out = sum over j of p[j] * v[j]` (`out` a head wide).
+#[inline(always)]
+fn weighted_values<const FMA: bool>(out: &mut [f32], p: &[f32], a: &HeadInput<'_>) {
+    let (o8, tail) = out.as_chunks_mut::<8>();
+    let wide = 8 * o8.len();
+    blocked::<FMA>(o8, p, |j| {
+        let row = &a.v[j * a.kv_rs..j * a.kv_rs + wide];
+        row.as_chunks::<8>().0
+    });
+    for (c, o) in tail.iter_mut().enumerate() {
+        *o = p
+            .iter()
+            .zip(a.v.chunks(a.kv_rs))
+            .fold(0.0, |acc, (&pj, vj)| madd::<FMA>(pj, vj[wide + c], acc));
+    }
+}
+
+/// `out = sum over r of w[r] * row(r)`, each row as many lanes as `out`: up to four lanes
+/// (32 columns) at a time, their sums held in registers across all rows. Written as small
+/// fixed-size blocks because the compiler keeps a fixed-size array in registers and
+/// vectorises it, but not a runtime-length one (and stores into one buffer could alias loads
+/// from another, which stops it too).
+#[inline(always)]
+fn blocked<'r, const FMA: bool>(out: &mut [Lanes], w: &[f32], row: impl Fn(usize) -> &'r [Lanes]) {
+    let mut at = 0;
+    while at < out.len() {
+        let n = (out.len() - at).min(4);
+        let dst = &mut out[at..at + n];
+        match n {
+            4 => block::<4, FMA>(dst, w, &row, at),
+            3 => block::<3, FMA>(dst, w, &row, at),
+            2 => block::<2, FMA>(dst, w, &row, at),
+            _ => block::<1, FMA>(dst, w, &row, at),
+        }
+        at += n;
+    }
+}
+
+/// One block of [`blocked`]: lanes `at..at + N` of every row.
+#[inline(always)]
+fn block<'r, const N: usize, const FMA: bool>(
+    out: &mut [Lanes],
+    w: &[f32],
+    row: &impl Fn(usize) -> &'r [Lanes],
+    at: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: the FMA build runs only where `RowKernels::best` found AVX2 and FMA.
+        return unsafe { x86::block::<N>(out, w, row, at) };
+    }
+    let mut acc = [[0f32; 8]; N];
+    for (r, &wr) in w.iter().enumerate() {
+        let x: &[Lanes; N] = row(r)[at..at + N].try_into().expect("N lanes");
+        for b in 0..N {
+            for l in 0..8 {
+                acc[b][l] = madd::<FMA>(wr, x[b][l], acc[b][l]);
+            }
+        }
+    }
+    out.copy_from_slice(&acc);
+}
+
+/// The mean of a row and `1 / sqrt(variance + 1e-5)` (biased variance, two passes, as
+/// candle's `LayerNorm`).
+#[inline(always)]
+fn norm_stats<const FMA: bool>(x: &[f32]) -> (f32, f32) {
+    let n = x.len() as f32;
+    let mean = reduce8(x, 0.0, add, add) / n;
+    let var = reduce8(
+        x,
+        0.0,
+        |a, v| {
+            let d = v - mean;
+            madd::<FMA>(d, d, a)
+        },
+        add,
+    ) / n;
+    (mean, 1.0 / (var + 1e-5).sqrt())
+}
+
+/// `(v - mean) * inv * gamma + beta` on one lane block.
+#[inline(always)]
+fn norm_lanes<const FMA: bool>(v: &mut Lanes, g: &Lanes, b: &Lanes, mean: f32, inv: f32) {
+    for l in 0..8 {
+        v[l] = madd::<FMA>((v[l] - mean) * inv, g[l], b[l]);
+    }
+}
+
+/// Layer norm of one row, read from `x` and written to `out` (no copy of the row first: rows
+/// are 32 wide, and a `memcpy` call per row cost as much as the arithmetic).
+#[inline(always)]
+fn norm_row<const FMA: bool>(out: &mut [f32], x: &[f32], gamma: &[f32], beta: &[f32]) {
+    let (mean, inv) = norm_stats::<FMA>(x);
+    let (o8, ot) = out.as_chunks_mut::<8>();
+    let ((x8, xt), (g8, gt), (b8, bt)) = (
+        x.as_chunks::<8>(),
+        gamma.as_chunks::<8>(),
+        beta.as_chunks::<8>(),
+    );
+    for (((o, x), g), b) in o8.iter_mut().zip(x8).zip(g8).zip(b8) {
+        let mut v = *x;
+        norm_lanes::<FMA>(&mut v, g, b, mean, inv);
+        *o = v;
+    }
+    for (((o, x), g), b) in ot.iter_mut().zip(xt).zip(gt).zip(bt) {
+        *o = madd::<FMA>((x - mean) * inv, *g, *b);
+    }
+}
+
+/// Layer norm of one row in place.
+#[inline(always)]
+fn norm_row_in_place<const FMA: bool>(x: &mut [f32], gamma: &[f32], beta: &[f32]) {
+    let (mean, inv) = norm_stats::<FMA>(x);
+    let (x8, xt) = x.as_chunks_mut::<8>();
+    let ((g8, gt), (b8, bt)) = (gamma.as_chunks::<8>(), beta.as_chunks::<8>());
+    for ((x, g), b) in x8.iter_mut().zip(g8).zip(b8) {
+        let mut v = *x;
+        norm_lanes::<FMA>(&mut v, g, b, mean, inv);
+        *x = v;
+    }
+    for ((x, g), b) in xt.iter_mut().zip(gt).zip(bt) {
+        *x = madd::<FMA>((*x - mean) * inv, *g, *b);
+    }
+}
+
+// Inlined into the AVX2 wrappers, so that they are compiled with AVX2 and FMA.
+#[inline(always)]
+fn norm_rows<const FMA: bool>(out: &mut [f32], x: &[f32], gamma: &[f32], beta: &[f32]) {
+    let d = gamma.len();
+    for (o, r) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+        norm_row::<FMA>(o, r, gamma, beta);
+    }
+}
+
+// Inlined into the AVX2 wrappers, so that they are compiled with AVX2 and FMA.
+#[inline(always)]
+fn norm_in_place<const FMA: bool>(x: &mut [f32], gamma: &[f32], beta: &[f32]) {
+    for r in x.chunks_exact_mut(gamma.len()) {
+        norm_row_in_place::<FMA>(r, gamma, beta);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// Both builds this CPU can run.
+    fn builds() -> Vec<RowKernels> {
+        vec![RowKernels::portable(), RowKernels::best()]
+    }
+
+    /// The definition in f64: `softmax(scale * q k^T)` over kept keys, times `v`.
+    fn attend_naive(a: &HeadInput<'_>) -> Vec<f64> {
+        let mut out = vec![0.0; a.tq * a.dh];
+        for i in 0..a.tq {
+            let s: Vec<f64> = (0..a.t1)
+                .map(|j| {
+                    (0..a.dh)
+                        .map(|c| f64::from(a.q[i * a.q_rs + c]) * f64::from(a.k[j * a.kv_rs + c]))
+                        .sum::<f64>()
+                        * f64::from(a.scale)
+                })
+                .collect();
+            let kept = |j: usize| a.keep[j] > 0.0;
+            let max = (0..a.t1)
+                .filter(|&j| kept(j))
+                .map(|j| s[j])
+                .fold(f64::MIN, f64::max);
+            let e: Vec<f64> = (0..a.t1)
+                .map(|j| if kept(j) { (s[j] - max).exp() } else { 0.0 })
+                .collect();
+            let z: f64 = e.iter().sum();
+            for c in 0..a.dh {
+                out[i * a.dh + c] = if z == 0.0 {
+                    0.0
+                } else {
+                    (0..a.t1)
+                        .map(|j| e[j] / z * f64::from(a.v[j * a.kv_rs + c]))
+                        .sum()
+                };
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_equals_its_definition_on_every_build() {
+        let mut rng = StdRng::seed_from_u64(5);
+        for case in 0..60 {
+            let dh = [1, 3, 8, 16, 20][case % 5];
+            let t1 = rng.random_range(1..70);
+            let tq = if case % 3 == 0 { 1 } else { t1 };
+            // Heads of wider rows, as the layers store them: q, k and v at offsets of a row.
+            let rs = 3 * dh + rng.random_range(0..5);
+            let data: Vec<f32> = (0..t1.max(tq) * rs)
+                .map(|_| rng.random_range(-3.0..3.0))
+                .collect();
+            let keep: Vec<f32> = (0..t1)
+                .map(|_| {
+                    if case % 7 == 0 || rng.random_bool(0.8) {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                })
+                .map(|k| if case % 11 == 5 { 0.0 } else { k })
+                .collect();
+            let a = HeadInput {
+                q: &data,
+                q_rs: rs,
+                tq,
+                k: &data[dh..],
+                v: &data[2 * dh..],
+                kv_rs: rs,
+                t1,
+                dh,
+                keep: &keep,
+                scale: 1.0 / (dh as f32).sqrt(),
+            };
+            let want = attend_naive(&a);
+            for k in builds() {
+                let out_rs = dh + 2;
+                let mut out = vec![f32::NAN; tq * out_rs];
+                (k.attend)(&a, (&mut out, out_rs), &mut Vec::new());
+                for i in 0..tq {
+                    for c in 0..dh {
+                        let (g, w) = (f64::from(out[i * out_rs + c]), want[i * dh + c]);
+                        assert!((g - w).abs() < 1e-5, "case {case} ({i}, {c}): {g} vs {w}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn softmax_ignores_padding_and_zeroes_empty_rows_on_every_build() {
+        for k in builds() {
+            let mut s = vec![1.0, 5.0, 2.0];
+            (k.softmax)(&mut s, &[1.0, 0.0, 1.0], 1.0);
+            let e = 1f32.exp() + 2f32.exp();
+            let want = [1f32.exp() / e, 0.0, 2f32.exp() / e];
+            assert!(
+                s.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+                "{s:?}"
+            );
+            let mut none = vec![3.0, 4.0];
+            (k.softmax)(&mut none, &[0.0, 0.0], 1.0);
+            assert_eq!(none, vec![0.0, 0.0]);
+            let mut scaled = vec![2.0, 4.0];
+            (k.softmax)(&mut scaled, &[1.0, 1.0], 0.5);
+            assert!((scaled[0] - 1f32.exp() / e).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn the_exponential_is_within_a_few_ulp() {
+        for i in 0..=87_000 {
+            let x = -(i as f32) * 0.001;
+            let want = f64::from(x).exp();
+            for got in [exp_neg::<false>(x), exp_neg::<true>(x)] {
+                let rel = (f64::from(got) - want).abs() / want;
+                assert!(rel < 4.0 * f64::from(f32::EPSILON), "{x}: {got} vs {want}");
+            }
+        }
+    }
+
+    #[test]
+    fn layer_norm_rows_equal_the_definition_on_every_build() {
+        let mut rng = StdRng::seed_from_u64(9);
+        for d in [1, 5, 8, 32, 37] {
+            let x: Vec<f32> = (0..3 * d).map(|_| rng.random_range(-4.0..4.0)).collect();
+            let gamma: Vec<f32> = (0..d).map(|_| rng.random_range(0.5..1.5)).collect();
+            let beta: Vec<f32> = (0..d).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let want: Vec<f64> = x
+                .chunks(d)
+                .flat_map(|r| {
+                    let n = d as f64;
+                    let mean = r.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+                    let var = r
+                        .iter()
+                        .map(|&v| (f64::from(v) - mean).powi(2))
+                        .sum::<f64>()
+                        / n;
+                    let inv = 1.0 / (var + 1e-5).sqrt();
+                    r.iter()
+                        .zip(&gamma)
+                        .zip(&beta)
+                        .map(move |((&v, &g), &b)| {
+                            (f64::from(v) - mean) * inv * f64::from(g) + f64::from(b)
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            for k in builds() {
+                let mut out = vec![0.0; x.len()];
+                (k.norm_rows)(&mut out, &x, &gamma, &beta);
+                let mut inplace = x.clone();
+                (k.norm_in_place)(&mut inplace, &gamma, &beta);
+                for ((g, h), w) in out.iter().zip(&inplace).zip(&want) {
+                    assert!((f64::from(*g) - w).abs() < 1e-5, "{d}: {g} vs {w}");
+                    assert_eq!(g, h);
+                }
+            }
+        }
+    }
+}
