@@ -351,23 +351,20 @@ pub fn import_synthetic(
     let planted = Planted::new(cfg.clone());
     let db = Db::open(dir.db_path(), DatasetDir::db_options(cfg.dim, semid))?;
     let (splits, truths) = planted.import(&db, None)?;
-    let test: std::collections::HashSet<(u64, u64, i64)> =
-        splits.test.iter().map(|i| (i.user, i.item, i.ts)).collect();
-    let t: Vec<_> = truths
-        .iter()
-        .filter(|t| test.contains(&(t.impression.user, t.impression.item, t.impression.ts)))
-        .collect();
+    // The truths of the impressions of some splits, matched by (user, item, time).
+    let truths_of = |sets: &[&[Impression]]| {
+        let key = |i: &Impression| (i.user, i.item, i.ts);
+        let keys: std::collections::HashSet<_> =
+            sets.iter().flat_map(|s| s.iter().map(key)).collect();
+        (truths.iter())
+            .filter(|t| keys.contains(&key(&t.impression)))
+            .collect::<Vec<_>>()
+    };
+    let t = truths_of(&[&splits.test]);
     let users: Vec<u64> = t.iter().map(|t| t.impression.user).collect();
     let p: Vec<f32> = t.iter().map(|t| t.p as f32).collect();
     let p_known: Vec<f32> = t.iter().map(|t| t.p_without_quality as f32).collect();
-    let labelled: std::collections::HashSet<(u64, u64, i64)> = (splits.train.iter())
-        .chain(&splits.valid)
-        .map(|i| (i.user, i.item, i.ts))
-        .collect();
-    let seen: Vec<_> = truths
-        .iter()
-        .filter(|t| labelled.contains(&(t.impression.user, t.impression.item, t.impression.ts)))
-        .collect();
+    let seen = truths_of(&[&splits.train, &splits.valid]);
     let p_bayes: Vec<f32> = (planted.bayes_probabilities(&seen, &t).into_iter())
         .map(|p| p as f32)
         .collect();

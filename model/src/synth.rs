@@ -567,12 +567,11 @@ impl Planted {
             .collect();
         let logit = |p: f64| (p / (1.0 - p)).ln();
         let w = self.cfg.w_quality;
+        let prior: Vec<f64> = grid.iter().map(|q| -0.5 * q * q).collect();
         let mut log_post: std::collections::HashMap<u64, Vec<f64>> = Default::default();
         for t in seen {
             let a = logit(t.p_without_quality);
-            let lp = log_post
-                .entry(t.impression.item)
-                .or_insert_with(|| grid.iter().map(|q| -0.5 * q * q).collect());
+            let lp = (log_post.entry(t.impression.item)).or_insert_with(|| prior.clone());
             for (l, q) in lp.iter_mut().zip(&grid) {
                 let p = sigmoid(a + w * q);
                 *l += if t.impression.label > 0.5 {
@@ -582,7 +581,6 @@ impl Planted {
                 };
             }
         }
-        let prior: Vec<f64> = grid.iter().map(|q| -0.5 * q * q).collect();
         test.iter()
             .map(|t| {
                 let lp = log_post.get(&t.impression.item).unwrap_or(&prior);
