@@ -11,7 +11,7 @@ use siren_model::dataset::{self, DatasetDir};
 use siren_model::models::ModelConfig;
 use siren_model::semid::RqKmeansConfig;
 use siren_model::synth::PlantedConfig;
-use siren_model::train::{evaluate, train, TrainConfig};
+use siren_model::train::{evaluate, train, PrepareOptions, TrainConfig};
 
 type CliResult = Result<ExitCode, Box<dyn std::error::Error>>;
 
@@ -205,6 +205,11 @@ pub struct TrainFlags {
     /// Threads for reading samples from the engine.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Memory the built samples of all splits may take, in MiB. A dataset whose samples need
+    /// more is streamed: every epoch and evaluation builds them again from the engine, one
+    /// block at a time (slower, bounded memory).
+    #[arg(long, default_value_t = siren_model::samples::DEFAULT_SAMPLE_MEMORY >> 20)]
+    sample_memory_mib: usize,
     /// Leave the behaviours' action (rating, click type) out of every model's tokens.
     #[arg(long)]
     no_action: bool,
@@ -249,6 +254,15 @@ impl TrainFlags {
     fn config(&self) -> TrainConfig {
         let f = self.resolved();
         f.config_as_given()
+    }
+
+    /// How samples are read for training with these flags.
+    fn prepare(&self) -> PrepareOptions {
+        PrepareOptions {
+            threads: self.threads,
+            min_count: self.min_count,
+            sample_memory: self.sample_memory_mib.saturating_mul(1 << 20),
+        }
     }
 
     // Settings without a flag take their defaults, including fields added later.
@@ -396,8 +410,7 @@ pub fn train_cmd(a: &TrainArgs) -> CliResult {
     let (_db, _meta, data) = dataset::prepare_with(
         &dir,
         std::slice::from_ref(&cfg),
-        a.train.threads,
-        a.train.min_count,
+        &a.train.prepare(),
         a.train.reference,
     )?;
     let t = train(&cfg, &a.train.config(), &data)?;
@@ -464,7 +477,7 @@ pub fn compare(
         &seeds,
         &flags.config(),
         out,
-        flags.threads,
+        &flags.prepare(),
         flags.reference,
     )?;
     println!("{}", siren_lab::report::compare_markdown(&report));

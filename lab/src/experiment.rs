@@ -13,7 +13,9 @@ use siren_model::metrics::{
     UserAuc, BOOTSTRAP_RESAMPLES,
 };
 use siren_model::models::ModelConfig;
-use siren_model::train::{evaluate, load_checkpoint, train, Prepared, TrainConfig};
+use siren_model::train::{
+    evaluate, load_checkpoint, train, EpochLog, PrepareOptions, Prepared, TrainConfig,
+};
 
 use crate::error::{LabError, Result};
 use crate::report::{
@@ -45,11 +47,11 @@ pub fn compare(
     seeds: &[u64],
     tcfg: &TrainConfig,
     out: &Path,
-    threads: usize,
+    opts: &PrepareOptions,
     train_on_valid: bool,
 ) -> Result<CompareReport> {
     let start = Instant::now();
-    let (_db, meta, data) = prepare_with(dir, models, threads, tcfg.min_count, train_on_valid)?;
+    let (_db, meta, data) = prepare_with(dir, models, opts, train_on_valid)?;
     let built = data.train.len() + data.valid.len() + data.test.len();
     let build_sps = built as f64 / start.elapsed().as_secs_f64().max(1e-9);
     let predictions = out.join("predictions");
@@ -61,8 +63,12 @@ pub fn compare(
         let mut per_seed = Vec::new();
         for &seed in seeds {
             let (mut run, users) = run_once(m, seed, tcfg, &data, &predictions)?;
-            // Reading samples through the engine and training, as if done once per epoch.
-            run.end_to_end_samples_per_s = 1.0 / (1.0 / run.train_samples_per_s + 1.0 / build_sps);
+            // A held dataset's samples were built once, before training: count that reading
+            // as if done once per epoch. A streamed one's epochs measured it themselves.
+            if !run.end_to_end_samples_per_s.is_finite() {
+                run.end_to_end_samples_per_s =
+                    1.0 / (1.0 / run.train_samples_per_s + 1.0 / build_sps);
+            }
             per_seed.push(users);
             if tcfg.progress {
                 eprintln!(
@@ -165,20 +171,22 @@ fn run_once(
     let score_sps = data.test.len() as f64 / start.elapsed().as_secs_f64().max(1e-9);
     write_predictions(
         &predictions.join(format!("{}-seed{seed}.csv", m.name())),
-        &data.test.impressions,
+        data.test.impressions(),
         &scores,
     )?;
-    let trained_epochs = t.history.len().max(1) as f64;
+    let per_epoch =
+        |f: fn(&EpochLog) -> Option<f64>| -> Vec<f64> { t.history.iter().filter_map(f).collect() };
     let head_domain = data.vocabs.head_domain();
-    let (domains, tail) = score_domains(&data.test.impressions, &scores, head_domain);
-    let imps = &data.test.impressions;
+    let (domains, tail) = score_domains(data.test.impressions(), &scores, head_domain);
+    let imps = data.test.impressions();
     let users: Vec<u64> = imps.iter().map(|i| i.user).collect();
     let labels: Vec<f32> = imps.iter().map(|i| i.label).collect();
     let per_user = user_aucs(&users, &scores, &labels).unwrap_or_default();
     let batch_gauc = gauc_per_batch(&users, &scores, &labels, BATCH_GAUC_ROWS).map(|g| g.value);
     let run = RunResult {
         batch_gauc,
-        end_to_end_samples_per_s: 0.0,
+        // NaN unless the epochs measured it (a streamed dataset); `compare` fills it in.
+        end_to_end_samples_per_s: mean_std(&per_epoch(|h| h.end_to_end_samples_per_s)).0,
         domains,
         tail,
         head_domain,
@@ -188,8 +196,7 @@ fn run_once(
         seed,
         test: metrics,
         best_epoch: t.best_epoch,
-        train_samples_per_s: t.history.iter().map(|h| h.train_samples_per_s).sum::<f64>()
-            / trained_epochs,
+        train_samples_per_s: mean_std(&per_epoch(|h| Some(h.train_samples_per_s))).0,
         epochs: t.history,
         score_samples_per_s: score_sps,
     };

@@ -76,53 +76,6 @@ pub struct Vocabs {
 }
 
 impl Vocabs {
-    /// From the training samples: their users, targets and every behaviour in their sequences.
-    /// An id seen fewer than `min_count` times (a user: in fewer than `min_count` impressions)
-    /// gets no row of its own and shares row 0 with the ids training never showed: a row
-    /// trained on one or two samples can only memorise them, and row 0 is then trained on rare
-    /// ids, which is what an unseen id at scoring time is.
-    pub fn from_train(
-        train: &SampleSet,
-        items: &ItemTable,
-        levels: usize,
-        min_count: usize,
-    ) -> Vocabs {
-        let mut c = Counts::new(levels);
-        let count_row = |c: &mut Counts, row: u32| {
-            if row == NO_ROW {
-                return;
-            }
-            let r = row as usize;
-            *c.item.entry(items.ids[r]).or_default() += 1;
-            *c.category.entry(u64::from(items.category[r])).or_default() += 1;
-            if let Some(s) = &items.semid[r] {
-                for l in 1..=levels.min(s.levels()) {
-                    *c.prefix[l - 1].entry(prefix_key(s, l)).or_default() += 1;
-                }
-            }
-        };
-        for (i, imp) in train.impressions.iter().enumerate() {
-            *c.user.entry(imp.user).or_default() += 1;
-            count_row(&mut c, train.target_row[i]);
-        }
-        for (_, _, toks) in &train.seqs {
-            for t in toks {
-                count_row(&mut c, t.row);
-            }
-        }
-        let mut v = Vocabs {
-            item: c.item.vocab(min_count),
-            category: c.category.vocab(min_count),
-            user: c.user.vocab(min_count),
-            prefix: c.prefix.iter().map(|p| p.vocab(min_count)).collect(),
-            ..Vocabs::default()
-        };
-        for d in domains_by_frequency(train.impressions.iter().map(|i| i.domain)) {
-            v.domain.add(u64::from(d));
-        }
-        v
-    }
-
     /// The head domain: the most frequent in training (0 when there were none).
     pub fn head_domain(&self) -> u16 {
         self.domain.ids.first().map_or(0, |&d| d as u16)
@@ -151,6 +104,69 @@ impl Vocabs {
 
     pub fn levels(&self) -> usize {
         self.prefix.len()
+    }
+}
+
+/// Builds [`Vocabs`] from the training samples, seen in one block or several (a streamed
+/// dataset): their users, targets and every behaviour in their sequences, rows in the order
+/// ids were first seen in. An id seen fewer than `min_count` times (a user: in fewer than
+/// `min_count` impressions) gets no row of its own and shares row 0 with the ids training never
+/// showed: a row trained on one or two samples can only memorise them, and row 0 is then
+/// trained on rare ids, which is what an unseen id at scoring time is.
+pub struct VocabCounter {
+    c: Counts,
+    levels: usize,
+}
+
+impl VocabCounter {
+    pub fn new(levels: usize) -> VocabCounter {
+        VocabCounter {
+            c: Counts::new(levels),
+            levels,
+        }
+    }
+
+    /// Count the users, targets and behaviours of `set`.
+    pub fn add(&mut self, set: &SampleSet, items: &ItemTable) {
+        let levels = self.levels;
+        let count_row = |c: &mut Counts, row: u32| {
+            if row == NO_ROW {
+                return;
+            }
+            let r = row as usize;
+            *c.item.entry(items.ids[r]).or_default() += 1;
+            *c.category.entry(u64::from(items.category[r])).or_default() += 1;
+            if let Some(s) = &items.semid[r] {
+                for l in 1..=levels.min(s.levels()) {
+                    *c.prefix[l - 1].entry(prefix_key(s, l)).or_default() += 1;
+                }
+            }
+        };
+        for (i, imp) in set.impressions.iter().enumerate() {
+            *self.c.user.entry(imp.user).or_default() += 1;
+            count_row(&mut self.c, set.target_row[i]);
+        }
+        for (_, _, toks) in &set.seqs {
+            for t in toks {
+                count_row(&mut self.c, t.row);
+            }
+        }
+    }
+
+    /// The vocabularies, with the domains of the training impressions `domains`.
+    pub fn finish(self, domains: impl IntoIterator<Item = u16>, min_count: usize) -> Vocabs {
+        let c = &self.c;
+        let mut v = Vocabs {
+            item: c.item.vocab(min_count),
+            category: c.category.vocab(min_count),
+            user: c.user.vocab(min_count),
+            prefix: c.prefix.iter().map(|p| p.vocab(min_count)).collect(),
+            ..Vocabs::default()
+        };
+        for d in domains_by_frequency(domains) {
+            v.domain.add(u64::from(d));
+        }
+        v
     }
 }
 

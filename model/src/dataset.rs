@@ -24,10 +24,11 @@ use crate::error::{ModelError, Result};
 use crate::features::{ItemTable, SeqKind};
 use crate::metrics::{gauc, per_domain, RankingMetrics};
 use crate::models::ModelConfig;
+use crate::samples::SampleSpec;
 use crate::semid::{unit_length, Codebook, CodebookReport, RqKmeansConfig};
 use crate::synth::{Planted, PlantedConfig};
 use crate::tables::{self, ItemAttributes, UserProfiles};
-use crate::train::{evaluate, Loaded, Prepared};
+use crate::train::{evaluate, Loaded, PrepareOptions, Prepared};
 
 /// Version 2 added checksums of `dataset.json` and `impressions.csv`; version 3 the impression's
 /// domain; version 4 the side tables (item attributes, user profiles).
@@ -417,17 +418,21 @@ pub fn prepare(
     models: &[ModelConfig],
     threads: usize,
 ) -> Result<(Db, DatasetMeta, Prepared)> {
-    prepare_with(dir, models, threads, 1, false)
+    let opts = PrepareOptions {
+        threads,
+        ..PrepareOptions::default()
+    };
+    prepare_with(dir, models, &opts, false)
 }
 
-/// [`prepare`], with ids seen fewer than `min_count` times in training folded into row 0, and
-/// with the validation impressions also trained on when `train_on_valid` (the reference
-/// regime: no hold-out; validation figures are then in-sample and choose nothing).
+/// [`prepare`] with `opts` (ids seen fewer than `min_count` times in training folded into row
+/// 0, the sample memory budget), and with the validation impressions also trained on when
+/// `train_on_valid` (the reference regime: no hold-out; validation figures are then in-sample
+/// and choose nothing).
 pub fn prepare_with(
     dir: &DatasetDir,
     models: &[ModelConfig],
-    threads: usize,
-    min_count: usize,
+    opts: &PrepareOptions,
     train_on_valid: bool,
 ) -> Result<(Db, DatasetMeta, Prepared)> {
     let (db, meta, mut splits) = dir.open()?;
@@ -437,27 +442,23 @@ pub fn prepare_with(
     }
     let snap = db.snapshot();
     let items = ItemTable::from_snapshot(&snap, meta.embedding_dim);
-    let spec = sequences_for(models);
+    let seqs = sequences_for(models);
     // Models that read shorter sequences than the union asks for are refused by the trainer.
     for m in models {
         for (k, len) in m.sequences() {
-            if spec.iter().any(|(kk, l)| *kk == k && *l != len) {
+            if seqs.iter().any(|(kk, l)| *kk == k && *l != len) {
                 return Err(ModelError::invalid(format!(
                     "models in one comparison must agree on the length of their {k:?} sequences"
                 )));
             }
         }
     }
-    let prepared = Prepared::build(
-        &snap,
-        items,
-        &splits,
-        &spec,
-        models.iter().any(|m| m.evidence),
-        meta.semid_levels as usize,
-        threads,
-        min_count,
-    )?;
+    let levels = meta.semid_levels as usize;
+    let spec = SampleSpec {
+        seqs,
+        evidence: models.iter().any(|m| m.evidence).then_some(levels),
+    };
+    let prepared = Prepared::build(&snap, items, splits, spec, levels, opts)?;
     Ok((db, meta, prepared))
 }
 

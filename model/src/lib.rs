@@ -18,6 +18,7 @@ pub mod error;
 pub mod features;
 pub mod metrics;
 pub mod models;
+pub mod samples;
 pub mod sealed;
 pub mod semid;
 pub mod synth;

@@ -13,17 +13,17 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
 use crate::models::table::SparseAdam;
 use rand::rngs::StdRng;
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use crate::batch::{make_batch, RowIndex, Vocabs};
+use crate::batch::{make_batch, RowIndex, VocabCounter, Vocabs};
 use crate::data::Splits;
 use crate::error::{ModelError, Result};
-use crate::features::{build_samples, ItemTable, SampleSet, SeqKind};
+use crate::features::{ItemTable, SeqKind};
 use crate::metrics::RankingMetrics;
 use crate::models::layers::Params;
 use crate::models::{build, Dims, ModelConfig, Scorer};
+use crate::samples::{SampleReader, SampleSpec, Split, DEFAULT_SAMPLE_MEMORY};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -78,39 +78,68 @@ impl Default for TrainConfig {
     }
 }
 
-/// Samples of every split with their sequences, the vocabularies built from the training part,
-/// and the catalog rows they refer to. Built once and shared by every model that reads a subset
-/// of its sequences.
+/// How [`Prepared::build`] reads samples.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PrepareOptions {
+    /// Threads building samples.
+    pub threads: usize,
+    /// Ids seen fewer times than this in training share the unknown row.
+    pub min_count: usize,
+    /// Bytes the built samples of all splits may take; beyond it they are streamed
+    /// ([`crate::samples`]).
+    pub sample_memory: usize,
+}
+
+impl Default for PrepareOptions {
+    fn default() -> Self {
+        PrepareOptions {
+            threads: 1,
+            min_count: 1,
+            sample_memory: DEFAULT_SAMPLE_MEMORY,
+        }
+    }
+}
+
+/// Every split's impressions with their samples (held, or streamed from the engine when they
+/// do not fit the memory budget), the vocabularies built from the training part, and the
+/// catalog rows they refer to. Built once and shared by every model that reads a subset of its
+/// sequences.
 pub struct Prepared {
     pub items: ItemTable,
     pub vocabs: Vocabs,
     pub rows: RowIndex,
-    pub train: SampleSet,
-    pub valid: SampleSet,
-    pub test: SampleSet,
+    pub train: Split,
+    pub valid: Split,
+    pub test: Split,
     pub levels: usize,
+    pub reader: SampleReader,
 }
 
 impl Prepared {
-    /// Read every split's sequences `spec` (and the evidence features when `evidence`) from
-    /// `snap` (with `as_of` = each impression's time); ids seen fewer than `min_count` times in
-    /// training share the unknown row.
-    #[allow(clippy::too_many_arguments)]
+    /// Every split's samples `spec` read from `snap` (with `as_of` = each impression's time),
+    /// held or streamed as `opts.sample_memory` allows, and the vocabularies from the training
+    /// samples.
     pub fn build(
         snap: &siren_engine::Snapshot,
         items: ItemTable,
-        splits: &Splits,
-        spec: &[(SeqKind, usize)],
-        evidence: bool,
+        splits: Splits,
+        spec: SampleSpec,
         levels: usize,
-        threads: usize,
-        min_count: usize,
+        opts: &PrepareOptions,
     ) -> Result<Prepared> {
-        let ev = evidence.then_some(levels);
-        let train = build_samples(snap, &items, &splits.train, spec, ev, threads)?;
-        let valid = build_samples(snap, &items, &splits.valid, spec, ev, threads)?;
-        let test = build_samples(snap, &items, &splits.test, spec, ev, threads)?;
-        let vocabs = Vocabs::from_train(&train, &items, levels, min_count);
+        let total = splits.train.len() + splits.valid.len() + splits.test.len();
+        let reader = SampleReader::new(snap.clone(), spec, opts.threads, opts.sample_memory, total);
+        let train = reader.split(&items, splits.train)?;
+        let valid = reader.split(&items, splits.valid)?;
+        let test = reader.split(&items, splits.test)?;
+        let mut counter = VocabCounter::new(levels);
+        let blocks = reader.pass(&train, &mut Vec::new(), None);
+        reader.visit(&items, &train, &blocks, |set, _, _| {
+            counter.add(set, &items);
+            Ok(())
+        })?;
+        let domains = train.impressions().iter().map(|i| i.domain);
+        let vocabs = counter.finish(domains, opts.min_count);
         let rows = RowIndex::new(&vocabs, &items);
         Ok(Prepared {
             items,
@@ -120,6 +149,7 @@ impl Prepared {
             valid,
             test,
             levels,
+            reader,
         })
     }
 
@@ -135,19 +165,27 @@ impl Prepared {
         levels: usize,
         threads: usize,
     ) -> Result<Prepared> {
-        let ev = evidence.then_some(levels);
-        let test = build_samples(snap, &items, imps, spec, ev, threads)?;
-        let empty = build_samples(snap, &items, &[], spec, ev, 1)?;
-        let empty2 = build_samples(snap, &items, &[], spec, ev, 1)?;
+        let spec = SampleSpec {
+            seqs: spec.to_vec(),
+            evidence: evidence.then_some(levels),
+        };
+        let reader = SampleReader::new(
+            snap.clone(),
+            spec,
+            threads,
+            DEFAULT_SAMPLE_MEMORY,
+            imps.len(),
+        );
         let rows = RowIndex::new(&vocabs, &items);
         Ok(Prepared {
+            train: reader.split(&items, Vec::new())?,
+            valid: reader.split(&items, Vec::new())?,
+            test: reader.split(&items, imps.to_vec())?,
             items,
             vocabs,
             rows,
-            train: empty,
-            valid: empty2,
-            test,
             levels,
+            reader,
         })
     }
 
@@ -166,7 +204,12 @@ pub struct EpochLog {
     pub train_penalty: Option<f64>,
     pub valid: RankingMetrics,
     pub seconds: f64,
+    /// The batch loop's rate (sample building excluded).
     pub train_samples_per_s: f64,
+    /// The epoch's rate with the samples built from the engine included, when they were
+    /// (a streamed dataset; a held one builds them once, before training).
+    #[serde(default)]
+    pub end_to_end_samples_per_s: Option<f64>,
 }
 
 /// A trained model with what it needs to score.
@@ -186,7 +229,8 @@ fn kinds(cfg: &ModelConfig) -> Vec<SeqKind> {
 
 fn check_sequences(cfg: &ModelConfig, data: &Prepared) -> Result<()> {
     for (kind, len) in cfg.sequences() {
-        match data.train.seq_len(kind) {
+        let have = data.reader.spec().seqs.iter().find(|s| s.0 == kind);
+        match have.map(|s| s.1) {
             Some(have) if have == len => {}
             other => {
                 return Err(ModelError::invalid(format!(
@@ -199,23 +243,30 @@ fn check_sequences(cfg: &ModelConfig, data: &Prepared) -> Result<()> {
     Ok(())
 }
 
-/// pCTR for every sample of `set`.
+/// pCTR for every sample of `split`.
 pub fn predict(
     model: &dyn Scorer,
     cfg: &ModelConfig,
     data: &Prepared,
-    set: &SampleSet,
+    split: &Split,
     batch_size: usize,
 ) -> Result<Vec<f32>> {
     let dev = Device::Cpu;
     let ks = kinds(cfg);
-    let mut out = Vec::with_capacity(set.len());
-    let idx: Vec<usize> = (0..set.len()).collect();
-    for chunk in idx.chunks(batch_size.max(1)) {
-        let b = make_batch(set, chunk, &data.vocabs, &data.rows, &data.items, &ks, &dev)?;
-        let p = candle_nn::ops::sigmoid(&model.logits(&b)?)?;
-        out.extend(p.to_vec1::<f32>()?);
-    }
+    let mut out = vec![f32::NAN; split.len()];
+    let blocks = data.reader.pass(split, &mut Vec::new(), None);
+    let bs = batch_size.max(1);
+    data.reader
+        .visit(&data.items, split, &blocks, |set, rows, block| {
+            for (chunk, at) in rows.chunks(bs).zip(block.chunks(bs)) {
+                let b = make_batch(set, chunk, &data.vocabs, &data.rows, &data.items, &ks, &dev)?;
+                let p = candle_nn::ops::sigmoid(&model.logits(&b)?)?.to_vec1::<f32>()?;
+                for (&i, v) in at.iter().zip(p) {
+                    out[i] = v;
+                }
+            }
+            Ok(())
+        })?;
     Ok(out)
 }
 
@@ -223,11 +274,12 @@ pub fn evaluate(
     model: &dyn Scorer,
     cfg: &ModelConfig,
     data: &Prepared,
-    set: &SampleSet,
+    split: &Split,
 ) -> Result<(RankingMetrics, Vec<f32>)> {
-    let p = predict(model, cfg, data, set, 1024)?;
-    let users: Vec<u64> = set.impressions.iter().map(|i| i.user).collect();
-    let labels: Vec<f32> = set.impressions.iter().map(|i| i.label).collect();
+    let p = predict(model, cfg, data, split, 1024)?;
+    let imps = split.impressions();
+    let users: Vec<u64> = imps.iter().map(|i| i.user).collect();
+    let labels: Vec<f32> = imps.iter().map(|i| i.label).collect();
     Ok((RankingMetrics::compute(&users, &p, &labels), p))
 }
 
@@ -252,58 +304,42 @@ pub fn train(cfg: &ModelConfig, tcfg: &TrainConfig, data: &Prepared) -> Result<T
     )?;
     let ks = kinds(cfg);
     let mut rng = StdRng::seed_from_u64(tcfg.seed ^ 0x7261_696e);
-    let mut order: Vec<usize> = (0..data.train.len()).collect();
+    let mut order: Vec<usize> = Vec::new();
     let mut history = Vec::new();
     let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
+    let n = data.train.len();
+    let bs = tcfg.batch_size.max(1);
     for epoch in 1..=tcfg.epochs {
         let start = Instant::now();
-        order.shuffle(&mut rng);
-        let bar = progress_bar(
-            tcfg.progress,
-            order.len(),
-            &format!("{} epoch {epoch}", cfg.name()),
-        );
-        let mut loss_sum = 0.0;
-        let mut penalty_sum: Option<f64> = None;
-        let mut batches = 0usize;
-        for chunk in order.chunks(tcfg.batch_size.max(1)) {
-            let b = make_batch(
-                &data.train,
-                chunk,
-                &data.vocabs,
-                &data.rows,
-                &data.items,
-                &ks,
-                &dev,
-            )?;
-            params.set_training(true);
-            let (logits, penalty) = model.logits_and_penalty(&b)?;
-            let bce = bce_with_logits(&logits, &b.label)?;
-            let loss = match &penalty {
-                Some(pen) if cfg.cov_weight > 0.0 => (&bce + (pen * cfg.cov_weight)?)?,
-                _ => bce.clone(),
-            };
-            let grads = loss.backward()?;
-            opt.step(&grads)?;
-            params.sparse_step(&grads, &sparse)?;
-            params.set_training(false);
-            loss_sum += f64::from(bce.to_scalar::<f32>()?);
-            if let Some(pen) = penalty {
-                *penalty_sum.get_or_insert(0.0) += f64::from(pen.to_scalar::<f32>()?);
-            }
-            batches += 1;
-            bar.inc(chunk.len() as u64);
-        }
-        let train_secs = start.elapsed().as_secs_f64();
+        let blocks = data.reader.pass(&data.train, &mut order, Some(&mut rng));
+        let bar = progress_bar(tcfg.progress, n, &format!("{} epoch {epoch}", cfg.name()));
+        let mut loss = LossSums::default();
+        let building = data
+            .reader
+            .visit(&data.items, &data.train, &blocks, |set, rows, _| {
+                for chunk in rows.chunks(bs) {
+                    let b =
+                        make_batch(set, chunk, &data.vocabs, &data.rows, &data.items, &ks, &dev)?;
+                    params.set_training(true);
+                    let step = train_step(model.as_ref(), cfg, &b, &mut opt, &params, &sparse);
+                    params.set_training(false);
+                    loss.add(step?);
+                    bar.inc(chunk.len() as u64);
+                }
+                Ok(())
+            })?
+            .as_secs_f64();
+        let loop_secs = (start.elapsed().as_secs_f64() - building).max(1e-9);
         bar.finish_and_clear();
         let (valid, _) = evaluate(model.as_ref(), cfg, data, &data.valid)?;
         let log = EpochLog {
             epoch,
-            train_loss: loss_sum / batches.max(1) as f64,
-            train_penalty: penalty_sum.map(|p| p / batches.max(1) as f64),
+            train_loss: loss.loss / loss.batches.max(1) as f64,
+            train_penalty: loss.penalty.map(|p| p / loss.batches.max(1) as f64),
             valid: valid.clone(),
             seconds: start.elapsed().as_secs_f64(),
-            train_samples_per_s: order.len() as f64 / train_secs.max(1e-9),
+            train_samples_per_s: n as f64 / loop_secs,
+            end_to_end_samples_per_s: (building > 0.0).then(|| n as f64 / (loop_secs + building)),
         };
         if tcfg.progress {
             eprintln!(
@@ -348,6 +384,47 @@ pub fn train(cfg: &ModelConfig, tcfg: &TrainConfig, data: &Prepared) -> Result<T
         history,
         best_epoch,
     })
+}
+
+/// Sums of the training loss over an epoch's batches.
+#[derive(Default)]
+struct LossSums {
+    loss: f64,
+    penalty: Option<f64>,
+    batches: usize,
+}
+
+impl LossSums {
+    fn add(&mut self, (bce, penalty): (f32, Option<f32>)) {
+        self.loss += f64::from(bce);
+        if let Some(p) = penalty {
+            *self.penalty.get_or_insert(0.0) += f64::from(p);
+        }
+        self.batches += 1;
+    }
+}
+
+/// One optimiser step on batch `b`: AdamW on the dense weights, sparse Adam on the rows of the
+/// embedding tables the batch touched. Returns the batch's cross-entropy and penalty.
+fn train_step(
+    model: &dyn Scorer,
+    cfg: &ModelConfig,
+    b: &crate::batch::Batch,
+    opt: &mut AdamW,
+    params: &Params,
+    sparse: &SparseAdam,
+) -> Result<(f32, Option<f32>)> {
+    let (logits, penalty) = model.logits_and_penalty(b)?;
+    let bce = bce_with_logits(&logits, &b.label)?;
+    let loss = match &penalty {
+        Some(pen) if cfg.cov_weight > 0.0 => (&bce + (pen * cfg.cov_weight)?)?,
+        _ => bce.clone(),
+    };
+    let grads = loss.backward()?;
+    opt.step(&grads)?;
+    params.sparse_step(&grads, sparse)?;
+    let penalty = penalty.map(|p| p.to_scalar::<f32>()).transpose()?;
+    Ok((bce.to_scalar::<f32>()?, penalty))
 }
 
 /// Mean binary cross-entropy of `logits` against 0/1 `labels`, computed as

@@ -176,7 +176,7 @@ fn every_multi_domain_model_trains_scores_per_domain_and_round_trips() {
     let (_dir, _db, data) = common::small_from(common::multi());
     assert_eq!(data.vocabs.domain.ids, vec![0, 1, 2], "most frequent first");
     let dev = Device::Cpu;
-    let imps = &data.test.impressions;
+    let imps = data.test.impressions();
     for name in [
         "din+shared-bottom",
         "din+mmoe-m2",
@@ -221,7 +221,7 @@ fn every_multi_domain_model_trains_scores_per_domain_and_round_trips() {
         let idx: Vec<usize> = (0..64.min(data.test.len())).collect();
         let ks: Vec<_> = cfg.sequences().into_iter().map(|(k, _)| k).collect();
         let mut b = make_batch(
-            &data.test,
+            data.test.held().unwrap(),
             &idx,
             &data.vocabs,
             &data.rows,

@@ -3,9 +3,11 @@
 
 mod common;
 
-use common::{cfg, small};
+use common::{cfg, small, small_held_and_streamed, small_spec};
+use siren_model::features::{SampleSet, SeqKind, Token};
 use siren_model::models::ModelConfig;
-use siren_model::train::{evaluate, load_checkpoint, predict, train, TrainConfig};
+use siren_model::samples::Split;
+use siren_model::train::{evaluate, load_checkpoint, predict, train, Prepared, TrainConfig};
 
 #[test]
 fn every_model_trains_deterministically_and_round_trips() {
@@ -55,6 +57,96 @@ fn sequence_models_learn_the_planted_signal() {
     };
     let soft = test_metrics("siren-soft", &tc, &data).auc.unwrap();
     assert!(soft > 0.6, "siren-soft AUC {soft}");
+}
+
+/// A dataset whose samples exceed the memory budget is streamed: every pass builds its samples
+/// from the engine in blocks within the budget, each sample equal to the held one; the
+/// vocabularies hold the same ids, and a model trains on it deterministically and learns.
+#[test]
+fn a_dataset_beyond_the_sample_budget_is_streamed_with_the_same_samples() {
+    let per = small_spec().bytes_per_sample();
+    let (_dir, _db, held, streamed) = small_held_and_streamed(100 * per);
+    assert_eq!(held.reader.block(), None);
+    assert_eq!(streamed.reader.block(), Some(50));
+    assert!(streamed.train.held().is_none());
+    for (h, s) in [
+        (&held.train, &streamed.train),
+        (&held.valid, &streamed.valid),
+        (&held.test, &streamed.test),
+    ] {
+        same_samples(&held, h, &streamed, s);
+    }
+    let ids = |p: &Prepared| {
+        let v = &p.vocabs;
+        let mut all = [
+            v.item.ids.clone(),
+            v.user.ids.clone(),
+            v.category.ids.clone(),
+        ];
+        all.iter_mut().for_each(|x| x.sort_unstable());
+        all
+    };
+    assert_eq!(ids(&held), ids(&streamed));
+
+    let tc = TrainConfig {
+        epochs: 4,
+        batch_size: 64,
+        seed: 1,
+        ..TrainConfig::default()
+    };
+    let c = cfg("siren-soft");
+    let t = train(&c, &tc, &streamed).unwrap();
+    assert!(t
+        .history
+        .iter()
+        .all(|h| h.end_to_end_samples_per_s.is_some()));
+    let (m, p) = evaluate(t.model.as_ref(), &c, &streamed, &streamed.test).unwrap();
+    let auc = m.auc.unwrap();
+    assert!(auc > 0.6, "siren-soft on streamed samples: AUC {auc}");
+    let again = train(&c, &tc, &streamed).unwrap();
+    let q = predict(again.model.as_ref(), &c, &streamed, &streamed.test, 100).unwrap();
+    assert_eq!(p, q, "training on streamed samples is not deterministic");
+}
+
+/// Every sample of `s` (streamed, visited block by block) equals the held one of `h`.
+fn same_samples(held: &Prepared, h: &Split, streamed: &Prepared, s: &Split) {
+    let want = h.held().unwrap();
+    let block = streamed.reader.block().unwrap();
+    let blocks = streamed.reader.pass(s, &mut Vec::new(), None);
+    assert!(blocks.iter().all(|b| b.len() <= block));
+    let mut visited = 0;
+    let bits = |t: &[Token]| -> Vec<(u32, u8, u32, u32, u8)> {
+        t.iter()
+            .map(|t| (t.row, t.action, t.age_s, t.sim.to_bits(), t.depth))
+            .collect()
+    };
+    let evidence = |set: &SampleSet, i: usize| -> Vec<u32> {
+        let e = set.evidence.len() / set.len();
+        set.evidence[i * e..(i + 1) * e]
+            .iter()
+            .map(|x| x.to_bits())
+            .collect()
+    };
+    streamed
+        .reader
+        .visit(&streamed.items, s, &blocks, |set, rows, global| {
+            for (&r, &i) in rows.iter().zip(global) {
+                assert_eq!(set.impressions[r], want.impressions[i]);
+                assert_eq!(set.target_row[r], want.target_row[i]);
+                for kind in SeqKind::ALL {
+                    assert_eq!(
+                        bits(set.seq(kind, r).unwrap()),
+                        bits(want.seq(kind, i).unwrap())
+                    );
+                }
+                assert_eq!(evidence(set, r), evidence(want, i));
+                visited += 1;
+            }
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(visited, h.len());
+    assert_eq!(held.items.len(), streamed.items.len());
 }
 
 #[test]

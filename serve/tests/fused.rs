@@ -106,7 +106,7 @@ fn fused_forward_equals_candle_on_every_covered_variant() {
     let requests: Vec<((u64, i64), Vec<u64>)> = [0usize, 17, 40]
         .iter()
         .map(|&i| {
-            let imp = data.test.impressions[i];
+            let imp = data.test.impressions()[i];
             let mut c = vec![imp.item];
             c.extend(data.items.ids.iter().skip(i * 7).step_by(13).take(30));
             c.push(9_999_999_999);
@@ -157,7 +157,7 @@ fn fused_forward_equals_candle_on_every_covered_variant() {
                         let kinds: Vec<SeqKind> = cfg.sequences().iter().map(|s| s.0).collect();
                         let idx: Vec<usize> = (0..64).collect();
                         let b = make_batch(
-                            &data.test,
+                            data.test.held().unwrap(),
                             &idx,
                             &data.vocabs,
                             &data.rows,

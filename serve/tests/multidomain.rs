@@ -18,7 +18,7 @@ fn served_crocodile_scores_by_the_requested_domain() {
     // A test impression in a tail domain, its item and twenty others.
     let imp = *data
         .test
-        .impressions
+        .impressions()
         .iter()
         .find(|i| i.domain == 2)
         .expect("a domain-2 test impression");

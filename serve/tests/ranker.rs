@@ -29,7 +29,7 @@ fn trained(data: &Prepared, name: &str, seed: u64, dir: &std::path::Path) -> Ser
 
 /// Candidates for one test impression: its item, 20 other catalog items and an unknown id.
 fn candidates(data: &Prepared, i: usize) -> (Impression, Vec<u64>) {
-    let imp = data.test.impressions[i];
+    let imp = data.test.impressions()[i];
     let mut c = vec![imp.item];
     c.extend(data.items.ids.iter().skip(i * 7).step_by(13).take(20));
     c.push(9_999_999_999);
@@ -98,7 +98,7 @@ fn edge_cases_have_defined_answers() {
     ));
 
     let ranker = Ranker::new(&db, Some(served), None).unwrap();
-    let imp = data.test.impressions[0];
+    let imp = data.test.impressions()[0];
     // No candidates: no scores.
     let r = ranker
         .score(&db.snapshot(), imp.user, &[], &ScoreOptions::default())

@@ -2,17 +2,22 @@
 //! the model crate's integration tests (and, through `#[path]`, by siren-serve's).
 
 use siren_engine::{AppendOptions, Db, Durability, Event, Item, Options, SemId};
-use siren_model::data::Impression;
+use siren_model::data::{Impression, Splits};
 use siren_model::features::{ItemTable, SeqKind};
 use siren_model::models::ModelConfig;
+use siren_model::samples::SampleSpec;
 use siren_model::synth::{Planted, PlantedConfig};
-use siren_model::train::{Prepared, TrainConfig};
+use siren_model::train::{PrepareOptions, Prepared, TrainConfig};
 
 /// The dataset's directory, its open database and every split's samples (all four sequence
 /// kinds, 16 long).
 #[allow(dead_code)]
 pub fn small_with_db() -> (tempfile::TempDir, std::sync::Arc<Db>, Prepared) {
-    small_from(PlantedConfig {
+    small_from(small_config())
+}
+
+fn small_config() -> PlantedConfig {
+    PlantedConfig {
         items: 1_500,
         dim: 16,
         clusters: 12,
@@ -21,12 +26,56 @@ pub fn small_with_db() -> (tempfile::TempDir, std::sync::Arc<Db>, Prepared) {
         max_events: 1_500,
         impressions_per_user: 24,
         ..PlantedConfig::default()
-    })
+    }
 }
 
 /// A small dataset from `cfg` (whose `dim` must be 16).
 #[allow(dead_code)]
 pub fn small_from(cfg: PlantedConfig) -> (tempfile::TempDir, std::sync::Arc<Db>, Prepared) {
+    let (dir, db, splits) = planted_db(cfg);
+    let data = prepare(&db, splits, &PrepareOptions::default());
+    (dir, db, data)
+}
+
+/// [`small_with_db`]'s dataset read twice: held in memory, and streamed from the engine in
+/// blocks with a sample budget of `sample_memory` bytes.
+#[allow(dead_code)]
+pub fn small_held_and_streamed(
+    sample_memory: usize,
+) -> (tempfile::TempDir, std::sync::Arc<Db>, Prepared, Prepared) {
+    let (dir, db, splits) = planted_db(small_config());
+    let held = prepare(&db, splits.clone(), &PrepareOptions::default());
+    let opts = PrepareOptions {
+        sample_memory,
+        ..PrepareOptions::default()
+    };
+    let streamed = prepare(&db, splits, &opts);
+    (dir, db, held, streamed)
+}
+
+/// Every split's samples ([`small_spec`]), read with 2 threads and `opts`' budget.
+fn prepare(db: &Db, splits: Splits, opts: &PrepareOptions) -> Prepared {
+    let snap = db.snapshot();
+    let items = ItemTable::from_snapshot(&snap, 16);
+    let opts = PrepareOptions {
+        threads: 2,
+        ..*opts
+    };
+    Prepared::build(&snap, items, splits, small_spec(), 3, &opts).unwrap()
+}
+
+/// What the small dataset's samples hold: all four sequence kinds, 16 long, evidence over 3
+/// levels.
+#[allow(dead_code)]
+pub fn small_spec() -> SampleSpec {
+    SampleSpec {
+        seqs: SeqKind::ALL.iter().map(|&k| (k, 16)).collect(),
+        evidence: Some(3),
+    }
+}
+
+/// A database of `cfg`'s planted data (whose `dim` must be 16), compacted, and its splits.
+fn planted_db(cfg: PlantedConfig) -> (tempfile::TempDir, std::sync::Arc<Db>, Splits) {
     let planted = Planted::new(cfg);
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(
@@ -47,11 +96,7 @@ pub fn small_from(cfg: PlantedConfig) -> (tempfile::TempDir, std::sync::Arc<Db>,
         .collect();
     let (splits, _) = planted.import(&db, Some(&semids)).unwrap();
     db.compact().unwrap();
-    let snap = db.snapshot();
-    let items = ItemTable::from_snapshot(&snap, 16);
-    let spec: Vec<(SeqKind, usize)> = SeqKind::ALL.iter().map(|&k| (k, 16)).collect();
-    let data = Prepared::build(&snap, items, &splits, &spec, true, 3, 2, 1).unwrap();
-    (dir, std::sync::Arc::new(db), data)
+    (dir, std::sync::Arc::new(db), splits)
 }
 
 #[allow(dead_code)]

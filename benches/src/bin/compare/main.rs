@@ -26,6 +26,7 @@ use siren_serve::{Ranker, Retrieval, ScoreOptions, ScoreTimings};
 
 mod esu;
 mod report;
+mod training;
 
 type Res<T> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
@@ -64,9 +65,11 @@ struct Args {
     /// Scratch space for the stores (a temporary folder by default).
     #[arg(long)]
     scratch: Option<PathBuf>,
-    /// Run one section alone and write its report into `--out` (`esu.md`, `esu.json`) rather
-    /// than `BENCHMARKS.md`: `esu` is the ESU forward against PyTorch and ONNX Runtime (a
-    /// minute or two instead of the whole comparison).
+    /// Run one section alone and write its report into `--out` (`<section>.md`,
+    /// `<section>.json`) rather than `BENCHMARKS.md`: `esu` is the ESU forward against PyTorch
+    /// and ONNX Runtime (a minute or two instead of the whole comparison); `training` is the
+    /// trainer with held and streamed samples and a 10-million-row item table (a few minutes;
+    /// not part of the whole comparison).
     #[arg(long, value_enum)]
     only: Option<Section>,
     /// Thread counts of the ESU comparison, each in its own process.
@@ -94,6 +97,8 @@ struct Args {
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum Section {
     Esu,
+    /// The trainer: held against streamed samples, a 10-million-row item table.
+    Training,
 }
 
 /// Repetition policy: at least `runs` calls and `secs` seconds per measurement.
@@ -752,6 +757,7 @@ fn main() -> Res<()> {
             .join(" ");
     match args.only {
         Some(Section::Esu) => esu_alone(&args, &esu_plan, &command, &log),
+        Some(Section::Training) => training_alone(&args, &command, &log),
         None => everything(&args, reps, &esu_plan, command, &log),
     }
 }
@@ -760,16 +766,51 @@ fn main() -> Res<()> {
 fn esu_alone(args: &Args, plan: &esu::Plan, command: &str, log: Log<'_>) -> Res<()> {
     let e = esu::measure(plan, log)?;
     let targets = esu::targets(&e);
-    let json = args.out.join("esu.json");
-    std::fs::write(
-        &json,
-        serde_json::to_string_pretty(&serde_json::json!({
-            "machine": machine(), "command": command, "esu_forward": e, "targets": targets,
-        }))? + "\n",
-    )?;
-    let md = args.out.join("esu.md");
-    let table = report::targets_table(&targets);
-    std::fs::write(&md, esu::report(command, &machine(), &json, &e, &table))?;
+    write_section(
+        args,
+        command,
+        "esu",
+        ("esu_forward", &e),
+        &targets,
+        log,
+        |json, table| esu::report(command, &machine(), json, &e, table),
+    )
+}
+
+/// `--only training`: the trainer's section into `training.md` and `training.json`.
+fn training_alone(args: &Args, command: &str, log: Log<'_>) -> Res<()> {
+    let t = training::measure(log)?;
+    let targets = training::targets(&t);
+    write_section(
+        args,
+        command,
+        "training",
+        ("training", &t),
+        &targets,
+        log,
+        |json, table| training::report(command, &machine(), json, &t, table),
+    )
+}
+
+/// A section run alone: `<name>.json` (the machine, the command, `figures` under its key, the
+/// targets) and `<name>.md` (`render` of the JSON path and the targets table) under `--out`.
+fn write_section<T: serde::Serialize>(
+    args: &Args,
+    command: &str,
+    name: &str,
+    figures: (&str, &T),
+    targets: &[Target],
+    log: Log<'_>,
+    render: impl FnOnce(&Path, &siren_lab::table::Table) -> String,
+) -> Res<()> {
+    let json = args.out.join(format!("{name}.json"));
+    let mut value = serde_json::json!({
+        "machine": machine(), "command": command, "targets": targets,
+    });
+    value[figures.0] = serde_json::to_value(figures.1)?;
+    std::fs::write(&json, serde_json::to_string_pretty(&value)? + "\n")?;
+    let md = args.out.join(format!("{name}.md"));
+    std::fs::write(&md, render(&json, &report::targets_table(targets)))?;
     log(&format!("wrote {}, {}", md.display(), json.display()));
     Ok(())
 }
