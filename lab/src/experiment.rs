@@ -71,12 +71,14 @@ pub fn compare(
             }
             per_seed.push(users);
             if tcfg.progress {
+                // Tail domains exist only in multi-domain data.
+                let tail = run.tail.as_ref().and_then(|t| t.gauc);
                 eprintln!(
-                    "{} seed {seed}: test GAUC {:.4} AUC {:.4} tail GAUC {:.4} (best epoch {})",
+                    "{} seed {seed}: test GAUC {:.4} AUC {:.4}{} (best epoch {})",
                     run.model,
                     run.test.gauc.unwrap_or(f64::NAN),
                     run.test.auc.unwrap_or(f64::NAN),
-                    run.tail.as_ref().and_then(|t| t.gauc).unwrap_or(f64::NAN),
+                    tail.map_or(String::new(), |g| format!(" tail GAUC {g:.4}")),
                     run.best_epoch
                 );
             }
