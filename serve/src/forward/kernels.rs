@@ -124,6 +124,26 @@ pub fn add(acc: &mut [f32], row: &[f32]) {
     }
 }
 
+/// `sum of relu(x + bias) * w` in eight independent lanes (one vector accumulator; a single
+/// running sum would be a chain of dependent adds).
+pub fn relu_dot(x: &[f32], bias: &[f32], w: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (x8, xt) = x.as_chunks::<8>();
+    let ((b8, bt), (w8, wt)) = (bias.as_chunks::<8>(), w.as_chunks::<8>());
+    for ((x, b), w) in x8.iter().zip(b8).zip(w8) {
+        for l in 0..8 {
+            acc[l] += (x[l] + b[l]).max(0.0) * w[l];
+        }
+    }
+    let tail: f32 = xt
+        .iter()
+        .zip(bt)
+        .zip(wt)
+        .map(|((x, b), w)| (x + b).max(0.0) * w)
+        .sum();
+    acc.iter().sum::<f32>() + tail
+}
+
 pub fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + (-x).exp())
 }
@@ -184,6 +204,20 @@ mod tests {
         let want2 = naive(&narrow, &b2, m, 2, n);
         let got2: Vec<f32> = (0..m * n).map(|i| out[(i / n) * 5 + 1 + i % n]).collect();
         assert!(close(&got2, &want2));
+    }
+
+    #[test]
+    fn relu_dot_equals_its_definition() {
+        for n in [1, 7, 8, 32, 37] {
+            let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.23).cos() * 0.5).collect();
+            let w: Vec<f32> = (0..n).map(|i| (i as f32 * 0.71).sin()).collect();
+            let want: f64 = (0..n)
+                .map(|i| f64::from((x[i] + b[i]).max(0.0)) * f64::from(w[i]))
+                .sum();
+            let got = f64::from(relu_dot(&x, &b, &w));
+            assert!((got - want).abs() < 1e-5, "{n}: {got} vs {want}");
+        }
     }
 
     #[test]
