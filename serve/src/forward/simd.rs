@@ -8,10 +8,11 @@
 //! portable build never calls the slow software `fmaf`.
 //!
 //! Attention is the main user: per candidate and head, `softmax(q k^T / sqrt(dh)) v` with the
-//! keys transposed once into a small buffer and each query's scores kept in cache from the
-//! product through the softmax to the weighted sum of values. Before these kernels it went
-//! through two packs and two `gemm` calls per candidate and head, whose per-call overhead
-//! outweighed `51 x 16` products.
+//! keys transposed once into a small buffer and all the queries' scores (`51 x 56` floats at
+//! 50 behaviours) kept in cache from the product through the softmax to the weighted sum of
+//! values. Both products are tiled in registers over several queries ([`product`]). Before
+//! these kernels it went through two packs and two `gemm` calls per candidate and head, whose
+//! per-call overhead outweighed `51 x 16` products.
 
 /// One head of one candidate's attention: `tq` queries `q_rs` apart, `t1` keys and values
 /// `kv_rs` apart, each `dh` wide starting at the slices' first element; `keep[j]` is 1 for a
@@ -86,33 +87,42 @@ impl RowKernels {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{HeadInput, HeadOutput, Lanes};
+    use super::{HeadInput, HeadOutput, Operands};
     use std::arch::x86_64::{
-        __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps,
-        _mm256_storeu_ps,
+        _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
     };
 
-    /// [`super::block`] with its `N` sums in AVX registers: the compiler's own vectorisation
-    /// of the portable form splits them into mixed 8-, 4- and 1-wide pieces.
+    /// [`super::tile`] with its `R x N` sums in AVX registers: the compiler's own
+    /// vectorisation of the portable form splits them into mixed 8-, 4- and 1-wide pieces.
     #[target_feature(enable = "avx2,fma")]
-    pub fn block<'r, const N: usize>(
-        out: &mut [Lanes],
-        w: &[f32],
-        row: &impl Fn(usize) -> &'r [Lanes],
+    pub fn tile<const R: usize, const N: usize>(
+        m: &Operands<'_>,
+        (out, out_rs): (&mut [f32], usize),
+        i: usize,
         at: usize,
     ) {
-        let mut acc: [__m256; N] = [_mm256_setzero_ps(); N];
-        for (r, &wr) in w.iter().enumerate() {
-            let x: &[Lanes; N] = row(r)[at..at + N].try_into().expect("N lanes");
-            let wv = _mm256_set1_ps(wr);
-            for b in 0..N {
-                // SAFETY: `x[b]` is eight readable floats.
-                acc[b] = _mm256_fmadd_ps(wv, unsafe { _mm256_loadu_ps(x[b].as_ptr()) }, acc[b]);
+        let w: [&[f32]; R] = std::array::from_fn(|r| &m.w[(i + r) * m.w_rs..][..m.depth]);
+        let mut acc = [[_mm256_setzero_ps(); N]; R];
+        for k in 0..m.depth {
+            let b = &m.b[k * m.b_rs + 8 * at..][..8 * N];
+            let mut bv = [_mm256_setzero_ps(); N];
+            for (n, v) in bv.iter_mut().enumerate() {
+                // SAFETY: `b` holds `8 * N` floats, so the eight from `8 * n` are readable.
+                *v = unsafe { _mm256_loadu_ps(b.as_ptr().add(8 * n)) };
+            }
+            for (acc, w) in acc.iter_mut().zip(&w) {
+                let wv = _mm256_set1_ps(w[k]);
+                for (a, b) in acc.iter_mut().zip(&bv) {
+                    *a = _mm256_fmadd_ps(wv, *b, *a);
+                }
             }
         }
-        for (o, a) in out.iter_mut().zip(acc) {
-            // SAFETY: `o` is eight writable floats.
-            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
+        for (r, acc) in acc.iter().enumerate() {
+            let o = &mut out[(i + r) * out_rs + 8 * at..][..8 * N];
+            for (n, a) in acc.iter().enumerate() {
+                // SAFETY: `o` holds `8 * N` floats, so the eight from `8 * n` are writable.
+                unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * n), *a) };
+            }
         }
     }
 
@@ -261,91 +271,149 @@ pub(super) fn masked_softmax<const FMA: bool>(s: &mut [f32], keep: &[f32], scale
 #[inline(always)]
 fn attend<const FMA: bool>(a: &HeadInput<'_>, out: HeadOutput<'_>, scratch: &mut Vec<f32>) {
     let (t1, dh) = (a.t1, a.dh);
-    // Keys padded to whole lanes: the padding has zero keys and is masked.
+    // Keys padded to whole lanes: the padding's scores are computed and never read.
     let tp = t1.div_ceil(8) * 8;
     let (out, out_rs) = out;
-    scratch.clear();
-    scratch.resize(dh * tp + 2 * tp, 0.0);
-    let (kt, rest) = scratch.split_at_mut(dh * tp);
-    let (keep, scores) = rest.split_at_mut(tp);
-    keep[..t1].copy_from_slice(&a.keep[..t1]);
-    for (j, kj) in a.k.chunks(a.kv_rs).take(t1).enumerate() {
-        for (c, &x) in kj[..dh].iter().enumerate() {
-            kt[c * tp + j] = x;
+    let need = (dh + a.tq) * tp;
+    if scratch.len() < need {
+        scratch.resize(need, 0.0);
+    }
+    let (kt, scores) = scratch[..need].split_at_mut(dh * tp);
+    for (c, row) in kt.chunks_exact_mut(tp).enumerate() {
+        for (j, x) in row[..t1].iter_mut().enumerate() {
+            *x = a.k[j * a.kv_rs + c];
+        }
+        row[t1..].fill(0.0);
+    }
+    // Every query's scores `q K^T` (`tq` rows of `tp`), then each row's softmax while the
+    // scores are in cache, then the rows times the values.
+    let keys = Operands {
+        w: a.q,
+        w_rs: a.q_rs,
+        rows: a.tq,
+        depth: dh,
+        b: kt,
+        b_rs: tp,
+        lanes: tp / 8,
+    };
+    product::<FMA>(&keys, (scores, tp));
+    for row in scores.chunks_exact_mut(tp) {
+        masked_softmax::<FMA>(&mut row[..t1], &a.keep[..t1], a.scale);
+    }
+    let values = Operands {
+        w: scores,
+        w_rs: tp,
+        rows: a.tq,
+        depth: t1,
+        b: a.v,
+        b_rs: a.kv_rs,
+        lanes: dh / 8,
+    };
+    product::<FMA>(&values, (&mut *out, out_rs));
+    // The columns past whole lanes.
+    for (i, p) in scores.chunks_exact(tp).enumerate() {
+        for c in 8 * values.lanes..dh {
+            out[i * out_rs + c] = p[..t1]
+                .iter()
+                .zip(a.v.chunks(a.kv_rs))
+                .fold(0.0, |acc, (&pj, vj)| madd::<FMA>(pj, vj[c], acc));
         }
     }
-    let (kt8, _) = kt.as_chunks::<8>();
-    for i in 0..a.tq {
-        let qi = &a.q[i * a.q_rs..i * a.q_rs + dh];
-        // scores = q K^T over the transposed keys' rows.
-        let (s8, _) = scores.as_chunks_mut::<8>();
-        blocked::<FMA>(s8, qi, |c| &kt8[c * (tp / 8)..(c + 1) * (tp / 8)]);
-        masked_softmax::<FMA>(scores, keep, a.scale);
-        weighted_values::<FMA>(&mut out[i * out_rs..i * out_rs + dh], &scores[..t1], a);
-    }
 }
 
-/// `out = sum over j of p[j] * v[j]` (`out` a head wide).
-#[inline(always)]
-fn weighted_values<const FMA: bool>(out: &mut [f32], p: &[f32], a: &HeadInput<'_>) {
-    let (o8, tail) = out.as_chunks_mut::<8>();
-    let wide = 8 * o8.len();
-    blocked::<FMA>(o8, p, |j| {
-        let row = &a.v[j * a.kv_rs..j * a.kv_rs + wide];
-        row.as_chunks::<8>().0
-    });
-    for (c, o) in tail.iter_mut().enumerate() {
-        *o = p
-            .iter()
-            .zip(a.v.chunks(a.kv_rs))
-            .fold(0.0, |acc, (&pj, vj)| madd::<FMA>(pj, vj[wide + c], acc));
-    }
+/// The operands of [`product`]: `rows` rows of `w`, `w_rs` apart, of which the first `depth`
+/// are read, and `depth` rows of `b`, `b_rs` apart, of which the first `lanes` 8-lane blocks
+/// are read.
+#[derive(Clone, Copy)]
+pub(super) struct Operands<'a> {
+    w: &'a [f32],
+    w_rs: usize,
+    rows: usize,
+    depth: usize,
+    b: &'a [f32],
+    b_rs: usize,
+    lanes: usize,
 }
 
-/// `out = sum over r of w[r] * row(r)`, each row as many lanes as `out`: up to four lanes
-/// (32 columns) at a time, their sums held in registers across all rows. Written as small
-/// fixed-size blocks because the compiler keeps a fixed-size array in registers and
-/// vectorises it, but not a runtime-length one (and stores into one buffer could alias loads
-/// from another, which stops it too).
+/// `out[i] = sum over k of w[i][k] * b[k]` for every row `i` of `m` (row `i` of `out` at
+/// `out[i * out_rs..]`, `8 * lanes` wide): a small matrix product in register tiles of up to
+/// eight 8-lane sums (two rows of three or four lanes, or up to four rows of one or two), so
+/// that each block of `b` loaded serves several rows and eight independent chains of
+/// multiply-adds hide their latency (one row at a time, a head's 16 columns were two chains
+/// of 51 dependent multiply-adds).
 #[inline(always)]
-fn blocked<'r, const FMA: bool>(out: &mut [Lanes], w: &[f32], row: impl Fn(usize) -> &'r [Lanes]) {
+fn product<const FMA: bool>(m: &Operands<'_>, (out, out_rs): (&mut [f32], usize)) {
     let mut at = 0;
-    while at < out.len() {
-        let n = (out.len() - at).min(4);
-        let dst = &mut out[at..at + n];
-        match n {
-            4 => block::<4, FMA>(dst, w, &row, at),
-            3 => block::<3, FMA>(dst, w, &row, at),
-            2 => block::<2, FMA>(dst, w, &row, at),
-            _ => block::<1, FMA>(dst, w, &row, at),
+    while at < m.lanes {
+        let n = (m.lanes - at).min(4);
+        let tall = if n <= 2 { 4 } else { 2 };
+        let mut i = 0;
+        while i < m.rows {
+            let r = (m.rows - i).min(tall);
+            let o = (&mut *out, out_rs);
+            match n {
+                4 => tile_rows::<4, FMA>(m, o, i, at, r),
+                3 => tile_rows::<3, FMA>(m, o, i, at, r),
+                2 => tile_rows::<2, FMA>(m, o, i, at, r),
+                _ => tile_rows::<1, FMA>(m, o, i, at, r),
+            }
+            i += r;
         }
         at += n;
     }
 }
 
-/// One block of [`blocked`]: lanes `at..at + N` of every row.
+/// [`tile`] over rows `i..i + r` (`r` at most four, and at most two when `N` is over two).
 #[inline(always)]
-fn block<'r, const N: usize, const FMA: bool>(
-    out: &mut [Lanes],
-    w: &[f32],
-    row: &impl Fn(usize) -> &'r [Lanes],
+fn tile_rows<const N: usize, const FMA: bool>(
+    m: &Operands<'_>,
+    out: (&mut [f32], usize),
+    i: usize,
+    at: usize,
+    r: usize,
+) {
+    match r {
+        4 if N <= 2 => tile::<4, N, FMA>(m, out, i, at),
+        3 if N <= 2 => tile::<3, N, FMA>(m, out, i, at),
+        2 => tile::<2, N, FMA>(m, out, i, at),
+        1 => tile::<1, N, FMA>(m, out, i, at),
+        _ => unreachable!("product keeps tiles to eight sums"),
+    }
+}
+
+/// One tile of [`product`]: rows `i..i + R`, lanes `at..at + N`.
+#[inline(always)]
+fn tile<const R: usize, const N: usize, const FMA: bool>(
+    m: &Operands<'_>,
+    (out, out_rs): (&mut [f32], usize),
+    i: usize,
     at: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
     if FMA {
         // SAFETY: the FMA build runs only where `RowKernels::best` found AVX2 and FMA.
-        return unsafe { x86::block::<N>(out, w, row, at) };
+        return unsafe { x86::tile::<R, N>(m, (out, out_rs), i, at) };
     }
-    let mut acc = [[0f32; 8]; N];
-    for (r, &wr) in w.iter().enumerate() {
-        let x: &[Lanes; N] = row(r)[at..at + N].try_into().expect("N lanes");
-        for b in 0..N {
-            for l in 0..8 {
-                acc[b][l] = madd::<FMA>(wr, x[b][l], acc[b][l]);
+    let w: [&[f32]; R] = std::array::from_fn(|r| &m.w[(i + r) * m.w_rs..][..m.depth]);
+    let mut acc = [[[0f32; 8]; N]; R];
+    for k in 0..m.depth {
+        let b: &[Lanes; N] = m.b[k * m.b_rs + 8 * at..][..8 * N]
+            .as_chunks::<8>()
+            .0
+            .try_into()
+            .expect("N lanes");
+        for (acc, w) in acc.iter_mut().zip(&w) {
+            for (a, b) in acc.iter_mut().zip(b) {
+                for l in 0..8 {
+                    a[l] = madd::<FMA>(w[k], b[l], a[l]);
+                }
             }
         }
     }
-    out.copy_from_slice(&acc);
+    for (r, acc) in acc.iter().enumerate() {
+        let o = &mut out[(i + r) * out_rs + 8 * at..][..8 * N];
+        o.as_chunks_mut::<8>().0.copy_from_slice(acc);
+    }
 }
 
 /// The mean of a row and `1 / sqrt(variance + 1e-5)` (biased variance, two passes, as
@@ -516,6 +584,67 @@ mod tests {
                     for c in 0..dh {
                         let (g, w) = (f64::from(out[i * out_rs + c]), want[i * dh + c]);
                         assert!((g - w).abs() < 1e-5, "case {case} ({i}, {c}): {g} vs {w}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// `false`, and `true` where this CPU runs the FMA build.
+    fn fma_builds() -> Vec<bool> {
+        let mut v = vec![false];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            v.push(true);
+        }
+        v
+    }
+
+    #[test]
+    fn register_tiled_products_equal_a_plain_loop_exactly() {
+        let mut rng = StdRng::seed_from_u64(3);
+        for case in 0..60 {
+            let rows = rng.random_range(1..10);
+            let lanes = rng.random_range(1..7);
+            let depth = rng.random_range(1..60);
+            let w_rs = depth + rng.random_range(0..3);
+            let b_rs = 8 * lanes + rng.random_range(0..9);
+            let out_rs = 8 * lanes + rng.random_range(0..5);
+            let mut values =
+                |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-2.0..2.0)).collect() };
+            let (w, b) = (values(rows * w_rs), values(depth * b_rs));
+            let m = Operands {
+                w: &w,
+                w_rs,
+                rows,
+                depth,
+                b: &b,
+                b_rs,
+                lanes,
+            };
+            for fma in fma_builds() {
+                let mut out = vec![f32::NAN; rows * out_rs];
+                if fma {
+                    product::<true>(&m, (&mut out, out_rs));
+                } else {
+                    product::<false>(&m, (&mut out, out_rs));
+                }
+                for i in 0..rows {
+                    for c in 0..8 * lanes {
+                        let want = (0..depth).fold(0.0, |acc, k| {
+                            let (x, y) = (w[i * w_rs + k], b[k * b_rs + c]);
+                            if fma {
+                                x.mul_add(y, acc)
+                            } else {
+                                x * y + acc
+                            }
+                        });
+                        assert_eq!(
+                            out[i * out_rs + c],
+                            want,
+                            "case {case} fma {fma} ({i}, {c})"
+                        );
                     }
                 }
             }
