@@ -249,22 +249,39 @@ fn exp_neg<const FMA: bool>(x: f32) -> f32 {
 /// exactly 0 after the exponential). `keep` is as long as `s`.
 #[inline(always)]
 pub(super) fn masked_softmax<const FMA: bool>(s: &mut [f32], keep: &[f32], scale: f32) {
-    // Padding's scores become -inf, so that the maximum is one vectorised pass.
-    for (v, &k) in s.iter_mut().zip(keep) {
-        *v = if k == 0.0 { f32::NEG_INFINITY } else { *v };
-    }
-    let max = reduce8(s, f32::NEG_INFINITY, f32::max, f32::max);
+    let max = kept_max(s, keep);
     if max == f32::NEG_INFINITY {
         s.fill(0.0);
         return;
     }
-    // -inf - max clamps to -87, whose exponential is then cleared by the mask.
+    // Padding's scores may exceed the maximum: clamped to 0, their exponential is then
+    // cleared by the mask.
     map8(s, |v| exp_neg::<FMA>(((v - max) * scale).clamp(-87.0, 0.0)));
     for (v, &k) in s.iter_mut().zip(keep) {
         *v *= k;
     }
     let inv = 1.0 / reduce8(s, 0.0, add, add);
     map8(s, |v| v * inv);
+}
+
+/// The largest of `s` where `keep` is 1 (`-inf` when none is), in eight lanes. Selected in
+/// registers rather than by writing `-inf` over the padding first: the compiler turns that
+/// write into a masked store, which is slow on AMD's cores.
+#[inline(always)]
+fn kept_max(s: &[f32], keep: &[f32]) -> f32 {
+    let kept = |v: f32, k: f32| if k == 0.0 { f32::NEG_INFINITY } else { v };
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let (s8, st) = s.as_chunks::<8>();
+    let (k8, kt) = keep.as_chunks::<8>();
+    for (v, k) in s8.iter().zip(k8) {
+        for l in 0..8 {
+            acc[l] = acc[l].max(kept(v[l], k[l]));
+        }
+    }
+    let lanes = acc.into_iter().fold(f32::NEG_INFINITY, f32::max);
+    st.iter()
+        .zip(kt)
+        .fold(lanes, |m, (&v, &k)| m.max(kept(v, k)))
 }
 
 // Inlined into the AVX2 wrappers, so that they are compiled with AVX2 and FMA.
