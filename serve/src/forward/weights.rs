@@ -103,6 +103,22 @@ impl Table {
         Ok(&self.data[i * self.dim..(i + 1) * self.dim])
     }
 
+    /// Asks the CPU to bring row `i` into cache ahead of its use: a hint, nothing when `i` is
+    /// outside the table or the target has no prefetch instruction.
+    pub fn prefetch(&self, i: u32) {
+        let i = i as usize;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(row) = self.data.get(i * self.dim..(i + 1) * self.dim) {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            // Every cache line of the row: one address per 64 bytes, and its last.
+            let lines = (0..row.len()).step_by(16).chain(row.len().checked_sub(1));
+            for at in lines {
+                // SAFETY: a prefetch never faults, and the address is inside `row`.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(row[at..].as_ptr().cast()) };
+            }
+        }
+    }
+
     /// `acc += row i`.
     pub fn add_row(&self, acc: &mut [f32], i: u32) -> Result<()> {
         super::kernels::add(acc, self.row(i)?);
