@@ -109,10 +109,15 @@ pub fn matmul(dst: &mut [f32], dst_rs: usize, a: View<'_>, b: View<'_>, accumula
 
 /// `x += bias`, then ReLU when `relu`.
 pub fn bias_act(x: &mut [f32], bias: &[f32], relu: bool) {
-    for (v, b) in x.iter_mut().zip(bias) {
-        *v += b;
-        if relu && *v < 0.0 {
-            *v = 0.0;
+    // Two loops, each a select the compiler vectorises (a conditional store is not).
+    if relu {
+        for (v, b) in x.iter_mut().zip(bias) {
+            let y = *v + b;
+            *v = if y < 0.0 { 0.0 } else { y };
+        }
+    } else {
+        for (v, b) in x.iter_mut().zip(bias) {
+            *v += b;
         }
     }
 }

@@ -39,7 +39,7 @@ use siren_model::{Retrieval, SeqKind};
 use crate::error::{Result, ServeError};
 use inputs::{Inputs, Seq};
 use kernels::{matmul, relu_dot, sigmoid, View};
-use simd::{HeadInput, RowKernels};
+use simd::{padded, HeadInput, RowKernels};
 use weights::{Dense, Named, Norm, Table};
 
 /// ID tables shared by the target and the behaviours (action and time gap absent when the
@@ -329,9 +329,10 @@ impl FusedEsu {
         let t1 = seq.len + 1;
         let tokens = space(&mut s.tokens, c * t1 * d);
         self.tokens(tokens, x, mm, lo)?;
-        let keep = space(&mut s.keep, c * t1);
+        let keep = space(&mut s.keep, c * padded(t1));
         for (i, k) in keep.iter_mut().enumerate() {
-            *k = f32::from(i % t1 == 0 || seq.valid(lo + i / t1, i % t1 - 1));
+            let (cand, j) = (i / padded(t1), i % padded(t1));
+            *k = f32::from(j == 0 || (j < t1 && seq.valid(lo + cand, j - 1)));
         }
         let interest = self.encode(tokens, c, t1, keep, &mut s.layer);
         let at = Columns {
@@ -593,7 +594,7 @@ impl Attention<'_> {
                 kv_rs,
                 t1: self.t1,
                 dh,
-                keep: &self.keep[cand * self.t1..(cand + 1) * self.t1],
+                keep: &self.keep[cand * padded(self.t1)..(cand + 1) * padded(self.t1)],
                 scale: 1.0 / (dh as f32).sqrt(),
             };
             (self.kernels.attend)(&head, (&mut ctx[h * dh..], self.d), scratch);

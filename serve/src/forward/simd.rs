@@ -16,7 +16,8 @@
 
 /// One head of one candidate's attention: `tq` queries `q_rs` apart, `t1` keys and values
 /// `kv_rs` apart, each `dh` wide starting at the slices' first element; `keep[j]` is 1 for a
-/// real key position and 0 for padding.
+/// real key position and 0 for padding, for [`padded`]`(t1)` positions (0 past `t1`), so that
+/// the softmax works in whole lanes.
 #[derive(Debug, Clone, Copy)]
 pub struct HeadInput<'a> {
     pub q: &'a [f32],
@@ -101,7 +102,10 @@ mod x86 {
         i: usize,
         at: usize,
     ) {
-        let w: [&[f32]; R] = std::array::from_fn(|r| &m.w[(i + r) * m.w_rs..][..m.depth]);
+        let mut w: [&[f32]; R] = [&[]; R];
+        for (r, w) in w.iter_mut().enumerate() {
+            *w = &m.w[(i + r) * m.w_rs..][..m.depth];
+        }
         let mut acc = [[_mm256_setzero_ps(); N]; R];
         for k in 0..m.depth {
             let b = &m.b[k * m.b_rs + 8 * at..][..8 * N];
@@ -284,12 +288,17 @@ fn kept_max(s: &[f32], keep: &[f32]) -> f32 {
         .fold(lanes, |m, (&v, &k)| m.max(kept(v, k)))
 }
 
+/// `t` positions rounded up to whole lanes.
+pub fn padded(t: usize) -> usize {
+    t.div_ceil(8) * 8
+}
+
 // Inlined into the AVX2 wrappers, so that they are compiled with AVX2 and FMA.
 #[inline(always)]
 fn attend<const FMA: bool>(a: &HeadInput<'_>, out: HeadOutput<'_>, scratch: &mut Vec<f32>) {
     let (t1, dh) = (a.t1, a.dh);
-    // Keys padded to whole lanes: the padding's scores are computed and never read.
-    let tp = t1.div_ceil(8) * 8;
+    // Keys padded to whole lanes with zeros: the padding's scores are masked.
+    let tp = padded(t1);
     let (out, out_rs) = out;
     let need = (dh + a.tq) * tp;
     if scratch.len() < need {
@@ -297,8 +306,9 @@ fn attend<const FMA: bool>(a: &HeadInput<'_>, out: HeadOutput<'_>, scratch: &mut
     }
     let (kt, scores) = scratch[..need].split_at_mut(dh * tp);
     for (c, row) in kt.chunks_exact_mut(tp).enumerate() {
-        for (j, x) in row[..t1].iter_mut().enumerate() {
-            *x = a.k[j * a.kv_rs + c];
+        let column = a.k[c..].iter().step_by(a.kv_rs);
+        for (x, &k) in row[..t1].iter_mut().zip(column) {
+            *x = k;
         }
         row[t1..].fill(0.0);
     }
@@ -315,7 +325,7 @@ fn attend<const FMA: bool>(a: &HeadInput<'_>, out: HeadOutput<'_>, scratch: &mut
     };
     product::<FMA>(&keys, (scores, tp));
     for row in scores.chunks_exact_mut(tp) {
-        masked_softmax::<FMA>(&mut row[..t1], &a.keep[..t1], a.scale);
+        masked_softmax::<FMA>(row, &a.keep[..tp], a.scale);
     }
     let values = Operands {
         w: scores,
@@ -570,8 +580,11 @@ mod tests {
             let data: Vec<f32> = (0..t1.max(tq) * rs)
                 .map(|_| rng.random_range(-3.0..3.0))
                 .collect();
-            let keep: Vec<f32> = (0..t1)
-                .map(|_| {
+            let keep: Vec<f32> = (0..padded(t1))
+                .map(|j| {
+                    if j >= t1 {
+                        return 0.0;
+                    }
                     if case % 7 == 0 || rng.random_bool(0.8) {
                         1.0
                     } else {
