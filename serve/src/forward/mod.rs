@@ -39,7 +39,7 @@ use siren_model::{Retrieval, SeqKind};
 use crate::error::{Result, ServeError};
 use inputs::{Inputs, Seq};
 use kernels::{matmul, relu_dot, sigmoid, View};
-use simd::{padded, HeadInput, RowKernels};
+use simd::{padded, HeadInput, PoolInput, RowKernels};
 use weights::{Dense, Named, Norm, Table};
 
 /// ID tables shared by the target and the behaviours (action and time gap absent when the
@@ -71,13 +71,14 @@ struct Prefix {
     depth: Table,
 }
 
-/// A pre-norm transformer layer (`TransformerLayer`). `q` and `kv` are the rows of `qkv` the
-/// last layer uses separately (the query of the target only, keys and values of all).
+/// A pre-norm transformer layer (`TransformerLayer`). `q`, `k` and `v` are the rows of `qkv`
+/// the last layer uses separately ([`Layer::forward_first`]).
 struct Layer {
     ln1: Norm,
     qkv: Dense,
     q: Dense,
-    kv: Dense,
+    k: Dense,
+    v: Dense,
     out: Dense,
     ln2: Norm,
     ff1: Dense,
@@ -157,7 +158,11 @@ struct LayerScratch {
     query: Vec<f32>,
     context: Vec<f32>,
     target: Vec<f32>,
-    /// The attention kernel's own (transposed keys, scores).
+    /// The last layer's queries with the keys folded in and their pooled rows, `[c, heads,
+    /// d]` each.
+    folded: Vec<f32>,
+    pooled: Vec<f32>,
+    /// The attention kernels' own (transposed keys, scores).
     attend: Vec<f32>,
 }
 
@@ -567,6 +572,16 @@ struct Attention<'a> {
 }
 
 impl Attention<'_> {
+    /// Which of candidate `cand`'s positions are real, padded to whole lanes.
+    fn keep(&self, cand: usize) -> &[f32] {
+        &self.keep[cand * padded(self.t1)..(cand + 1) * padded(self.t1)]
+    }
+
+    /// The scores' scale, `1 / sqrt(dh)`.
+    fn scale(&self) -> f32 {
+        1.0 / ((self.d / self.heads) as f32).sqrt()
+    }
+
     /// For candidate `cand` and every head: softmax of `q k^T / sqrt(dh)` over the real keys,
     /// times `v`, into `ctx` (`tq` rows `d` wide). `q` holds `tq` rows `q_rs` apart, `k` and
     /// `v` `t1` rows `kv_rs` apart, each head's columns at `h * dh`.
@@ -594,8 +609,8 @@ impl Attention<'_> {
                 kv_rs,
                 t1: self.t1,
                 dh,
-                keep: &self.keep[cand * padded(self.t1)..(cand + 1) * padded(self.t1)],
-                scale: 1.0 / (dh as f32).sqrt(),
+                keep: self.keep(cand),
+                scale: self.scale(),
             };
             (self.kernels.attend)(&head, (&mut ctx[h * dh..], self.d), scratch);
         }
@@ -608,7 +623,8 @@ impl Layer {
         Ok(Layer {
             ln1: w.norm(&format!("{name}.ln1"), d)?,
             q: qkv.rows(0, d),
-            kv: qkv.rows(d, 3 * d),
+            k: qkv.rows(d, 2 * d),
+            v: qkv.rows(2 * d, 3 * d),
             qkv,
             out: w.dense(&format!("{name}.out"), Some(d), Some(d))?,
             ln2: w.norm(&format!("{name}.ln2"), d)?,
@@ -645,7 +661,9 @@ impl Layer {
         self.feed_forward(x, rows, att, (&mut s.norm, &mut s.wide));
     }
 
-    /// The target position only: `[c, d]`.
+    /// The target position only: `[c, d]`. Its attention has one query per candidate and
+    /// head, so no row is projected to a key or a value ([`Layer::fold_keys`],
+    /// [`Layer::pooled_values`]).
     fn forward_first<'s>(
         &self,
         x: &[f32],
@@ -657,8 +675,6 @@ impl Layer {
         let rows = c * t1;
         let h = space(&mut s.norm, rows * d);
         (att.kernels.norm_rows)(h, x, &self.ln1.gamma, &self.ln1.beta);
-        let kv = space(&mut s.wide, rows * 2 * d);
-        self.kv.forward(kv, h, rows, false);
         // The target rows: the first of every candidate's `t1`.
         let targets = View {
             data: h,
@@ -669,13 +685,25 @@ impl Layer {
         };
         let q = space(&mut s.query, c * d);
         self.q.forward_view(q, d, targets, false);
-        let ctx = space(&mut s.context, c * d);
+        let heads = att.heads;
+        let folded = space(&mut s.folded, c * heads * d);
+        self.fold_keys(folded, q, c, att);
+        let pooled = space(&mut s.pooled, c * heads * d);
         for cand in 0..c {
-            let kvc = &kv[cand * t1 * 2 * d..(cand + 1) * t1 * 2 * d];
-            let qc = &q[cand * d..(cand + 1) * d];
-            let out = &mut ctx[cand * d..(cand + 1) * d];
-            att.heads(cand, qc, d, 1, kvc, &kvc[d..], 2 * d, out, &mut s.attend);
+            let at = cand * heads * d..(cand + 1) * heads * d;
+            let a = PoolInput {
+                q: &folded[at.clone()],
+                heads,
+                x: &h[cand * t1 * d..(cand + 1) * t1 * d],
+                t1,
+                d,
+                keep: att.keep(cand),
+                scale: att.scale(),
+            };
+            (att.kernels.pool)(&a, &mut pooled[at], &mut s.attend);
         }
+        let ctx = space(&mut s.context, c * d);
+        self.pooled_values(ctx, pooled, c, att);
         let y = space(&mut s.target, c * d);
         for (row, x) in y.chunks_exact_mut(d).zip(x.chunks(t1 * d)) {
             row.copy_from_slice(&x[..d]);
@@ -683,6 +711,45 @@ impl Layer {
         self.out.forward_add(y, ctx, c);
         self.feed_forward(y, c, att, (&mut s.norm, &mut s.wide));
         y
+    }
+
+    /// Each candidate's query of each head times that head's key weight, `[c, heads, d]`: the
+    /// last layer's only query is the target, so rather than projecting every row to a key,
+    /// the key weight is folded into the query (`q . (W_k x + b_k) = (W_k^T q) . x` plus
+    /// `q . b_k`, the same for every key, which the softmax cancels).
+    fn fold_keys(&self, folded: &mut [f32], q: &[f32], c: usize, att: &Attention<'_>) {
+        let (d, heads) = (att.d, att.heads);
+        let dh = d / heads;
+        for h in 0..heads {
+            matmul(
+                &mut folded[h * d..],
+                heads * d,
+                View::columns(q, c, d, h * dh, dh),
+                View::rows(&self.k.w[h * dh * d..(h + 1) * dh * d], dh, d),
+                false,
+            );
+        }
+    }
+
+    /// The context `[c, d]` from the pooled rows `[c, heads, d]`: each head's value weight
+    /// applied once to its pooled row (`sum of p_j (W_v x_j + b_v) = W_v (sum of p_j x_j) + b_v`,
+    /// as the weights `p_j` sum to one: the target position is always kept).
+    fn pooled_values(&self, ctx: &mut [f32], pooled: &[f32], c: usize, att: &Attention<'_>) {
+        let (d, heads) = (att.d, att.heads);
+        let dh = d / heads;
+        for h in 0..heads {
+            let w = View::rows(&self.v.w[h * dh * d..(h + 1) * dh * d], dh, d).t();
+            matmul(
+                &mut ctx[h * dh..],
+                d,
+                View::columns(pooled, c, heads * d, h * d, d),
+                w,
+                false,
+            );
+        }
+        for row in ctx.chunks_exact_mut(d) {
+            kernels::bias_act(row, &self.v.b, false);
+        }
     }
 
     /// `x += ff2(relu(ff1(ln2(x))))` over `rows` rows, through the buffers `norm` and `wide`.

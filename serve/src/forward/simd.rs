@@ -36,6 +36,21 @@ pub struct HeadInput<'a> {
 /// Where one head's context rows go: row `i` at `out[i * rs..i * rs + dh]`.
 pub type HeadOutput<'a> = (&'a mut [f32], usize);
 
+/// Attention of a few queries whose keys are folded into them (the last layer's, whose only
+/// query is the target): for each of `heads` queries `q` (`heads` rows `d` wide), the softmax
+/// over the kept rows `x_j` of `scale * q . x_j`, times those rows. `x` is `t1` rows `d`
+/// wide; `keep` as in [`HeadInput`].
+#[derive(Debug, Clone, Copy)]
+pub struct PoolInput<'a> {
+    pub q: &'a [f32],
+    pub heads: usize,
+    pub x: &'a [f32],
+    pub t1: usize,
+    pub d: usize,
+    pub keep: &'a [f32],
+    pub scale: f32,
+}
+
 /// `out = layer_norm(x)` row by row: `(out, x, gamma, beta)`.
 pub type NormRows = fn(&mut [f32], &[f32], &[f32], &[f32]);
 
@@ -44,6 +59,8 @@ pub type NormRows = fn(&mut [f32], &[f32], &[f32], &[f32]);
 pub struct RowKernels {
     /// One head's attention (`scratch` is reused across calls).
     pub attend: fn(&HeadInput<'_>, HeadOutput<'_>, &mut Vec<f32>),
+    /// Pooled rows `[heads, d]` into `out` (`scratch` is reused across calls).
+    pub pool: fn(&PoolInput<'_>, &mut [f32], &mut Vec<f32>),
     /// `out = layer_norm(x)` row by row over `gamma.len()`-wide rows (eps 1e-5, biased
     /// variance, as candle's `LayerNorm`); `out` and `x` have the same length.
     pub norm_rows: NormRows,
@@ -66,6 +83,7 @@ impl RowKernels {
                 return RowKernels {
                     // SAFETY: chosen only when the CPU has AVX2 and FMA.
                     attend: |a, o, s| unsafe { x86::attend(a, o, s) },
+                    pool: |a, o, s| unsafe { x86::pool(a, o, s) },
                     norm_rows: |o, x, g, b| unsafe { x86::norm_rows(o, x, g, b) },
                     norm_in_place: |x, g, b| unsafe { x86::norm_in_place(x, g, b) },
                     softmax: |s, k, scale| unsafe { x86::softmax(s, k, scale) },
@@ -79,6 +97,7 @@ impl RowKernels {
     pub fn portable() -> RowKernels {
         RowKernels {
             attend: attend::<false>,
+            pool: pool::<false>,
             norm_rows: norm_rows::<false>,
             norm_in_place: norm_in_place::<false>,
             softmax: masked_softmax::<false>,
@@ -88,7 +107,7 @@ impl RowKernels {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{HeadInput, HeadOutput, Operands};
+    use super::{HeadInput, HeadOutput, Operands, PoolInput};
     use std::arch::x86_64::{
         _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_storeu_ps,
     };
@@ -128,6 +147,11 @@ mod x86 {
                 unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * n), *a) };
             }
         }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn pool(a: &PoolInput<'_>, out: &mut [f32], scratch: &mut Vec<f32>) {
+        super::pool::<true>(a, out, scratch)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -344,6 +368,63 @@ fn attend<const FMA: bool>(a: &HeadInput<'_>, out: HeadOutput<'_>, scratch: &mut
                 .iter()
                 .zip(a.v.chunks(a.kv_rs))
                 .fold(0.0, |acc, (&pj, vj)| madd::<FMA>(pj, vj[c], acc));
+        }
+    }
+}
+
+// Inlined into the AVX2 wrappers, so that they are compiled with AVX2 and FMA.
+#[inline(always)]
+fn pool<const FMA: bool>(a: &PoolInput<'_>, out: &mut [f32], scratch: &mut Vec<f32>) {
+    let (t1, d, heads) = (a.t1, a.d, a.heads);
+    let tp = padded(t1);
+    // The queries transposed (`d` rows of `wq` columns, zero past `heads`): every row's
+    // scores for all heads as one product over the rows as they are, none transposed.
+    let wq = padded(heads);
+    let need = (d + t1) * wq + heads * tp;
+    if scratch.len() < need {
+        scratch.resize(need, 0.0);
+    }
+    let (qt, rest) = scratch[..need].split_at_mut(d * wq);
+    let (scores, probs) = rest.split_at_mut(t1 * wq);
+    for (c, row) in qt.chunks_exact_mut(wq).enumerate() {
+        for (h, v) in row.iter_mut().enumerate() {
+            *v = if h < heads { a.q[h * d + c] } else { 0.0 };
+        }
+    }
+    let rows = Operands {
+        w: a.x,
+        w_rs: d,
+        rows: t1,
+        depth: d,
+        b: qt,
+        b_rs: wq,
+        lanes: wq / 8,
+    };
+    product::<FMA>(&rows, (scores, wq));
+    for (h, p) in probs.chunks_exact_mut(tp).enumerate() {
+        for (v, s) in p[..t1].iter_mut().zip(scores.chunks_exact(wq)) {
+            *v = s[h];
+        }
+        p[t1..].fill(0.0);
+        masked_softmax::<FMA>(p, &a.keep[..tp], a.scale);
+    }
+    let weighted = Operands {
+        w: probs,
+        w_rs: tp,
+        rows: heads,
+        depth: t1,
+        b: a.x,
+        b_rs: d,
+        lanes: d / 8,
+    };
+    product::<FMA>(&weighted, (&mut *out, d));
+    // The columns past whole lanes.
+    for (h, p) in probs.chunks_exact(tp).enumerate() {
+        for c in 8 * weighted.lanes..d {
+            out[h * d + c] = p[..t1]
+                .iter()
+                .zip(a.x.chunks(d))
+                .fold(0.0, |acc, (&pj, xj)| madd::<FMA>(pj, xj[c], acc));
         }
     }
 }
@@ -676,6 +757,57 @@ mod tests {
                             "case {case} fma {fma} ({i}, {c})"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn folded_attention_equals_its_definition_on_every_build() {
+        let mut rng = StdRng::seed_from_u64(8);
+        for case in 0..40 {
+            let (d, heads) = ([3, 8, 16, 32, 20][case % 5], 1 + case % 3);
+            let t1 = rng.random_range(1..70);
+            let mut values =
+                |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-2.0..2.0)).collect() };
+            let (q, x) = (values(heads * d), values(t1 * d));
+            // The first position always kept, as the target is.
+            let keep: Vec<f32> = (0..padded(t1))
+                .map(|j| f32::from(j == 0 || (j < t1 && (j + case) % 4 != 0)))
+                .collect();
+            let a = PoolInput {
+                q: &q,
+                heads,
+                x: &x,
+                t1,
+                d,
+                keep: &keep,
+                scale: 0.25,
+            };
+            // The same attention as `attend_naive`'s: each head's query against keys and
+            // values that are both the rows.
+            let want: Vec<f64> = (0..heads)
+                .flat_map(|h| {
+                    attend_naive(&HeadInput {
+                        q: &q[h * d..],
+                        q_rs: d,
+                        tq: 1,
+                        k: &x,
+                        v: &x,
+                        kv_rs: d,
+                        t1,
+                        dh: d,
+                        keep: &keep,
+                        scale: 0.25,
+                    })
+                })
+                .collect();
+            for k in builds() {
+                let mut out = vec![f32::NAN; heads * d];
+                (k.pool)(&a, &mut out, &mut Vec::new());
+                for (i, (g, w)) in out.iter().zip(&want).enumerate() {
+                    let g = f64::from(*g);
+                    assert!((g - w).abs() < 1e-5, "case {case} {i}: {g} vs {w}");
                 }
             }
         }
