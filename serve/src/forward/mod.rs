@@ -361,13 +361,15 @@ impl FusedEsu {
             (self.kernels.norm_in_place)(row, &self.ln_in.gamma, &self.ln_in.beta)
         };
         for (cand, rows) in out.chunks_exact_mut((t + 1) * d).enumerate() {
-            if lo + cand + 1 < x.size {
-                self.prefetch_behaviours(&x.retrieved, x.levels, lo + cand + 1);
-            }
             let (target, behaviours) = rows.split_at_mut(d);
             self.target_token(target, x, &mm[cand * d..(cand + 1) * d], lo + cand)?;
+            let next = lo + cand + 1 < x.size;
             for (p, row) in behaviours.chunks_exact_mut(d).enumerate() {
-                self.behaviour_token(row, &x.retrieved, x.levels, (lo + cand) * t + p)?;
+                let i = (lo + cand) * t + p;
+                if next {
+                    self.prefetch_behaviour(&x.retrieved, x.levels, i + t);
+                }
+                self.behaviour_token(row, &x.retrieved, x.levels, i)?;
             }
             // The candidate's rows (about 6 KB) are still in cache.
             norm(rows);
@@ -389,17 +391,17 @@ impl FusedEsu {
         Ok(())
     }
 
-    /// Asks for the rows of the catalog-sized tables (items, SemID prefixes) that candidate
-    /// `i`'s behaviour tokens read, one candidate ahead of their gather: the item table is
+    /// Asks for the rows of the catalog-sized tables (items, SemID prefixes) that position
+    /// `i` of a sequence reads, a candidate ahead of their gather: the item table is
     /// megabytes, mostly outside the core's cache, and the gather otherwise waited on its
-    /// rows one after the other.
-    fn prefetch_behaviours(&self, s: &Seq, levels: usize, i: usize) {
-        for p in i * s.len..(i + 1) * s.len {
-            self.ids.item.prefetch(s.item[p]);
-            if let Some(px) = &self.prefix {
-                for (l, table) in px.levels.iter().enumerate() {
-                    table.prefetch(s.prefix[p * levels + l]);
-                }
+    /// rows one after the other. One position at a time, spread over the current
+    /// candidate's gather: a candidate's worth at once overflowed the core's outstanding
+    /// misses and stalled on them.
+    fn prefetch_behaviour(&self, s: &Seq, levels: usize, i: usize) {
+        self.ids.item.prefetch(s.item[i]);
+        if let Some(px) = &self.prefix {
+            for (l, table) in px.levels.iter().enumerate() {
+                table.prefetch(s.prefix[i * levels + l]);
             }
         }
     }
