@@ -13,9 +13,9 @@
 //!   embedding rows followed by the input layer norm while the row is in cache; attention per
 //!   candidate and head with its `T x T` scores in a small reused buffer; bias, ReLU, residual
 //!   and layer norm applied row by row after each dense product; the last layer computes the
-//!   target position only; the head's MLP. Every activation lives in per-thread buffers
-//!   ([`Scratch`]) reused from block to block and call to call. Dense products go through the
-//!   `gemm` crate
+//!   target position only, with the key and value weights folded into its query and pooled
+//!   row; the head's MLP. Every activation lives in per-thread buffers ([`Scratch`]) reused
+//!   from block to block and call to call. Dense products go through the `gemm` crate
 //!   ([`kernels::matmul`]); attention, softmax and layer norm are the row kernels of
 //!   [`simd`], built for AVX2 and FMA where the CPU has them.
 //!
@@ -116,9 +116,9 @@ pub struct FusedEsu {
     kernels: RowKernels,
 }
 
-/// Candidates per block of work: the block's activations (about 1 MB at 16 candidates of 51
-/// tokens at width 32) stay in cache from one fused pass to the next and are reused from the
-/// allocator rather than mapped afresh, and the blocks spread over the thread pool.
+/// Candidates per block of work: the block's activations (about half a megabyte at 16
+/// candidates of 51 tokens at width 32) stay in cache from one fused pass to the next, and the
+/// blocks spread over the thread pool (blocks of 8 measured no faster).
 const BLOCK: usize = 16;
 
 /// The recent branch's keys `[R, 2d]`, per group of candidates with the same recent
@@ -138,7 +138,8 @@ struct Scratch {
     mm: Vec<f32>,
     /// The tokens `[c * t1, d]`, transformed in place layer by layer.
     tokens: Vec<f32>,
-    /// Which positions are real behaviours, `[c * t1]`.
+    /// Which positions are real (the target and real behaviours), each candidate's `t1`
+    /// padded to whole lanes with zeros: `[c * padded(t1)]`.
     keep: Vec<f32>,
     layer: LayerScratch,
     recent: RecentScratch,
