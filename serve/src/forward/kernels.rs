@@ -109,10 +109,15 @@ pub fn matmul(dst: &mut [f32], dst_rs: usize, a: View<'_>, b: View<'_>, accumula
 
 /// `x += bias`, then ReLU when `relu`.
 pub fn bias_act(x: &mut [f32], bias: &[f32], relu: bool) {
-    for (v, b) in x.iter_mut().zip(bias) {
-        *v += b;
-        if relu && *v < 0.0 {
-            *v = 0.0;
+    // Two loops, each a select the compiler vectorises (a conditional store is not).
+    if relu {
+        for (v, b) in x.iter_mut().zip(bias) {
+            let y = *v + b;
+            *v = if y < 0.0 { 0.0 } else { y };
+        }
+    } else {
+        for (v, b) in x.iter_mut().zip(bias) {
+            *v += b;
         }
     }
 }
@@ -122,6 +127,26 @@ pub fn add(acc: &mut [f32], row: &[f32]) {
     for (a, r) in acc.iter_mut().zip(row) {
         *a += r;
     }
+}
+
+/// `sum of relu(x + bias) * w` in eight independent lanes (one vector accumulator; a single
+/// running sum would be a chain of dependent adds).
+pub fn relu_dot(x: &[f32], bias: &[f32], w: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (x8, xt) = x.as_chunks::<8>();
+    let ((b8, bt), (w8, wt)) = (bias.as_chunks::<8>(), w.as_chunks::<8>());
+    for ((x, b), w) in x8.iter().zip(b8).zip(w8) {
+        for l in 0..8 {
+            acc[l] += (x[l] + b[l]).max(0.0) * w[l];
+        }
+    }
+    let tail: f32 = xt
+        .iter()
+        .zip(bt)
+        .zip(wt)
+        .map(|((x, b), w)| (x + b).max(0.0) * w)
+        .sum();
+    acc.iter().sum::<f32>() + tail
 }
 
 pub fn sigmoid(x: f32) -> f32 {
@@ -184,6 +209,20 @@ mod tests {
         let want2 = naive(&narrow, &b2, m, 2, n);
         let got2: Vec<f32> = (0..m * n).map(|i| out[(i / n) * 5 + 1 + i % n]).collect();
         assert!(close(&got2, &want2));
+    }
+
+    #[test]
+    fn relu_dot_equals_its_definition() {
+        for n in [1, 7, 8, 32, 37] {
+            let x: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+            let b: Vec<f32> = (0..n).map(|i| (i as f32 * 0.23).cos() * 0.5).collect();
+            let w: Vec<f32> = (0..n).map(|i| (i as f32 * 0.71).sin()).collect();
+            let want: f64 = (0..n)
+                .map(|i| f64::from((x[i] + b[i]).max(0.0)) * f64::from(w[i]))
+                .sum();
+            let got = f64::from(relu_dot(&x, &b, &w));
+            assert!((got - want).abs() < 1e-5, "{n}: {got} vs {want}");
+        }
     }
 
     #[test]

@@ -4,14 +4,18 @@
 //! - Weights are read by name once at model load into contiguous `f32` buffers
 //!   ([`weights`]); the target-attention MLP's first layer is refactored there as candle's
 //!   `TargetAttention::pool` does (`(W1 + W3) q + (W2 - W3) k + W4 (q * k)`).
-//! - Per request, once: the recent branch's keys and their key projection (every candidate of
-//!   one user has the same recent behaviours; candidates whose recent sequences differ get
-//!   their own).
+//! - Per request, once: the recent branch's keys (every candidate of one user has the same
+//!   recent behaviours; candidates whose recent sequences differ get their own). Per block of
+//!   candidates with the same keys, the branch is three dense products: the queries' part,
+//!   the keys times every candidate's key weight side by side (the target folded into the
+//!   weight), and the pooling.
 //! - Per candidate, in chunks over the thread pool: each token is one gather-and-sum of its
 //!   embedding rows followed by the input layer norm while the row is in cache; attention per
 //!   candidate and head with its `T x T` scores in a small reused buffer; bias, ReLU, residual
 //!   and layer norm applied row by row after each dense product; the last layer computes the
-//!   target position only; the head's MLP. Dense products go through the `gemm` crate
+//!   target position only, with the key and value weights folded into its query and pooled
+//!   row; the head's MLP. Every activation lives in per-thread buffers ([`Scratch`]) reused
+//!   from block to block and call to call. Dense products go through the `gemm` crate
 //!   ([`kernels::matmul`]); attention, softmax and layer norm are the row kernels of
 //!   [`simd`], built for AVX2 and FMA where the CPU has them.
 //!
@@ -25,6 +29,8 @@ pub mod kernels;
 pub mod simd;
 pub mod weights;
 
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 use siren_model::batch::Batch;
 use siren_model::models::{DomainMode, ModelConfig, ModelKind};
@@ -32,8 +38,8 @@ use siren_model::{Retrieval, SeqKind};
 
 use crate::error::{Result, ServeError};
 use inputs::{Inputs, Seq};
-use kernels::{matmul, sigmoid, View};
-use simd::{HeadInput, RowKernels};
+use kernels::{matmul, relu_dot, sigmoid, View};
+use simd::{padded, HeadInput, PoolInput, RowKernels};
 use weights::{Dense, Named, Norm, Table};
 
 /// ID tables shared by the target and the behaviours (action and time gap absent when the
@@ -65,25 +71,29 @@ struct Prefix {
     depth: Table,
 }
 
-/// A pre-norm transformer layer (`TransformerLayer`). `q` and `kv` are the rows of `qkv` the
-/// last layer uses separately (the query of the target only, keys and values of all).
+/// A pre-norm transformer layer (`TransformerLayer`). `q`, `k` and `v` are the rows of `qkv`
+/// the last layer uses separately ([`Layer::forward_first`]).
 struct Layer {
     ln1: Norm,
     qkv: Dense,
     q: Dense,
-    kv: Dense,
+    k: Dense,
+    v: Dense,
     out: Dense,
     ln2: Norm,
     ff1: Dense,
     ff2: Dense,
 }
 
-/// The recent branch's target attention with its first layer in factored form.
+/// The recent branch's target attention with its first layer in factored form: for a query
+/// `q`, key `k` gets the hidden activations `relu(W_q q + b + (W_k + W_qk diag(q)) k)`.
 struct Recent {
-    /// Applied to the query (bias included), to the keys, and to their product.
+    /// Applied to the query (bias included).
     w_q: Dense,
-    w_k: Dense,
-    w_qk: Dense,
+    /// `W_k^T` and `W_qk^T`, `[2d, hidden]` row-major: row `j` of a candidate's key weight
+    /// `(W_k + W_qk diag(q))^T` is `wk_t[j] + q[j] * wqk_t[j]`.
+    wk_t: Vec<f32>,
+    wqk_t: Vec<f32>,
     /// The score layer (`hidden -> 1`).
     score: Dense,
 }
@@ -106,16 +116,90 @@ pub struct FusedEsu {
     kernels: RowKernels,
 }
 
-/// Candidates per block of work: the block's activations (about 1 MB at 16 candidates of 51
-/// tokens at width 32) stay in cache from one fused pass to the next and are reused from the
-/// allocator rather than mapped afresh, and the blocks spread over the thread pool.
+/// Candidates per block of work: the block's activations (about half a megabyte at 16
+/// candidates of 51 tokens at width 32) stay in cache from one fused pass to the next, and the
+/// blocks spread over the thread pool (blocks of 8 measured no faster).
 const BLOCK: usize = 16;
 
-/// The recent branch's keys `[R, 2d]` and their projection `[R, hidden]`, per group of
-/// candidates with the same recent behaviours.
+/// The recent branch's keys `[R, 2d]`, per group of candidates with the same recent
+/// behaviours.
 struct RecentKeys {
-    groups: Vec<(Vec<f32>, Vec<f32>)>,
+    groups: Vec<Vec<f32>>,
     group_of: Vec<usize>,
+}
+
+/// One block's activations. Each thread of the pool keeps one set ([`with_scratch`]), reused
+/// from block to block and from call to call: fresh zeroed buffers per block and layer cost
+/// about a tenth of the forward in `memset` and page faults. Every buffer is written in full
+/// before it is read (see [`space`]), so none is cleared.
+#[derive(Default)]
+struct Scratch {
+    /// The projected embeddings `[c, d]`.
+    mm: Vec<f32>,
+    /// The tokens `[c * t1, d]`, transformed in place layer by layer.
+    tokens: Vec<f32>,
+    /// Which positions are real (the target and real behaviours), each candidate's `t1`
+    /// padded to whole lanes with zeros: `[c * padded(t1)]`.
+    keep: Vec<f32>,
+    layer: LayerScratch,
+    recent: RecentScratch,
+    /// The head's input `[c, width]`, the evidence projection, and its hidden layers.
+    feats: Vec<f32>,
+    evidence: Vec<f32>,
+    hidden: [Vec<f32>; 2],
+}
+
+#[derive(Default)]
+struct LayerScratch {
+    /// Layer-normed rows, then attention's context rows: `[rows, d]`.
+    norm: Vec<f32>,
+    /// The query, key and value rows (`[rows, 3d]`), then the feed-forward's hidden rows.
+    wide: Vec<f32>,
+    /// The last layer's target rows: queries, context, output (`[c, d]` each).
+    query: Vec<f32>,
+    context: Vec<f32>,
+    target: Vec<f32>,
+    /// The last layer's queries with the keys folded in and their pooled rows, `[c, heads,
+    /// d]` each.
+    folded: Vec<f32>,
+    pooled: Vec<f32>,
+    /// The attention kernels' own (transposed keys, scores).
+    attend: Vec<f32>,
+}
+
+#[derive(Default)]
+struct RecentScratch {
+    /// The queries' part of the hidden activations `[n, hidden]`.
+    query: Vec<f32>,
+    /// The candidates' key weights side by side, `[2d, n * hidden]`.
+    weights: Vec<f32>,
+    /// The keys' hidden activations before bias and ReLU, `[R, n * hidden]`.
+    hidden: Vec<f32>,
+    /// Attention weights `[n, R]` and one candidate's real positions `[R]`.
+    logits: Vec<f32>,
+    keep: Vec<f32>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Scratch> = RefCell::default();
+}
+
+/// `f` with this thread's [`Scratch`] (a fresh one should the thread's be in use: `f` never
+/// yields to the pool, so that does not happen, but it costs nothing to be safe).
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut s) => f(&mut s),
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
+/// The first `len` elements of `buf`, grown (never shrunk) to hold them. They hold what an
+/// earlier block left: the caller writes every element before it reads any.
+fn space(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    &mut buf[..len]
 }
 
 impl FusedEsu {
@@ -206,7 +290,11 @@ impl FusedEsu {
         let starts: Vec<usize> = (0..n).step_by(chunk).collect();
         let parts = starts
             .par_iter()
-            .map(|&s| self.chunk(&x, keys.as_ref(), s, (s + chunk).min(n)))
+            .map(|&s| {
+                with_scratch(|scratch| {
+                    self.chunk(&x, keys.as_ref(), s, (s + chunk).min(n), scratch)
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(parts.concat())
     }
@@ -236,46 +324,58 @@ impl FusedEsu {
         keys: Option<&RecentKeys>,
         lo: usize,
         hi: usize,
+        s: &mut Scratch,
     ) -> Result<Vec<f32>> {
         let c = hi - lo;
         let d = self.dim;
-        let mut mm = vec![0.0; c * d];
+        let mm = space(&mut s.mm, c * d);
         self.mm
-            .forward(&mut mm, &x.emb[lo * x.emb_dim..hi * x.emb_dim], c, false);
-        let mut tokens = self.tokens(x, &mm, lo, hi)?;
+            .forward(mm, &x.emb[lo * x.emb_dim..hi * x.emb_dim], c, false);
         let seq = &x.retrieved;
         let t1 = seq.len + 1;
-        let keep: Vec<f32> = (0..c * t1)
-            .map(|i| i % t1 == 0 || seq.valid(lo + i / t1, i % t1 - 1))
-            .map(f32::from)
-            .collect();
-        let interest = self.encode(&mut tokens, c, t1, &keep);
-        let feats = self.features(x, keys, &interest, &mm, lo, hi)?;
-        let width = self.head[0].inp;
-        Ok(mlp(&self.head, feats, c, width)
-            .into_iter()
-            .map(sigmoid)
+        let tokens = space(&mut s.tokens, c * t1 * d);
+        self.tokens(tokens, x, mm, lo)?;
+        let keep = space(&mut s.keep, c * padded(t1));
+        for (i, k) in keep.iter_mut().enumerate() {
+            let (cand, j) = (i / padded(t1), i % padded(t1));
+            *k = f32::from(j == 0 || (j < t1 && seq.valid(lo + cand, j - 1)));
+        }
+        let interest = self.encode(tokens, c, t1, keep, &mut s.layer);
+        let at = Columns {
+            lo,
+            hi,
+            interest,
+            mm,
+        };
+        let feats = self.features(x, keys, &at, &mut s.feats, &mut s.evidence, &mut s.recent)?;
+        Ok(mlp(&self.head, feats, c, &mut s.hidden)
+            .iter()
+            .map(|&l| sigmoid(l))
             .collect())
     }
 
-    /// The normalised tokens `[c * (T + 1), d]` of candidates `lo..hi`: per candidate the
-    /// target token, then its retrieved behaviours.
-    fn tokens(&self, x: &Inputs, mm: &[f32], lo: usize, hi: usize) -> Result<Vec<f32>> {
+    /// The normalised tokens `[c * (T + 1), d]` of candidates `lo..lo + c` into `out`: per
+    /// candidate the target token, then its retrieved behaviours.
+    fn tokens(&self, out: &mut [f32], x: &Inputs, mm: &[f32], lo: usize) -> Result<()> {
         let (d, t) = (self.dim, x.retrieved.len);
-        let mut out = vec![0.0; (hi - lo) * (t + 1) * d];
         let norm = |row: &mut [f32]| {
             (self.kernels.norm_in_place)(row, &self.ln_in.gamma, &self.ln_in.beta)
         };
         for (cand, rows) in out.chunks_exact_mut((t + 1) * d).enumerate() {
             let (target, behaviours) = rows.split_at_mut(d);
             self.target_token(target, x, &mm[cand * d..(cand + 1) * d], lo + cand)?;
+            let next = lo + cand + 1 < x.size;
             for (p, row) in behaviours.chunks_exact_mut(d).enumerate() {
-                self.behaviour_token(row, &x.retrieved, x.levels, (lo + cand) * t + p)?;
+                let i = (lo + cand) * t + p;
+                if next {
+                    self.prefetch_behaviour(&x.retrieved, x.levels, i + t);
+                }
+                self.behaviour_token(row, &x.retrieved, x.levels, i)?;
             }
             // The candidate's rows (about 6 KB) are still in cache.
             norm(rows);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Item + category + projected embedding + target type (+ prefix SemIDs) of candidate `i`.
@@ -290,6 +390,21 @@ impl FusedEsu {
             }
         }
         Ok(())
+    }
+
+    /// Asks for the rows of the catalog-sized tables (items, SemID prefixes) that position
+    /// `i` of a sequence reads, a candidate ahead of their gather: the item table is
+    /// megabytes, mostly outside the core's cache, and the gather otherwise waited on its
+    /// rows one after the other. One position at a time, spread over the current
+    /// candidate's gather: a candidate's worth at once overflowed the core's outstanding
+    /// misses and stalled on them.
+    fn prefetch_behaviour(&self, s: &Seq, levels: usize, i: usize) {
+        self.ids.item.prefetch(s.item[i]);
+        if let Some(px) = &self.prefix {
+            for (l, table) in px.levels.iter().enumerate() {
+                table.prefetch(s.prefix[i * levels + l]);
+            }
+        }
     }
 
     /// Item + category (+ action + time gap) (+ similarity bucket) (+ prefix SemIDs and shared
@@ -312,7 +427,14 @@ impl FusedEsu {
 
     /// The transformer over `c` candidates' `t1` tokens each: every layer but the last over
     /// all positions, the last for the target only. Returns the interest vectors `[c, d]`.
-    fn encode(&self, x: &mut [f32], c: usize, t1: usize, keep: &[f32]) -> Vec<f32> {
+    fn encode<'s>(
+        &self,
+        x: &mut [f32],
+        c: usize,
+        t1: usize,
+        keep: &[f32],
+        s: &'s mut LayerScratch,
+    ) -> &'s [f32] {
         let att = Attention {
             d: self.dim,
             heads: self.heads,
@@ -325,64 +447,106 @@ impl FusedEsu {
             .split_last()
             .expect("load checks at least one layer");
         for l in rest {
-            l.forward(x, c, &att);
+            l.forward(x, c, &att, s);
         }
-        last.forward_first(x, c, &att)
+        last.forward_first(x, c, &att, s)
     }
 
-    /// The head's input `[c, width]`: interest, user, projected embedding, the recent branch
-    /// (or the target's IDs), the evidence input.
-    fn features(
+    /// The head's input `[c, width]` into `out`: interest, user, projected embedding, the
+    /// recent branch (or the target's IDs), the evidence input.
+    fn features<'s>(
         &self,
         x: &Inputs,
         keys: Option<&RecentKeys>,
-        interest: &[f32],
-        mm: &[f32],
-        lo: usize,
-        hi: usize,
-    ) -> Result<Vec<f32>> {
+        at: &Columns<'_>,
+        out: &'s mut Vec<f32>,
+        evidence: &mut Vec<f32>,
+        recent: &mut RecentScratch,
+    ) -> Result<&'s mut [f32]> {
         let d = self.dim;
         let width = self.head[0].inp;
+        let (lo, hi) = (at.lo, at.hi);
         let c = hi - lo;
-        let mut ev = Vec::new();
+        let mut ev: &[f32] = &[];
         if let (Some(e), Some(v)) = (&self.evidence, &x.evidence) {
-            ev = vec![0.0; c * d];
-            e.forward(&mut ev, &v[lo * e.inp..hi * e.inp], c, true);
+            let buf = space(evidence, c * d);
+            e.forward(buf, &v[lo * e.inp..hi * e.inp], c, true);
+            ev = buf;
         }
-        let mut out = vec![0.0; c * width];
+        let out = space(out, c * width);
+        let q_width = if self.recent.is_some() { 6 * d } else { 2 * d };
         for (cand, row) in out.chunks_exact_mut(width).enumerate() {
             let i = lo + cand;
             let (a, rest) = row.split_at_mut(d);
-            a.copy_from_slice(&interest[cand * d..(cand + 1) * d]);
+            a.copy_from_slice(&at.interest[cand * d..(cand + 1) * d]);
             let (u, rest) = rest.split_at_mut(d);
             u.copy_from_slice(self.ids.user.row(x.user[i])?);
             let (m, rest) = rest.split_at_mut(d);
-            m.copy_from_slice(&mm[cand * d..(cand + 1) * d]);
-            let q_width = if self.recent.is_some() { 6 * d } else { 2 * d };
+            m.copy_from_slice(&at.mm[cand * d..(cand + 1) * d]);
             let (q, e) = rest.split_at_mut(q_width);
             q[..d].copy_from_slice(self.ids.item.row(x.item[i])?);
             q[d..2 * d].copy_from_slice(self.ids.category.row(x.category[i])?);
-            if let (Some(r), Some(k), Some(s)) = (&self.recent, keys, &x.recent) {
-                r.interest(q, k, s, i, &self.kernels);
-            }
             if !e.is_empty() {
                 e.copy_from_slice(&ev[cand * d..(cand + 1) * d]);
+            }
+        }
+        if let Some(r) = &self.recent {
+            let (Some(k), Some(s)) = (keys, &x.recent) else {
+                unreachable!("probs reads the recent sequence and its keys for this model")
+            };
+            // Runs of candidates with the same keys (one run for one user's request).
+            let mut start = lo;
+            while start < hi {
+                let g = k.group_of[start];
+                let end = (start..hi).find(|&i| k.group_of[i] != g).unwrap_or(hi);
+                let rows = &mut out[(start - lo) * width..(end - lo) * width];
+                let run = Run {
+                    rows,
+                    width,
+                    first: start,
+                    count: end - start,
+                };
+                r.interest(run, 3 * d, &k.groups[g], s, &self.kernels, recent);
+                start = end;
             }
         }
         Ok(out)
     }
 }
 
-/// Linear layers with ReLU between them over `rows` rows of `x` (`rows x width`); the last
-/// has one output, returned per row.
-fn mlp(layers: &[Dense], mut x: Vec<f32>, rows: usize, width: usize) -> Vec<f32> {
-    debug_assert_eq!(x.len(), rows * width);
+/// What the head's input of candidates `lo..hi` is assembled from besides the batch: the
+/// transformer's interest vectors and the projected embeddings (`[hi - lo, d]` each).
+struct Columns<'a> {
+    lo: usize,
+    hi: usize,
+    interest: &'a [f32],
+    mm: &'a [f32],
+}
+
+/// Rows of the head's input of `count` candidates from `first` (in the batch) that share their
+/// recent behaviours.
+struct Run<'a> {
+    rows: &'a mut [f32],
+    width: usize,
+    first: usize,
+    count: usize,
+}
+
+/// Linear layers with ReLU between them over `rows` rows of `x` (`rows x width`), their
+/// outputs in the two buffers of `hidden` in turn; the last has one output, returned per row.
+fn mlp<'s>(layers: &[Dense], x: &[f32], rows: usize, hidden: &'s mut [Vec<f32>; 2]) -> &'s [f32] {
+    let [even, odd] = hidden;
     for (i, l) in layers.iter().enumerate() {
-        let mut y = vec![0.0; rows * l.out];
-        l.forward(&mut y, &x, rows, i + 1 < layers.len());
-        x = y;
+        let (src, dst) = if i % 2 == 0 {
+            (&*odd, &mut *even)
+        } else {
+            (&*even, &mut *odd)
+        };
+        let src = if i == 0 { x } else { &src[..rows * l.inp] };
+        l.forward(space(dst, rows * l.out), src, rows, i + 1 < layers.len());
     }
-    x
+    let last = if layers.len() % 2 == 1 { even } else { odd };
+    &last[..rows]
 }
 
 /// The head's layers `head.0`, `head.1`, ... from `width` inputs to one output.
@@ -411,6 +575,16 @@ struct Attention<'a> {
 }
 
 impl Attention<'_> {
+    /// Which of candidate `cand`'s positions are real, padded to whole lanes.
+    fn keep(&self, cand: usize) -> &[f32] {
+        &self.keep[cand * padded(self.t1)..(cand + 1) * padded(self.t1)]
+    }
+
+    /// The scores' scale, `1 / sqrt(dh)`.
+    fn scale(&self) -> f32 {
+        1.0 / ((self.d / self.heads) as f32).sqrt()
+    }
+
     /// For candidate `cand` and every head: softmax of `q k^T / sqrt(dh)` over the real keys,
     /// times `v`, into `ctx` (`tq` rows `d` wide). `q` holds `tq` rows `q_rs` apart, `k` and
     /// `v` `t1` rows `kv_rs` apart, each head's columns at `h * dh`.
@@ -438,8 +612,8 @@ impl Attention<'_> {
                 kv_rs,
                 t1: self.t1,
                 dh,
-                keep: &self.keep[cand * self.t1..(cand + 1) * self.t1],
-                scale: 1.0 / (dh as f32).sqrt(),
+                keep: self.keep(cand),
+                scale: self.scale(),
             };
             (self.kernels.attend)(&head, (&mut ctx[h * dh..], self.d), scratch);
         }
@@ -452,7 +626,8 @@ impl Layer {
         Ok(Layer {
             ln1: w.norm(&format!("{name}.ln1"), d)?,
             q: qkv.rows(0, d),
-            kv: qkv.rows(d, 3 * d),
+            k: qkv.rows(d, 2 * d),
+            v: qkv.rows(2 * d, 3 * d),
             qkv,
             out: w.dense(&format!("{name}.out"), Some(d), Some(d))?,
             ln2: w.norm(&format!("{name}.ln2"), d)?,
@@ -462,15 +637,14 @@ impl Layer {
     }
 
     /// Every position of `c` candidates, in place.
-    fn forward(&self, x: &mut [f32], c: usize, att: &Attention<'_>) {
+    fn forward(&self, x: &mut [f32], c: usize, att: &Attention<'_>, s: &mut LayerScratch) {
         let (d, t1) = (att.d, att.t1);
         let rows = c * t1;
-        let mut h = vec![0.0; rows * d];
-        (att.kernels.norm_rows)(&mut h, x, &self.ln1.gamma, &self.ln1.beta);
-        let mut qkv = vec![0.0; rows * 3 * d];
-        self.qkv.forward(&mut qkv, &h, rows, false);
-        let mut ctx = h;
-        let mut scratch = Vec::new();
+        let h = space(&mut s.norm, rows * d);
+        (att.kernels.norm_rows)(h, x, &self.ln1.gamma, &self.ln1.beta);
+        let qkv = space(&mut s.wide, rows * 3 * d);
+        self.qkv.forward(qkv, h, rows, false);
+        let ctx = h;
         for cand in 0..c {
             let q = &qkv[cand * t1 * 3 * d..(cand + 1) * t1 * 3 * d];
             let out = &mut ctx[cand * t1 * d..(cand + 1) * t1 * d];
@@ -483,55 +657,124 @@ impl Layer {
                 &q[2 * d..],
                 3 * d,
                 out,
-                &mut scratch,
+                &mut s.attend,
             );
         }
-        self.out.forward_add(x, &ctx, rows);
-        self.feed_forward(x, rows, att);
+        self.out.forward_add(x, ctx, rows);
+        self.feed_forward(x, rows, att, (&mut s.norm, &mut s.wide));
     }
 
-    /// The target position only: `[c, d]`.
-    fn forward_first(&self, x: &[f32], c: usize, att: &Attention<'_>) -> Vec<f32> {
+    /// The target position only: `[c, d]`. Its attention has one query per candidate and
+    /// head, so no row is projected to a key or a value ([`Layer::fold_keys`],
+    /// [`Layer::pooled_values`]).
+    fn forward_first<'s>(
+        &self,
+        x: &[f32],
+        c: usize,
+        att: &Attention<'_>,
+        s: &'s mut LayerScratch,
+    ) -> &'s [f32] {
         let (d, t1) = (att.d, att.t1);
         let rows = c * t1;
-        let mut h = vec![0.0; rows * d];
-        (att.kernels.norm_rows)(&mut h, x, &self.ln1.gamma, &self.ln1.beta);
-        let mut kv = vec![0.0; rows * 2 * d];
-        self.kv.forward(&mut kv, &h, rows, false);
-        let first = |m: &[f32]| -> Vec<f32> {
-            m.chunks_exact(t1 * d)
-                .flat_map(|r| r[..d].iter().copied())
-                .collect()
+        let h = space(&mut s.norm, rows * d);
+        (att.kernels.norm_rows)(h, x, &self.ln1.gamma, &self.ln1.beta);
+        // The target rows: the first of every candidate's `t1`.
+        let targets = View {
+            data: h,
+            rows: c,
+            cols: d,
+            rs: t1 * d,
+            cs: 1,
         };
-        let mut q = vec![0.0; c * d];
-        self.q.forward(&mut q, &first(&h), c, false);
-        let mut ctx = vec![0.0; c * d];
-        let mut scratch = Vec::new();
+        let q = space(&mut s.query, c * d);
+        self.q.forward_view(q, d, targets, false);
+        let heads = att.heads;
+        let folded = space(&mut s.folded, c * heads * d);
+        self.fold_keys(folded, q, c, att);
+        let pooled = space(&mut s.pooled, c * heads * d);
         for cand in 0..c {
-            let kvc = &kv[cand * t1 * 2 * d..(cand + 1) * t1 * 2 * d];
-            let qc = &q[cand * d..(cand + 1) * d];
-            let out = &mut ctx[cand * d..(cand + 1) * d];
-            att.heads(cand, qc, d, 1, kvc, &kvc[d..], 2 * d, out, &mut scratch);
+            let at = cand * heads * d..(cand + 1) * heads * d;
+            let a = PoolInput {
+                q: &folded[at.clone()],
+                heads,
+                x: &h[cand * t1 * d..(cand + 1) * t1 * d],
+                t1,
+                d,
+                keep: att.keep(cand),
+                scale: att.scale(),
+            };
+            (att.kernels.pool)(&a, &mut pooled[at], &mut s.attend);
         }
-        let mut y = first(x);
-        self.out.forward_add(&mut y, &ctx, c);
-        self.feed_forward(&mut y, c, att);
+        let ctx = space(&mut s.context, c * d);
+        self.pooled_values(ctx, pooled, c, att);
+        let y = space(&mut s.target, c * d);
+        for (row, x) in y.chunks_exact_mut(d).zip(x.chunks(t1 * d)) {
+            row.copy_from_slice(&x[..d]);
+        }
+        self.out.forward_add(y, ctx, c);
+        self.feed_forward(y, c, att, (&mut s.norm, &mut s.wide));
         y
     }
 
-    /// `x += ff2(relu(ff1(ln2(x))))` over `rows` rows.
-    fn feed_forward(&self, x: &mut [f32], rows: usize, att: &Attention<'_>) {
-        let mut h = vec![0.0; rows * att.d];
-        (att.kernels.norm_rows)(&mut h, x, &self.ln2.gamma, &self.ln2.beta);
-        let mut f = vec![0.0; rows * self.ff1.out];
-        self.ff1.forward(&mut f, &h, rows, true);
-        self.ff2.forward_add(x, &f, rows);
+    /// Each candidate's query of each head times that head's key weight, `[c, heads, d]`: the
+    /// last layer's only query is the target, so rather than projecting every row to a key,
+    /// the key weight is folded into the query (`q . (W_k x + b_k) = (W_k^T q) . x` plus
+    /// `q . b_k`, the same for every key, which the softmax cancels).
+    fn fold_keys(&self, folded: &mut [f32], q: &[f32], c: usize, att: &Attention<'_>) {
+        let (d, heads) = (att.d, att.heads);
+        let dh = d / heads;
+        for h in 0..heads {
+            matmul(
+                &mut folded[h * d..],
+                heads * d,
+                View::columns(q, c, d, h * dh, dh),
+                View::rows(&self.k.w[h * dh * d..(h + 1) * dh * d], dh, d),
+                false,
+            );
+        }
+    }
+
+    /// The context `[c, d]` from the pooled rows `[c, heads, d]`: each head's value weight
+    /// applied once to its pooled row (`sum of p_j (W_v x_j + b_v) = W_v (sum of p_j x_j) + b_v`,
+    /// as the weights `p_j` sum to one: the target position is always kept).
+    fn pooled_values(&self, ctx: &mut [f32], pooled: &[f32], c: usize, att: &Attention<'_>) {
+        let (d, heads) = (att.d, att.heads);
+        let dh = d / heads;
+        for h in 0..heads {
+            let w = View::rows(&self.v.w[h * dh * d..(h + 1) * dh * d], dh, d).t();
+            matmul(
+                &mut ctx[h * dh..],
+                d,
+                View::columns(pooled, c, heads * d, h * d, d),
+                w,
+                false,
+            );
+        }
+        for row in ctx.chunks_exact_mut(d) {
+            kernels::bias_act(row, &self.v.b, false);
+        }
+    }
+
+    /// `x += ff2(relu(ff1(ln2(x))))` over `rows` rows, through the buffers `norm` and `wide`.
+    fn feed_forward(
+        &self,
+        x: &mut [f32],
+        rows: usize,
+        att: &Attention<'_>,
+        (norm, wide): (&mut Vec<f32>, &mut Vec<f32>),
+    ) {
+        let h = space(norm, rows * att.d);
+        (att.kernels.norm_rows)(h, x, &self.ln2.gamma, &self.ln2.beta);
+        let f = space(wide, rows * self.ff1.out);
+        self.ff1.forward(f, h, rows, true);
+        self.ff2.forward_add(x, f, rows);
     }
 }
 
 impl Recent {
     /// `recent_att`'s MLP `[8d -> hidden -> 1]` with its first layer split into blocks of
-    /// `2d` columns `W1..W4` over `[q, k, q - k, q * k]`.
+    /// `2d` columns `W1..W4` over `[q, k, q - k, q * k]`: `W_q = W1 + W3`, `W_k = W2 - W3`,
+    /// `W_qk = W4`.
     fn load(w: &Named, d: usize) -> Result<Recent> {
         let first = w.dense("recent_att.0", Some(8 * d), None)?;
         let score = w.dense("recent_att.1", Some(first.out), Some(1))?;
@@ -544,6 +787,16 @@ impl Recent {
             out: first.out,
         };
         let zeros = vec![0.0; first.out];
+        let w_k = combine(
+            &|r| {
+                block(1, r)
+                    .iter()
+                    .zip(block(2, r))
+                    .map(|(a, b)| a - b)
+                    .collect()
+            },
+            zeros.clone(),
+        );
         Ok(Recent {
             w_q: combine(
                 &|r| {
@@ -555,17 +808,8 @@ impl Recent {
                 },
                 first.b.clone(),
             ),
-            w_k: combine(
-                &|r| {
-                    block(1, r)
-                        .iter()
-                        .zip(block(2, r))
-                        .map(|(a, b)| a - b)
-                        .collect()
-                },
-                zeros.clone(),
-            ),
-            w_qk: combine(&|r| block(3, r).to_vec(), zeros),
+            wk_t: w_k.transposed(),
+            wqk_t: combine(&|r| block(3, r).to_vec(), zeros).transposed(),
             score,
         })
     }
@@ -581,10 +825,7 @@ impl Recent {
             match k.groups.len() {
                 g if g > 0 && s.same_keys(c, c - 1) => k.group_of.push(g - 1),
                 g => {
-                    let keys = self.behaviour_keys(ids, s, c)?;
-                    let mut proj = vec![0.0; s.len * self.w_k.out];
-                    self.w_k.forward(&mut proj, &keys, s.len, false);
-                    k.groups.push((keys, proj));
+                    k.groups.push(self.behaviour_keys(ids, s, c)?);
                     k.group_of.push(g);
                 }
             }
@@ -606,54 +847,73 @@ impl Recent {
         Ok(keys)
     }
 
-    /// `[q, pooled, q * pooled]` into `out` (`6d`), whose first `2d` already hold the target
-    /// query `q` of candidate `c`.
+    /// `[pooled, q * pooled]` into columns `at + 2d..at + 6d` of the run's rows, whose
+    /// columns `at..at + 2d` hold each candidate's query `q`; `keys` `[R, 2d]` are the run's
+    /// recent behaviours. Three dense products for the whole run rather than four per
+    /// candidate: the queries' part, the keys times all the candidates' key weights side by
+    /// side (`[R, 2d] x [2d, n * hidden]`), the pooling.
     fn interest(
         &self,
-        out: &mut [f32],
-        keys: &RecentKeys,
+        run: Run<'_>,
+        at: usize,
+        keys: &[f32],
         s: &Seq,
-        c: usize,
         kernels: &RowKernels,
+        scratch: &mut RecentScratch,
     ) {
-        let e = self.w_k.inp;
-        let r = s.len;
-        let hidden = self.w_k.out;
-        let (q, rest) = out.split_at_mut(e);
-        let (keys_c, proj) = &keys.groups[keys.group_of[c]];
-        let mut qpart = vec![0.0; hidden];
-        self.w_q.forward(&mut qpart, q, 1, false);
-        let mut prod = keys_c.clone();
-        for row in prod.chunks_exact_mut(e) {
-            for (x, y) in row.iter_mut().zip(q.iter()) {
-                *x *= y;
+        let (e, hidden, r, n) = (self.w_q.inp, self.w_q.out, s.len, run.count);
+        let width = run.width;
+        let queries = View::columns(run.rows, n, width, at, e);
+        let qpart = space(&mut scratch.query, n * hidden);
+        self.w_q.forward_view(qpart, hidden, queries, false);
+        let wide = n * hidden;
+        let weights = space(&mut scratch.weights, e * wide);
+        for (cand, row) in run.rows.chunks_exact(width).enumerate() {
+            let q = &row[at..at + e];
+            for (j, &qj) in q.iter().enumerate() {
+                let dst = &mut weights[j * wide + cand * hidden..][..hidden];
+                let k = &self.wk_t[j * hidden..(j + 1) * hidden];
+                let qk = &self.wqk_t[j * hidden..(j + 1) * hidden];
+                for ((o, &a), &b) in dst.iter_mut().zip(k).zip(qk) {
+                    *o = a + qj * b;
+                }
             }
         }
-        let mut pre = proj.clone();
+        let pre = space(&mut scratch.hidden, r * wide);
         matmul(
-            &mut pre,
-            hidden,
-            View::rows(&prod, r, e),
-            self.w_qk.wt(),
-            true,
-        );
-        for row in pre.chunks_exact_mut(hidden) {
-            kernels::bias_act(row, &qpart, true);
-        }
-        let mut logits = vec![0.0; r];
-        self.score.forward(&mut logits, &pre, r, false);
-        let keep: Vec<f32> = (0..r).map(|p| f32::from(s.valid(c, p))).collect();
-        (kernels.softmax)(&mut logits, &keep, 1.0);
-        let (pooled, qp) = rest.split_at_mut(e);
-        matmul(
-            pooled,
-            e,
-            View::rows(&logits, 1, r),
-            View::rows(keys_c, r, e),
+            pre,
+            wide,
+            View::rows(keys, r, e),
+            View::rows(weights, e, wide),
             false,
         );
-        for ((o, a), b) in qp.iter_mut().zip(q.iter()).zip(pooled.iter()) {
-            *o = a * b;
+        let logits = space(&mut scratch.logits, n * r);
+        let keep = space(&mut scratch.keep, r);
+        let bias = self.score.b[0];
+        for (cand, l) in logits.chunks_exact_mut(r).enumerate() {
+            let qc = &qpart[cand * hidden..(cand + 1) * hidden];
+            for (p, v) in l.iter_mut().enumerate() {
+                let row = &pre[p * wide + cand * hidden..][..hidden];
+                *v = bias + relu_dot(row, qc, &self.score.w);
+            }
+            for (p, k) in keep.iter_mut().enumerate() {
+                *k = f32::from(s.valid(run.first + cand, p));
+            }
+            (kernels.softmax)(l, keep, 1.0);
+        }
+        matmul(
+            &mut run.rows[at + e..],
+            width,
+            View::rows(logits, n, r),
+            View::rows(keys, r, e),
+            false,
+        );
+        for row in run.rows.chunks_exact_mut(width) {
+            let (q, rest) = row[at..].split_at_mut(e);
+            let (pooled, qp) = rest.split_at_mut(e);
+            for ((o, a), b) in qp[..e].iter_mut().zip(q.iter()).zip(pooled.iter()) {
+                *o = a * b;
+            }
         }
     }
 }

@@ -8,14 +8,16 @@
 //! portable build never calls the slow software `fmaf`.
 //!
 //! Attention is the main user: per candidate and head, `softmax(q k^T / sqrt(dh)) v` with the
-//! keys transposed once into a small buffer and each query's scores kept in cache from the
-//! product through the softmax to the weighted sum of values. Before these kernels it went
-//! through two packs and two `gemm` calls per candidate and head, whose per-call overhead
-//! outweighed `51 x 16` products.
+//! keys transposed once into a small buffer and all the queries' scores (`51 x 56` floats at
+//! 50 behaviours) kept in cache from the product through the softmax to the weighted sum of
+//! values. Both products are tiled in registers over several queries ([`product`]). Before
+//! these kernels it went through two packs and two `gemm` calls per candidate and head, whose
+//! per-call overhead outweighed `51 x 16` products.
 
 /// One head of one candidate's attention: `tq` queries `q_rs` apart, `t1` keys and values
 /// `kv_rs` apart, each `dh` wide starting at the slices' first element; `keep[j]` is 1 for a
-/// real key position and 0 for padding.
+/// real key position and 0 for padding, for [`padded`]`(t1)` positions (0 past `t1`), so that
+/// the softmax works in whole lanes.
 #[derive(Debug, Clone, Copy)]
 pub struct HeadInput<'a> {
     pub q: &'a [f32],
@@ -34,6 +36,21 @@ pub struct HeadInput<'a> {
 /// Where one head's context rows go: row `i` at `out[i * rs..i * rs + dh]`.
 pub type HeadOutput<'a> = (&'a mut [f32], usize);
 
+/// Attention of a few queries whose keys are folded into them (the last layer's, whose only
+/// query is the target): for each of `heads` queries `q` (`heads` rows `d` wide), the softmax
+/// over the kept rows `x_j` of `scale * q . x_j`, times those rows. `x` is `t1` rows `d`
+/// wide; `keep` as in [`HeadInput`].
+#[derive(Debug, Clone, Copy)]
+pub struct PoolInput<'a> {
+    pub q: &'a [f32],
+    pub heads: usize,
+    pub x: &'a [f32],
+    pub t1: usize,
+    pub d: usize,
+    pub keep: &'a [f32],
+    pub scale: f32,
+}
+
 /// `out = layer_norm(x)` row by row: `(out, x, gamma, beta)`.
 pub type NormRows = fn(&mut [f32], &[f32], &[f32], &[f32]);
 
@@ -42,6 +59,8 @@ pub type NormRows = fn(&mut [f32], &[f32], &[f32], &[f32]);
 pub struct RowKernels {
     /// One head's attention (`scratch` is reused across calls).
     pub attend: fn(&HeadInput<'_>, HeadOutput<'_>, &mut Vec<f32>),
+    /// Pooled rows `[heads, d]` into `out` (`scratch` is reused across calls).
+    pub pool: fn(&PoolInput<'_>, &mut [f32], &mut Vec<f32>),
     /// `out = layer_norm(x)` row by row over `gamma.len()`-wide rows (eps 1e-5, biased
     /// variance, as candle's `LayerNorm`); `out` and `x` have the same length.
     pub norm_rows: NormRows,
@@ -64,6 +83,7 @@ impl RowKernels {
                 return RowKernels {
                     // SAFETY: chosen only when the CPU has AVX2 and FMA.
                     attend: |a, o, s| unsafe { x86::attend(a, o, s) },
+                    pool: |a, o, s| unsafe { x86::pool(a, o, s) },
                     norm_rows: |o, x, g, b| unsafe { x86::norm_rows(o, x, g, b) },
                     norm_in_place: |x, g, b| unsafe { x86::norm_in_place(x, g, b) },
                     softmax: |s, k, scale| unsafe { x86::softmax(s, k, scale) },
@@ -77,6 +97,7 @@ impl RowKernels {
     pub fn portable() -> RowKernels {
         RowKernels {
             attend: attend::<false>,
+            pool: pool::<false>,
             norm_rows: norm_rows::<false>,
             norm_in_place: norm_in_place::<false>,
             softmax: masked_softmax::<false>,
@@ -86,34 +107,100 @@ impl RowKernels {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{HeadInput, HeadOutput, Lanes};
+    use super::{HeadInput, HeadOutput, Operands, PoolInput};
     use std::arch::x86_64::{
-        __m256, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_setzero_ps,
-        _mm256_storeu_ps,
+        _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_permute2f128_ps, _mm256_set1_ps,
+        _mm256_setzero_ps, _mm256_shuffle_ps, _mm256_storeu_ps, _mm256_unpackhi_ps,
+        _mm256_unpacklo_ps,
     };
 
-    /// [`super::block`] with its `N` sums in AVX registers: the compiler's own vectorisation
-    /// of the portable form splits them into mixed 8-, 4- and 1-wide pieces.
+    /// `dst[c * dst_rs + j] = src[j * src_rs + c]` for `j` and `c` below 8: an 8 x 8 block
+    /// transposed in registers (eight loads, 24 shuffles, eight stores).
     #[target_feature(enable = "avx2,fma")]
-    pub fn block<'r, const N: usize>(
-        out: &mut [Lanes],
-        w: &[f32],
-        row: &impl Fn(usize) -> &'r [Lanes],
+    pub fn transpose8(src: &[f32], src_rs: usize, dst: &mut [f32], dst_rs: usize) {
+        let mut r = [_mm256_setzero_ps(); 8];
+        for (j, r) in r.iter_mut().enumerate() {
+            let row = &src[j * src_rs..][..8];
+            // SAFETY: `row` holds eight floats.
+            *r = unsafe { _mm256_loadu_ps(row.as_ptr()) };
+        }
+        let t = [
+            _mm256_unpacklo_ps(r[0], r[1]),
+            _mm256_unpackhi_ps(r[0], r[1]),
+            _mm256_unpacklo_ps(r[2], r[3]),
+            _mm256_unpackhi_ps(r[2], r[3]),
+            _mm256_unpacklo_ps(r[4], r[5]),
+            _mm256_unpackhi_ps(r[4], r[5]),
+            _mm256_unpacklo_ps(r[6], r[7]),
+            _mm256_unpackhi_ps(r[6], r[7]),
+        ];
+        let u = [
+            _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+            _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+            _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+            _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+            _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+            _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+            _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+            _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+        ];
+        let out = [
+            _mm256_permute2f128_ps::<0x20>(u[0], u[4]),
+            _mm256_permute2f128_ps::<0x20>(u[1], u[5]),
+            _mm256_permute2f128_ps::<0x20>(u[2], u[6]),
+            _mm256_permute2f128_ps::<0x20>(u[3], u[7]),
+            _mm256_permute2f128_ps::<0x31>(u[0], u[4]),
+            _mm256_permute2f128_ps::<0x31>(u[1], u[5]),
+            _mm256_permute2f128_ps::<0x31>(u[2], u[6]),
+            _mm256_permute2f128_ps::<0x31>(u[3], u[7]),
+        ];
+        for (c, v) in out.iter().enumerate() {
+            let row = &mut dst[c * dst_rs..][..8];
+            // SAFETY: `row` holds eight floats.
+            unsafe { _mm256_storeu_ps(row.as_mut_ptr(), *v) };
+        }
+    }
+
+    /// [`super::tile`] with its `R x N` sums in AVX registers: the compiler's own
+    /// vectorisation of the portable form splits them into mixed 8-, 4- and 1-wide pieces.
+    #[target_feature(enable = "avx2,fma")]
+    pub fn tile<const R: usize, const N: usize>(
+        m: &Operands<'_>,
+        (out, out_rs): (&mut [f32], usize),
+        i: usize,
         at: usize,
     ) {
-        let mut acc: [__m256; N] = [_mm256_setzero_ps(); N];
-        for (r, &wr) in w.iter().enumerate() {
-            let x: &[Lanes; N] = row(r)[at..at + N].try_into().expect("N lanes");
-            let wv = _mm256_set1_ps(wr);
-            for b in 0..N {
-                // SAFETY: `x[b]` is eight readable floats.
-                acc[b] = _mm256_fmadd_ps(wv, unsafe { _mm256_loadu_ps(x[b].as_ptr()) }, acc[b]);
+        let mut w: [&[f32]; R] = [&[]; R];
+        for (r, w) in w.iter_mut().enumerate() {
+            *w = &m.w[(i + r) * m.w_rs..][..m.depth];
+        }
+        let mut acc = [[_mm256_setzero_ps(); N]; R];
+        for k in 0..m.depth {
+            let b = &m.b[k * m.b_rs + 8 * at..][..8 * N];
+            let mut bv = [_mm256_setzero_ps(); N];
+            for (n, v) in bv.iter_mut().enumerate() {
+                // SAFETY: `b` holds `8 * N` floats, so the eight from `8 * n` are readable.
+                *v = unsafe { _mm256_loadu_ps(b.as_ptr().add(8 * n)) };
+            }
+            for (acc, w) in acc.iter_mut().zip(&w) {
+                let wv = _mm256_set1_ps(w[k]);
+                for (a, b) in acc.iter_mut().zip(&bv) {
+                    *a = _mm256_fmadd_ps(wv, *b, *a);
+                }
             }
         }
-        for (o, a) in out.iter_mut().zip(acc) {
-            // SAFETY: `o` is eight writable floats.
-            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
+        for (r, acc) in acc.iter().enumerate() {
+            let o = &mut out[(i + r) * out_rs + 8 * at..][..8 * N];
+            for (n, a) in acc.iter().enumerate() {
+                // SAFETY: `o` holds `8 * N` floats, so the eight from `8 * n` are writable.
+                unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * n), *a) };
+            }
         }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn pool(a: &PoolInput<'_>, out: &mut [f32], scratch: &mut Vec<f32>) {
+        super::pool::<true>(a, out, scratch)
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -239,16 +326,13 @@ fn exp_neg<const FMA: bool>(x: f32) -> f32 {
 /// exactly 0 after the exponential). `keep` is as long as `s`.
 #[inline(always)]
 pub(super) fn masked_softmax<const FMA: bool>(s: &mut [f32], keep: &[f32], scale: f32) {
-    // Padding's scores become -inf, so that the maximum is one vectorised pass.
-    for (v, &k) in s.iter_mut().zip(keep) {
-        *v = if k == 0.0 { f32::NEG_INFINITY } else { *v };
-    }
-    let max = reduce8(s, f32::NEG_INFINITY, f32::max, f32::max);
+    let max = kept_max(s, keep);
     if max == f32::NEG_INFINITY {
         s.fill(0.0);
         return;
     }
-    // -inf - max clamps to -87, whose exponential is then cleared by the mask.
+    // Padding's scores may exceed the maximum: clamped to 0, their exponential is then
+    // cleared by the mask.
     map8(s, |v| exp_neg::<FMA>(((v - max) * scale).clamp(-87.0, 0.0)));
     for (v, &k) in s.iter_mut().zip(keep) {
         *v *= k;
@@ -257,95 +341,259 @@ pub(super) fn masked_softmax<const FMA: bool>(s: &mut [f32], keep: &[f32], scale
     map8(s, |v| v * inv);
 }
 
+/// The largest of `s` where `keep` is 1 (`-inf` when none is), in eight lanes. Selected in
+/// registers rather than by writing `-inf` over the padding first: the compiler turns that
+/// write into a masked store, which is slow on AMD's cores.
+#[inline(always)]
+fn kept_max(s: &[f32], keep: &[f32]) -> f32 {
+    let kept = |v: f32, k: f32| if k == 0.0 { f32::NEG_INFINITY } else { v };
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let (s8, st) = s.as_chunks::<8>();
+    let (k8, kt) = keep.as_chunks::<8>();
+    for (v, k) in s8.iter().zip(k8) {
+        for l in 0..8 {
+            acc[l] = acc[l].max(kept(v[l], k[l]));
+        }
+    }
+    let lanes = acc.into_iter().fold(f32::NEG_INFINITY, f32::max);
+    st.iter()
+        .zip(kt)
+        .fold(lanes, |m, (&v, &k)| m.max(kept(v, k)))
+}
+
+/// `t` positions rounded up to whole lanes.
+pub fn padded(t: usize) -> usize {
+    t.div_ceil(8) * 8
+}
+
 // Inlined into the AVX2 wrappers, so that they are compiled with AVX2 and FMA.
 #[inline(always)]
 fn attend<const FMA: bool>(a: &HeadInput<'_>, out: HeadOutput<'_>, scratch: &mut Vec<f32>) {
     let (t1, dh) = (a.t1, a.dh);
-    // Keys padded to whole lanes: the padding has zero keys and is masked.
-    let tp = t1.div_ceil(8) * 8;
+    // Keys padded to whole lanes with zeros: the padding's scores are masked.
+    let tp = padded(t1);
     let (out, out_rs) = out;
-    scratch.clear();
-    scratch.resize(dh * tp + 2 * tp, 0.0);
-    let (kt, rest) = scratch.split_at_mut(dh * tp);
-    let (keep, scores) = rest.split_at_mut(tp);
-    keep[..t1].copy_from_slice(&a.keep[..t1]);
-    for (j, kj) in a.k.chunks(a.kv_rs).take(t1).enumerate() {
-        for (c, &x) in kj[..dh].iter().enumerate() {
-            kt[c * tp + j] = x;
+    let need = (dh + a.tq) * tp;
+    if scratch.len() < need {
+        scratch.resize(need, 0.0);
+    }
+    let (kt, scores) = scratch[..need].split_at_mut(dh * tp);
+    transpose_keys::<FMA>(a, kt, tp);
+    // Every query's scores `q K^T` (`tq` rows of `tp`), then each row's softmax while the
+    // scores are in cache, then the rows times the values.
+    let keys = Operands {
+        w: a.q,
+        w_rs: a.q_rs,
+        rows: a.tq,
+        depth: dh,
+        b: kt,
+        b_rs: tp,
+        lanes: tp / 8,
+    };
+    product::<FMA>(&keys, (scores, tp));
+    for row in scores.chunks_exact_mut(tp) {
+        masked_softmax::<FMA>(row, &a.keep[..tp], a.scale);
+    }
+    let values = Operands {
+        w: scores,
+        w_rs: tp,
+        rows: a.tq,
+        depth: t1,
+        b: a.v,
+        b_rs: a.kv_rs,
+        lanes: dh / 8,
+    };
+    product::<FMA>(&values, (&mut *out, out_rs));
+    // The columns past whole lanes.
+    for (i, p) in scores.chunks_exact(tp).enumerate() {
+        for c in 8 * values.lanes..dh {
+            out[i * out_rs + c] = p[..t1]
+                .iter()
+                .zip(a.v.chunks(a.kv_rs))
+                .fold(0.0, |acc, (&pj, vj)| madd::<FMA>(pj, vj[c], acc));
         }
     }
-    let (kt8, _) = kt.as_chunks::<8>();
-    for i in 0..a.tq {
-        let qi = &a.q[i * a.q_rs..i * a.q_rs + dh];
-        // scores = q K^T over the transposed keys' rows.
-        let (s8, _) = scores.as_chunks_mut::<8>();
-        blocked::<FMA>(s8, qi, |c| &kt8[c * (tp / 8)..(c + 1) * (tp / 8)]);
-        masked_softmax::<FMA>(scores, keep, a.scale);
-        weighted_values::<FMA>(&mut out[i * out_rs..i * out_rs + dh], &scores[..t1], a);
+}
+
+// Inlined into the AVX2 wrappers, so that they are compiled with AVX2 and FMA.
+#[inline(always)]
+fn pool<const FMA: bool>(a: &PoolInput<'_>, out: &mut [f32], scratch: &mut Vec<f32>) {
+    let (t1, d, heads) = (a.t1, a.d, a.heads);
+    let tp = padded(t1);
+    // The queries transposed (`d` rows of `wq` columns, zero past `heads`): every row's
+    // scores for all heads as one product over the rows as they are, none transposed.
+    let wq = padded(heads);
+    let need = (d + t1) * wq + heads * tp;
+    if scratch.len() < need {
+        scratch.resize(need, 0.0);
+    }
+    let (qt, rest) = scratch[..need].split_at_mut(d * wq);
+    let (scores, probs) = rest.split_at_mut(t1 * wq);
+    for (c, row) in qt.chunks_exact_mut(wq).enumerate() {
+        for (h, v) in row.iter_mut().enumerate() {
+            *v = if h < heads { a.q[h * d + c] } else { 0.0 };
+        }
+    }
+    let rows = Operands {
+        w: a.x,
+        w_rs: d,
+        rows: t1,
+        depth: d,
+        b: qt,
+        b_rs: wq,
+        lanes: wq / 8,
+    };
+    product::<FMA>(&rows, (scores, wq));
+    for (h, p) in probs.chunks_exact_mut(tp).enumerate() {
+        for (v, s) in p[..t1].iter_mut().zip(scores.chunks_exact(wq)) {
+            *v = s[h];
+        }
+        p[t1..].fill(0.0);
+        masked_softmax::<FMA>(p, &a.keep[..tp], a.scale);
+    }
+    let weighted = Operands {
+        w: probs,
+        w_rs: tp,
+        rows: heads,
+        depth: t1,
+        b: a.x,
+        b_rs: d,
+        lanes: d / 8,
+    };
+    product::<FMA>(&weighted, (&mut *out, d));
+    // The columns past whole lanes.
+    for (h, p) in probs.chunks_exact(tp).enumerate() {
+        for c in 8 * weighted.lanes..d {
+            out[h * d + c] = p[..t1]
+                .iter()
+                .zip(a.x.chunks(d))
+                .fold(0.0, |acc, (&pj, xj)| madd::<FMA>(pj, xj[c], acc));
+        }
     }
 }
 
-/// `out = sum over j of p[j] * v[j]` (`out` a head wide).
+/// `kt[c * tp + j] = k[j * kv_rs + c]` for the `t1` keys and `dh` columns of `a`, zero for
+/// `j` from `t1` to `tp`: whole 8 x 8 blocks by register shuffles in the AVX2 build (one
+/// element at a time, the transposition was a sixth of the attention's time), the rest one
+/// by one.
 #[inline(always)]
-fn weighted_values<const FMA: bool>(out: &mut [f32], p: &[f32], a: &HeadInput<'_>) {
-    let (o8, tail) = out.as_chunks_mut::<8>();
-    let wide = 8 * o8.len();
-    blocked::<FMA>(o8, p, |j| {
-        let row = &a.v[j * a.kv_rs..j * a.kv_rs + wide];
-        row.as_chunks::<8>().0
-    });
-    for (c, o) in tail.iter_mut().enumerate() {
-        *o = p
-            .iter()
-            .zip(a.v.chunks(a.kv_rs))
-            .fold(0.0, |acc, (&pj, vj)| madd::<FMA>(pj, vj[wide + c], acc));
+fn transpose_keys<const FMA: bool>(a: &HeadInput<'_>, kt: &mut [f32], tp: usize) {
+    let (t1, dh) = (a.t1, a.dh);
+    let (mut keys, mut cols) = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        (keys, cols) = (t1 / 8 * 8, dh / 8 * 8);
+        for j in (0..keys).step_by(8) {
+            for c in (0..cols).step_by(8) {
+                let (src, dst) = (&a.k[j * a.kv_rs + c..], &mut kt[c * tp + j..]);
+                // SAFETY: the FMA build runs only where `RowKernels::best` found AVX2 and FMA.
+                unsafe { x86::transpose8(src, a.kv_rs, dst, tp) };
+            }
+        }
+    }
+    for (c, row) in kt.chunks_exact_mut(tp).enumerate() {
+        let from = if c < cols { keys } else { 0 };
+        let column = a.k.iter().skip(from * a.kv_rs + c).step_by(a.kv_rs);
+        for (x, &k) in row[from..t1].iter_mut().zip(column) {
+            *x = k;
+        }
+        row[t1..].fill(0.0);
     }
 }
 
-/// `out = sum over r of w[r] * row(r)`, each row as many lanes as `out`: up to four lanes
-/// (32 columns) at a time, their sums held in registers across all rows. Written as small
-/// fixed-size blocks because the compiler keeps a fixed-size array in registers and
-/// vectorises it, but not a runtime-length one (and stores into one buffer could alias loads
-/// from another, which stops it too).
+/// The operands of [`product`]: `rows` rows of `w`, `w_rs` apart, of which the first `depth`
+/// are read, and `depth` rows of `b`, `b_rs` apart, of which the first `lanes` 8-lane blocks
+/// are read.
+#[derive(Clone, Copy)]
+pub(super) struct Operands<'a> {
+    w: &'a [f32],
+    w_rs: usize,
+    rows: usize,
+    depth: usize,
+    b: &'a [f32],
+    b_rs: usize,
+    lanes: usize,
+}
+
+/// `out[i] = sum over k of w[i][k] * b[k]` for every row `i` of `m` (row `i` of `out` at
+/// `out[i * out_rs..]`, `8 * lanes` wide): a small matrix product in register tiles of up to
+/// eight 8-lane sums (two rows of three or four lanes, or up to four rows of one or two), so
+/// that each block of `b` loaded serves several rows and eight independent chains of
+/// multiply-adds hide their latency (one row at a time, a head's 16 columns were two chains
+/// of 51 dependent multiply-adds).
 #[inline(always)]
-fn blocked<'r, const FMA: bool>(out: &mut [Lanes], w: &[f32], row: impl Fn(usize) -> &'r [Lanes]) {
+fn product<const FMA: bool>(m: &Operands<'_>, (out, out_rs): (&mut [f32], usize)) {
     let mut at = 0;
-    while at < out.len() {
-        let n = (out.len() - at).min(4);
-        let dst = &mut out[at..at + n];
-        match n {
-            4 => block::<4, FMA>(dst, w, &row, at),
-            3 => block::<3, FMA>(dst, w, &row, at),
-            2 => block::<2, FMA>(dst, w, &row, at),
-            _ => block::<1, FMA>(dst, w, &row, at),
+    while at < m.lanes {
+        let n = (m.lanes - at).min(4);
+        let tall = if n <= 2 { 4 } else { 2 };
+        let mut i = 0;
+        while i < m.rows {
+            let r = (m.rows - i).min(tall);
+            let o = (&mut *out, out_rs);
+            match n {
+                4 => tile_rows::<4, FMA>(m, o, i, at, r),
+                3 => tile_rows::<3, FMA>(m, o, i, at, r),
+                2 => tile_rows::<2, FMA>(m, o, i, at, r),
+                _ => tile_rows::<1, FMA>(m, o, i, at, r),
+            }
+            i += r;
         }
         at += n;
     }
 }
 
-/// One block of [`blocked`]: lanes `at..at + N` of every row.
+/// [`tile`] over rows `i..i + r` (`r` at most four, and at most two when `N` is over two).
 #[inline(always)]
-fn block<'r, const N: usize, const FMA: bool>(
-    out: &mut [Lanes],
-    w: &[f32],
-    row: &impl Fn(usize) -> &'r [Lanes],
+fn tile_rows<const N: usize, const FMA: bool>(
+    m: &Operands<'_>,
+    out: (&mut [f32], usize),
+    i: usize,
+    at: usize,
+    r: usize,
+) {
+    match r {
+        4 if N <= 2 => tile::<4, N, FMA>(m, out, i, at),
+        3 if N <= 2 => tile::<3, N, FMA>(m, out, i, at),
+        2 => tile::<2, N, FMA>(m, out, i, at),
+        1 => tile::<1, N, FMA>(m, out, i, at),
+        _ => unreachable!("product keeps tiles to eight sums"),
+    }
+}
+
+/// One tile of [`product`]: rows `i..i + R`, lanes `at..at + N`.
+#[inline(always)]
+fn tile<const R: usize, const N: usize, const FMA: bool>(
+    m: &Operands<'_>,
+    (out, out_rs): (&mut [f32], usize),
+    i: usize,
     at: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
     if FMA {
         // SAFETY: the FMA build runs only where `RowKernels::best` found AVX2 and FMA.
-        return unsafe { x86::block::<N>(out, w, row, at) };
+        return unsafe { x86::tile::<R, N>(m, (out, out_rs), i, at) };
     }
-    let mut acc = [[0f32; 8]; N];
-    for (r, &wr) in w.iter().enumerate() {
-        let x: &[Lanes; N] = row(r)[at..at + N].try_into().expect("N lanes");
-        for b in 0..N {
-            for l in 0..8 {
-                acc[b][l] = madd::<FMA>(wr, x[b][l], acc[b][l]);
+    let w: [&[f32]; R] = std::array::from_fn(|r| &m.w[(i + r) * m.w_rs..][..m.depth]);
+    let mut acc = [[[0f32; 8]; N]; R];
+    for k in 0..m.depth {
+        let b: &[Lanes; N] = m.b[k * m.b_rs + 8 * at..][..8 * N]
+            .as_chunks::<8>()
+            .0
+            .try_into()
+            .expect("N lanes");
+        for (acc, w) in acc.iter_mut().zip(&w) {
+            for (a, b) in acc.iter_mut().zip(b) {
+                for l in 0..8 {
+                    a[l] = madd::<FMA>(w[k], b[l], a[l]);
+                }
             }
         }
     }
-    out.copy_from_slice(&acc);
+    for (r, acc) in acc.iter().enumerate() {
+        let o = &mut out[(i + r) * out_rs + 8 * at..][..8 * N];
+        o.as_chunks_mut::<8>().0.copy_from_slice(acc);
+    }
 }
 
 /// The mean of a row and `1 / sqrt(variance + 1e-5)` (biased variance, two passes, as
@@ -485,8 +733,11 @@ mod tests {
             let data: Vec<f32> = (0..t1.max(tq) * rs)
                 .map(|_| rng.random_range(-3.0..3.0))
                 .collect();
-            let keep: Vec<f32> = (0..t1)
-                .map(|_| {
+            let keep: Vec<f32> = (0..padded(t1))
+                .map(|j| {
+                    if j >= t1 {
+                        return 0.0;
+                    }
                     if case % 7 == 0 || rng.random_bool(0.8) {
                         1.0
                     } else {
@@ -517,6 +768,118 @@ mod tests {
                         let (g, w) = (f64::from(out[i * out_rs + c]), want[i * dh + c]);
                         assert!((g - w).abs() < 1e-5, "case {case} ({i}, {c}): {g} vs {w}");
                     }
+                }
+            }
+        }
+    }
+
+    /// `false`, and `true` where this CPU runs the FMA build.
+    fn fma_builds() -> Vec<bool> {
+        let mut v = vec![false];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            v.push(true);
+        }
+        v
+    }
+
+    #[test]
+    fn register_tiled_products_equal_a_plain_loop_exactly() {
+        let mut rng = StdRng::seed_from_u64(3);
+        for case in 0..60 {
+            let rows = rng.random_range(1..10);
+            let lanes = rng.random_range(1..7);
+            let depth = rng.random_range(1..60);
+            let w_rs = depth + rng.random_range(0..3);
+            let b_rs = 8 * lanes + rng.random_range(0..9);
+            let out_rs = 8 * lanes + rng.random_range(0..5);
+            let mut values =
+                |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-2.0..2.0)).collect() };
+            let (w, b) = (values(rows * w_rs), values(depth * b_rs));
+            let m = Operands {
+                w: &w,
+                w_rs,
+                rows,
+                depth,
+                b: &b,
+                b_rs,
+                lanes,
+            };
+            for fma in fma_builds() {
+                let mut out = vec![f32::NAN; rows * out_rs];
+                if fma {
+                    product::<true>(&m, (&mut out, out_rs));
+                } else {
+                    product::<false>(&m, (&mut out, out_rs));
+                }
+                for i in 0..rows {
+                    for c in 0..8 * lanes {
+                        let want = (0..depth).fold(0.0, |acc, k| {
+                            let (x, y) = (w[i * w_rs + k], b[k * b_rs + c]);
+                            if fma {
+                                x.mul_add(y, acc)
+                            } else {
+                                x * y + acc
+                            }
+                        });
+                        assert_eq!(
+                            out[i * out_rs + c],
+                            want,
+                            "case {case} fma {fma} ({i}, {c})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn folded_attention_equals_its_definition_on_every_build() {
+        let mut rng = StdRng::seed_from_u64(8);
+        for case in 0..40 {
+            let (d, heads) = ([3, 8, 16, 32, 20][case % 5], 1 + case % 3);
+            let t1 = rng.random_range(1..70);
+            let mut values =
+                |n: usize| -> Vec<f32> { (0..n).map(|_| rng.random_range(-2.0..2.0)).collect() };
+            let (q, x) = (values(heads * d), values(t1 * d));
+            // The first position always kept, as the target is.
+            let keep: Vec<f32> = (0..padded(t1))
+                .map(|j| f32::from(j == 0 || (j < t1 && (j + case) % 4 != 0)))
+                .collect();
+            let a = PoolInput {
+                q: &q,
+                heads,
+                x: &x,
+                t1,
+                d,
+                keep: &keep,
+                scale: 0.25,
+            };
+            // The same attention as `attend_naive`'s: each head's query against keys and
+            // values that are both the rows.
+            let want: Vec<f64> = (0..heads)
+                .flat_map(|h| {
+                    attend_naive(&HeadInput {
+                        q: &q[h * d..],
+                        q_rs: d,
+                        tq: 1,
+                        k: &x,
+                        v: &x,
+                        kv_rs: d,
+                        t1,
+                        dh: d,
+                        keep: &keep,
+                        scale: 0.25,
+                    })
+                })
+                .collect();
+            for k in builds() {
+                let mut out = vec![f32::NAN; heads * d];
+                (k.pool)(&a, &mut out, &mut Vec::new());
+                for (i, (g, w)) in out.iter().zip(&want).enumerate() {
+                    let g = f64::from(*g);
+                    assert!((g - w).abs() < 1e-5, "case {case} {i}: {g} vs {w}");
                 }
             }
         }

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 
 use candle_core::Tensor;
 
+use super::kernels::View;
+
 use crate::error::{Result, ServeError};
 
 /// Parameters by name (what `Params::named_tensors` lists).
@@ -101,6 +103,22 @@ impl Table {
         Ok(&self.data[i * self.dim..(i + 1) * self.dim])
     }
 
+    /// Asks the CPU to bring row `i` into cache ahead of its use: a hint, nothing when `i` is
+    /// outside the table or the target has no prefetch instruction.
+    pub fn prefetch(&self, i: u32) {
+        let i = i as usize;
+        #[cfg(target_arch = "x86_64")]
+        if let Some(row) = self.data.get(i * self.dim..(i + 1) * self.dim) {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            // Every cache line of the row: one address per 64 bytes, and its last.
+            let lines = (0..row.len()).step_by(16).chain(row.len().checked_sub(1));
+            for at in lines {
+                // SAFETY: a prefetch never faults, and the address is inside `row`.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(row[at..].as_ptr().cast()) };
+            }
+        }
+    }
+
     /// `acc += row i`.
     pub fn add_row(&self, acc: &mut [f32], i: u32) -> Result<()> {
         super::kernels::add(acc, self.row(i)?);
@@ -128,27 +146,40 @@ impl Dense {
     }
 
     /// The weight as the right-hand side of `x W^T`: `inp x out`.
-    pub fn wt(&self) -> super::kernels::View<'_> {
-        super::kernels::View::rows(&self.w, self.out, self.inp).t()
+    pub fn wt(&self) -> View<'_> {
+        View::rows(&self.w, self.out, self.inp).t()
     }
 
     /// `y = x W^T + b` for `rows` rows of `x` (`rows x inp`), into `y` (`rows x out`), then
     /// ReLU when `relu`.
     pub fn forward(&self, y: &mut [f32], x: &[f32], rows: usize, relu: bool) {
-        self.apply(y, x, rows, false, relu);
+        self.apply(y, self.out, View::rows(x, rows, self.inp), false, relu);
+    }
+
+    /// `y = x W^T + b` for the rows of the view `x` (a slice of wider rows), into rows of `y`
+    /// `y_rs` apart, then ReLU when `relu`.
+    pub fn forward_view(&self, y: &mut [f32], y_rs: usize, x: View<'_>, relu: bool) {
+        self.apply(y, y_rs, x, false, relu);
     }
 
     /// `y += x W^T + b` (a residual connection) for `rows` rows.
     pub fn forward_add(&self, y: &mut [f32], x: &[f32], rows: usize) {
-        self.apply(y, x, rows, true, false);
+        self.apply(y, self.out, View::rows(x, rows, self.inp), true, false);
     }
 
-    fn apply(&self, y: &mut [f32], x: &[f32], rows: usize, accumulate: bool, relu: bool) {
-        let x = super::kernels::View::rows(x, rows, self.inp);
-        super::kernels::matmul(y, self.out, x, self.wt(), accumulate);
-        for r in y[..rows * self.out].chunks_exact_mut(self.out) {
-            super::kernels::bias_act(r, &self.b, relu);
+    fn apply(&self, y: &mut [f32], y_rs: usize, x: View<'_>, accumulate: bool, relu: bool) {
+        super::kernels::matmul(y, y_rs, x, self.wt(), accumulate);
+        for r in y.chunks_mut(y_rs).take(x.rows) {
+            super::kernels::bias_act(&mut r[..self.out], &self.b, relu);
         }
+    }
+
+    /// The weight transposed, `[inp, out]` row-major: row `j` holds every output's weight of
+    /// input `j`.
+    pub fn transposed(&self) -> Vec<f32> {
+        (0..self.inp * self.out)
+            .map(|i| self.w[(i % self.out) * self.inp + i / self.out])
+            .collect()
     }
 }
 
