@@ -177,15 +177,27 @@ impl EsuFixture {
 
     /// The seconds of each run of [`EsuFixture::time_both`] (after one warm-up call each).
     pub fn time_both_runs(&self, runs: usize) -> (Vec<f64>, Vec<f64>) {
-        let time = |f: &dyn Fn() -> Vec<f32>| {
-            let t = Instant::now();
-            std::hint::black_box(f());
-            t.elapsed().as_secs_f64()
-        };
         (0..runs + 1)
-            .map(|_| (time(&|| self.candle_probs()), time(&|| self.fused_probs())))
+            .map(|_| {
+                (
+                    seconds(|| self.candle_probs()),
+                    seconds(|| self.fused_probs()),
+                )
+            })
             .skip(1)
             .unzip()
+    }
+
+    /// The seconds of each of `runs` calls of `forward` made back to back, after one warm-up
+    /// call: how `benches/torch_esu.py` times PyTorch and ONNX Runtime, so that every forward
+    /// of [`time_all`] runs with the caches its own previous call left (alternating with
+    /// candle, the fused forward started every call from caches candle had just evicted, and
+    /// measured about 1.5x its back-to-back time).
+    pub fn time_runs(&self, runs: usize, forward: impl Fn(&Self) -> Vec<f32>) -> Vec<f64> {
+        (0..runs + 1)
+            .map(|_| seconds(|| forward(self)))
+            .skip(1)
+            .collect()
     }
 
     /// The network for `benches/torch_esu.py`: `esu.json` with the configuration, every
@@ -429,9 +441,17 @@ pub struct PythonTimes {
     pub onnx_round_ratios: Vec<f64>,
 }
 
-/// `rounds` rounds of `runs` forwards each of candle and fused (alternating), then PyTorch,
-/// then ONNX Runtime (when `python` runs the script), so that all four see the same load
-/// over the measurement; the fixture's network is exported to `dir`.
+/// Seconds one call of `forward` takes.
+fn seconds(forward: impl FnOnce() -> Vec<f32>) -> f64 {
+    let t = Instant::now();
+    std::hint::black_box(forward());
+    t.elapsed().as_secs_f64()
+}
+
+/// `rounds` rounds of `runs` forwards each of candle, then fused, then PyTorch, then ONNX
+/// Runtime (when `python` runs the script), each forward's calls back to back, so that all
+/// four see the same load over the measurement and the same cache conditions; the fixture's
+/// network is exported to `dir`.
 pub fn time_all(
     f: &EsuFixture,
     python: &Path,
@@ -445,7 +465,8 @@ pub fn time_all(
     let mut ratios = (vec![], vec![]);
     let median = |v: &[f64]| summarize(v.to_vec()).p50;
     for _ in 0..rounds.max(1) {
-        let (c, u) = f.time_both_runs(runs);
+        let c = f.time_runs(runs, EsuFixture::candle_probs);
+        let u = f.time_runs(runs, EsuFixture::fused_probs);
         let fused_p50 = median(&u);
         candle.extend(c);
         fused.extend(u);
