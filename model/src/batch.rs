@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use siren_engine::SemId;
 
-use crate::features::{ItemTable, SampleSet, SeqKind, Token, NO_ROW};
+use crate::features::{simtier_bin, ItemTable, SampleSet, SeqKind, Token, NO_ROW};
 
 /// Buckets of the time since a behaviour: `floor(log2(1 + seconds))`, capped.
 pub const GAP_BUCKETS: usize = 32;
@@ -396,9 +396,7 @@ pub fn make_batch(
                     });
                 }
                 if real && !tok.sim.is_nan() {
-                    let bin = (((tok.sim.clamp(-1.0, 1.0) + 1.0) / 0.1).floor() as usize)
-                        .min(SIMTIER_BINS - 1);
-                    tier[bi * SIMTIER_BINS + bin] += 1.0;
+                    tier[bi * SIMTIER_BINS + simtier_bin(tok.sim)] += 1.0;
                 }
             }
         }

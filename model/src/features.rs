@@ -138,6 +138,7 @@ impl ItemTable {
 /// Dot product in a fixed order of eight running sums, which the compiler turns into SIMD (a
 /// single running sum cannot be reordered, so it runs one multiply-add at a time). Training and
 /// serving both compute cosines here, so they round alike.
+#[inline]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -198,6 +199,13 @@ pub struct SampleSet {
 /// width 0.1 over [-1, 1].
 pub const SIMTIER_BINS: usize = 21;
 
+/// The similarity-tier bin of a cosine: 0.1 wide over [-1, 1], the last holding exactly 1.
+/// (The value is never negative, so the cast truncates as `floor` would, without its call.)
+#[inline]
+pub fn simtier_bin(cos: f32) -> usize {
+    (((cos.clamp(-1.0, 1.0) + 1.0) / 0.1) as usize).min(SIMTIER_BINS - 1)
+}
+
 /// Behaviours counted as recent by the evidence features.
 pub const EVIDENCE_WINDOW: usize = 50;
 
@@ -213,8 +221,11 @@ pub fn evidence_len(levels: usize) -> usize {
 pub struct HistorySummary {
     /// Behaviours in the history, with or without a catalog row.
     len: usize,
-    /// Per distinct item with a catalog row: its row and occurrences.
+    /// Per distinct item with a catalog row and an embedding: its row and occurrences.
     items: Vec<(u32, u32)>,
+    /// Their unit-length embeddings, row-major in the order of `items` (one linear pass per
+    /// target instead of a look-up per item).
+    embeddings: Vec<f32>,
     /// Behaviours per category.
     by_category: HashMap<u32, Matches>,
     /// Behaviours per SemID prefix, keyed by [`prefix_key`].
@@ -228,7 +239,7 @@ fn prefix_key(semid: &SemId, d: usize) -> u128 {
         .fold(d as u128, |k, &c| (k << 16) | u128::from(c))
 }
 
-/// The behaviours of one group (a category, a SemID prefix).
+/// The behaviours of one group (a category, a SemID prefix, one item).
 #[derive(Debug, Clone, Copy)]
 struct Matches {
     count: u32,
@@ -253,39 +264,55 @@ impl Matches {
         self.count += 1;
         self.recent += u32::from(back < EVIDENCE_WINDOW);
     }
+
+    /// The union of two groups' behaviours (a group of items is the union of its items').
+    fn merge(&mut self, other: &Matches) {
+        self.count += other.count;
+        self.recent += other.recent;
+        self.newest = self.newest.min(other.newest);
+    }
+}
+
+/// Add `m` to the group `key` of `groups`.
+fn merge_into<K: std::hash::Hash + Eq>(groups: &mut HashMap<K, Matches>, key: K, m: &Matches) {
+    groups.entry(key).and_modify(|g| g.merge(m)).or_insert(*m);
 }
 
 impl HistorySummary {
     /// Summarise `hist` (oldest first); behaviours whose item has no row in `items` count in
-    /// the length only.
+    /// the length only. One look-up per behaviour finds its item; categories and SemID
+    /// prefixes are then grouped over the distinct items, which are far fewer.
     pub fn new(items: &ItemTable, hist: &[Event]) -> HistorySummary {
+        // Per distinct item, newest first (so that an item's first behaviour is its newest).
+        let mut slot: HashMap<u64, usize> = HashMap::new();
+        let mut per_item: Vec<(u32, Matches)> = Vec::new();
+        for (back, e) in hist.iter().rev().enumerate() {
+            match slot.get(&e.item) {
+                Some(&k) => per_item[k].1.add(back),
+                None => {
+                    let Some(row) = items.row(e.item) else {
+                        continue;
+                    };
+                    slot.insert(e.item, per_item.len());
+                    per_item.push((row, Matches::first(back)));
+                }
+            }
+        }
         let mut out = HistorySummary {
             len: hist.len(),
             ..HistorySummary::default()
         };
-        let mut index: HashMap<u32, usize> = HashMap::new();
-        // Newest first, so that a group's first behaviour is its newest.
-        for (back, e) in hist.iter().rev().enumerate() {
-            let Some(row) = items.row(e.item) else {
-                continue;
-            };
-            let k = *index.entry(row).or_insert_with(|| {
-                out.items.push((row, 0));
-                out.items.len() - 1
-            });
-            out.items[k].1 += 1;
-            let cat = items.category[row as usize];
-            out.by_category
-                .entry(cat)
-                .and_modify(|m| m.add(back))
-                .or_insert_with(|| Matches::first(back));
-            if let Some(semid) = &items.semid[row as usize] {
+        for (row, m) in &per_item {
+            let r = *row as usize;
+            merge_into(&mut out.by_category, items.category[r], m);
+            if let Some(semid) = &items.semid[r] {
                 for d in 1..=semid.levels() {
-                    out.by_prefix
-                        .entry(prefix_key(semid, d))
-                        .and_modify(|m| m.add(back))
-                        .or_insert_with(|| Matches::first(back));
+                    merge_into(&mut out.by_prefix, prefix_key(semid, d), m);
                 }
+            }
+            if items.has_emb[r] {
+                out.items.push((*row, m.count));
+                out.embeddings.extend_from_slice(items.embedding(*row));
             }
         }
         out
@@ -331,10 +358,11 @@ impl HistorySummary {
                 .and_then(|t| self.by_prefix.get(&prefix_key(t, d)));
             put(d, m);
         }
-        for &(row, count) in &self.items {
-            if let Some(cos) = items.cosine(row, target) {
-                let bin = (((cos.clamp(-1.0, 1.0) + 1.0) / 0.1).floor() as usize).min(bins - 1);
-                out[3 * groups + bin] += count as f32;
+        if items.has_emb[target as usize] && items.dim > 0 {
+            let t = items.embedding(target);
+            let hist = &mut out[3 * groups..3 * groups + bins];
+            for (e, &(_, count)) in self.embeddings.chunks_exact(items.dim).zip(&self.items) {
+                hist[simtier_bin(dot(e, t))] += count as f32;
             }
         }
         for x in &mut out[3 * groups..3 * groups + bins] {
@@ -605,5 +633,33 @@ pub fn assemble(
         seqs,
         lens,
         evidence: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bin equals the `floor` form it replaced, on a fine grid, at every bin edge, beyond
+    /// [-1, 1] and for NaN (bin 0 either way).
+    #[test]
+    fn simtier_bin_is_the_floor_form() {
+        let floor_form =
+            |c: f32| (((c.clamp(-1.0, 1.0) + 1.0) / 0.1).floor() as usize).min(SIMTIER_BINS - 1);
+        let edges = (0..=20).map(|i| -1.0 + 0.1 * i as f32);
+        let grid = (-120_000..=120_000).map(|i| i as f32 / 100_000.0);
+        let near = edges.flat_map(|e| {
+            [
+                e,
+                f32::from_bits(e.to_bits() + 1),
+                f32::from_bits(e.to_bits().wrapping_sub(1)),
+            ]
+        });
+        for c in grid
+            .chain(near)
+            .chain([f32::NAN, f32::INFINITY, f32::NEG_INFINITY])
+        {
+            assert_eq!(simtier_bin(c), floor_form(c), "{c}");
+        }
     }
 }
