@@ -192,31 +192,65 @@ mod x86 {
 
     use super::{Queries, LANES};
 
-    /// 16 bytes at a time: sign-extend to i16 lanes, then `vpmaddwd` multiplies and adds
-    /// adjacent pairs into i32 lanes (at most 2 * 128 * 128 each, so no overflow below 2^16
-    /// chunks).
+    /// 32 bytes at a time into two accumulators (a 64-d embedding is two steps): each half
+    /// sign-extended to i16 lanes, then `vpmaddwd` multiplies and adds adjacent pairs into i32
+    /// lanes (at most 2 * 128 * 128 each, so no overflow below 2^15 steps); a 16-byte step for
+    /// what is left, the eight lanes summed in registers (through memory, the sum cost about as
+    /// much as the products of a 64-d dot), then the scalar tail. Integer sums: exact in any
+    /// order.
     #[target_feature(enable = "avx2")]
     pub unsafe fn dot_avx2(a: &[i8], b: &[i8]) -> i32 {
         let n = a.len().min(b.len());
-        let chunks = n / 16;
-        let mut acc = _mm256_setzero_si256();
-        for c in 0..chunks {
-            // SAFETY: c * 16 + 16 <= n, within both slices; loadu needs no alignment.
+        let mut acc0 = _mm256_setzero_si256();
+        let mut acc1 = _mm256_setzero_si256();
+        let mut i = 0;
+        while i + 32 <= n {
+            // SAFETY: i + 32 <= n, within both slices; loadu needs no alignment.
             let (x, y) = unsafe {
                 (
-                    _mm_loadu_si128(a.as_ptr().add(c * 16).cast()),
-                    _mm_loadu_si128(b.as_ptr().add(c * 16).cast()),
+                    _mm256_loadu_si256(a.as_ptr().add(i).cast()),
+                    _mm256_loadu_si256(b.as_ptr().add(i).cast()),
                 )
             };
-            let prod = _mm256_madd_epi16(_mm256_cvtepi8_epi16(x), _mm256_cvtepi8_epi16(y));
-            acc = _mm256_add_epi32(acc, prod);
+            let (xl, yl) = (_mm256_castsi256_si128(x), _mm256_castsi256_si128(y));
+            let (xh, yh) = (
+                _mm256_extracti128_si256::<1>(x),
+                _mm256_extracti128_si256::<1>(y),
+            );
+            acc0 = _mm256_add_epi32(
+                acc0,
+                _mm256_madd_epi16(_mm256_cvtepi8_epi16(xl), _mm256_cvtepi8_epi16(yl)),
+            );
+            acc1 = _mm256_add_epi32(
+                acc1,
+                _mm256_madd_epi16(_mm256_cvtepi8_epi16(xh), _mm256_cvtepi8_epi16(yh)),
+            );
+            i += 32;
         }
-        let mut lanes = [0i32; 8];
-        // SAFETY: `lanes` is 32 bytes; storeu needs no alignment.
-        unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), acc) };
-        let mut s: i32 = lanes.iter().sum();
-        for i in chunks * 16..n {
-            s += i32::from(a[i]) * i32::from(b[i]);
+        if i + 16 <= n {
+            // SAFETY: i + 16 <= n, within both slices.
+            let (x, y) = unsafe {
+                (
+                    _mm_loadu_si128(a.as_ptr().add(i).cast()),
+                    _mm_loadu_si128(b.as_ptr().add(i).cast()),
+                )
+            };
+            acc0 = _mm256_add_epi32(
+                acc0,
+                _mm256_madd_epi16(_mm256_cvtepi8_epi16(x), _mm256_cvtepi8_epi16(y)),
+            );
+            i += 16;
+        }
+        let acc = _mm256_add_epi32(acc0, acc1);
+        let four = _mm_add_epi32(
+            _mm256_castsi256_si128(acc),
+            _mm256_extracti128_si256::<1>(acc),
+        );
+        let two = _mm_add_epi32(four, _mm_shuffle_epi32::<0b01_00_11_10>(four));
+        let one = _mm_add_epi32(two, _mm_shuffle_epi32::<0b10_11_00_01>(two));
+        let mut s = _mm_cvtsi128_si32(one);
+        for j in i..n {
+            s += i32::from(a[j]) * i32::from(b[j]);
         }
         s
     }
