@@ -53,6 +53,45 @@ fn check_acked(db: &Db, acked: &[u64], n: u64) {
     }
 }
 
+/// One line of a child test's report, after the `@@` marker (libtest prints its own text on
+/// the same lines); stdout is line-buffered, so a line is out before anything that follows it.
+fn say(s: &str) {
+    println!("@@{s}");
+}
+
+/// This test binary running only the ignored test `name` (a child process), with `envs`.
+fn child_test(name: &str, envs: &[(&str, &std::ffi::OsStr)]) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        name,
+        "--ignored",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// The lines a child said (see [`say`]).
+fn said_lines(out: impl BufRead) -> Vec<String> {
+    out.lines()
+        .map(Result::unwrap)
+        .filter_map(|l| l.split_once("@@").map(|(_, s)| s.to_string()))
+        .collect()
+}
+
+/// The batches a child acknowledged (`ack <batch> ...` lines).
+fn acked_batches(lines: &[String]) -> Vec<u64> {
+    lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("ack "))
+        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+        .collect()
+}
+
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
@@ -87,19 +126,13 @@ fn full_disk_child() {
         return;
     };
     let ballast = PathBuf::from(std::env::var("SIREN_FULL_DISK_BALLAST").unwrap());
-    let say = |s: String| {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "@@{s}");
-        let _ = out.flush();
-    };
     let db = Db::open(&dir, options()).unwrap();
     let mut errors = 0;
     // Fill the disk: ballast first, then appends until they fail.
     std::fs::write(&ballast, vec![7u8; 8 << 20]).unwrap();
     for b in 0..10_000u64 {
         match db.append(&batch(b, FULL_DISK_BATCH), &AppendOptions::default()) {
-            Ok(_) => say(format!("ack {b}")),
+            Ok(_) => say(&format!("ack {b}")),
             Err(e) => {
                 errors += 1;
                 let kind = if e.is_corruption() {
@@ -107,7 +140,7 @@ fn full_disk_child() {
                 } else {
                     "err"
                 };
-                say(format!("{kind} {b}: {e}"));
+                say(&format!("{kind} {b}: {e}"));
                 if std::env::var_os("SIREN_FULL_DISK_ABORT").is_some() {
                     // What RocksDB's assertion does, at the first failed write.
                     std::process::abort();
@@ -120,21 +153,21 @@ fn full_disk_child() {
         if b % 20 == 19 {
             // Compactions run into the full disk too; they must fail cleanly.
             match db.compact() {
-                Ok(_) => say(format!("compact ok {b}")),
-                Err(e) => say(format!("compact err {b}: {e}")),
+                Ok(_) => say(&format!("compact ok {b}")),
+                Err(e) => say(&format!("compact err {b}: {e}")),
             }
         }
     }
-    say("filled".into());
+    say("filled");
     // Make room. Writes work again, if need be after a reopen.
     std::fs::remove_file(&ballast).unwrap();
     let retry = batch(FULL_DISK_RETRY, 10);
     match db.append(&retry, &AppendOptions::default()) {
-        Ok(_) => say("after ok".into()),
-        Err(e) => say(format!("after err: {e}")),
+        Ok(_) => say("after ok"),
+        Err(e) => say(&format!("after err: {e}")),
     }
     drop(db);
-    say("done".into());
+    say("done");
 }
 
 /// Events per batch of the full-disk test, and the batch written once the disk has room again.
@@ -172,29 +205,19 @@ fn full_disk(abort: bool) {
     };
     let path = outer.path().join("db");
     let ballast = outer.path().join("ballast");
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.args([
+    let mut cmd = child_test(
         "full_disk_child",
-        "--ignored",
-        "--exact",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env("SIREN_FULL_DISK_DB", &path)
-    .env("SIREN_FULL_DISK_BALLAST", &ballast);
+        &[
+            ("SIREN_FULL_DISK_DB", path.as_os_str()),
+            ("SIREN_FULL_DISK_BALLAST", ballast.as_os_str()),
+        ],
+    );
     if abort {
         cmd.env("SIREN_FULL_DISK_ABORT", "1");
     }
     let child = cmd.output().unwrap();
-    let lines: Vec<String> = String::from_utf8_lossy(&child.stdout)
-        .lines()
-        .filter_map(|l| l.split_once("@@").map(|(_, s)| s.to_string()))
-        .collect();
-    let acked: Vec<u64> = lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("ack "))
-        .map(|b| b.parse().unwrap())
-        .collect();
+    let lines = said_lines(child.stdout.as_slice());
+    let acked = acked_batches(&lines);
     let said = |what: &str| lines.iter().any(|l| l.starts_with(what));
     assert!(
         !said("corruption"),
@@ -266,8 +289,6 @@ fn fsync_fault_child() {
         return;
     };
     let fault = PathBuf::from(std::env::var("SIREN_FAULT_FILE").unwrap());
-    // A marker, because libtest prints its own text on the same lines.
-    let say = |s: String| println!("@@{s}");
     let mut db = Db::open(&dir, options()).unwrap();
     let mut b = 0u64;
     // Phase 1: healthy. Phase 2: fsync fails. Phase 3: fault gone, same handle. Phase 4: reopen.
@@ -284,23 +305,23 @@ fn fsync_fault_child() {
         }
         for _ in 0..20 {
             match db.append(&batch(b, 50), &AppendOptions::default()) {
-                Ok(_) => say(format!("ack {b} phase {phase}")),
-                Err(e) => say(format!("err {b} phase {phase}: {e}")),
+                Ok(_) => say(&format!("ack {b} phase {phase}")),
+                Err(e) => say(&format!("err {b} phase {phase}: {e}")),
             }
             b += 1;
         }
         // Phase 1 leaves its batches pending, so that phase 2's compaction has work to fail at.
         if phase > 1 {
             match db.compact() {
-                Ok(c) => say(format!(
+                Ok(c) => say(&format!(
                     "compact ok phase {phase}: {} users",
                     c.users_written
                 )),
-                Err(e) => say(format!("compact err phase {phase}: {e}")),
+                Err(e) => say(&format!("compact err phase {phase}: {e}")),
             }
         }
     }
-    say("done".into());
+    say("done");
 }
 
 #[test]
@@ -314,36 +335,26 @@ fn failing_fsyncs_give_errors_and_lose_nothing() {
         }
     };
     let db_dir = tmp.path().join("db");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "fsync_fault_child",
-            "--ignored",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("SIREN_FAULT_DB", &db_dir)
-        .env("SIREN_FAULT_FILE", tmp.path().join("fault"))
-        .env("LD_PRELOAD", &shim)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines: Vec<String> = BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map(Result::unwrap)
-        .filter_map(|l| l.split_once("@@").map(|(_, s)| s.to_string()))
-        .collect();
+    let fault = tmp.path().join("fault");
+    let mut child = child_test(
+        "fsync_fault_child",
+        &[
+            ("SIREN_FAULT_DB", db_dir.as_os_str()),
+            ("SIREN_FAULT_FILE", fault.as_os_str()),
+            ("LD_PRELOAD", shim.as_os_str()),
+        ],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let lines = said_lines(BufReader::new(child.stdout.take().unwrap()));
     child.wait().unwrap();
     assert!(
         lines.iter().any(|l| l == "done"),
         "the child did not finish:\n{}",
         lines.join("\n")
     );
-    let acked: Vec<u64> = lines
-        .iter()
-        .filter_map(|l| l.strip_prefix("ack "))
-        .map(|l| l.split(' ').next().unwrap().parse().unwrap())
-        .collect();
+    let acked = acked_batches(&lines);
     let in_phase = |p: u32, what: &str| {
         lines
             .iter()

@@ -14,7 +14,8 @@ use siren_model::metrics::{
 };
 use siren_model::models::ModelConfig;
 use siren_model::train::{
-    evaluate, load_checkpoint, train, EpochLog, PrepareOptions, Prepared, TrainConfig,
+    end_to_end_rate, evaluate, load_checkpoint, train, EpochLog, PrepareOptions, Prepared,
+    TrainConfig,
 };
 
 use crate::error::{LabError, Result};
@@ -66,8 +67,7 @@ pub fn compare(
             // A held dataset's samples were built once, before training: count that reading
             // as if done once per epoch. A streamed one's epochs measured it themselves.
             if !run.end_to_end_samples_per_s.is_finite() {
-                run.end_to_end_samples_per_s =
-                    1.0 / (1.0 / run.train_samples_per_s + 1.0 / build_sps);
+                run.end_to_end_samples_per_s = end_to_end_rate(run.train_samples_per_s, build_sps);
             }
             per_seed.push(users);
             if tcfg.progress {

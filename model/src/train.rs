@@ -386,6 +386,13 @@ pub fn train(cfg: &ModelConfig, tcfg: &TrainConfig, data: &Prepared) -> Result<T
     })
 }
 
+/// The rate of an epoch that reads its samples at `build_rate` and trains on them at
+/// `train_rate` (samples per second each): what a held dataset's epoch would cost if it built
+/// its samples again, as a streamed one does.
+pub fn end_to_end_rate(train_rate: f64, build_rate: f64) -> f64 {
+    1.0 / (1.0 / train_rate + 1.0 / build_rate)
+}
+
 /// Sums of the training loss over an epoch's batches.
 #[derive(Default)]
 struct LossSums {

@@ -12,7 +12,7 @@ use siren_model::dataset::{self, DatasetDir};
 use siren_model::models::ModelConfig;
 use siren_model::semid::RqKmeansConfig;
 use siren_model::synth::PlantedConfig;
-use siren_model::train::{train, PrepareOptions, Prepared, TrainConfig};
+use siren_model::train::{end_to_end_rate, train, PrepareOptions, Prepared, TrainConfig};
 
 use siren_lab::table::Table;
 
@@ -141,7 +141,7 @@ fn epoch(model: &ModelConfig, tcfg: &TrainConfig, data: &Prepared, build_rate: f
     let h = &t.history[0];
     let e2e = h
         .end_to_end_samples_per_s
-        .unwrap_or(1.0 / (1.0 / h.train_samples_per_s + 1.0 / build_rate));
+        .unwrap_or_else(|| end_to_end_rate(h.train_samples_per_s, build_rate));
     Ok(Epoch {
         item_rows: t.dims.items,
         train_samples_per_s: h.train_samples_per_s,
