@@ -153,6 +153,7 @@ fn esu_batch(cfg: &ModelConfig, b: usize, seed: u64) -> candle_core::Result<Batc
         emb: Tensor::from_vec(emb, (b, EMB_DIM), dev)?,
         seqs: vec![retrieved, recent],
         evidence: None,
+        item_labels: None,
     })
 }
 

@@ -167,8 +167,9 @@ pub struct TrainArgs {
     #[arg(long)]
     data: PathBuf,
     /// One of: no-seq, din, sim-hard, muse, siren-soft, siren-hard, siren-soft-nosim,
-    /// siren-soft-noprefix, siren-hard-nosim, siren-hard-noprefix; optionally followed by a
-    /// multi-domain form: +shared-bottom, +mmoe, +crocodile, with -m<experts> (mmoe,
+    /// siren-soft-noprefix, siren-hard-nosim, siren-hard-noprefix, siren-soft-noev,
+    /// siren-hard-noev; optionally with `-ctr` (the target's click statistics in training,
+    /// e.g. sim-hard-ctr); optionally followed by a multi-domain form: +shared-bottom, +mmoe, +crocodile, with -m<experts> (mmoe,
     /// crocodile) and -cov<weight> or -nocov (crocodile), e.g. din+crocodile-m2-cov0.05.
     #[arg(long)]
     model: String,
@@ -216,11 +217,22 @@ pub struct TrainFlags {
     /// Leave the time gap between behaviour and impression out of every model's tokens.
     #[arg(long)]
     no_gap: bool,
+    /// Dropout on every model's head input while training (0 = none).
+    #[arg(long, default_value_t = 0.0, value_parser = dropout_rate)]
+    dropout: f32,
     /// MUSE's reference regime, overriding the flags above: one epoch, batch 1,000, dense
     /// learning rate 2e-4, embedding learning rate 2e-3, embedding std 0.001, no action or
     /// time-gap features, and the validation impressions trained on (no hold-out).
     #[arg(long)]
     reference: bool,
+}
+
+/// A dropout rate: at least 0, below 1.
+fn dropout_rate(s: &str) -> std::result::Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(p) if (0.0..1.0).contains(&p) => Ok(p),
+        _ => Err(format!("{s:?} is not a rate in [0, 1)")),
+    }
 }
 
 impl TrainFlags {
@@ -247,6 +259,7 @@ impl TrainFlags {
         ModelConfig {
             no_action: f.no_action,
             no_gap: f.no_gap,
+            dropout: f.dropout,
             ..cfg
         }
     }
@@ -520,7 +533,8 @@ pub struct EvalArgs {
 pub struct CompareArgs {
     #[arg(long)]
     pub data: PathBuf,
-    /// Comma-separated model names.
+    /// Comma-separated model names (as `siren train --model` takes them; `-ctr` adds the
+    /// target's click statistics, e.g. siren-hard-ctr).
     #[arg(
         long,
         default_value = "no-seq,din,sim-hard,muse,siren-soft,siren-hard,siren-soft-nosim,siren-soft-noprefix"

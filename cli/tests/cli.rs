@@ -28,7 +28,7 @@ fn demo_inspect_verify() {
     assert!(ok, "{out}");
     for want in [
         "1. data: 2000 items (16-d embeddings), 12 users",
-        "2. model: siren-hard trained",
+        "2. model: siren-hard-ctr trained",
         "hard (SemID prefix): 50 hits",
         "soft (cosine):       50 hits",
         "score 100 candidates, Hard GSU",

@@ -309,6 +309,8 @@ pub struct Batch {
     pub seqs: Vec<SeqBatch>,
     /// `[B, E]` evidence features, when the samples carry them.
     pub evidence: Option<Tensor>,
+    /// `[B, ITEM_LABEL_FEATURES]` click statistics of the target, when the samples carry them.
+    pub item_labels: Option<Tensor>,
 }
 
 impl Batch {
@@ -428,17 +430,27 @@ pub fn make_batch(
         prefix: Tensor::from_vec(prefix, (b, l), dev)?,
         emb: Tensor::from_vec(emb, (b, dim), dev)?,
         seqs,
-        evidence: if set.evidence.is_empty() {
-            None
-        } else {
-            let e = set.evidence.len() / set.len();
-            let mut v = Vec::with_capacity(b * e);
-            for &i in idx {
-                v.extend_from_slice(&set.evidence[i * e..(i + 1) * e]);
-            }
-            Some(Tensor::from_vec(v, (b, e), dev)?)
-        },
+        evidence: rows_of(&set.evidence, set.len(), idx, dev)?,
+        item_labels: rows_of(&set.item_labels, set.len(), idx, dev)?,
     })
+}
+
+/// Rows `idx` of a per-sample matrix stored flat for `n` samples (`None` when it is empty).
+fn rows_of(
+    flat: &[f32],
+    n: usize,
+    idx: &[usize],
+    dev: &Device,
+) -> candle_core::Result<Option<Tensor>> {
+    if flat.is_empty() {
+        return Ok(None);
+    }
+    let e = flat.len() / n;
+    let mut v = Vec::with_capacity(idx.len() * e);
+    for &i in idx {
+        v.extend_from_slice(&flat[i * e..(i + 1) * e]);
+    }
+    Tensor::from_vec(v, (idx.len(), e), dev).map(Some)
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use siren_engine::{Db, Durability, Item, Options};
 use crate::batch::domains_by_frequency;
 use crate::data::{Impression, Splits};
 use crate::error::{ModelError, Result};
-use crate::features::{ItemTable, SeqKind};
+use crate::features::ItemTable;
 use crate::metrics::{gauc, per_domain, RankingMetrics};
 use crate::models::ModelConfig;
 use crate::samples::SampleSpec;
@@ -397,21 +397,6 @@ pub fn import_synthetic(
     finish(dir, &db, "synthetic", semid, &splits, &side, details)
 }
 
-/// Every sequence the given models read, each at the longest length any of them asks for.
-pub fn sequences_for(models: &[ModelConfig]) -> Vec<(SeqKind, usize)> {
-    let mut out: Vec<(SeqKind, usize)> = Vec::new();
-    for m in models {
-        for (k, len) in m.sequences() {
-            match out.iter_mut().find(|(kk, _)| *kk == k) {
-                Some(e) => e.1 = e.1.max(len),
-                None => out.push((k, len)),
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// Open a dataset and read the samples the models need.
 pub fn prepare(
     dir: &DatasetDir,
@@ -442,22 +427,18 @@ pub fn prepare_with(
     }
     let snap = db.snapshot();
     let items = ItemTable::from_snapshot(&snap, meta.embedding_dim);
-    let seqs = sequences_for(models);
+    let levels = meta.semid_levels as usize;
+    let spec = SampleSpec::for_models(models, levels);
     // Models that read shorter sequences than the union asks for are refused by the trainer.
     for m in models {
         for (k, len) in m.sequences() {
-            if seqs.iter().any(|(kk, l)| *kk == k && *l != len) {
+            if spec.seqs.iter().any(|(kk, l)| *kk == k && *l != len) {
                 return Err(ModelError::invalid(format!(
                     "models in one comparison must agree on the length of their {k:?} sequences"
                 )));
             }
         }
     }
-    let levels = meta.semid_levels as usize;
-    let spec = SampleSpec {
-        seqs,
-        evidence: models.iter().any(|m| m.evidence).then_some(levels),
-    };
     let prepared = Prepared::build(&snap, items, splits, spec, levels, opts)?;
     Ok((db, meta, prepared))
 }
@@ -475,8 +456,8 @@ pub fn score_test(
         &snap,
         items,
         &splits.test,
-        &loaded.cfg.model.sequences(),
-        loaded.cfg.model.evidence,
+        loaded.cfg.sample_spec(),
+        loaded.cfg.item_labels.as_ref(),
         loaded.cfg.vocabs.clone(),
         loaded.cfg.levels,
         threads,

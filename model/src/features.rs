@@ -193,6 +193,9 @@ pub struct SampleSet {
     /// Per sample, [`evidence_len`] numbers summarising the whole as-of history against the
     /// target (empty when not computed).
     pub evidence: Vec<f32>,
+    /// Per sample, [`crate::labels::ITEM_LABEL_FEATURES`] numbers: the click statistics of its
+    /// target item (empty when not computed; [`crate::labels::ItemLabels::fill`]).
+    pub item_labels: Vec<f32>,
 }
 
 /// Bins of MUSE's similarity-tier histogram (and of the evidence features' cosine histogram):
@@ -633,6 +636,7 @@ pub fn assemble(
         seqs,
         lens,
         evidence: Vec::new(),
+        item_labels: Vec::new(),
     }
 }
 

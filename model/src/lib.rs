@@ -16,6 +16,7 @@ pub mod data;
 pub mod dataset;
 pub mod error;
 pub mod features;
+pub mod labels;
 pub mod metrics;
 pub mod models;
 pub mod samples;

@@ -13,6 +13,7 @@
 //! (category search and the evidence features read it), not once per impression.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -20,21 +21,45 @@ use rand::seq::SliceRandom;
 use siren_engine::Snapshot;
 
 use crate::data::Impression;
-use crate::error::Result;
+use crate::error::{ModelError, Result};
 use crate::features::{build_samples, evidence_len, ItemTable, SampleSet, SeqKind, Token};
+use crate::labels::{ItemLabels, LabelTime, ITEM_LABEL_FEATURES};
+use crate::models::ModelConfig;
 
 /// Default bound on the memory the built samples of a dataset take: 2 GiB.
 pub const DEFAULT_SAMPLE_MEMORY: usize = 2 << 30;
 
-/// What a sample holds: its sequences (kind, length) and, with `Some(levels)`, the evidence
-/// features over that many SemID levels.
-#[derive(Debug, Clone, PartialEq)]
+/// What a sample holds: its sequences (kind, length), with `Some(levels)` the evidence
+/// features over that many SemID levels, and with `item_labels` its target's click statistics.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct SampleSpec {
     pub seqs: Vec<(SeqKind, usize)>,
     pub evidence: Option<usize>,
+    pub item_labels: bool,
 }
 
 impl SampleSpec {
+    /// What the samples of `models` hold (SemIDs of `levels` levels): every sequence any of
+    /// them reads, each at the longest length asked for, and the evidence and click statistics
+    /// when any reads them.
+    pub fn for_models(models: &[ModelConfig], levels: usize) -> SampleSpec {
+        let mut seqs: Vec<(SeqKind, usize)> = Vec::new();
+        for m in models {
+            for (k, len) in m.sequences() {
+                match seqs.iter_mut().find(|(kk, _)| *kk == k) {
+                    Some(e) => e.1 = e.1.max(len),
+                    None => seqs.push((k, len)),
+                }
+            }
+        }
+        seqs.sort();
+        SampleSpec {
+            seqs,
+            evidence: models.iter().any(|m| m.evidence).then_some(levels),
+            item_labels: models.iter().any(|m| m.item_labels),
+        }
+    }
+
     /// Bytes one built sample takes in a [`SampleSet`].
     pub fn bytes_per_sample(&self) -> usize {
         let tokens: usize = self.seqs.iter().map(|s| s.1).sum();
@@ -43,6 +68,7 @@ impl SampleSpec {
             + self
                 .evidence
                 .map_or(0, |l| evidence_len(l) * size_of::<f32>())
+            + usize::from(self.item_labels) * ITEM_LABEL_FEATURES * size_of::<f32>()
             + size_of::<Impression>()
             + size_of::<u32>()
     }
@@ -52,6 +78,8 @@ impl SampleSpec {
 pub struct Split {
     imps: Vec<Impression>,
     held: Option<SampleSet>,
+    /// Which item click statistics its samples count (training: as of each sample's time).
+    when: LabelTime,
 }
 
 impl Split {
@@ -113,6 +141,8 @@ impl Split {
 pub struct SampleReader {
     snap: Snapshot,
     spec: SampleSpec,
+    /// The item click statistics, when the spec asks for them.
+    labels: Option<Arc<ItemLabels>>,
     threads: usize,
     /// Samples per streamed block; `None` when every split is held.
     block: Option<usize>,
@@ -134,9 +164,21 @@ impl SampleReader {
         SampleReader {
             snap,
             spec,
+            labels: None,
             threads,
             block,
         }
+    }
+
+    /// The item click statistics the samples count, when the spec asks for them.
+    pub fn with_labels(mut self, labels: Option<Arc<ItemLabels>>) -> SampleReader {
+        self.labels = labels;
+        self
+    }
+
+    /// The item click statistics the samples count.
+    pub fn labels(&self) -> Option<&Arc<ItemLabels>> {
+        self.labels.as_ref()
     }
 
     pub fn spec(&self) -> &SampleSpec {
@@ -148,25 +190,43 @@ impl SampleReader {
         self.block
     }
 
-    /// Samples of `imps`, built now.
-    pub fn build(&self, items: &ItemTable, imps: &[Impression]) -> Result<SampleSet> {
-        build_samples(
+    /// Samples of `imps`, built now, counting the item click statistics `when` says.
+    pub fn build(
+        &self,
+        items: &ItemTable,
+        imps: &[Impression],
+        when: LabelTime,
+    ) -> Result<SampleSet> {
+        let mut set = build_samples(
             &self.snap,
             items,
             imps,
             &self.spec.seqs,
             self.spec.evidence,
             self.threads,
-        )
+        )?;
+        if self.spec.item_labels {
+            let labels = self.labels.as_ref().ok_or_else(|| {
+                ModelError::invalid("the samples need item click statistics, and none were given")
+            })?;
+            labels.fill(&mut set, when);
+        }
+        Ok(set)
     }
 
-    /// A split of `imps`: built now when this reader holds its splits.
-    pub fn split(&self, items: &ItemTable, imps: Vec<Impression>) -> Result<Split> {
+    /// A split of `imps` whose samples count the item click statistics `when` says: built now
+    /// when this reader holds its splits.
+    pub fn split(
+        &self,
+        items: &ItemTable,
+        imps: Vec<Impression>,
+        when: LabelTime,
+    ) -> Result<Split> {
         let held = match self.block {
-            None => Some(self.build(items, &imps)?),
+            None => Some(self.build(items, &imps, when)?),
             Some(_) => None,
         };
-        Ok(Split { imps, held })
+        Ok(Split { imps, held, when })
     }
 
     /// One pass over `split`, in an order chosen by `rng` when given: the blocks of impression
@@ -210,7 +270,7 @@ impl SampleReader {
                 None => {
                     let start = Instant::now();
                     let imps: Vec<Impression> = block.iter().map(|&i| split.imps[i]).collect();
-                    let set = self.build(items, &imps)?;
+                    let set = self.build(items, &imps, split.when)?;
                     building += start.elapsed();
                     let rows: Vec<usize> = (0..block.len()).collect();
                     f(&set, &rows, block)?;
@@ -238,7 +298,11 @@ mod tests {
                 domain: 0,
             })
             .collect();
-        Split { imps, held: None }
+        Split {
+            imps,
+            held: None,
+            when: LabelTime::Final,
+        }
     }
 
     /// Every impression once, no block above the bound, a user's impressions in one block
@@ -289,6 +353,7 @@ mod tests {
                 (SeqKind::Retrieved(crate::Retrieval::Hard), 50),
             ],
             evidence: Some(3),
+            item_labels: false,
         };
         let per = spec.bytes_per_sample();
         assert!(per > 100 * size_of::<Token>(), "{per}");

@@ -6,6 +6,7 @@
 //! fixed order for a fixed number of threads.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -20,6 +21,7 @@ use crate::batch::{make_batch, RowIndex, VocabCounter, Vocabs};
 use crate::data::Splits;
 use crate::error::{ModelError, Result};
 use crate::features::{ItemTable, SeqKind};
+use crate::labels::{ItemLabelTable, ItemLabels, LabelTime};
 use crate::metrics::RankingMetrics;
 use crate::models::layers::Params;
 use crate::models::{build, Dims, ModelConfig, Scorer};
@@ -128,10 +130,15 @@ impl Prepared {
         opts: &PrepareOptions,
     ) -> Result<Prepared> {
         let total = splits.train.len() + splits.valid.len() + splits.test.len();
-        let reader = SampleReader::new(snap.clone(), spec, opts.threads, opts.sample_memory, total);
-        let train = reader.split(&items, splits.train)?;
-        let valid = reader.split(&items, splits.valid)?;
-        let test = reader.split(&items, splits.test)?;
+        // Counted over the training impressions only: validation and test stand for serving.
+        let labels = spec
+            .item_labels
+            .then(|| Arc::new(ItemLabels::from_impressions(&splits.train)));
+        let reader = SampleReader::new(snap.clone(), spec, opts.threads, opts.sample_memory, total)
+            .with_labels(labels);
+        let train = reader.split(&items, splits.train, LabelTime::AsOf)?;
+        let valid = reader.split(&items, splits.valid, LabelTime::Final)?;
+        let test = reader.split(&items, splits.test, LabelTime::Final)?;
         let mut counter = VocabCounter::new(levels);
         let blocks = reader.pass(&train, &mut Vec::new(), None);
         reader.visit(&items, &train, &blocks, |set, _, _| {
@@ -153,34 +160,33 @@ impl Prepared {
         })
     }
 
-    /// Samples of `imps` (as the test split) with vocabularies fixed by a checkpoint.
+    /// Samples of `imps` (as the test split) with vocabularies fixed by a checkpoint, and its
+    /// item click statistics when the model reads them.
     #[allow(clippy::too_many_arguments)]
     pub fn for_scoring(
         snap: &siren_engine::Snapshot,
         items: ItemTable,
         imps: &[crate::data::Impression],
-        spec: &[(SeqKind, usize)],
-        evidence: bool,
+        spec: SampleSpec,
+        labels: Option<&ItemLabelTable>,
         vocabs: Vocabs,
         levels: usize,
         threads: usize,
     ) -> Result<Prepared> {
-        let spec = SampleSpec {
-            seqs: spec.to_vec(),
-            evidence: evidence.then_some(levels),
-        };
+        let labels = labels.map(|t| Arc::new(ItemLabels::from_table(t)));
         let reader = SampleReader::new(
             snap.clone(),
             spec,
             threads,
             DEFAULT_SAMPLE_MEMORY,
             imps.len(),
-        );
+        )
+        .with_labels(labels);
         let rows = RowIndex::new(&vocabs, &items);
         Ok(Prepared {
-            train: reader.split(&items, Vec::new())?,
-            valid: reader.split(&items, Vec::new())?,
-            test: reader.split(&items, imps.to_vec())?,
+            train: reader.split(&items, Vec::new(), LabelTime::AsOf)?,
+            valid: reader.split(&items, Vec::new(), LabelTime::Final)?,
+            test: reader.split(&items, imps.to_vec(), LabelTime::Final)?,
             items,
             vocabs,
             rows,
@@ -221,6 +227,8 @@ pub struct Trained {
     pub model: Box<dyn Scorer>,
     pub history: Vec<EpochLog>,
     pub best_epoch: usize,
+    /// The item click statistics the model reads, as its checkpoint keeps them.
+    pub item_labels: Option<ItemLabelTable>,
 }
 
 fn kinds(cfg: &ModelConfig) -> Vec<SeqKind> {
@@ -285,6 +293,7 @@ pub fn evaluate(
 
 pub fn train(cfg: &ModelConfig, tcfg: &TrainConfig, data: &Prepared) -> Result<Trained> {
     check_sequences(cfg, data)?;
+    let item_labels = item_labels_of(cfg, data)?;
     if data.train.is_empty() {
         return Err(ModelError::invalid("no training samples"));
     }
@@ -383,7 +392,22 @@ pub fn train(cfg: &ModelConfig, tcfg: &TrainConfig, data: &Prepared) -> Result<T
         model,
         history,
         best_epoch,
+        item_labels,
     })
+}
+
+/// The item click statistics of `data` when `cfg` reads them.
+fn item_labels_of(cfg: &ModelConfig, data: &Prepared) -> Result<Option<ItemLabelTable>> {
+    if !cfg.item_labels {
+        return Ok(None);
+    }
+    match data.reader.labels() {
+        Some(l) => Ok(Some(l.table())),
+        None => Err(ModelError::invalid(format!(
+            "model {} reads item click statistics the prepared data lacks",
+            cfg.name()
+        ))),
+    }
 }
 
 /// The rate of an epoch that reads its samples at `build_rate` and trains on them at
@@ -476,6 +500,11 @@ pub struct CheckpointConfig {
     pub history: Vec<EpochLog>,
     /// CRC32C of `model.safetensors`.
     pub weights_crc32c: u32,
+    /// The item click statistics of the training impressions, when the model reads them.
+    /// (Absent from checkpoints of models that do not, so earlier checkpoints keep their
+    /// canonical form and checksum.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_labels: Option<ItemLabelTable>,
     /// CRC32C of this file's canonical form ([`crate::sealed`]).
     #[serde(default)]
     pub checksum: u32,
@@ -509,6 +538,7 @@ impl Trained {
             best_epoch: self.best_epoch,
             history: self.history.clone(),
             weights_crc32c: crc32c::crc32c(&bytes),
+            item_labels: self.item_labels.clone(),
             checksum: 0,
         };
         let mut cfg = cfg;
@@ -526,6 +556,11 @@ pub struct Loaded {
 }
 
 impl CheckpointConfig {
+    /// What the model's samples hold.
+    pub fn sample_spec(&self) -> SampleSpec {
+        SampleSpec::for_models(std::slice::from_ref(&self.model), self.levels)
+    }
+
     /// Parse and check a checkpoint's `config.json`: the version first, then that the table
     /// sizes follow from the vocabularies in the file and the model's shape is within bounds, so
     /// that building the model allocates what the file itself implies and no more.
@@ -556,6 +591,15 @@ impl CheckpointConfig {
             return Err(corrupt(
                 "table sizes do not follow from the vocabularies".into(),
             ));
+        }
+        match (&cfg.item_labels, m.item_labels) {
+            (None, true) => {
+                return Err(corrupt(
+                    "the model reads item click statistics the file lacks".into(),
+                ))
+            }
+            (Some(t), _) => t.check().map_err(corrupt)?,
+            (None, false) => {}
         }
         Ok(cfg)
     }

@@ -256,7 +256,7 @@ fn write_fuzz_seeds() {
     .unwrap();
     put("codebook", "two_levels", &cb.encode());
     let (_data_dir, data) = common::small();
-    for name in ["din", "siren-hard", "din+crocodile-m2"] {
+    for name in ["din", "siren-hard", "din+crocodile-m2", "siren-hard-ctr"] {
         let t = train(
             &common::cfg(name),
             &TrainConfig {

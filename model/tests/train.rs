@@ -5,9 +5,12 @@ mod common;
 
 use common::{cfg, small, small_held_and_streamed, small_spec};
 use siren_model::features::{SampleSet, SeqKind, Token};
+use siren_model::labels::{label_features, ITEM_LABEL_FEATURES};
 use siren_model::models::ModelConfig;
 use siren_model::samples::Split;
-use siren_model::train::{evaluate, load_checkpoint, predict, train, Prepared, TrainConfig};
+use siren_model::train::{
+    evaluate, load_checkpoint, predict, train, CheckpointConfig, Prepared, TrainConfig,
+};
 
 #[test]
 fn every_model_trains_deterministically_and_round_trips() {
@@ -18,7 +21,7 @@ fn every_model_trains_deterministically_and_round_trips() {
         seed: 3,
         ..TrainConfig::default()
     };
-    for name in ModelConfig::NAMES {
+    for name in ModelConfig::NAMES.into_iter().chain(["din-ctr"]) {
         let c = cfg(name);
         let t = train(&c, &tc, &data).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(!t.history.is_empty());
@@ -120,13 +123,15 @@ fn same_samples(held: &Prepared, h: &Split, streamed: &Prepared, s: &Split) {
             .map(|t| (t.row, t.action, t.age_s, t.sim.to_bits(), t.depth))
             .collect()
     };
-    let evidence = |set: &SampleSet, i: usize| -> Vec<u32> {
-        let e = set.evidence.len() / set.len();
-        set.evidence[i * e..(i + 1) * e]
+    let row = |flat: &[f32], n: usize, i: usize| -> Vec<u32> {
+        let e = flat.len() / n;
+        flat[i * e..(i + 1) * e]
             .iter()
             .map(|x| x.to_bits())
             .collect()
     };
+    let evidence = |set: &SampleSet, i: usize| row(&set.evidence, set.len(), i);
+    let labels = |set: &SampleSet, i: usize| row(&set.item_labels, set.len(), i);
     streamed
         .reader
         .visit(&streamed.items, s, &blocks, |set, rows, global| {
@@ -140,6 +145,7 @@ fn same_samples(held: &Prepared, h: &Split, streamed: &Prepared, s: &Split) {
                     );
                 }
                 assert_eq!(evidence(set, r), evidence(want, i));
+                assert_eq!(labels(set, r), labels(want, i));
                 visited += 1;
             }
             Ok(())
@@ -147,6 +153,45 @@ fn same_samples(held: &Prepared, h: &Split, streamed: &Prepared, s: &Split) {
         .unwrap();
     assert_eq!(visited, h.len());
     assert_eq!(held.items.len(), streamed.items.len());
+}
+
+/// A training sample's item click statistics count its item's training impressions strictly
+/// before it; a validation or test sample's count every training impression (they stand for
+/// serving after training); no validation or test label is ever counted.
+#[test]
+fn item_click_statistics_never_count_a_samples_own_label() {
+    let (_dir, data) = small();
+    let train = data.train.impressions();
+    let prior = data.reader.labels().unwrap().table().prior;
+    let mut seen = [0usize; 3];
+    for (k, (split, as_of)) in [
+        (&data.train, true),
+        (&data.valid, false),
+        (&data.test, false),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let set = split.held().unwrap();
+        assert_eq!(set.item_labels.len(), set.len() * ITEM_LABEL_FEATURES);
+        for (i, imp) in set.impressions.iter().enumerate() {
+            let counted: Vec<_> = train
+                .iter()
+                .filter(|t| {
+                    t.item == imp.item && as_of.then_some(imp.ts).is_none_or(|ts| t.ts < ts)
+                })
+                .collect();
+            let clicks = counted.iter().filter(|t| t.label > 0.5).count() as u32;
+            let want = label_features(counted.len() as u32, clicks, prior);
+            let got = &set.item_labels[i * ITEM_LABEL_FEATURES..(i + 1) * ITEM_LABEL_FEATURES];
+            assert_eq!(got, want, "split {k}, sample {i}");
+            seen[k] += usize::from(!counted.is_empty());
+        }
+    }
+    assert!(
+        seen.iter().all(|&n| n > 10),
+        "too few counted items: {seen:?}"
+    );
 }
 
 #[test]
@@ -174,6 +219,41 @@ fn a_damaged_checkpoint_is_refused() {
         load_checkpoint(ck.path()),
         Err(siren_model::ModelError::DataCorruption { .. })
     ));
+}
+
+/// A checkpoint whose click statistics contradict themselves, or that lacks them for a model
+/// that reads them, is refused even when its checksum is right.
+#[test]
+fn a_checkpoint_with_inconsistent_click_statistics_is_refused() {
+    let (_dir, data) = small();
+    let tc = TrainConfig {
+        epochs: 1,
+        batch_size: 64,
+        ..TrainConfig::default()
+    };
+    let t = train(&cfg("din-ctr"), &tc, &data).unwrap();
+    let ck = tempfile::tempdir().unwrap();
+    t.save(ck.path(), &data.vocabs, data.levels).unwrap();
+    let good = load_checkpoint(ck.path()).unwrap().cfg;
+    let damages: [fn(&mut CheckpointConfig); 3] = [
+        |c| {
+            let l = c.item_labels.as_mut().unwrap();
+            l.clicks[0] = l.impressions[0] + 1;
+        },
+        |c| c.item_labels.as_mut().unwrap().prior = 1.5,
+        |c| c.item_labels = None,
+    ];
+    for (k, damage) in damages.iter().enumerate() {
+        let mut c = good.clone();
+        damage(&mut c);
+        let json = siren_model::sealed::seal(&mut c);
+        std::fs::write(ck.path().join("config.json"), json).unwrap();
+        match load_checkpoint(ck.path()) {
+            Err(siren_model::ModelError::DataCorruption { .. }) => {}
+            Err(e) => panic!("damage {k}: {e}"),
+            Ok(_) => panic!("damage {k}: loaded"),
+        }
+    }
 }
 
 /// Issue 13's generalisation check: when clicks depend only on the user's current interest

@@ -28,6 +28,7 @@ use arc_swap::ArcSwapOption;
 use candle_core::Device;
 use siren_engine::{Db, Item, Snapshot};
 use siren_model::batch::{make_batch, RowIndex};
+use siren_model::labels::LabelTime;
 use siren_model::semid::Codebook;
 use siren_model::{Retrieval, SeqKind};
 
@@ -181,6 +182,9 @@ impl Ranker {
             evidence,
             dim,
         )?;
+        if let Some(labels) = &model.item_labels {
+            labels.fill(&mut built.set, LabelTime::Final);
+        }
         let t = Instant::now();
         let vocabs = &model.config.vocabs;
         let rows = RowIndex::new(vocabs, &built.items);

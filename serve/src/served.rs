@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use siren_engine::Db;
+use siren_model::labels::ItemLabels;
 use siren_model::models::Scorer;
 use siren_model::semid::Codebook;
 use siren_model::train::{load_checkpoint_within, CheckpointConfig};
@@ -60,6 +61,8 @@ pub struct ServedModel {
     /// The fused forward over the same weights, for the models it covers; `None` scores with
     /// `scorer` (candle).
     pub(crate) fused: Option<FusedEsu>,
+    /// The training impressions' item click statistics, for a model that reads them.
+    pub(crate) item_labels: Option<ItemLabels>,
 }
 
 impl std::fmt::Debug for ServedModel {
@@ -97,6 +100,7 @@ impl ServedModel {
                 loaded.cfg.weights_crc32c
             ),
             source: dir.as_ref().to_path_buf(),
+            item_labels: loaded.cfg.item_labels.as_ref().map(ItemLabels::from_table),
             config: loaded.cfg,
             scorer: loaded.model,
             fused,

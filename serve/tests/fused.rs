@@ -10,6 +10,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use siren_engine::Snapshot;
 use siren_model::batch::{make_batch, Batch, RowIndex};
+use siren_model::labels::{ItemLabels, LabelTime};
 use siren_model::models::layers::Params;
 use siren_model::models::{build, ModelConfig, Scorer};
 use siren_model::train::Prepared;
@@ -46,7 +47,7 @@ fn randomise(p: &Params, seed: u64, dir: &std::path::Path) {
 }
 
 /// The serving path's batch for `user` and `cands` at `at` (with the served evidence features
-/// when `with_evidence`).
+/// when `with_evidence`, and the click statistics of `labels` when given).
 fn served_batch(
     snap: &Snapshot,
     data: &Prepared,
@@ -54,6 +55,7 @@ fn served_batch(
     (user, at): (u64, i64),
     cands: &[u64],
     with_evidence: bool,
+    labels: Option<&ItemLabels>,
 ) -> Batch {
     let retrieval = if cfg.name().starts_with("siren-soft") {
         Retrieval::Soft
@@ -62,7 +64,10 @@ fn served_batch(
     };
     let (plan, _) = plan(&cfg.sequences(), retrieval);
     let evidence = with_evidence.then_some(data.levels);
-    let built = candidate_samples(snap, user, at, 0, cands, &plan, evidence, 16).unwrap();
+    let mut built = candidate_samples(snap, user, at, 0, cands, &plan, evidence, 16).unwrap();
+    if let Some(l) = labels {
+        l.fill(&mut built.set, LabelTime::Final);
+    }
     let rows = RowIndex::new(&data.vocabs, &built.items);
     let kinds: Vec<SeqKind> = plan.iter().map(|p| p.slot).collect();
     let idx: Vec<usize> = (0..cands.len()).collect();
@@ -121,8 +126,10 @@ fn fused_forward_equals_candle_on_every_covered_variant() {
         "siren-hard-noprefix",
         "siren-soft-nosim",
     ];
+    let labels = ItemLabels::from_impressions(data.train.impressions());
     let mut checked = 0;
-    for with_evidence in [false, true] {
+    let inputs = [(false, false), (true, false), (true, true)];
+    for (with_evidence, with_labels) in inputs {
         for (v, name) in names.iter().enumerate() {
             for recent in [16, 0] {
                 for seed in [1u64, 2, 3] {
@@ -133,6 +140,7 @@ fn fused_forward_equals_candle_on_every_covered_variant() {
                         layers: 1 + (seed as usize + v) % 2,
                         heads: 2,
                         evidence: with_evidence,
+                        item_labels: with_labels,
                         // The behaviours' action and time gap left out in turn.
                         no_action: seed == 2,
                         no_gap: seed == 3,
@@ -143,10 +151,12 @@ fn fused_forward_equals_candle_on_every_covered_variant() {
                     randomise(&p, seed * 100 + v as u64, dir.path());
                     let weights = Named::new(p.named_tensors().unwrap());
                     assert_eq!(weights.has("evidence.weight"), with_evidence);
+                    assert_eq!(weights.has("item_labels.weight"), with_labels);
                     let fused = FusedEsu::load(&cfg, &weights).unwrap().expect("covered");
                     let label = format!("{} recent {recent} seed {seed}", cfg.name());
                     for (req, cands) in &requests {
-                        let b = served_batch(&snap, &data, &cfg, *req, cands, with_evidence);
+                        let l = with_labels.then_some(&labels);
+                        let b = served_batch(&snap, &data, &cfg, *req, cands, with_evidence, l);
                         let (diff, spread) = compare(model.as_ref(), &fused, &b);
                         assert!(diff < 1e-5, "{label}: differs by {diff}");
                         assert!(spread > 1e-3, "{label}: probabilities barely vary");
@@ -173,7 +183,7 @@ fn fused_forward_equals_candle_on_every_covered_variant() {
             }
         }
     }
-    assert_eq!(checked, 2 * names.len() * 2 * 3 * requests.len());
+    assert_eq!(checked, inputs.len() * names.len() * 2 * 3 * requests.len());
 }
 
 #[test]

@@ -45,6 +45,9 @@ fn ranker_scores_equal_training_predictions() {
         ("muse", Retrieval::Soft),
         ("sim-hard", Retrieval::Hard),
         ("din", Retrieval::Hard),
+        // With the target's click statistics: the fused forward, then candle.
+        ("siren-hard-ctr", Retrieval::Hard),
+        ("sim-hard-ctr", Retrieval::Hard),
     ] {
         let ck = tempfile::tempdir().unwrap();
         let ranker = Ranker::new(&db, Some(trained(&data, name, 1, ck.path())), None).unwrap();
@@ -74,7 +77,9 @@ fn ranker_scores_equal_training_predictions() {
                 for r in s.retrieved.as_ref().unwrap() {
                     assert!(r.event.ts < imp.ts && r.event.user == imp.user);
                     match (name, gsu) {
-                        ("din", _) | ("sim-hard", _) | (_, Retrieval::Category) => {}
+                        ("din", _)
+                        | ("sim-hard" | "sim-hard-ctr", _)
+                        | (_, Retrieval::Category) => {}
                         (_, Retrieval::Hard) => assert!(r.depth.unwrap() >= 1),
                         (_, Retrieval::Soft) => assert!(r.similarity.unwrap().is_finite()),
                     }

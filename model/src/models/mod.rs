@@ -10,6 +10,8 @@
 //! | `siren-soft` / `siren-hard` | cosine / SemID-prefix top-K | target-conditioned transformer over tokens with similarity buckets and prefix SemIDs |
 //!
 //! Ablations: `siren-soft-nosim`, `siren-soft-noprefix` (and the same for `siren-hard`).
+//! Any of them followed by `-ctr` also reads the target's click statistics in training
+//! (`crate::labels`), projected to the model width next to its other head inputs.
 
 pub mod domain;
 pub mod layers;
@@ -78,6 +80,15 @@ pub struct ModelConfig {
     /// Leave the time gap between a behaviour and the impression out of its token.
     #[serde(default)]
     pub no_gap: bool,
+    /// Feed the head the target item's click statistics in training (`crate::labels`), any
+    /// model (the name suffix `-ctr`). Not serialised when off, so that checkpoints written
+    /// before it keep their canonical form.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub item_labels: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// How a model uses the domain an impression was shown in.
@@ -107,6 +118,9 @@ impl DomainMode {
         }
     }
 }
+
+/// The name suffix of a model that reads its target's click statistics.
+pub const ITEM_LABELS_SUFFIX: &str = "-ctr";
 
 /// Experts (and Crocodile's embedding tables) unless a name says otherwise.
 pub const DEFAULT_EXPERTS: usize = 3;
@@ -206,7 +220,19 @@ impl ModelConfig {
         Ok(cfg)
     }
 
+    /// A model of [`Self::NAMES`], with the target's click statistics when followed by
+    /// `-ctr` (`sim-hard-ctr`).
     fn single(name: &str) -> ModelResult<ModelConfig> {
+        match name.strip_suffix(ITEM_LABELS_SUFFIX) {
+            Some(base) => Ok(ModelConfig {
+                item_labels: true,
+                ..Self::base(base)?
+            }),
+            None => Self::base(name),
+        }
+    }
+
+    fn base(name: &str) -> ModelResult<ModelConfig> {
         let base = ModelConfig {
             kind: ModelKind::NoSeq,
             dim: 32,
@@ -223,6 +249,7 @@ impl ModelConfig {
             dropout: 0.0,
             no_action: false,
             no_gap: false,
+            item_labels: false,
         };
         // (kind, sim buckets, prefix SemIDs, evidence)
         let (kind, sim, prefix, evidence) = match name {
@@ -274,6 +301,9 @@ impl ModelConfig {
             if !self.evidence {
                 n.push_str("-noev");
             }
+        }
+        if self.item_labels {
+            n.push_str(ITEM_LABELS_SUFFIX);
         }
         if let Some(s) = self.domain.suffix() {
             n.push('+');
@@ -635,6 +665,23 @@ impl Backbone for Siren {
     }
 }
 
+/// A backbone followed by the target's click statistics (`crate::labels`) projected to the
+/// model width with ReLU: `[features, relu(W x + b)]`.
+struct WithItemLabels {
+    inner: Box<dyn Backbone>,
+    proj: Linear,
+}
+
+impl Backbone for WithItemLabels {
+    fn features(&self, b: &Batch) -> Result<Tensor> {
+        let x = b
+            .item_labels
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg("batch lacks item click statistics".into()))?;
+        Tensor::cat(&[self.inner.features(b)?, self.proj.forward(x)?.relu()?], 1)
+    }
+}
+
 /// A backbone with the widths of the head it gets when it scores alone.
 pub(crate) struct Body {
     pub net: Box<dyn Backbone>,
@@ -744,6 +791,14 @@ pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<B
             )
         }
     };
+    if cfg.item_labels {
+        let proj = p.linear("item_labels", crate::labels::ITEM_LABEL_FEATURES, dim)?;
+        return Ok(Body {
+            net: Box::new(WithItemLabels { inner: net, proj }),
+            width: width + dim,
+            head,
+        });
+    }
     Ok(Body { net, width, head })
 }
 

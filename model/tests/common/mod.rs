@@ -71,6 +71,7 @@ pub fn small_spec() -> SampleSpec {
     SampleSpec {
         seqs: SeqKind::ALL.iter().map(|&k| (k, 16)).collect(),
         evidence: Some(3),
+        item_labels: true,
     }
 }
 

@@ -78,6 +78,8 @@ pub struct Inputs {
     pub recent: Option<Seq>,
     /// `evidence_len` per candidate, when the batch carries them.
     pub evidence: Option<Vec<f32>>,
+    /// `ITEM_LABEL_FEATURES` per candidate, when the batch carries them.
+    pub item_labels: Option<Vec<f32>>,
 }
 
 impl Inputs {
@@ -106,6 +108,7 @@ impl Inputs {
                 None
             },
             evidence: b.evidence.as_ref().map(f32s).transpose()?,
+            item_labels: b.item_labels.as_ref().map(f32s).transpose()?,
         })
     }
 }

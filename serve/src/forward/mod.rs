@@ -21,7 +21,7 @@
 //!
 //! What it covers is [`FusedEsu::load`]'s test: `siren-soft` and `siren-hard` with or without
 //! the recent branch, prefix SemIDs, similarity buckets, the behaviours' action and time gap,
-//! and the evidence input, in the single-domain form. Everything else (the baselines, the
+//! the evidence input and the target's click statistics, in the single-domain form. Everything else (the baselines, the
 //! multi-domain forms) is served by candle.
 
 pub mod inputs;
@@ -112,6 +112,9 @@ pub struct FusedEsu {
     layers: Vec<Layer>,
     recent: Option<Recent>,
     evidence: Option<Dense>,
+    /// The target's click statistics to the model width (after the evidence in the head's
+    /// input, as candle's `WithItemLabels` appends them).
+    item_labels: Option<Dense>,
     head: Vec<Dense>,
     kernels: RowKernels,
 }
@@ -143,9 +146,10 @@ struct Scratch {
     keep: Vec<f32>,
     layer: LayerScratch,
     recent: RecentScratch,
-    /// The head's input `[c, width]`, the evidence projection, and its hidden layers.
+    /// The head's input `[c, width]`, the evidence and click-statistics projections, and its
+    /// hidden layers.
     feats: Vec<f32>,
-    evidence: Vec<f32>,
+    side: [Vec<f32>; 2],
     hidden: [Vec<f32>; 2],
 }
 
@@ -243,8 +247,14 @@ impl FusedEsu {
             .evidence
             .then(|| w.dense("evidence", None, Some(d)))
             .transpose()?;
-        let width =
-            d * (3 + if recent.is_some() { 6 } else { 2 } + usize::from(evidence.is_some()));
+        let item_labels = cfg
+            .item_labels
+            .then(|| w.dense("item_labels", None, Some(d)))
+            .transpose()?;
+        let width = d
+            * (3 + if recent.is_some() { 6 } else { 2 }
+                + usize::from(evidence.is_some())
+                + usize::from(item_labels.is_some()));
         let esu = FusedEsu {
             dim: d,
             heads: cfg.heads,
@@ -266,6 +276,7 @@ impl FusedEsu {
                 .collect::<Result<_>>()?,
             recent,
             evidence,
+            item_labels,
             head: head(w, width)?,
             kernels: RowKernels::best(),
         };
@@ -311,8 +322,13 @@ impl FusedEsu {
             }
         }
         match (&self.evidence, &x.evidence) {
-            (Some(_), None) => bad("the model reads evidence features the batch lacks"),
-            (Some(e), Some(v)) if v.len() != x.size * e.inp => bad("evidence width"),
+            (Some(_), None) => return bad("the model reads evidence features the batch lacks"),
+            (Some(e), Some(v)) if v.len() != x.size * e.inp => return bad("evidence width"),
+            _ => {}
+        }
+        match (&self.item_labels, &x.item_labels) {
+            (Some(_), None) => bad("the model reads click statistics the batch lacks"),
+            (Some(e), Some(v)) if v.len() != x.size * e.inp => bad("click statistics width"),
             _ => Ok(()),
         }
     }
@@ -347,7 +363,7 @@ impl FusedEsu {
             interest,
             mm,
         };
-        let feats = self.features(x, keys, &at, &mut s.feats, &mut s.evidence, &mut s.recent)?;
+        let feats = self.features(x, keys, &at, &mut s.feats, &mut s.side, &mut s.recent)?;
         Ok(mlp(&self.head, feats, c, &mut s.hidden)
             .iter()
             .map(|&l| sigmoid(l))
@@ -453,26 +469,36 @@ impl FusedEsu {
     }
 
     /// The head's input `[c, width]` into `out`: interest, user, projected embedding, the
-    /// recent branch (or the target's IDs), the evidence input.
+    /// recent branch (or the target's IDs), the evidence input, the click statistics.
     fn features<'s>(
         &self,
         x: &Inputs,
         keys: Option<&RecentKeys>,
         at: &Columns<'_>,
         out: &'s mut Vec<f32>,
-        evidence: &mut Vec<f32>,
+        side: &mut [Vec<f32>; 2],
         recent: &mut RecentScratch,
     ) -> Result<&'s mut [f32]> {
         let d = self.dim;
         let width = self.head[0].inp;
         let (lo, hi) = (at.lo, at.hi);
         let c = hi - lo;
-        let mut ev: &[f32] = &[];
-        if let (Some(e), Some(v)) = (&self.evidence, &x.evidence) {
-            let buf = space(evidence, c * d);
-            e.forward(buf, &v[lo * e.inp..hi * e.inp], c, true);
-            ev = buf;
-        }
+        // The side inputs projected with ReLU, `[c, d]` each, in the order the head reads them.
+        let [ev_buf, labels_buf] = side;
+        let sides: Vec<&[f32]> = [
+            (&self.evidence, &x.evidence, ev_buf),
+            (&self.item_labels, &x.item_labels, labels_buf),
+        ]
+        .into_iter()
+        .filter_map(|(dense, input, buf)| match (dense, input) {
+            (Some(e), Some(v)) => {
+                let buf = space(buf, c * d);
+                e.forward(buf, &v[lo * e.inp..hi * e.inp], c, true);
+                Some(&*buf)
+            }
+            _ => None,
+        })
+        .collect();
         let out = space(out, c * width);
         let q_width = if self.recent.is_some() { 6 * d } else { 2 * d };
         for (cand, row) in out.chunks_exact_mut(width).enumerate() {
@@ -483,11 +509,13 @@ impl FusedEsu {
             u.copy_from_slice(self.ids.user.row(x.user[i])?);
             let (m, rest) = rest.split_at_mut(d);
             m.copy_from_slice(&at.mm[cand * d..(cand + 1) * d]);
-            let (q, e) = rest.split_at_mut(q_width);
+            let (q, mut e) = rest.split_at_mut(q_width);
             q[..d].copy_from_slice(self.ids.item.row(x.item[i])?);
             q[d..2 * d].copy_from_slice(self.ids.category.row(x.category[i])?);
-            if !e.is_empty() {
-                e.copy_from_slice(&ev[cand * d..(cand + 1) * d]);
+            for side in &sides {
+                let (part, rest) = e.split_at_mut(d);
+                part.copy_from_slice(&side[cand * d..(cand + 1) * d]);
+                e = rest;
             }
         }
         if let Some(r) = &self.recent {

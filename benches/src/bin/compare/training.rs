@@ -80,10 +80,10 @@ pub fn measure(log: Log<'_>) -> Res<TrainingCmp> {
     let (db, meta, _) = dir.open()?;
     drop(db); // each run opens the dataset itself
     let samples = meta.train + meta.valid + meta.test;
-    let per = siren_model::samples::SampleSpec {
-        seqs: model.sequences(),
-        evidence: model.evidence.then_some(meta.semid_levels as usize),
-    }
+    let per = siren_model::samples::SampleSpec::for_models(
+        std::slice::from_ref(&model),
+        meta.semid_levels as usize,
+    )
     .bytes_per_sample();
     let budget = samples * per / STREAMED_SHARE;
     log("training: streamed samples");
