@@ -138,7 +138,7 @@ impl ItemTable {
 /// Dot product in a fixed order of eight running sums, which the compiler turns into SIMD (a
 /// single running sum cannot be reordered, so it runs one multiply-add at a time). Training and
 /// serving both compute cosines here, so they round alike.
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -204,7 +204,7 @@ pub const SIMTIER_BINS: usize = 21;
 
 /// The similarity-tier bin of a cosine: 0.1 wide over [-1, 1], the last holding exactly 1.
 /// (The value is never negative, so the cast truncates as `floor` would, without its call.)
-#[inline]
+#[inline(always)]
 pub fn simtier_bin(cos: f32) -> usize {
     (((cos.clamp(-1.0, 1.0) + 1.0) / 0.1) as usize).min(SIMTIER_BINS - 1)
 }
@@ -329,11 +329,37 @@ impl HistorySummary {
     /// target (log(1 + count) per 0.1-wide bin); then log(1 + len). Coarse counts rather than
     /// ids, so they mean the same for users never seen in training.
     pub fn evidence(&self, items: &ItemTable, target: u32, levels: usize) -> Vec<f32> {
-        let bins = SIMTIER_BINS;
+        self.evidence_of(items, &[target], levels)
+    }
+
+    /// [`Self::evidence`] of every target, one after the other (`targets.len()` times
+    /// [`evidence_len`] numbers). The cosine histograms take the history's items in blocks
+    /// that stay in cache while every target passes over them (the embeddings of a long
+    /// history are megabytes, which a pass per target read from memory each time); each
+    /// target still sees the items in the same order through the same dot product, so the
+    /// numbers are those of [`Self::evidence`], bit for bit.
+    pub fn evidence_of(&self, items: &ItemTable, targets: &[u32], levels: usize) -> Vec<f32> {
+        let width = evidence_len(levels);
         let groups = levels + 1;
-        let mut out = vec![0f32; evidence_len(levels)];
+        let mut out = vec![0f32; targets.len() * width];
+        for (row, &target) in out.chunks_exact_mut(width).zip(targets) {
+            self.counts_into(row, items, target, levels);
+        }
+        self.cosine_histograms(&mut out, items, targets, width, 3 * groups);
+        for row in out.chunks_exact_mut(width) {
+            for x in &mut row[3 * groups..3 * groups + SIMTIER_BINS] {
+                *x = x.ln_1p();
+            }
+        }
+        out
+    }
+
+    /// The group counts and the length of `target`'s evidence into `out` (the histogram left
+    /// at zero).
+    fn counts_into(&self, out: &mut [f32], items: &ItemTable, target: u32, levels: usize) {
+        let groups = levels + 1;
         let n = self.len as f32;
-        out[3 * groups + bins] = n.ln_1p();
+        out[3 * groups + SIMTIER_BINS] = n.ln_1p();
         let none = (n + 1.0).ln_1p();
         let mut put = |g: usize, m: Option<&Matches>| {
             let m = m.copied().unwrap_or(Matches {
@@ -351,7 +377,7 @@ impl HistorySummary {
         };
         if target == NO_ROW {
             (0..groups).for_each(|g| put(g, None));
-            return out;
+            return;
         }
         put(0, self.by_category.get(&items.category[target as usize]));
         let tsem = items.semid[target as usize].as_ref();
@@ -361,17 +387,70 @@ impl HistorySummary {
                 .and_then(|t| self.by_prefix.get(&prefix_key(t, d)));
             put(d, m);
         }
-        if items.has_emb[target as usize] && items.dim > 0 {
-            let t = items.embedding(target);
-            let hist = &mut out[3 * groups..3 * groups + bins];
-            for (e, &(_, count)) in self.embeddings.chunks_exact(items.dim).zip(&self.items) {
-                hist[simtier_bin(dot(e, t))] += count as f32;
+    }
+
+    /// Add each behaviour's count to the bin of its cosine with each target, at offset `at` of
+    /// the target's row of `out` (rows `width` long), item blocks outside, targets inside.
+    fn cosine_histograms(
+        &self,
+        out: &mut [f32],
+        items: &ItemTable,
+        targets: &[u32],
+        width: usize,
+        at: usize,
+    ) {
+        /// Items per block: 256 embeddings of 64 floats are 64 KB, within a core's L2.
+        const BLOCK: usize = 256;
+        let dim = items.dim;
+        if dim == 0 {
+            return;
+        }
+        let embedded: Vec<(usize, &[f32])> = targets
+            .iter()
+            .enumerate()
+            .filter(|&(_, &t)| t != NO_ROW && items.has_emb[t as usize])
+            .map(|(k, &t)| (k, items.embedding(t)))
+            .collect();
+        let blocks = self
+            .embeddings
+            .chunks(BLOCK * dim)
+            .zip(self.items.chunks(BLOCK));
+        for (embs, block) in blocks {
+            for &(k, t) in &embedded {
+                let hist = &mut out[k * width + at..k * width + at + SIMTIER_BINS];
+                add_to_histogram(hist, embs, block, t);
             }
         }
-        for x in &mut out[3 * groups..3 * groups + bins] {
-            *x = x.ln_1p();
+    }
+}
+
+/// `hist[bin(cos(e, t))] += count` for each embedding `e` of `embs` (rows of `t.len()`) and
+/// its item's count in `block`, compiled for AVX where the CPU has it. The same numbers either
+/// way: [`dot`]'s eight running sums become one 256-bit register instead of two 128-bit ones,
+/// lane for lane, and Rust never fuses a multiply and an add on its own, so training (one
+/// target) and serving (many) round alike on any x86-64.
+fn add_to_histogram(hist: &mut [f32], embs: &[f32], block: &[(u32, u32)], t: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: called only when the CPU has AVX.
+            unsafe { add_to_histogram_avx(hist, embs, block, t) };
+            return;
         }
-        out
+    }
+    histogram_body(hist, embs, block, t);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn add_to_histogram_avx(hist: &mut [f32], embs: &[f32], block: &[(u32, u32)], t: &[f32]) {
+    histogram_body(hist, embs, block, t);
+}
+
+#[inline(always)]
+fn histogram_body(hist: &mut [f32], embs: &[f32], block: &[(u32, u32)], t: &[f32]) {
+    for (e, &(_, count)) in embs.chunks_exact(t.len()).zip(block) {
+        hist[simtier_bin(dot(e, t))] += count as f32;
     }
 }
 

@@ -145,3 +145,61 @@ fn evidence_counts_what_the_history_holds() {
     assert_eq!(none[2], ((n + 1) as f32).ln_1p());
     assert_eq!(none[0], 0.0);
 }
+
+/// The evidence of many targets at once (serving's form) is each target's own, bit for bit,
+/// over a history of more distinct items than one cache block holds; its cosine histogram
+/// equals a plain count over every behaviour.
+#[test]
+fn evidence_of_many_targets_is_each_targets_own() {
+    let dim = 8;
+    let catalog: Vec<Item> = (0..1_500u64)
+        .map(|id| Item {
+            id,
+            category: (id % 13) as u32,
+            semid: (id % 11 != 0).then(|| SemId::new(&[(id % 7) as u16, (id % 5) as u16]).unwrap()),
+            embedding: (id % 17 != 0).then(|| {
+                (0..dim)
+                    .map(|j| ((id * 31 + j as u64 * 7) as f32).sin())
+                    .collect()
+            }),
+        })
+        .collect();
+    let items = ItemTable::from_items(catalog, dim);
+    let hist: Vec<Event> = (0..6_000u64)
+        .map(|i| Event {
+            user: 1,
+            ts: i as i64,
+            item: (i * i + 3 * i) % 1_400 + u64::from(i % 97 == 0) * 10_000,
+            action: 0,
+            domain: 0,
+        })
+        .collect();
+    let summary = HistorySummary::new(&items, &hist);
+    let mut targets: Vec<u32> = (0..1_500u64)
+        .step_by(37)
+        .map(|id| items.row(id).unwrap())
+        .collect();
+    targets.push(NO_ROW);
+    let all = summary.evidence_of(&items, &targets, 2);
+    let width = evidence_len(2);
+    assert_eq!(all.len(), targets.len() * width);
+    for (row, &t) in all.chunks_exact(width).zip(&targets) {
+        let one = summary.evidence(&items, t, 2);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(row), bits(&one), "target row {t}");
+        let mut plain = [0f32; SIMTIER_BINS];
+        if t != NO_ROW {
+            for e in &hist {
+                if let Some(c) = items.row(e.item).and_then(|r| items.cosine(r, t)) {
+                    plain[siren_model::features::simtier_bin(c)] += 1.0;
+                }
+            }
+        }
+        let plain: Vec<f32> = plain.iter().map(|x| x.ln_1p()).collect();
+        assert_eq!(
+            bits(&row[9..9 + SIMTIER_BINS]),
+            bits(&plain),
+            "target row {t}"
+        );
+    }
+}

@@ -97,11 +97,7 @@ pub fn candidate_samples(
     let mut set = assemble(&items, &imps, &spec, tokens);
     if let Some(levels) = evidence {
         let summary = HistorySummary::new(&items, &history);
-        set.evidence = set
-            .target_row
-            .iter()
-            .flat_map(|&row| summary.evidence(&items, row, levels))
-            .collect();
+        set.evidence = summary.evidence_of(&items, &set.target_row, levels);
     }
     let retrieved = match plan
         .iter()
