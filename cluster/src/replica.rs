@@ -152,6 +152,7 @@ async fn hold<B: Backend>(inner: &Arc<Inner<B>>, slot: &Arc<Slot>) -> Result<()>
     let target = match my_replica(&inner.dir, p, me)?.state {
         ReplicaState::Joining => Some(inner.backend.bounds(stream).await?.last),
         ReplicaState::Ready => {
+            record_position_zero(inner, slot, start).await?;
             slot.set_phase(Phase::Serving);
             None
         }
@@ -190,6 +191,9 @@ async fn apply_stream<B: Backend>(
     let mut last_read = Instant::now();
     loop {
         if let Some(t) = target {
+            if applied >= t {
+                record_position_zero(inner, slot, applied).await?;
+            }
             if applied >= t && become_ready(inner, slot.partition).await? {
                 target = None;
                 permit.take();
@@ -318,6 +322,37 @@ fn fulfil_pins<B: Backend>(inner: &Inner<B>, slot: &Slot, applied: u64) {
     wanted.retain(|pos, _| *pos > applied);
     drop(wanted);
     slot.pinned.notify_waiters();
+}
+
+/// Records position 0 of the partition's stream when the replica serves from there and the
+/// node holds no position for the stream. Without it, a replica that became ready before the
+/// stream's first message, and was stopped before it applied one, looked once re-opened like
+/// one whose disk was replaced (ready, holding nothing, the stream not empty) and went back to
+/// catching up, by checkpoint when another replica was ready: a cluster that had converged
+/// could then wait on a provider (issue 16's non-convergence after kills).
+async fn record_position_zero<B: Backend>(
+    inner: &Arc<Inner<B>>,
+    slot: &Arc<Slot>,
+    position: u64,
+) -> Result<()> {
+    let source = StreamId::Partition(slot.partition).source_name();
+    if position != 0 || inner.db.source_position(&source).is_some() {
+        return Ok(());
+    }
+    let (db, slot, durability) = (inner.db.clone(), slot.clone(), inner.cfg.durability);
+    blocking(move || {
+        let _gate = slot.gate.lock();
+        if *slot.stop.borrow() {
+            return Err(Error::Shutdown);
+        }
+        let opts = siren_engine::AppendOptions {
+            durability,
+            source: Some((source, 0)),
+        };
+        db.append(&[], &opts)?;
+        Ok(())
+    })
+    .await
 }
 
 /// Marks this node's replica ready, by compare-and-swap. `false` if the assignment no longer
