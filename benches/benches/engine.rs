@@ -132,6 +132,29 @@ fn engine(c: &mut Criterion) {
         )
     });
     g.finish();
+
+    // Hard retrieval with the decoded cache off (the cold figure `compare` reports): the same
+    // directory reopened, so every call maps the user's entry and reads its position lists in
+    // place.
+    let siren_benches::Fixture { dir, db, .. } = f;
+    drop(snap);
+    drop(db);
+    let cold = siren_engine::Db::open(
+        dir.path(),
+        siren_engine::Options {
+            embedding_dim: 128,
+            auto_compact: None,
+            cache_bytes: 0,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let snap = cold.snapshot();
+    let mut g = c.benchmark_group("100k_events_cache_off");
+    g.bench_function("hard/siren", |b| {
+        b.iter(|| black_box(snap.retrieve_hard(user, &semid, k, None).unwrap()))
+    });
+    g.finish();
 }
 
 criterion_group!(benches, engine);

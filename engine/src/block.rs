@@ -78,9 +78,7 @@ fn exception(r: &mut Reader<'_>, next: usize, n: usize, w: u8) -> DecodeResult<(
 /// Timestamp `o`: the first plus the deltas before it.
 fn time_at(r: &mut Reader<'_>, n: usize, first: i64, o: usize) -> DecodeResult<i64> {
     let (g, w, n_exc, packed) = time_header(r, n)?;
-    let mut sum: u128 = (0..o)
-        .map(|i| u128::from(crate::codec::bit_get(packed, w, i)))
-        .sum();
+    let mut sum = u128::from(crate::codec::bit_sum(packed, w, o));
     let mut next = 0;
     for _ in 0..n_exc {
         let (at, high) = exception(r, next, n, w)?;
