@@ -425,10 +425,8 @@ impl HistorySummary {
 }
 
 /// `hist[bin(cos(e, t))] += count` for each embedding `e` of `embs` (rows of `t.len()`) and
-/// its item's count in `block`, compiled for AVX where the CPU has it. The same numbers either
-/// way: [`dot`]'s eight running sums become one 256-bit register instead of two 128-bit ones,
-/// lane for lane, and Rust never fuses a multiply and an add on its own, so training (one
-/// target) and serving (many) round alike on any x86-64.
+/// its item's count in `block`, with AVX where the CPU has it ([`dot_avx`]). The same numbers
+/// either way, so training (one target) and serving (many) round alike on any x86-64.
 fn add_to_histogram(hist: &mut [f32], embs: &[f32], block: &[(u32, u32)], t: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -444,14 +442,51 @@ fn add_to_histogram(hist: &mut [f32], embs: &[f32], block: &[(u32, u32)], t: &[f
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
 unsafe fn add_to_histogram_avx(hist: &mut [f32], embs: &[f32], block: &[(u32, u32)], t: &[f32]) {
-    histogram_body(hist, embs, block, t);
+    for (e, &(_, count)) in embs.chunks_exact(t.len()).zip(block) {
+        // SAFETY: this function runs only on a CPU with AVX.
+        hist[simtier_bin(unsafe { dot_avx(e, t) })] += count as f32;
+    }
 }
 
-#[inline(always)]
 fn histogram_body(hist: &mut [f32], embs: &[f32], block: &[(u32, u32)], t: &[f32]) {
     for (e, &(_, count)) in embs.chunks_exact(t.len()).zip(block) {
         hist[simtier_bin(dot(e, t))] += count as f32;
     }
+}
+
+/// [`dot`] with its eight running sums in one 256-bit register: lane `j` takes the products
+/// of elements `j`, `j + 8`, ... in the same order, each a multiply then an add (never fused),
+/// and the lanes and the tail are summed in [`dot`]'s order, so the result is the same bit for
+/// bit. (The compiler, left to vectorise [`dot`] itself under AVX, kept 128-bit halves and
+/// shuffled between them.)
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn dot_avx(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::{
+        _mm256_add_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_setzero_ps, _mm256_storeu_ps,
+    };
+    let n = a.len().min(b.len());
+    let whole = n / 8 * 8;
+    let mut acc = _mm256_setzero_ps();
+    for i in (0..whole).step_by(8) {
+        // SAFETY: `i + 8 <= whole <= n`, within both slices.
+        let (x, y) = unsafe {
+            (
+                _mm256_loadu_ps(a.as_ptr().add(i)),
+                _mm256_loadu_ps(b.as_ptr().add(i)),
+            )
+        };
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
+    }
+    let mut l = [0f32; 8];
+    // SAFETY: `l` holds eight floats.
+    unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc) };
+    let tail: f32 = a[whole..n]
+        .iter()
+        .zip(&b[whole..n])
+        .map(|(x, y)| x * y)
+        .sum();
+    ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7])) + tail
 }
 
 impl SampleSet {

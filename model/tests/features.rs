@@ -151,7 +151,7 @@ fn evidence_counts_what_the_history_holds() {
 /// equals a plain count over every behaviour.
 #[test]
 fn evidence_of_many_targets_is_each_targets_own() {
-    let dim = 8;
+    let dim = 12; // one whole chunk of eight and a tail of four
     let catalog: Vec<Item> = (0..1_500u64)
         .map(|id| Item {
             id,
