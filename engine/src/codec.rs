@@ -438,6 +438,27 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// `n` pseudo-random `width`-bit values from `seed`, and their packed bytes.
+    fn packed_values(width: u8, seed: u64, n: usize) -> (Vec<u32>, Vec<u8>) {
+        let mask = if width == 32 {
+            u32::MAX
+        } else {
+            (1u32 << width).wrapping_sub(1)
+        };
+        let mut x = seed | 1;
+        let values: Vec<u32> = (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x as u32) & mask
+            })
+            .collect();
+        let mut packed = Vec::new();
+        bitpack(&values, width, &mut packed);
+        (values, packed)
+    }
+
     proptest! {
         #[test]
         fn varint_round_trip(values in proptest::collection::vec(any::<u64>(), 0..200)) {
@@ -452,11 +473,7 @@ mod tests {
         /// short arrays (no eight-byte window) included.
         #[test]
         fn bit_sum_is_the_sum_of_the_values(width in 0u8..=32, seed in any::<u64>(), n in 0usize..300) {
-            let mask = if width == 32 { u32::MAX } else { (1u32 << width).wrapping_sub(1) };
-            let mut x = seed | 1;
-            let values: Vec<u32> = (0..n).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; (x as u32) & mask }).collect();
-            let mut packed = Vec::new();
-            bitpack(&values, width, &mut packed);
+            let (values, packed) = packed_values(width, seed, n);
             for count in 0..=n {
                 let want: u64 = values[..count].iter().map(|&v| u64::from(v)).sum();
                 prop_assert_eq!(bit_sum(&packed, width, count), want, "count {}", count);
@@ -465,11 +482,7 @@ mod tests {
 
         #[test]
         fn bitpack_round_trip(width in 0u8..=32, seed in any::<u64>(), n in 0usize..600) {
-            let mask = if width == 32 { u32::MAX } else { (1u32 << width).wrapping_sub(1) };
-            let mut x = seed | 1;
-            let values: Vec<u32> = (0..n).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; (x as u32) & mask }).collect();
-            let mut packed = Vec::new();
-            bitpack(&values, width, &mut packed);
+            let (values, packed) = packed_values(width, seed, n);
             prop_assert_eq!(packed.len(), bitpacked_len(n, width));
             let mut out = Vec::new();
             bitunpack(&packed, width, n, &mut out).unwrap();
