@@ -232,19 +232,38 @@ pub fn bit_sum(bytes: &[u8], width: u8, count: usize) -> u64 {
     } else {
         (1u64 << width) - 1
     };
-    // Values whose eight-byte window lies inside `bytes`.
-    let fast = if bytes.len() >= 8 {
+    // Eight values take exactly `w` bytes, so the values of every group of eight sit at the
+    // same byte offsets and shifts from the group's first byte (the last window ends at most
+    // `w + 7` bytes in).
+    let offsets: [usize; 8] = std::array::from_fn(|j| j * w / 8);
+    let shifts: [usize; 8] = std::array::from_fn(|j| j * w % 8);
+    let whole_groups = match bytes.len().checked_sub(w + 7) {
+        Some(room) => room / w + 1,
+        None => 0,
+    };
+    let groups = (count / 8).min(whole_groups);
+    let mut sum = 0u64;
+    for g in 0..groups {
+        let chunk = &bytes[g * w..g * w + w + 7];
+        for j in 0..8 {
+            let word = u64::from_le_bytes(bytes_at(chunk, offsets[j]));
+            sum += (word >> shifts[j]) & mask;
+        }
+    }
+    // The rest one by one: an eight-byte window where it fits, else `bit_get`'s short read.
+    let windowed = if bytes.len() >= 8 {
         ((bytes.len() - 8) * 8 / w + 1).min(count)
     } else {
         0
     };
-    let mut sum = 0u64;
-    for i in 0..fast {
+    let mut i = groups * 8;
+    while i < windowed {
         let bit = i * w;
         let word = u64::from_le_bytes(bytes_at(bytes, bit / 8));
         sum += (word >> (bit % 8)) & mask;
+        i += 1;
     }
-    for i in fast..count {
+    for i in i..count {
         sum += u64::from(bit_get(bytes, width, i));
     }
     sum

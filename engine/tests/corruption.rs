@@ -269,7 +269,7 @@ fn campaign(work: &Path, pristine: &Path, states: &[Answers]) -> BTreeMap<String
                 assert_ne!(
                     outcome,
                     Outcome::EarlierSilent,
-                    "{name} {damage} at {pos} brought back an earlier state without a word"
+                    "{name} {damage} at {pos} of {len} bytes brought back an earlier state without a word"
                 );
             }
             let kind = if is_segment {
