@@ -219,9 +219,9 @@ pub fn bit_get(bytes: &[u8], width: u8, i: usize) -> u32 {
 
 /// The sum of the first `count` values of a bit-packed array of `width`-bit values (`width`
 /// at most 32, `count` below 2^32, so the sum fits). `bytes` must hold at least
-/// `bitpacked_len(count, width)` bytes. One unaligned 64-bit load per value where eight bytes
-/// remain and a plain `u64` sum: the random access to one event's time sums half a block of
-/// deltas, and [`bit_get`] per value with a wide sum cost most of a cold hard retrieval.
+/// `bitpacked_len(count, width)` bytes. The random access to one event's time sums half a
+/// block of deltas, and [`bit_get`] per value with a wide sum cost most of a cold hard
+/// retrieval.
 pub fn bit_sum(bytes: &[u8], width: u8, count: usize) -> u64 {
     if width == 0 || count == 0 {
         return 0;
@@ -250,23 +250,11 @@ pub fn bit_sum(bytes: &[u8], width: u8, count: usize) -> u64 {
             sum += (word >> shifts[j]) & mask;
         }
     }
-    // The rest one by one: an eight-byte window where it fits, else `bit_get`'s short read.
-    let windowed = if bytes.len() >= 8 {
-        ((bytes.len() - 8) * 8 / w + 1).min(count)
-    } else {
-        0
-    };
-    let mut i = groups * 8;
-    while i < windowed {
-        let bit = i * w;
-        let word = u64::from_le_bytes(bytes_at(bytes, bit / 8));
-        sum += (word >> (bit % 8)) & mask;
-        i += 1;
-    }
-    for i in i..count {
-        sum += u64::from(bit_get(bytes, width, i));
-    }
-    sum
+    // The rest (fewer than eight, and the last groups when the array ends within a window's
+    // reach) one by one.
+    sum + (groups * 8..count)
+        .map(|i| u64::from(bit_get(bytes, width, i)))
+        .sum::<u64>()
 }
 
 /// Unpack `n` values of `width` bits into `out` (replacing its contents). `bytes` must be

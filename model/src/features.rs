@@ -411,44 +411,52 @@ impl HistorySummary {
             .filter(|&(_, &t)| t != NO_ROW && items.has_emb[t as usize])
             .map(|(k, &t)| (k, items.embedding(t)))
             .collect();
+        let add = histogram_kernel();
         let blocks = self
             .embeddings
             .chunks(BLOCK * dim)
             .zip(self.items.chunks(BLOCK));
         for (embs, block) in blocks {
             for &(k, t) in &embedded {
-                let hist = &mut out[k * width + at..k * width + at + SIMTIER_BINS];
-                add_to_histogram(hist, embs, block, t);
+                add(&mut out[k * width + at..][..SIMTIER_BINS], embs, block, t);
             }
         }
     }
 }
 
 /// `hist[bin(cos(e, t))] += count` for each embedding `e` of `embs` (rows of `t.len()`) and
-/// its item's count in `block`, with AVX where the CPU has it ([`dot_avx`]). The same numbers
-/// either way, so training (one target) and serving (many) round alike on any x86-64.
-fn add_to_histogram(hist: &mut [f32], embs: &[f32], block: &[(u32, u32)], t: &[f32]) {
+/// its item's count in `block`.
+type HistogramKernel = fn(&mut [f32], &[f32], &[(u32, u32)], &[f32]);
+
+/// The histogram kernel for this CPU: with AVX where it has it ([`dot_avx`]), else the
+/// portable [`dot`]. The same numbers either way, so training (one target) and serving (many)
+/// round alike on any x86-64.
+fn histogram_kernel() -> HistogramKernel {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx") {
-            // SAFETY: called only when the CPU has AVX.
-            unsafe { add_to_histogram_avx(hist, embs, block, t) };
-            return;
+            // SAFETY: chosen only when the CPU has AVX.
+            return |h, e, b, t| unsafe { histogram_avx(h, e, b, t) };
         }
     }
-    histogram_body(hist, embs, block, t);
+    |h, e, b, t| histogram_with(h, e, b, t, dot)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-unsafe fn add_to_histogram_avx(hist: &mut [f32], embs: &[f32], block: &[(u32, u32)], t: &[f32]) {
-    for (e, &(_, count)) in embs.chunks_exact(t.len()).zip(block) {
-        // SAFETY: this function runs only on a CPU with AVX.
-        hist[simtier_bin(unsafe { dot_avx(e, t) })] += count as f32;
-    }
+unsafe fn histogram_avx(hist: &mut [f32], embs: &[f32], block: &[(u32, u32)], t: &[f32]) {
+    // SAFETY: this function runs only on a CPU with AVX.
+    histogram_with(hist, embs, block, t, |e, t| unsafe { dot_avx(e, t) });
 }
 
-fn histogram_body(hist: &mut [f32], embs: &[f32], block: &[(u32, u32)], t: &[f32]) {
+#[inline(always)]
+fn histogram_with(
+    hist: &mut [f32],
+    embs: &[f32],
+    block: &[(u32, u32)],
+    t: &[f32],
+    dot: impl Fn(&[f32], &[f32]) -> f32,
+) {
     for (e, &(_, count)) in embs.chunks_exact(t.len()).zip(block) {
         hist[simtier_bin(dot(e, t))] += count as f32;
     }

@@ -53,60 +53,59 @@ pub fn label_features(shown: u32, clicks: u32, prior: f32) -> [f32; ITEM_LABEL_F
 }
 
 /// Per item, its training impressions' times in order and the clicks up to each: built from
-/// the impressions a model trains on.
+/// the impressions a model trains on, or the totals only, from a checkpoint.
 pub struct ItemLabels {
     prior: f32,
+    counts: Counts,
+}
+
+enum Counts {
     /// Per item: `(ts, clicks among the impressions up to and including this one)`, by time.
-    series: HashMap<u64, Vec<(i64, u32)>>,
-    /// Per item: `(impressions, clicks)` over all of them.
-    totals: HashMap<u64, (u32, u32)>,
+    Series(HashMap<u64, Vec<(i64, u32)>>),
+    /// Per item: `(impressions, clicks)` over all of them (what a checkpoint keeps).
+    Totals(HashMap<u64, (u32, u32)>),
 }
 
 impl ItemLabels {
     /// Statistics of `imps` (the training impressions; a label above 0.5 is a click).
     pub fn from_impressions(imps: &[Impression]) -> ItemLabels {
-        let mut by_item: HashMap<u64, Vec<(i64, bool)>> = HashMap::new();
+        let mut series: HashMap<u64, Vec<(i64, u32)>> = HashMap::new();
         for i in imps {
-            by_item
-                .entry(i.item)
-                .or_default()
-                .push((i.ts, i.label > 0.5));
+            let click = u32::from(i.label > 0.5);
+            series.entry(i.item).or_default().push((i.ts, click));
         }
-        let clicks = imps.iter().filter(|i| i.label > 0.5).count();
-        let mut series = HashMap::with_capacity(by_item.len());
-        let mut totals = HashMap::with_capacity(by_item.len());
-        for (item, mut v) in by_item {
-            v.sort_unstable();
+        let mut clicks = 0u64;
+        for s in series.values_mut() {
+            s.sort_unstable();
             let mut c = 0u32;
-            let s: Vec<(i64, u32)> = v
-                .iter()
-                .map(|&(ts, click)| {
-                    c += u32::from(click);
-                    (ts, c)
-                })
-                .collect();
-            totals.insert(item, (s.len() as u32, c));
-            series.insert(item, s);
+            for e in s.iter_mut() {
+                c += e.1;
+                e.1 = c;
+            }
+            clicks += u64::from(c);
         }
         ItemLabels {
-            prior: overall_rate(clicks as u64, imps.len() as u64),
-            series,
-            totals,
+            prior: overall_rate(clicks, imps.len() as u64),
+            counts: Counts::Series(series),
         }
     }
 
-    /// `(impressions, clicks)` of `item` that a sample at `ts` counts.
+    /// `(impressions, clicks)` of `item` that a sample at `ts` counts. Statistics from a
+    /// checkpoint keep totals only: they answer [`LabelTime::AsOf`] as serving does.
     pub fn counts(&self, item: u64, ts: i64, when: LabelTime) -> (u32, u32) {
-        match when {
-            LabelTime::Final => self.totals.get(&item).copied().unwrap_or((0, 0)),
-            LabelTime::AsOf => match self.series.get(&item) {
-                Some(s) => match s.partition_point(|&(t, _)| t < ts) {
-                    0 => (0, 0),
-                    n => (n as u32, s[n - 1].1),
-                },
-                // A table loaded from a checkpoint keeps totals only; it scores as serving does.
-                None => self.counts(item, ts, LabelTime::Final),
-            },
+        match &self.counts {
+            Counts::Totals(t) => t.get(&item).copied().unwrap_or((0, 0)),
+            Counts::Series(all) => {
+                let Some(s) = all.get(&item) else {
+                    return (0, 0);
+                };
+                let n = match when {
+                    LabelTime::Final => s.len(),
+                    LabelTime::AsOf => s.partition_point(|&(t, _)| t < ts),
+                };
+                n.checked_sub(1)
+                    .map_or((0, 0), |last| (n as u32, s[last].1))
+            }
         }
     }
 
@@ -127,7 +126,13 @@ impl ItemLabels {
 
     /// The totals, as a checkpoint keeps them (items in id order).
     pub fn table(&self) -> ItemLabelTable {
-        let mut rows: Vec<(u64, (u32, u32))> = self.totals.iter().map(|(&k, &v)| (k, v)).collect();
+        let mut rows: Vec<(u64, (u32, u32))> = match &self.counts {
+            Counts::Totals(t) => t.iter().map(|(&k, &v)| (k, v)).collect(),
+            Counts::Series(all) => all
+                .iter()
+                .map(|(&k, s)| (k, (s.len() as u32, s.last().map_or(0, |e| e.1))))
+                .collect(),
+        };
         rows.sort_unstable_by_key(|r| r.0);
         ItemLabelTable {
             prior: self.prior,
@@ -140,15 +145,15 @@ impl ItemLabels {
     /// Statistics from a checkpoint's table (totals only: [`LabelTime::AsOf`] answers as
     /// [`LabelTime::Final`]).
     pub fn from_table(t: &ItemLabelTable) -> ItemLabels {
+        let totals = t
+            .items
+            .iter()
+            .zip(t.impressions.iter().zip(&t.clicks))
+            .map(|(&i, (&n, &c))| (i, (n, c)))
+            .collect();
         ItemLabels {
             prior: t.prior,
-            series: HashMap::new(),
-            totals: t
-                .items
-                .iter()
-                .zip(t.impressions.iter().zip(&t.clicks))
-                .map(|(&i, (&n, &c))| (i, (n, c)))
-                .collect(),
+            counts: Counts::Totals(totals),
         }
     }
 }

@@ -31,7 +31,7 @@ pub const DEFAULT_SAMPLE_MEMORY: usize = 2 << 30;
 
 /// What a sample holds: its sequences (kind, length), with `Some(levels)` the evidence
 /// features over that many SemID levels, and with `item_labels` its target's click statistics.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SampleSpec {
     pub seqs: Vec<(SeqKind, usize)>,
     pub evidence: Option<usize>,

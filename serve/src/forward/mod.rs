@@ -21,8 +21,8 @@
 //!
 //! What it covers is [`FusedEsu::load`]'s test: `siren-soft` and `siren-hard` with or without
 //! the recent branch, prefix SemIDs, similarity buckets, the behaviours' action and time gap,
-//! the evidence input and the target's click statistics, in the single-domain form. Everything else (the baselines, the
-//! multi-domain forms) is served by candle.
+//! the evidence input and the target's click statistics, in the single-domain form.
+//! Everything else (the baselines, the multi-domain forms) is served by candle.
 
 pub mod inputs;
 pub mod kernels;
@@ -321,16 +321,25 @@ impl FusedEsu {
                 return bad("SemID levels");
             }
         }
-        match (&self.evidence, &x.evidence) {
-            (Some(_), None) => return bad("the model reads evidence features the batch lacks"),
-            (Some(e), Some(v)) if v.len() != x.size * e.inp => return bad("evidence width"),
-            _ => {}
+        for (dense, input, what) in self.side_inputs(x) {
+            match (dense, input) {
+                (Some(_), None) => return bad(&format!("the model reads {what} the batch lacks")),
+                (Some(e), Some(v)) if v.len() != x.size * e.inp => {
+                    return bad(&format!("{what} width"))
+                }
+                _ => {}
+            }
         }
-        match (&self.item_labels, &x.item_labels) {
-            (Some(_), None) => bad("the model reads click statistics the batch lacks"),
-            (Some(e), Some(v)) if v.len() != x.size * e.inp => bad("click statistics width"),
-            _ => Ok(()),
-        }
+        Ok(())
+    }
+
+    /// The head's side inputs in the order it reads them, after the recent branch: each
+    /// model projection, the batch's values and what they are.
+    fn side_inputs<'a>(&'a self, x: &'a Inputs) -> [SideInput<'a>; 2] {
+        [
+            (&self.evidence, &x.evidence, "evidence features"),
+            (&self.item_labels, &x.item_labels, "click statistics"),
+        ]
     }
 
     /// Probabilities of candidates `lo..hi`.
@@ -484,21 +493,19 @@ impl FusedEsu {
         let (lo, hi) = (at.lo, at.hi);
         let c = hi - lo;
         // The side inputs projected with ReLU, `[c, d]` each, in the order the head reads them.
-        let [ev_buf, labels_buf] = side;
-        let sides: Vec<&[f32]> = [
-            (&self.evidence, &x.evidence, ev_buf),
-            (&self.item_labels, &x.item_labels, labels_buf),
-        ]
-        .into_iter()
-        .filter_map(|(dense, input, buf)| match (dense, input) {
-            (Some(e), Some(v)) => {
-                let buf = space(buf, c * d);
-                e.forward(buf, &v[lo * e.inp..hi * e.inp], c, true);
-                Some(&*buf)
-            }
-            _ => None,
-        })
-        .collect();
+        let sides: Vec<&[f32]> = self
+            .side_inputs(x)
+            .into_iter()
+            .zip(side.iter_mut())
+            .filter_map(|((dense, input, _), buf)| match (dense, input) {
+                (Some(e), Some(v)) => {
+                    let buf = space(buf, c * d);
+                    e.forward(buf, &v[lo * e.inp..hi * e.inp], c, true);
+                    Some(&*buf)
+                }
+                _ => None,
+            })
+            .collect();
         let out = space(out, c * width);
         let q_width = if self.recent.is_some() { 6 * d } else { 2 * d };
         for (cand, row) in out.chunks_exact_mut(width).enumerate() {
@@ -541,6 +548,10 @@ impl FusedEsu {
         Ok(out)
     }
 }
+
+/// One of the head's side inputs: the model's projection of it (when the model reads it), the
+/// batch's values (when it carries them) and what it is, for errors.
+type SideInput<'a> = (&'a Option<Dense>, &'a Option<Vec<f32>>, &'static str);
 
 /// What the head's input of candidates `lo..hi` is assembled from besides the batch: the
 /// transformer's interest vectors and the projected embeddings (`[hi - lo, d]` each).
