@@ -500,9 +500,9 @@ pub struct CheckpointConfig {
     pub history: Vec<EpochLog>,
     /// CRC32C of `model.safetensors`.
     pub weights_crc32c: u32,
-    /// The item click statistics of the training impressions, when the model reads them.
-    /// (Absent from checkpoints of models that do not, so earlier checkpoints keep their
-    /// canonical form and checksum.)
+    /// The item click statistics of the training impressions, when the model reads them
+    /// (version 3). Absent from checkpoints of models that do not, so version-2 files keep
+    /// their canonical form and checksum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item_labels: Option<ItemLabelTable>,
     /// CRC32C of this file's canonical form ([`crate::sealed`]).
@@ -510,12 +510,17 @@ pub struct CheckpointConfig {
     pub checksum: u32,
 }
 
-/// Version 2 added the file's own checksum.
-pub const CHECKPOINT_VERSION: u32 = 2;
+/// Version 2 added the file's own checksum; version 3 the item click statistics (a build that
+/// reads only version 2 would otherwise take a `-ctr` model's file for a damaged one).
+pub const CHECKPOINT_VERSION: u32 = 3;
+
+/// Version 2 checkpoints (no click statistics) still load.
+pub const OLDEST_CHECKPOINT_VERSION: u32 = 2;
 
 impl crate::sealed::Sealed for CheckpointConfig {
     const WHAT: &'static str = "checkpoint config";
     const VERSION: u32 = CHECKPOINT_VERSION;
+    const OLDEST: u32 = OLDEST_CHECKPOINT_VERSION;
     fn checksum_mut(&mut self) -> &mut u32 {
         &mut self.checksum
     }

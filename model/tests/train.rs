@@ -9,7 +9,7 @@ use siren_model::labels::{label_features, ITEM_LABEL_FEATURES};
 use siren_model::models::ModelConfig;
 use siren_model::samples::Split;
 use siren_model::train::{
-    evaluate, load_checkpoint, predict, train, CheckpointConfig, Prepared, TrainConfig,
+    evaluate, load_checkpoint, predict, train, CheckpointConfig, Prepared, TrainConfig, Trained,
 };
 
 #[test]
@@ -194,22 +194,24 @@ fn item_click_statistics_never_count_a_samples_own_label() {
     );
 }
 
+/// Model `name` trained one epoch on `data` and saved: the trained model and its checkpoint
+/// directory.
+fn saved(name: &str, data: &Prepared) -> (Trained, tempfile::TempDir) {
+    let tc = TrainConfig {
+        epochs: 1,
+        batch_size: 64,
+        ..TrainConfig::default()
+    };
+    let t = train(&cfg(name), &tc, data).unwrap();
+    let ck = tempfile::tempdir().unwrap();
+    t.save(ck.path(), &data.vocabs, data.levels).unwrap();
+    (t, ck)
+}
+
 #[test]
 fn a_damaged_checkpoint_is_refused() {
     let (_dir, data) = small();
-    let c = cfg("din");
-    let t = train(
-        &c,
-        &TrainConfig {
-            epochs: 1,
-            batch_size: 64,
-            ..TrainConfig::default()
-        },
-        &data,
-    )
-    .unwrap();
-    let ck = tempfile::tempdir().unwrap();
-    t.save(ck.path(), &data.vocabs, data.levels).unwrap();
+    let (_, ck) = saved("din", &data);
     let w = ck.path().join("model.safetensors");
     let mut b = std::fs::read(&w).unwrap();
     let mid = b.len() / 2;
@@ -226,14 +228,7 @@ fn a_damaged_checkpoint_is_refused() {
 #[test]
 fn a_checkpoint_with_inconsistent_click_statistics_is_refused() {
     let (_dir, data) = small();
-    let tc = TrainConfig {
-        epochs: 1,
-        batch_size: 64,
-        ..TrainConfig::default()
-    };
-    let t = train(&cfg("din-ctr"), &tc, &data).unwrap();
-    let ck = tempfile::tempdir().unwrap();
-    t.save(ck.path(), &data.vocabs, data.levels).unwrap();
+    let (_, ck) = saved("din-ctr", &data);
     let good = load_checkpoint(ck.path()).unwrap().cfg;
     let damages: [fn(&mut CheckpointConfig); 3] = [
         |c| {
@@ -253,6 +248,34 @@ fn a_checkpoint_with_inconsistent_click_statistics_is_refused() {
             Err(e) => panic!("damage {k}: {e}"),
             Ok(_) => panic!("damage {k}: loaded"),
         }
+    }
+}
+
+/// A version-2 checkpoint (written before the click statistics) still loads and predicts as
+/// the model it holds; a version above this build's is refused by its version.
+#[test]
+fn version_2_checkpoints_still_load() {
+    let (_dir, data) = small();
+    let c = cfg("siren-hard");
+    let (t, ck) = saved("siren-hard", &data);
+    let mut old = load_checkpoint(ck.path()).unwrap().cfg;
+    assert_eq!(old.format_version, 3);
+    old.format_version = 2;
+    let json = siren_model::sealed::seal(&mut old);
+    std::fs::write(ck.path().join("config.json"), &json).unwrap();
+    let loaded = load_checkpoint(ck.path()).unwrap();
+    assert_eq!(loaded.cfg.format_version, 2);
+    let want = predict(t.model.as_ref(), &c, &data, &data.test, 1024).unwrap();
+    let got = predict(loaded.model.as_ref(), &c, &data, &data.test, 1024).unwrap();
+    assert_eq!(got, want);
+    let mut newer = loaded.cfg;
+    newer.format_version = 4;
+    let json = siren_model::sealed::seal(&mut newer);
+    std::fs::write(ck.path().join("config.json"), &json).unwrap();
+    match load_checkpoint(ck.path()) {
+        Err(siren_model::ModelError::UnsupportedVersion { found: 4, .. }) => {}
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a version-4 checkpoint loaded"),
     }
 }
 
