@@ -97,6 +97,8 @@ pub struct Kernel {
     /// whose [`score`] is at least `thresholds[t]` (`thresholds` covers
     /// [`Queries::padded_len`]).
     pub select: Select,
+    /// `out[t] = embedding · query t` for every query (`out` at least as long as the queries).
+    pub dots: fn(&[i8], &Queries, &mut [i32]),
 }
 
 impl Kernel {
@@ -113,6 +115,7 @@ impl Kernel {
                     dot: |a, b| unsafe { x86::dot_vnni(a, b) },
                     rows: |m, dim, q, out| unsafe { x86::rows_vnni(m, dim, q, out) },
                     select: |e, s, q, th, out| unsafe { x86::select_vnni(e, s, q, th, out) },
+                    dots: |e, q, out| unsafe { x86::dots_vnni(e, q, out) },
                 };
             }
             if std::arch::is_x86_feature_detected!("avx2") {
@@ -125,6 +128,7 @@ impl Kernel {
                     select: |e, s, q, th, out| {
                         select_by_row(e, s, q, th, out, |a, b| unsafe { x86::dot_avx2(a, b) })
                     },
+                    dots: |e, q, out| dots_by_row(e, q, out, |a, b| unsafe { x86::dot_avx2(a, b) }),
                 };
             }
         }
@@ -137,6 +141,7 @@ impl Kernel {
             dot: dot_portable,
             rows: |m, dim, q, out| rows_by_row(m, dim, q, out, dot_portable),
             select: |e, s, q, th, out| select_by_row(e, s, q, th, out, dot_portable),
+            dots: |e, q, out| dots_by_row(e, q, out, dot_portable),
         }
     }
 
@@ -160,6 +165,12 @@ fn select_by_row(
         if s >= th {
             out.push((t as u32, s));
         }
+    }
+}
+
+fn dots_by_row(emb: &[i8], q: &Queries, out: &mut [i32], dot: impl Fn(&[i8], &[i8]) -> i32) {
+    for (t, o) in out.iter_mut().enumerate().take(q.n) {
+        *o = dot(emb, q.row(t));
     }
 }
 
@@ -373,29 +384,52 @@ mod x86 {
         unsafe { accumulate(emb, q, |g, acc| done(g, acc, out)) };
     }
 
+    /// [`super::Kernel::dots`]: the accumulators of [`accumulate`] less each query's
+    /// unsigned-operand correction.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn dots_vnni(emb: &[i8], q: &Queries, out: &mut [i32]) {
+        if q.dim > 4 * 2048 {
+            super::dots_by_row(emb, q, out, |a, b| unsafe { dot_vnni(a, b) });
+            return;
+        }
+        let n = q.n.min(out.len());
+        let each = |g: usize, acc: __m512i| {
+            let base = g * LANES;
+            // SAFETY: bias covers whole groups of 16.
+            let bias = unsafe { _mm512_loadu_si512(q.bias.as_ptr().add(base).cast()) };
+            let mut lanes = [0i32; LANES];
+            // SAFETY: `lanes` is 64 bytes; storeu needs no alignment.
+            unsafe { _mm512_storeu_si512(lanes.as_mut_ptr().cast(), _mm512_sub_epi32(acc, bias)) };
+            let take = n.saturating_sub(base).min(LANES);
+            out[base..base + take].copy_from_slice(&lanes[..take]);
+        };
+        // SAFETY: the same features are enabled here.
+        unsafe { accumulate(emb, q, each) };
+    }
+
     /// One embedding against every query of `q`, group by group: `each(group, accumulators)`,
     /// the accumulators holding `(emb + 128) · query` for the group's 16 queries.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn accumulate(emb: &[i8], q: &Queries, mut each: impl FnMut(usize, __m512i)) {
         let quads = q.dim.div_ceil(4);
         let groups = q.n.div_ceil(LANES);
-        let mut shifted = [0x80u8; 4 * 2048];
-        for (s, &v) in shifted.iter_mut().zip(emb.iter().take(q.dim)) {
-            *s = (v as u8) ^ 0x80;
-        }
+        // The embedding's 4 values `j`, made unsigned (past the end: 128, the shifted zero).
+        // Computed where used: a buffer of them filled per call cost more than the products
+        // when the caller passes thousands of embeddings.
+        let word = |j: usize| {
+            let mut w = [0x80u8; 4];
+            for (b, &v) in w.iter_mut().zip(emb.iter().take(q.dim).skip(4 * j)) {
+                *b = (v as u8) ^ 0x80;
+            }
+            u32::from_le_bytes(w)
+        };
         const BLOCK: usize = 8;
         let mut g0 = 0;
         while g0 < groups {
             let gn = (groups - g0).min(BLOCK);
             let mut acc = [_mm512_setzero_si512(); BLOCK];
             for j in 0..quads {
-                let word = u32::from_le_bytes([
-                    shifted[4 * j],
-                    shifted[4 * j + 1],
-                    shifted[4 * j + 2],
-                    shifted[4 * j + 3],
-                ]);
-                let b = _mm512_set1_epi32(word as i32);
+                let b = _mm512_set1_epi32(word(j) as i32);
                 for (g, a) in acc.iter_mut().enumerate().take(gn) {
                     let at = (((g0 + g) * quads + j) * LANES) * 4;
                     // SAFETY: `packed` holds groups * quads * 64 bytes.
@@ -447,6 +481,9 @@ mod tests {
                 let mut all = Vec::new();
                 (k.select)(&emb, 1.0, &ones, &vec![f32::NEG_INFINITY; ones.padded_len()], &mut all);
                 let out: Vec<i32> = all.iter().map(|&(_, s)| s as i32).collect();
+                let mut dots = vec![0i32; n];
+                (k.dots)(&emb, &queries, &mut dots);
+                prop_assert_eq!(&dots, &by_rows);
                 prop_assert_eq!(all.len(), n);
                 // Thresholds at every other query's own score: exactly those pass, scored alike.
                 let mut th = vec![f32::INFINITY; queries.padded_len()];

@@ -68,6 +68,7 @@ mod prefix;
 mod records;
 mod segment;
 
+pub use catalog::ItemRef;
 pub use compaction::CompactionStats;
 pub use db::{
     CheckpointStats, ColumnBytes, Counters, CreatedWith, Db, RocksBytes, Stats, VerifyReport,
@@ -86,11 +87,12 @@ pub use types::{
 #[doc(hidden)]
 pub mod format {
     pub use crate::block::{decode_block, encode_block, stamp_at, Block, Stamp};
-    pub use crate::catalog::{dot_i8, inv_norm, quantize};
+    pub use crate::catalog::{dequantize, dot_i8, dot_queries, inv_norm, quantize};
     pub use crate::codec::{bitpack, bitunpack, checksum_matches, read_chunk, write_chunk, Reader};
     pub use crate::columns::{
         decode_time, encode_dict, encode_packed, encode_time, DictView, Packed,
     };
+    pub use crate::dot::Queries;
     pub use crate::ef::encode as encode_ef;
     pub use crate::ef::{BitWriter, EfList};
     pub use crate::entry::{build_entry, EntryParams, EntryView, Ev, Layout, Lists};

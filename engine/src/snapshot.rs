@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use crate::cache::DecodedCache;
-use crate::catalog::query_vec;
+use crate::catalog::{query_vec, ItemRef};
 use crate::error::{Error, Result};
 use crate::prefix::PrefixLayout;
 use crate::retrieve::{self, HardHit, SoftHit};
@@ -210,14 +210,28 @@ impl Snapshot {
     /// A catalog item (its embedding dequantised), if the catalog holds it. Items known only
     /// from events (stubs) are not returned.
     pub fn item(&self, id: u64) -> Option<Item> {
+        self.item_ref(id).map(|r| r.to_item())
+    }
+
+    /// [`Self::item`] as stored, borrowed from the snapshot: no copy, no dequantisation.
+    pub fn item_ref(&self, id: u64) -> Option<ItemRef<'_>> {
         let c = &self.state.catalog;
-        c.lookup(id).filter(|&r| !c.is_stub(r)).map(|r| c.item(r))
+        c.lookup(id)
+            .filter(|&r| !c.is_stub(r))
+            .map(|r| c.item_ref(r))
+    }
+
+    /// [`Self::items`] as stored, borrowed.
+    pub fn item_refs(&self) -> impl Iterator<Item = ItemRef<'_>> + '_ {
+        let c = &self.state.catalog;
+        (0..c.len())
+            .filter(|&r| !c.is_stub(r))
+            .map(|r| c.item_ref(r))
     }
 
     /// Every catalog item (stubs excluded), in the order they were first stored.
     pub fn items(&self) -> impl Iterator<Item = Item> + '_ {
-        let c = &self.state.catalog;
-        (0..c.len()).filter(|&r| !c.is_stub(r)).map(|r| c.item(r))
+        self.item_refs().map(|r| r.to_item())
     }
 
     /// All users with events, ascending.

@@ -8,10 +8,10 @@
 //! event (its item's row, action, age) and to the pair (cosine with the target, shared SemID
 //! depth).
 
-use std::collections::HashMap;
-
+use foldhash::{HashMap, HashMapExt};
 use serde::{Deserialize, Serialize};
-use siren_engine::{Event, Item, ReadRange, SemId, Snapshot};
+use siren_engine::format::{dequantize, dot_i8, dot_queries, quantize, Queries};
+use siren_engine::{Event, Item, ItemRef, ReadRange, SemId, Snapshot};
 
 use crate::data::Impression;
 use crate::error::{ModelError, Result};
@@ -50,7 +50,9 @@ impl SeqKind {
     ];
 }
 
-/// The catalog as features need it: dense rows, L2-normalised f32 embeddings.
+/// The catalog as features need it: dense rows, L2-normalised f32 embeddings (the models'
+/// input), and the int8 codes the catalog stores them as, from which every cosine of the
+/// features is computed ([`ItemTable::cosine`]).
 pub struct ItemTable {
     pub ids: Vec<u64>,
     index: HashMap<u64, u32>,
@@ -60,17 +62,34 @@ pub struct ItemTable {
     /// Row-major, unit length (zero rows for items without an embedding).
     pub emb: Vec<f32>,
     pub has_emb: Vec<bool>,
+    /// Row-major int8 codes (zero rows for items without an embedding).
+    codes: Vec<i8>,
+    /// Per row, 1 / the norm of its codes (0 without an embedding).
+    inv_norm: Vec<f64>,
+}
+
+/// The cosine of two embeddings from the exact dot product of their int8 codes and their
+/// inverse norms. In f64, and the two norms multiplied first, so that it is symmetric and an
+/// item's cosine with itself is exactly 1 (the similarity histogram's top bin holds exactly 1).
+#[inline(always)]
+fn cosine_of(dot: i32, inv_a: f64, inv_b: f64) -> f32 {
+    (f64::from(dot) * (inv_a * inv_b)) as f32
+}
+
+/// 1 / the norm of int8 codes, 0 for a zero vector.
+fn inv_norm(q: &[i8]) -> f64 {
+    let ss: i64 = q.iter().map(|&v| i64::from(v) * i64::from(v)).sum();
+    if ss == 0 {
+        0.0
+    } else {
+        1.0 / (ss as f64).sqrt()
+    }
 }
 
 impl ItemTable {
-    pub fn from_snapshot(snap: &Snapshot, dim: usize) -> ItemTable {
-        ItemTable::from_items(snap.items(), dim)
-    }
-
-    /// A table of just these items (the serving path builds one per request from the
-    /// candidates and the behaviours retrieved for them). Repeated ids keep their first row.
-    pub fn from_items(items: impl IntoIterator<Item = Item>, dim: usize) -> ItemTable {
-        let mut t = ItemTable {
+    /// An empty table for embeddings of `dim` values.
+    pub fn new(dim: usize) -> ItemTable {
+        ItemTable {
             ids: Vec::new(),
             index: HashMap::new(),
             category: Vec::new(),
@@ -78,29 +97,76 @@ impl ItemTable {
             dim,
             emb: Vec::new(),
             has_emb: Vec::new(),
-        };
+            codes: Vec::new(),
+            inv_norm: Vec::new(),
+        }
+    }
+
+    /// Every catalog item, from its stored codes.
+    pub fn from_snapshot(snap: &Snapshot, dim: usize) -> ItemTable {
+        let mut t = ItemTable::new(dim);
+        snap.item_refs().for_each(|it| t.push_ref(&it));
+        t
+    }
+
+    /// A table of just these items (the serving path builds one per request from the
+    /// candidates and the behaviours retrieved for them). Repeated ids keep their first row.
+    /// Embeddings are quantised as the catalog does ([`quantize`]), so an item read back from
+    /// a catalog gets the codes the catalog holds.
+    pub fn from_items(items: impl IntoIterator<Item = Item>, dim: usize) -> ItemTable {
+        let mut t = ItemTable::new(dim);
         for it in items {
-            if t.index.contains_key(&it.id) {
-                continue;
-            }
-            t.index.insert(it.id, t.ids.len() as u32);
-            t.ids.push(it.id);
-            t.category.push(it.category);
-            t.semid.push(it.semid);
-            match it.embedding.filter(|e| e.len() == dim) {
-                Some(e) => {
-                    let n = e.iter().map(|x| x * x).sum::<f32>().sqrt();
-                    let inv = if n > 0.0 { 1.0 / n } else { 0.0 };
-                    t.emb.extend(e.iter().map(|x| x * inv));
-                    t.has_emb.push(n > 0.0);
-                }
-                None => {
-                    t.emb.extend(std::iter::repeat_n(0.0, dim));
-                    t.has_emb.push(false);
-                }
-            }
+            let codes = it.embedding.as_deref().map(|e| quantize(e).1);
+            let values = it.embedding.iter().flatten().copied();
+            let emb = codes.as_deref().map(|q| (values, q));
+            t.push_parts(it.id, it.category, it.semid, emb);
         }
         t
+    }
+
+    /// Whether `id` has a row.
+    pub fn contains(&self, id: u64) -> bool {
+        self.index.contains_key(&id)
+    }
+
+    /// Add a catalog item as stored (nothing when `id` has a row already).
+    pub fn push_ref(&mut self, it: &ItemRef<'_>) {
+        let emb = it.embedding.map(|(q, scale)| (dequantize(q, scale), q));
+        self.push_parts(it.id, it.category, it.semid, emb);
+    }
+
+    /// Add a row: its embedding's values and int8 codes, when it has one of `dim` values.
+    fn push_parts(
+        &mut self,
+        id: u64,
+        category: u32,
+        semid: Option<SemId>,
+        embedding: Option<(impl Iterator<Item = f32> + Clone, &[i8])>,
+    ) {
+        if self.index.contains_key(&id) {
+            return;
+        }
+        self.index.insert(id, self.ids.len() as u32);
+        self.ids.push(id);
+        self.category.push(category);
+        self.semid.push(semid);
+        let dim = self.dim;
+        match embedding.filter(|(_, q)| q.len() == dim) {
+            Some((e, q)) => {
+                let n = e.clone().map(|x| x * x).sum::<f32>().sqrt();
+                let inv = if n > 0.0 { 1.0 / n } else { 0.0 };
+                self.emb.extend(e.map(|x| x * inv));
+                self.has_emb.push(n > 0.0);
+                self.codes.extend_from_slice(q);
+                self.inv_norm.push(inv_norm(q));
+            }
+            None => {
+                self.emb.extend(std::iter::repeat_n(0.0, dim));
+                self.has_emb.push(false);
+                self.codes.extend(std::iter::repeat_n(0, dim));
+                self.inv_norm.push(0.0);
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -120,10 +186,20 @@ impl ItemTable {
         &self.emb[r * self.dim..(r + 1) * self.dim]
     }
 
-    /// Cosine between two items, `None` if either has no embedding.
+    /// The int8 codes of row `row`'s embedding.
+    pub fn codes(&self, row: u32) -> &[i8] {
+        let r = row as usize;
+        &self.codes[r * self.dim..(r + 1) * self.dim]
+    }
+
+    /// Cosine between two items, `None` if either has no embedding: the cosine of their int8
+    /// codes, exact up to one rounding ([`cosine_of`]), the same on every CPU.
     pub fn cosine(&self, a: u32, b: u32) -> Option<f32> {
-        (self.has_emb[a as usize] && self.has_emb[b as usize])
-            .then(|| dot(self.embedding(a), self.embedding(b)))
+        let (a, b) = (a as usize, b as usize);
+        (self.has_emb[a] && self.has_emb[b]).then(|| {
+            let dot = dot_i8(self.codes(a as u32), self.codes(b as u32));
+            cosine_of(dot, self.inv_norm[a], self.inv_norm[b])
+        })
     }
 
     /// SemID levels shared by two items (0 when either has none).
@@ -133,27 +209,6 @@ impl ItemTable {
             _ => 0,
         }
     }
-}
-
-/// Dot product in a fixed order of eight running sums, which the compiler turns into SIMD (a
-/// single running sum cannot be reordered, so it runs one multiply-add at a time). Training and
-/// serving both compute cosines here, so they round alike.
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for j in 0..8 {
-            acc[j] += x[j] * y[j];
-        }
-    }
-    ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
 
 /// Row value of a token whose item the catalog does not know.
@@ -203,10 +258,11 @@ pub struct SampleSet {
 pub const SIMTIER_BINS: usize = 21;
 
 /// The similarity-tier bin of a cosine: 0.1 wide over [-1, 1], the last holding exactly 1.
-/// (The value is never negative, so the cast truncates as `floor` would, without its call.)
+/// (The value is never negative, so the cast truncates as `floor` would, without its call; a
+/// cast to `i32` rather than `usize` lets a loop of these compile to SIMD.)
 #[inline(always)]
 pub fn simtier_bin(cos: f32) -> usize {
-    (((cos.clamp(-1.0, 1.0) + 1.0) / 0.1) as usize).min(SIMTIER_BINS - 1)
+    (((cos.clamp(-1.0, 1.0) + 1.0) / 0.1) as i32).min(SIMTIER_BINS as i32 - 1) as usize
 }
 
 /// Behaviours counted as recent by the evidence features.
@@ -226,9 +282,10 @@ pub struct HistorySummary {
     len: usize,
     /// Per distinct item with a catalog row and an embedding: its row and occurrences.
     items: Vec<(u32, u32)>,
-    /// Their unit-length embeddings, row-major in the order of `items` (one linear pass per
-    /// target instead of a look-up per item).
-    embeddings: Vec<f32>,
+    /// Their int8 codes, row-major in the order of `items` (one linear pass per target instead
+    /// of a look-up per item), and their inverse norms.
+    codes: Vec<i8>,
+    inv_norm: Vec<f64>,
     /// Behaviours per category.
     by_category: HashMap<u32, Matches>,
     /// Behaviours per SemID prefix, keyed by [`prefix_key`].
@@ -286,19 +343,20 @@ impl HistorySummary {
     /// the length only. One look-up per behaviour finds its item; categories and SemID
     /// prefixes are then grouped over the distinct items, which are far fewer.
     pub fn new(items: &ItemTable, hist: &[Event]) -> HistorySummary {
-        // Per distinct item, newest first (so that an item's first behaviour is its newest).
-        let mut slot: HashMap<u64, usize> = HashMap::new();
+        // Per distinct item, newest first (so that an item's first behaviour is its newest),
+        // found through its row: one look-up per behaviour.
+        let mut slot = vec![u32::MAX; items.len()];
         let mut per_item: Vec<(u32, Matches)> = Vec::new();
         for (back, e) in hist.iter().rev().enumerate() {
-            match slot.get(&e.item) {
-                Some(&k) => per_item[k].1.add(back),
-                None => {
-                    let Some(row) = items.row(e.item) else {
-                        continue;
-                    };
-                    slot.insert(e.item, per_item.len());
+            let Some(row) = items.row(e.item) else {
+                continue;
+            };
+            match slot[row as usize] {
+                u32::MAX => {
+                    slot[row as usize] = per_item.len() as u32;
                     per_item.push((row, Matches::first(back)));
                 }
+                k => per_item[k as usize].1.add(back),
             }
         }
         let mut out = HistorySummary {
@@ -315,7 +373,8 @@ impl HistorySummary {
             }
             if items.has_emb[r] {
                 out.items.push((*row, m.count));
-                out.embeddings.extend_from_slice(items.embedding(*row));
+                out.codes.extend_from_slice(items.codes(*row));
+                out.inv_norm.push(items.inv_norm[r]);
             }
         }
         out
@@ -390,7 +449,9 @@ impl HistorySummary {
     }
 
     /// Add each behaviour's count to the bin of its cosine with each target, at offset `at` of
-    /// the target's row of `out` (rows `width` long), item blocks outside, targets inside.
+    /// the target's row of `out` (rows `width` long): items outside, every target's exact int8
+    /// dot product with the item at once inside ([`dot_queries`], the best kernel for the
+    /// CPU), so the bins are the same whatever the CPU and however many targets there are.
     fn cosine_histograms(
         &self,
         out: &mut [f32],
@@ -399,102 +460,63 @@ impl HistorySummary {
         width: usize,
         at: usize,
     ) {
-        /// Items per block: 256 embeddings of 64 floats are 64 KB, within a core's L2.
-        const BLOCK: usize = 256;
         let dim = items.dim;
         if dim == 0 {
             return;
         }
-        let embedded: Vec<(usize, &[f32])> = targets
+        let embedded: Vec<(usize, u32)> = targets
             .iter()
             .enumerate()
             .filter(|&(_, &t)| t != NO_ROW && items.has_emb[t as usize])
-            .map(|(k, &t)| (k, items.embedding(t)))
+            .map(|(k, &t)| (k, t))
             .collect();
-        let add = histogram_kernel();
-        let blocks = self
-            .embeddings
-            .chunks(BLOCK * dim)
-            .zip(self.items.chunks(BLOCK));
-        for (embs, block) in blocks {
-            for &(k, t) in &embedded {
-                add(&mut out[k * width + at..][..SIMTIER_BINS], embs, block, t);
+        let inv_t: Vec<f64> = embedded
+            .iter()
+            .map(|&(_, t)| items.inv_norm[t as usize])
+            .collect();
+        let queries = Queries::new(
+            embedded.iter().map(|&(_, t)| items.codes(t)),
+            dim,
+            &vec![1.0; embedded.len()],
+        );
+        let n = embedded.len();
+        let (mut dots, mut bins) = (vec![0i32; n], vec![0u8; n]);
+        let codes = self.codes.chunks_exact(dim);
+        for ((e, &(_, count)), &inv_e) in codes.zip(&self.items).zip(&self.inv_norm) {
+            dot_queries(e, &queries, &mut dots);
+            cosine_bins(&mut bins, &dots, &inv_t, inv_e);
+            for (&b, &(k, _)) in bins.iter().zip(&embedded) {
+                out[k * width + at + b as usize] += count as f32;
             }
         }
     }
 }
 
-/// `hist[bin(cos(e, t))] += count` for each embedding `e` of `embs` (rows of `t.len()`) and
-/// its item's count in `block`.
-type HistogramKernel = fn(&mut [f32], &[f32], &[(u32, u32)], &[f32]);
-
-/// The histogram kernel for this CPU: with AVX where it has it ([`dot_avx`]), else the
-/// portable [`dot`]. The same numbers either way, so training (one target) and serving (many)
-/// round alike on any x86-64.
-fn histogram_kernel() -> HistogramKernel {
+/// `bins[t] =` the [`simtier_bin`] of the cosine of dot product `dots[t]` with inverse norms
+/// `inv_t[t]` and `inv_e`: a loop of its own, which the compiler vectorises, built for AVX2 as
+/// well where the CPU has it (the same IEEE operations either way, so the same bins).
+fn cosine_bins(bins: &mut [u8], dots: &[i32], inv_t: &[f64], inv_e: f64) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx") {
-            // SAFETY: chosen only when the CPU has AVX.
-            return |h, e, b, t| unsafe { histogram_avx(h, e, b, t) };
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: chosen only when the CPU has AVX2.
+            return unsafe { cosine_bins_avx2(bins, dots, inv_t, inv_e) };
         }
     }
-    |h, e, b, t| histogram_with(h, e, b, t, dot)
+    cosine_bins_with(bins, dots, inv_t, inv_e)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-unsafe fn histogram_avx(hist: &mut [f32], embs: &[f32], block: &[(u32, u32)], t: &[f32]) {
-    // SAFETY: this function runs only on a CPU with AVX.
-    histogram_with(hist, embs, block, t, |e, t| unsafe { dot_avx(e, t) });
+#[target_feature(enable = "avx2")]
+unsafe fn cosine_bins_avx2(bins: &mut [u8], dots: &[i32], inv_t: &[f64], inv_e: f64) {
+    cosine_bins_with(bins, dots, inv_t, inv_e)
 }
 
 #[inline(always)]
-fn histogram_with(
-    hist: &mut [f32],
-    embs: &[f32],
-    block: &[(u32, u32)],
-    t: &[f32],
-    dot: impl Fn(&[f32], &[f32]) -> f32,
-) {
-    for (e, &(_, count)) in embs.chunks_exact(t.len()).zip(block) {
-        hist[simtier_bin(dot(e, t))] += count as f32;
+fn cosine_bins_with(bins: &mut [u8], dots: &[i32], inv_t: &[f64], inv_e: f64) {
+    for (b, (&dot, &inv)) in bins.iter_mut().zip(dots.iter().zip(inv_t)) {
+        *b = simtier_bin(cosine_of(dot, inv, inv_e)) as u8;
     }
-}
-
-/// [`dot`] with its eight running sums in one 256-bit register: lane `j` takes the products
-/// of elements `j`, `j + 8`, ... in the same order, each a multiply then an add (never fused),
-/// and the lanes and the tail are summed in [`dot`]'s order, so the result is the same bit for
-/// bit. (The compiler, left to vectorise [`dot`] itself under AVX, kept 128-bit halves and
-/// shuffled between them.)
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-unsafe fn dot_avx(a: &[f32], b: &[f32]) -> f32 {
-    use std::arch::x86_64::{
-        _mm256_add_ps, _mm256_loadu_ps, _mm256_mul_ps, _mm256_setzero_ps, _mm256_storeu_ps,
-    };
-    let n = a.len().min(b.len());
-    let whole = n / 8 * 8;
-    let mut acc = _mm256_setzero_ps();
-    for i in (0..whole).step_by(8) {
-        // SAFETY: `i + 8 <= whole <= n`, within both slices.
-        let (x, y) = unsafe {
-            (
-                _mm256_loadu_ps(a.as_ptr().add(i)),
-                _mm256_loadu_ps(b.as_ptr().add(i)),
-            )
-        };
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(x, y));
-    }
-    let mut l = [0f32; 8];
-    // SAFETY: `l` holds eight floats.
-    unsafe { _mm256_storeu_ps(l.as_mut_ptr(), acc) };
-    let tail: f32 = a[whole..n]
-        .iter()
-        .zip(&b[whole..n])
-        .map(|(x, y)| x * y)
-        .sum();
-    ((l[0] + l[4]) + (l[1] + l[5])) + ((l[2] + l[6]) + (l[3] + l[7])) + tail
 }
 
 impl SampleSet {

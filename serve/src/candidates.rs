@@ -7,10 +7,9 @@
 //! same catalog rows, so a candidate scored here gets exactly the features training would have
 //! given the impression `(user, candidate, at)`; a test checks it.
 
-use std::collections::HashSet;
 use std::time::Instant;
 
-use siren_engine::{Event, Item, ReadRange, Snapshot};
+use siren_engine::{Event, ReadRange, Snapshot};
 use siren_model::data::Impression;
 use siren_model::features::{assemble, token, HistorySummary, ItemTable, SampleSet, Token, NO_ROW};
 use siren_model::SeqKind;
@@ -121,7 +120,7 @@ pub fn candidate_samples(
 }
 
 /// Every item a feature refers to: the candidates, the retrieved behaviours' items, then the
-/// history's (for the evidence features).
+/// history's (for the evidence features), read from the catalog as stored (no copies).
 fn item_table(
     snap: &Snapshot,
     targets: &Targets,
@@ -129,17 +128,21 @@ fn item_table(
     history: &[Event],
     dim: usize,
 ) -> ItemTable {
-    let mut rows: Vec<Item> = targets.items.iter().flatten().cloned().collect();
-    let mut seen: HashSet<u64> = rows.iter().map(|it| it.id).collect();
+    let mut table = ItemTable::new(dim);
+    for it in targets.items.iter().flatten() {
+        if let Some(r) = snap.item_ref(it.id) {
+            table.push_ref(&r);
+        }
+    }
     let behaviours = per_seq.iter().flatten().flatten().map(|r| &r.event);
     for e in behaviours.chain(history) {
-        if seen.insert(e.item) {
-            if let Some(it) = snap.item(e.item) {
-                rows.push(it);
+        if !table.contains(e.item) {
+            if let Some(r) = snap.item_ref(e.item) {
+                table.push_ref(&r);
             }
         }
     }
-    ItemTable::from_items(rows, dim)
+    table
 }
 
 /// Per impression, one token list per sequence.

@@ -105,8 +105,8 @@ fn workload(args: &Args) -> String {
          demo): {} users x {} events, catalog of {} items with {}-d embeddings and 3-level SemIDs, \
          70% of events from three long-term interest clusters. Events arrive interleaved by time \
          as a live stream, {} per acknowledged fsynced write. Short histories: {} users of \
-         `siren_model::synth::Planted` (log-uniform 20 to 200 events, at least 250 each, catalog \
-         of 50,000 items), bytes only. MovieLens latest-small when present.\n\n",
+         `siren_model::synth::Planted` (drawn log-uniform from 20 to 200 events and raised to the \
+         generator's minimum of 250 each, catalog of 50,000 items), bytes only. MovieLens latest-small when present.\n\n",
         args.users, args.events_per_user, args.items, args.dim, args.batch, args.short_users
     )
 }
