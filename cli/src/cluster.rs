@@ -113,6 +113,11 @@ pub struct UpArgs {
     /// SemID codebook for items upserted without a SemID.
     #[arg(long)]
     codebook: Option<PathBuf>,
+    /// A `siren serve` configuration file every node and router starts from (engine settings,
+    /// limits, tokens); the listen address, data directory and cluster flags `up` gives each
+    /// member override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
     #[arg(long, default_value_t = 1000)]
     heartbeat_ms: u64,
     /// A node is dead (and its partitions re-placed) once silent this long.
@@ -263,7 +268,12 @@ fn start_member(
         .args(["--cluster-name", cluster, "--node-id", &id, "--role", role])
         .args(["--heartbeat-ms", &a.heartbeat_ms.to_string()])
         .args(["--dead-after-ms", &a.dead_after_ms.to_string()]);
-    for (flag, path) in [("--model", &a.model), ("--codebook", &a.codebook)] {
+    let paths = [
+        ("--config", &a.config),
+        ("--model", &a.model),
+        ("--codebook", &a.codebook),
+    ];
+    for (flag, path) in paths {
         if let Some(p) = path {
             cmd.arg(flag).arg(absolute(p)?);
         }

@@ -21,6 +21,7 @@ use siren_engine::{
 };
 use siren_lab::chart::{self, Panel, Series};
 use siren_lab::movielens::{MovieLens, MovieLensPaths};
+use siren_lab::report::machine;
 use siren_model::synth::{self, HistoryEntropy, Planted, PlantedConfig, SynthConfig};
 use siren_serve::{Ranker, Retrieval, ScoreOptions, ScoreTimings};
 
@@ -655,29 +656,6 @@ fn ms(s: f64) -> String {
     } else {
         format!("{:.2} ms", s * 1e3)
     }
-}
-
-fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into());
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|k| k.parse::<f64>().ok())
-        })
-        .map_or("?".into(), |k| format!("{:.0} GiB", k / 1024.0 / 1024.0));
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("{cpu}, {cores} cores, {mem} RAM")
 }
 
 /// Everything one run measures, for the targets, the plots and the reports.
