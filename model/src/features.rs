@@ -124,15 +124,10 @@ impl ItemTable {
         t
     }
 
-    /// Whether `id` has a row.
-    pub fn contains(&self, id: u64) -> bool {
-        self.index.contains_key(&id)
-    }
-
-    /// Add a catalog item as stored (nothing when `id` has a row already).
-    pub fn push_ref(&mut self, it: &ItemRef<'_>) {
+    /// Add a catalog item as stored (nothing when `id` has a row already); its row.
+    pub fn push_ref(&mut self, it: &ItemRef<'_>) -> u32 {
         let emb = it.embedding.map(|(q, scale)| (dequantize(q, scale), q));
-        self.push_parts(it.id, it.category, it.semid, emb);
+        self.push_parts(it.id, it.category, it.semid, emb)
     }
 
     /// Add a row: its embedding's values and int8 codes, when it has one of `dim` values.
@@ -142,11 +137,12 @@ impl ItemTable {
         category: u32,
         semid: Option<SemId>,
         embedding: Option<(impl Iterator<Item = f32> + Clone, &[i8])>,
-    ) {
-        if self.index.contains_key(&id) {
-            return;
+    ) -> u32 {
+        if let Some(&row) = self.index.get(&id) {
+            return row;
         }
-        self.index.insert(id, self.ids.len() as u32);
+        let row = self.ids.len() as u32;
+        self.index.insert(id, row);
         self.ids.push(id);
         self.category.push(category);
         self.semid.push(semid);
@@ -167,6 +163,7 @@ impl ItemTable {
                 self.inv_norm.push(0.0);
             }
         }
+        row
     }
 
     pub fn len(&self) -> usize {
@@ -343,14 +340,23 @@ impl HistorySummary {
     /// the length only. One look-up per behaviour finds its item; categories and SemID
     /// prefixes are then grouped over the distinct items, which are far fewer.
     pub fn new(items: &ItemTable, hist: &[Event]) -> HistorySummary {
-        // Per distinct item, newest first (so that an item's first behaviour is its newest),
-        // found through its row: one look-up per behaviour.
+        let rows: Vec<u32> = hist
+            .iter()
+            .map(|e| items.row(e.item).unwrap_or(NO_ROW))
+            .collect();
+        HistorySummary::from_rows(items, &rows)
+    }
+
+    /// [`Self::new`] of a history whose behaviours' rows in `items` are known (oldest first,
+    /// [`NO_ROW`] for an item without one): serving finds them while it fills the table.
+    pub fn from_rows(items: &ItemTable, rows: &[u32]) -> HistorySummary {
+        // Per distinct item, newest first (so that an item's first behaviour is its newest).
         let mut slot = vec![u32::MAX; items.len()];
         let mut per_item: Vec<(u32, Matches)> = Vec::new();
-        for (back, e) in hist.iter().rev().enumerate() {
-            let Some(row) = items.row(e.item) else {
+        for (back, &row) in rows.iter().rev().enumerate() {
+            if row == NO_ROW {
                 continue;
-            };
+            }
             match slot[row as usize] {
                 u32::MAX => {
                     slot[row as usize] = per_item.len() as u32;
@@ -360,7 +366,7 @@ impl HistorySummary {
             }
         }
         let mut out = HistorySummary {
-            len: hist.len(),
+            len: rows.len(),
             ..HistorySummary::default()
         };
         for (row, m) in &per_item {

@@ -80,7 +80,7 @@ pub fn candidate_samples(
     };
 
     let t = Instant::now();
-    let items = item_table(snap, &targets, &per_seq, &history, dim);
+    let (items, history_rows) = item_table(snap, &targets, &per_seq, &history, dim);
     let imps: Vec<Impression> = candidates
         .iter()
         .map(|&item| Impression {
@@ -95,7 +95,7 @@ pub fn candidate_samples(
     let spec: Vec<(SeqKind, usize)> = plan.iter().map(|p| (p.slot, p.len)).collect();
     let mut set = assemble(&items, &imps, &spec, tokens);
     if let Some(levels) = evidence {
-        let summary = HistorySummary::new(&items, &history);
+        let summary = HistorySummary::from_rows(&items, &history_rows);
         set.evidence = summary.evidence_of(&items, &set.target_row, levels);
     }
     let retrieved = match plan
@@ -120,29 +120,31 @@ pub fn candidate_samples(
 }
 
 /// Every item a feature refers to: the candidates, the retrieved behaviours' items, then the
-/// history's (for the evidence features), read from the catalog as stored (no copies).
+/// history's (for the evidence features), read from the catalog as stored (no copies); with
+/// the history's rows in it (oldest first, [`NO_ROW`] for an item the catalog lacks), found
+/// with one look-up per behaviour.
 fn item_table(
     snap: &Snapshot,
     targets: &Targets,
     per_seq: &[Vec<Vec<Retrieved>>],
     history: &[Event],
     dim: usize,
-) -> ItemTable {
+) -> (ItemTable, Vec<u32>) {
     let mut table = ItemTable::new(dim);
+    let mut row_of = |table: &mut ItemTable, id: u64| match table.row(id) {
+        Some(row) => row,
+        None => snap
+            .item_ref(id)
+            .map_or(NO_ROW, |it| table.push_ref(&it)),
+    };
     for it in targets.items.iter().flatten() {
-        if let Some(r) = snap.item_ref(it.id) {
-            table.push_ref(&r);
-        }
+        row_of(&mut table, it.id);
     }
-    let behaviours = per_seq.iter().flatten().flatten().map(|r| &r.event);
-    for e in behaviours.chain(history) {
-        if !table.contains(e.item) {
-            if let Some(r) = snap.item_ref(e.item) {
-                table.push_ref(&r);
-            }
-        }
+    for r in per_seq.iter().flatten().flatten() {
+        row_of(&mut table, r.event.item);
     }
-    table
+    let rows = history.iter().map(|e| row_of(&mut table, e.item)).collect();
+    (table, rows)
 }
 
 /// Per impression, one token list per sequence.
