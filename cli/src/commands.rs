@@ -217,12 +217,21 @@ pub struct TrainFlags {
     /// Leave the time gap between behaviour and impression out of every model's tokens.
     #[arg(long)]
     no_gap: bool,
+    /// Leave the user-id embedding out of every model.
+    #[arg(long)]
+    no_user_id: bool,
+    /// Leave the target's projected multimodal embedding out of every model (its vectors then
+    /// enter only through cosines: the GSU, similarity buckets, SimTier, SA-TA).
+    #[arg(long)]
+    no_mm_target: bool,
     /// Dropout on every model's head input while training (0 = none).
     #[arg(long, default_value_t = 0.0, value_parser = dropout_rate)]
     dropout: f32,
     /// MUSE's reference regime, overriding the flags above: one epoch, batch 1,000, dense
     /// learning rate 2e-4, embedding learning rate 2e-3, embedding std 0.001, no action or
-    /// time-gap features, and the validation impressions trained on (no hold-out).
+    /// time-gap features, no projected multimodal target embedding, and the validation
+    /// impressions trained on (no hold-out). The user id stays (the reference's head has user
+    /// embeddings); `--no-user-id` drops it too.
     #[arg(long)]
     reference: bool,
 }
@@ -249,6 +258,7 @@ impl TrainFlags {
             embedding_std: 1e-3,
             no_action: true,
             no_gap: true,
+            no_mm_target: true,
             ..self.clone()
         }
     }
@@ -259,6 +269,8 @@ impl TrainFlags {
         ModelConfig {
             no_action: f.no_action,
             no_gap: f.no_gap,
+            no_user_id: f.no_user_id,
+            no_mm_target: f.no_mm_target,
             dropout: f.dropout,
             ..cfg
         }

@@ -511,10 +511,13 @@ pub struct CheckpointConfig {
 }
 
 /// Version 2 added the file's own checksum; version 3 the item click statistics (a build that
-/// reads only version 2 would otherwise take a `-ctr` model's file for a damaged one).
-pub const CHECKPOINT_VERSION: u32 = 3;
+/// reads only version 2 would otherwise take a `-ctr` model's file for a damaged one); version
+/// 4 the model switches `no_user_id` and `no_mm_target` (likewise: an older build would drop
+/// them and fail the checksum).
+pub const CHECKPOINT_VERSION: u32 = 4;
 
-/// Version 2 checkpoints (no click statistics) still load.
+/// Version 2 and 3 checkpoints (no click statistics, no user-id or multimodal switches) still
+/// load.
 pub const OLDEST_CHECKPOINT_VERSION: u32 = 2;
 
 impl crate::sealed::Sealed for CheckpointConfig {

@@ -194,15 +194,64 @@ fn item_click_statistics_never_count_a_samples_own_label() {
     );
 }
 
+/// `no_user_id` and `no_mm_target` take the user table and the target's multimodal projection
+/// out of every model kind (its checkpoint holds neither), the model trains and predicts, and
+/// the switches survive the checkpoint.
+#[test]
+fn the_user_id_and_multimodal_target_switches_remove_their_parameters() {
+    let (_dir, data) = small();
+    // sim-hard shares DIN's backbone and siren-soft siren-hard's.
+    for name in ["no-seq", "din", "muse", "siren-hard", "din+mmoe"] {
+        for (no_user_id, no_mm_target) in [(true, false), (false, true), (true, true)] {
+            let c = ModelConfig {
+                no_user_id,
+                no_mm_target,
+                ..cfg(name)
+            };
+            let label = format!("{name}, no_user_id {no_user_id}, no_mm_target {no_mm_target}");
+            let (t, ck) = saved_as(c.clone(), &data);
+            assert!(
+                t.history.iter().all(|h| h.train_loss.is_finite()),
+                "{label}"
+            );
+            let loaded = load_checkpoint(ck.path()).unwrap();
+            assert_eq!(loaded.cfg.model, c, "{label}");
+            let names: Vec<String> = loaded
+                .params
+                .named_tensors()
+                .unwrap()
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            let has = |t: &str| {
+                names
+                    .iter()
+                    .any(|n| n == t || n.ends_with(&format!(".{t}")))
+            };
+            assert!(has("item.weight"), "{label}: {names:?}");
+            assert_eq!(has("user.weight"), !no_user_id, "{label}: {names:?}");
+            assert_eq!(has("mm.weight"), !no_mm_target, "{label}: {names:?}");
+            let want = predict(t.model.as_ref(), &c, &data, &data.test, 1024).unwrap();
+            let got = predict(loaded.model.as_ref(), &c, &data, &data.test, 1024).unwrap();
+            assert_eq!(got, want, "{label}: checkpoint changes predictions");
+        }
+    }
+}
+
 /// Model `name` trained one epoch on `data` and saved: the trained model and its checkpoint
 /// directory.
 fn saved(name: &str, data: &Prepared) -> (Trained, tempfile::TempDir) {
+    saved_as(cfg(name), data)
+}
+
+/// Model `c` trained one epoch on `data` and saved.
+fn saved_as(c: ModelConfig, data: &Prepared) -> (Trained, tempfile::TempDir) {
     let tc = TrainConfig {
         epochs: 1,
         batch_size: 64,
         ..TrainConfig::default()
     };
-    let t = train(&cfg(name), &tc, data).unwrap();
+    let t = train(&c, &tc, data).unwrap();
     let ck = tempfile::tempdir().unwrap();
     t.save(ck.path(), &data.vocabs, data.levels).unwrap();
     (t, ck)
@@ -251,31 +300,35 @@ fn a_checkpoint_with_inconsistent_click_statistics_is_refused() {
     }
 }
 
-/// A version-2 checkpoint (written before the click statistics) still loads and predicts as
-/// the model it holds; a version above this build's is refused by its version.
+/// Version-2 and version-3 checkpoints (written before the click statistics, and before the
+/// user-id and multimodal switches) still load and predict as the model they hold; a version
+/// above this build's is refused by its version.
 #[test]
-fn version_2_checkpoints_still_load() {
+fn version_2_and_3_checkpoints_still_load() {
     let (_dir, data) = small();
     let c = cfg("siren-hard");
     let (t, ck) = saved("siren-hard", &data);
-    let mut old = load_checkpoint(ck.path()).unwrap().cfg;
-    assert_eq!(old.format_version, 3);
-    old.format_version = 2;
-    let json = siren_model::sealed::seal(&mut old);
-    std::fs::write(ck.path().join("config.json"), &json).unwrap();
-    let loaded = load_checkpoint(ck.path()).unwrap();
-    assert_eq!(loaded.cfg.format_version, 2);
     let want = predict(t.model.as_ref(), &c, &data, &data.test, 1024).unwrap();
-    let got = predict(loaded.model.as_ref(), &c, &data, &data.test, 1024).unwrap();
-    assert_eq!(got, want);
-    let mut newer = loaded.cfg;
-    newer.format_version = 4;
+    let current = load_checkpoint(ck.path()).unwrap().cfg;
+    assert_eq!(current.format_version, 4);
+    for version in [2, 3] {
+        let mut old = current.clone();
+        old.format_version = version;
+        let json = siren_model::sealed::seal(&mut old);
+        std::fs::write(ck.path().join("config.json"), &json).unwrap();
+        let loaded = load_checkpoint(ck.path()).unwrap();
+        assert_eq!(loaded.cfg.format_version, version);
+        let got = predict(loaded.model.as_ref(), &c, &data, &data.test, 1024).unwrap();
+        assert_eq!(got, want, "version {version}");
+    }
+    let mut newer = current;
+    newer.format_version = 5;
     let json = siren_model::sealed::seal(&mut newer);
     std::fs::write(ck.path().join("config.json"), &json).unwrap();
     match load_checkpoint(ck.path()) {
-        Err(siren_model::ModelError::UnsupportedVersion { found: 4, .. }) => {}
+        Err(siren_model::ModelError::UnsupportedVersion { found: 5, .. }) => {}
         Err(e) => panic!("{e}"),
-        Ok(_) => panic!("a version-4 checkpoint loaded"),
+        Ok(_) => panic!("a version-5 checkpoint loaded"),
     }
 }
 

@@ -141,9 +141,12 @@ fn fused_forward_equals_candle_on_every_covered_variant() {
                         heads: 2,
                         evidence: with_evidence,
                         item_labels: with_labels,
-                        // The behaviours' action and time gap left out in turn.
+                        // The behaviours' action and time gap left out in turn, and the
+                        // user id and projected multimodal target across the variants.
                         no_action: seed == 2,
                         no_gap: seed == 3,
+                        no_user_id: (v + seed as usize).is_multiple_of(3),
+                        no_mm_target: (v + recent + seed as usize).is_multiple_of(2),
                         ..ModelConfig::named(name).unwrap()
                     };
                     let p = Params::new(seed, &Device::Cpu);
@@ -152,6 +155,8 @@ fn fused_forward_equals_candle_on_every_covered_variant() {
                     let weights = Named::new(p.named_tensors().unwrap());
                     assert_eq!(weights.has("evidence.weight"), with_evidence);
                     assert_eq!(weights.has("item_labels.weight"), with_labels);
+                    assert_eq!(weights.has("user.weight"), !cfg.no_user_id);
+                    assert_eq!(weights.has("mm.weight"), !cfg.no_mm_target);
                     let fused = FusedEsu::load(&cfg, &weights).unwrap().expect("covered");
                     let label = format!("{} recent {recent} seed {seed}", cfg.name());
                     for (req, cands) in &requests {

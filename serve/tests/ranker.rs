@@ -10,12 +10,16 @@ use std::sync::Arc;
 use common::{cfg, close, reference, small_with_db};
 use siren_engine::{Item, SemId};
 use siren_model::data::Impression;
+use siren_model::models::{ModelConfig, ModelKind};
 use siren_model::semid::{Codebook, RqKmeansConfig};
 use siren_model::train::{train, Prepared, TrainConfig};
 use siren_serve::{Ranker, Retrieval, ScoreOptions, ServeError, ServedModel};
 
 fn trained(data: &Prepared, name: &str, seed: u64, dir: &std::path::Path) -> ServedModel {
-    let c = cfg(name);
+    trained_as(data, cfg(name), seed, dir)
+}
+
+fn trained_as(data: &Prepared, c: ModelConfig, seed: u64, dir: &std::path::Path) -> ServedModel {
     let tc = TrainConfig {
         epochs: 1,
         batch_size: 64,
@@ -39,19 +43,32 @@ fn candidates(data: &Prepared, i: usize) -> (Impression, Vec<u64>) {
 #[test]
 fn ranker_scores_equal_training_predictions() {
     let (_dir, db, data) = small_with_db();
-    for (name, gsu) in [
-        ("siren-hard", Retrieval::Hard),
-        ("siren-soft", Retrieval::Soft),
-        ("muse", Retrieval::Soft),
-        ("sim-hard", Retrieval::Hard),
-        ("din", Retrieval::Hard),
+    // Without the user id and the projected multimodal target (`--no-user-id`,
+    // `--no-mm-target`): the fused forward, then candle.
+    let switched = |name| ModelConfig {
+        no_user_id: true,
+        no_mm_target: true,
+        ..cfg(name)
+    };
+    for (c, gsu) in [
+        (cfg("siren-hard"), Retrieval::Hard),
+        (cfg("siren-soft"), Retrieval::Soft),
+        (cfg("muse"), Retrieval::Soft),
+        (cfg("sim-hard"), Retrieval::Hard),
+        (cfg("din"), Retrieval::Hard),
         // With the target's click statistics: the fused forward, then candle.
-        ("siren-hard-ctr", Retrieval::Hard),
-        ("sim-hard-ctr", Retrieval::Hard),
+        (cfg("siren-hard-ctr"), Retrieval::Hard),
+        (cfg("sim-hard-ctr"), Retrieval::Hard),
+        (switched("siren-soft"), Retrieval::Soft),
+        (switched("muse"), Retrieval::Soft),
     ] {
+        let name = c.name();
+        let name = name.as_str();
+        let siren = matches!(c.kind, ModelKind::SirenSoft | ModelKind::SirenHard);
         let ck = tempfile::tempdir().unwrap();
-        let ranker = Ranker::new(&db, Some(trained(&data, name, 1, ck.path())), None).unwrap();
+        let ranker = Ranker::new(&db, Some(trained_as(&data, c, 1, ck.path())), None).unwrap();
         let m = ranker.model().unwrap();
+        assert_eq!(m.is_fused(), siren, "{name}");
         for i in [0, 17, 40] {
             let (imp, cands) = candidates(&data, i);
             let opts = ScoreOptions {

@@ -80,6 +80,16 @@ pub struct ModelConfig {
     /// Leave the time gap between a behaviour and the impression out of its token.
     #[serde(default)]
     pub no_gap: bool,
+    /// Leave the user-id embedding out of the head (MUSE's reference models have one; the
+    /// switch measures what it adds). Not serialised when off, so that checkpoints written
+    /// before it keep their canonical form.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_user_id: bool,
+    /// Leave the target's multimodal embedding, projected to the model width, out of the head
+    /// and of SIREN's target token, as MUSE's reference code does (its multimodal vectors
+    /// enter only through cosines). Not serialised when off.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_mm_target: bool,
     /// Feed the head the target item's click statistics in training (`crate::labels`), any
     /// model (the name suffix `-ctr`). Not serialised when off, so that checkpoints written
     /// before it keep their canonical form.
@@ -249,6 +259,8 @@ impl ModelConfig {
             dropout: 0.0,
             no_action: false,
             no_gap: false,
+            no_user_id: false,
+            no_mm_target: false,
             item_labels: false,
         };
         // (kind, sim buckets, prefix SemIDs, evidence)
@@ -320,6 +332,12 @@ impl ModelConfig {
             }
         }
         n
+    }
+
+    /// How many columns of the model width the user id and the projected multimodal target
+    /// give the head: 0 to 2 (fewer with `no_user_id`, `no_mm_target`).
+    pub fn user_and_mm_columns(&self) -> usize {
+        usize::from(!self.no_user_id) + usize::from(!self.no_mm_target)
     }
 
     /// The sequences this model reads from the engine.
@@ -399,12 +417,14 @@ pub(crate) trait Backbone: Send + Sync {
 struct Ids {
     item: EmbeddingTable,
     category: EmbeddingTable,
-    user: EmbeddingTable,
+    /// Absent when the config leaves the user id out.
+    user: Option<EmbeddingTable>,
     /// Behaviour context: the action and the time gap (absent when the config leaves them out).
     action: Option<EmbeddingTable>,
     gap: Option<EmbeddingTable>,
-    /// The target's multimodal embedding projected to the model width.
-    mm: Linear,
+    /// The target's multimodal embedding projected to the model width (absent when the config
+    /// leaves it out).
+    mm: Option<Linear>,
 }
 
 impl Ids {
@@ -413,15 +433,29 @@ impl Ids {
         Ok(Ids {
             item: p.embedding("item", d.items, dim)?,
             category: p.embedding("category", d.categories, dim)?,
-            user: p.embedding("user", d.users, dim)?,
+            user: (!cfg.no_user_id)
+                .then(|| p.embedding("user", d.users, dim))
+                .transpose()?,
             action: (!cfg.no_action)
                 .then(|| p.embedding("action", 256, dim))
                 .transpose()?,
             gap: (!cfg.no_gap)
                 .then(|| p.embedding("gap", GAP_BUCKETS, dim))
                 .transpose()?,
-            mm: p.linear("mm", d.emb_dim.max(1), dim)?,
+            mm: (!cfg.no_mm_target)
+                .then(|| p.linear("mm", d.emb_dim.max(1), dim))
+                .transpose()?,
         })
+    }
+
+    /// The user's embedding `[B, d]`, when the model has one.
+    fn user(&self, b: &Batch) -> Result<Option<Tensor>> {
+        self.user.as_ref().map(|u| u.forward(&b.user)).transpose()
+    }
+
+    /// The target's projected multimodal embedding `[B, d]`, when the model reads it.
+    fn mm(&self, b: &Batch) -> Result<Option<Tensor>> {
+        self.mm.as_ref().map(|m| m.forward(&b.emb)).transpose()
     }
 
     /// `x` plus each behaviour's action and time-gap embeddings, when the model reads them.
@@ -502,15 +536,13 @@ struct NoSeq {
 
 impl Backbone for NoSeq {
     fn features(&self, b: &Batch) -> Result<Tensor> {
-        Tensor::cat(
-            &[
-                &self.ids.item.forward(&b.item)?,
-                &self.ids.category.forward(&b.category)?,
-                &self.ids.user.forward(&b.user)?,
-                &self.ids.mm.forward(&b.emb)?,
-            ],
-            1,
-        )
+        let mut feats = vec![
+            self.ids.item.forward(&b.item)?,
+            self.ids.category.forward(&b.category)?,
+        ];
+        feats.extend(self.ids.user(b)?);
+        feats.extend(self.ids.mm(b)?);
+        Tensor::cat(&feats, 1)
     }
 }
 
@@ -525,14 +557,10 @@ impl Backbone for Din {
     fn features(&self, b: &Batch) -> Result<Tensor> {
         let s = seq(b, self.kind)?;
         let q = self.ids.target(b)?;
-        Tensor::cat(
-            &[
-                &self.interest.features(&self.ids, &q, s)?,
-                &self.ids.user.forward(&b.user)?,
-                &self.ids.mm.forward(&b.emb)?,
-            ],
-            1,
-        )
+        let mut feats = vec![self.interest.features(&self.ids, &q, s)?];
+        feats.extend(self.ids.user(b)?);
+        feats.extend(self.ids.mm(b)?);
+        Tensor::cat(&feats, 1)
     }
 }
 
@@ -576,18 +604,18 @@ impl Backbone for Muse {
         let w = masked_softmax(&logit, &long.mask)?;
         let sata = w.unsqueeze(1)?.matmul(&vv)?.squeeze(1)?;
         let tier = self.simtier.forward(&long.simtier)?;
-        Tensor::cat(
-            &[
-                &self.ids.mm.forward(&bt.emb)?,
-                &self.ids.user.forward(&bt.user)?,
-                &din,
-                &sata,
-                &tier,
-                &masked_mean(&short_keys, &short.mask)?,
-                &masked_mean(&self.ids.behaviours(long)?, &long.mask)?,
-            ],
-            1,
-        )
+        // The projected embedding comes first here, then the user (their order since MUSE's
+        // first checkpoints).
+        let mut feats: Vec<Tensor> = self.ids.mm(bt)?.into_iter().collect();
+        feats.extend(self.ids.user(bt)?);
+        feats.extend([
+            din,
+            sata,
+            tier,
+            masked_mean(&short_keys, &short.mask)?,
+            masked_mean(&self.ids.behaviours(long)?, &long.mask)?,
+        ]);
+        Tensor::cat(&feats, 1)
     }
 }
 
@@ -630,8 +658,11 @@ impl Siren {
 impl Backbone for Siren {
     fn features(&self, b: &Batch) -> Result<Tensor> {
         let s = seq(b, self.kind)?;
-        let mut tgt = (self.ids.target_sum(b)? + self.ids.mm.forward(&b.emb)?)?
-            .broadcast_add(&self.target_type)?;
+        let mut tgt = self.ids.target_sum(b)?;
+        if let Some(mm) = self.ids.mm(b)? {
+            tgt = (tgt + mm)?;
+        }
+        tgt = tgt.broadcast_add(&self.target_type)?;
         if let Some((levels, _)) = &self.prefix {
             tgt = (tgt + sum_levels(levels, &b.prefix)?)?;
         }
@@ -645,11 +676,9 @@ impl Backbone for Siren {
         }
         let interest = last.forward_first(&x, &bias)?;
         let q = self.ids.target(b)?;
-        let mut feats = vec![
-            interest,
-            self.ids.user.forward(&b.user)?,
-            self.ids.mm.forward(&b.emb)?,
-        ];
+        let mut feats = vec![interest];
+        feats.extend(self.ids.user(b)?);
+        feats.extend(self.ids.mm(b)?);
         match &self.recent {
             Some(branch) => feats.push(branch.features(&self.ids, &q, seq(b, SeqKind::Recent)?)?),
             None => feats.push(q),
@@ -695,8 +724,9 @@ pub(crate) struct Body {
 pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<Body> {
     let dim = cfg.dim;
     let ids = Ids::new(p, d, cfg)?;
+    let context = cfg.user_and_mm_columns();
     let (net, width, head): (Box<dyn Backbone>, usize, Vec<usize>) = match cfg.kind {
-        ModelKind::NoSeq => (Box::new(NoSeq { ids }), 4 * dim, vec![64, 32]),
+        ModelKind::NoSeq => (Box::new(NoSeq { ids }), (2 + context) * dim, vec![64, 32]),
         ModelKind::Din | ModelKind::SimHard => (
             Box::new(Din {
                 ids,
@@ -707,7 +737,7 @@ pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<B
                     SeqKind::Retrieved(Retrieval::Category)
                 },
             }),
-            (TargetInterest::WIDTH + 2) * dim,
+            (TargetInterest::WIDTH + context) * dim,
             vec![64, 32],
         ),
         ModelKind::Muse => (
@@ -725,7 +755,7 @@ pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<B
                 ],
                 simtier: p.linear_no_bias("simtier", SIMTIER_BINS, dim)?,
             }),
-            (TargetInterest::WIDTH + 8) * dim,
+            (TargetInterest::WIDTH + 6 + context) * dim,
             vec![128, 64],
         ),
         ModelKind::SirenSoft | ModelKind::SirenHard => {
@@ -781,11 +811,13 @@ pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<B
             };
             (
                 Box::new(net),
-                (3 + if cfg.recent > 0 {
-                    TargetInterest::WIDTH
-                } else {
-                    2
-                } + usize::from(cfg.evidence))
+                (1 + context
+                    + if cfg.recent > 0 {
+                        TargetInterest::WIDTH
+                    } else {
+                        2
+                    }
+                    + usize::from(cfg.evidence))
                     * dim,
                 vec![64, 32],
             )

@@ -21,7 +21,8 @@
 //!
 //! What it covers is [`FusedEsu::load`]'s test: `siren-soft` and `siren-hard` with or without
 //! the recent branch, prefix SemIDs, similarity buckets, the behaviours' action and time gap,
-//! the evidence input and the target's click statistics, in the single-domain form.
+//! the evidence input, the target's click statistics, the user id and the projected
+//! multimodal target embedding, in the single-domain form.
 //! Everything else (the baselines, the multi-domain forms) is served by candle.
 
 pub mod inputs;
@@ -42,12 +43,12 @@ use kernels::{matmul, relu_dot, sigmoid, View};
 use simd::{padded, HeadInput, PoolInput, RowKernels};
 use weights::{Dense, Named, Norm, Table};
 
-/// ID tables shared by the target and the behaviours (action and time gap absent when the
-/// model leaves them out of its behaviours).
+/// ID tables shared by the target and the behaviours (the user absent when the model leaves
+/// it out, action and time gap when it leaves them out of its behaviours).
 struct Ids {
     item: Table,
     category: Table,
-    user: Table,
+    user: Option<Table>,
     action: Option<Table>,
     gap: Option<Table>,
 }
@@ -104,7 +105,9 @@ pub struct FusedEsu {
     heads: usize,
     retrieved: SeqKind,
     ids: Ids,
-    mm: Dense,
+    /// The target's multimodal embedding to the model width (absent when the model leaves it
+    /// out).
+    mm: Option<Dense>,
     sim_bucket: Option<Table>,
     prefix: Option<Prefix>,
     target_type: Vec<f32>,
@@ -252,7 +255,8 @@ impl FusedEsu {
             .then(|| w.dense("item_labels", None, Some(d)))
             .transpose()?;
         let width = d
-            * (3 + if recent.is_some() { 6 } else { 2 }
+            * (1 + cfg.user_and_mm_columns()
+                + if recent.is_some() { 6 } else { 2 }
                 + usize::from(evidence.is_some())
                 + usize::from(item_labels.is_some()));
         let esu = FusedEsu {
@@ -262,11 +266,13 @@ impl FusedEsu {
             ids: Ids {
                 item: table("item")?,
                 category: table("category")?,
-                user: table("user")?,
+                user: (!cfg.no_user_id).then(|| table("user")).transpose()?,
                 action: (!cfg.no_action).then(|| table("action")).transpose()?,
                 gap: (!cfg.no_gap).then(|| table("gap")).transpose()?,
             },
-            mm: w.dense("mm", None, Some(d))?,
+            mm: (!cfg.no_mm_target)
+                .then(|| w.dense("mm", None, Some(d)))
+                .transpose()?,
             sim_bucket: cfg.sim_buckets.then(|| table("sim_bucket")).transpose()?,
             prefix,
             target_type: w.vector("target_type", d)?,
@@ -313,7 +319,7 @@ impl FusedEsu {
     /// The batch has the widths the weights expect.
     fn check(&self, x: &Inputs) -> Result<()> {
         let bad = |what: &str| Err(ServeError::invalid(format!("batch does not fit: {what}")));
-        if x.emb_dim != self.mm.inp {
+        if self.mm.as_ref().is_some_and(|m| x.emb_dim != m.inp) {
             return bad("embedding width");
         }
         if let Some(p) = &self.prefix {
@@ -353,9 +359,11 @@ impl FusedEsu {
     ) -> Result<Vec<f32>> {
         let c = hi - lo;
         let d = self.dim;
-        let mm = space(&mut s.mm, c * d);
-        self.mm
-            .forward(mm, &x.emb[lo * x.emb_dim..hi * x.emb_dim], c, false);
+        let mm = self.mm.as_ref().map(|m| {
+            let buf = space(&mut s.mm, c * d);
+            m.forward(buf, &x.emb[lo * x.emb_dim..hi * x.emb_dim], c, false);
+            &*buf
+        });
         let seq = &x.retrieved;
         let t1 = seq.len + 1;
         let tokens = space(&mut s.tokens, c * t1 * d);
@@ -381,14 +389,15 @@ impl FusedEsu {
 
     /// The normalised tokens `[c * (T + 1), d]` of candidates `lo..lo + c` into `out`: per
     /// candidate the target token, then its retrieved behaviours.
-    fn tokens(&self, out: &mut [f32], x: &Inputs, mm: &[f32], lo: usize) -> Result<()> {
+    fn tokens(&self, out: &mut [f32], x: &Inputs, mm: Option<&[f32]>, lo: usize) -> Result<()> {
         let (d, t) = (self.dim, x.retrieved.len);
         let norm = |row: &mut [f32]| {
             (self.kernels.norm_in_place)(row, &self.ln_in.gamma, &self.ln_in.beta)
         };
         for (cand, rows) in out.chunks_exact_mut((t + 1) * d).enumerate() {
             let (target, behaviours) = rows.split_at_mut(d);
-            self.target_token(target, x, &mm[cand * d..(cand + 1) * d], lo + cand)?;
+            let mm = mm.map(|m| &m[cand * d..(cand + 1) * d]);
+            self.target_token(target, x, mm, lo + cand)?;
             let next = lo + cand + 1 < x.size;
             for (p, row) in behaviours.chunks_exact_mut(d).enumerate() {
                 let i = (lo + cand) * t + p;
@@ -403,11 +412,20 @@ impl FusedEsu {
         Ok(())
     }
 
-    /// Item + category + projected embedding + target type (+ prefix SemIDs) of candidate `i`.
-    fn target_token(&self, row: &mut [f32], x: &Inputs, mm: &[f32], i: usize) -> Result<()> {
+    /// Item + category (+ projected embedding) + target type (+ prefix SemIDs) of candidate
+    /// `i`, added in candle's order.
+    fn target_token(
+        &self,
+        row: &mut [f32],
+        x: &Inputs,
+        mm: Option<&[f32]>,
+        i: usize,
+    ) -> Result<()> {
         row.copy_from_slice(self.ids.item.row(x.item[i])?);
         self.ids.category.add_row(row, x.category[i])?;
-        kernels::add(row, mm);
+        if let Some(mm) = mm {
+            kernels::add(row, mm);
+        }
         kernels::add(row, &self.target_type);
         if let Some(p) = &self.prefix {
             for (l, table) in p.levels.iter().enumerate() {
@@ -477,8 +495,8 @@ impl FusedEsu {
         last.forward_first(x, c, &att, s)
     }
 
-    /// The head's input `[c, width]` into `out`: interest, user, projected embedding, the
-    /// recent branch (or the target's IDs), the evidence input, the click statistics.
+    /// The head's input `[c, width]` into `out`: interest, user and projected embedding (each
+    /// when the model has it), the recent branch (or the target's IDs), the evidence input, the click statistics.
     fn features<'s>(
         &self,
         x: &Inputs,
@@ -508,14 +526,24 @@ impl FusedEsu {
             .collect();
         let out = space(out, c * width);
         let q_width = if self.recent.is_some() { 6 * d } else { 2 * d };
+        // Where the recent branch (or the target's IDs) starts: after the interest, the user
+        // and the projected embedding, when the model has them.
+        let q_at = d * (1 + usize::from(self.ids.user.is_some()) + usize::from(self.mm.is_some()));
         for (cand, row) in out.chunks_exact_mut(width).enumerate() {
             let i = lo + cand;
             let (a, rest) = row.split_at_mut(d);
             a.copy_from_slice(&at.interest[cand * d..(cand + 1) * d]);
-            let (u, rest) = rest.split_at_mut(d);
-            u.copy_from_slice(self.ids.user.row(x.user[i])?);
-            let (m, rest) = rest.split_at_mut(d);
-            m.copy_from_slice(&at.mm[cand * d..(cand + 1) * d]);
+            let mut rest = rest;
+            if let Some(user) = &self.ids.user {
+                let (u, r) = rest.split_at_mut(d);
+                u.copy_from_slice(user.row(x.user[i])?);
+                rest = r;
+            }
+            if let Some(mm) = at.mm {
+                let (m, r) = rest.split_at_mut(d);
+                m.copy_from_slice(&mm[cand * d..(cand + 1) * d]);
+                rest = r;
+            }
             let (q, mut e) = rest.split_at_mut(q_width);
             q[..d].copy_from_slice(self.ids.item.row(x.item[i])?);
             q[d..2 * d].copy_from_slice(self.ids.category.row(x.category[i])?);
@@ -541,7 +569,7 @@ impl FusedEsu {
                     first: start,
                     count: end - start,
                 };
-                r.interest(run, 3 * d, &k.groups[g], s, &self.kernels, recent);
+                r.interest(run, q_at, &k.groups[g], s, &self.kernels, recent);
                 start = end;
             }
         }
@@ -554,12 +582,13 @@ impl FusedEsu {
 type SideInput<'a> = (&'a Option<Dense>, &'a Option<Vec<f32>>, &'static str);
 
 /// What the head's input of candidates `lo..hi` is assembled from besides the batch: the
-/// transformer's interest vectors and the projected embeddings (`[hi - lo, d]` each).
+/// transformer's interest vectors and the projected embeddings, when the model reads them
+/// (`[hi - lo, d]` each).
 struct Columns<'a> {
     lo: usize,
     hi: usize,
     interest: &'a [f32],
-    mm: &'a [f32],
+    mm: Option<&'a [f32]>,
 }
 
 /// Rows of the head's input of `count` candidates from `first` (in the batch) that share their
