@@ -105,7 +105,9 @@ impl ItemTable {
     /// Every catalog item, from its stored codes.
     pub fn from_snapshot(snap: &Snapshot, dim: usize) -> ItemTable {
         let mut t = ItemTable::new(dim);
-        snap.item_refs().for_each(|it| t.push_ref(&it));
+        for it in snap.item_refs() {
+            t.push_ref(&it);
+        }
         t
     }
 

@@ -131,11 +131,9 @@ fn item_table(
     dim: usize,
 ) -> (ItemTable, Vec<u32>) {
     let mut table = ItemTable::new(dim);
-    let mut row_of = |table: &mut ItemTable, id: u64| match table.row(id) {
+    let row_of = |table: &mut ItemTable, id: u64| match table.row(id) {
         Some(row) => row,
-        None => snap
-            .item_ref(id)
-            .map_or(NO_ROW, |it| table.push_ref(&it)),
+        None => snap.item_ref(id).map_or(NO_ROW, |it| table.push_ref(&it)),
     };
     for it in targets.items.iter().flatten() {
         row_of(&mut table, it.id);
