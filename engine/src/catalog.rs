@@ -68,11 +68,16 @@ pub fn quantize(x: &[f32]) -> (f32, Vec<i8>) {
 }
 
 pub fn inv_norm(q: &[i8]) -> f32 {
+    inv_norm_f64(q) as f32
+}
+
+/// 1 / the norm of int8 codes in f64 (0 for a zero vector): [`inv_norm`] before its rounding.
+pub fn inv_norm_f64(q: &[i8]) -> f64 {
     let ss: i64 = q.iter().map(|&v| i64::from(v) * i64::from(v)).sum();
     if ss == 0 {
         0.0
     } else {
-        (1.0 / (ss as f64).sqrt()) as f32
+        1.0 / (ss as f64).sqrt()
     }
 }
 

@@ -87,7 +87,7 @@ pub use types::{
 #[doc(hidden)]
 pub mod format {
     pub use crate::block::{decode_block, encode_block, stamp_at, Block, Stamp};
-    pub use crate::catalog::{dequantize, dot_i8, dot_queries, inv_norm, quantize};
+    pub use crate::catalog::{dequantize, dot_i8, dot_queries, inv_norm, inv_norm_f64, quantize};
     pub use crate::codec::{bitpack, bitunpack, checksum_matches, read_chunk, write_chunk, Reader};
     pub use crate::columns::{
         decode_time, encode_dict, encode_packed, encode_time, DictView, Packed,

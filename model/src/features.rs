@@ -10,7 +10,7 @@
 
 use foldhash::{HashMap, HashMapExt};
 use serde::{Deserialize, Serialize};
-use siren_engine::format::{dequantize, dot_i8, dot_queries, quantize, Queries};
+use siren_engine::format::{dequantize, dot_i8, dot_queries, inv_norm_f64, quantize, Queries};
 use siren_engine::{Event, Item, ItemRef, ReadRange, SemId, Snapshot};
 
 use crate::data::Impression;
@@ -74,16 +74,6 @@ pub struct ItemTable {
 #[inline(always)]
 fn cosine_of(dot: i32, inv_a: f64, inv_b: f64) -> f32 {
     (f64::from(dot) * (inv_a * inv_b)) as f32
-}
-
-/// 1 / the norm of int8 codes, 0 for a zero vector.
-fn inv_norm(q: &[i8]) -> f64 {
-    let ss: i64 = q.iter().map(|&v| i64::from(v) * i64::from(v)).sum();
-    if ss == 0 {
-        0.0
-    } else {
-        1.0 / (ss as f64).sqrt()
-    }
 }
 
 impl ItemTable {
@@ -156,7 +146,7 @@ impl ItemTable {
                 self.emb.extend(e.map(|x| x * inv));
                 self.has_emb.push(n > 0.0);
                 self.codes.extend_from_slice(q);
-                self.inv_norm.push(inv_norm(q));
+                self.inv_norm.push(inv_norm_f64(q));
             }
             None => {
                 self.emb.extend(std::iter::repeat_n(0.0, dim));

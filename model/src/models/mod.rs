@@ -458,6 +458,13 @@ impl Ids {
         self.mm.as_ref().map(|m| m.forward(&b.emb)).transpose()
     }
 
+    /// The user's embedding, then the target's projected multimodal embedding, each when the
+    /// model has it: the head's context columns of every model but MUSE (which has them in
+    /// the other order).
+    fn context(&self, b: &Batch) -> Result<Vec<Tensor>> {
+        Ok(self.user(b)?.into_iter().chain(self.mm(b)?).collect())
+    }
+
     /// `x` plus each behaviour's action and time-gap embeddings, when the model reads them.
     fn with_context(&self, mut x: Tensor, s: &SeqBatch) -> Result<Tensor> {
         if let Some(a) = &self.action {
@@ -540,8 +547,7 @@ impl Backbone for NoSeq {
             self.ids.item.forward(&b.item)?,
             self.ids.category.forward(&b.category)?,
         ];
-        feats.extend(self.ids.user(b)?);
-        feats.extend(self.ids.mm(b)?);
+        feats.extend(self.ids.context(b)?);
         Tensor::cat(&feats, 1)
     }
 }
@@ -558,8 +564,7 @@ impl Backbone for Din {
         let s = seq(b, self.kind)?;
         let q = self.ids.target(b)?;
         let mut feats = vec![self.interest.features(&self.ids, &q, s)?];
-        feats.extend(self.ids.user(b)?);
-        feats.extend(self.ids.mm(b)?);
+        feats.extend(self.ids.context(b)?);
         Tensor::cat(&feats, 1)
     }
 }
@@ -677,8 +682,7 @@ impl Backbone for Siren {
         let interest = last.forward_first(&x, &bias)?;
         let q = self.ids.target(b)?;
         let mut feats = vec![interest];
-        feats.extend(self.ids.user(b)?);
-        feats.extend(self.ids.mm(b)?);
+        feats.extend(self.ids.context(b)?);
         match &self.recent {
             Some(branch) => feats.push(branch.features(&self.ids, &q, seq(b, SeqKind::Recent)?)?),
             None => feats.push(q),
