@@ -256,9 +256,17 @@ fn write_fuzz_seeds() {
     .unwrap();
     put("codebook", "two_levels", &cb.encode());
     let (_data_dir, data) = common::small();
-    for name in ["din", "siren-hard", "din+crocodile-m2", "siren-hard-ctr"] {
+    // The last: a version-4 configuration with the two model switches on.
+    let mut switched = common::cfg("siren-hard");
+    switched.no_user_id = true;
+    switched.no_mm_target = true;
+    let configs = ["din", "siren-hard", "din+crocodile-m2", "siren-hard-ctr"]
+        .map(|name| (name, common::cfg(name)))
+        .into_iter()
+        .chain([("siren-hard-no-user-id-no-mm-target", switched)]);
+    for (name, cfg) in configs {
         let t = train(
-            &common::cfg(name),
+            &cfg,
             &TrainConfig {
                 epochs: 1,
                 ..TrainConfig::default()
