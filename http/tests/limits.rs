@@ -13,6 +13,14 @@ use common::{rss_kib, some_user_and_items, TestServer};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 
+/// The tests of this file one at a time: the memory-bound test measures the whole process's
+/// resident memory, which the others' servers would add to.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
 }
@@ -32,7 +40,10 @@ async fn metric(c: &Client, s: &TestServer, name: &str) -> Option<u64> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Held to the end on purpose: it keeps this file's tests apart.
+#[allow(clippy::await_holding_lock)]
 async fn a_read_past_its_deadline_is_answered_503_at_once_and_its_work_frees_its_permit() {
+    let _serial = serial();
     let s = TestServer::start(|c| c.limits.request_timeout_ms = 1).await;
     let c = Client::new();
     let (user, items) = some_user_and_items(&s);
@@ -74,7 +85,10 @@ async fn a_read_past_its_deadline_is_answered_503_at_once_and_its_work_frees_its
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Held to the end on purpose: it keeps this file's tests apart.
+#[allow(clippy::await_holding_lock)]
 async fn a_write_past_its_deadline_is_applied_and_answered_200_or_answered_503_and_not_applied() {
+    let _serial = serial();
     // A deadline about as long as a synced append: some writes start before it, some after.
     let s = TestServer::start(|c| c.limits.request_timeout_ms = 3).await;
     let c = Client::new();
@@ -139,7 +153,10 @@ const MAX_BODY: usize = 2 << 20;
 const BOUND_KIB: u64 = 64 * (MAX_BODY as u64 / 1024 + 1024) + 128 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// Held to the end on purpose: it keeps this file's tests apart.
+#[allow(clippy::await_holding_lock)]
 async fn sixty_four_maximal_bodies_at_once_stay_within_the_memory_bound() {
+    let _serial = serial();
     let s = TestServer::start(|c| {
         c.limits.max_body_bytes = MAX_BODY;
         c.limits.max_in_flight = 64;
