@@ -59,8 +59,14 @@ pub struct ItemTable {
     pub category: Vec<u32>,
     pub semid: Vec<Option<SemId>>,
     pub dim: usize,
-    /// Row-major, unit length (zero rows for items without an embedding).
+    /// Unit-length values, `dim` per row that has them (zeros for an item without an
+    /// embedding), in the order the rows were added: every row of a table built from a catalog
+    /// or from items, only the rows added by [`Self::push_ref`] in one built with
+    /// [`Self::push_codes_ref`] too. Read a row's with [`Self::embedding`].
     pub emb: Vec<f32>,
+    /// Per row, where its values start in `emb` (in rows of `dim`), or [`NO_ROW`] for a row
+    /// added without them.
+    values_at: Vec<u32>,
     pub has_emb: Vec<bool>,
     /// Row-major int8 codes (zero rows for items without an embedding).
     codes: Vec<i8>,
@@ -86,6 +92,7 @@ impl ItemTable {
             semid: Vec::new(),
             dim,
             emb: Vec::new(),
+            values_at: Vec::new(),
             has_emb: Vec::new(),
             codes: Vec::new(),
             inv_norm: Vec::new(),
@@ -111,24 +118,58 @@ impl ItemTable {
             let codes = it.embedding.as_deref().map(|e| quantize(e).1);
             let values = it.embedding.iter().flatten().copied();
             let emb = codes.as_deref().map(|q| (values, q));
-            t.push_parts(it.id, it.category, it.semid, emb);
+            t.push_parts(it.id, it.category, it.semid, emb, true);
         }
         t
     }
 
     /// Add a catalog item as stored (nothing when `id` has a row already); its row.
     pub fn push_ref(&mut self, it: &ItemRef<'_>) -> u32 {
-        let emb = it.embedding.map(|(q, scale)| (dequantize(q, scale), q));
-        self.push_parts(it.id, it.category, it.semid, emb)
+        self.push_ref_with(it, true)
     }
 
-    /// Add a row: its embedding's values and int8 codes, when it has one of `dim` values.
+    /// [`Self::push_ref`] without the embedding's f32 values: the row has its codes, its
+    /// category and SemID (all that cosines, counts and tokens read), but not
+    /// [`Self::embedding`]. Serving adds the behaviours of a request this way, as only its
+    /// targets' values are read (the model's multimodal input, soft retrieval's query); a
+    /// history of 10,000 distinct items then costs no dequantised copy.
+    pub fn push_codes_ref(&mut self, it: &ItemRef<'_>) -> u32 {
+        self.push_ref_with(it, false)
+    }
+
+    fn push_ref_with(&mut self, it: &ItemRef<'_>, keep_values: bool) -> u32 {
+        let emb = it.embedding.map(|(q, scale)| (dequantize(q, scale), q));
+        self.push_parts(it.id, it.category, it.semid, emb, keep_values)
+    }
+
+    /// The row of catalog item `id`, added from `snap` with [`Self::push_ref`] when the table
+    /// lacks it ([`NO_ROW`] when the catalog lacks it too).
+    pub fn row_or_add(&mut self, snap: &Snapshot, id: u64) -> u32 {
+        self.row_or_add_with(snap, id, true)
+    }
+
+    /// [`Self::row_or_add`] with [`Self::push_codes_ref`] (a row it adds has no values).
+    pub fn row_or_add_codes(&mut self, snap: &Snapshot, id: u64) -> u32 {
+        self.row_or_add_with(snap, id, false)
+    }
+
+    fn row_or_add_with(&mut self, snap: &Snapshot, id: u64, keep_values: bool) -> u32 {
+        if let Some(row) = self.row(id) {
+            return row;
+        }
+        snap.item_ref(id)
+            .map_or(NO_ROW, |it| self.push_ref_with(&it, keep_values))
+    }
+
+    /// Add a row: its embedding's values and int8 codes, when it has one of `dim` values,
+    /// and the values themselves when `keep_values`.
     fn push_parts(
         &mut self,
         id: u64,
         category: u32,
         semid: Option<SemId>,
         embedding: Option<(impl Iterator<Item = f32> + Clone, &[i8])>,
+        keep_values: bool,
     ) -> u32 {
         if let Some(&row) = self.index.get(&id) {
             return row;
@@ -139,17 +180,28 @@ impl ItemTable {
         self.category.push(category);
         self.semid.push(semid);
         let dim = self.dim;
+        self.values_at.push(if keep_values {
+            (self.emb.len() / dim.max(1)) as u32
+        } else {
+            NO_ROW
+        });
         match embedding.filter(|(_, q)| q.len() == dim) {
             Some((e, q)) => {
+                // The same norm with or without the values, so that whether a row has an
+                // embedding never depends on how it was added.
                 let n = e.clone().map(|x| x * x).sum::<f32>().sqrt();
                 let inv = if n > 0.0 { 1.0 / n } else { 0.0 };
-                self.emb.extend(e.map(|x| x * inv));
+                if keep_values {
+                    self.emb.extend(e.map(|x| x * inv));
+                }
                 self.has_emb.push(n > 0.0);
                 self.codes.extend_from_slice(q);
                 self.inv_norm.push(inv_norm_f64(q));
             }
             None => {
-                self.emb.extend(std::iter::repeat_n(0.0, dim));
+                if keep_values {
+                    self.emb.extend(std::iter::repeat_n(0.0, dim));
+                }
                 self.has_emb.push(false);
                 self.codes.extend(std::iter::repeat_n(0, dim));
                 self.inv_norm.push(0.0);
@@ -170,9 +222,15 @@ impl ItemTable {
         self.index.get(&id).copied()
     }
 
+    /// The unit-length values of row `row`'s embedding (zeros for an item without one).
+    ///
+    /// Panics for a row added with [`Self::push_codes_ref`], which keeps no values: the
+    /// caller that added it promised not to read them.
     pub fn embedding(&self, row: u32) -> &[f32] {
-        let r = row as usize;
-        &self.emb[r * self.dim..(r + 1) * self.dim]
+        let at = self.values_at[row as usize];
+        assert!(at != NO_ROW, "row {row} was added without its values");
+        let at = at as usize;
+        &self.emb[at * self.dim..(at + 1) * self.dim]
     }
 
     /// The int8 codes of row `row`'s embedding.

@@ -203,3 +203,46 @@ fn evidence_of_many_targets_is_each_targets_own() {
         );
     }
 }
+
+/// A row added with its codes only (serving's behaviours) is the same row, for every feature,
+/// as one added with its values: category, SemID, codes, whether it has an embedding, every
+/// cosine and the evidence of a history.
+#[test]
+fn rows_without_values_give_the_same_features() {
+    let (_dir, db, _) = fixture();
+    let snap = db.snapshot();
+    let full = ItemTable::from_snapshot(&snap, 4);
+    let mut lean = ItemTable::new(4);
+    for it in snap.item_refs() {
+        lean.push_codes_ref(&it);
+    }
+    assert_eq!(full.ids, lean.ids);
+    assert_eq!(full.category, lean.category);
+    assert_eq!(full.semid, lean.semid);
+    assert_eq!(full.has_emb, lean.has_emb);
+    assert!(lean.emb.is_empty(), "no values kept");
+    for a in 0..full.len() as u32 {
+        assert_eq!(full.codes(a), lean.codes(a));
+        for b in 0..full.len() as u32 {
+            assert_eq!(
+                full.cosine(a, b).map(f32::to_bits),
+                lean.cosine(a, b).map(f32::to_bits)
+            );
+        }
+    }
+    let hist = snap.read(2, ReadRange::all()).unwrap();
+    let targets: Vec<u32> = (0..full.len() as u32).chain([NO_ROW]).collect();
+    let of = |t: &ItemTable| HistorySummary::new(t, &hist).evidence_of(t, &targets, 2);
+    assert_eq!(of(&full), of(&lean));
+}
+
+/// Reading the values of a row added without them is a caller's bug, not a silent zero.
+#[test]
+#[should_panic(expected = "added without its values")]
+fn a_row_without_values_has_no_embedding_to_read() {
+    let (_dir, db, _) = fixture();
+    let snap = db.snapshot();
+    let mut lean = ItemTable::new(4);
+    let row = lean.push_codes_ref(&snap.item_ref(3).unwrap());
+    let _ = lean.embedding(row);
+}

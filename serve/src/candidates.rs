@@ -80,7 +80,8 @@ pub fn candidate_samples(
     };
 
     let t = Instant::now();
-    let (items, history_rows) = item_table(snap, &targets, &per_seq, &history, dim);
+    let in_catalog = targets.in_catalog();
+    let (items, history_rows) = item_table(snap, targets, &per_seq, &history);
     let imps: Vec<Impression> = candidates
         .iter()
         .map(|&item| Impression {
@@ -108,7 +109,7 @@ pub fn candidate_samples(
     Ok(CandidateSamples {
         items,
         set,
-        in_catalog: targets.items.iter().map(Option::is_some).collect(),
+        in_catalog,
         retrieved,
         history_len,
         timings: BuildTimings {
@@ -120,28 +121,26 @@ pub fn candidate_samples(
 }
 
 /// Every item a feature refers to: the candidates, the retrieved behaviours' items, then the
-/// history's (for the evidence features), read from the catalog as stored (no copies); with
+/// history's (for the evidence features), read from the catalog as stored (no copies; f32
+/// values for the candidates only); with
 /// the history's rows in it (oldest first, [`NO_ROW`] for an item the catalog lacks), found
 /// with one look-up per behaviour.
 fn item_table(
     snap: &Snapshot,
-    targets: &Targets,
+    targets: Targets,
     per_seq: &[Vec<Vec<Retrieved>>],
     history: &[Event],
-    dim: usize,
 ) -> (ItemTable, Vec<u32>) {
-    let mut table = ItemTable::new(dim);
-    let row_of = |table: &mut ItemTable, id: u64| match table.row(id) {
-        Some(row) => row,
-        None => snap.item_ref(id).map_or(NO_ROW, |it| table.push_ref(&it)),
-    };
-    for it in targets.items.iter().flatten() {
-        row_of(&mut table, it.id);
-    }
+    // The candidates have their f32 values (the model's multimodal input reads them); the
+    // behaviours get their codes only (cosines, categories and SemIDs are all they need).
+    let mut table = targets.into_table();
     for r in per_seq.iter().flatten().flatten() {
-        row_of(&mut table, r.event.item);
+        table.row_or_add_codes(snap, r.event.item);
     }
-    let rows = history.iter().map(|e| row_of(&mut table, e.item)).collect();
+    let rows = history
+        .iter()
+        .map(|e| table.row_or_add_codes(snap, e.item))
+        .collect();
     (table, rows)
 }
 

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use siren_engine::{Event, Item, ReadRange, SemId, Snapshot};
+use siren_engine::{Event, ReadRange, SemId, Snapshot};
 use siren_model::features::{recent, ItemTable, NO_ROW};
 use siren_model::{Retrieval, SeqKind};
 
@@ -83,25 +83,33 @@ pub(crate) fn micros(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e6
 }
 
-/// The candidates as retrieval targets: each one's catalog item, normalised exactly as
-/// training sees targets.
+/// The candidates as retrieval targets: each one's catalog row, normalised exactly as
+/// training sees targets, in a table the request's other items are then added to.
 pub struct Targets {
-    /// Per candidate, the catalog's item (`None` when the catalog lacks it).
-    pub items: Vec<Option<Item>>,
     table: ItemTable,
-    /// Per candidate, its row in `table` or [`NO_ROW`].
+    /// Per candidate, its row in `table` or [`NO_ROW`] (the catalog lacks it).
     rows: Vec<u32>,
 }
 
 impl Targets {
+    /// One catalog look-up per distinct candidate; the candidates' rows come first, in order.
     pub fn look_up(snap: &Snapshot, candidates: &[u64], dim: usize) -> Targets {
-        let items: Vec<Option<Item>> = candidates.iter().map(|&id| snap.item(id)).collect();
-        let table = ItemTable::from_items(items.iter().flatten().cloned(), dim);
+        let mut table = ItemTable::new(dim);
         let rows = candidates
             .iter()
-            .map(|&id| table.row(id).unwrap_or(NO_ROW))
+            .map(|&id| table.row_or_add(snap, id))
             .collect();
-        Targets { items, table, rows }
+        Targets { table, rows }
+    }
+
+    /// Per candidate, whether the catalog holds it.
+    pub fn in_catalog(&self) -> Vec<bool> {
+        self.rows.iter().map(|&r| r != NO_ROW).collect()
+    }
+
+    /// The table of the candidates' rows, for the request's other items to be added to.
+    pub fn into_table(self) -> ItemTable {
+        self.table
     }
 
     pub fn len(&self) -> usize {
@@ -221,7 +229,7 @@ fn category(
     for e in &history {
         of_item
             .entry(e.item)
-            .or_insert_with(|| snap.item(e.item).map(|i| i.category));
+            .or_insert_with(|| snap.item_ref(e.item).map(|i| i.category));
     }
     let out = (0..targets.len())
         .map(|c| match targets.category(c) {
