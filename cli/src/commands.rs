@@ -93,6 +93,10 @@ pub enum ImportCommand {
         /// Logit weight of a current interest (clusters of the last 200 events).
         #[arg(long)]
         w_current: Option<f64>,
+        /// Logit weight of each item's latent quality (a standard normal per item that nothing
+        /// but its own impressions' labels reveal); 0 leaves only the interests to learn.
+        #[arg(long)]
+        w_quality: Option<f64>,
         #[arg(long, default_value_t = 64)]
         dim: usize,
         #[arg(long, default_value_t = 11)]
@@ -343,6 +347,7 @@ pub fn import(cmd: ImportCommand) -> CliResult {
             w_popularity,
             w_long,
             w_current,
+            w_quality,
             users,
             items,
             min_events,
@@ -368,6 +373,16 @@ pub fn import(cmd: ImportCommand) -> CliResult {
             if !(domain_shift.is_finite() && domain_shift >= 0.0) {
                 return Err("--domain-shift must be a non-negative number".into());
             }
+            if [w_popularity, w_long, w_current, w_quality]
+                .iter()
+                .flatten()
+                .any(|w| !w.is_finite())
+            {
+                return Err(
+                    "--w-popularity, --w-long, --w-current and --w-quality must be finite numbers"
+                        .into(),
+                );
+            }
             let base = if lifelong {
                 PlantedConfig::lifelong()
             } else {
@@ -384,6 +399,7 @@ pub fn import(cmd: ImportCommand) -> CliResult {
                 w_popularity: w_popularity.unwrap_or(base.w_popularity),
                 w_long: w_long.unwrap_or(base.w_long),
                 w_current: w_current.unwrap_or(base.w_current),
+                w_quality: w_quality.unwrap_or(base.w_quality),
                 dim,
                 seed,
                 ..base

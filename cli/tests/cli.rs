@@ -436,3 +436,63 @@ fn export_then_import_taobao() {
     let (ok, out) = siren(&["import", "taobao", "--dir", &syn, "--out", &p("x")]);
     assert!(!ok && out.contains("neither the six tables"), "{out}");
 }
+
+/// `--w-quality 0` plants clicks that only the interests explain: every ceiling is then the
+/// same (nothing is left for item labels to reveal); with quality, the Bayes ceilings lie
+/// between the interests-only one and the planted one. A weight that is not a finite number
+/// is refused.
+#[test]
+fn import_synthetic_with_and_without_item_quality() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ceiling = |name: &str, extra: &[&str]| {
+        let out_dir = tmp.path().join(name);
+        let mut args = vec![
+            "import",
+            "synthetic",
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--users",
+            "60",
+            "--items",
+            "1500",
+            "--min-events",
+            "300",
+            "--max-events",
+            "600",
+            "--dim",
+            "16",
+            "--codebook",
+            "16",
+        ];
+        args.extend(extra);
+        let (ok, out) = siren(&args);
+        assert!(ok, "{out}");
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out_dir.join("dataset.json")).unwrap())
+                .unwrap();
+        let c = &meta["details"]["ceiling"];
+        let get = |k: &str| c[k].as_f64().unwrap_or_else(|| panic!("{k} in {c}"));
+        [
+            get("test_gauc"),
+            get("test_gauc_bayes"),
+            get("test_gauc_bayes_train"),
+            get("test_gauc_without_quality"),
+        ]
+    };
+    let [planted, bayes, bayes_train, interests] = ceiling("q0", &["--w-quality", "0"]);
+    assert!([bayes, bayes_train, interests]
+        .iter()
+        .all(|&g| g == planted));
+    let [planted, bayes, bayes_train, interests] = ceiling("q", &["--w-quality", "2"]);
+    assert!(interests < bayes_train && bayes_train <= bayes + 0.01 && bayes < planted);
+    let bad = tmp.path().join("bad");
+    let (ok, out) = siren(&[
+        "import",
+        "synthetic",
+        "--out",
+        bad.to_str().unwrap(),
+        "--w-quality",
+        "nan",
+    ]);
+    assert!(!ok && out.contains("finite"), "{out}");
+}

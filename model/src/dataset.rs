@@ -341,6 +341,11 @@ pub struct Ceiling {
     /// quality of items too rarely (or never) seen labelled.
     #[serde(default)]
     pub test_gauc_bayes: Option<f64>,
+    /// The same with the labels of the training impressions only: the most a model can
+    /// expect whose item click statistics (`-ctr`) and ID embeddings stop at training, as
+    /// `siren compare`'s do (validation labels choose the epoch, they train nothing).
+    #[serde(default)]
+    pub test_gauc_bayes_train: Option<f64>,
 }
 
 pub fn import_synthetic(
@@ -369,6 +374,10 @@ pub fn import_synthetic(
     let p_bayes: Vec<f32> = (planted.bayes_probabilities(&seen, &t).into_iter())
         .map(|p| p as f32)
         .collect();
+    let p_bayes_train: Vec<f32> = (planted.bayes_probabilities(&truths_of(&[&splits.train]), &t))
+        .into_iter()
+        .map(|p| p as f32)
+        .collect();
     let y: Vec<f32> = t.iter().map(|t| t.impression.label).collect();
     let domains: Vec<u16> = t.iter().map(|t| t.impression.domain).collect();
     // The head as the trainer will see it: the most frequent domain in training.
@@ -391,6 +400,7 @@ pub fn import_synthetic(
         test_gauc_tail: tail.and_then(|t| t.gauc),
         test_gauc_without_quality: gauc(&users, &p_known, &y).map(|g| g.value),
         test_gauc_bayes: gauc(&users, &p_bayes, &y).map(|g| g.value),
+        test_gauc_bayes_train: gauc(&users, &p_bayes_train, &y).map(|g| g.value),
     };
     let details = serde_json::json!({ "config": cfg, "ceiling": ceiling });
     let side = SideTables::default();
