@@ -82,6 +82,26 @@ fn cosine_of(dot: i32, inv_a: f64, inv_b: f64) -> f32 {
     (f64::from(dot) * (inv_a * inv_b)) as f32
 }
 
+/// Whether a row keeps its embedding's f32 values, and what a row without them needs to know.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Values {
+    Keep,
+    /// Codes only; `scale` is the codes' (`x ≈ q * scale`).
+    Drop {
+        scale: f32,
+    },
+}
+
+/// Whether the dequantised values `q * scale` have a positive f32 norm, as the row with its
+/// values computes it (the sum of their squares), without dequantising: the sum of
+/// non-negative squares is positive exactly when its largest term is, and rounding is
+/// monotone, so that term is the largest code's.
+fn has_norm(q: &[i8], scale: f32) -> bool {
+    let largest = q.iter().map(|&v| v.unsigned_abs()).max().unwrap_or(0);
+    let v = f32::from(largest) * scale;
+    v * v > 0.0
+}
+
 impl ItemTable {
     /// An empty table for embeddings of `dim` values.
     pub fn new(dim: usize) -> ItemTable {
@@ -118,7 +138,7 @@ impl ItemTable {
             let codes = it.embedding.as_deref().map(|e| quantize(e).1);
             let values = it.embedding.iter().flatten().copied();
             let emb = codes.as_deref().map(|q| (values, q));
-            t.push_parts(it.id, it.category, it.semid, emb, true);
+            t.push_parts(it.id, it.category, it.semid, emb, Values::Keep);
         }
         t
     }
@@ -138,8 +158,13 @@ impl ItemTable {
     }
 
     fn push_ref_with(&mut self, it: &ItemRef<'_>, keep_values: bool) -> u32 {
+        let values = match (keep_values, it.embedding) {
+            (false, Some((_, scale))) => Values::Drop { scale },
+            (false, None) => Values::Drop { scale: 0.0 },
+            (true, _) => Values::Keep,
+        };
         let emb = it.embedding.map(|(q, scale)| (dequantize(q, scale), q));
-        self.push_parts(it.id, it.category, it.semid, emb, keep_values)
+        self.push_parts(it.id, it.category, it.semid, emb, values)
     }
 
     /// The row of catalog item `id`, added from `snap` with [`Self::push_ref`] when the table
@@ -169,7 +194,7 @@ impl ItemTable {
         category: u32,
         semid: Option<SemId>,
         embedding: Option<(impl Iterator<Item = f32> + Clone, &[i8])>,
-        keep_values: bool,
+        values: Values,
     ) -> u32 {
         if let Some(&row) = self.index.get(&id) {
             return row;
@@ -180,26 +205,27 @@ impl ItemTable {
         self.category.push(category);
         self.semid.push(semid);
         let dim = self.dim;
-        self.values_at.push(if keep_values {
-            (self.emb.len() / dim.max(1)) as u32
-        } else {
-            NO_ROW
+        self.values_at.push(match values {
+            Values::Keep => (self.emb.len() / dim.max(1)) as u32,
+            Values::Drop { .. } => NO_ROW,
         });
         match embedding.filter(|(_, q)| q.len() == dim) {
             Some((e, q)) => {
-                // The same norm with or without the values, so that whether a row has an
-                // embedding never depends on how it was added.
-                let n = e.clone().map(|x| x * x).sum::<f32>().sqrt();
-                let inv = if n > 0.0 { 1.0 / n } else { 0.0 };
-                if keep_values {
-                    self.emb.extend(e.map(|x| x * inv));
-                }
-                self.has_emb.push(n > 0.0);
+                let has = match values {
+                    Values::Keep => {
+                        let n = e.clone().map(|x| x * x).sum::<f32>().sqrt();
+                        let inv = if n > 0.0 { 1.0 / n } else { 0.0 };
+                        self.emb.extend(e.map(|x| x * inv));
+                        n > 0.0
+                    }
+                    Values::Drop { scale } => has_norm(q, scale),
+                };
+                self.has_emb.push(has);
                 self.codes.extend_from_slice(q);
                 self.inv_norm.push(inv_norm_f64(q));
             }
             None => {
-                if keep_values {
+                if values == Values::Keep {
                     self.emb.extend(std::iter::repeat_n(0.0, dim));
                 }
                 self.has_emb.push(false);
@@ -864,6 +890,44 @@ mod tests {
             .chain([f32::NAN, f32::INFINITY, f32::NEG_INFINITY])
         {
             assert_eq!(simtier_bin(c), floor_form(c), "{c}");
+        }
+    }
+
+    /// A row without values says it has an embedding exactly when the row with them does,
+    /// scales whose squares underflow included.
+    #[test]
+    fn has_norm_is_the_values_test() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        let scales = [
+            1.0,
+            1e-3,
+            1e-18,
+            1e-19,
+            7e-20,
+            1e-20,
+            1e-22,
+            1e-25,
+            1e-30,
+            1e-38,
+            1e-44,
+            1e-45,
+            0.0,
+            1e30,
+            f32::MAX / 127.0,
+        ];
+        for &scale in &scales {
+            for _ in 0..300 {
+                let q: Vec<i8> = (0..8)
+                    .map(|_| match rng.random_range(0..4) {
+                        0 => 0,
+                        1 => rng.random_range(-2i8..=2),
+                        _ => rng.random(),
+                    })
+                    .collect();
+                let n = dequantize(&q, scale).map(|x| x * x).sum::<f32>().sqrt();
+                assert_eq!(has_norm(&q, scale), n > 0.0, "{q:?} x {scale:e}");
+            }
         }
     }
 }
