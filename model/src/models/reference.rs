@@ -258,7 +258,9 @@ impl SimTier {
     /// `simtier` `[B, SIMTIER_BINS]` (`log(1 + count)` over the behaviours with a cosine) with
     /// every other of the `positions` counted in the bin of cosine 0, weighted.
     fn weighted(&self, simtier: &Tensor, positions: usize) -> Result<Tensor> {
-        let counts = (simtier.exp()? - 1.0)?;
+        // The counts are whole numbers; rounding drops the exp/log round trip's error, so a
+        // full sequence adds exactly nothing to the bin of 0.
+        let counts = (simtier.exp()? - 1.0)?.round()?;
         let uncounted = (counts.sum_keepdim(1)?.neg()? + positions as f64)?.relu()?;
         let counts = (counts + uncounted.broadcast_mul(&self.zero_bin)?)?;
         (counts + 1.0)?.log()?.broadcast_mul(&self.weight)
