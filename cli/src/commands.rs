@@ -238,6 +238,12 @@ pub struct TrainFlags {
     /// embeddings); `--no-user-id` drops it too.
     #[arg(long)]
     reference: bool,
+    /// Build din, sim-hard and muse as the one network MUSE's reference code trains for all
+    /// three (its MUSE_DIN: short-sequence attention, SA-TA over the method's long sequence,
+    /// sequence means, two SimTier histograms, a Dice head 256-128-64, embeddings 16 wide, no
+    /// projected multimodal target). Other models are unchanged.
+    #[arg(long)]
+    reference_net: bool,
 }
 
 /// A dropout rate: at least 0, below 1.
@@ -270,13 +276,18 @@ impl TrainFlags {
     /// `cfg` with the input switches applied.
     fn model(&self, cfg: ModelConfig) -> ModelConfig {
         let f = self.resolved();
-        ModelConfig {
+        let cfg = ModelConfig {
             no_action: f.no_action,
             no_gap: f.no_gap,
             no_user_id: f.no_user_id,
             no_mm_target: f.no_mm_target,
             dropout: f.dropout,
             ..cfg
+        };
+        if f.reference_net {
+            cfg.with_reference_net()
+        } else {
+            cfg
         }
     }
 

@@ -513,11 +513,11 @@ pub struct CheckpointConfig {
 /// Version 2 added the file's own checksum; version 3 the item click statistics (a build that
 /// reads only version 2 would otherwise take a `-ctr` model's file for a damaged one); version
 /// 4 the model switches `no_user_id` and `no_mm_target` (likewise: an older build would drop
-/// them and fail the checksum).
-pub const CHECKPOINT_VERSION: u32 = 4;
+/// them and fail the checksum); version 5 the switch `reference_net` (likewise).
+pub const CHECKPOINT_VERSION: u32 = 5;
 
-/// Version 2 and 3 checkpoints (no click statistics, no user-id or multimodal switches) still
-/// load.
+/// Version 2 to 4 checkpoints (no click statistics, no user-id, multimodal or reference-network
+/// switches) still load.
 pub const OLDEST_CHECKPOINT_VERSION: u32 = 2;
 
 impl crate::sealed::Sealed for CheckpointConfig {
@@ -608,6 +608,9 @@ impl CheckpointConfig {
             }
             (Some(t), _) => t.check().map_err(corrupt)?,
             (None, false) => {}
+        }
+        if m.reference_net {
+            crate::models::reference::check(m).map_err(|e| corrupt(e.to_string()))?;
         }
         Ok(cfg)
     }

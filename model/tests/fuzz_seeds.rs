@@ -256,14 +256,21 @@ fn write_fuzz_seeds() {
     .unwrap();
     put("codebook", "two_levels", &cb.encode());
     let (_data_dir, data) = common::small();
-    // The last: a version-4 configuration with the two model switches on.
+    // Then a version-4 configuration with the two model switches on, and a version-5 one of
+    // MUSE's reference network.
     let mut switched = common::cfg("siren-hard");
     switched.no_user_id = true;
     switched.no_mm_target = true;
     let configs = ["din", "siren-hard", "din+crocodile-m2", "siren-hard-ctr"]
         .map(|name| (name, common::cfg(name)))
         .into_iter()
-        .chain([("siren-hard-no-user-id-no-mm-target", switched)]);
+        .chain([
+            ("siren-hard-no-user-id-no-mm-target", switched),
+            (
+                "muse-reference-net",
+                common::cfg("muse").with_reference_net(),
+            ),
+        ]);
     for (name, cfg) in configs {
         let t = train(
             &cfg,

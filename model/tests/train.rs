@@ -4,8 +4,9 @@
 mod common;
 
 use common::{cfg, small, small_held_and_streamed, small_spec};
-use siren_model::features::{SampleSet, SeqKind, Token};
+use siren_model::features::{Retrieval, SampleSet, SeqKind, Token};
 use siren_model::labels::{label_features, ITEM_LABEL_FEATURES};
+use siren_model::models::layers::Params;
 use siren_model::models::ModelConfig;
 use siren_model::samples::Split;
 use siren_model::train::{
@@ -216,13 +217,7 @@ fn the_user_id_and_multimodal_target_switches_remove_their_parameters() {
             );
             let loaded = load_checkpoint(ck.path()).unwrap();
             assert_eq!(loaded.cfg.model, c, "{label}");
-            let names: Vec<String> = loaded
-                .params
-                .named_tensors()
-                .unwrap()
-                .into_iter()
-                .map(|(n, _)| n)
-                .collect();
+            let names = parameter_names(&loaded.params);
             let has = |t: &str| {
                 names
                     .iter()
@@ -236,6 +231,73 @@ fn the_user_id_and_multimodal_target_switches_remove_their_parameters() {
             assert_eq!(got, want, "{label}: checkpoint changes predictions");
         }
     }
+}
+
+/// MUSE's reference network (`reference_net`) for each of its methods: it reads the recent
+/// behaviours and the method's long sequence (none for din, whose long-sequence columns are
+/// zeros, so it has no long-sequence parameters), has no projected multimodal target, its
+/// training loss falls, its probabilities are finite and inside (0, 1), and its checkpoint keeps
+/// the switch and the predictions.
+#[test]
+fn reference_net_models_train_on_their_method_sequences() {
+    let (_dir, data) = small();
+    let tc = TrainConfig {
+        batch_size: 64,
+        seed: 2,
+        ..common::tcfg(3)
+    };
+    for (name, long) in [
+        ("din", None),
+        ("sim-hard", Some(SeqKind::Retrieved(Retrieval::Category))),
+        ("muse", Some(SeqKind::Retrieved(Retrieval::Soft))),
+    ] {
+        let c = cfg(name).with_reference_net();
+        assert!(c.reference_net && c.no_mm_target && c.dim == 16, "{name}");
+        let want_seqs: Vec<SeqKind> = std::iter::once(SeqKind::Recent).chain(long).collect();
+        let seqs: Vec<SeqKind> = c.sequences().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(seqs, want_seqs, "{name}");
+        let t = train(&c, &tc, &data).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let losses: Vec<f64> = t.history.iter().map(|h| h.train_loss).collect();
+        assert_eq!(losses.len(), 3, "{name}");
+        assert!(losses[2] < losses[0], "{name}: training loss {losses:?}");
+        let p = predict(t.model.as_ref(), &c, &data, &data.test, 1024).unwrap();
+        assert!(
+            p.iter().all(|x| x.is_finite() && *x > 0.0 && *x < 1.0),
+            "{name}"
+        );
+        let ck = tempfile::tempdir().unwrap();
+        t.save(ck.path(), &data.vocabs, data.levels).unwrap();
+        let loaded = load_checkpoint(ck.path()).unwrap();
+        assert_eq!(loaded.cfg.model, c, "{name}");
+        let names = parameter_names(&loaded.params);
+        let has = |prefix: &str| names.iter().any(|n| n.starts_with(prefix));
+        assert_eq!(has("sata."), long.is_some(), "{name}: {names:?}");
+        assert_eq!(has("long_simtier."), long.is_some(), "{name}: {names:?}");
+        assert!(
+            has("short_att.") && has("head.3.dice.") && !has("mm."),
+            "{name}: {names:?}"
+        );
+        let got = predict(loaded.model.as_ref(), &c, &data, &data.test, 1024).unwrap();
+        assert_eq!(got, p, "{name}: checkpoint changes predictions");
+    }
+    // The models it has no form for are left as they are; a hand-made config that asks for one
+    // is refused.
+    assert_eq!(cfg("siren-soft").with_reference_net(), cfg("siren-soft"));
+    let bad = ModelConfig {
+        reference_net: true,
+        ..cfg("siren-soft")
+    };
+    assert!(train(&bad, &tc, &data).is_err());
+}
+
+/// The names of every parameter in `params`.
+fn parameter_names(params: &Params) -> Vec<String> {
+    params
+        .named_tensors()
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect()
 }
 
 /// Model `name` trained one epoch on `data` and saved: the trained model and its checkpoint
@@ -300,18 +362,18 @@ fn a_checkpoint_with_inconsistent_click_statistics_is_refused() {
     }
 }
 
-/// Version-2 and version-3 checkpoints (written before the click statistics, and before the
-/// user-id and multimodal switches) still load and predict as the model they hold; a version
-/// above this build's is refused by its version.
+/// Version-2 to version-4 checkpoints (written before the click statistics, the user-id and
+/// multimodal switches, the reference network) still load and predict as the model they hold; a
+/// version above this build's is refused by its version.
 #[test]
-fn version_2_and_3_checkpoints_still_load() {
+fn version_2_to_4_checkpoints_still_load() {
     let (_dir, data) = small();
     let c = cfg("siren-hard");
     let (t, ck) = saved("siren-hard", &data);
     let want = predict(t.model.as_ref(), &c, &data, &data.test, 1024).unwrap();
     let current = load_checkpoint(ck.path()).unwrap().cfg;
-    assert_eq!(current.format_version, 4);
-    for version in [2, 3] {
+    assert_eq!(current.format_version, 5);
+    for version in [2, 3, 4] {
         let mut old = current.clone();
         old.format_version = version;
         let json = siren_model::sealed::seal(&mut old);
@@ -322,13 +384,13 @@ fn version_2_and_3_checkpoints_still_load() {
         assert_eq!(got, want, "version {version}");
     }
     let mut newer = current;
-    newer.format_version = 5;
+    newer.format_version = 6;
     let json = siren_model::sealed::seal(&mut newer);
     std::fs::write(ck.path().join("config.json"), &json).unwrap();
     match load_checkpoint(ck.path()) {
-        Err(siren_model::ModelError::UnsupportedVersion { found: 5, .. }) => {}
+        Err(siren_model::ModelError::UnsupportedVersion { found: 6, .. }) => {}
         Err(e) => panic!("{e}"),
-        Ok(_) => panic!("a version-5 checkpoint loaded"),
+        Ok(_) => panic!("a version-6 checkpoint loaded"),
     }
 }
 

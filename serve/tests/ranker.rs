@@ -61,6 +61,10 @@ fn ranker_scores_equal_training_predictions() {
         (cfg("sim-hard-ctr"), Retrieval::Hard),
         (switched("siren-soft"), Retrieval::Soft),
         (switched("muse"), Retrieval::Soft),
+        // MUSE's reference network (`reference_net`): candle, never the fused forward.
+        (cfg("muse").with_reference_net(), Retrieval::Soft),
+        (cfg("sim-hard").with_reference_net(), Retrieval::Hard),
+        (cfg("din").with_reference_net(), Retrieval::Soft),
     ] {
         let name = c.name();
         let name = name.as_str();

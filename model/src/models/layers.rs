@@ -31,7 +31,8 @@ pub struct Params {
 enum Init {
     Normal(f64),
     TruncatedNormal(f64),
-    Uniform(f64),
+    /// Uniform over `[lo, hi)`.
+    Uniform(f64, f64),
     Const(f32),
 }
 
@@ -165,7 +166,7 @@ impl Params {
                     })
                     .collect()
             }
-            Init::Uniform(b) => (0..n).map(|_| rng.random_range(-b..b) as f32).collect(),
+            Init::Uniform(lo, hi) => (0..n).map(|_| rng.random_range(lo..hi) as f32).collect(),
             Init::Const(c) => vec![c; n],
         }
     }
@@ -208,14 +209,22 @@ impl Params {
 
     pub fn linear(&self, name: &str, inp: usize, out: usize) -> Result<Linear> {
         let bound = 1.0 / (inp as f64).sqrt();
-        let w = self.var(&format!("{name}.weight"), &[out, inp], Init::Uniform(bound))?;
+        let w = self.var(
+            &format!("{name}.weight"),
+            &[out, inp],
+            Init::Uniform(-bound, bound),
+        )?;
         let b = self.var(&format!("{name}.bias"), &[out], Init::Const(0.0))?;
         Ok(Linear::new(w, Some(b)))
     }
 
     pub fn linear_no_bias(&self, name: &str, inp: usize, out: usize) -> Result<Linear> {
         let bound = 1.0 / (inp as f64).sqrt();
-        let w = self.var(&format!("{name}.weight"), &[out, inp], Init::Uniform(bound))?;
+        let w = self.var(
+            &format!("{name}.weight"),
+            &[out, inp],
+            Init::Uniform(-bound, bound),
+        )?;
         Ok(Linear::new(w, None))
     }
 
@@ -227,6 +236,25 @@ impl Params {
 
     pub fn scalar(&self, name: &str, value: f32) -> Result<Tensor> {
         self.var(name, &[1], Init::Const(value))
+    }
+
+    /// A linear layer initialised as MUSE's reference code does (`FCRepeat`): weights normal
+    /// with standard deviation `1 / sqrt(inp)`, every bias `bias`.
+    pub fn linear_normal(&self, name: &str, inp: usize, out: usize, bias: f32) -> Result<Linear> {
+        let std = 1.0 / (inp as f64).sqrt();
+        let w = self.var(&format!("{name}.weight"), &[out, inp], Init::Normal(std))?;
+        let b = self.var(&format!("{name}.bias"), &[out], Init::Const(bias))?;
+        Ok(Linear::new(w, Some(b)))
+    }
+
+    /// A vector of `n` copies of `value`.
+    pub fn constant(&self, name: &str, n: usize, value: f32) -> Result<Tensor> {
+        self.var(name, &[n], Init::Const(value))
+    }
+
+    /// A vector of `n` values uniform over `[lo, hi)`.
+    pub fn uniform(&self, name: &str, n: usize, lo: f64, hi: f64) -> Result<Tensor> {
+        self.var(name, &[n], Init::Uniform(lo, hi))
     }
 
     pub fn vector(&self, name: &str, dim: usize) -> Result<Tensor> {

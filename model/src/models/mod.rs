@@ -15,6 +15,7 @@
 
 pub mod domain;
 pub mod layers;
+pub mod reference;
 pub mod table;
 
 use candle_core::{Module, Result, Tensor};
@@ -95,6 +96,11 @@ pub struct ModelConfig {
     /// before it keep their canonical form.
     #[serde(default, skip_serializing_if = "is_false")]
     pub item_labels: bool,
+    /// Build `din`, `sim-hard` and `muse` as the one network MUSE's reference code trains for
+    /// all three ([`reference`]): the method only chooses its long sequence. Not serialised
+    /// when off.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub reference_net: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -262,6 +268,7 @@ impl ModelConfig {
             no_user_id: false,
             no_mm_target: false,
             item_labels: false,
+            reference_net: false,
         };
         // (kind, sim buckets, prefix SemIDs, evidence)
         let (kind, sim, prefix, evidence) = match name {
@@ -340,8 +347,29 @@ impl ModelConfig {
         usize::from(!self.no_user_id) + usize::from(!self.no_mm_target)
     }
 
+    /// This model as MUSE's reference network ([`reference`]) when it has a form there (`din`,
+    /// `sim-hard`, `muse`): the reference's embedding width, and no projected multimodal target
+    /// (the reference has none). Other models are returned unchanged.
+    pub fn with_reference_net(self) -> ModelConfig {
+        if !reference::has_reference_net(self.kind) {
+            return self;
+        }
+        ModelConfig {
+            reference_net: true,
+            dim: reference::REFERENCE_DIM,
+            no_mm_target: true,
+            ..self
+        }
+    }
+
     /// The sequences this model reads from the engine.
     pub fn sequences(&self) -> Vec<(SeqKind, usize)> {
+        if self.reference_net {
+            let long = reference::long_sequence(self.kind).map(|k| (k, self.retrieved));
+            return std::iter::once((SeqKind::Recent, self.recent))
+                .chain(long)
+                .collect();
+        }
         match self.kind {
             ModelKind::NoSeq => vec![],
             ModelKind::Din => vec![(SeqKind::Recent, self.recent)],
@@ -852,6 +880,9 @@ impl Scorer for Single {
 
 /// Build the model `cfg` with its parameters in `p`.
 pub fn build(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<Box<dyn Scorer>> {
+    if cfg.reference_net {
+        return reference::build(cfg, d, p);
+    }
     if cfg.domain != DomainMode::Shared {
         return Ok(Box::new(domain::MultiDomain::new(cfg, d, p)?));
     }

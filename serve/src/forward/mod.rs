@@ -212,14 +212,14 @@ fn space(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
 impl FusedEsu {
     /// The fused forward of `cfg` over the weights `w`, or `None` when it does not cover the
     /// model (the caller serves it with candle): a kind other than `siren-soft`/`siren-hard`,
-    /// or a multi-domain form.
+    /// a multi-domain form, or MUSE's reference network (`ModelConfig::reference_net`).
     pub fn load(cfg: &ModelConfig, w: &Named) -> Result<Option<FusedEsu>> {
         let retrieved = match cfg.kind {
             ModelKind::SirenSoft => SeqKind::Retrieved(Retrieval::Soft),
             ModelKind::SirenHard => SeqKind::Retrieved(Retrieval::Hard),
             _ => return Ok(None),
         };
-        if cfg.domain != DomainMode::Shared {
+        if cfg.domain != DomainMode::Shared || cfg.reference_net {
             return Ok(None);
         }
         let d = cfg.dim;
