@@ -233,9 +233,10 @@ pub struct TrainFlags {
     dropout: f32,
     /// MUSE's reference regime, overriding the flags above: one epoch, batch 1,000, dense
     /// learning rate 2e-4, embedding learning rate 2e-3, embedding std 0.001, no action or
-    /// time-gap features, no projected multimodal target embedding, and the validation
-    /// impressions trained on (no hold-out). The user id stays (the reference's head has user
-    /// embeddings); `--no-user-id` drops it too.
+    /// time-gap features, no projected multimodal target embedding, din, sim-hard and muse as
+    /// the reference's one network (`--reference-net`), and the validation impressions trained
+    /// on (no hold-out). The user id stays (the reference's head has user embeddings);
+    /// `--no-user-id` drops it too.
     #[arg(long)]
     reference: bool,
     /// Build din, sim-hard and muse as the one network MUSE's reference code trains for all
@@ -269,6 +270,7 @@ impl TrainFlags {
             no_action: true,
             no_gap: true,
             no_mm_target: true,
+            reference_net: true,
             ..self.clone()
         }
     }
@@ -585,4 +587,47 @@ pub struct CompareArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub train: TrainFlags,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        train: TrainFlags,
+    }
+
+    fn model(args: &[&str], name: &str) -> ModelConfig {
+        let flags = Flags::parse_from(std::iter::once("siren").chain(args.iter().copied())).train;
+        flags.model(ModelConfig::named(name).unwrap())
+    }
+
+    /// `--reference` builds din, sim-hard and muse as the reference's one network (as
+    /// `--reference-net` does) and leaves SIREN and no-seq as they are, but for its inputs.
+    #[test]
+    fn the_reference_regime_builds_the_reference_network_for_its_methods() {
+        for name in ["din", "sim-hard", "muse"] {
+            let cfg = model(&["--reference"], name);
+            assert!(cfg.reference_net && cfg.no_mm_target, "{name}");
+            let by_switch = [
+                "--reference-net",
+                "--no-mm-target",
+                "--no-action",
+                "--no-gap",
+            ];
+            assert_eq!(cfg, model(&by_switch, name), "{name}");
+            assert!(!model(&[], name).reference_net, "{name}");
+        }
+        for name in ["siren-hard", "siren-soft", "no-seq"] {
+            let cfg = model(&["--reference"], name);
+            assert!(
+                !cfg.reference_net && cfg.no_mm_target && cfg.no_action,
+                "{name}"
+            );
+            assert_eq!(cfg.dim, ModelConfig::named(name).unwrap().dim, "{name}");
+        }
+    }
 }
