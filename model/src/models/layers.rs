@@ -357,6 +357,34 @@ pub fn masked_mean(x: &Tensor, mask: &Tensor) -> Result<Tensor> {
     sum.broadcast_div(&count)
 }
 
+/// MUSE's semantic-aware fusion of an attention's ID score `s` with the scaled cosine
+/// `m = cos / a`: the logit `b1·s + b2·m + b3·s·m` (parameters `sata.a`, `sata.b1..3`; Siren's
+/// MUSE and the reference network share it).
+pub struct SemanticFusion {
+    a: Tensor,
+    b: [Tensor; 3],
+}
+
+impl SemanticFusion {
+    pub fn new(p: &Params) -> Result<Self> {
+        Ok(SemanticFusion {
+            a: p.scalar("sata.a", 0.1)?,
+            b: [
+                p.scalar("sata.b1", 1.0)?,
+                p.scalar("sata.b2", 1.0)?,
+                p.scalar("sata.b3", 1.0)?,
+            ],
+        })
+    }
+
+    /// The fused logits of scores `s` and cosines `cos`, both `[B, T]`.
+    pub fn logits(&self, s: &Tensor, cos: &Tensor) -> Result<Tensor> {
+        let m = cos.broadcast_div(&self.a)?;
+        (s.broadcast_mul(&self.b[0])? + m.broadcast_mul(&self.b[1])?)?
+            + (s * &m)?.broadcast_mul(&self.b[2])?
+    }
+}
+
 /// DIN's target attention: an MLP scores each behaviour from `[q, k, q - k, q * k]`; the pooled
 /// interest is the softmax-weighted sum of the behaviours.
 pub struct TargetAttention {

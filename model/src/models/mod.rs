@@ -27,8 +27,8 @@ use crate::batch::{Batch, SeqBatch, Vocabs, GAP_BUCKETS, SIMTIER_BINS, SIM_BUCKE
 use crate::error::{ModelError, Result as ModelResult};
 use crate::features::{Retrieval, SeqKind};
 use layers::{
-    flat, key_bias, masked_mean, masked_softmax, ones, sum_levels, Mlp, Params, TargetAttention,
-    TransformerLayer,
+    flat, key_bias, masked_mean, masked_softmax, ones, sum_levels, Mlp, Params, SemanticFusion,
+    TargetAttention, TransformerLayer,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -606,9 +606,7 @@ struct Muse {
     wq: Linear,
     wk: Linear,
     wv: Linear,
-    /// Cosine scale `a` (m = cos / a) and the fusion weights b1..b3.
-    a: Tensor,
-    b: [Tensor; 3],
+    fusion: SemanticFusion,
     simtier: Linear,
 }
 
@@ -631,9 +629,7 @@ impl Backbone for Muse {
         let kv = candle_nn::ops::silu(&self.wk.forward(&lk)?)?;
         let vv = candle_nn::ops::silu(&self.wv.forward(&lk)?)?;
         let s = kv.matmul(&qv.unsqueeze(2)?)?.squeeze(2)?;
-        let m = long.sim.broadcast_div(&self.a)?;
-        let logit = ((s.broadcast_mul(&self.b[0])? + m.broadcast_mul(&self.b[1])?)?
-            + (&s * &m)?.broadcast_mul(&self.b[2])?)?;
+        let logit = self.fusion.logits(&s, &long.sim)?;
         let w = masked_softmax(&logit, &long.mask)?;
         let sata = w.unsqueeze(1)?.matmul(&vv)?.squeeze(1)?;
         let tier = self.simtier.forward(&long.simtier)?;
@@ -779,12 +775,7 @@ pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<B
                 wq: p.linear("sata.q", 2 * dim, dim)?,
                 wk: p.linear("sata.k", 2 * dim, dim)?,
                 wv: p.linear("sata.v", 2 * dim, dim)?,
-                a: p.scalar("sata.a", 0.1)?,
-                b: [
-                    p.scalar("sata.b1", 1.0)?,
-                    p.scalar("sata.b2", 1.0)?,
-                    p.scalar("sata.b3", 1.0)?,
-                ],
+                fusion: SemanticFusion::new(p)?,
                 simtier: p.linear_no_bias("simtier", SIMTIER_BINS, dim)?,
             }),
             (TargetInterest::WIDTH + 6 + context) * dim,

@@ -30,7 +30,7 @@
 use candle_core::{Module, Result, Tensor, D};
 use candle_nn::Linear;
 
-use super::layers::{flat, Params};
+use super::layers::{flat, Params, SemanticFusion};
 use super::{seq, Backbone, Dims, Ids, ModelConfig, ModelKind, Scorer};
 use crate::batch::{Batch, SeqBatch, SIMTIER_BINS};
 use crate::error::{ModelError, Result as ModelResult};
@@ -198,9 +198,7 @@ struct SemanticAttention {
     query: Linear,
     key: Linear,
     value: Linear,
-    /// Cosine scale `a` (m = cos / a) and the fusion weights b1..b3.
-    a: Tensor,
-    b: [Tensor; 3],
+    fusion: SemanticFusion,
 }
 
 impl SemanticAttention {
@@ -210,12 +208,7 @@ impl SemanticAttention {
             query: lin("query")?,
             key: lin("key")?,
             value: lin("value")?,
-            a: p.scalar("sata.a", 0.1)?,
-            b: [
-                p.scalar("sata.b1", 1.0)?,
-                p.scalar("sata.b2", 1.0)?,
-                p.scalar("sata.b3", 1.0)?,
-            ],
+            fusion: SemanticFusion::new(p)?,
         })
     }
 
@@ -226,10 +219,7 @@ impl SemanticAttention {
         let k = silu(&self.key, behaviours)?;
         let v = silu(&self.value, behaviours)?;
         let s = dot(&k, &q)?;
-        let m = cosine.broadcast_div(&self.a)?;
-        let logits = ((s.broadcast_mul(&self.b[0])? + m.broadcast_mul(&self.b[1])?)?
-            + (&s * &m)?.broadcast_mul(&self.b[2])?)?;
-        attend(&logits, &v)
+        attend(&self.fusion.logits(&s, cosine)?, &v)
     }
 }
 
