@@ -261,34 +261,41 @@ fn import_train_eval_compare() {
     assert!(!ok && out.contains("unknown model"), "{out}");
 }
 
+/// `siren import synthetic` of 60 users with 300 to 600 events over 1,500 items of 16
+/// dimensions into `out`, with `extra` arguments.
+fn import_small_synthetic(out: &str, extra: &[&str]) -> (bool, String) {
+    let mut args = vec![
+        "import",
+        "synthetic",
+        "--out",
+        out,
+        "--users",
+        "60",
+        "--items",
+        "1500",
+        "--min-events",
+        "300",
+        "--max-events",
+        "600",
+        "--dim",
+        "16",
+        "--codebook",
+        "16",
+    ];
+    args.extend(extra);
+    siren(&args)
+}
+
 #[test]
 fn multi_domain_import_compare_eval() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("md");
     let d = data.to_str().unwrap();
     let import = |out: &str, shares: &str| {
-        siren(&[
-            "import",
-            "synthetic",
-            "--out",
+        import_small_synthetic(
             out,
-            "--users",
-            "60",
-            "--items",
-            "1500",
-            "--min-events",
-            "300",
-            "--max-events",
-            "600",
-            "--impressions-per-user",
-            "30",
-            "--dim",
-            "16",
-            "--codebook",
-            "16",
-            "--domain-shares",
-            shares,
-        ])
+            &["--impressions-per-user", "30", "--domain-shares", shares],
+        )
     };
     let bad = tmp.path().join("bad");
     let (ok, out) = import(bad.to_str().unwrap(), "0.9,-0.1");
@@ -446,26 +453,7 @@ fn import_synthetic_with_and_without_item_quality() {
     let tmp = tempfile::tempdir().unwrap();
     let ceiling = |name: &str, extra: &[&str]| {
         let out_dir = tmp.path().join(name);
-        let mut args = vec![
-            "import",
-            "synthetic",
-            "--out",
-            out_dir.to_str().unwrap(),
-            "--users",
-            "60",
-            "--items",
-            "1500",
-            "--min-events",
-            "300",
-            "--max-events",
-            "600",
-            "--dim",
-            "16",
-            "--codebook",
-            "16",
-        ];
-        args.extend(extra);
-        let (ok, out) = siren(&args);
+        let (ok, out) = import_small_synthetic(out_dir.to_str().unwrap(), extra);
         assert!(ok, "{out}");
         let meta: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(out_dir.join("dataset.json")).unwrap())
