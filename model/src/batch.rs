@@ -238,9 +238,17 @@ pub struct RowIndex {
 
 impl RowIndex {
     pub fn new(v: &Vocabs, items: &ItemTable) -> RowIndex {
+        RowIndex::first(v, items, items.len())
+    }
+
+    /// The indexes of the first `rows` rows of `items` only: serving's table holds a request's
+    /// candidates and retrieved items first, which its samples refer to, then the history's
+    /// items, which only the evidence features read (by codes, category and SemID).
+    pub fn first(v: &Vocabs, items: &ItemTable, rows: usize) -> RowIndex {
+        let rows = rows.min(items.len());
         let levels = v.levels();
-        let mut prefix = vec![0u32; items.len() * levels];
-        for (r, s) in items.semid.iter().enumerate() {
+        let mut prefix = vec![0u32; rows * levels];
+        for (r, s) in items.semid[..rows].iter().enumerate() {
             if let Some(s) = s {
                 for l in 1..=levels.min(s.levels()) {
                     prefix[r * levels + l - 1] = v.prefix[l - 1].get(prefix_key(s, l));
@@ -248,9 +256,8 @@ impl RowIndex {
             }
         }
         RowIndex {
-            item: items.ids.iter().map(|&id| v.item.get(id)).collect(),
-            category: items
-                .category
+            item: items.ids[..rows].iter().map(|&id| v.item.get(id)).collect(),
+            category: items.category[..rows]
                 .iter()
                 .map(|&c| v.category.get(u64::from(c)))
                 .collect(),

@@ -30,8 +30,12 @@ pub struct BuildTimings {
 
 /// Samples of `(user, candidate, at)` for every candidate, in candidate order.
 pub struct CandidateSamples {
-    /// The candidates and every retrieved behaviour's item (the rows tokens refer to).
+    /// The candidates and every retrieved behaviour's item (the rows tokens refer to), then
+    /// the history's items (for the evidence features only).
     pub items: ItemTable,
+    /// How many of the first rows of `items` the samples refer to (the candidates' and the
+    /// retrieved items').
+    pub sample_rows: usize,
     /// Sequences in the slots of the plan.
     pub set: SampleSet,
     /// Per candidate: whether the catalog holds it.
@@ -81,7 +85,7 @@ pub fn candidate_samples(
 
     let t = Instant::now();
     let in_catalog = targets.in_catalog();
-    let (items, history_rows) = item_table(snap, targets, &per_seq, &history);
+    let (items, sample_rows, history_rows) = item_table(snap, targets, &per_seq, &history);
     let imps: Vec<Impression> = candidates
         .iter()
         .map(|&item| Impression {
@@ -108,6 +112,7 @@ pub fn candidate_samples(
     };
     Ok(CandidateSamples {
         items,
+        sample_rows,
         set,
         in_catalog,
         retrieved,
@@ -122,7 +127,7 @@ pub fn candidate_samples(
 
 /// Every item a feature refers to: the candidates, the retrieved behaviours' items, then the
 /// history's (for the evidence features), read from the catalog as stored (no copies; f32
-/// values for the candidates only); with
+/// values for the candidates only); with how many rows come before the history's, and
 /// the history's rows in it (oldest first, [`NO_ROW`] for an item the catalog lacks), found
 /// with one look-up per behaviour.
 fn item_table(
@@ -130,18 +135,19 @@ fn item_table(
     targets: Targets,
     per_seq: &[Vec<Vec<Retrieved>>],
     history: &[Event],
-) -> (ItemTable, Vec<u32>) {
+) -> (ItemTable, usize, Vec<u32>) {
     // The candidates have their f32 values (the model's multimodal input reads them); the
     // behaviours get their codes only (cosines, categories and SemIDs are all they need).
     let mut table = targets.into_table();
     for r in per_seq.iter().flatten().flatten() {
         table.row_or_add_codes(snap, r.event.item);
     }
+    let sample_rows = table.len();
     let rows = history
         .iter()
         .map(|e| table.row_or_add_codes(snap, e.item))
         .collect();
-    (table, rows)
+    (table, sample_rows, rows)
 }
 
 /// Per impression, one token list per sequence.

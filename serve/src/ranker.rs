@@ -187,7 +187,7 @@ impl Ranker {
         }
         let t = Instant::now();
         let vocabs = &model.config.vocabs;
-        let rows = RowIndex::new(vocabs, &built.items);
+        let rows = RowIndex::first(vocabs, &built.items, built.sample_rows);
         let kinds: Vec<SeqKind> = plan.iter().map(|p| p.slot).collect();
         let mut probs = Vec::with_capacity(candidates.len());
         let idx: Vec<usize> = (0..candidates.len()).collect();
