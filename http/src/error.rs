@@ -112,6 +112,13 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
+        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
+            // The body was left unread, so the connection closes after this response; saying
+            // so keeps a client from sending its next request on it (which then fails when the
+            // close lands first) and lets it open a fresh one.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }
