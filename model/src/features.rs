@@ -158,10 +158,13 @@ impl ItemTable {
     }
 
     fn push_ref_with(&mut self, it: &ItemRef<'_>, keep_values: bool) -> u32 {
-        let values = match (keep_values, it.embedding) {
-            (false, Some((_, scale))) => Values::Drop { scale },
-            (false, None) => Values::Drop { scale: 0.0 },
-            (true, _) => Values::Keep,
+        let values = if keep_values {
+            Values::Keep
+        } else {
+            // Without an embedding, the scale is never read.
+            Values::Drop {
+                scale: it.embedding.map_or(0.0, |(_, scale)| scale),
+            }
         };
         let emb = it.embedding.map(|(q, scale)| (dequantize(q, scale), q));
         self.push_parts(it.id, it.category, it.semid, emb, values)
@@ -416,20 +419,28 @@ impl HistorySummary {
     /// the length only. One look-up per behaviour finds its item; categories and SemID
     /// prefixes are then grouped over the distinct items, which are far fewer.
     pub fn new(items: &ItemTable, hist: &[Event]) -> HistorySummary {
-        let rows: Vec<u32> = hist
-            .iter()
-            .map(|e| items.row(e.item).unwrap_or(NO_ROW))
-            .collect();
-        HistorySummary::from_rows(items, &rows)
+        // The rows are looked up as the pass goes: training builds one summary per sample, and
+        // a list of them would be one more allocation the history's length per sample.
+        let rows = hist.iter().map(|e| items.row(e.item).unwrap_or(NO_ROW));
+        HistorySummary::summarise(items, rows)
     }
 
     /// [`Self::new`] of a history whose behaviours' rows in `items` are known (oldest first,
     /// [`NO_ROW`] for an item without one): serving finds them while it fills the table.
     pub fn from_rows(items: &ItemTable, rows: &[u32]) -> HistorySummary {
+        HistorySummary::summarise(items, rows.iter().copied())
+    }
+
+    /// The summary of the behaviours whose rows `rows` yields, oldest first.
+    fn summarise(
+        items: &ItemTable,
+        rows: impl DoubleEndedIterator<Item = u32> + ExactSizeIterator,
+    ) -> HistorySummary {
+        let len = rows.len();
         // Per distinct item, newest first (so that an item's first behaviour is its newest).
         let mut slot = vec![u32::MAX; items.len()];
         let mut per_item: Vec<(u32, Matches)> = Vec::new();
-        for (back, &row) in rows.iter().rev().enumerate() {
+        for (back, row) in rows.rev().enumerate() {
             if row == NO_ROW {
                 continue;
             }
@@ -442,7 +453,7 @@ impl HistorySummary {
             }
         }
         let mut out = HistorySummary {
-            len: rows.len(),
+            len,
             ..HistorySummary::default()
         };
         for (row, m) in &per_item {
