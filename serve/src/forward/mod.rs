@@ -10,14 +10,15 @@
 //!   the keys times every candidate's key weight side by side (the target folded into the
 //!   weight), and the pooling.
 //! - Per candidate, in chunks over the thread pool: each token is one gather-and-sum of its
-//!   embedding rows followed by the input layer norm while the row is in cache; attention per
+//!   embedding rows and the input layer norm in one pass (in registers on AVX-512); attention per
 //!   candidate and head with its `T x T` scores in a small reused buffer; bias, ReLU, residual
 //!   and layer norm applied row by row after each dense product; the last layer computes the
 //!   target position only, with the key and value weights folded into its query and pooled
 //!   row; the head's MLP. Every activation lives in per-thread buffers ([`Scratch`]) reused
 //!   from block to block and call to call. Dense products go through the `gemm` crate
 //!   ([`kernels::matmul`]); attention, softmax and layer norm are the row kernels of
-//!   [`simd`], built for AVX2 and FMA where the CPU has them.
+//!   [`simd`], built for AVX2 and FMA where the CPU has them, and for AVX-512 where it has
+//!   that (`avx512`: attention of 16-wide heads, layer norms).
 //!
 //! What it covers is [`FusedEsu::load`]'s test: `siren-soft` and `siren-hard` with or without
 //! the recent branch, prefix SemIDs, similarity buckets, the behaviours' action and time gap,
@@ -25,6 +26,8 @@
 //! multimodal target embedding, in the single-domain form.
 //! Everything else (the baselines, the multi-domain forms) is served by candle.
 
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 pub mod inputs;
 pub mod kernels;
 pub mod simd;
@@ -56,13 +59,59 @@ struct Ids {
 impl Ids {
     /// `row += ` the action and time-gap rows of position `i` of `s`, when the model reads them.
     fn add_context(&self, row: &mut [f32], s: &Seq, i: usize) -> Result<()> {
-        if let Some(a) = &self.action {
-            a.add_row(row, s.action[i])?;
-        }
-        if let Some(g) = &self.gap {
-            g.add_row(row, s.gap[i])?;
+        let mut rows = TokenRows::default();
+        self.context_rows(&mut rows, s, i)?;
+        for r in rows.as_slice() {
+            kernels::add(row, r);
         }
         Ok(())
+    }
+
+    /// The action and time-gap rows of position `i` of `s`, when the model reads them.
+    fn context_rows<'a>(&'a self, rows: &mut TokenRows<'a>, s: &Seq, i: usize) -> Result<()> {
+        if let Some(a) = &self.action {
+            rows.push(a.row(s.action[i])?);
+        }
+        if let Some(g) = &self.gap {
+            rows.push(g.row(s.gap[i])?);
+        }
+        Ok(())
+    }
+}
+
+/// Rows a token sums beyond its SemID levels: item, category, action, time gap, similarity
+/// bucket, shared depth (a behaviour), or item, category, projected embedding, target type
+/// (the target).
+const FIXED_ROWS: usize = 6;
+/// The most SemID levels the fused forward takes ([`FusedEsu::load`] leaves deeper models to
+/// candle): with them, a token's rows fit [`TokenRows`].
+const MAX_LEVELS: usize = 10;
+
+/// The embedding rows one token sums, in the order candle adds them.
+struct TokenRows<'a> {
+    rows: [&'a [f32]; FIXED_ROWS + MAX_LEVELS],
+    n: usize,
+}
+
+impl Default for TokenRows<'_> {
+    fn default() -> Self {
+        TokenRows {
+            rows: [&[]; FIXED_ROWS + MAX_LEVELS],
+            n: 0,
+        }
+    }
+}
+
+impl<'a> TokenRows<'a> {
+    /// # Panics
+    /// Past the capacity, which `FusedEsu::load` rules out by the model's levels.
+    fn push(&mut self, row: &'a [f32]) {
+        self.rows[self.n] = row;
+        self.n += 1;
+    }
+
+    fn as_slice(&self) -> &[&'a [f32]] {
+        &self.rows[..self.n]
     }
 }
 
@@ -234,6 +283,9 @@ impl FusedEsu {
             while w.has(&format!("prefix{}.weight", levels.len() + 1)) {
                 levels.push(table(&format!("prefix{}", levels.len() + 1))?);
             }
+            if levels.len() > MAX_LEVELS {
+                return Ok(None);
+            }
             Some(Prefix {
                 depth: table("depth")?,
                 levels,
@@ -388,48 +440,51 @@ impl FusedEsu {
     }
 
     /// The normalised tokens `[c * (T + 1), d]` of candidates `lo..lo + c` into `out`: per
-    /// candidate the target token, then its retrieved behaviours.
+    /// candidate the target token, then its retrieved behaviours. Each token's embedding rows
+    /// are summed and normalised in one pass ([`RowKernels::sum_norm`]).
     fn tokens(&self, out: &mut [f32], x: &Inputs, mm: Option<&[f32]>, lo: usize) -> Result<()> {
         let (d, t) = (self.dim, x.retrieved.len);
-        let norm = |row: &mut [f32]| {
-            (self.kernels.norm_in_place)(row, &self.ln_in.gamma, &self.ln_in.beta)
+        let sum_norm = |row: &mut [f32], rows: &TokenRows<'_>| {
+            (self.kernels.sum_norm)(row, rows.as_slice(), &self.ln_in.gamma, &self.ln_in.beta)
         };
         for (cand, rows) in out.chunks_exact_mut((t + 1) * d).enumerate() {
             let (target, behaviours) = rows.split_at_mut(d);
             let mm = mm.map(|m| &m[cand * d..(cand + 1) * d]);
-            self.target_token(target, x, mm, lo + cand)?;
+            let mut parts = TokenRows::default();
+            self.target_rows(&mut parts, x, mm, lo + cand)?;
+            sum_norm(target, &parts);
             let next = lo + cand + 1 < x.size;
             for (p, row) in behaviours.chunks_exact_mut(d).enumerate() {
                 let i = (lo + cand) * t + p;
                 if next {
                     self.prefetch_behaviour(&x.retrieved, x.levels, i + t);
                 }
-                self.behaviour_token(row, &x.retrieved, x.levels, i)?;
+                let mut parts = TokenRows::default();
+                self.behaviour_rows(&mut parts, &x.retrieved, x.levels, i)?;
+                sum_norm(row, &parts);
             }
-            // The candidate's rows (about 6 KB) are still in cache.
-            norm(rows);
         }
         Ok(())
     }
 
     /// Item + category (+ projected embedding) + target type (+ prefix SemIDs) of candidate
-    /// `i`, added in candle's order.
-    fn target_token(
-        &self,
-        row: &mut [f32],
+    /// `i`, in candle's order.
+    fn target_rows<'a>(
+        &'a self,
+        rows: &mut TokenRows<'a>,
         x: &Inputs,
-        mm: Option<&[f32]>,
+        mm: Option<&'a [f32]>,
         i: usize,
     ) -> Result<()> {
-        row.copy_from_slice(self.ids.item.row(x.item[i])?);
-        self.ids.category.add_row(row, x.category[i])?;
+        rows.push(self.ids.item.row(x.item[i])?);
+        rows.push(self.ids.category.row(x.category[i])?);
         if let Some(mm) = mm {
-            kernels::add(row, mm);
+            rows.push(mm);
         }
-        kernels::add(row, &self.target_type);
+        rows.push(&self.target_type);
         if let Some(p) = &self.prefix {
             for (l, table) in p.levels.iter().enumerate() {
-                table.add_row(row, x.prefix[i * x.levels + l])?;
+                rows.push(table.row(x.prefix[i * x.levels + l])?);
             }
         }
         Ok(())
@@ -451,19 +506,25 @@ impl FusedEsu {
     }
 
     /// Item + category (+ action + time gap) (+ similarity bucket) (+ prefix SemIDs and shared
-    /// depth) of position `i` of a sequence.
-    fn behaviour_token(&self, row: &mut [f32], s: &Seq, levels: usize, i: usize) -> Result<()> {
-        row.copy_from_slice(self.ids.item.row(s.item[i])?);
-        self.ids.category.add_row(row, s.category[i])?;
-        self.ids.add_context(row, s, i)?;
+    /// depth) of position `i` of a sequence, in candle's order.
+    fn behaviour_rows<'a>(
+        &'a self,
+        rows: &mut TokenRows<'a>,
+        s: &Seq,
+        levels: usize,
+        i: usize,
+    ) -> Result<()> {
+        rows.push(self.ids.item.row(s.item[i])?);
+        rows.push(self.ids.category.row(s.category[i])?);
+        self.ids.context_rows(rows, s, i)?;
         if let Some(sb) = &self.sim_bucket {
-            sb.add_row(row, s.sim_bucket[i])?;
+            rows.push(sb.row(s.sim_bucket[i])?);
         }
         if let Some(p) = &self.prefix {
             for (l, table) in p.levels.iter().enumerate() {
-                table.add_row(row, s.prefix[i * levels + l])?;
+                rows.push(table.row(s.prefix[i * levels + l])?);
             }
-            p.depth.add_row(row, s.depth[i])?;
+            rows.push(p.depth.row(s.depth[i])?);
         }
         Ok(())
     }

@@ -1,5 +1,7 @@
 //! The fused forward's row kernels, compiled twice: once for any x86-64 (SSE2) and once with
 //! AVX2 and FMA, chosen at run time as the engine's dot products are ([`RowKernels::best`]).
+//! On CPUs with AVX-512 the attention of 16-wide heads and the layer norms of rows of whole
+//! registers take [`super::avx512`]'s kernels instead.
 //!
 //! They are plain loops over slices written so that the compiler vectorises them: axpy forms
 //! (`row += a * x`) rather than dot products, whose horizontal sums it cannot vectorise under
@@ -54,6 +56,9 @@ pub struct PoolInput<'a> {
 /// `out = layer_norm(x)` row by row: `(out, x, gamma, beta)`.
 pub type NormRows = fn(&mut [f32], &[f32], &[f32], &[f32]);
 
+/// `out = layer_norm(rows summed)`: `(out, rows, gamma, beta)`.
+pub type SumNorm = fn(&mut [f32], &[&[f32]], &[f32], &[f32]);
+
 /// The kernels for this CPU.
 #[derive(Clone, Copy)]
 pub struct RowKernels {
@@ -66,31 +71,94 @@ pub struct RowKernels {
     pub norm_rows: NormRows,
     /// Layer norm of every `gamma.len()`-wide row of `x` in place.
     pub norm_in_place: fn(&mut [f32], &[f32], &[f32]),
+    /// `out = layer_norm(rows[0] + rows[1] + ...)`, the sum taken in that order: a token's
+    /// embedding rows summed and normalised in one pass (`rows` not empty, each as wide as
+    /// `out` and `gamma`).
+    pub sum_norm: SumNorm,
     /// Softmax of `scale * s` over the positions where `keep` is 1, the others 0; all zeros
     /// when none is kept.
     pub softmax: fn(&mut [f32], &[f32], f32),
 }
 
 impl RowKernels {
-    /// AVX2 and FMA where the CPU has them (detection is cached by the standard library), the
-    /// portable build elsewhere.
+    /// The fastest build this CPU runs: AVX2 and FMA with the AVX-512 attention
+    /// ([`super::avx512`]) where the CPU has AVX-512F, AVX2 and FMA without it, the portable
+    /// build elsewhere (detection is cached by the standard library).
     pub fn best() -> RowKernels {
+        RowKernels::avx512()
+            .or_else(RowKernels::avx2)
+            .unwrap_or_else(RowKernels::portable)
+    }
+
+    /// The AVX2 and FMA build, where the CPU has both.
+    pub fn avx2() -> Option<RowKernels> {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
-                return RowKernels {
+                return Some(RowKernels {
                     // SAFETY: chosen only when the CPU has AVX2 and FMA.
                     attend: |a, o, s| unsafe { x86::attend(a, o, s) },
                     pool: |a, o, s| unsafe { x86::pool(a, o, s) },
                     norm_rows: |o, x, g, b| unsafe { x86::norm_rows(o, x, g, b) },
                     norm_in_place: |x, g, b| unsafe { x86::norm_in_place(x, g, b) },
+                    sum_norm: |o, r, g, b| unsafe { x86::sum_norm(o, r, g, b) },
                     softmax: |s, k, scale| unsafe { x86::softmax(s, k, scale) },
-                };
+                });
             }
         }
-        RowKernels::portable()
+        None
+    }
+
+    /// The AVX2 build with the AVX-512 attention and layer norms for the shapes they cover,
+    /// where the CPU has AVX-512F, AVX2 and FMA.
+    pub fn avx512() -> Option<RowKernels> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return RowKernels::avx2().map(|k| RowKernels {
+                    attend: |a, o, s| {
+                        if super::avx512::covers(a) {
+                            // SAFETY: chosen only when the CPU has AVX-512F, AVX2 and FMA.
+                            unsafe { super::avx512::attend(a, o, s) }
+                        } else {
+                            // SAFETY: as above.
+                            unsafe { x86::attend(a, o, s) }
+                        }
+                    },
+                    norm_rows: |o, x, g, b| {
+                        if super::avx512::covers_norm(g.len()) {
+                            // SAFETY: chosen only when the CPU has AVX-512F, AVX2 and FMA.
+                            unsafe { super::avx512::norm_rows(o, x, g, b) }
+                        } else {
+                            // SAFETY: as above.
+                            unsafe { x86::norm_rows(o, x, g, b) }
+                        }
+                    },
+                    norm_in_place: |x, g, b| {
+                        if super::avx512::covers_norm(g.len()) {
+                            // SAFETY: chosen only when the CPU has AVX-512F, AVX2 and FMA.
+                            unsafe { super::avx512::norm_in_place(x, g, b) }
+                        } else {
+                            // SAFETY: as above.
+                            unsafe { x86::norm_in_place(x, g, b) }
+                        }
+                    },
+                    sum_norm: |o, r, g, b| {
+                        if super::avx512::covers_norm(g.len()) {
+                            // SAFETY: chosen only when the CPU has AVX-512F, AVX2 and FMA.
+                            unsafe { super::avx512::sum_norm(o, r, g, b) }
+                        } else {
+                            // SAFETY: as above.
+                            unsafe { x86::sum_norm(o, r, g, b) }
+                        }
+                    },
+                    ..k
+                });
+            }
+        }
+        None
     }
 
     /// The build for any CPU of the target.
@@ -100,6 +168,7 @@ impl RowKernels {
             pool: pool::<false>,
             norm_rows: norm_rows::<false>,
             norm_in_place: norm_in_place::<false>,
+            sum_norm: sum_norm::<false>,
             softmax: masked_softmax::<false>,
         }
     }
@@ -221,6 +290,11 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn norm_in_place(x: &mut [f32], gamma: &[f32], beta: &[f32]) {
         super::norm_in_place::<true>(x, gamma, beta)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn sum_norm(out: &mut [f32], rows: &[&[f32]], gamma: &[f32], beta: &[f32]) {
+        super::sum_norm::<true>(out, rows, gamma, beta)
     }
 }
 
@@ -501,6 +575,13 @@ fn transpose_keys<const FMA: bool>(a: &HeadInput<'_>, kt: &mut [f32], tp: usize)
     }
 }
 
+/// [`transpose_keys`] in the AVX2 build, for the AVX-512 attention.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+pub(super) fn transpose_keys_avx2(a: &HeadInput<'_>, kt: &mut [f32], tp: usize) {
+    transpose_keys::<true>(a, kt, tp)
+}
+
 /// The operands of [`product`]: `rows` rows of `w`, `w_rs` apart, of which the first `depth`
 /// are read, and `depth` rows of `b`, `b_rs` apart, of which the first `lanes` 8-lane blocks
 /// are read.
@@ -676,15 +757,35 @@ fn norm_in_place<const FMA: bool>(x: &mut [f32], gamma: &[f32], beta: &[f32]) {
     }
 }
 
+// Inlined into the AVX2 wrappers, so that they are compiled with AVX2 and FMA.
+#[inline(always)]
+fn sum_norm<const FMA: bool>(out: &mut [f32], rows: &[&[f32]], gamma: &[f32], beta: &[f32]) {
+    let (first, rest) = rows.split_first().expect("a token sums at least one row");
+    out.copy_from_slice(first);
+    for row in rest {
+        for (o, v) in out.iter_mut().zip(row.iter()) {
+            *o += v;
+        }
+    }
+    norm_row_in_place::<FMA>(out, gamma, beta);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
-    /// Both builds this CPU can run.
+    /// Every build this CPU can run.
     fn builds() -> Vec<RowKernels> {
-        vec![RowKernels::portable(), RowKernels::best()]
+        [
+            Some(RowKernels::portable()),
+            RowKernels::avx2(),
+            RowKernels::avx512(),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
     }
 
     /// The definition in f64: `softmax(scale * q k^T)` over kept keys, times `v`.
@@ -918,9 +1019,37 @@ mod tests {
     }
 
     #[test]
+    fn summed_and_normalised_tokens_equal_the_sum_then_the_norm_on_every_build() {
+        let mut rng = StdRng::seed_from_u64(13);
+        for d in [1, 5, 16, 32, 37, 64, 80] {
+            for n in [1, 2, 9] {
+                let rows: Vec<Vec<f32>> = (0..n)
+                    .map(|_| (0..d).map(|_| rng.random_range(-2.0..2.0)).collect())
+                    .collect();
+                let gamma: Vec<f32> = (0..d).map(|_| rng.random_range(0.5..1.5)).collect();
+                let beta: Vec<f32> = (0..d).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let refs: Vec<&[f32]> = rows.iter().map(Vec::as_slice).collect();
+                for k in builds() {
+                    let mut want = rows[0].clone();
+                    for r in &rows[1..] {
+                        for (w, v) in want.iter_mut().zip(r) {
+                            *w += v;
+                        }
+                    }
+                    (k.norm_in_place)(&mut want, &gamma, &beta);
+                    let mut got = vec![f32::NAN; d];
+                    (k.sum_norm)(&mut got, &refs, &gamma, &beta);
+                    // The same sums in the same order and the same norm: the same floats.
+                    assert_eq!(got, want, "d {d}, {n} rows");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn layer_norm_rows_equal_the_definition_on_every_build() {
         let mut rng = StdRng::seed_from_u64(9);
-        for d in [1, 5, 8, 32, 37] {
+        for d in [1, 5, 8, 16, 32, 37, 48, 64, 80] {
             let x: Vec<f32> = (0..3 * d).map(|_| rng.random_range(-4.0..4.0)).collect();
             let gamma: Vec<f32> = (0..d).map(|_| rng.random_range(0.5..1.5)).collect();
             let beta: Vec<f32> = (0..d).map(|_| rng.random_range(-1.0..1.0)).collect();

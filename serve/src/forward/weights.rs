@@ -52,13 +52,8 @@ impl Named {
     }
 
     pub fn table(&self, name: &str, dim: usize) -> Result<Table> {
-        let (dims, data) = self.values(&format!("{name}.weight"), &[None, Some(dim)])?;
-        Ok(Table {
-            name: name.to_string(),
-            rows: dims[0],
-            dim,
-            data,
-        })
+        let (dims, values) = self.values(&format!("{name}.weight"), &[None, Some(dim)])?;
+        Ok(Table::new(name, dims[0], dim, &values))
     }
 
     /// A linear layer `name`, its widths checked against `inp` and `out` where given, read
@@ -82,15 +77,41 @@ impl Named {
     }
 }
 
-/// An embedding table, row-major `rows x dim`.
+/// Floats per cache line (64 bytes).
+const LINE: usize = 16;
+
+/// An embedding table, row-major `rows x dim`, its first row at a cache line's start: at
+/// width 32 a row is then exactly two lines. (A large `Vec` starts 16 bytes into its page,
+/// so every 64-byte load of a row split over two lines; the token gather waited on both.)
 pub struct Table {
     name: String,
     pub rows: usize,
     pub dim: usize,
+    /// The rows from `data[start]`, with up to a line of slack before them.
     data: Vec<f32>,
+    start: usize,
 }
 
 impl Table {
+    pub fn new(name: &str, rows: usize, dim: usize, values: &[f32]) -> Table {
+        let mut data = vec![0.0; values.len() + LINE - 1];
+        let misaligned = data.as_ptr() as usize % (LINE * 4) / 4;
+        let start = (LINE - misaligned) % LINE;
+        data[start..start + values.len()].copy_from_slice(values);
+        Table {
+            name: name.to_string(),
+            rows,
+            dim,
+            data,
+            start,
+        }
+    }
+
+    /// The rows as one slice.
+    fn values(&self) -> &[f32] {
+        &self.data[self.start..self.start + self.rows * self.dim]
+    }
+
     /// Row `i`; an index past the table is an error, as in candle's look-up.
     pub fn row(&self, i: u32) -> Result<&[f32]> {
         let i = i as usize;
@@ -100,7 +121,7 @@ impl Table {
                 self.rows, self.name
             )));
         }
-        Ok(&self.data[i * self.dim..(i + 1) * self.dim])
+        Ok(&self.values()[i * self.dim..(i + 1) * self.dim])
     }
 
     /// Asks the CPU to bring row `i` into cache ahead of its use: a hint, nothing when `i` is
@@ -108,7 +129,7 @@ impl Table {
     pub fn prefetch(&self, i: u32) {
         let i = i as usize;
         #[cfg(target_arch = "x86_64")]
-        if let Some(row) = self.data.get(i * self.dim..(i + 1) * self.dim) {
+        if let Some(row) = self.values().get(i * self.dim..(i + 1) * self.dim) {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
             // Every cache line of the row: one address per 64 bytes, and its last.
             let lines = (0..row.len()).step_by(16).chain(row.len().checked_sub(1));
@@ -117,12 +138,6 @@ impl Table {
                 unsafe { _mm_prefetch::<_MM_HINT_T0>(row[at..].as_ptr().cast()) };
             }
         }
-    }
-
-    /// `acc += row i`.
-    pub fn add_row(&self, acc: &mut [f32], i: u32) -> Result<()> {
-        super::kernels::add(acc, self.row(i)?);
-        Ok(())
     }
 }
 
