@@ -96,6 +96,21 @@ impl ApiError {
     }
 }
 
+/// Whether a response with `status` can be sent before the request's body is read: an
+/// oversized body (413), a body that is not JSON (415), a caller refused before its body
+/// (401, 403), and the admission and deadline refusals (503). Other errors are answered after
+/// the body was read in full, so their connections stay open.
+fn may_leave_body_unread(status: StatusCode) -> bool {
+    matches!(
+        status,
+        StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::UNSUPPORTED_MEDIA_TYPE
+            | StatusCode::UNAUTHORIZED
+            | StatusCode::FORBIDDEN
+            | StatusCode::SERVICE_UNAVAILABLE
+    )
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() && self.status != StatusCode::SERVICE_UNAVAILABLE {
@@ -112,10 +127,10 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if self.status == StatusCode::PAYLOAD_TOO_LARGE {
-            // The body was left unread, so the connection closes after this response; saying
-            // so keeps a client from sending its next request on it (which then fails when the
-            // close lands first) and lets it open a fresh one.
+        if may_leave_body_unread(self.status) {
+            // The body may have been left unread, and then the connection closes after this
+            // response; saying so keeps a client from sending its next request on it (which
+            // then fails when the close lands first) and lets it open a fresh one.
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }

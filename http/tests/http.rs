@@ -25,6 +25,11 @@ fn code(v: &Value) -> &str {
     v["error"]["code"].as_str().unwrap_or("")
 }
 
+/// The response's `Connection` header.
+fn connection(r: &reqwest::Response) -> Option<&str> {
+    r.headers().get("connection").and_then(|v| v.to_str().ok())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_over_a_socket_matches_the_library() {
     // No tokens: admin routes need the explicit flag (see `admin_refuses_without_a_token`).
@@ -331,6 +336,8 @@ async fn bad_input_gets_a_4xx_with_a_stable_code() {
         // Not JSON at all, without the content type.
         let r = c.post(s.url(path)).body("user=1").send().await.unwrap();
         assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "{path}");
+        // Answered before its body is read, so the server says it closes the connection.
+        assert_eq!(connection(&r), Some("close"), "{path}");
     }
     let cases: Vec<(&str, Value, StatusCode, &str)> = vec![
         // Wrong types, missing and unknown fields.
@@ -516,7 +523,7 @@ async fn bad_input_gets_a_4xx_with_a_stable_code() {
     // An oversized body.
     let big = json!({"events": (0..5000).map(|k| json!({"user": 1, "ts": k, "item": 1})).collect::<Vec<_>>()});
     let r = c.post(s.url("/v1/events")).json(&big).send().await.unwrap();
-    let closes = r.headers().get("connection").and_then(|v| v.to_str().ok()) == Some("close");
+    let closes = connection(&r) == Some("close");
     let (st, v) = (r.status(), r.json::<Value>().await.unwrap_or(Value::Null));
     assert_eq!(
         (st, code(&v), closes),
@@ -660,8 +667,11 @@ async fn bearer_tokens_and_scopes() {
         ),
     ];
     for (path, body, token, want) in cases {
-        let got = call(path, body, token).await.unwrap().status();
-        assert_eq!(got, want, "{path} with {token:?}");
+        let r = call(path, body, token).await.unwrap();
+        assert_eq!(r.status(), want, "{path} with {token:?}");
+        // A refused caller is answered before its body is read: the connection closes.
+        let closes = connection(&r) == Some("close");
+        assert_eq!(closes, want != StatusCode::OK, "{path} with {token:?}");
     }
     let r = c.get(s.url("/v1/stats")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
@@ -697,6 +707,7 @@ async fn overload_is_shed_with_503_and_retry_after() {
             StatusCode::OK => ok += 1,
             StatusCode::SERVICE_UNAVAILABLE => {
                 assert_eq!(r.headers()["retry-after"], "1");
+                assert_eq!(connection(&r), Some("close"));
                 let v: Value = r.json().await.unwrap();
                 assert_eq!(code(&v), "overloaded");
                 shed += 1;
