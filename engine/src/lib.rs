@@ -53,6 +53,7 @@ mod state;
 mod store;
 mod types;
 mod view;
+mod wal_gap;
 mod watermark;
 
 mod block;

@@ -264,13 +264,22 @@ impl Store {
     /// point-in-time recovery, which drops that record and everything after it), and
     /// [`Store::wal_damage`] says so. The power-loss harness found that the strict replay alone
     /// left a database that would not open after a power cut (docs/RELIABILITY.md).
+    ///
+    /// One damage neither replay reports: a run of zeros over a record header, which RocksDB
+    /// takes for the log's preallocated end. The logs are checked for it before the replay
+    /// ([`crate::wal_gap`]), and [`Store::wal_damage`] says so too.
     pub fn open(path: &Path) -> Result<Store> {
+        let gap = crate::wal_gap::zeroed_gap(path)?;
         let (db, wal_damage) = match open_db(path, DBRecoveryMode::TolerateCorruptedTailRecords) {
-            Ok(db) => (db, None),
+            Ok(db) => (db, gap),
             Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => {
                 let db = open_db(path, DBRecoveryMode::PointInTime)
                     .map_err(|e2| map_err(path, "opening", e2))?;
-                (db, Some(e.into_string()))
+                let damage = e.into_string();
+                (
+                    db,
+                    Some(gap.map_or(damage.clone(), |g| format!("{damage}; {g}"))),
+                )
             }
             Err(e) => return Err(map_err(path, "opening", e)),
         };
@@ -288,7 +297,8 @@ impl Store {
     }
 
     /// What RocksDB reported if, at open, its write-ahead log had a torn or damaged record and
-    /// was replayed only up to it (the writes from that record on were dropped).
+    /// was replayed only up to it (the writes from that record on were dropped), or where a
+    /// log's records stopped at a run of zeros that data followed.
     pub fn wal_damage(&self) -> Option<&str> {
         self.wal_damage.as_deref()
     }
