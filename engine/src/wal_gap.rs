@@ -135,6 +135,28 @@ mod tests {
         assert_eq!(gap_in(&to_end), None);
     }
 
+    proptest::proptest! {
+        /// Any bytes, a log damaged anywhere included: the scan ends without a panic, and a
+        /// gap it reports is zeros followed by a non-zero byte.
+        #[test]
+        fn any_bytes_scan_without_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..70_000),
+            zero_from in 0usize..70_000,
+            zero_len in 0usize..200,
+        ) {
+            let mut bytes = bytes;
+            let end = bytes.len().min(zero_from.saturating_add(zero_len));
+            if zero_from < end {
+                bytes[zero_from..end].fill(0);
+            }
+            if let Some((zeros, data)) = gap_in(&bytes) {
+                proptest::prop_assert!(zeros < data && data < bytes.len());
+                proptest::prop_assert!(bytes[zeros + HEADER..data].iter().all(|&b| b == 0));
+                proptest::prop_assert!(bytes[data] != 0);
+            }
+        }
+    }
+
     #[test]
     fn unknown_types_and_cut_headers_stop_the_scan() {
         let mut bytes = log(&[10, 10]);
