@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use siren_lab::movielens::MovieLensPaths;
 use siren_lab::{experiment, import};
 use siren_model::dataset::{self, DatasetDir};
-use siren_model::models::ModelConfig;
+use siren_model::models::{ModelConfig, ModelKind};
 use siren_model::semid::RqKmeansConfig;
 use siren_model::synth::PlantedConfig;
 use siren_model::train::{evaluate, train, PrepareOptions, TrainConfig};
@@ -207,6 +207,10 @@ pub struct TrainFlags {
     seed: u64,
     #[arg(long, default_value_t = 1)]
     patience: usize,
+    /// Also evaluate on validation every this many training batches within each epoch
+    /// (0 = at the end of each epoch only); the best weights seen at any check are kept.
+    #[arg(long, default_value_t = 0)]
+    validate_every: usize,
     /// Threads for reading samples from the engine.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -228,6 +232,10 @@ pub struct TrainFlags {
     /// enter only through cosines: the GSU, similarity buckets, SimTier, SA-TA).
     #[arg(long)]
     no_mm_target: bool,
+    /// SIREN models: leave the target's item embedding out of the head and the recent
+    /// branch's query (the item then reaches the head through the transformer only).
+    #[arg(long)]
+    no_head_item: bool,
     /// Dropout on every model's head input while training (0 = none).
     #[arg(long, default_value_t = 0.0, value_parser = dropout_rate)]
     dropout: f32,
@@ -284,6 +292,8 @@ impl TrainFlags {
             no_user_id: f.no_user_id,
             no_mm_target: f.no_mm_target,
             dropout: f.dropout,
+            no_head_item: f.no_head_item
+                && matches!(cfg.kind, ModelKind::SirenSoft | ModelKind::SirenHard),
             ..cfg
         };
         if f.reference_net {
@@ -320,6 +330,7 @@ impl TrainFlags {
             min_count: self.min_count,
             seed: self.seed,
             patience: self.patience,
+            validate_every: self.validate_every,
             progress: true,
             ..TrainConfig::default()
         }

@@ -74,12 +74,14 @@ pub fn compare(
                 // Tail domains exist only in multi-domain data.
                 let tail = run.tail.as_ref().and_then(|t| t.gauc);
                 eprintln!(
-                    "{} seed {seed}: test GAUC {:.4} AUC {:.4}{} (best epoch {})",
+                    "{} seed {seed}: test GAUC {:.4} AUC {:.4}{} (best epoch {}, batch {}, valid GAUC {:.4})",
                     run.model,
                     run.test.gauc.unwrap_or(f64::NAN),
                     run.test.auc.unwrap_or(f64::NAN),
                     tail.map_or(String::new(), |g| format!(" tail GAUC {g:.4}")),
-                    run.best_epoch
+                    run.best_epoch,
+                    run.best_batches,
+                    run.valid_gauc.unwrap_or(f64::NAN)
                 );
             }
             runs.push(run);
@@ -198,6 +200,8 @@ fn run_once(
         seed,
         test: metrics,
         best_epoch: t.best_epoch,
+        best_batches: t.best_batches,
+        valid_gauc: t.best_valid_gauc,
         train_samples_per_s: mean_std(&per_epoch(|h| Some(h.train_samples_per_s))).0,
         epochs: t.history,
         score_samples_per_s: score_sps,

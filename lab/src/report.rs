@@ -47,6 +47,13 @@ pub struct RunResult {
     #[serde(default)]
     pub batch_gauc: Option<f64>,
     pub best_epoch: usize,
+    /// Training batches of the best epoch done when the kept weights were seen (`--validate-every`;
+    /// 0 in reports written before it).
+    #[serde(default)]
+    pub best_batches: usize,
+    /// Validation GAUC of the kept weights.
+    #[serde(default)]
+    pub valid_gauc: Option<f64>,
     pub epochs: Vec<EpochLog>,
     pub train_samples_per_s: f64,
     /// Training samples per second including reading the samples from the engine.

@@ -47,12 +47,23 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Stop after this many epochs without a better validation GAUC.
     pub patience: usize,
+    /// Also evaluate on validation every this many training batches within an epoch (0 = at
+    /// the end of each epoch only), keeping the best weights seen at any check. The models
+    /// overfit item ids within their first or second epoch on sparse data; a check at the end
+    /// of the epoch alone misses the best point.
+    /// Not serialised when 0, so that checkpoints written before it keep their canonical form.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub validate_every: usize,
     /// Show a progress bar on the terminal.
     pub progress: bool,
 }
 
 fn one() -> usize {
     1
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn default_embedding_lr() -> f64 {
@@ -75,6 +86,7 @@ impl Default for TrainConfig {
             min_count: 1,
             seed: 1,
             patience: 1,
+            validate_every: 0,
             progress: false,
         }
     }
@@ -209,6 +221,10 @@ pub struct EpochLog {
     #[serde(default)]
     pub train_penalty: Option<f64>,
     pub valid: RankingMetrics,
+    /// Validation checks within the epoch ([`TrainConfig::validate_every`]), in order; the
+    /// end-of-epoch figure is `valid`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<ValidationCheck>,
     pub seconds: f64,
     /// The batch loop's rate (sample building excluded).
     pub train_samples_per_s: f64,
@@ -216,6 +232,59 @@ pub struct EpochLog {
     /// (a streamed dataset; a held one builds them once, before training).
     #[serde(default)]
     pub end_to_end_samples_per_s: Option<f64>,
+}
+
+/// A validation evaluation within an epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationCheck {
+    /// Training batches of the epoch done before the check.
+    pub batches: usize,
+    pub gauc: Option<f64>,
+    pub auc: Option<f64>,
+}
+
+/// The best weights so far: their validation score, the epoch and the batch within it they
+/// were seen at, and a copy of every dense variable then every embedding table.
+struct Best {
+    score: f64,
+    epoch: usize,
+    batches: usize,
+    weights: Vec<Tensor>,
+}
+
+impl Best {
+    /// Keep the current weights when `score` beats `best` (or nothing is kept yet).
+    fn offer(
+        best: &mut Option<Best>,
+        score: f64,
+        epoch: usize,
+        batches: usize,
+        vars: &[candle_core::Var],
+        params: &Params,
+    ) -> Result<()> {
+        if best.as_ref().is_some_and(|b| score <= b.score) {
+            return Ok(());
+        }
+        let mut weights: Vec<Tensor> = vars
+            .iter()
+            .map(|v| v.as_tensor().copy())
+            .collect::<candle_core::Result<_>>()?;
+        for t in params.tables() {
+            weights.push(t.tensor()?.copy()?);
+        }
+        *best = Some(Best {
+            score,
+            epoch,
+            batches,
+            weights,
+        });
+        Ok(())
+    }
+}
+
+/// The score training maximises: validation GAUC, or AUC when no user has both classes.
+fn score_of(m: &RankingMetrics) -> f64 {
+    m.gauc.or(m.auc).unwrap_or(f64::NEG_INFINITY)
 }
 
 /// A trained model with what it needs to score.
@@ -227,6 +296,11 @@ pub struct Trained {
     pub model: Box<dyn Scorer>,
     pub history: Vec<EpochLog>,
     pub best_epoch: usize,
+    /// Training batches of the best epoch done when the kept weights were seen (the epoch's
+    /// batch count when they are the end of the epoch's).
+    pub best_batches: usize,
+    /// Validation GAUC of the kept weights (AUC when no validation user has both classes).
+    pub best_valid_gauc: Option<f64>,
     /// The item click statistics the model reads, as its checkpoint keeps them.
     pub item_labels: Option<ItemLabelTable>,
 }
@@ -315,14 +389,18 @@ pub fn train(cfg: &ModelConfig, tcfg: &TrainConfig, data: &Prepared) -> Result<T
     let mut rng = StdRng::seed_from_u64(tcfg.seed ^ 0x7261_696e);
     let mut order: Vec<usize> = Vec::new();
     let mut history = Vec::new();
-    let mut best: Option<(f64, usize, Vec<Tensor>)> = None;
+    let mut best: Option<Best> = None;
     let n = data.train.len();
     let bs = tcfg.batch_size.max(1);
     for epoch in 1..=tcfg.epochs {
         let start = Instant::now();
         let blocks = data.reader.pass(&data.train, &mut order, Some(&mut rng));
+        let epoch_batches: usize = blocks.iter().map(|b| b.len().div_ceil(bs)).sum();
         let bar = progress_bar(tcfg.progress, n, &format!("{} epoch {epoch}", cfg.name()));
         let mut loss = LossSums::default();
+        let mut checks = Vec::new();
+        let mut checking = 0.0;
+        let mut done = 0;
         let building = data
             .reader
             .visit(&data.items, &data.train, &blocks, |set, rows, _| {
@@ -334,11 +412,27 @@ pub fn train(cfg: &ModelConfig, tcfg: &TrainConfig, data: &Prepared) -> Result<T
                     params.set_training(false);
                     loss.add(step?);
                     bar.inc(chunk.len() as u64);
+                    done += 1;
+                    // The end of the epoch has its own check below.
+                    if tcfg.validate_every > 0
+                        && done % tcfg.validate_every == 0
+                        && done < epoch_batches
+                    {
+                        let at = Instant::now();
+                        let (v, _) = evaluate(model.as_ref(), cfg, data, &data.valid)?;
+                        Best::offer(&mut best, score_of(&v), epoch, done, &vars, &params)?;
+                        checks.push(ValidationCheck {
+                            batches: done,
+                            gauc: v.gauc,
+                            auc: v.auc,
+                        });
+                        checking += at.elapsed().as_secs_f64();
+                    }
                 }
                 Ok(())
             })?
             .as_secs_f64();
-        let loop_secs = (start.elapsed().as_secs_f64() - building).max(1e-9);
+        let loop_secs = (start.elapsed().as_secs_f64() - building - checking).max(1e-9);
         bar.finish_and_clear();
         let (valid, _) = evaluate(model.as_ref(), cfg, data, &data.valid)?;
         let log = EpochLog {
@@ -346,44 +440,49 @@ pub fn train(cfg: &ModelConfig, tcfg: &TrainConfig, data: &Prepared) -> Result<T
             train_loss: loss.loss / loss.batches.max(1) as f64,
             train_penalty: loss.penalty.map(|p| p / loss.batches.max(1) as f64),
             valid: valid.clone(),
+            checks,
             seconds: start.elapsed().as_secs_f64(),
             train_samples_per_s: n as f64 / loop_secs,
             end_to_end_samples_per_s: (building > 0.0).then(|| n as f64 / (loop_secs + building)),
         };
         if tcfg.progress {
+            let within: String = log
+                .checks
+                .iter()
+                .map(|c| format!(" {}:{}", c.batches, fmt_opt(c.gauc)))
+                .collect();
             eprintln!(
-                "{} epoch {epoch}: loss {:.4}{}, valid GAUC {}, AUC {}, {:.0} samples/s",
+                "{} epoch {epoch}: loss {:.4}{}, valid GAUC {}, AUC {}{}, {:.0} samples/s",
                 cfg.name(),
                 log.train_loss,
                 log.train_penalty
                     .map_or(String::new(), |p| format!(", covariance penalty {p:.4}")),
                 fmt_opt(valid.gauc),
                 fmt_opt(valid.auc),
+                if within.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (within the epoch, batches:GAUC{within})")
+                },
                 log.train_samples_per_s
             );
         }
         history.push(log);
-        let score = valid.gauc.or(valid.auc).unwrap_or(f64::NEG_INFINITY);
-        if best.as_ref().is_none_or(|(s, _, _)| score > *s) {
-            let mut snapshot: Vec<Tensor> = vars
-                .iter()
-                .map(|v| v.as_tensor().copy())
-                .collect::<candle_core::Result<_>>()?;
-            for t in params.tables() {
-                snapshot.push(t.tensor()?.copy()?);
-            }
-            best = Some((score, epoch, snapshot));
-        } else if epoch - best.as_ref().map_or(0, |b| b.1) > tcfg.patience {
+        Best::offer(&mut best, score_of(&valid), epoch, done, &vars, &params)?;
+        let best_epoch = best.as_ref().map_or(0, |b| b.epoch);
+        if epoch - best_epoch > tcfg.patience {
             break;
         }
     }
-    let (_, best_epoch, weights) = best.expect("at least one epoch ran");
-    for (v, w) in vars.iter().zip(&weights) {
+    let best = best.expect("at least one epoch ran");
+    for (v, w) in vars.iter().zip(&best.weights) {
         v.set(w)?;
     }
-    for (t, w) in params.tables().iter().zip(&weights[vars.len()..]) {
+    for (t, w) in params.tables().iter().zip(&best.weights[vars.len()..]) {
         t.load(w)?;
     }
+    let (best_epoch, best_batches) = (best.epoch, best.batches);
+    let best_valid_gauc = best.score.is_finite().then_some(best.score);
     Ok(Trained {
         cfg: cfg.clone(),
         train_cfg: tcfg.clone(),
@@ -392,6 +491,8 @@ pub fn train(cfg: &ModelConfig, tcfg: &TrainConfig, data: &Prepared) -> Result<T
         model,
         history,
         best_epoch,
+        best_batches,
+        best_valid_gauc,
         item_labels,
     })
 }
@@ -513,11 +614,13 @@ pub struct CheckpointConfig {
 /// Version 2 added the file's own checksum; version 3 the item click statistics (a build that
 /// reads only version 2 would otherwise take a `-ctr` model's file for a damaged one); version
 /// 4 the model switches `no_user_id` and `no_mm_target` (likewise: an older build would drop
-/// them and fail the checksum); version 5 the switch `reference_net` (likewise).
-pub const CHECKPOINT_VERSION: u32 = 5;
+/// them and fail the checksum); version 5 the switch `reference_net` (likewise); version 6 the
+/// switch `no_head_item`, the training setting `validate_every` and the epochs' validation
+/// `checks` (likewise).
+pub const CHECKPOINT_VERSION: u32 = 6;
 
-/// Version 2 to 4 checkpoints (no click statistics, no user-id, multimodal or reference-network
-/// switches) still load.
+/// Version 2 to 5 checkpoints (no click statistics, no user-id, multimodal, reference-network
+/// or head-item switches) still load.
 pub const OLDEST_CHECKPOINT_VERSION: u32 = 2;
 
 impl crate::sealed::Sealed for CheckpointConfig {

@@ -362,18 +362,18 @@ fn a_checkpoint_with_inconsistent_click_statistics_is_refused() {
     }
 }
 
-/// Version-2 to version-4 checkpoints (written before the click statistics, the user-id and
-/// multimodal switches, the reference network) still load and predict as the model they hold; a
+/// Version-2 to version-5 checkpoints (written before the click statistics, the user-id and
+/// multimodal switches, the reference network, the head-item switch) still load and predict as the model they hold; a
 /// version above this build's is refused by its version.
 #[test]
-fn version_2_to_4_checkpoints_still_load() {
+fn version_2_to_5_checkpoints_still_load() {
     let (_dir, data) = small();
     let c = cfg("siren-hard");
     let (t, ck) = saved("siren-hard", &data);
     let want = predict(t.model.as_ref(), &c, &data, &data.test, 1024).unwrap();
     let current = load_checkpoint(ck.path()).unwrap().cfg;
-    assert_eq!(current.format_version, 5);
-    for version in [2, 3, 4] {
+    assert_eq!(current.format_version, 6);
+    for version in [2, 3, 4, 5] {
         let mut old = current.clone();
         old.format_version = version;
         let json = siren_model::sealed::seal(&mut old);
@@ -384,13 +384,13 @@ fn version_2_to_4_checkpoints_still_load() {
         assert_eq!(got, want, "version {version}");
     }
     let mut newer = current;
-    newer.format_version = 6;
+    newer.format_version = 7;
     let json = siren_model::sealed::seal(&mut newer);
     std::fs::write(ck.path().join("config.json"), &json).unwrap();
     match load_checkpoint(ck.path()) {
-        Err(siren_model::ModelError::UnsupportedVersion { found: 6, .. }) => {}
+        Err(siren_model::ModelError::UnsupportedVersion { found: 7, .. }) => {}
         Err(e) => panic!("{e}"),
-        Ok(_) => panic!("a version-6 checkpoint loaded"),
+        Ok(_) => panic!("a version-7 checkpoint loaded"),
     }
 }
 
@@ -439,4 +439,114 @@ fn test_metrics(
     let c = cfg(name);
     let t = train(&c, tc, data).unwrap();
     evaluate(t.model.as_ref(), &c, data, &data.test).unwrap().0
+}
+
+/// `validate_every` evaluates on validation within each epoch without changing training (the
+/// end-of-epoch figures are those of a run without checks) and keeps the best weights seen at
+/// any check: the model returned scores validation at the best figure of every check.
+#[test]
+fn validation_within_an_epoch_keeps_the_best_checkpoint() {
+    let (_dir, data) = small();
+    let c = cfg("din");
+    let base = TrainConfig {
+        epochs: 3,
+        batch_size: 32,
+        seed: 2,
+        patience: 3,
+        ..TrainConfig::default()
+    };
+    let batches = data.train.len().div_ceil(base.batch_size);
+    let every = 3;
+    assert!(batches > every, "the test needs checks within an epoch");
+    let plain = train(&c, &base, &data).unwrap();
+    let checked = train(
+        &c,
+        &TrainConfig {
+            validate_every: every,
+            ..base.clone()
+        },
+        &data,
+    )
+    .unwrap();
+    assert_eq!(plain.history.len(), checked.history.len());
+    for (p, q) in plain.history.iter().zip(&checked.history) {
+        assert!(p.checks.is_empty());
+        assert_eq!(p.train_loss, q.train_loss, "checks changed training");
+        assert_eq!(p.valid, q.valid, "checks changed training");
+        let at: Vec<usize> = q.checks.iter().map(|c| c.batches).collect();
+        let want: Vec<usize> = (1..)
+            .map(|k| k * every)
+            .take_while(|&b| b < batches)
+            .collect();
+        assert_eq!(at, want);
+    }
+    assert_eq!(plain.best_batches, batches);
+    // Every figure the run saw, with where it saw it.
+    let seen: Vec<(f64, usize, usize)> = checked
+        .history
+        .iter()
+        .flat_map(|e| {
+            e.checks
+                .iter()
+                .map(move |c| (c.gauc.unwrap(), e.epoch, c.batches))
+                .chain([(e.valid.gauc.unwrap(), e.epoch, batches)])
+        })
+        .collect();
+    let top = seen.iter().map(|s| s.0).fold(f64::NEG_INFINITY, f64::max);
+    let first_top = seen.iter().find(|s| s.0 == top).unwrap();
+    assert_eq!(checked.best_valid_gauc, Some(top));
+    assert_eq!(
+        (checked.best_epoch, checked.best_batches),
+        (first_top.1, first_top.2)
+    );
+    assert!(top >= plain.best_valid_gauc.unwrap());
+    let (m, _) = evaluate(checked.model.as_ref(), &c, &data, &data.valid).unwrap();
+    assert_eq!(
+        m.gauc,
+        Some(top),
+        "the kept weights are not the best check's"
+    );
+}
+
+/// `no_head_item` is off for every named model (a configuration written before the switch,
+/// with no field, reads as off, the behaviour it was trained with), and on it makes a
+/// different SIREN model.
+#[test]
+fn the_head_item_switch_is_off_by_default_and_changes_siren() {
+    for name in ModelConfig::NAMES {
+        let c = cfg(name);
+        assert!(!c.no_head_item, "{name}");
+        let json = serde_json::to_value(&c).unwrap();
+        assert!(
+            json.get("no_head_item").is_none(),
+            "{name}: written when off"
+        );
+        let on = serde_json::to_value(ModelConfig {
+            no_head_item: true,
+            ..c
+        })
+        .unwrap();
+        assert_eq!(on.get("no_head_item"), Some(&serde_json::Value::Bool(true)));
+    }
+    let (_dir, data) = small();
+    let tc = TrainConfig {
+        epochs: 1,
+        batch_size: 64,
+        seed: 5,
+        ..TrainConfig::default()
+    };
+    let off = cfg("siren-hard");
+    let on = ModelConfig {
+        no_head_item: true,
+        ..off.clone()
+    };
+    assert_ne!(
+        test_predictions(&on, &tc, &data),
+        test_predictions(&off, &tc, &data)
+    );
+}
+
+fn test_predictions(c: &ModelConfig, tc: &TrainConfig, data: &Prepared) -> Vec<f32> {
+    let t = train(c, tc, data).unwrap();
+    predict(t.model.as_ref(), c, data, &data.test, 1024).unwrap()
 }

@@ -101,6 +101,16 @@ pub struct ModelConfig {
     /// when off.
     #[serde(default, skip_serializing_if = "is_false")]
     pub reference_net: bool,
+    /// SIREN: leave the target's item embedding out of the head and out of the recent branch's
+    /// query (its item half is zero); the target item then reaches the head only through the
+    /// transformer's target token (and the click statistics with `-ctr`). With the item
+    /// embedding read directly by the head, SIREN memorises item ids within an epoch on the
+    /// synthetic set; without it, it overfits two epochs later, at a validation GAUC within
+    /// the seed spread of the default's (docs/MODELS.md, "SIREN against SIM on item quality"),
+    /// so it is off by default (`--no-head-item`). Not serialised when off, so that
+    /// checkpoints written before it keep their canonical form.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_head_item: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -269,6 +279,7 @@ impl ModelConfig {
             no_mm_target: false,
             item_labels: false,
             reference_net: false,
+            no_head_item: false,
         };
         // (kind, sim buckets, prefix SemIDs, evidence)
         let (kind, sim, prefix, evidence) = match name {
@@ -530,6 +541,12 @@ impl Ids {
         )
     }
 
+    /// `[0, category]` of the target, `[B, 2d]`: [`Ids::target`] with the item half zero.
+    fn target_without_item(&self, b: &Batch) -> Result<Tensor> {
+        let category = self.category.forward(&b.category)?;
+        Tensor::cat(&[&category.zeros_like()?, &category], 1)
+    }
+
     /// `[item + action + time gap, category]` of each behaviour, `[B, T, 2d]`.
     fn behaviours(&self, s: &SeqBatch) -> Result<Tensor> {
         let item = self.with_context(self.item.forward(&s.item)?, s)?;
@@ -668,6 +685,9 @@ struct Siren {
     layers: Vec<TransformerLayer>,
     /// Evidence features `[B, E]` to the model width.
     evidence: Option<Linear>,
+    /// Leave the target's item embedding out of the head and the recent branch's query
+    /// ([`ModelConfig::no_head_item`]).
+    no_head_item: bool,
 }
 
 impl Siren {
@@ -704,7 +724,11 @@ impl Backbone for Siren {
             x = l.forward(&x, &bias)?;
         }
         let interest = last.forward_first(&x, &bias)?;
-        let q = self.ids.target(b)?;
+        let q = if self.no_head_item {
+            self.ids.target_without_item(b)?
+        } else {
+            self.ids.target(b)?
+        };
         let mut feats = vec![interest];
         feats.extend(self.ids.context(b)?);
         match &self.recent {
@@ -831,6 +855,7 @@ pub(crate) fn backbone(cfg: &ModelConfig, d: &Dims, p: &Params) -> ModelResult<B
                 } else {
                     None
                 },
+                no_head_item: cfg.no_head_item,
             };
             (
                 Box::new(net),

@@ -169,6 +169,9 @@ pub struct FusedEsu {
     item_labels: Option<Dense>,
     head: Vec<Dense>,
     kernels: RowKernels,
+    /// The head and the recent branch's query read the target's item half as zeros
+    /// (`ModelConfig::no_head_item`).
+    no_head_item: bool,
 }
 
 /// Candidates per block of work: the block's activations (about half a megabyte at 16
@@ -337,6 +340,7 @@ impl FusedEsu {
             item_labels,
             head: head(w, width)?,
             kernels: RowKernels::best(),
+            no_head_item: cfg.no_head_item,
         };
         Ok(Some(esu))
     }
@@ -606,7 +610,11 @@ impl FusedEsu {
                 rest = r;
             }
             let (q, mut e) = rest.split_at_mut(q_width);
-            q[..d].copy_from_slice(self.ids.item.row(x.item[i])?);
+            if self.no_head_item {
+                q[..d].fill(0.0);
+            } else {
+                q[..d].copy_from_slice(self.ids.item.row(x.item[i])?);
+            }
             q[d..2 * d].copy_from_slice(self.ids.category.row(x.category[i])?);
             for side in &sides {
                 let (part, rest) = e.split_at_mut(d);
