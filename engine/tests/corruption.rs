@@ -366,30 +366,7 @@ fn missing_and_truncated_segment_files_are_reported() {
 #[test]
 fn a_torn_last_record_of_the_write_ahead_log_opens_as_before_it_and_says_so() {
     let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("db");
-    let db = Db::open(&dir, opts()).unwrap();
-    let batch = |b: u64| {
-        (0..10)
-            .map(|j| siren_engine::Event {
-                user: 1,
-                ts: (b * 10 + j) as i64,
-                item: b * 10 + j,
-                action: 0,
-                domain: 0,
-            })
-            .collect::<Vec<_>>()
-    };
-    for b in 0..5 {
-        db.append(&batch(b), &AppendOptions::default()).unwrap();
-    }
-    // Never closed, as by a power cut: the appends are only in the write-ahead log.
-    std::mem::forget(db);
-    let copy = work.path().join("copy");
-    copy_dir(&dir, &copy);
-    let wal = files(&copy.join("rocksdb"))
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "log") && fs::metadata(p).unwrap().len() > 0)
-        .expect("a write-ahead log with records");
+    let (copy, wal) = five_appends_left_open(work.path());
     let mut bytes = fs::read(&wal).unwrap();
     let n = bytes.len();
     bytes[n - 3] ^= 0xff;
@@ -400,7 +377,7 @@ fn a_torn_last_record_of_the_write_ahead_log_opens_as_before_it_and_says_so() {
         .wal_damage
         .expect("the dropped record is reported");
     assert!(damage.contains("Corruption"), "{damage}");
-    let want: Vec<_> = (0..4).flat_map(batch).collect();
+    let want: Vec<_> = (0..4).flat_map(ten_events).collect();
     assert_eq!(db.snapshot().read(1, ReadRange::all()).unwrap(), want);
 }
 
@@ -411,29 +388,7 @@ fn a_torn_last_record_of_the_write_ahead_log_opens_as_before_it_and_says_so() {
 #[test]
 fn zeros_over_a_header_in_the_middle_of_the_write_ahead_log_are_reported() {
     let work = tempfile::tempdir().unwrap();
-    let dir = work.path().join("db");
-    let db = Db::open(&dir, opts()).unwrap();
-    let batch = |b: u64| {
-        (0..10)
-            .map(|j| siren_engine::Event {
-                user: 1,
-                ts: (b * 10 + j) as i64,
-                item: b * 10 + j,
-                action: 0,
-                domain: 0,
-            })
-            .collect::<Vec<_>>()
-    };
-    for b in 0..5 {
-        db.append(&batch(b), &AppendOptions::default()).unwrap();
-    }
-    std::mem::forget(db);
-    let copy = work.path().join("copy");
-    copy_dir(&dir, &copy);
-    let wal = files(&copy.join("rocksdb"))
-        .into_iter()
-        .find(|p| p.extension().is_some_and(|e| e == "log") && fs::metadata(p).unwrap().len() > 0)
-        .expect("a write-ahead log with records");
+    let (copy, wal) = five_appends_left_open(work.path());
     let mut bytes = fs::read(&wal).unwrap();
     // Record headers (checksum 4, length 2, type 1), each followed by its payload; the
     // records here are small, so none crosses the first 32 KiB block.
@@ -457,5 +412,40 @@ fn zeros_over_a_header_in_the_middle_of_the_write_ahead_log_are_reported() {
     let got = db.snapshot().read(1, ReadRange::all()).unwrap();
     let kept = got.len() / 10;
     assert!(kept < 5, "nothing was dropped");
-    assert_eq!(got, (0..kept as u64).flat_map(batch).collect::<Vec<_>>());
+    assert_eq!(
+        got,
+        (0..kept as u64).flat_map(ten_events).collect::<Vec<_>>()
+    );
+}
+
+/// Events `10 b .. 10 b + 10` of user 1.
+fn ten_events(b: u64) -> Vec<siren_engine::Event> {
+    (0..10)
+        .map(|j| siren_engine::Event {
+            user: 1,
+            ts: (b * 10 + j) as i64,
+            item: b * 10 + j,
+            action: 0,
+            domain: 0,
+        })
+        .collect()
+}
+
+/// A database under `work` with five appends of [`ten_events`] never closed (as by a power
+/// cut: they are only in the write-ahead log), copied; the copy's directory and its log.
+fn five_appends_left_open(work: &Path) -> (PathBuf, PathBuf) {
+    let dir = work.join("db");
+    let db = Db::open(&dir, opts()).unwrap();
+    for b in 0..5 {
+        db.append(&ten_events(b), &AppendOptions::default())
+            .unwrap();
+    }
+    std::mem::forget(db);
+    let copy = work.join("copy");
+    copy_dir(&dir, &copy);
+    let wal = files(&copy.join("rocksdb"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "log") && fs::metadata(p).unwrap().len() > 0)
+        .expect("a write-ahead log with records");
+    (copy, wal)
 }

@@ -201,26 +201,15 @@ impl<const L: usize> Tile<'_, '_, L> {
 /// every step is one rounding in both).
 #[target_feature(enable = "avx512f,avx2,fma")]
 fn exp_neg(x: __m512) -> __m512 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    const ROUND: f32 = 12_582_912.0;
+    use super::simd::exp_consts::{LN2_HI, LN2_LO, LOG2E, ROUND, TAYLOR};
     let round = _mm512_set1_ps(ROUND);
     let t = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(LOG2E)), round);
     let n = _mm512_sub_ps(t, round);
     let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_HI), x);
     let r = _mm512_fmadd_ps(n, _mm512_set1_ps(-LN2_LO), r);
-    let mut p = _mm512_set1_ps(1.0 / 5040.0);
-    for c in [
-        1.0 / 720.0,
-        1.0 / 120.0,
-        1.0 / 24.0,
-        1.0 / 6.0,
-        0.5,
-        1.0,
-        1.0,
-    ] {
-        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
+    let mut p = _mm512_set1_ps(TAYLOR[0]);
+    for c in &TAYLOR[1..] {
+        p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(*c));
     }
     let biased = _mm512_add_epi32(
         _mm512_sub_epi32(

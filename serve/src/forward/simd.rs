@@ -363,21 +363,17 @@ fn add(a: f32, b: f32) -> f32 {
     a + b
 }
 
-/// `e^x` for `x` in `[-87, 0]` (callers clamp): `2^n e^r` with `n = round(x / ln 2)`, `r`
-/// reduced in two steps (Cody and Waite) and `e^r` by its Taylor series to degree 7 (error
-/// below 1e-8 relative on `|r| <= ln 2 / 2`). Branch-free so that it vectorises.
-#[inline(always)]
-fn exp_neg<const FMA: bool>(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding and subtracting 1.5 * 2^23 rounds to the nearest integer in the FPU's mode.
-    const ROUND: f32 = 12_582_912.0;
-    let t = x * LOG2E + ROUND;
-    let n = t - ROUND;
-    let r = madd::<FMA>(n, -LN2_LO, madd::<FMA>(n, -LN2_HI, x));
-    let mut p = 1.0 / 5040.0;
-    for c in [
+/// [`exp_neg`]'s constants, shared with the AVX-512 kernel's: `log2(e)`, `ln 2` in two parts
+/// (Cody and Waite), the rounding constant (adding and subtracting 1.5 * 2^23 rounds to the
+/// nearest integer in the FPU's mode), and the Taylor coefficients of `e^r` from degree 7
+/// down, in Horner's order.
+pub(super) mod exp_consts {
+    pub const LOG2E: f32 = std::f32::consts::LOG2_E;
+    pub const LN2_HI: f32 = 0.693_359_4;
+    pub const LN2_LO: f32 = -2.121_944_4e-4;
+    pub const ROUND: f32 = 12_582_912.0;
+    pub const TAYLOR: [f32; 8] = [
+        1.0 / 5040.0,
         1.0 / 720.0,
         1.0 / 120.0,
         1.0 / 24.0,
@@ -385,8 +381,21 @@ fn exp_neg<const FMA: bool>(x: f32) -> f32 {
         0.5,
         1.0,
         1.0,
-    ] {
-        p = madd::<FMA>(p, r, c);
+    ];
+}
+
+/// `e^x` for `x` in `[-87, 0]` (callers clamp): `2^n e^r` with `n = round(x / ln 2)`, `r`
+/// reduced in two steps (Cody and Waite) and `e^r` by its Taylor series to degree 7 (error
+/// below 1e-8 relative on `|r| <= ln 2 / 2`). Branch-free so that it vectorises.
+#[inline(always)]
+fn exp_neg<const FMA: bool>(x: f32) -> f32 {
+    use exp_consts::{LN2_HI, LN2_LO, LOG2E, ROUND, TAYLOR};
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    let r = madd::<FMA>(n, -LN2_LO, madd::<FMA>(n, -LN2_HI, x));
+    let mut p = TAYLOR[0];
+    for c in &TAYLOR[1..] {
+        p = madd::<FMA>(p, r, *c);
     }
     // n is an integer in [-126, 0], and t's bits are 1.5 * 2^23's plus n (its unit in the
     // last place is 1): integer arithmetic on them gives 2^n's exponent field, 127 + n, in
