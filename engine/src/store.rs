@@ -275,11 +275,11 @@ impl Store {
             Err(e) if e.kind() == rocksdb::ErrorKind::Corruption => {
                 let db = open_db(path, DBRecoveryMode::PointInTime)
                     .map_err(|e2| map_err(path, "opening", e2))?;
-                let damage = e.into_string();
-                (
-                    db,
-                    Some(gap.map_or(damage.clone(), |g| format!("{damage}; {g}"))),
-                )
+                let damage = match gap {
+                    Some(g) => format!("{}; {g}", e.into_string()),
+                    None => e.into_string(),
+                };
+                (db, Some(damage))
             }
             Err(e) => return Err(map_err(path, "opening", e)),
         };

@@ -1,7 +1,11 @@
-//! One head's attention on CPUs with AVX-512 when the head is 16 columns wide (the SIREN
-//! default: width 32, two heads) and has at most 64 keys (50 retrieved behaviours and the
-//! target): a head's row is then one 512-bit register and a query's row of scores at most
-//! four. [`super::simd::RowKernels::best`] chooses it; other shapes take the AVX2 kernel.
+//! Row kernels for CPUs with AVX-512, for the shapes where a row is a few whole registers;
+//! [`super::simd::RowKernels::avx512`] chooses them, and other shapes take the AVX2 kernels.
+//!
+//! - One head's attention when the head is 16 columns wide (the SIREN default: width 32, two
+//!   heads) and has at most 64 keys (50 retrieved behaviours and the target): a head's row is
+//!   then one 512-bit register and a query's row of scores at most four.
+//! - Layer norms of rows of 16 to 64 floats, and a token's embedding rows summed and
+//!   normalised ([`sum_norm`]), each row held in registers from its load to its store.
 //!
 //! Per tile of up to four queries, the scores `q K^T` stay in registers through the masked
 //! softmax, whose probabilities go to a small buffer only to be broadcast into the weighted
@@ -27,6 +31,19 @@ use super::simd::{transpose_keys_avx2, HeadInput, HeadOutput};
 
 /// A head's width and the lanes of a register.
 const LANES: usize = 16;
+
+/// `$f::<L>(args)` for `L = $registers`, 1 to 4 (callers check the range): the kernels are
+/// generic over the registers a row takes, so that their loops over them unroll.
+macro_rules! by_registers {
+    ($registers:expr, $f:ident($($arg:expr),*)) => {
+        match $registers {
+            1 => $f::<1>($($arg),*),
+            2 => $f::<2>($($arg),*),
+            3 => $f::<3>($($arg),*),
+            _ => $f::<4>($($arg),*),
+        }
+    };
+}
 /// Queries per tile: four rows of four registers of scores, sixteen accumulators.
 const TILE: usize = 4;
 
@@ -45,12 +62,7 @@ pub unsafe fn attend(a: &HeadInput<'_>, out: HeadOutput<'_>, scratch: &mut Vec<f
         covers(a),
         "the AVX-512 attention takes 16-wide heads of at most 64 keys"
     );
-    match a.t1.div_ceil(LANES) {
-        1 => blocks::<1>(a, out, scratch),
-        2 => blocks::<2>(a, out, scratch),
-        3 => blocks::<3>(a, out, scratch),
-        _ => blocks::<4>(a, out, scratch),
-    }
+    by_registers!(a.t1.div_ceil(LANES), blocks(a, out, scratch))
 }
 
 /// The attention with each query's scores in `L` registers.
@@ -74,7 +86,6 @@ fn blocks<const L: usize>(
         let tile = Tile {
             a,
             kt,
-            tp,
             kept: &kept,
             i,
         };
@@ -104,22 +115,24 @@ fn kept_masks<const L: usize>(a: &HeadInput<'_>) -> [__mmask16; L] {
     })
 }
 
-/// Queries `i..i + R` of one head: the keys transposed (`kt`, 16 rows of `tp`) and the real
-/// key positions.
+/// Queries `i..i + R` of one head: the keys transposed (`kt`, 16 rows of [`Tile::TP`]) and
+/// the real key positions.
 struct Tile<'a, 'b, const L: usize> {
     a: &'a HeadInput<'b>,
     kt: &'a [f32],
-    tp: usize,
     kept: &'a [__mmask16; L],
     i: usize,
 }
 
 impl<const L: usize> Tile<'_, '_, L> {
+    /// Key positions held, padded to whole registers.
+    const TP: usize = L * LANES;
+
     #[target_feature(enable = "avx512f,avx2,fma")]
     fn run<const R: usize>(&self, probs: &mut [f32], out: &mut [f32], out_rs: usize) {
         let scores = self.scores::<R>();
         for (r, s) in scores.iter().enumerate() {
-            self.softmax(s, &mut probs[r * self.tp..(r + 1) * self.tp]);
+            self.softmax(s, &mut probs[r * Self::TP..(r + 1) * Self::TP]);
         }
         self.weighted::<R>(probs, out, out_rs);
     }
@@ -131,7 +144,7 @@ impl<const L: usize> Tile<'_, '_, L> {
         let q: [&[f32]; R] = std::array::from_fn(|r| &a.q[(self.i + r) * a.q_rs..][..LANES]);
         let mut acc = [[_mm512_setzero_ps(); L]; R];
         for c in 0..LANES {
-            let row = &self.kt[c * self.tp..][..L * LANES];
+            let row = &self.kt[c * Self::TP..][..L * LANES];
             // SAFETY: `row` holds `16 L` floats.
             let b: [__m512; L] =
                 std::array::from_fn(|l| unsafe { _mm512_loadu_ps(row.as_ptr().add(l * LANES)) });
@@ -185,7 +198,7 @@ impl<const L: usize> Tile<'_, '_, L> {
             // SAFETY: `v` holds 16 floats.
             let v = unsafe { _mm512_loadu_ps(v.as_ptr()) };
             for (r, acc) in acc.iter_mut().enumerate() {
-                *acc = _mm512_fmadd_ps(_mm512_set1_ps(probs[r * self.tp + j]), v, *acc);
+                *acc = _mm512_fmadd_ps(_mm512_set1_ps(probs[r * Self::TP + j]), v, *acc);
             }
         }
         for (r, acc) in acc.iter().enumerate() {
@@ -236,12 +249,7 @@ pub fn covers_norm(d: usize) -> bool {
 pub unsafe fn norm_rows(out: &mut [f32], x: &[f32], gamma: &[f32], beta: &[f32]) {
     let d = gamma.len();
     assert!(covers_norm(d) && out.len() == x.len() && beta.len() == d);
-    match d / LANES {
-        1 => norm_each::<1>(out, x, gamma, beta),
-        2 => norm_each::<2>(out, x, gamma, beta),
-        3 => norm_each::<3>(out, x, gamma, beta),
-        _ => norm_each::<4>(out, x, gamma, beta),
-    }
+    by_registers!(d / LANES, norm_each(out, x, gamma, beta))
 }
 
 /// [`norm_rows`] in place.
@@ -252,12 +260,7 @@ pub unsafe fn norm_rows(out: &mut [f32], x: &[f32], gamma: &[f32], beta: &[f32])
 pub unsafe fn norm_in_place(x: &mut [f32], gamma: &[f32], beta: &[f32]) {
     let d = gamma.len();
     assert!(covers_norm(d) && beta.len() == d);
-    match d / LANES {
-        1 => norm_each_in_place::<1>(x, gamma, beta),
-        2 => norm_each_in_place::<2>(x, gamma, beta),
-        3 => norm_each_in_place::<3>(x, gamma, beta),
-        _ => norm_each_in_place::<4>(x, gamma, beta),
-    }
+    by_registers!(d / LANES, norm_each_in_place(x, gamma, beta))
 }
 
 /// [`super::simd::RowKernels::sum_norm`] for the widths [`covers_norm`] accepts: the rows
@@ -269,12 +272,7 @@ pub unsafe fn norm_in_place(x: &mut [f32], gamma: &[f32], beta: &[f32]) {
 pub unsafe fn sum_norm(out: &mut [f32], rows: &[&[f32]], gamma: &[f32], beta: &[f32]) {
     let d = gamma.len();
     assert!(covers_norm(d) && out.len() == d && beta.len() == d && !rows.is_empty());
-    match d / LANES {
-        1 => sum_norm_row::<1>(out, rows, gamma, beta),
-        2 => sum_norm_row::<2>(out, rows, gamma, beta),
-        3 => sum_norm_row::<3>(out, rows, gamma, beta),
-        _ => sum_norm_row::<4>(out, rows, gamma, beta),
-    }
+    by_registers!(d / LANES, sum_norm_row(out, rows, gamma, beta))
 }
 
 #[target_feature(enable = "avx512f,avx2,fma")]

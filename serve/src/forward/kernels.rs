@@ -122,7 +122,9 @@ pub fn bias_act(x: &mut [f32], bias: &[f32], relu: bool) {
     }
 }
 
-/// `acc += row`.
+/// `acc += row`. Inlined, so that the row kernels' AVX builds vectorise it with their
+/// instruction set.
+#[inline(always)]
 pub fn add(acc: &mut [f32], row: &[f32]) {
     for (a, r) in acc.iter_mut().zip(row) {
         *a += r;

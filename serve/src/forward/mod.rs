@@ -18,7 +18,7 @@
 //!   from block to block and call to call. Dense products go through the `gemm` crate
 //!   ([`kernels::matmul`]); attention, softmax and layer norm are the row kernels of
 //!   [`simd`], built for AVX2 and FMA where the CPU has them, and for AVX-512 where it has
-//!   that (`avx512`: attention of 16-wide heads, layer norms).
+//!   that (`avx512`: attention of 16-wide heads, layer norms, token sums).
 //!
 //! What it covers is [`FusedEsu::load`]'s test: `siren-soft` and `siren-hard` with or without
 //! the recent branch, prefix SemIDs, similarity buckets, the behaviours' action and time gap,
@@ -112,6 +112,10 @@ impl<'a> TokenRows<'a> {
 
     fn as_slice(&self) -> &[&'a [f32]] {
         &self.rows[..self.n]
+    }
+
+    fn clear(&mut self) {
+        self.n = 0;
     }
 }
 
@@ -451,10 +455,12 @@ impl FusedEsu {
         let sum_norm = |row: &mut [f32], rows: &TokenRows<'_>| {
             (self.kernels.sum_norm)(row, rows.as_slice(), &self.ln_in.gamma, &self.ln_in.beta)
         };
+        // One list of rows, refilled for every token.
+        let mut parts = TokenRows::default();
         for (cand, rows) in out.chunks_exact_mut((t + 1) * d).enumerate() {
             let (target, behaviours) = rows.split_at_mut(d);
             let mm = mm.map(|m| &m[cand * d..(cand + 1) * d]);
-            let mut parts = TokenRows::default();
+            parts.clear();
             self.target_rows(&mut parts, x, mm, lo + cand)?;
             sum_norm(target, &parts);
             let next = lo + cand + 1 < x.size;
@@ -463,7 +469,7 @@ impl FusedEsu {
                 if next {
                     self.prefetch_behaviour(&x.retrieved, x.levels, i + t);
                 }
-                let mut parts = TokenRows::default();
+                parts.clear();
                 self.behaviour_rows(&mut parts, &x.retrieved, x.levels, i)?;
                 sum_norm(row, &parts);
             }

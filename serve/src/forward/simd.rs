@@ -1,7 +1,7 @@
 //! The fused forward's row kernels, compiled twice: once for any x86-64 (SSE2) and once with
 //! AVX2 and FMA, chosen at run time as the engine's dot products are ([`RowKernels::best`]).
-//! On CPUs with AVX-512 the attention of 16-wide heads and the layer norms of rows of whole
-//! registers take [`super::avx512`]'s kernels instead.
+//! On CPUs with AVX-512 the attention of 16-wide heads, and the layer norms and token sums of
+//! rows of whole registers, take [`super::avx512`]'s kernels instead.
 //!
 //! They are plain loops over slices written so that the compiler vectorises them: axpy forms
 //! (`row += a * x`) rather than dot products, whose horizontal sums it cannot vectorise under
@@ -81,7 +81,7 @@ pub struct RowKernels {
 }
 
 impl RowKernels {
-    /// The fastest build this CPU runs: AVX2 and FMA with the AVX-512 attention
+    /// The fastest build this CPU runs: AVX2 and FMA with the AVX-512 kernels
     /// ([`super::avx512`]) where the CPU has AVX-512F, AVX2 and FMA without it, the portable
     /// build elsewhere (detection is cached by the standard library).
     pub fn best() -> RowKernels {
@@ -111,49 +111,33 @@ impl RowKernels {
         None
     }
 
-    /// The AVX2 build with the AVX-512 attention and layer norms for the shapes they cover,
-    /// where the CPU has AVX-512F, AVX2 and FMA.
+    /// The AVX2 build with the AVX-512 attention, layer norms and token sums for the shapes
+    /// they cover, where the CPU has AVX-512F, AVX2 and FMA.
     pub fn avx512() -> Option<RowKernels> {
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx512f") {
+                // The AVX-512 kernel `$f` where `$covers` holds for the call's arguments,
+                // else the AVX2 one.
+                macro_rules! avx512_or_avx2 {
+                    ($covers:expr, $f:ident($($arg:ident),*)) => {
+                        |$($arg),*| {
+                            if $covers {
+                                // SAFETY: chosen only when the CPU has AVX-512F, AVX2 and FMA.
+                                unsafe { super::avx512::$f($($arg),*) }
+                            } else {
+                                // SAFETY: as above.
+                                unsafe { x86::$f($($arg),*) }
+                            }
+                        }
+                    };
+                }
+                use super::avx512::{covers, covers_norm};
                 return RowKernels::avx2().map(|k| RowKernels {
-                    attend: |a, o, s| {
-                        if super::avx512::covers(a) {
-                            // SAFETY: chosen only when the CPU has AVX-512F, AVX2 and FMA.
-                            unsafe { super::avx512::attend(a, o, s) }
-                        } else {
-                            // SAFETY: as above.
-                            unsafe { x86::attend(a, o, s) }
-                        }
-                    },
-                    norm_rows: |o, x, g, b| {
-                        if super::avx512::covers_norm(g.len()) {
-                            // SAFETY: chosen only when the CPU has AVX-512F, AVX2 and FMA.
-                            unsafe { super::avx512::norm_rows(o, x, g, b) }
-                        } else {
-                            // SAFETY: as above.
-                            unsafe { x86::norm_rows(o, x, g, b) }
-                        }
-                    },
-                    norm_in_place: |x, g, b| {
-                        if super::avx512::covers_norm(g.len()) {
-                            // SAFETY: chosen only when the CPU has AVX-512F, AVX2 and FMA.
-                            unsafe { super::avx512::norm_in_place(x, g, b) }
-                        } else {
-                            // SAFETY: as above.
-                            unsafe { x86::norm_in_place(x, g, b) }
-                        }
-                    },
-                    sum_norm: |o, r, g, b| {
-                        if super::avx512::covers_norm(g.len()) {
-                            // SAFETY: chosen only when the CPU has AVX-512F, AVX2 and FMA.
-                            unsafe { super::avx512::sum_norm(o, r, g, b) }
-                        } else {
-                            // SAFETY: as above.
-                            unsafe { x86::sum_norm(o, r, g, b) }
-                        }
-                    },
+                    attend: avx512_or_avx2!(covers(a), attend(a, o, s)),
+                    norm_rows: avx512_or_avx2!(covers_norm(g.len()), norm_rows(o, x, g, b)),
+                    norm_in_place: avx512_or_avx2!(covers_norm(g.len()), norm_in_place(x, g, b)),
+                    sum_norm: avx512_or_avx2!(covers_norm(g.len()), sum_norm(o, r, g, b)),
                     ..k
                 });
             }
@@ -772,9 +756,7 @@ fn sum_norm<const FMA: bool>(out: &mut [f32], rows: &[&[f32]], gamma: &[f32], be
     let (first, rest) = rows.split_first().expect("a token sums at least one row");
     out.copy_from_slice(first);
     for row in rest {
-        for (o, v) in out.iter_mut().zip(row.iter()) {
-            *o += v;
-        }
+        super::kernels::add(out, row);
     }
     norm_row_in_place::<FMA>(out, gamma, beta);
 }

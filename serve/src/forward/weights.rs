@@ -132,7 +132,7 @@ impl Table {
         if let Some(row) = self.values().get(i * self.dim..(i + 1) * self.dim) {
             use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
             // Every cache line of the row: one address per 64 bytes, and its last.
-            let lines = (0..row.len()).step_by(16).chain(row.len().checked_sub(1));
+            let lines = (0..row.len()).step_by(LINE).chain(row.len().checked_sub(1));
             for at in lines {
                 // SAFETY: a prefetch never faults, and the address is inside `row`.
                 unsafe { _mm_prefetch::<_MM_HINT_T0>(row[at..].as_ptr().cast()) };
