@@ -129,7 +129,7 @@ pub enum ImportCommand {
 #[derive(Subcommand)]
 pub enum ExportCommand {
     /// Taobao-MM parquet: the six tables, or joined shards with --shards (embeddings as int8,
-    /// categories + 1, each user's history strictly before its earliest impression).
+    /// categories + 1; see --histories).
     Taobao {
         /// Dataset directory made by `siren import`.
         #[arg(long)]
@@ -141,10 +141,21 @@ pub enum ExportCommand {
         /// tables.
         #[arg(long)]
         shards: Option<usize>,
-        /// Newest events kept of each user's history.
+        /// Newest events kept of each history.
         #[arg(long, default_value_t = 1000)]
         max_history: usize,
+        /// Which history each sample's row carries: `as-of`, the user's events before that
+        /// impression (joined shards only; their default), or `first-impression`, one history
+        /// per user, its events before its earliest impression (the six tables' only choice).
+        #[arg(long, value_enum)]
+        histories: Option<HistoriesArg>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum HistoriesArg {
+    AsOf,
+    FirstImpression,
 }
 
 /// `siren export`.
@@ -154,10 +165,17 @@ pub fn export(cmd: ExportCommand) -> CliResult {
         out,
         shards,
         max_history,
+        histories,
     } = cmd;
+    use siren_lab::taobao_export::Histories;
+    let histories = match (histories, shards) {
+        (Some(HistoriesArg::AsOf), _) | (None, Some(_)) => Histories::AsOf,
+        (Some(HistoriesArg::FirstImpression), _) | (None, None) => Histories::FirstImpression,
+    };
     let opts = siren_lab::taobao_export::ExportOptions {
         shards,
         max_history,
+        histories,
     };
     let report = siren_lab::taobao_export::export(&DatasetDir::new(data), &out, &opts)?;
     println!("exported to {}", out.display());

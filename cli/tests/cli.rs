@@ -402,7 +402,7 @@ fn import_json_lines() {
 }
 
 /// `siren export taobao` writes joined shards that `siren import taobao` reads back, with the
-/// same split sizes; a folder in neither layout is refused.
+/// same split sizes; a folder in neither layout, and as-of histories in the six tables, are refused.
 #[test]
 fn export_then_import_taobao() {
     let tmp = tempfile::tempdir().unwrap();
@@ -442,6 +442,9 @@ fn export_then_import_taobao() {
 
     let (ok, out) = siren(&["import", "taobao", "--dir", &syn, "--out", &p("x")]);
     assert!(!ok && out.contains("neither the six tables"), "{out}");
+    let as_of_tables = ["--out", &p("t"), "--histories", "as-of"];
+    let (ok, out) = siren(&[&["export", "taobao", "--data", &syn][..], &as_of_tables].concat());
+    assert!(!ok && out.contains("need the shard layout"), "{out}");
 }
 
 /// `--w-quality 0` plants clicks that only the interests explain: every ceiling is then the

@@ -50,7 +50,7 @@
 //! knows from events.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::marker::PhantomData;
@@ -63,7 +63,7 @@ use arrow_schema::{DataType, Schema};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::ProjectionMask;
 use serde::Serialize;
-use siren_engine::{AppendOptions, Db, Durability, Event, Item, Snapshot};
+use siren_engine::{AppendOptions, Db, Durability, Event, Item, ReadRange, Snapshot};
 use siren_model::data::{user_split, UserSplit};
 use siren_model::dataset::SideTables;
 
@@ -763,6 +763,8 @@ pub struct ImportReport {
     pub embeddings: u64,
     /// Rows of joined shards read.
     pub shard_rows: u64,
+    /// How each shard row's history met its user's timeline.
+    pub shard_histories: ShardHistories,
     pub train_samples: u64,
     pub valid_samples: u64,
     pub test_samples: u64,
@@ -777,6 +779,21 @@ pub struct ImportReport {
     pub categories: Vec<i64>,
 }
 
+/// How the histories of joined shard rows were laid onto their users' timelines (see
+/// [`import`], "Shard rows"). A user's first row is counted in [`ImportReport::users`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ShardHistories {
+    /// The same as the newest part of the timeline (every row of the published data's users).
+    pub same: u64,
+    /// Overlapping the timeline's end and going further: the new behaviours were appended.
+    pub extended: u64,
+    /// Found inside the timeline, before its end (a row older than one read before it).
+    pub earlier: u64,
+    /// Sharing nothing with the timeline's end nor found in it: appended after it, as if the
+    /// behaviours in between were not in the data.
+    pub gaps: u64,
+}
+
 /// The result of [`import`].
 #[derive(Debug, Clone, Default)]
 pub struct TaobaoImport {
@@ -789,14 +806,14 @@ pub struct TaobaoImport {
 /// Load Taobao-MM tables into `db` and turn the samples into impressions.
 ///
 /// Order of work: embeddings, item features, train then test user features, train then test
-/// shards, then samples. Items are read-modify-written through the catalog, so an item's
+/// shards (rows in file order), then samples. Items are read-modify-written through the catalog, so an item's
 /// embedding, category and any SemID already in the database survive whichever table mentions
 /// it later. An item's category is its `206` when the item features (or a shard row with the
 /// item as target) have it, else the category of its first appearance in a sequence.
 ///
-/// Time: user `u`'s `n` behaviours get `history_end_ms - (n-1-k) * step_ms`, `k = 0..n`, so
-/// every history ends at `history_end_ms` and the order of the file is kept. Every sample, train
-/// or test, is at the one time `history_end_ms + step_ms`: the tables are one snapshot of
+/// Time (six tables): user `u`'s `n` behaviours get `history_end_ms - (n-1-k) * step_ms`,
+/// `k = 0..n`, so every history ends at `history_end_ms` and the order of the file is kept.
+/// Every sample, train or test, is at the one time `history_end_ms + step_ms`: the tables are one snapshot of
 /// histories taken when the samples were logged, and a per-row time would make the gap between
 /// a sample and its history encode the sample's row in the file, a feature that separates the
 /// splits and means nothing. `as_of = ts` sees the user's whole sequence.
@@ -805,13 +822,33 @@ pub struct TaobaoImport {
 /// validation by [`user_split`] (the rule of the synthetic data's split by user) are the
 /// validation split, so validation users, like test users, are never seen in training.
 ///
-/// A user who already has events when its row comes (a repeated row, a user in both the train
-/// and the test table, one imported before, or the same user on another shard row) is skipped
-/// and counted in `report.duplicate_users`. Train users go first, so a user in both tables keeps
-/// its train sequence: taking the test-time sequence would show train samples behaviours from
-/// their future. In the published data the two tables hold different users; in shards every
-/// sample row of a user repeats the user's sequence and the first is kept. Re-running an
-/// interrupted import is safe (each user is one append).
+/// Six tables: a user who already has events when its row comes (a repeated row, a user in both
+/// the train and the test table, or one imported before) is skipped and counted in
+/// `report.duplicate_users`. Train users go first, so a user in both tables keeps its train
+/// sequence: taking the test-time sequence would show train samples behaviours from their
+/// future. In the published data the two tables hold different users.
+///
+/// # Shard rows
+///
+/// Every shard row carries its own history, and a user's rows may differ: the published data
+/// repeats one history per user, `siren export taobao --shards` writes each row's as-of history.
+/// The importer keeps one timeline per user and lays each row's history onto it (`step_ms`
+/// apart), assuming a user's rows come oldest first, as the exporter writes them:
+/// - the user's first row with behaviours lays them out to end at `history_end_ms`;
+/// - a history whose start matches the timeline's end (the longest such overlap) is the same
+///   history, or a later one whose new behaviours are appended;
+/// - a history found whole inside the timeline is an older row's;
+/// - anything else is a gap (more behaviours between two rows than a row holds): appended.
+///
+/// Each sample is at the time right after its row's history, so that `as_of` = its time reads
+/// exactly that history (up to the cap the file was written with), and every sample's gap to
+/// its newest behaviour is one step, whichever row it came from. A row with no history comes at
+/// its user's first behaviour (or before every behaviour if the user has none yet).
+/// `report.shard_histories` counts the cases. Repeated behaviours make the overlap ambiguous;
+/// the longest one is taken.
+///
+/// Re-running an interrupted import is safe: a user's rows then find their histories already
+/// laid.
 ///
 /// The database must have `embedding_dim` equal to the embeddings' length (128 for the
 /// published data) if an embedding file is given.
@@ -845,18 +882,15 @@ pub fn import(db: &Db, files: &TaobaoFiles, opts: &TaobaoImportOptions) -> Resul
     for (paths, test) in [(&files.train_shards, false), (&files.test_shards, true)] {
         for path in paths {
             for row in read_all::<TaobaoShardRow>(path, opts)? {
-                let row = row?;
-                im.item(&row.item, path)?;
-                im.user(&row.user, path)?;
-                im.sample(row.sample, test);
-                im.report.shard_rows += 1;
+                im.shard_row(&row?, path, test)?;
             }
         }
     }
     for (path, test) in [(&files.train_samples, false), (&files.test_samples, true)] {
         if let Some(path) = path {
             for s in read_all::<TaobaoSample>(path, opts)? {
-                im.sample(s?, test);
+                let ts = im.sample_ts;
+                im.sample(s?, test, ts);
             }
         }
     }
@@ -927,19 +961,27 @@ impl Importer<'_> {
         Ok(())
     }
 
+    /// A user row of the six tables: the user's one history, unless the user already has one.
     fn user(&mut self, row: &TaobaoUser, path: &Path) -> Result<()> {
         // Categories are numbered even for skipped rows, so that re-running an import numbers
         // them the same way.
-        let dense: Vec<u32> = row
-            .categories
-            .iter()
-            .map(|&c| self.cats.dense(c, path))
-            .collect::<Result<_>>()?;
+        let history = self.history_of(row, path)?;
         let user = row.user as u64;
         if self.events.has_user(user)? {
             self.report.duplicate_users += 1;
             return Ok(());
         }
+        self.first_history(user, row, &history).map(|_| ())
+    }
+
+    /// A user's first history: its profile, and its events laid out to end at `history_end_ms`.
+    /// Returns the time right after it.
+    fn first_history(
+        &mut self,
+        user: u64,
+        row: &TaobaoUser,
+        history: &[(u64, u32)],
+    ) -> Result<i64> {
         if row.profile.iter().any(|&p| p != 0) {
             self.out
                 .side
@@ -947,21 +989,39 @@ impl Importer<'_> {
                 .insert(user, row.profile.map(|p| p as u64));
             self.report.users_with_profile += 1;
         }
-        let kept = row.items.iter().filter(|&&i| i != 0).count();
-        self.report.padding_skipped += (row.items.len() - kept) as u64;
-        if kept == 0 {
-            return Ok(());
+        if history.is_empty() {
+            return Ok(self.sample_ts);
         }
-        let step = self.opts.step_ms;
-        let oldest = (kept as i64 - 1)
-            .checked_mul(step)
+        let oldest = (history.len() as i64 - 1)
+            .checked_mul(self.opts.step_ms)
             .and_then(|span| self.opts.history_end_ms.checked_sub(span))
             .ok_or_else(|| {
                 LabError::invalid("history_end_ms - sequence length * step_ms overflows")
             })?;
-        let mut evs = Vec::with_capacity(kept);
-        for (&item, &c) in row.items.iter().zip(&dense).filter(|(&i, _)| i != 0) {
-            let id = item as u64;
+        self.report.users += 1;
+        self.append(user, oldest, history)?;
+        Ok(self.sample_ts)
+    }
+
+    /// The row's behaviours without the padding (counted), each with its engine category.
+    fn history_of(&mut self, row: &TaobaoUser, path: &Path) -> Result<Vec<(u64, u32)>> {
+        let mut out = Vec::with_capacity(row.items.len());
+        for (&item, &c) in row.items.iter().zip(&row.categories) {
+            let c = self.cats.dense(c, path)?;
+            if item == 0 {
+                self.report.padding_skipped += 1;
+            } else {
+                out.push((item as u64, c));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Append `history` to `user`'s timeline, one step apart from `first_ts`; an item takes the
+    /// category of its first appearance if it has none.
+    fn append(&mut self, user: u64, first_ts: i64, history: &[(u64, u32)]) -> Result<()> {
+        let mut evs = Vec::with_capacity(history.len());
+        for (k, &(id, c)) in history.iter().enumerate() {
             self.report.items += u64::from(self.items.update(id, |it| {
                 let fill = it.category == 0 && c != 0;
                 if fill {
@@ -969,20 +1029,88 @@ impl Importer<'_> {
                 }
                 fill
             })?);
+            let ts = (k as i64)
+                .checked_mul(self.opts.step_ms)
+                .and_then(|d| first_ts.checked_add(d))
+                .ok_or_else(|| LabError::invalid("event times overflow i64"))?;
             evs.push(Event {
                 user,
-                ts: oldest + evs.len() as i64 * step,
+                ts,
                 item: id,
                 action: 0,
                 domain: 0,
             });
         }
-        self.report.users += 1;
         self.report.events += evs.len() as u64;
-        self.events.push_user(user, evs)
+        self.events.push(user, evs)
     }
 
-    fn sample(&mut self, s: TaobaoSample, test: bool) {
+    /// A joined shard row: its target, its history laid onto its user's timeline, its sample at
+    /// the time right after that history.
+    fn shard_row(&mut self, row: &TaobaoShardRow, path: &Path, test: bool) -> Result<()> {
+        self.item(&row.item, path)?;
+        let history = self.history_of(&row.user, path)?;
+        let user = row.user.user as u64;
+        let stored = self.events.newest(user, Some(history.len().max(1)))?;
+        let ts = match (stored.last(), history.is_empty()) {
+            (None, false) => self.first_history(user, &row.user, &history)?,
+            (None, true) => {
+                self.first_history(user, &row.user, &history)?;
+                BEFORE_EVERY_EVENT
+            }
+            // Nothing before this sample: it comes at the user's first event.
+            (Some(_), true) => self.events.newest(user, None)?[0].ts,
+            (Some(_), false) => self.place(user, &stored, &history)?,
+        };
+        self.sample(row.sample, test, ts);
+        self.report.shard_rows += 1;
+        Ok(())
+    }
+
+    /// Lay a nonempty history onto the user's timeline, whose newest `history.len()` events are
+    /// `stored` (see [`import`], "Shard rows"); return the time right after the history.
+    fn place(&mut self, user: u64, stored: &[Event], history: &[(u64, u32)]) -> Result<i64> {
+        let step = self.opts.step_ms;
+        let newest = stored[stored.len() - 1].ts;
+        let ids: Vec<u64> = history.iter().map(|&(i, _)| i).collect();
+        let items: Vec<u64> = stored.iter().map(|e| e.item).collect();
+        let new = match suffix_prefix_overlap(&items, &ids) {
+            k if k == ids.len() => {
+                self.report.shard_histories.same += 1;
+                return after(newest, step);
+            }
+            0 => match self.earlier(user, &ids)? {
+                Some(ts) => return Ok(ts),
+                None => history,
+            },
+            k => {
+                self.report.shard_histories.extended += 1;
+                &history[k..]
+            }
+        };
+        let first = after(newest, step)?;
+        self.append(user, first, new)?;
+        let last = first + (new.len() as i64 - 1) * step;
+        after(last, step)
+    }
+
+    /// The time right after the newest place where `ids` is a window of the user's whole
+    /// timeline (a row older than one already laid), or `None` (a gap: counted, and the caller
+    /// appends the history after the timeline).
+    fn earlier(&mut self, user: u64, ids: &[u64]) -> Result<Option<i64>> {
+        let all = self.events.newest(user, None)?;
+        let items: Vec<u64> = all.iter().map(|e| e.item).collect();
+        let Some(end) = newest_window(&items, ids) else {
+            self.report.shard_histories.gaps += 1;
+            return Ok(None);
+        };
+        self.report.shard_histories.earlier += 1;
+        let ts = after(all[end].ts, self.opts.step_ms)?;
+        // The next event is excluded by `as_of` if the sample is at its time or before.
+        Ok(Some(all.get(end + 1).map_or(ts, |next| ts.min(next.ts))))
+    }
+
+    fn sample(&mut self, s: TaobaoSample, test: bool, ts: i64) {
         let user = s.user as u64;
         let split = &mut self.out.splits;
         let to = match (test, user_split(user)) {
@@ -993,7 +1121,7 @@ impl Importer<'_> {
         to.push(Impression {
             user,
             item: s.item as u64,
-            ts: self.sample_ts,
+            ts,
             label: if s.click { 1.0 } else { 0.0 },
             domain: 0,
         });
@@ -1017,6 +1145,35 @@ impl Importer<'_> {
         self.out.report = self.report;
         Ok(self.out)
     }
+}
+
+/// The time of a sample whose row has no history, of a user without events when the row is
+/// read: before every event the import can give the user later.
+const BEFORE_EVERY_EVENT: i64 = i64::MIN / 2;
+
+/// One step after `ts`.
+fn after(ts: i64, step: i64) -> Result<i64> {
+    ts.checked_add(step)
+        .ok_or_else(|| LabError::invalid("event times overflow i64"))
+}
+
+/// The longest `k` such that the last `k` of `stored` are the first `k` of `new` (0 if none).
+fn suffix_prefix_overlap(stored: &[u64], new: &[u64]) -> usize {
+    (1..=stored.len().min(new.len()))
+        .rev()
+        .find(|&k| stored[stored.len() - k..] == new[..k])
+        .unwrap_or(0)
+}
+
+/// The index of the last element of the newest occurrence of `window` in `all`.
+fn newest_window(all: &[u64], window: &[u64]) -> Option<usize> {
+    if window.is_empty() || window.len() > all.len() {
+        return None;
+    }
+    (0..=all.len() - window.len())
+        .rev()
+        .find(|&s| all[s..s + window.len()] == *window)
+        .map(|s| s + window.len() - 1)
 }
 
 /// Taobao category ids to the engine's dense `u32` categories.
@@ -1109,12 +1266,13 @@ impl<'a> ItemSink<'a> {
     }
 }
 
-/// Buffered appends of whole users.
+/// Buffered appends, kept per user so that a user's stored timeline (the database's events
+/// followed by the pending ones) can be read back before it is flushed.
 struct EventSink<'a> {
     db: &'a Db,
     snap: Snapshot,
-    buf: Vec<Event>,
-    users: HashSet<u64>,
+    pending: HashMap<u64, Vec<Event>>,
+    pending_events: usize,
     limit: usize,
     durability: Durability,
 }
@@ -1124,39 +1282,56 @@ impl<'a> EventSink<'a> {
         EventSink {
             db,
             snap: db.snapshot(),
-            buf: Vec::new(),
-            users: HashSet::new(),
+            pending: HashMap::new(),
+            pending_events: 0,
             limit: opts.events_per_append,
             durability: opts.durability,
         }
     }
 
     fn has_user(&self, user: u64) -> Result<bool> {
-        Ok(self.users.contains(&user) || self.snap.user_len(user, None)? > 0)
+        Ok(self.pending.contains_key(&user) || self.snap.user_len(user, None)? > 0)
     }
 
-    fn push_user(&mut self, user: u64, evs: Vec<Event>) -> Result<()> {
-        self.users.insert(user);
-        self.buf.extend(evs);
-        if self.buf.len() >= self.limit {
+    /// The newest `n` events of `user`'s timeline (all of them if `n` is `None`), oldest first.
+    fn newest(&self, user: u64, n: Option<usize>) -> Result<Vec<Event>> {
+        let pending = self.pending.get(&user).map_or(&[][..], Vec::as_slice);
+        let from_pending = n.map_or(pending.len(), |n| n.min(pending.len()));
+        let range = ReadRange {
+            last: n.map(|n| n - from_pending),
+            ..ReadRange::default()
+        };
+        let mut out = match range.last {
+            Some(0) => Vec::new(),
+            _ => self.snap.read(user, range)?,
+        };
+        out.extend_from_slice(&pending[pending.len() - from_pending..]);
+        Ok(out)
+    }
+
+    /// Queue events of one user, newer than every event it has.
+    fn push(&mut self, user: u64, evs: Vec<Event>) -> Result<()> {
+        self.pending_events += evs.len();
+        self.pending.entry(user).or_default().extend(evs);
+        if self.pending_events >= self.limit {
             self.flush()?;
         }
         Ok(())
     }
 
     fn flush(&mut self) -> Result<()> {
-        if self.buf.is_empty() {
+        if self.pending.is_empty() {
             return Ok(());
         }
+        let events: Vec<Event> = self.pending.drain().flat_map(|(_, evs)| evs).collect();
         self.db.append(
-            &self.buf,
+            &events,
             &AppendOptions {
                 durability: self.durability,
                 source: None,
             },
         )?;
-        self.buf.clear();
-        self.users.clear();
+        self.pending_events = 0;
         self.snap = self.db.snapshot();
         Ok(())
     }
@@ -1174,7 +1349,8 @@ pub(crate) mod tests {
     use proptest::prelude::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
-    use siren_engine::{Options, ReadRange};
+    use siren_engine::Options;
+    use std::collections::HashSet;
     use std::sync::Arc;
 
     /// The authors' demo files, if this checkout has them; the crate must not depend on them.
@@ -1958,5 +2134,124 @@ pub(crate) mod tests {
             .map(|&i| i as u64)
             .collect();
         assert_eq!(items, want);
+    }
+
+    #[test]
+    fn overlaps_and_windows_find_the_longest_and_the_newest() {
+        assert_eq!(suffix_prefix_overlap(&[1, 2, 3], &[2, 3, 4]), 2);
+        assert_eq!(suffix_prefix_overlap(&[1, 2, 3], &[1, 2, 3]), 3);
+        assert_eq!(suffix_prefix_overlap(&[1, 1, 1], &[1, 1, 5]), 2);
+        assert_eq!(suffix_prefix_overlap(&[1, 2], &[3]), 0);
+        assert_eq!(suffix_prefix_overlap(&[], &[3]), 0);
+        assert_eq!(newest_window(&[1, 2, 1, 2, 3], &[1, 2]), Some(3));
+        assert_eq!(newest_window(&[1, 2, 3], &[2, 4]), None);
+        assert_eq!(newest_window(&[1], &[1, 2]), None);
+        assert_eq!(newest_window(&[1], &[]), None);
+    }
+
+    /// Shard rows of one user with different histories (later, older, repeated, after a gap,
+    /// empty) become one timeline, and each sample's `as_of` reads exactly its row's history.
+    #[test]
+    fn shard_rows_with_their_own_histories_make_one_timeline() {
+        use crate::taobao_export::shard_columns;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("files");
+        std::fs::create_dir_all(dir.join("train")).unwrap();
+        let row = |user: i64, target: i64, history: &[i64]| TaobaoShardRow {
+            sample: TaobaoSample {
+                user,
+                item: target,
+                click: target % 2 == 0,
+            },
+            user: TaobaoUser {
+                user,
+                profile: [0; 5],
+                items: history.to_vec(),
+                categories: vec![7; history.len()],
+            },
+            item: TaobaoItem {
+                item: target,
+                category: 3,
+                attributes: [0; 2],
+            },
+        };
+        let rows = [
+            row(5, 100, &[]),           // before anything: a new user, empty history
+            row(5, 101, &[1, 2]),       // the first behaviours
+            row(5, 102, &[1, 2, 3, 4]), // extends
+            row(5, 103, &[1, 2, 3, 4]), // the same again
+            row(5, 104, &[2, 3]),       // an older row, inside the timeline
+            row(5, 105, &[3, 4, 0, 5]), // extends, with padding
+            row(5, 106, &[9, 8]),       // a gap
+            row(5, 107, &[]),           // empty for a known user
+            row(6, 108, &[4, 4, 4]),    // another user, repeats
+            row(6, 109, &[4, 4, 4, 4]),
+        ];
+        write_table(
+            dir.join("train/train-shard-00000.parquet"),
+            &rows,
+            shard_columns,
+        )
+        .unwrap();
+        write_embeddings(
+            dir.join(file::EMBEDDINGS),
+            &[TaobaoEmbedding {
+                item: 100,
+                embedding: vec![1; 4],
+            }],
+        );
+        let files = TaobaoFiles::discover(&dir).unwrap();
+        let db = open_db(&tmp.path().join("db"), 4);
+        let opts = TaobaoImportOptions {
+            events_per_append: 3,
+            ..TaobaoImportOptions::default()
+        };
+        let out = import(&db, &files, &opts).unwrap();
+        let r = &out.report;
+        assert_eq!(r.shard_rows, 10);
+        assert_eq!(
+            r.shard_histories,
+            ShardHistories {
+                same: 1,
+                extended: 3,
+                earlier: 1,
+                gaps: 1,
+            }
+        );
+        assert_eq!(r.padding_skipped, 1);
+        let items = |v: Vec<Event>| v.iter().map(|e| e.item as i64).collect::<Vec<_>>();
+        assert_eq!(items(seq(&db, 5)), [1, 2, 3, 4, 5, 9, 8]);
+        assert_eq!(items(seq(&db, 6)), [4, 4, 4, 4]);
+        // Every sample reads its own row's history, with the gap to its newest behaviour one
+        // step.
+        let snap = db.snapshot();
+        let samples: Vec<&Impression> = out.splits.train.iter().chain(&out.splits.valid).collect();
+        assert_eq!(samples.len(), rows.len());
+        for s in samples {
+            let row = rows
+                .iter()
+                .find(|r| r.sample.item == s.item as i64)
+                .unwrap();
+            let want: Vec<i64> = row.user.items.iter().copied().filter(|&i| i != 0).collect();
+            let seen = snap.read(s.user, ReadRange::as_of(s.ts)).unwrap();
+            let seen = items(seen);
+            assert!(seen.ends_with(&want), "{s:?}: {seen:?} against {want:?}");
+            if want.is_empty() {
+                assert!(seen.is_empty(), "{s:?}: {seen:?}");
+            } else {
+                let newest = snap.read(
+                    s.user,
+                    ReadRange {
+                        last: Some(1),
+                        ..ReadRange::as_of(s.ts)
+                    },
+                );
+                assert_eq!(s.ts - newest.unwrap()[0].ts, opts.step_ms);
+            }
+        }
+        // Importing again lays nothing new.
+        let again = import(&db, &files, &opts).unwrap();
+        assert_eq!(again.report.events, 0);
+        assert_eq!(items(seq(&db, 5)), [1, 2, 3, 4, 5, 9, 8]);
     }
 }

@@ -10,9 +10,14 @@
 //!   the models read, is kept to about 1%).
 //! - Categories: engine category `c` is written as `c + 1`, because Taobao-MM's 0 means unknown
 //!   (and pads); items known only from events are written with 0.
-//! - Histories: a user's events strictly before the user's earliest impression, the newest
-//!   `max_history` of them (1,000, the published cap), oldest first. The format has one history
-//!   per user, so every impression of a user sees that one history, as in the published data.
+//! - Histories ([`Histories`]): a user's events strictly before the user's earliest impression,
+//!   the newest `max_history` of them (1,000, the published cap), oldest first, so that every
+//!   impression of a user sees that one history, as in the published data; or, in the shard
+//!   layout, each row's own as-of history (the user's events strictly before that impression),
+//!   which keeps what every sample saw when impressions fall between a user's events (MovieLens).
+//!   The six tables have one history per user, so they only take the first. With as-of
+//!   histories each split's rows are written in time order, so a user's rows come oldest first
+//!   and the importer ([`crate::taobao::import`]) can lay each row's history onto one timeline.
 //! - Samples: train and validation impressions in the train table, test impressions in the test
 //!   table; the importer takes validation users back out of the train table by the same hash
 //!   rule the synthetic data is split by ([`siren_model::data::user_split`]), so a dataset split
@@ -28,7 +33,7 @@
 //! Memory: the catalog's rows and every exported user's history are held while writing; shard
 //! rows are built and written a batch at a time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -230,6 +235,18 @@ pub fn shard_columns(rows: &[TaobaoShardRow]) -> Columns {
 // ---------------------------------------------------------------------------------------------
 // Export
 
+/// Which history a sample's row carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Histories {
+    /// One history per user: its events before its earliest impression in any split. The
+    /// published data's shape; the only one the six tables can hold.
+    #[default]
+    FirstImpression,
+    /// Each row's events before its own impression (joined shards only).
+    AsOf,
+}
+
 /// How [`export`] writes.
 #[derive(Debug, Clone)]
 pub struct ExportOptions {
@@ -237,6 +254,7 @@ pub struct ExportOptions {
     pub shards: Option<usize>,
     /// Newest events kept of each history (the published data caps at 1,000).
     pub max_history: usize,
+    pub histories: Histories,
 }
 
 impl Default for ExportOptions {
@@ -244,7 +262,31 @@ impl Default for ExportOptions {
         ExportOptions {
             shards: None,
             max_history: 1000,
+            histories: Histories::FirstImpression,
         }
+    }
+}
+
+impl ExportOptions {
+    /// Joined shards, `n` per split, each row with its as-of history.
+    pub fn shards(n: usize) -> Self {
+        ExportOptions {
+            shards: Some(n),
+            histories: Histories::AsOf,
+            ..ExportOptions::default()
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.shards == Some(0) || self.max_history == 0 {
+            return Err(LabError::invalid("shards and max_history must be positive"));
+        }
+        if self.shards.is_none() && self.histories == Histories::AsOf {
+            return Err(LabError::invalid(
+                "as-of histories need the shard layout: the six tables hold one history per user",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -257,17 +299,16 @@ pub struct ExportReport {
     pub test_users: u64,
     pub train_samples: u64,
     pub test_samples: u64,
+    /// History entries written (summed over rows with as-of histories).
     pub events: u64,
-    /// Users whose history before their first impression was longer than `max_history`.
+    /// Histories (users, or rows with as-of histories) cut to `max_history`.
     pub truncated_histories: u64,
 }
 
 /// Write the dataset `data` into the new folder `out` in the Taobao-MM layout (see the module
 /// documentation for what is kept and how).
 pub fn export(data: &DatasetDir, out: &Path, opts: &ExportOptions) -> Result<ExportReport> {
-    if opts.shards == Some(0) || opts.max_history == 0 {
-        return Err(LabError::invalid("shards and max_history must be positive"));
-    }
+    opts.validate()?;
     let (db, meta, splits) = data.open()?;
     let attributes = data.item_attributes(&meta)?;
     let profiles = data.user_profiles(&meta)?;
@@ -286,27 +327,38 @@ pub fn export(data: &DatasetDir, out: &Path, opts: &ExportOptions) -> Result<Exp
         Some(_) => items.iter().map(|r| (r.item, *r)).collect(),
         None => HashMap::new(),
     };
-    let mut split = |k: usize, imps: &[Impression]| -> Result<(u64, u64)> {
-        let rows = users.histories(imps)?;
-        let samples: Vec<TaobaoSample> = imps.iter().map(sample_row).collect();
-        let counts = (rows.len() as u64, samples.len() as u64);
-        match opts.shards {
-            None => {
-                let (samples_file, users_file) = TABLE_FILES[k];
-                write_table(out.join(samples_file), &samples, sample_columns)?;
-                let rows: Vec<TaobaoUser> = rows.into_values().collect();
-                write_table(out.join(users_file), &rows, user_columns)?;
+    let mut split = |k: usize, imps: &mut [Impression]| -> Result<(u64, u64)> {
+        let users_of = imps.iter().map(|i| i.user).collect::<BTreeSet<u64>>().len();
+        let counts = (users_of as u64, imps.len() as u64);
+        let Some(n) = opts.shards else {
+            let rows: Vec<TaobaoUser> = users.first_impression_rows(imps)?.into_values().collect();
+            let samples: Vec<TaobaoSample> = imps.iter().map(sample_row).collect();
+            let (samples_file, users_file) = TABLE_FILES[k];
+            write_table(out.join(samples_file), &samples, sample_columns)?;
+            write_table(out.join(users_file), &rows, user_columns)?;
+            return Ok(counts);
+        };
+        let name = SHARD_DIRS[k];
+        let dir = out.join(name);
+        match opts.histories {
+            Histories::FirstImpression => {
+                let rows = users.first_impression_rows(imps)?;
+                let user_of = |i: &Impression| Ok(rows[&(i.user as i64)].clone());
+                write_shards(&dir, name, n, imps, user_of, &targets)?;
             }
-            Some(n) => {
-                let name = SHARD_DIRS[k];
-                write_shards(&out.join(name), name, n, &samples, &rows, &targets)?;
+            Histories::AsOf => {
+                // Oldest first, so that each user's rows come in the order they happened.
+                imps.sort_by_key(|i| i.ts);
+                let user_of = |i: &Impression| users.row(i.user, i.ts);
+                write_shards(&dir, name, n, imps, user_of, &targets)?;
             }
         }
         Ok(counts)
     };
-    let train: Vec<Impression> = splits.train.iter().chain(&splits.valid).copied().collect();
-    (report.train_users, report.train_samples) = split(0, &train)?;
-    (report.test_users, report.test_samples) = split(1, &splits.test)?;
+    let mut train: Vec<Impression> = splits.train.iter().chain(&splits.valid).copied().collect();
+    let mut test = splits.test.clone();
+    (report.train_users, report.train_samples) = split(0, &mut train)?;
+    (report.test_users, report.test_samples) = split(1, &mut test)?;
     if opts.shards.is_none() {
         write_table(out.join(file::ITEMS), &items, item_columns)?;
     }
@@ -413,82 +465,76 @@ impl<'a> UserRows<'a> {
     /// The row of every user of `imps`: its history strictly before its earliest impression
     /// in any split (so a user in both tables has one history, and the test table shows
     /// nothing after the user's first training impression).
-    fn histories(&mut self, imps: &[Impression]) -> Result<BTreeMap<i64, TaobaoUser>> {
-        let users: std::collections::BTreeSet<u64> = imps.iter().map(|i| i.user).collect();
+    fn first_impression_rows(&mut self, imps: &[Impression]) -> Result<BTreeMap<i64, TaobaoUser>> {
+        let users: BTreeSet<u64> = imps.iter().map(|i| i.user).collect();
         let mut out = BTreeMap::new();
         for user in users {
-            let as_of = self.earliest[&user];
-            let range = ReadRange {
-                as_of: Some(as_of),
-                last: Some(self.max_history),
-                ..ReadRange::default()
-            };
-            let evs = self.snap.read(user, range)?;
-            if evs.iter().any(|e| e.item == 0) {
-                return Err(padding_id(&format!("user {user} has events of item 0")));
-            }
-            if evs.len() == self.max_history
-                && self.snap.user_len(user, Some(as_of))? > self.max_history
-            {
-                self.truncated += 1;
-            }
-            self.events += evs.len() as u64;
-            let items: Vec<i64> = evs.iter().map(|e| e.item as i64).collect();
-            let categories = items
-                .iter()
-                .map(|i| self.categories.get(i).copied().unwrap_or(0))
-                .collect();
-            let profile = self.profiles.get(&user).copied().unwrap_or_default();
-            out.insert(
-                user as i64,
-                TaobaoUser {
-                    user: user as i64,
-                    profile: profile.map(|p| p as i64),
-                    items,
-                    categories,
-                },
-            );
+            out.insert(user as i64, self.row(user, self.earliest[&user])?);
         }
         Ok(out)
+    }
+
+    /// `user`'s row with its newest `max_history` events strictly before `as_of`.
+    fn row(&mut self, user: u64, as_of: i64) -> Result<TaobaoUser> {
+        let range = ReadRange {
+            as_of: Some(as_of),
+            last: Some(self.max_history),
+            ..ReadRange::default()
+        };
+        let evs = self.snap.read(user, range)?;
+        if evs.iter().any(|e| e.item == 0) {
+            return Err(padding_id(&format!("user {user} has events of item 0")));
+        }
+        if evs.len() == self.max_history
+            && self.snap.user_len(user, Some(as_of))? > self.max_history
+        {
+            self.truncated += 1;
+        }
+        self.events += evs.len() as u64;
+        let items: Vec<i64> = evs.iter().map(|e| e.item as i64).collect();
+        let categories = items
+            .iter()
+            .map(|i| self.categories.get(i).copied().unwrap_or(0))
+            .collect();
+        let profile = self.profiles.get(&user).copied().unwrap_or_default();
+        Ok(TaobaoUser {
+            user: user as i64,
+            profile: profile.map(|p| p as i64),
+            items,
+            categories,
+        })
     }
 }
 
 /// The samples of one split as `n` joined shards `<dir>/<split>-shard-<k>.parquet`, rows in
 /// order, shard `k` holding the `k`-th contiguous `1/n` of them.
+/// `user_of` gives each sample's user row.
 fn write_shards(
     dir: &Path,
     split: &str,
     n: usize,
-    samples: &[TaobaoSample],
-    users: &BTreeMap<i64, TaobaoUser>,
+    imps: &[Impression],
+    mut user_of: impl FnMut(&Impression) -> Result<TaobaoUser>,
     items: &HashMap<i64, TaobaoItem>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| LabError::io(dir, e))?;
-    let empty_user = |user| TaobaoUser {
-        user,
-        profile: [0; 5],
-        items: Vec::new(),
-        categories: Vec::new(),
-    };
     for k in 0..n {
-        let part = &samples[k * samples.len() / n..(k + 1) * samples.len() / n];
+        let part = &imps[k * imps.len() / n..(k + 1) * imps.len() / n];
         let mut w = TableWriter::create(dir.join(format!("{split}-shard-{k:05}.parquet")));
         for chunk in part.chunks(DEFAULT_BATCH_ROWS) {
-            let rows: Vec<TaobaoShardRow> = chunk
-                .iter()
-                .map(|&sample| TaobaoShardRow {
+            let mut rows = Vec::with_capacity(chunk.len());
+            for imp in chunk {
+                let sample = sample_row(imp);
+                rows.push(TaobaoShardRow {
                     sample,
-                    user: users
-                        .get(&sample.user)
-                        .cloned()
-                        .unwrap_or_else(|| empty_user(sample.user)),
+                    user: user_of(imp)?,
                     item: items.get(&sample.item).copied().unwrap_or(TaobaoItem {
                         item: sample.item,
                         category: 0,
                         attributes: [0; 2],
                     }),
-                })
-                .collect();
+                });
+            }
             w.write(&rows, shard_columns)?;
         }
         w.close(shard_columns)?;

@@ -233,3 +233,73 @@ fn taobao_export_keeps_the_history_before_the_first_impression() {
     }
     assert!(seen >= cfg.users);
 }
+
+/// With impressions between a user's events, shards with as-of histories (the shard default of
+/// `siren export taobao`) bring every sample back with exactly the history it saw natively:
+/// the importer lays each user's rows onto one timeline.
+#[test]
+fn as_of_shards_give_every_sample_its_native_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let native = DatasetDir::new(tmp.path().join("native"));
+    let cfg = PlantedConfig {
+        items: 400,
+        dim: 16,
+        clusters: 8,
+        users: 40,
+        min_events: 100,
+        max_events: 400,
+        impressions_per_user: 8,
+        layout: Layout::Interleaved,
+        ..PlantedConfig::default()
+    };
+    import_synthetic(&cfg, &native, &semid()).unwrap();
+    let max_history = 250;
+    let opts = ExportOptions {
+        max_history,
+        ..ExportOptions::shards(2)
+    };
+    let out = tmp.path().join("out");
+    let report = export(&native, &out, &opts).unwrap();
+    assert!(report.truncated_histories > 0);
+    let back = DatasetDir::new(tmp.path().join("back"));
+    import_taobao(&out, &back, &semid()).unwrap();
+
+    // (user, item, label, the newest `max_history` items before the impression) of every
+    // sample, through both paths.
+    let seen = |dir: &DatasetDir| {
+        let (db, _, splits) = dir.open().unwrap();
+        let snap = db.snapshot();
+        let mut rows: Vec<(u64, u64, u32, Vec<u64>)> = [splits.train, splits.valid, splits.test]
+            .iter()
+            .flatten()
+            .map(|i| {
+                let range = ReadRange {
+                    last: Some(max_history),
+                    ..ReadRange::as_of(i.ts)
+                };
+                let h = snap.read(i.user, range).unwrap();
+                (
+                    i.user,
+                    i.item,
+                    i.label as u32,
+                    h.iter().map(|e| e.item).collect(),
+                )
+            })
+            .collect();
+        rows.sort_unstable();
+        rows
+    };
+    let want = seen(&native);
+    assert!(want.iter().any(|r| r.3.len() == max_history));
+    assert!(want.iter().any(|r| r.3.len() < max_history));
+    assert_eq!(seen(&back), want);
+    // The six tables cannot hold a history per row.
+    let tables = ExportOptions {
+        shards: None,
+        ..opts
+    };
+    assert!(matches!(
+        export(&native, &tmp.path().join("tables"), &tables),
+        Err(LabError::InvalidArgument(_))
+    ));
+}
