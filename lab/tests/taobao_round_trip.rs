@@ -42,6 +42,25 @@ fn semid() -> RqKmeansConfig {
     }
 }
 
+/// A small planted dataset with impressions between each user's events.
+fn interleaved(
+    users: usize,
+    events: std::ops::RangeInclusive<usize>,
+    impressions_per_user: usize,
+) -> PlantedConfig {
+    PlantedConfig {
+        items: 400,
+        dim: 16,
+        clusters: 8,
+        users,
+        min_events: *events.start(),
+        max_events: *events.end(),
+        impressions_per_user,
+        layout: Layout::Interleaved,
+        ..PlantedConfig::default()
+    }
+}
+
 /// Impressions without their time (the format has none), sorted.
 fn untimed(v: &[Impression]) -> Vec<(u64, u64, u32)> {
     let mut out: Vec<_> = v.iter().map(|i| (i.user, i.item, i.label as u32)).collect();
@@ -187,17 +206,7 @@ fn taobao_folders_without_a_layout_or_embeddings_are_refused() {
 fn taobao_export_keeps_the_history_before_the_first_impression() {
     let tmp = tempfile::tempdir().unwrap();
     let native = DatasetDir::new(tmp.path().join("native"));
-    let cfg = PlantedConfig {
-        items: 400,
-        dim: 16,
-        clusters: 8,
-        users: 24,
-        min_events: 300,
-        max_events: 600,
-        impressions_per_user: 6,
-        layout: Layout::Interleaved,
-        ..PlantedConfig::default()
-    };
+    let cfg = interleaved(24, 300..=600, 6);
     import_synthetic(&cfg, &native, &semid()).unwrap();
     let opts = ExportOptions {
         max_history: 250,
@@ -241,17 +250,7 @@ fn taobao_export_keeps_the_history_before_the_first_impression() {
 fn as_of_shards_give_every_sample_its_native_history() {
     let tmp = tempfile::tempdir().unwrap();
     let native = DatasetDir::new(tmp.path().join("native"));
-    let cfg = PlantedConfig {
-        items: 400,
-        dim: 16,
-        clusters: 8,
-        users: 40,
-        min_events: 100,
-        max_events: 400,
-        impressions_per_user: 8,
-        layout: Layout::Interleaved,
-        ..PlantedConfig::default()
-    };
+    let cfg = interleaved(40, 100..=400, 8);
     import_synthetic(&cfg, &native, &semid()).unwrap();
     let max_history = 250;
     let opts = ExportOptions {
