@@ -229,6 +229,10 @@ pub struct TrainFlags {
     /// (0 = at the end of each epoch only); the best weights seen at any check are kept.
     #[arg(long, default_value_t = 0)]
     validate_every: usize,
+    /// Train on the impressions in the order of the training split instead of shuffling them
+    /// (MUSE's reference code does not shuffle; see docs/MODELS.md).
+    #[arg(long)]
+    no_shuffle: bool,
     /// Threads for reading samples from the engine.
     #[arg(long, default_value_t = 2)]
     threads: usize,
@@ -349,6 +353,7 @@ impl TrainFlags {
             seed: self.seed,
             patience: self.patience,
             validate_every: self.validate_every,
+            unshuffled: self.no_shuffle,
             progress: true,
             ..TrainConfig::default()
         }

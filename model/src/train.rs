@@ -54,6 +54,12 @@ pub struct TrainConfig {
     /// Not serialised when 0, so that checkpoints written before it keep their canonical form.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub validate_every: usize,
+    /// Train on the impressions in the training split's order instead of shuffling them each
+    /// epoch (a streamed split: its users in order of first appearance). MUSE's reference code
+    /// trains so (`shuffle: false`), in the order of its shards; Siren's MovieLens split is in
+    /// time order, as `siren export taobao` writes it. Not serialised when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unshuffled: bool,
     /// Show a progress bar on the terminal.
     pub progress: bool,
 }
@@ -87,6 +93,7 @@ impl Default for TrainConfig {
             seed: 1,
             patience: 1,
             validate_every: 0,
+            unshuffled: false,
             progress: false,
         }
     }
@@ -394,7 +401,8 @@ pub fn train(cfg: &ModelConfig, tcfg: &TrainConfig, data: &Prepared) -> Result<T
     let bs = tcfg.batch_size.max(1);
     for epoch in 1..=tcfg.epochs {
         let start = Instant::now();
-        let blocks = data.reader.pass(&data.train, &mut order, Some(&mut rng));
+        let shuffle = (!tcfg.unshuffled).then_some(&mut rng);
+        let blocks = data.reader.pass(&data.train, &mut order, shuffle);
         let epoch_batches: usize = blocks.iter().map(|b| b.len().div_ceil(bs)).sum();
         let bar = progress_bar(tcfg.progress, n, &format!("{} epoch {epoch}", cfg.name()));
         let mut loss = LossSums::default();

@@ -550,3 +550,36 @@ fn test_predictions(c: &ModelConfig, tc: &TrainConfig, data: &Prepared) -> Vec<f
     let t = train(c, tc, data).unwrap();
     predict(t.model.as_ref(), c, data, &data.test, 1024).unwrap()
 }
+
+/// `unshuffled` trains on the split in its order: a different run from the shuffled one of the
+/// same seed, the same every time; the setting is kept in the training config's JSON only when
+/// set, so earlier configs keep their canonical form.
+#[test]
+fn unshuffled_training_follows_the_split_order() {
+    let (_dir, data) = small();
+    let c = cfg("din");
+    let shuffled = TrainConfig {
+        epochs: 1,
+        batch_size: 64,
+        seed: 5,
+        ..TrainConfig::default()
+    };
+    let unshuffled = TrainConfig {
+        unshuffled: true,
+        ..shuffled.clone()
+    };
+    let run = |tc: &TrainConfig| {
+        let t = train(&c, tc, &data).unwrap();
+        predict(t.model.as_ref(), &c, &data, &data.test, 1024).unwrap()
+    };
+    let (a, b) = (run(&unshuffled), run(&unshuffled));
+    assert_eq!(a, b);
+    assert_ne!(a, run(&shuffled));
+    let json = serde_json::to_string(&unshuffled).unwrap();
+    assert!(json.contains("\"unshuffled\":true"), "{json}");
+    assert!(!serde_json::to_string(&shuffled)
+        .unwrap()
+        .contains("unshuffled"));
+    let back: TrainConfig = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, unshuffled);
+}
