@@ -351,14 +351,16 @@ pub fn evidence_len(levels: usize) -> usize {
 
 /// A user's as-of history summarised once, so that the evidence features of many targets
 /// (every candidate of a request, or one impression in training) cost a few look-ups and one
-/// pass of dot products over the history's distinct items each.
+/// pass of dot products over the history's distinct items each. It keeps what it needs of the
+/// history's items (codes, categories, SemID prefixes), so it holds no reference to the table
+/// it was built from, and serving keeps it across requests (`siren-serve`'s summary cache).
 #[derive(Debug, Clone, Default)]
 pub struct HistorySummary {
     /// Behaviours in the history, with or without a catalog row.
     len: usize,
-    /// Per distinct item with a catalog row and an embedding: its row and occurrences.
-    items: Vec<(u32, u32)>,
-    /// Their int8 codes, row-major in the order of `items` (one linear pass per target instead
+    /// Per distinct item with a catalog row and an embedding: its occurrences.
+    counts: Vec<u32>,
+    /// Their int8 codes, row-major in the order of `counts` (one linear pass per target instead
     /// of a look-up per item), and their inverse norms.
     codes: Vec<i8>,
     inv_norm: Vec<f64>,
@@ -425,10 +427,28 @@ impl HistorySummary {
         HistorySummary::summarise(items, rows)
     }
 
-    /// [`Self::new`] of a history whose behaviours' rows in `items` are known (oldest first,
-    /// [`NO_ROW`] for an item without one): serving finds them while it fills the table.
-    pub fn from_rows(items: &ItemTable, rows: &[u32]) -> HistorySummary {
-        HistorySummary::summarise(items, rows.iter().copied())
+    /// The summary of `user`'s events before `as_of` in `snap`, their items as the catalog
+    /// holds them (codes only: no embedding is dequantised).
+    pub fn read(snap: &Snapshot, user: u64, as_of: i64, dim: usize) -> Result<HistorySummary> {
+        let hist = snap.read(user, ReadRange::as_of(as_of))?;
+        let mut items = ItemTable::new(dim);
+        let rows: Vec<u32> = hist
+            .iter()
+            .map(|e| items.row_or_add_codes(snap, e.item))
+            .collect();
+        Ok(HistorySummary::summarise(&items, rows.into_iter()))
+    }
+
+    /// Approximate heap bytes (a cache's weight).
+    pub fn bytes(&self) -> usize {
+        fn table<K, V>(m: &HashMap<K, V>) -> usize {
+            m.capacity() * (std::mem::size_of::<(K, V)>() + 1)
+        }
+        self.codes.capacity()
+            + self.inv_norm.capacity() * std::mem::size_of::<f64>()
+            + self.counts.capacity() * std::mem::size_of::<u32>()
+            + table(&self.by_category)
+            + table(&self.by_prefix)
     }
 
     /// The summary of the behaviours whose rows `rows` yields, oldest first.
@@ -465,7 +485,7 @@ impl HistorySummary {
                 }
             }
             if items.has_emb[r] {
-                out.items.push((*row, m.count));
+                out.counts.push(m.count);
                 out.codes.extend_from_slice(items.codes(*row));
                 out.inv_norm.push(items.inv_norm[r]);
             }
@@ -575,7 +595,7 @@ impl HistorySummary {
         let n = embedded.len();
         let (mut dots, mut bins) = (vec![0i32; n], vec![0u8; n]);
         let codes = self.codes.chunks_exact(dim);
-        for ((e, &(_, count)), &inv_e) in codes.zip(&self.items).zip(&self.inv_norm) {
+        for ((e, &count), &inv_e) in codes.zip(&self.counts).zip(&self.inv_norm) {
             dot_queries(e, &queries, &mut dots);
             cosine_bins(&mut bins, &dots, &inv_t, inv_e);
             for (&b, &(k, _)) in bins.iter().zip(&embedded) {
