@@ -334,11 +334,17 @@ pub struct SampleSet {
 pub const SIMTIER_BINS: usize = 21;
 
 /// The similarity-tier bin of a cosine: 0.1 wide over [-1, 1], the last holding exactly 1.
-/// (The value is never negative, so the cast truncates as `floor` would, without its call; a
-/// cast to `i32` rather than `usize` lets a loop of these compile to SIMD.)
+/// (The value is never negative, so truncation is `floor`, without its call.)
 #[inline(always)]
 pub fn simtier_bin(cos: f32) -> usize {
-    (((cos.clamp(-1.0, 1.0) + 1.0) / 0.1) as i32).min(SIMTIER_BINS as i32 - 1) as usize
+    let x = (cos.clamp(-1.0, 1.0) + 1.0) / 0.1;
+    // A NaN cosine is bin 0 (what `as` makes of NaN); any other `x` is in [0, 20.000002], where
+    // the unchecked cast truncates as `as` does, without the saturation checks that kept a loop
+    // of `as` casts from compiling to SIMD.
+    let x = if x.is_nan() { 0.0 } else { x };
+    // SAFETY: `x` is finite and in [0, 21), so it fits an `i32`.
+    let bin = unsafe { x.to_int_unchecked::<i32>() };
+    bin.min(SIMTIER_BINS as i32 - 1) as usize
 }
 
 /// Behaviours counted as recent by the evidence features.
@@ -593,29 +599,48 @@ impl HistorySummary {
             &vec![1.0; embedded.len()],
         );
         let n = embedded.len();
+        // The embedded targets' histograms side by side, so that the pass over the items adds
+        // to them without finding each target's row of `out`; copied there at the end (`out`'s
+        // bins are still zero, and 0 + x is x).
+        let mut hist = vec![0f32; n * SIMTIER_BINS];
         let (mut dots, mut bins) = (vec![0i32; n], vec![0u8; n]);
         let codes = self.codes.chunks_exact(dim);
         for ((e, &count), &inv_e) in codes.zip(&self.counts).zip(&self.inv_norm) {
             dot_queries(e, &queries, &mut dots);
             cosine_bins(&mut bins, &dots, &inv_t, inv_e);
-            for (&b, &(k, _)) in bins.iter().zip(&embedded) {
-                out[k * width + at + b as usize] += count as f32;
+            let count = count as f32;
+            for (h, &b) in hist.chunks_exact_mut(SIMTIER_BINS).zip(&bins) {
+                h[usize::from(b)] += count;
             }
+        }
+        for (h, &(k, _)) in hist.chunks_exact(SIMTIER_BINS).zip(&embedded) {
+            out[k * width + at..][..SIMTIER_BINS].copy_from_slice(h);
         }
     }
 }
 
 /// `bins[t] =` the [`simtier_bin`] of the cosine of dot product `dots[t]` with inverse norms
-/// `inv_t[t]` and `inv_e`: a loop of its own, which the compiler vectorises, built for AVX2 as
-/// well where the CPU has it (the same IEEE operations either way, so the same bins).
+/// `inv_t[t]` and `inv_e`: a loop of its own, which the compiler vectorises, built for AVX-512
+/// and AVX2 as well, the widest the CPU has chosen at run time (the same IEEE operations
+/// every way, so the same bins).
 fn cosine_bins(bins: &mut [u8], dots: &[i32], inv_t: &[f64], inv_e: f64) {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: chosen only when the CPU has AVX-512F.
+            return unsafe { cosine_bins_avx512(bins, dots, inv_t, inv_e) };
+        }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: chosen only when the CPU has AVX2.
             return unsafe { cosine_bins_avx2(bins, dots, inv_t, inv_e) };
         }
     }
+    cosine_bins_with(bins, dots, inv_t, inv_e)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn cosine_bins_avx512(bins: &mut [u8], dots: &[i32], inv_t: &[f64], inv_e: f64) {
     cosine_bins_with(bins, dots, inv_t, inv_e)
 }
 
@@ -921,6 +946,61 @@ mod tests {
             .chain([f32::NAN, f32::INFINITY, f32::NEG_INFINITY])
         {
             assert_eq!(simtier_bin(c), floor_form(c), "{c}");
+        }
+    }
+
+    /// Every kernel [`cosine_bins`] can choose gives, lane for lane, the bins of the plain
+    /// formula: random dot products and norms, cosines a rounding away from every bin edge and
+    /// from 1, beyond [-1, 1], and NaN (an infinite inverse norm times a zero dot product).
+    #[test]
+    fn cosine_bins_equal_the_plain_loop() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for trial in 0..3_000 {
+            let n = rng.random_range(0..140);
+            let inv_e: f64 = rng.random_range(1e-4..0.2);
+            let inv_t: Vec<f64> = (0..n)
+                .map(|_| match rng.random_range(0..50) {
+                    0 => f64::INFINITY,
+                    1 => 0.0,
+                    _ => rng.random_range(1e-4..0.2),
+                })
+                .collect();
+            let dots: Vec<i32> = inv_t
+                .iter()
+                .map(|&inv| match rng.random_range(0..4) {
+                    0 => rng.random_range(-1_000_000..1_000_000),
+                    1 => 0,
+                    _ => {
+                        let edge = -1.0 + 0.1 * f64::from(rng.random_range(0..=21));
+                        let dot = edge / (inv * inv_e) + f64::from(rng.random_range(-2..=2));
+                        dot.clamp(-2e9, 2e9) as i32
+                    }
+                })
+                .collect();
+            let plain: Vec<u8> = dots
+                .iter()
+                .zip(&inv_t)
+                .map(|(&d, &inv)| simtier_bin(cosine_of(d, inv, inv_e)) as u8)
+                .collect();
+            let mut bins = vec![0u8; n];
+            cosine_bins(&mut bins, &dots, &inv_t, inv_e);
+            assert_eq!(bins, plain, "trial {trial}");
+            cosine_bins_with(&mut bins, &dots, &inv_t, inv_e);
+            assert_eq!(bins, plain, "portable, trial {trial}");
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2.
+                    unsafe { cosine_bins_avx2(&mut bins, &dots, &inv_t, inv_e) };
+                    assert_eq!(bins, plain, "AVX2, trial {trial}");
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F.
+                    unsafe { cosine_bins_avx512(&mut bins, &dots, &inv_t, inv_e) };
+                    assert_eq!(bins, plain, "AVX-512, trial {trial}");
+                }
+            }
         }
     }
 
