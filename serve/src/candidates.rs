@@ -9,11 +9,9 @@
 
 use std::time::Instant;
 
-use std::sync::Arc;
-
 use siren_engine::Snapshot;
 use siren_model::data::Impression;
-use siren_model::features::{assemble, token, HistorySummary, ItemTable, SampleSet, Token, NO_ROW};
+use siren_model::features::{assemble, token, ItemTable, SampleSet, Token, NO_ROW};
 use siren_model::SeqKind;
 
 use crate::error::Result;
@@ -61,11 +59,10 @@ pub fn candidate_samples(
     evidence: Option<usize>,
     dim: usize,
 ) -> Result<CandidateSamples> {
-    let evidence = evidence.map(|levels| Evidence {
-        levels,
-        summaries: None,
-    });
-    build(snap, user, at, domain, candidates, plan, evidence, dim)
+    let no_cache = SummaryCache::new(0);
+    candidate_samples_cached(
+        snap, user, at, domain, candidates, plan, evidence, dim, &no_cache,
+    )
 }
 
 /// [`candidate_samples`] with the user's history summary taken from `summaries` (read and
@@ -82,47 +79,6 @@ pub fn candidate_samples_cached(
     evidence: Option<usize>,
     dim: usize,
     summaries: &SummaryCache,
-) -> Result<CandidateSamples> {
-    let evidence = evidence.map(|levels| Evidence {
-        levels,
-        summaries: Some(summaries),
-    });
-    build(snap, user, at, domain, candidates, plan, evidence, dim)
-}
-
-/// The evidence features a call computes: over how many SemID levels, and where the history
-/// summary comes from (a cache, or a read of its own).
-#[derive(Clone, Copy)]
-struct Evidence<'a> {
-    levels: usize,
-    summaries: Option<&'a SummaryCache>,
-}
-
-impl Evidence<'_> {
-    fn summary(
-        &self,
-        snap: &Snapshot,
-        user: u64,
-        at: i64,
-        dim: usize,
-    ) -> Result<Arc<HistorySummary>> {
-        match self.summaries {
-            Some(cache) => cache.get(snap, user, at, dim),
-            None => Ok(Arc::new(HistorySummary::read(snap, user, at, dim)?)),
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn build(
-    snap: &Snapshot,
-    user: u64,
-    at: i64,
-    domain: u16,
-    candidates: &[u64],
-    plan: &[SeqPlan],
-    evidence: Option<Evidence<'_>>,
-    dim: usize,
 ) -> Result<CandidateSamples> {
     let t = Instant::now();
     let targets = Targets::look_up(snap, candidates, dim);
@@ -151,9 +107,9 @@ fn build(
     let tokens = tokens(&items, &imps, &per_seq)?;
     let spec: Vec<(SeqKind, usize)> = plan.iter().map(|p| (p.slot, p.len)).collect();
     let mut set = assemble(&items, &imps, &spec, tokens);
-    if let Some(ev) = evidence {
-        let summary = ev.summary(snap, user, at, dim)?;
-        set.evidence = summary.evidence_of(&items, &set.target_row, ev.levels);
+    if let Some(levels) = evidence {
+        let summary = summaries.get(snap, user, at, dim)?;
+        set.evidence = summary.evidence_of(&items, &set.target_row, levels);
     }
     let retrieved = match plan
         .iter()
