@@ -19,7 +19,8 @@ use siren_model::features::HistorySummary;
 
 use crate::error::{Result, ServeError};
 
-/// How many bytes of summaries a ranker keeps by default: about fifty users of 100,000 events.
+/// How many bytes of summaries a ranker keeps by default: about seventy users of 100,000
+/// events (the benchmark's, with 6,787 distinct items, takes 0.86 MB).
 pub const DEFAULT_SUMMARY_CACHE_BYTES: usize = 64 << 20;
 
 /// The weight of a kept summary: its approximate heap bytes (at least 1, as a zero weight is
