@@ -1,14 +1,15 @@
 //! The summary cache hands out only the summary a fresh read would give: after an append,
-//! for an `as_of` in the past, after a catalog upsert, a deletion, a compaction and a reopen.
+//! for an `as_of` in the past, after a catalog upsert, a deletion, a compaction and a reopen;
+//! and the ranker's scores over it are the training path's predictions.
 
-#[path = "../../model/tests/common/mod.rs"]
 mod common;
 
 use siren_engine::{AppendOptions, Db, Durability, Event, Snapshot};
+use siren_model::train::{train, TrainConfig};
 use siren_model::SeqKind;
 use siren_serve::candidates::{candidate_samples, candidate_samples_cached};
 use siren_serve::retrieval::SeqPlan;
-use siren_serve::SummaryCache;
+use siren_serve::{Ranker, ScoreOptions, ServedModel, SummaryCache};
 
 const LEVELS: usize = 2;
 
@@ -162,4 +163,53 @@ fn a_cache_of_zero_bytes_keeps_nothing() {
     evidence(&db.snapshot(), &cache, 2, 60_000);
     evidence(&db.snapshot(), &cache, 2, 60_000);
     assert_eq!(cache.hits_and_misses(), (0, 2));
+}
+
+/// Through the ranker: after an append to a user whose summary is kept, the scores are the
+/// training path's predictions over the grown history, and a repeat, answered from the cache,
+/// gives the same scores.
+#[test]
+fn the_rankers_scores_follow_an_append_to_a_kept_user() {
+    let (_dir, db, data) = common::small_with_db();
+    let ck = tempfile::tempdir().unwrap();
+    let tc = TrainConfig {
+        epochs: 1,
+        batch_size: 64,
+        seed: 1,
+        ..TrainConfig::default()
+    };
+    let t = train(&common::cfg("siren-hard"), &tc, &data).unwrap();
+    t.save(ck.path(), &data.vocabs, data.levels).unwrap();
+    let ranker = Ranker::new(&db, Some(ServedModel::load(ck.path()).unwrap()), None).unwrap();
+    let m = ranker.model().unwrap();
+    let imp = data.test.impressions()[5];
+    let others = data.items.ids.iter().step_by(37).take(20).copied();
+    let cands: Vec<u64> = std::iter::once(imp.item).chain(others).collect();
+    let opts = ScoreOptions {
+        at: Some(imp.ts),
+        domain: imp.domain,
+        ..ScoreOptions::default()
+    };
+    let scores = || -> Vec<f32> {
+        let got = ranker
+            .score(&db.snapshot(), imp.user, &cands, &opts)
+            .unwrap();
+        got.scores.iter().map(|s| s.score).collect()
+    };
+    let before = scores();
+    assert!(common::close(
+        &before,
+        &common::reference(&db, &data, &m, imp, &cands)
+    ));
+    // Behaviours on the candidates themselves, just before `at`: each one's evidence grows.
+    let evs: Vec<Event> = (0..10)
+        .map(|k| ev(imp.user, imp.ts - 1 - k, cands[k as usize]))
+        .collect();
+    append(&db, &evs);
+    let after = scores();
+    assert_ne!(after, before);
+    let want = common::reference(&db, &data, &m, imp, &cands);
+    assert!(common::close(&after, &want), "{after:?} vs {want:?}");
+    assert_eq!(scores(), after, "a repeat");
+    assert_eq!(ranker.summaries().hits_and_misses(), (1, 2));
 }
