@@ -105,8 +105,9 @@ fn check_k(k: usize) -> Result<()> {
 /// while the database is open), or a deletion (after which the user is born again, at a new
 /// sequence number); the events visible as of a time are positions `[s0, s1)` of the entry
 /// and `[p0, p1)` of the pending events; every upsert that rewrites an existing catalog row
-/// bumps the catalog's rewrite count; and the database's instance number tells two opens of
-/// one directory apart.
+/// bumps the catalog's rewrite count, and every other adds a row (which an item that pending
+/// events named before the catalog had it then has); and the database's instance number tells
+/// two opens of one directory apart. So any upsert of a new item changes every stamp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct HistoryStamp {
     instance: u64,
@@ -116,6 +117,9 @@ pub struct HistoryStamp {
     /// `[s0, s1, p0, p1]`: the visible positions of the entry and of the pending events.
     window: [usize; 4],
     catalog_rewrites: u64,
+    /// A pending event may name an item the catalog has no row for; upserting that item adds
+    /// a row (and rewrites none), which the events then refer to.
+    catalog_rows: u32,
 }
 
 /// Which events a user holds: its birth, its compacted entry and how many are pending.
@@ -202,6 +206,7 @@ impl Snapshot {
             }),
             window: view.map_or([0; 4], |v| [v.s0, v.s1, v.p0, v.p1]),
             catalog_rewrites: self.state.catalog.emb_gen(),
+            catalog_rows: self.state.catalog.len(),
         })
     }
 

@@ -786,6 +786,22 @@ fn history_stamps_change_with_the_visible_events() {
     item.category = 2;
     db.upsert_items(&[item], Durability::Sync).unwrap();
     assert_ne!(stamp(&db, None), upserted, "and rewritten again");
+    // An event naming an item the catalog does not have, then the item upserted: a new row,
+    // which the event now refers to.
+    append(&db, &[ev(1, 50, 777)]);
+    let unknown_item = stamp(&db, None);
+    let new_item = Item {
+        id: 777,
+        category: 1,
+        semid: None,
+        embedding: None,
+    };
+    db.upsert_items(&[new_item], Durability::Sync).unwrap();
+    assert_ne!(
+        stamp(&db, None),
+        unknown_item,
+        "a row for an item the events named"
+    );
 
     let last = stamp(&db, None);
     db.compact().unwrap();

@@ -7,7 +7,8 @@
 //! same history. So the ranker keeps summaries under the engine's [`HistoryStamp`] of the
 //! history they summarise: equal stamps mean the same events over the same catalog rows, so a
 //! kept summary is reused exactly when it is the one that would be computed again. An append,
-//! a deletion, an upsert that rewrites a catalog row, or an `at` that sees other events gives
+//! a deletion, any item upsert (one that rewrites a catalog row, or adds one for an item that
+//! pending events may already name), or an `at` that sees other events gives
 //! another stamp, and the summary is read afresh; an `at` that sees the same events (a
 //! wall-clock `at` a millisecond later) reuses it.
 

@@ -104,8 +104,8 @@ fn as_of_in_the_past_is_its_own_history() {
 }
 
 /// An upsert that changes an item of the history (its SemID, its embedding), a deletion of
-/// the user and its rebirth with the same events, and a compaction each give the summary of
-/// a fresh read.
+/// the user and its rebirth with the same events, a compaction, and an upsert of an item that
+/// events named before the catalog had it each give the summary of a fresh read.
 #[test]
 fn upserts_deletions_and_compactions_are_seen() {
     let (_dir, db, _) = common::fixture();
@@ -132,6 +132,15 @@ fn upserts_deletions_and_compactions_are_seen() {
     db.compact().unwrap();
     evidence(&db.snapshot(), &cache, 1, at);
     evidence(&db.snapshot(), &cache, 1, 20_000);
+
+    // Events naming an item the catalog does not have yet, then the item upserted: its
+    // behaviours now have a category, a SemID and an embedding.
+    append(&db, &[ev(1, at - 3, 777), ev(1, at - 2, 777)]);
+    let unknown = evidence(&db.snapshot(), &cache, 1, at);
+    let mut known = db.snapshot().item(3).unwrap();
+    known.id = 777;
+    db.upsert_items(&[known], Durability::Sync).unwrap();
+    assert_ne!(evidence(&db.snapshot(), &cache, 1, at), unknown);
 }
 
 /// A summary kept for one open of a database is not handed to another open of it (whose
