@@ -18,7 +18,7 @@ use crate::catalog::quantize;
 use crate::compaction::{self, CompactionStats};
 use crate::entry::Ev;
 use crate::error::{Error, Result};
-use crate::inner::{CompactorSignal, Inner};
+use crate::inner::{next_instance, CompactorSignal, Inner};
 use crate::records::{ItemRecord, Watermark};
 use crate::recovery::{self, ROCKSDB_DIR, SEGMENTS_DIR};
 use crate::segment::{create_dirs, segment_file_name, sync_dir};
@@ -156,6 +156,7 @@ impl Db {
         let path = path.as_ref().to_path_buf();
         let recovered = recovery::recover(&path, &opts)?;
         let inner = Arc::new(Inner {
+            instance: next_instance(),
             seg_dir: path.join(SEGMENTS_DIR),
             path,
             store: recovered.store,
@@ -200,6 +201,7 @@ impl Db {
     /// A consistent read view of the whole database at this moment.
     pub fn snapshot(&self) -> Snapshot {
         Snapshot::new(
+            self.inner.instance,
             self.inner.state.load_full(),
             self.inner.read,
             Arc::clone(&self.inner.cache),

@@ -20,6 +20,8 @@ use crate::types::Options;
 use crate::watermark;
 
 pub(crate) struct Inner {
+    /// This open database's number, unique in the process ([`next_instance`]).
+    pub instance: u64,
     pub path: PathBuf,
     pub seg_dir: PathBuf,
     pub store: Store,
@@ -42,6 +44,14 @@ pub(crate) struct Inner {
     pub compactions: AtomicU64,
     /// The last watermark written to `<db>/WATERMARK`.
     pub watermark: Mutex<Watermark>,
+}
+
+/// A number no other database opened by this process has had: what tells the snapshots of
+/// two opens apart (a reopened database starts its catalog generations and segment numbers
+/// again).
+pub fn next_instance() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Inner {

@@ -77,7 +77,7 @@ pub use db::{
 };
 pub use error::{DecodeError, Error, Result};
 pub use retrieve::{HardHit, SoftHit};
-pub use snapshot::Snapshot;
+pub use snapshot::{HistoryStamp, Snapshot};
 pub use types::{
     AppendOptions, AppendOutcome, AutoCompact, Durability, Event, Item, Options, ReadRange, SemId,
     MAX_SEMID_LEVELS,

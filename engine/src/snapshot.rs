@@ -94,27 +94,79 @@ fn check_k(k: usize) -> Result<()> {
     Ok(())
 }
 
+/// What a user's visible history as of some time is made of, in a few numbers: equal stamps
+/// (from snapshots of one open database) mean the same events in the same order, whose items
+/// have the same catalog rows, so anything computed from those events and rows can be reused
+/// under its stamp. Unequal stamps may still mean equal histories (a compaction, an upsert of
+/// an unrelated item): reuse is then only missed, never wrong.
+///
+/// Why the numbers suffice: a user's events change only by an append (which adds pending
+/// events), a compaction (which writes the user's entry under a segment number never reused
+/// while the database is open), or a deletion (after which the user is born again, at a new
+/// sequence number); the events visible as of a time are positions `[s0, s1)` of the entry
+/// and `[p0, p1)` of the pending events; every upsert that rewrites an existing catalog row
+/// bumps the catalog's rewrite count, and every other adds a row (which an item that pending
+/// events named before the catalog had it then has); and the database's instance number tells
+/// two opens of one directory apart. So any upsert of a new item changes every stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HistoryStamp {
+    instance: u64,
+    user: u64,
+    /// `None` for a user without events.
+    events: Option<UserStamp>,
+    /// `[s0, s1, p0, p1]`: the visible positions of the entry and of the pending events.
+    window: [usize; 4],
+    catalog_rewrites: u64,
+    /// A pending event may name an item the catalog has no row for; upserting that item adds
+    /// a row (and rewrites none), which the events then refer to.
+    catalog_rows: u32,
+}
+
+/// Which events a user holds: its birth, its compacted entry and how many are pending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct UserStamp {
+    born: u64,
+    /// The entry's segment and record.
+    entry: Option<(u64, usize)>,
+    pending: usize,
+}
+
 #[derive(Clone)]
 pub struct Snapshot {
+    /// The open database's number ([`crate::inner::next_instance`]).
+    instance: u64,
     state: Arc<State>,
     cfg: ReadConfig,
     cache: Arc<DecodedCache>,
 }
 
 impl Snapshot {
-    pub(crate) fn new(state: Arc<State>, cfg: ReadConfig, cache: Arc<DecodedCache>) -> Self {
-        Snapshot { state, cfg, cache }
+    pub(crate) fn new(
+        instance: u64,
+        state: Arc<State>,
+        cfg: ReadConfig,
+        cache: Arc<DecodedCache>,
+    ) -> Self {
+        Snapshot {
+            instance,
+            state,
+            cfg,
+            cache,
+        }
     }
 
-    fn view(&self, user: u64, as_of: Option<i64>) -> Result<Option<UserView<'_>>> {
-        let cfg = ViewConfig {
+    fn view_config(&self) -> ViewConfig<'_> {
+        ViewConfig {
             catalog: &self.state.catalog,
             layout: self.cfg.layout,
             retention: self.cfg.retention,
             // A disabled cache is no cache: readers then take the paths that decode least.
             cache: self.cache.enabled().then_some(&*self.cache),
-        };
-        UserView::open(&self.state, user, cfg, as_of)
+        }
+    }
+
+    fn view(&self, user: u64, as_of: Option<i64>) -> Result<Option<UserView<'_>>> {
+        UserView::open(&self.state, user, self.view_config(), as_of)
     }
 
     /// A user's events within `range`, oldest first. An unknown user has no events.
@@ -134,6 +186,28 @@ impl Snapshot {
     /// Number of events of `user` visible before `as_of` (all retained events without it).
     pub fn user_len(&self, user: u64, as_of: Option<i64>) -> Result<usize> {
         Ok(self.view(user, as_of)?.map_or(0, |v| v.len()))
+    }
+
+    /// What `user`'s events before `as_of` are made of, as a value that compares in constant
+    /// time: see [`HistoryStamp`].
+    pub fn history_stamp(&self, user: u64, as_of: Option<i64>) -> Result<HistoryStamp> {
+        let us = self.state.users.get(&user);
+        let view = match us {
+            Some(us) => Some(UserView::of(us, user, self.view_config(), as_of)?),
+            None => None,
+        };
+        Ok(HistoryStamp {
+            instance: self.instance,
+            user,
+            events: us.map(|us| UserStamp {
+                born: us.born,
+                entry: us.entry.as_ref().map(|e| (e.segment.id, e.record)),
+                pending: us.pending.len(),
+            }),
+            window: view.map_or([0; 4], |v| [v.s0, v.s1, v.p0, v.p1]),
+            catalog_rewrites: self.state.catalog.emb_gen(),
+            catalog_rows: self.state.catalog.len(),
+        })
     }
 
     /// The `k` behaviours (before `as_of`) whose item SemID shares the longest prefix with

@@ -718,3 +718,95 @@ fn checkpoint_is_a_consistent_openable_copy() {
     copy.compact().unwrap();
     assert_eq!(read_all(&copy, 2), before[1]);
 }
+
+/// A history stamp is equal only where the visible events are: the same for two `as_of`s
+/// that see the same events, different after an append (even of an older event), between
+/// `as_of`s that see different events, after a deletion and a rebirth with as many events,
+/// after an upsert that rewrites a catalog row, and across two opens of one directory.
+#[test]
+fn history_stamps_change_with_the_visible_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), opts()).unwrap();
+    let stamp = |db: &Db, as_of| db.snapshot().history_stamp(1, as_of).unwrap();
+    let unknown = stamp(&db, None);
+    append(&db, &[ev(1, 10, 5), ev(1, 20, 6), ev(1, 30, 7)]);
+    let three = stamp(&db, None);
+    assert_ne!(unknown, three);
+    assert_eq!(
+        stamp(&db, Some(31)),
+        stamp(&db, Some(1_000)),
+        "same events seen"
+    );
+    assert_eq!(
+        three,
+        stamp(&db, Some(1_000)),
+        "as_of past the newest sees all"
+    );
+    assert_ne!(
+        stamp(&db, Some(30)),
+        stamp(&db, Some(31)),
+        "one event fewer"
+    );
+    assert_eq!(stamp(&db, Some(21)), stamp(&db, Some(30)));
+
+    append(&db, &[ev(1, 15, 8)]);
+    assert_ne!(stamp(&db, Some(1_000)), three, "an older event appended");
+    assert_ne!(stamp(&db, Some(21)), stamp(&db, Some(16)));
+
+    let before = stamp(&db, None);
+    db.compact().unwrap();
+    let compacted = stamp(&db, None);
+    assert_eq!(
+        read_all(&db, 1).len(),
+        4,
+        "compaction keeps the events (its stamp may differ)"
+    );
+    append(&db, &[ev(1, 40, 9)]);
+    assert_ne!(stamp(&db, None), compacted, "pending on top of the entry");
+    assert_ne!(before, stamp(&db, None));
+
+    let evs = read_all(&db, 1);
+    let full = stamp(&db, None);
+    db.delete_user(1, Durability::Sync).unwrap();
+    append(&db, &evs);
+    assert_eq!(read_all(&db, 1), evs);
+    assert_ne!(stamp(&db, None), full, "born again: another user");
+
+    let reborn = stamp(&db, None);
+    let mut item = Item {
+        id: 5,
+        category: 1,
+        semid: None,
+        embedding: None,
+    };
+    db.upsert_items(std::slice::from_ref(&item), Durability::Sync)
+        .unwrap();
+    let upserted = stamp(&db, None);
+    assert_ne!(upserted, reborn, "a row the events refer to was rewritten");
+    item.category = 2;
+    db.upsert_items(&[item], Durability::Sync).unwrap();
+    assert_ne!(stamp(&db, None), upserted, "and rewritten again");
+    // An event naming an item the catalog does not have, then the item upserted: a new row,
+    // which the event now refers to.
+    append(&db, &[ev(1, 50, 777)]);
+    let unknown_item = stamp(&db, None);
+    let new_item = Item {
+        id: 777,
+        category: 1,
+        semid: None,
+        embedding: None,
+    };
+    db.upsert_items(&[new_item], Durability::Sync).unwrap();
+    assert_ne!(
+        stamp(&db, None),
+        unknown_item,
+        "a row for an item the events named"
+    );
+
+    let last = stamp(&db, None);
+    db.compact().unwrap();
+    drop(db);
+    let db = Db::open(dir.path(), opts()).unwrap();
+    assert_ne!(stamp(&db, None), last, "another open of the directory");
+    assert_eq!(stamp(&db, None), stamp(&db, Some(i64::MAX)));
+}

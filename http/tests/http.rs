@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{some_user_and_items, TestServer};
+use common::{items_for_a_slow_score, some_user_and_items, TestServer};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use siren_http::config::{Scope, Token};
@@ -737,6 +737,8 @@ async fn overload_is_shed_with_503_and_retry_after() {
 
     // A request over the time limit is answered 503 too.
     let s = TestServer::start(|c| c.limits.request_timeout_ms = 1).await;
+    let items = items_for_a_slow_score(&s);
+    let body = json!({"user": user, "candidates": items, "gsu": "soft", "explain": true});
     let (st, v) = post(&c, s.url("/v1/score"), body).await;
     assert_eq!((st, code(&v)), (StatusCode::SERVICE_UNAVAILABLE, "timeout"));
     s.running.shutdown().await.unwrap();

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{rss_kib, some_user_and_items, TestServer};
+use common::{items_for_a_slow_score, rss_kib, some_user_and_items, TestServer};
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 
@@ -46,7 +46,8 @@ async fn a_read_past_its_deadline_is_answered_503_at_once_and_its_work_frees_its
     let _serial = serial();
     let s = TestServer::start(|c| c.limits.request_timeout_ms = 1).await;
     let c = Client::new();
-    let (user, items) = some_user_and_items(&s);
+    let (user, _) = some_user_and_items(&s);
+    let items = items_for_a_slow_score(&s);
     let body = json!({"user": user, "candidates": items, "gsu": "soft", "explain": true});
     for _ in 0..5 {
         let t = Instant::now();

@@ -238,14 +238,7 @@ pub struct RowIndex {
 
 impl RowIndex {
     pub fn new(v: &Vocabs, items: &ItemTable) -> RowIndex {
-        RowIndex::first(v, items, items.len())
-    }
-
-    /// The indexes of the first `rows` rows of `items` only: serving's table holds a request's
-    /// candidates and retrieved items first, which its samples refer to, then the history's
-    /// items, which only the evidence features read (by codes, category and SemID).
-    pub fn first(v: &Vocabs, items: &ItemTable, rows: usize) -> RowIndex {
-        let rows = rows.min(items.len());
+        let rows = items.len();
         let levels = v.levels();
         let mut prefix = vec![0u32; rows * levels];
         for (r, s) in items.semid[..rows].iter().enumerate() {

@@ -334,11 +334,17 @@ pub struct SampleSet {
 pub const SIMTIER_BINS: usize = 21;
 
 /// The similarity-tier bin of a cosine: 0.1 wide over [-1, 1], the last holding exactly 1.
-/// (The value is never negative, so the cast truncates as `floor` would, without its call; a
-/// cast to `i32` rather than `usize` lets a loop of these compile to SIMD.)
+/// (The value is never negative, so truncation is `floor`, without its call.)
 #[inline(always)]
 pub fn simtier_bin(cos: f32) -> usize {
-    (((cos.clamp(-1.0, 1.0) + 1.0) / 0.1) as i32).min(SIMTIER_BINS as i32 - 1) as usize
+    let x = (cos.clamp(-1.0, 1.0) + 1.0) / 0.1;
+    // A NaN cosine is bin 0 (what `as` makes of NaN); any other `x` is in [0, 20.000002], where
+    // the unchecked cast truncates as `as` does, without the saturation checks that kept a loop
+    // of `as` casts from compiling to SIMD.
+    let x = if x.is_nan() { 0.0 } else { x };
+    // SAFETY: `x` is finite and in [0, 21), so it fits an `i32`.
+    let bin = unsafe { x.to_int_unchecked::<i32>() };
+    bin.min(SIMTIER_BINS as i32 - 1) as usize
 }
 
 /// Behaviours counted as recent by the evidence features.
@@ -351,14 +357,16 @@ pub fn evidence_len(levels: usize) -> usize {
 
 /// A user's as-of history summarised once, so that the evidence features of many targets
 /// (every candidate of a request, or one impression in training) cost a few look-ups and one
-/// pass of dot products over the history's distinct items each.
+/// pass of dot products over the history's distinct items each. It keeps what it needs of the
+/// history's items (codes, categories, SemID prefixes), so it holds no reference to the table
+/// it was built from, and serving keeps it across requests (`siren-serve`'s summary cache).
 #[derive(Debug, Clone, Default)]
 pub struct HistorySummary {
     /// Behaviours in the history, with or without a catalog row.
     len: usize,
-    /// Per distinct item with a catalog row and an embedding: its row and occurrences.
-    items: Vec<(u32, u32)>,
-    /// Their int8 codes, row-major in the order of `items` (one linear pass per target instead
+    /// Per distinct item with a catalog row and an embedding: its occurrences.
+    counts: Vec<u32>,
+    /// Their int8 codes, row-major in the order of `counts` (one linear pass per target instead
     /// of a look-up per item), and their inverse norms.
     codes: Vec<i8>,
     inv_norm: Vec<f64>,
@@ -425,10 +433,28 @@ impl HistorySummary {
         HistorySummary::summarise(items, rows)
     }
 
-    /// [`Self::new`] of a history whose behaviours' rows in `items` are known (oldest first,
-    /// [`NO_ROW`] for an item without one): serving finds them while it fills the table.
-    pub fn from_rows(items: &ItemTable, rows: &[u32]) -> HistorySummary {
-        HistorySummary::summarise(items, rows.iter().copied())
+    /// The summary of `user`'s events before `as_of` in `snap`, their items as the catalog
+    /// holds them (codes only: no embedding is dequantised).
+    pub fn read(snap: &Snapshot, user: u64, as_of: i64, dim: usize) -> Result<HistorySummary> {
+        let hist = snap.read(user, ReadRange::as_of(as_of))?;
+        let mut items = ItemTable::new(dim);
+        let rows: Vec<u32> = hist
+            .iter()
+            .map(|e| items.row_or_add_codes(snap, e.item))
+            .collect();
+        Ok(HistorySummary::summarise(&items, rows.into_iter()))
+    }
+
+    /// Approximate heap bytes (a cache's weight).
+    pub fn bytes(&self) -> usize {
+        fn table<K, V>(m: &HashMap<K, V>) -> usize {
+            m.capacity() * (std::mem::size_of::<(K, V)>() + 1)
+        }
+        self.codes.capacity()
+            + self.inv_norm.capacity() * std::mem::size_of::<f64>()
+            + self.counts.capacity() * std::mem::size_of::<u32>()
+            + table(&self.by_category)
+            + table(&self.by_prefix)
     }
 
     /// The summary of the behaviours whose rows `rows` yields, oldest first.
@@ -465,7 +491,7 @@ impl HistorySummary {
                 }
             }
             if items.has_emb[r] {
-                out.items.push((*row, m.count));
+                out.counts.push(m.count);
                 out.codes.extend_from_slice(items.codes(*row));
                 out.inv_norm.push(items.inv_norm[r]);
             }
@@ -573,29 +599,48 @@ impl HistorySummary {
             &vec![1.0; embedded.len()],
         );
         let n = embedded.len();
+        // The embedded targets' histograms side by side, so that the pass over the items adds
+        // to them without finding each target's row of `out`; copied there at the end (`out`'s
+        // bins are still zero, and 0 + x is x).
+        let mut hist = vec![0f32; n * SIMTIER_BINS];
         let (mut dots, mut bins) = (vec![0i32; n], vec![0u8; n]);
         let codes = self.codes.chunks_exact(dim);
-        for ((e, &(_, count)), &inv_e) in codes.zip(&self.items).zip(&self.inv_norm) {
+        for ((e, &count), &inv_e) in codes.zip(&self.counts).zip(&self.inv_norm) {
             dot_queries(e, &queries, &mut dots);
             cosine_bins(&mut bins, &dots, &inv_t, inv_e);
-            for (&b, &(k, _)) in bins.iter().zip(&embedded) {
-                out[k * width + at + b as usize] += count as f32;
+            let count = count as f32;
+            for (h, &b) in hist.chunks_exact_mut(SIMTIER_BINS).zip(&bins) {
+                h[usize::from(b)] += count;
             }
+        }
+        for (h, &(k, _)) in hist.chunks_exact(SIMTIER_BINS).zip(&embedded) {
+            out[k * width + at..][..SIMTIER_BINS].copy_from_slice(h);
         }
     }
 }
 
 /// `bins[t] =` the [`simtier_bin`] of the cosine of dot product `dots[t]` with inverse norms
-/// `inv_t[t]` and `inv_e`: a loop of its own, which the compiler vectorises, built for AVX2 as
-/// well where the CPU has it (the same IEEE operations either way, so the same bins).
+/// `inv_t[t]` and `inv_e`: a loop of its own, which the compiler vectorises, built for AVX-512
+/// and AVX2 as well, the widest the CPU has chosen at run time (the same IEEE operations
+/// every way, so the same bins).
 fn cosine_bins(bins: &mut [u8], dots: &[i32], inv_t: &[f64], inv_e: f64) {
     #[cfg(target_arch = "x86_64")]
     {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: chosen only when the CPU has AVX-512F.
+            return unsafe { cosine_bins_avx512(bins, dots, inv_t, inv_e) };
+        }
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: chosen only when the CPU has AVX2.
             return unsafe { cosine_bins_avx2(bins, dots, inv_t, inv_e) };
         }
     }
+    cosine_bins_with(bins, dots, inv_t, inv_e)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn cosine_bins_avx512(bins: &mut [u8], dots: &[i32], inv_t: &[f64], inv_e: f64) {
     cosine_bins_with(bins, dots, inv_t, inv_e)
 }
 
@@ -901,6 +946,61 @@ mod tests {
             .chain([f32::NAN, f32::INFINITY, f32::NEG_INFINITY])
         {
             assert_eq!(simtier_bin(c), floor_form(c), "{c}");
+        }
+    }
+
+    /// Every kernel [`cosine_bins`] can choose gives, lane for lane, the bins of the plain
+    /// formula: random dot products and norms, cosines a rounding away from every bin edge and
+    /// from 1, beyond [-1, 1], and NaN (an infinite inverse norm times a zero dot product).
+    #[test]
+    fn cosine_bins_equal_the_plain_loop() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for trial in 0..3_000 {
+            let n = rng.random_range(0..140);
+            let inv_e: f64 = rng.random_range(1e-4..0.2);
+            let inv_t: Vec<f64> = (0..n)
+                .map(|_| match rng.random_range(0..50) {
+                    0 => f64::INFINITY,
+                    1 => 0.0,
+                    _ => rng.random_range(1e-4..0.2),
+                })
+                .collect();
+            let dots: Vec<i32> = inv_t
+                .iter()
+                .map(|&inv| match rng.random_range(0..4) {
+                    0 => rng.random_range(-1_000_000..1_000_000),
+                    1 => 0,
+                    _ => {
+                        let edge = -1.0 + 0.1 * f64::from(rng.random_range(0..=21));
+                        let dot = edge / (inv * inv_e) + f64::from(rng.random_range(-2..=2));
+                        dot.clamp(-2e9, 2e9) as i32
+                    }
+                })
+                .collect();
+            let plain: Vec<u8> = dots
+                .iter()
+                .zip(&inv_t)
+                .map(|(&d, &inv)| simtier_bin(cosine_of(d, inv, inv_e)) as u8)
+                .collect();
+            let mut bins = vec![0u8; n];
+            cosine_bins(&mut bins, &dots, &inv_t, inv_e);
+            assert_eq!(bins, plain, "trial {trial}");
+            cosine_bins_with(&mut bins, &dots, &inv_t, inv_e);
+            assert_eq!(bins, plain, "portable, trial {trial}");
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx2") {
+                    // SAFETY: the CPU has AVX2.
+                    unsafe { cosine_bins_avx2(&mut bins, &dots, &inv_t, inv_e) };
+                    assert_eq!(bins, plain, "AVX2, trial {trial}");
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has AVX-512F.
+                    unsafe { cosine_bins_avx512(&mut bins, &dots, &inv_t, inv_e) };
+                    assert_eq!(bins, plain, "AVX-512, trial {trial}");
+                }
+            }
         }
     }
 

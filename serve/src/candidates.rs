@@ -9,13 +9,14 @@
 
 use std::time::Instant;
 
-use siren_engine::{Event, ReadRange, Snapshot};
+use siren_engine::Snapshot;
 use siren_model::data::Impression;
-use siren_model::features::{assemble, token, HistorySummary, ItemTable, SampleSet, Token, NO_ROW};
+use siren_model::features::{assemble, token, ItemTable, SampleSet, Token, NO_ROW};
 use siren_model::SeqKind;
 
 use crate::error::Result;
 use crate::retrieval::{micros, retrieve, ReadTimings, Retrieved, SeqPlan, Targets};
+use crate::summaries::SummaryCache;
 
 /// Where the time of building went, in microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -24,18 +25,15 @@ pub struct BuildTimings {
     pub read_us: f64,
     /// The batched GSU call.
     pub retrieve_us: f64,
-    /// Catalog look-ups and tokens.
+    /// Catalog look-ups, tokens and the evidence features (the user's history summary
+    /// included: read, on a miss of the summary cache, or found in it).
     pub tokens_us: f64,
 }
 
 /// Samples of `(user, candidate, at)` for every candidate, in candidate order.
 pub struct CandidateSamples {
-    /// The candidates and every retrieved behaviour's item (the rows tokens refer to), then
-    /// the history's items (for the evidence features only).
+    /// The candidates and every retrieved behaviour's item (the rows tokens refer to).
     pub items: ItemTable,
-    /// How many of the first rows of `items` the samples refer to (the candidates' and the
-    /// retrieved items').
-    pub sample_rows: usize,
     /// Sequences in the slots of the plan.
     pub set: SampleSet,
     /// Per candidate: whether the catalog holds it.
@@ -61,6 +59,27 @@ pub fn candidate_samples(
     evidence: Option<usize>,
     dim: usize,
 ) -> Result<CandidateSamples> {
+    let no_cache = SummaryCache::new(0);
+    candidate_samples_cached(
+        snap, user, at, domain, candidates, plan, evidence, dim, &no_cache,
+    )
+}
+
+/// [`candidate_samples`] with the user's history summary taken from `summaries` (read and
+/// kept there on a miss): the same samples, as the cache hands out only the summary of the
+/// same events.
+#[allow(clippy::too_many_arguments)]
+pub fn candidate_samples_cached(
+    snap: &Snapshot,
+    user: u64,
+    at: i64,
+    domain: u16,
+    candidates: &[u64],
+    plan: &[SeqPlan],
+    evidence: Option<usize>,
+    dim: usize,
+    summaries: &SummaryCache,
+) -> Result<CandidateSamples> {
     let t = Instant::now();
     let targets = Targets::look_up(snap, candidates, dim);
     let lookup_us = micros(t);
@@ -72,20 +91,9 @@ pub fn candidate_samples(
         .map(|p| retrieve(snap, user, at, p.read, p.len, &targets, &mut read))
         .collect::<Result<_>>()?;
 
-    let history = match evidence {
-        Some(_) => {
-            let t = Instant::now();
-            let mut h = snap.read(user, ReadRange::as_of(at))?;
-            h.truncate(h.partition_point(|e| e.ts < at));
-            read.read_us += micros(t);
-            h
-        }
-        None => Vec::new(),
-    };
-
     let t = Instant::now();
     let in_catalog = targets.in_catalog();
-    let (items, sample_rows, history_rows) = item_table(snap, targets, &per_seq, &history);
+    let items = item_table(snap, targets, &per_seq);
     let imps: Vec<Impression> = candidates
         .iter()
         .map(|&item| Impression {
@@ -100,7 +108,7 @@ pub fn candidate_samples(
     let spec: Vec<(SeqKind, usize)> = plan.iter().map(|p| (p.slot, p.len)).collect();
     let mut set = assemble(&items, &imps, &spec, tokens);
     if let Some(levels) = evidence {
-        let summary = HistorySummary::from_rows(&items, &history_rows);
+        let summary = summaries.get(snap, user, at, dim)?;
         set.evidence = summary.evidence_of(&items, &set.target_row, levels);
     }
     let retrieved = match plan
@@ -112,7 +120,6 @@ pub fn candidate_samples(
     };
     Ok(CandidateSamples {
         items,
-        sample_rows,
         set,
         in_catalog,
         retrieved,
@@ -125,29 +132,16 @@ pub fn candidate_samples(
     })
 }
 
-/// Every item a feature refers to: the candidates, the retrieved behaviours' items, then the
-/// history's (for the evidence features), read from the catalog as stored (no copies; f32
-/// values for the candidates only); with how many rows come before the history's, and
-/// the history's rows in it (oldest first, [`NO_ROW`] for an item the catalog lacks), found
-/// with one look-up per behaviour.
-fn item_table(
-    snap: &Snapshot,
-    targets: Targets,
-    per_seq: &[Vec<Vec<Retrieved>>],
-    history: &[Event],
-) -> (ItemTable, usize, Vec<u32>) {
+/// Every item a token refers to: the candidates, then the retrieved behaviours' items, read
+/// from the catalog as stored (no copies; f32 values for the candidates only).
+fn item_table(snap: &Snapshot, targets: Targets, per_seq: &[Vec<Vec<Retrieved>>]) -> ItemTable {
     // The candidates have their f32 values (the model's multimodal input reads them); the
     // behaviours get their codes only (cosines, categories and SemIDs are all they need).
     let mut table = targets.into_table();
     for r in per_seq.iter().flatten().flatten() {
         table.row_or_add_codes(snap, r.event.item);
     }
-    let sample_rows = table.len();
-    let rows = history
-        .iter()
-        .map(|e| table.row_or_add_codes(snap, e.item))
-        .collect();
-    (table, sample_rows, rows)
+    table
 }
 
 /// Per impression, one token list per sequence.

@@ -14,6 +14,8 @@
 //! - [`forward`]: the fused serving forward of the SIREN ESU (candle stays the trainer and
 //!   the fallback for the models it does not cover).
 //! - [`semids`]: SemIDs for items upserted without one, from the codebook.
+//! - [`summaries`]: users' history summaries (the evidence features' target-independent part)
+//!   kept across requests, keyed by the engine's stamp of the history they summarise.
 //! - [`error`]: the crate's one error type.
 
 pub mod candidates;
@@ -23,9 +25,11 @@ pub mod ranker;
 pub mod retrieval;
 pub mod semids;
 pub mod served;
+pub mod summaries;
 
 pub use error::{Result, ServeError};
 pub use ranker::{CandidateScore, Ranker, ScoreOptions, ScoreTimings, Scored};
 pub use retrieval::Retrieved;
 pub use served::{DbShape, ServedModel};
 pub use siren_model::Retrieval;
+pub use summaries::SummaryCache;

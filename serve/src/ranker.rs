@@ -3,7 +3,9 @@
 //!
 //! A call plans its sequences ([`crate::retrieval::plan`]: which retrieval feeds the model's
 //! GSU slot), reads them from the snapshot with one batched engine call per sequence, builds
-//! the ESU inputs exactly as training does ([`crate::candidates`]) and scores the candidates in
+//! the ESU inputs exactly as training does ([`crate::candidates`]; the user's history summary,
+//! which the evidence features need, from a cache shared by the calls, [`crate::summaries`])
+//! and scores the candidates in
 //! batched forward passes: the fused forward ([`crate::forward`]) for the SIREN models it
 //! covers, candle's for the rest.
 //!
@@ -32,11 +34,12 @@ use siren_model::labels::LabelTime;
 use siren_model::semid::Codebook;
 use siren_model::{Retrieval, SeqKind};
 
-use crate::candidates::{candidate_samples, BuildTimings};
+use crate::candidates::{candidate_samples_cached, BuildTimings};
 use crate::error::{Result, ServeError};
 use crate::retrieval::{plan, Retrieved};
 use crate::semids::assign_missing;
 use crate::served::{DbShape, ServedModel};
+use crate::summaries::{SummaryCache, DEFAULT_SUMMARY_CACHE_BYTES};
 
 #[derive(Debug, Clone, Default)]
 pub struct ScoreOptions {
@@ -94,6 +97,9 @@ pub struct Ranker {
     shape: DbShape,
     model: ArcSwapOption<ServedModel>,
     codebook: ArcSwapOption<Codebook>,
+    /// Users' history summaries, kept across calls and models (a summary depends on the
+    /// history and the catalog only).
+    summaries: SummaryCache,
 }
 
 impl std::fmt::Debug for Ranker {
@@ -116,6 +122,7 @@ impl Ranker {
             shape: DbShape::of(db),
             model: ArcSwapOption::empty(),
             codebook: ArcSwapOption::empty(),
+            summaries: SummaryCache::new(DEFAULT_SUMMARY_CACHE_BYTES),
         };
         if let Some(m) = model {
             r.swap_model(m)?;
@@ -132,6 +139,11 @@ impl Ranker {
 
     pub fn codebook(&self) -> Option<Arc<Codebook>> {
         self.codebook.load_full()
+    }
+
+    /// The cache of users' history summaries the calls share.
+    pub fn summaries(&self) -> &SummaryCache {
+        &self.summaries
     }
 
     /// Replace the model (after checking it fits the database); returns the previous one.
@@ -172,7 +184,7 @@ impl Ranker {
         let dim = self.shape.embedding_dim as usize;
         let cfg = &model.config;
         let evidence = cfg.model.evidence.then_some(cfg.levels);
-        let mut built = candidate_samples(
+        let mut built = candidate_samples_cached(
             snap,
             user,
             at,
@@ -181,13 +193,14 @@ impl Ranker {
             &plan,
             evidence,
             dim,
+            &self.summaries,
         )?;
         if let Some(labels) = &model.item_labels {
             labels.fill(&mut built.set, LabelTime::Final);
         }
         let t = Instant::now();
         let vocabs = &model.config.vocabs;
-        let rows = RowIndex::first(vocabs, &built.items, built.sample_rows);
+        let rows = RowIndex::new(vocabs, &built.items);
         let kinds: Vec<SeqKind> = plan.iter().map(|p| p.slot).collect();
         let mut probs = Vec::with_capacity(candidates.len());
         let idx: Vec<usize> = (0..candidates.len()).collect();

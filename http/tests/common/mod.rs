@@ -126,6 +126,14 @@ pub fn some_user_and_items(s: &TestServer) -> (u64, Vec<u64>) {
     (user, items)
 }
 
+/// The most candidates a request may hold (`limits.max_candidates`' default), items of the
+/// dataset: a score of them takes well over a millisecond, for the deadline tests (a score of
+/// a few dozen, its user's history summary kept from an earlier request, no longer does).
+pub fn items_for_a_slow_score(s: &TestServer) -> Vec<u64> {
+    let snap = s.running.state.db.snapshot();
+    snap.items().take(1_000).map(|i| i.id).collect()
+}
+
 /// This process's resident memory, KiB (Linux).
 pub fn rss_kib() -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
