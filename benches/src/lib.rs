@@ -134,6 +134,9 @@ pub struct ScoringFixture {
     pub dir: tempfile::TempDir,
     pub db: std::sync::Arc<Db>,
     pub ranker: std::sync::Arc<siren_serve::Ranker>,
+    /// The same model in a ranker that keeps no history summaries: every call reads its
+    /// user's, as the first call after an append does.
+    pub ranker_without_summaries: std::sync::Arc<siren_serve::Ranker>,
     pub lifelong_user: u64,
     /// `(history length, user)` for the lengths asked of [`scoring_fixture_with`].
     pub scaling_users: Vec<(usize, u64)>,
@@ -207,11 +210,15 @@ pub fn scoring_fixture_with(lengths: &[usize]) -> ScoringFixture {
     let snap = db.snapshot();
     let candidates = snap.items().step_by(199).take(100).map(|i| i.id).collect();
     drop(snap);
-    let ranker = siren_serve::Ranker::new(&db, Some(served), None).expect("ranker");
+    let ranker = |served| siren_serve::Ranker::new(&db, Some(served), None).expect("ranker");
+    let without =
+        ranker(siren_serve::ServedModel::load(&ck).expect("load")).with_summary_cache_bytes(0);
+    let ranker = ranker(served);
     ScoringFixture {
         dir,
         db: std::sync::Arc::new(db),
         ranker: std::sync::Arc::new(ranker),
+        ranker_without_summaries: std::sync::Arc::new(without),
         lifelong_user,
         scaling_users,
         candidates,

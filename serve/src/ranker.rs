@@ -141,6 +141,13 @@ impl Ranker {
         self.codebook.load_full()
     }
 
+    /// This ranker keeping at most `bytes` of users' history summaries (0: none, every call
+    /// reads its user's summary; the default is [`DEFAULT_SUMMARY_CACHE_BYTES`]).
+    pub fn with_summary_cache_bytes(mut self, bytes: usize) -> Ranker {
+        self.summaries = SummaryCache::new(bytes);
+        self
+    }
+
     /// The cache of users' history summaries the calls share.
     pub fn summaries(&self) -> &SummaryCache {
         &self.summaries

@@ -695,6 +695,8 @@ struct Scoring {
     model_name: String,
     hard: ScoreCmp,
     soft: ScoreCmp,
+    /// Hard, every call reading the user's history summary (none kept across calls).
+    hard_unkept: ScoreCmp,
     flops: f64,
     rate_esu_shape: f64,
     rate_square: f64,
@@ -1118,7 +1120,18 @@ fn measure_scoring(args: &Args, reps: Reps, log: Log<'_>) -> Res<Scoring> {
     let run = |user, gsu, runs| score_run(&f.db, &f.ranker, user, &f.candidates, gsu, runs);
     let hard = run(f.lifelong_user, Retrieval::Hard, score_runs)?;
     let soft = run(f.lifelong_user, Retrieval::Soft, score_runs)?;
-    log(&format!("score {hard:?} {soft:?}"));
+    let hard_unkept = ScoreCmp {
+        gsu: "hard, summary not kept".into(),
+        ..score_run(
+            &f.db,
+            &f.ranker_without_summaries,
+            f.lifelong_user,
+            &f.candidates,
+            Retrieval::Hard,
+            score_runs,
+        )?
+    };
+    log(&format!("score {hard:?} {soft:?} {hard_unkept:?}"));
     let flops = siren_esu_flops(&f.model, f.embedding_dim, f.candidates.len());
     let tokens = f.candidates.len() * (1 + f.model.retrieved);
     let rate_esu_shape = matmul_rate(tokens, f.model.dim, 3 * f.model.dim, reps)?;
@@ -1166,6 +1179,7 @@ fn measure_scoring(args: &Args, reps: Reps, log: Log<'_>) -> Res<Scoring> {
         model_name: f.model_name.clone(),
         hard,
         soft,
+        hard_unkept,
         flops,
         rate_esu_shape,
         rate_square,

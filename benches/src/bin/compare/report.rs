@@ -23,7 +23,8 @@ pub fn json(args: &Args, r: &Results) -> Value {
         "read_whole_history": syn.reads,
         "retrieval": syn.retrieval,
         "score": {
-            "hard": sc.hard, "soft": sc.soft, "esu_flops": sc.flops,
+            "hard": sc.hard, "soft": sc.soft, "hard_summary_not_kept": sc.hard_unkept,
+            "esu_flops": sc.flops,
             "matmul_flops_per_s_esu_shape": sc.rate_esu_shape,
             "matmul_flops_per_s_256": sc.rate_square,
             "esu_floor_s": sc.esu_floor, "score_floor_s": sc.score_floor,
@@ -340,7 +341,7 @@ fn score(r: &Results) -> String {
         "ESU forward p50",
     ]);
     let pct = |x: f64| format!("{:.0}%", 100.0 * x);
-    for s in [&sc.hard, &sc.soft] {
+    for s in [&sc.hard, &sc.soft, &sc.hard_unkept] {
         t.row([
             s.gsu.clone(),
             ms(s.p50),
@@ -357,7 +358,11 @@ fn score(r: &Results) -> String {
         "## End-to-end score ({} candidates, {}-event user, `{}`)\n\n{t}\n\
          ESU floor: {:.1} MFLOP of matrix products (`siren_esu_flops`) at {:.1} GFLOP/s \
          (the faster of candle's matmul on the ESU's own shape, {:.1} GFLOP/s, and on 256^3, \
-         {:.1} GFLOP/s, measured in this run) = {}; plus the hard GSU alone ({}) = a floor of {}.\n\n",
+         {:.1} GFLOP/s, measured in this run) = {}; plus the hard GSU alone ({}) = a floor of {}. \
+         The calls repeat one request on an unchanged history, so the ranker's kept history \
+         summary (`siren_serve::summaries`, the evidence features' per-user part) serves every \
+         call after the first; the last row keeps none, so every call reads the user's whole \
+         history, as the first call after an append does.\n\n",
         sc.hard.candidates,
         sc.hard.events,
         sc.model_name,
