@@ -971,17 +971,12 @@ impl Importer<'_> {
             self.report.duplicate_users += 1;
             return Ok(());
         }
-        self.first_history(user, row, &history).map(|_| ())
+        self.first_history(user, row, &history)
     }
 
-    /// A user's first history: its profile, and its events laid out to end at `history_end_ms`.
-    /// Returns the time right after it.
-    fn first_history(
-        &mut self,
-        user: u64,
-        row: &TaobaoUser,
-        history: &[(u64, u32)],
-    ) -> Result<i64> {
+    /// A user's first history: its profile, and its events laid out to end at `history_end_ms`
+    /// (so that `sample_ts` is the time right after it).
+    fn first_history(&mut self, user: u64, row: &TaobaoUser, history: &[(u64, u32)]) -> Result<()> {
         if row.profile.iter().any(|&p| p != 0) {
             self.out
                 .side
@@ -990,7 +985,7 @@ impl Importer<'_> {
             self.report.users_with_profile += 1;
         }
         if history.is_empty() {
-            return Ok(self.sample_ts);
+            return Ok(());
         }
         let oldest = (history.len() as i64 - 1)
             .checked_mul(self.opts.step_ms)
@@ -1000,7 +995,7 @@ impl Importer<'_> {
             })?;
         self.report.users += 1;
         self.append(user, oldest, history)?;
-        Ok(self.sample_ts)
+        Ok(())
     }
 
     /// The row's behaviours without the padding (counted), each with its engine category.
@@ -1018,8 +1013,8 @@ impl Importer<'_> {
     }
 
     /// Append `history` to `user`'s timeline, one step apart from `first_ts`; an item takes the
-    /// category of its first appearance if it has none.
-    fn append(&mut self, user: u64, first_ts: i64, history: &[(u64, u32)]) -> Result<()> {
+    /// category of its first appearance if it has none. Returns the time a step after the last.
+    fn append(&mut self, user: u64, first_ts: i64, history: &[(u64, u32)]) -> Result<i64> {
         let mut evs = Vec::with_capacity(history.len());
         for (k, &(id, c)) in history.iter().enumerate() {
             self.report.items += u64::from(self.items.update(id, |it| {
@@ -1042,7 +1037,11 @@ impl Importer<'_> {
             });
         }
         self.report.events += evs.len() as u64;
-        self.events.push(user, evs)
+        let next = evs
+            .last()
+            .map_or(Ok(first_ts), |e| after(e.ts, self.opts.step_ms))?;
+        self.events.push(user, evs)?;
+        Ok(next)
     }
 
     /// A joined shard row: its target, its history laid onto its user's timeline, its sample at
@@ -1052,15 +1051,18 @@ impl Importer<'_> {
         let history = self.history_of(&row.user, path)?;
         let user = row.user.user as u64;
         let stored = self.events.newest(user, Some(history.len().max(1)))?;
-        let ts = match (stored.last(), history.is_empty()) {
-            (None, false) => self.first_history(user, &row.user, &history)?,
-            (None, true) => {
+        let ts = match stored.last() {
+            None => {
                 self.first_history(user, &row.user, &history)?;
-                BEFORE_EVERY_EVENT
+                if history.is_empty() {
+                    BEFORE_EVERY_EVENT
+                } else {
+                    self.sample_ts
+                }
             }
             // Nothing before this sample: it comes at the user's first event.
-            (Some(_), true) => self.events.newest(user, None)?[0].ts,
-            (Some(_), false) => self.place(user, &stored, &history)?,
+            Some(_) if history.is_empty() => self.events.newest(user, None)?[0].ts,
+            Some(_) => self.place(user, &stored, &history)?,
         };
         self.sample(row.sample, test, ts);
         self.report.shard_rows += 1;
@@ -1088,10 +1090,7 @@ impl Importer<'_> {
                 &history[k..]
             }
         };
-        let first = after(newest, step)?;
-        self.append(user, first, new)?;
-        let last = first + (new.len() as i64 - 1) * step;
-        after(last, step)
+        self.append(user, after(newest, step)?, new)
     }
 
     /// The time right after the newest place where `ids` is a window of the user's whole
