@@ -149,12 +149,18 @@ pub fn query_vec(x: &[f32], dim: usize) -> Result<QueryVec> {
     Ok(QueryVec { q, inv_norm })
 }
 
+/// Item id to row: persistent, so a snapshot's copy of the catalog costs nothing. Hashed with
+/// foldhash under a random seed per map rather than SipHash: a scoring call looks up thousands
+/// of ids, and the seed still keeps an id set that collides from being chosen in advance.
+type IdMap =
+    imbl::GenericHashMap<u64, u32, foldhash::fast::RandomState, imbl::shared_ptr::DefaultSharedPtr>;
+
 #[derive(Clone)]
 pub struct Catalog {
     dim: usize,
     chunks: Vec<Arc<Chunk>>,
     len: u32,
-    by_id: imbl::HashMap<u64, u32>,
+    by_id: IdMap,
     /// Bumped each time an upsert changes the SemID of an item that was already stored (see
     /// docs/ARCHITECTURE.md, "Prefix index freshness").
     semid_gen: u64,
@@ -170,7 +176,7 @@ impl Catalog {
             dim,
             chunks: Vec::new(),
             len: 0,
-            by_id: imbl::HashMap::new(),
+            by_id: IdMap::default(),
             semid_gen: 0,
             emb_gen: 0,
         }

@@ -24,7 +24,7 @@ pub struct Vocab {
     /// Raw ids in index order (index i + 1).
     pub ids: Vec<u64>,
     #[serde(skip)]
-    map: HashMap<u64, u32>,
+    map: foldhash::HashMap<u64, u32>,
 }
 
 impl Vocab {

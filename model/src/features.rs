@@ -53,6 +53,7 @@ impl SeqKind {
 /// The catalog as features need it: dense rows, L2-normalised f32 embeddings (the models'
 /// input), and the int8 codes the catalog stores them as, from which every cosine of the
 /// features is computed ([`ItemTable::cosine`]).
+#[derive(Clone)]
 pub struct ItemTable {
     pub ids: Vec<u64>,
     index: HashMap<u64, u32>,

@@ -3,7 +3,8 @@
 //! Training reads each impression's sequences with one engine call per sequence
 //! (`siren_model::features::build_samples`). Serving scores N candidates for one user at once,
 //! so it reads the recent behaviours once and runs the GSU as one batched engine call for all
-//! candidates ([`crate::retrieval`]). The tokens are made by the same `token` function from the
+//! candidates ([`crate::retrieval`]), while a second thread computes the evidence features,
+//! which need only the candidates and the user's history summary. The tokens are made by the same `token` function from the
 //! same catalog rows, so a candidate scored here gets exactly the features training would have
 //! given the impression `(user, candidate, at)`; a test checks it.
 
@@ -84,33 +85,37 @@ pub fn candidate_samples_cached(
     let targets = Targets::look_up(snap, candidates, dim);
     let lookup_us = micros(t);
     let history_len = snap.user_len(user, Some(at))?;
-    let mut read = ReadTimings::default();
-    // Per sequence of the plan: per candidate, its events (and what retrieval said of them).
-    let mut per_seq: Vec<Vec<Vec<Retrieved>>> = plan
-        .iter()
-        .map(|p| retrieve(snap, user, at, p.read, p.len, &targets, &mut read))
-        .collect::<Result<_>>()?;
-
+    // The evidence features need the candidates and the user's history summary only, so they
+    // are computed on a second thread while this one reads the sequences and makes the tokens.
     let t = Instant::now();
-    let in_catalog = targets.in_catalog();
-    let items = item_table(snap, targets, &per_seq);
-    let imps: Vec<Impression> = candidates
-        .iter()
-        .map(|&item| Impression {
-            user,
-            item,
-            ts: at,
-            label: 0.0,
-            domain,
-        })
-        .collect();
-    let tokens = tokens(&items, &imps, &per_seq)?;
-    let spec: Vec<(SeqKind, usize)> = plan.iter().map(|p| (p.slot, p.len)).collect();
-    let mut set = assemble(&items, &imps, &spec, tokens);
-    if let Some(levels) = evidence {
+    let evidence_of = || -> Result<Vec<f32>> {
+        let Some(levels) = evidence else {
+            return Ok(Vec::new());
+        };
         let summary = summaries.get(snap, user, at, dim)?;
-        set.evidence = summary.evidence_of(&items, &set.target_row, levels);
-    }
+        Ok(summary.evidence_of(targets.table(), targets.rows(), levels))
+    };
+    let sequences = || {
+        let imps: Vec<Impression> = candidates
+            .iter()
+            .map(|&item| Impression {
+                user,
+                item,
+                ts: at,
+                label: 0.0,
+                domain,
+            })
+            .collect();
+        sequences(snap, user, at, &targets, plan, &imps)
+    };
+    let (evidence, built) = rayon::join(evidence_of, sequences);
+    let Sequences {
+        mut set,
+        items,
+        mut per_seq,
+        read,
+    } = built?;
+    set.evidence = evidence?;
     let retrieved = match plan
         .iter()
         .position(|p| matches!(p.slot, SeqKind::Retrieved(_)))
@@ -118,26 +123,64 @@ pub fn candidate_samples_cached(
         Some(s) => per_seq.swap_remove(s),
         None => vec![Vec::new(); candidates.len()],
     };
+    // What of the two threads' time was not reading: catalog look-ups, tokens and evidence.
+    let features_us = (micros(t) - read.read_us - read.retrieve_us).max(0.0);
     Ok(CandidateSamples {
         items,
         set,
-        in_catalog,
+        in_catalog: targets.in_catalog(),
         retrieved,
         history_len,
         timings: BuildTimings {
             read_us: read.read_us,
             retrieve_us: read.retrieve_us,
-            tokens_us: lookup_us + micros(t),
+            tokens_us: lookup_us + features_us,
         },
+    })
+}
+
+/// What [`sequences`] read and made.
+struct Sequences {
+    set: SampleSet,
+    items: ItemTable,
+    /// Per sequence of the plan: per candidate, its events (and what retrieval said of them).
+    per_seq: Vec<Vec<Vec<Retrieved>>>,
+    read: ReadTimings,
+}
+
+/// The sequences of `plan` for the impressions `imps` (one per candidate), read with one
+/// engine call each, and their tokens over the item table they refer to.
+fn sequences(
+    snap: &Snapshot,
+    user: u64,
+    at: i64,
+    targets: &Targets,
+    plan: &[SeqPlan],
+    imps: &[Impression],
+) -> Result<Sequences> {
+    let mut read = ReadTimings::default();
+    let per_seq: Vec<Vec<Vec<Retrieved>>> = plan
+        .iter()
+        .map(|p| retrieve(snap, user, at, p.read, p.len, targets, &mut read))
+        .collect::<Result<_>>()?;
+    let items = item_table(snap, targets, &per_seq);
+    let tokens = tokens(&items, imps, &per_seq)?;
+    let spec: Vec<(SeqKind, usize)> = plan.iter().map(|p| (p.slot, p.len)).collect();
+    let set = assemble(&items, imps, &spec, tokens);
+    Ok(Sequences {
+        set,
+        items,
+        per_seq,
+        read,
     })
 }
 
 /// Every item a token refers to: the candidates, then the retrieved behaviours' items, read
 /// from the catalog as stored (no copies; f32 values for the candidates only).
-fn item_table(snap: &Snapshot, targets: Targets, per_seq: &[Vec<Vec<Retrieved>>]) -> ItemTable {
+fn item_table(snap: &Snapshot, targets: &Targets, per_seq: &[Vec<Vec<Retrieved>>]) -> ItemTable {
     // The candidates have their f32 values (the model's multimodal input reads them); the
     // behaviours get their codes only (cosines, categories and SemIDs are all they need).
-    let mut table = targets.into_table();
+    let mut table = targets.table().clone();
     for r in per_seq.iter().flatten().flatten() {
         table.row_or_add_codes(snap, r.event.item);
     }

@@ -107,9 +107,14 @@ impl Targets {
         self.rows.iter().map(|&r| r != NO_ROW).collect()
     }
 
-    /// The table of the candidates' rows, for the request's other items to be added to.
-    pub fn into_table(self) -> ItemTable {
-        self.table
+    /// The table of the candidates' rows (the request's other items are added to a copy).
+    pub fn table(&self) -> &ItemTable {
+        &self.table
+    }
+
+    /// Per candidate, its row in [`Self::table`] or [`NO_ROW`] (the catalog lacks it).
+    pub fn rows(&self) -> &[u32] {
+        &self.rows
     }
 
     pub fn len(&self) -> usize {
